@@ -1,0 +1,519 @@
+//! Typed settings, layered once (lowest first):
+//!
+//! 1. embedded defaults ([`DEFAULTS`]);
+//! 2. `config/default.toml` in the working directory, if present;
+//! 3. a file named with `--config`, if given (must exist);
+//! 4. `.env`, then `.env.local`, then the process environment, with the exact
+//!    DoX variable names (`DB_BACKEND`, `DB_PATH`, `SUPABASE_URL`,
+//!    `SUPABASE_ANON_KEY`, `SUPABASE_SERVICE_KEY`, `SUPABASE_JWT_SECRET`,
+//!    `SUPABASE_SCHEMA`, `SUPABASE_DUAL_WRITE`, `SUPABASE_TIMEOUT`);
+//! 5. command-line flags.
+//!
+//! Everything is validated here into the types the code uses; an unknown key,
+//! an unknown backend or a malformed number is an error that names its source.
+//! Secrets are [`SecretString`]s: their `Debug` is redacted.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::rest::RestConfig;
+
+/// The embedded defaults (the same text as the repository's `config/default.toml`).
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Sqlite,
+    Supabase,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::Supabase => "supabase",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SupabaseSettings {
+    pub url: Option<String>,
+    pub anon_key: Option<SecretString>,
+    pub service_key: Option<SecretString>,
+    pub jwt_secret: Option<SecretString>,
+    pub schema: String,
+    /// Per-request timeout (`SUPABASE_TIMEOUT`, seconds).
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `DB_BACKEND`, as configured (before validation), for the init report.
+    pub configured_backend: String,
+    pub backend: BackendKind,
+    pub db_path: PathBuf,
+    pub dual_write: bool,
+    pub supabase: SupabaseSettings,
+    pub sqlite_wal: bool,
+    pub sqlite_synchronous_normal: bool,
+    /// The longest a mirror write may hold an application write.
+    pub mirror_timeout: Duration,
+    pub max_recorded_failures: usize,
+}
+
+/// The raw shape of the TOML layers; unknown keys are refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    db_backend: String,
+    db_path: String,
+    dual_write: bool,
+    supabase: RawSupabase,
+    sqlite: RawSqlite,
+    dual: RawDual,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSupabase {
+    url: String,
+    anon_key: String,
+    service_key: String,
+    jwt_secret: String,
+    schema: String,
+    timeout_secs: f64,
+    connect_timeout_secs: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSqlite {
+    wal: bool,
+    synchronous_normal: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDual {
+    mirror_timeout_secs: f64,
+    max_recorded_failures: usize,
+}
+
+/// Where settings come from. `env` is the process environment (injectable for tests).
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Directory holding `config/default.toml`, `.env` and `.env.local`.
+    pub dir: PathBuf,
+    pub config_file: Option<PathBuf>,
+    pub env: HashMap<String, String>,
+    /// `(key, value)` overrides from flags, e.g. `("db_path", "x.sqlite3")`.
+    pub flags: Vec<(String, Value)>,
+}
+
+impl Sources {
+    /// The current directory and process environment.
+    pub fn from_process() -> Sources {
+        Sources {
+            dir: PathBuf::from("."),
+            config_file: None,
+            env: std::env::vars().collect(),
+            flags: Vec::new(),
+        }
+    }
+}
+
+/// DoX environment variables and where they go.
+const ENV_KEYS: [(&str, &str); 9] = [
+    ("DB_BACKEND", "db_backend"),
+    ("DB_PATH", "db_path"),
+    ("SUPABASE_URL", "supabase.url"),
+    ("SUPABASE_ANON_KEY", "supabase.anon_key"),
+    ("SUPABASE_SERVICE_KEY", "supabase.service_key"),
+    ("SUPABASE_JWT_SECRET", "supabase.jwt_secret"),
+    ("SUPABASE_SCHEMA", "supabase.schema"),
+    ("SUPABASE_DUAL_WRITE", "dual_write"),
+    ("SUPABASE_TIMEOUT", "supabase.timeout_secs"),
+];
+
+fn parse_bool(name: &str, v: &str) -> Result<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(Error::config(format!(
+            "{name}=`{v}` is not a boolean (use true/false, 1/0, yes/no, on/off)"
+        ))),
+    }
+}
+
+fn parse_secs(name: &str, v: &str) -> Result<f64> {
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
+        _ => Err(Error::config(format!(
+            "{name}=`{v}` is not a positive number of seconds"
+        ))),
+    }
+}
+
+fn secs(name: &str, s: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| Error::config(format!("{name} = {s} is not a positive number of seconds")))
+}
+
+/// Read a dotenv file into `into`, without overriding keys already there.
+fn read_dotenv(path: &Path, into: &mut HashMap<String, String>) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let iter = dotenvy::from_path_iter(path)
+        .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
+    for item in iter {
+        let (k, v) = item.map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
+        into.entry(k).or_insert(v);
+    }
+    Ok(())
+}
+
+fn non_empty(s: String) -> Option<String> {
+    let t = s.trim();
+    (!t.is_empty()).then(|| t.to_owned())
+}
+
+impl Settings {
+    pub fn load(src: &Sources) -> Result<Settings> {
+        use config::{Config, File, FileFormat};
+        // Process environment first, so that dotenv files never override it.
+        let mut env: HashMap<String, String> = ENV_KEYS
+            .iter()
+            .filter_map(|(k, _)| src.env.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+            .collect();
+        read_dotenv(&src.dir.join(".env.local"), &mut env)?;
+        read_dotenv(&src.dir.join(".env"), &mut env)?;
+
+        let mut b = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(File::from(src.dir.join("config/default.toml")).required(false));
+        if let Some(f) = &src.config_file {
+            if !f.exists() {
+                return Err(Error::config(format!(
+                    "config file {} does not exist",
+                    f.display()
+                )));
+            }
+            b = b.add_source(File::from(f.as_path()).required(true));
+        }
+        for (var, key) in ENV_KEYS {
+            let Some(v) = env.get(var) else { continue };
+            b = match key {
+                "dual_write" => b.set_override(key, parse_bool(var, v)?),
+                "supabase.timeout_secs" => b.set_override(key, parse_secs(var, v)?),
+                _ => b.set_override(key, v.clone()),
+            }
+            .map_err(|e| Error::config(e.to_string()))?;
+        }
+        for (k, v) in &src.flags {
+            let cv: config::Value = match v {
+                Value::Bool(x) => (*x).into(),
+                Value::Number(n) => n.as_f64().unwrap_or_default().into(),
+                Value::String(s) => s.clone().into(),
+                other => other.to_string().into(),
+            };
+            b = b
+                .set_override(k.as_str(), cv)
+                .map_err(|e| Error::config(e.to_string()))?;
+        }
+        let raw: Raw = b
+            .build()
+            .and_then(Config::try_deserialize)
+            .map_err(|e| Error::config(e.to_string()))?;
+        Settings::validate(raw)
+    }
+
+    fn validate(raw: Raw) -> Result<Settings> {
+        let configured = raw.db_backend.trim().to_ascii_lowercase();
+        let backend = match configured.as_str() {
+            "" | "sqlite" => BackendKind::Sqlite,
+            "supabase" => BackendKind::Supabase,
+            other => {
+                return Err(Error::config(format!(
+                    "DB_BACKEND=`{other}` is not a backend (use sqlite or supabase)"
+                )))
+            }
+        };
+        let db_path = non_empty(raw.db_path)
+            .ok_or_else(|| Error::config("DB_PATH is empty"))?
+            .into();
+        let secret = |s: String| non_empty(s).map(SecretString::from);
+        let s = raw.supabase;
+        let url = non_empty(s.url).map(|u| u.trim_end_matches('/').to_owned());
+        if let Some(u) = &url {
+            let parsed = reqwest::Url::parse(u)
+                .map_err(|e| Error::config(format!("SUPABASE_URL=`{u}` is not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(Error::config(format!(
+                    "SUPABASE_URL=`{u}` must start with http:// or https://"
+                )));
+            }
+        }
+        let schema = non_empty(s.schema).unwrap_or_else(|| "public".into());
+        if !schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(Error::config(format!(
+                "SUPABASE_SCHEMA=`{schema}` is not a schema name"
+            )));
+        }
+        let timeout = secs("supabase.timeout_secs (SUPABASE_TIMEOUT)", s.timeout_secs)?;
+        Ok(Settings {
+            configured_backend: configured,
+            backend,
+            db_path,
+            dual_write: raw.dual_write,
+            supabase: SupabaseSettings {
+                url,
+                anon_key: secret(s.anon_key),
+                service_key: secret(s.service_key),
+                jwt_secret: secret(s.jwt_secret),
+                schema,
+                timeout,
+                connect_timeout: secs("supabase.connect_timeout_secs", s.connect_timeout_secs)?,
+            },
+            sqlite_wal: raw.sqlite.wal,
+            sqlite_synchronous_normal: raw.sqlite.synchronous_normal,
+            mirror_timeout: secs("dual.mirror_timeout_secs", raw.dual.mirror_timeout_secs)?,
+            max_recorded_failures: raw.dual.max_recorded_failures.max(1),
+        })
+    }
+
+    /// Whether the configuration asks for Supabase at all.
+    pub fn wants_supabase(&self) -> bool {
+        self.backend == BackendKind::Supabase || self.dual_write
+    }
+
+    /// How to reach Supabase: the service key if set, else the anon key (as DoX does).
+    pub fn rest_config(&self) -> Result<RestConfig> {
+        let s = &self.supabase;
+        let url = s
+            .url
+            .clone()
+            .ok_or_else(|| Error::config("SUPABASE_URL is not set"))?;
+        let key = s
+            .service_key
+            .clone()
+            .or_else(|| s.anon_key.clone())
+            .ok_or_else(|| {
+                Error::config("no Supabase key: set SUPABASE_SERVICE_KEY (or SUPABASE_ANON_KEY)")
+            })?;
+        Ok(RestConfig {
+            url,
+            key,
+            user_jwt: None,
+            schema: s.schema.clone(),
+            timeout: s.timeout,
+            connect_timeout: s.connect_timeout,
+        })
+    }
+
+    /// Which key a Supabase client will use, for reports (never the key itself).
+    pub fn key_role(&self) -> &'static str {
+        if self.supabase.service_key.is_some() {
+            "service key (SUPABASE_SERVICE_KEY)"
+        } else if self.supabase.anon_key.is_some() {
+            "anon key (SUPABASE_ANON_KEY): RLS limits what it sees"
+        } else {
+            "none"
+        }
+    }
+
+    /// The resolved configuration with secrets redacted, for `dualwrite config`.
+    pub fn redacted(&self) -> Value {
+        let red = |s: &Option<SecretString>| match s {
+            None => Value::Null,
+            Some(s) => json!(format!(
+                "[redacted: {} chars{}]",
+                s.expose_secret().chars().count(),
+                match crate::rest::KeyKind::of(s.expose_secret()) {
+                    crate::rest::KeyKind::Secret => ", sb_secret_",
+                    crate::rest::KeyKind::Publishable => ", sb_publishable_",
+                    crate::rest::KeyKind::Jwt => "",
+                }
+            )),
+        };
+        json!({
+            "db_backend": self.backend.as_str(),
+            "db_path": self.db_path,
+            "dual_write": self.dual_write,
+            "supabase": {
+                "url": self.supabase.url,
+                "anon_key": red(&self.supabase.anon_key),
+                "service_key": red(&self.supabase.service_key),
+                "jwt_secret": red(&self.supabase.jwt_secret),
+                "schema": self.supabase.schema,
+                "timeout_secs": self.supabase.timeout.as_secs_f64(),
+                "connect_timeout_secs": self.supabase.connect_timeout.as_secs_f64(),
+            },
+            "sqlite": {
+                "wal": self.sqlite_wal,
+                "synchronous_normal": self.sqlite_synchronous_normal,
+            },
+            "dual": {
+                "mirror_timeout_secs": self.mirror_timeout.as_secs_f64(),
+                "max_recorded_failures": self.max_recorded_failures,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(env: &[(&str, &str)]) -> (tempfile::TempDir, Sources) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Sources {
+            dir: dir.path().to_path_buf(),
+            config_file: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            flags: vec![],
+        };
+        (dir, s)
+    }
+
+    #[test]
+    fn defaults_are_sqlite_without_dual_write() {
+        let (_d, s) = sources(&[]);
+        let st = Settings::load(&s).unwrap();
+        assert_eq!(st.backend, BackendKind::Sqlite);
+        assert!(!st.dual_write);
+        assert_eq!(st.db_path, PathBuf::from("db.sqlite3"));
+        assert_eq!(st.supabase.schema, "public");
+        assert_eq!(st.supabase.timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn dox_variables_are_read() {
+        let (_d, s) = sources(&[
+            ("DB_BACKEND", " Supabase "),
+            ("SUPABASE_DUAL_WRITE", "on"),
+            ("SUPABASE_URL", "http://127.0.0.1:54321/rest/v1/"),
+            ("SUPABASE_SERVICE_KEY", "sb_secret_xyz"),
+            ("SUPABASE_TIMEOUT", "2.5"),
+            ("DB_PATH", "/tmp/x.sqlite3"),
+        ]);
+        let st = Settings::load(&s).unwrap();
+        assert_eq!(st.backend, BackendKind::Supabase);
+        assert!(st.dual_write);
+        assert_eq!(
+            st.supabase.url.as_deref(),
+            Some("http://127.0.0.1:54321/rest/v1")
+        );
+        assert_eq!(st.supabase.timeout, Duration::from_millis(2500));
+        assert_eq!(st.db_path, PathBuf::from("/tmp/x.sqlite3"));
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let (d, mut s) = sources(&[("DB_PATH", "from-env.sqlite3")]);
+        std::fs::write(
+            d.path().join(".env"),
+            "DB_PATH=from-dotenv.sqlite3\nSUPABASE_SCHEMA=api\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join(".env.local"), "SUPABASE_SCHEMA=local\n").unwrap();
+        let f = d.path().join("extra.toml");
+        std::fs::write(&f, "dual_write = true\n[supabase]\nschema = \"file\"\n").unwrap();
+        s.config_file = Some(f);
+        let st = Settings::load(&s).unwrap();
+        assert_eq!(
+            st.db_path,
+            PathBuf::from("from-env.sqlite3"),
+            "process env beats .env"
+        );
+        assert_eq!(
+            st.supabase.schema, "local",
+            ".env.local beats .env and files"
+        );
+        assert!(st.dual_write, "the file beats the defaults");
+        s.flags.push(("db_path".into(), json!("from-flag.sqlite3")));
+        assert_eq!(
+            Settings::load(&s).unwrap().db_path,
+            PathBuf::from("from-flag.sqlite3")
+        );
+    }
+
+    #[test]
+    fn unknown_values_are_errors_that_name_the_source() {
+        for (env, want) in [
+            (("DB_BACKEND", "postgres"), "DB_BACKEND=`postgres`"),
+            (
+                ("SUPABASE_DUAL_WRITE", "maybe"),
+                "SUPABASE_DUAL_WRITE=`maybe`",
+            ),
+            (("SUPABASE_TIMEOUT", "soon"), "SUPABASE_TIMEOUT=`soon`"),
+            (("SUPABASE_URL", "localhost:54321"), "SUPABASE_URL"),
+        ] {
+            let (_d, s) = sources(&[env]);
+            let e = Settings::load(&s).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        let (d, mut s) = sources(&[]);
+        let f = d.path().join("bad.toml");
+        std::fs::write(&f, "db_backnd = \"sqlite\"\n").unwrap();
+        s.config_file = Some(f);
+        let e = Settings::load(&s).unwrap_err().to_string();
+        assert!(e.contains("db_backnd"), "{e}");
+        s.config_file = Some(d.path().join("missing.toml"));
+        assert!(Settings::load(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_and_report() {
+        let (_d, s) = sources(&[
+            ("SUPABASE_SERVICE_KEY", "sb_secret_TOPSECRET123"),
+            ("SUPABASE_JWT_SECRET", "jwt-secret-TOPSECRET456"),
+            ("SUPABASE_ANON_KEY", "eyJ.TOPSECRET789.x"),
+        ]);
+        let st = Settings::load(&s).unwrap();
+        for text in [format!("{st:?}"), st.redacted().to_string()] {
+            assert!(!text.contains("TOPSECRET"), "{text}");
+        }
+        assert!(st.redacted()["supabase"]["service_key"]
+            .as_str()
+            .unwrap()
+            .contains("redacted"));
+    }
+
+    #[test]
+    fn missing_url_or_key_is_named() {
+        let (_d, s) = sources(&[]);
+        let st = Settings::load(&s).unwrap();
+        assert!(st
+            .rest_config()
+            .unwrap_err()
+            .to_string()
+            .contains("SUPABASE_URL"));
+        let (_d, s) = sources(&[("SUPABASE_URL", "http://x")]);
+        let st = Settings::load(&s).unwrap();
+        assert!(st
+            .rest_config()
+            .unwrap_err()
+            .to_string()
+            .contains("SUPABASE_SERVICE_KEY"));
+    }
+}

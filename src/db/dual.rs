@@ -1,0 +1,384 @@
+//! `DualDatabase<P, S>`: write to a primary, mirror to a secondary.
+//!
+//! Behaviour (the original design's table, spec 8.1, made safe):
+//!
+//! | primary | secondary              | result                                            |
+//! |---------|------------------------|---------------------------------------------------|
+//! | ok      | ok                     | the primary's result                              |
+//! | error   | (not attempted)        | the primary's error                               |
+//! | ok      | error / timeout / down | the primary's result; the failure is logged, counted and recorded |
+//!
+//! Reads come from the primary. The write is prepared once ([`Write::prepare`])
+//! so ids and timestamps the original generated on each side are the same on
+//! both, and the secondary receives the write as the primary resolved it
+//! ([`Applied::resolved`]). The secondary never holds the caller longer than the
+//! configured timeout. Recorded failures can be inspected and replayed.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{Applied, Database, Filter, Row};
+use crate::catalogue::Table;
+use crate::error::{Error, Result};
+use crate::model::Write;
+
+/// A mirror write that did not land.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecondaryFailure {
+    pub method: &'static str,
+    pub table: &'static str,
+    pub key: String,
+    pub error: String,
+    /// Whether trying again later may succeed ([`Error::is_transient`]).
+    pub transient: bool,
+    /// When it failed (RFC 3339 UTC).
+    pub at: String,
+    /// The write, as it must be replayed.
+    pub write: Write,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DualStats {
+    /// Writes applied to both sides.
+    pub mirrored: u64,
+    /// Secondary failures since start (including those replayed later).
+    pub failed: u64,
+    /// Failures not kept because the record was full (logged at ERROR: data at risk).
+    pub dropped: u64,
+    /// Failures recorded and not yet replayed.
+    pub pending: u64,
+}
+
+/// What [`DualDatabase::replay_failures`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReplayReport {
+    pub attempted: u64,
+    pub replayed: u64,
+    pub still_failing: u64,
+}
+
+pub struct DualDatabase<P, S> {
+    primary: P,
+    secondary: S,
+    timeout: Duration,
+    capacity: usize,
+    failures: Mutex<VecDeque<SecondaryFailure>>,
+    mirrored: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl<P: Database, S: Database> DualDatabase<P, S> {
+    /// `timeout` bounds how long a mirror write may hold the caller; `capacity`
+    /// bounds how many failures are kept for replay.
+    pub fn new(primary: P, secondary: S, timeout: Duration, capacity: usize) -> Self {
+        DualDatabase {
+            primary,
+            secondary,
+            timeout,
+            capacity,
+            failures: Mutex::new(VecDeque::new()),
+            mirrored: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    pub fn primary(&self) -> &P {
+        &self.primary
+    }
+
+    pub fn secondary(&self) -> &S {
+        &self.secondary
+    }
+
+    pub fn stats(&self) -> DualStats {
+        DualStats {
+            mirrored: self.mirrored.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            pending: self.failures.lock().expect("failure log lock").len() as u64,
+        }
+    }
+
+    /// The recorded secondary failures, oldest first.
+    pub fn failures(&self) -> Vec<SecondaryFailure> {
+        self.failures
+            .lock()
+            .expect("failure log lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    async fn mirror(&self, write: Write) -> Result<()> {
+        match tokio::time::timeout(self.timeout, self.secondary.apply(write)).await {
+            Ok(r) => r.map(drop),
+            Err(_) => Err(Error::Timeout(self.timeout)),
+        }
+    }
+
+    fn record(&self, write: Write, error: &Error) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let failure = SecondaryFailure {
+            method: write.method(),
+            table: write.table(),
+            key: write.key(),
+            error: error.to_string(),
+            transient: error.is_transient(),
+            at: crate::normalise::now_text(),
+            write,
+        };
+        tracing::warn!(
+            method = failure.method,
+            table = failure.table,
+            key = %failure.key,
+            transient = failure.transient,
+            error = %error,
+            "secondary write failed; recorded for replay"
+        );
+        let mut log = self.failures.lock().expect("failure log lock");
+        if log.len() >= self.capacity {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                method = failure.method,
+                table = failure.table,
+                key = %failure.key,
+                capacity = self.capacity,
+                "secondary failure record is full; this write will not be replayed"
+            );
+            return;
+        }
+        log.push_back(failure);
+    }
+
+    /// Apply the recorded failures to the secondary again, oldest first. Those
+    /// that fail again stay recorded, in order.
+    pub async fn replay_failures(&self) -> ReplayReport {
+        let pending: Vec<SecondaryFailure> = self
+            .failures
+            .lock()
+            .expect("failure log lock")
+            .drain(..)
+            .collect();
+        let mut report = ReplayReport::default();
+        let mut again = Vec::new();
+        for f in pending {
+            report.attempted += 1;
+            match self.mirror(f.write.clone()).await {
+                Ok(()) => {
+                    report.replayed += 1;
+                    self.mirrored.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    report.still_failing += 1;
+                    again.push(SecondaryFailure {
+                        error: e.to_string(),
+                        transient: e.is_transient(),
+                        ..f
+                    });
+                }
+            }
+        }
+        let mut log = self.failures.lock().expect("failure log lock");
+        for (i, f) in again.into_iter().enumerate() {
+            log.insert(i, f);
+        }
+        report
+    }
+}
+
+impl<P: Database, S: Database> Database for DualDatabase<P, S> {
+    fn backend(&self) -> String {
+        format!(
+            "dual:{}+{}",
+            self.primary.backend(),
+            self.secondary.backend()
+        )
+    }
+
+    async fn apply(&self, mut write: Write) -> Result<Applied> {
+        write.prepare();
+        // A primary failure is the caller's error, and the secondary is not touched.
+        let applied = self.primary.apply(write).await?;
+        let mirror = applied.resolved.clone();
+        let record_copy = mirror.clone();
+        match self.mirror(mirror).await {
+            Ok(()) => {
+                self.mirrored.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.record(record_copy, &e),
+        }
+        Ok(applied)
+    }
+
+    fn fetch(
+        &self,
+        table: &'static Table,
+        filters: &[Filter],
+    ) -> impl std::future::Future<Output = Result<Vec<Row>>> + Send {
+        self.primary.fetch(table, filters)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Dox;
+    use crate::model::Artifact;
+    use serde_json::{json, Value};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    /// An in-memory double: records writes, can be told to fail or hang.
+    #[derive(Default)]
+    struct Double {
+        name: &'static str,
+        fail: AtomicBool,
+        hang: AtomicBool,
+        writes: Mutex<Vec<Write>>,
+    }
+
+    impl Database for Arc<Double> {
+        fn backend(&self) -> String {
+            self.name.into()
+        }
+        async fn apply(&self, mut write: Write) -> Result<Applied> {
+            write.prepare();
+            if self.hang.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(Error::Unreachable {
+                    url: "double".into(),
+                    reason: "down".into(),
+                });
+            }
+            self.writes.lock().unwrap().push(write.clone());
+            Ok(Applied {
+                value: json!(write.key()),
+                resolved: write,
+            })
+        }
+        async fn fetch(&self, _t: &'static Table, _f: &[Filter]) -> Result<Vec<Row>> {
+            Ok(vec![[("from".to_string(), json!(self.name))]
+                .into_iter()
+                .collect()])
+        }
+    }
+
+    fn artifact(id: &str) -> Artifact {
+        Artifact {
+            id: id.into(),
+            filename: "f".into(),
+            filepath: "p".into(),
+            filetype: ".pdf".into(),
+            report_week: None,
+            status: None,
+            source_url: None,
+            extras: None,
+            extra_json: None,
+        }
+    }
+
+    fn pair() -> (
+        Arc<Double>,
+        Arc<Double>,
+        DualDatabase<Arc<Double>, Arc<Double>>,
+    ) {
+        let p = Arc::new(Double {
+            name: "p",
+            ..Default::default()
+        });
+        let s = Arc::new(Double {
+            name: "s",
+            ..Default::default()
+        });
+        let d = DualDatabase::new(p.clone(), s.clone(), Duration::from_millis(200), 2);
+        (p, s, d)
+    }
+
+    #[tokio::test]
+    async fn both_succeed() {
+        let (p, s, d) = pair();
+        assert_eq!(d.add_artifact(artifact("a")).await.unwrap(), "a");
+        assert_eq!(p.writes.lock().unwrap().len(), 1);
+        assert_eq!(s.writes.lock().unwrap().len(), 1);
+        assert_eq!(d.stats().mirrored, 1);
+        assert_eq!(d.backend(), "dual:p+s");
+    }
+
+    #[tokio::test]
+    async fn primary_failure_is_returned_and_secondary_untouched() {
+        let (p, s, d) = pair();
+        p.fail.store(true, Ordering::SeqCst);
+        assert!(d.add_artifact(artifact("a")).await.is_err());
+        assert!(s.writes.lock().unwrap().is_empty());
+        assert_eq!(d.stats(), DualStats::default());
+    }
+
+    #[tokio::test]
+    async fn secondary_failure_is_recorded_and_replayed() {
+        let (_p, s, d) = pair();
+        s.fail.store(true, Ordering::SeqCst);
+        assert_eq!(d.add_artifact(artifact("a")).await.unwrap(), "a");
+        let f = d.failures();
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            (f[0].method, f[0].table, f[0].key.as_str()),
+            ("add_artifact", "artifact", "a")
+        );
+        assert!(f[0].transient);
+        s.fail.store(false, Ordering::SeqCst);
+        let r = d.replay_failures().await;
+        assert_eq!((r.attempted, r.replayed, r.still_failing), (1, 1, 0));
+        assert_eq!(s.writes.lock().unwrap().len(), 1);
+        assert_eq!(d.stats().pending, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_secondary_is_cut_off_at_the_timeout() {
+        let (_p, s, d) = pair();
+        s.hang.store(true, Ordering::SeqCst);
+        let started = tokio::time::Instant::now();
+        d.add_artifact(artifact("a")).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        assert!(d.failures()[0].error.contains("did not answer"));
+    }
+
+    #[tokio::test]
+    async fn overflow_is_counted_not_silent() {
+        let (_p, s, d) = pair();
+        s.fail.store(true, Ordering::SeqCst);
+        for id in ["a", "b", "c"] {
+            d.add_artifact(artifact(id)).await.unwrap();
+        }
+        let st = d.stats();
+        assert_eq!((st.failed, st.pending, st.dropped), (3, 2, 1));
+    }
+
+    #[tokio::test]
+    async fn generated_ids_are_the_same_on_both_sides() {
+        let (p, s, d) = pair();
+        let id = d
+            .add_memory("team_memory", json!({"k": 1}), None, None)
+            .await
+            .unwrap();
+        assert!(!id.is_empty());
+        let pw = p.writes.lock().unwrap()[0].clone();
+        let sw = s.writes.lock().unwrap()[0].clone();
+        assert_eq!(pw, sw);
+        assert_eq!(pw.key(), id);
+    }
+
+    #[tokio::test]
+    async fn reads_come_from_the_primary() {
+        let (_p, _s, d) = pair();
+        let rows = d.fetch(&crate::catalogue::ARTIFACT, &[]).await.unwrap();
+        assert_eq!(rows[0]["from"], Value::from("p"));
+    }
+}

@@ -1,0 +1,452 @@
+//! The storage contract: the [`Database`] trait every backend implements, and
+//! [`Dox`], the DoX interface of typed methods built on top of it.
+//!
+//! A backend implements two primitives: [`Database::apply`] (one [`Write`]) and
+//! [`Database::fetch`] (canonical rows of one table, filtered by equality). The
+//! read methods of DoX are written once, in [`reads`], over `fetch`, so every
+//! backend answers them identically.
+
+use std::future::Future;
+
+use serde_json::{Map, Value};
+
+use crate::catalogue::Table;
+use crate::error::{Error, Result};
+use crate::model::{
+    ApiEndpoint, Artifact, Call, DocTable, Document, Entity, Evidence, Fact, LogEntry, MetricHit,
+    Read, SearchChunk, Section, Summary, TagRow, Write,
+};
+
+pub mod dual;
+pub mod reads;
+pub mod sqlite;
+pub mod supabase;
+
+pub use dual::{DualDatabase, DualStats, SecondaryFailure};
+pub use sqlite::{SqliteDatabase, SqliteOptions};
+pub use supabase::SupabaseDatabase;
+
+/// A canonical row: Supabase column names to canonical values (see [`crate::normalise`]).
+pub type Row = Map<String, Value>;
+
+/// An equality filter on a column, by SQLite column name, with a canonical value.
+pub type Filter = (&'static str, Value);
+
+/// What applying a write produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The method's return value (an id, the updated skill, or null).
+    pub value: Value,
+    /// The write as it was actually carried out: prepared (ids, timestamps) and,
+    /// for read-modify-write methods, resolved to absolute values (the merged
+    /// preferences, the existing skill id, the merged extras). This is what a
+    /// mirror applies, so that both sides end up with the same row.
+    pub resolved: Write,
+}
+
+/// A storage backend.
+pub trait Database: Send + Sync {
+    /// `sqlite`, `supabase`, or `dual:<primary>+<secondary>`.
+    fn backend(&self) -> String;
+
+    /// Apply one write. Implementations call [`Write::prepare`] first (it is idempotent).
+    fn apply(&self, write: Write) -> impl Future<Output = Result<Applied>> + Send;
+
+    /// Every row of `table` matching all `filters`, canonical, in key order.
+    fn fetch(
+        &self,
+        table: &'static Table,
+        filters: &[Filter],
+    ) -> impl Future<Output = Result<Vec<Row>>> + Send;
+}
+
+impl<T: Database> Database for std::sync::Arc<T> {
+    fn backend(&self) -> String {
+        (**self).backend()
+    }
+
+    fn apply(&self, write: Write) -> impl Future<Output = Result<Applied>> + Send {
+        (**self).apply(write)
+    }
+
+    fn fetch(
+        &self,
+        table: &'static Table,
+        filters: &[Filter],
+    ) -> impl Future<Output = Result<Vec<Row>>> + Send {
+        (**self).fetch(table, filters)
+    }
+}
+
+fn id_of(v: Value) -> String {
+    match v {
+        Value::String(s) => s,
+        _ => String::new(),
+    }
+}
+
+fn list(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a,
+        _ => Vec::new(),
+    }
+}
+
+fn optional(v: Value) -> Option<Value> {
+    (!v.is_null()).then_some(v)
+}
+
+/// The DoX storage interface: every named write and read as a typed method.
+/// Implemented for every [`Database`]; each method builds a [`Write`] or
+/// [`Read`] value and hands it over.
+pub trait Dox: Database {
+    /// Apply a write and return the method's value.
+    fn write(&self, w: Write) -> impl Future<Output = Result<Value>> + Send {
+        async move { Ok(self.apply(w).await?.value) }
+    }
+
+    fn read(&self, r: Read) -> impl Future<Output = Result<Value>> + Send {
+        async move { reads::run(self, &r).await }
+    }
+
+    fn call(&self, call: Call) -> impl Future<Output = Result<Value>> + Send {
+        async move {
+            match call {
+                Call::Write(w) => self.write(w).await,
+                Call::Read(r) => self.read(r).await,
+            }
+        }
+    }
+
+    fn add_artifact(&self, artifact: Artifact) -> impl Future<Output = Result<String>> + Send {
+        async move { self.write(Write::AddArtifact { artifact }).await.map(id_of) }
+    }
+    fn add_fact(&self, fact: Fact) -> impl Future<Output = Result<()>> + Send {
+        async move { self.write(Write::AddFact { fact }).await.map(drop) }
+    }
+    fn add_evidence(&self, evidence: Evidence) -> impl Future<Output = Result<()>> + Send {
+        async move { self.write(Write::AddEvidence { evidence }).await.map(drop) }
+    }
+    fn add_document(&self, doc: Document) -> impl Future<Output = Result<String>> + Send {
+        async move { self.write(Write::AddDocument { doc }).await.map(id_of) }
+    }
+    fn add_section(&self, section: Section) -> impl Future<Output = Result<()>> + Send {
+        async move { self.write(Write::AddSection { section }).await.map(drop) }
+    }
+    fn add_table(&self, table: DocTable) -> impl Future<Output = Result<()>> + Send {
+        async move { self.write(Write::AddTable { table }).await.map(drop) }
+    }
+    fn add_api(&self, api: ApiEndpoint) -> impl Future<Output = Result<()>> + Send {
+        async move { self.write(Write::AddApi { api }).await.map(drop) }
+    }
+    fn add_log(&self, log: LogEntry) -> impl Future<Output = Result<()>> + Send {
+        async move { self.write(Write::AddLog { log }).await.map(drop) }
+    }
+    fn add_tag(&self, tag: TagRow) -> impl Future<Output = Result<()>> + Send {
+        async move { self.write(Write::AddTag { tag }).await.map(drop) }
+    }
+    fn save_tag_prompt(
+        &self,
+        document_id: &str,
+        prompt_text: &str,
+        examples: Option<Value>,
+        author: Option<&str>,
+    ) -> impl Future<Output = Result<String>> + Send {
+        let w = Write::SaveTagPrompt {
+            document_id: document_id.into(),
+            prompt_text: prompt_text.into(),
+            examples,
+            author: author.map(Into::into),
+            id: None,
+            created_at: None,
+        };
+        async move { self.write(w).await.map(id_of) }
+    }
+    fn reset(&self) -> impl Future<Output = Result<()>> + Send {
+        async move { self.write(Write::Reset {}).await.map(drop) }
+    }
+    fn reset_search_chunks(&self) -> impl Future<Output = Result<()>> + Send {
+        async move { self.write(Write::ResetSearchChunks {}).await.map(drop) }
+    }
+    fn store_search_chunks(
+        &self,
+        chunks: Vec<SearchChunk>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            self.write(Write::StoreSearchChunks { chunks })
+                .await
+                .map(drop)
+        }
+    }
+    fn store_entities(
+        &self,
+        document_id: &str,
+        entities: Vec<Entity>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let w = Write::StoreEntities {
+            document_id: document_id.into(),
+            entities,
+        };
+        async move { self.write(w).await.map(drop) }
+    }
+    fn store_structure(
+        &self,
+        document_id: &str,
+        structure: Option<Value>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let w = Write::StoreStructure {
+            document_id: document_id.into(),
+            structure,
+        };
+        async move { self.write(w).await.map(drop) }
+    }
+    fn store_metric_hits(
+        &self,
+        document_id: &str,
+        metrics: Vec<MetricHit>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let w = Write::StoreMetricHits {
+            document_id: document_id.into(),
+            metrics,
+        };
+        async move { self.write(w).await.map(drop) }
+    }
+    fn store_summary(&self, summary: Summary) -> impl Future<Output = Result<String>> + Send {
+        async move { self.write(Write::StoreSummary { summary }).await.map(id_of) }
+    }
+    fn add_memory(
+        &self,
+        category: &str,
+        content: Value,
+        context: Option<Value>,
+        user_id: Option<&str>,
+    ) -> impl Future<Output = Result<String>> + Send {
+        let w = Write::AddMemory {
+            category: category.into(),
+            content,
+            context,
+            user_id: user_id.map(Into::into),
+            id: None,
+            created_at: None,
+        };
+        async move { self.write(w).await.map(id_of) }
+    }
+    fn set_user_pref(
+        &self,
+        user_id: &str,
+        key: &str,
+        value: Value,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let w = Write::SetUserPref {
+            user_id: user_id.into(),
+            key: key.into(),
+            value,
+            updated_at: None,
+            preferences: None,
+        };
+        async move { self.write(w).await.map(drop) }
+    }
+    fn register_skill(
+        &self,
+        name: &str,
+        description: &str,
+        parameters: Value,
+        workflow_def: Value,
+        enabled: bool,
+    ) -> impl Future<Output = Result<String>> + Send {
+        let w = Write::RegisterSkill {
+            name: name.into(),
+            description: description.into(),
+            parameters,
+            workflow_def,
+            enabled,
+            id: None,
+            created_at: None,
+        };
+        async move { self.write(w).await.map(id_of) }
+    }
+    fn update_skill(
+        &self,
+        skill_id: &str,
+        enabled: bool,
+    ) -> impl Future<Output = Result<Option<Value>>> + Send {
+        let w = Write::UpdateSkill {
+            skill_id: skill_id.into(),
+            enabled,
+        };
+        async move { self.write(w).await.map(optional) }
+    }
+    fn update_artifact(
+        &self,
+        artifact_id: &str,
+        fields: Map<String, Value>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let w = Write::UpdateArtifact {
+            artifact_id: artifact_id.into(),
+            fields,
+            merge_extras: true,
+        };
+        async move {
+            w.validate()?;
+            self.write(w).await.map(drop)
+        }
+    }
+
+    fn get_artifacts(&self) -> impl Future<Output = Result<Vec<Value>>> + Send {
+        async move { self.read(Read::GetArtifacts {}).await.map(list) }
+    }
+    fn get_facts(
+        &self,
+        report_week: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Value>>> + Send {
+        let r = Read::GetFacts {
+            report_week: report_week.map(Into::into),
+        };
+        async move { self.read(r).await.map(list) }
+    }
+    fn get_evidence(
+        &self,
+        evidence_id: &str,
+    ) -> impl Future<Output = Result<Option<Value>>> + Send {
+        let r = Read::GetEvidence {
+            evidence_id: evidence_id.into(),
+        };
+        async move { self.read(r).await.map(optional) }
+    }
+    fn get_all_evidence(&self) -> impl Future<Output = Result<Vec<Value>>> + Send {
+        async move { self.read(Read::GetAllEvidence {}).await.map(list) }
+    }
+    fn get_summary(
+        &self,
+        scope_key: &str,
+        style: &str,
+    ) -> impl Future<Output = Result<Option<Value>>> + Send {
+        let r = Read::GetSummary {
+            scope_key: scope_key.into(),
+            style: style.into(),
+        };
+        async move { self.read(r).await.map(optional) }
+    }
+    fn list_documents(
+        &self,
+        kind: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Value>>> + Send {
+        let r = Read::ListDocuments {
+            kind: kind.map(Into::into),
+        };
+        async move { self.read(r).await.map(list) }
+    }
+    fn list_tags(
+        &self,
+        document_id: Option<&str>,
+        q: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Value>>> + Send {
+        let r = Read::ListTags {
+            document_id: document_id.map(Into::into),
+            q: q.map(Into::into),
+        };
+        async move { self.read(r).await.map(list) }
+    }
+    fn has_tag(&self, document_id: &str, tag: &str) -> impl Future<Output = Result<bool>> + Send {
+        let r = Read::HasTag {
+            document_id: document_id.into(),
+            tag: tag.into(),
+        };
+        async move { Ok(self.read(r).await? == Value::Bool(true)) }
+    }
+    fn get_structure(
+        &self,
+        document_id: &str,
+    ) -> impl Future<Output = Result<Option<Value>>> + Send {
+        let r = Read::GetStructure {
+            document_id: document_id.into(),
+        };
+        async move { self.read(r).await.map(optional) }
+    }
+    fn get_user_prefs(&self, user_id: &str) -> impl Future<Output = Result<Value>> + Send {
+        let r = Read::GetUserPrefs {
+            user_id: user_id.into(),
+        };
+        async move { self.read(r).await }
+    }
+    fn search_memory(
+        &self,
+        category: Option<&str>,
+        limit: usize,
+        q: Option<&str>,
+        user_id: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Value>>> + Send {
+        let r = Read::SearchMemory {
+            category: category.map(Into::into),
+            limit,
+            q: q.map(Into::into),
+            user_id: user_id.map(Into::into),
+        };
+        async move { self.read(r).await.map(list) }
+    }
+    fn list_skills(&self, enabled_only: bool) -> impl Future<Output = Result<Vec<Value>>> + Send {
+        async move { self.read(Read::ListSkills { enabled_only }).await.map(list) }
+    }
+}
+
+impl<T: Database> Dox for T {}
+
+/// A backend chosen at run time from the configuration.
+pub enum AnyDatabase {
+    Sqlite(SqliteDatabase),
+    Supabase(SupabaseDatabase),
+    /// Dual write with SQLite primary (before cutover).
+    SqliteFirst(DualDatabase<SqliteDatabase, SupabaseDatabase>),
+    /// Dual write with Supabase primary (after cutover; SQLite stays as the mirror).
+    SupabaseFirst(DualDatabase<SupabaseDatabase, SqliteDatabase>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $db:ident => $e:expr) => {
+        match $self {
+            AnyDatabase::Sqlite($db) => $e,
+            AnyDatabase::Supabase($db) => $e,
+            AnyDatabase::SqliteFirst($db) => $e,
+            AnyDatabase::SupabaseFirst($db) => $e,
+        }
+    };
+}
+
+impl Database for AnyDatabase {
+    fn backend(&self) -> String {
+        delegate!(self, db => db.backend())
+    }
+
+    async fn apply(&self, write: Write) -> Result<Applied> {
+        delegate!(self, db => db.apply(write).await)
+    }
+
+    async fn fetch(&self, table: &'static Table, filters: &[Filter]) -> Result<Vec<Row>> {
+        delegate!(self, db => db.fetch(table, filters).await)
+    }
+}
+
+impl AnyDatabase {
+    /// Secondary-failure statistics, when dual writing.
+    pub fn dual_stats(&self) -> Option<DualStats> {
+        match self {
+            AnyDatabase::SqliteFirst(d) => Some(d.stats()),
+            AnyDatabase::SupabaseFirst(d) => Some(d.stats()),
+            _ => None,
+        }
+    }
+}
+
+/// Reject a fetch filter on a column the table does not have (a programming error
+/// in a read, surfaced clearly rather than as an SQL or PostgREST error).
+pub(crate) fn check_filters(table: &Table, filters: &[Filter]) -> Result<()> {
+    for (c, _) in filters {
+        if table.column(c).is_none() {
+            return Err(Error::invalid(format!(
+                "{} has no column {c}",
+                table.sqlite
+            )));
+        }
+    }
+    Ok(())
+}

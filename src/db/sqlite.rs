@@ -1,0 +1,702 @@
+//! `SqliteDatabase`: DoX's own SQLite files, read and written as the original
+//! application does (exact table and column names, JSON as text, 0/1 booleans).
+//!
+//! The `rusqlite::Connection` lives on a dedicated thread and is reached over a
+//! channel, so blocking SQLite calls never run on the async runtime. This is the
+//! only module that touches rusqlite.
+//!
+//! Opening a file for writing does what DoX's own bootstrap does and nothing
+//! more: it creates the DoX tables that are missing and adds the three columns
+//! DoX patches in (`fact.evidence_id`, `artifact.source_url`,
+//! `artifact.extra_json`). Existing tables are never altered otherwise; an
+//! Alembic-built file keeps its `doctable.json` column, which is mapped. A file
+//! opened read-only is not changed at all.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::types::{Value as SqlParam, ValueRef};
+use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
+use serde_json::{json, Map, Value};
+use tokio::sync::oneshot;
+
+use super::{check_filters, reads, Applied, Database, Filter, Row};
+use crate::catalogue::{self as cat, Kind, Table, TABLES};
+use crate::error::{Error, Result};
+use crate::model::{user_prefs_row, Step, Write};
+use crate::normalise::{self, json_text, parse_json_text, SqlRow, SqlValue};
+
+/// How to open a SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Open without any change to the file (no table creation, no pragmas that write).
+    pub read_only: bool,
+    /// Switch the file to write-ahead logging (persists in the file; readers and the
+    /// writer no longer block each other). DoX's own code leaves the default.
+    pub wal: bool,
+    /// `synchronous=NORMAL`: with WAL, a commit is durable against a process crash
+    /// and needs no fsync per write (an OS crash may lose the last commits).
+    pub synchronous_normal: bool,
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            read_only: false,
+            wal: true,
+            synchronous_normal: true,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Where each catalogue column lives in this particular file.
+#[derive(Debug)]
+struct TableLayout {
+    /// Physical column name per catalogue column; `None` when the file lacks it.
+    physical: Vec<Option<String>>,
+    select: String,
+    upsert: Option<String>,
+}
+
+#[derive(Debug)]
+struct Layout {
+    tables: HashMap<&'static str, TableLayout>,
+}
+
+impl Layout {
+    fn get(&self, t: &Table) -> Option<&TableLayout> {
+        self.tables.get(t.sqlite)
+    }
+
+    fn writable(&self, t: &Table) -> Result<&TableLayout> {
+        let l = self
+            .get(t)
+            .ok_or_else(|| Error::Sqlite(format!("the file has no table {}", t.sqlite)))?;
+        if l.upsert.is_none() {
+            let missing: Vec<_> = t
+                .columns
+                .iter()
+                .zip(&l.physical)
+                .filter(|(_, p)| p.is_none())
+                .map(|(c, _)| c.sqlite)
+                .collect();
+            return Err(Error::Sqlite(format!(
+                "table {} lacks column(s) {} that DoX writes",
+                t.sqlite,
+                missing.join(", ")
+            )));
+        }
+        Ok(l)
+    }
+}
+
+pub struct SqliteDatabase {
+    jobs: std::sync::mpsc::Sender<Job>,
+    path: PathBuf,
+    layout: Arc<Layout>,
+}
+
+impl std::fmt::Debug for SqliteDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteDatabase")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// The DoX schema of a table as SQLModel creates it.
+pub fn create_table_sql(t: &Table) -> String {
+    let mut parts: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| {
+            let ty = match c.kind {
+                Kind::Integer => "INTEGER",
+                Kind::Float => "FLOAT",
+                Kind::Bool => "BOOLEAN",
+                Kind::Text | Kind::Json | Kind::Timestamp => "VARCHAR",
+            };
+            let null = if c.not_null { " NOT NULL" } else { "" };
+            format!("{} {ty}{null}", quote(c.sqlite))
+        })
+        .collect();
+    parts.push(format!("PRIMARY KEY ({})", quote(t.key().sqlite)));
+    if t.sqlite == cat::SKILLS_REGISTRY.sqlite {
+        parts.push("UNIQUE (name)".into());
+    }
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n\t{}\n)",
+        quote(t.sqlite),
+        parts.join(", \n\t")
+    )
+}
+
+/// Columns DoX's bootstrap adds to existing files (spec 1.1).
+const PATCHES: [(&str, &str); 3] = [
+    ("fact", "evidence_id"),
+    ("artifact", "source_url"),
+    ("artifact", "extra_json"),
+];
+
+fn table_columns(conn: &Connection, table: &str) -> Result<Option<Vec<String>>> {
+    let exists: Option<String> = conn
+        .query_row(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let mut stmt = conn.prepare(&format!("PRAGMA table_info({})", quote(table)))?;
+    let cols = stmt
+        .query_map([], |r| r.get::<_, String>(1))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some(cols))
+}
+
+fn build_layout(conn: &Connection) -> Result<Layout> {
+    let mut tables = HashMap::new();
+    for t in TABLES {
+        let Some(existing) = table_columns(conn, t.sqlite)? else {
+            continue;
+        };
+        let physical: Vec<Option<String>> = t
+            .columns
+            .iter()
+            .map(|c| {
+                if existing.iter().any(|e| e == c.sqlite) {
+                    return Some(c.sqlite.to_owned());
+                }
+                t.legacy_names
+                    .iter()
+                    .find(|(orm, legacy)| *orm == c.sqlite && existing.iter().any(|e| e == legacy))
+                    .map(|(_, legacy)| (*legacy).to_owned())
+            })
+            .collect();
+        let select_cols: Vec<String> = physical
+            .iter()
+            .map(|p| p.as_deref().map_or_else(|| "NULL".to_owned(), quote))
+            .collect();
+        let select = format!("SELECT {} FROM {}", select_cols.join(", "), quote(t.sqlite));
+        let upsert = physical.iter().all(Option::is_some).then(|| {
+            let cols: Vec<String> = physical.iter().flatten().map(|p| quote(p)).collect();
+            let marks = vec!["?"; cols.len()].join(", ");
+            let updates: Vec<String> = cols[1..]
+                .iter()
+                .map(|c| format!("{c} = excluded.{c}"))
+                .collect();
+            format!(
+                "INSERT INTO {} ({}) VALUES ({marks}) ON CONFLICT ({}) DO UPDATE SET {}",
+                quote(t.sqlite),
+                cols.join(", "),
+                cols[0],
+                updates.join(", ")
+            )
+        });
+        tables.insert(
+            t.sqlite,
+            TableLayout {
+                physical,
+                select,
+                upsert,
+            },
+        );
+    }
+    Ok(Layout { tables })
+}
+
+fn bootstrap(conn: &Connection) -> Result<()> {
+    for t in TABLES {
+        conn.execute_batch(&create_table_sql(t))?;
+    }
+    for (table, column) in PATCHES {
+        let cols = table_columns(conn, table)?.unwrap_or_default();
+        if !cols.iter().any(|c| c == column) {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {} ADD COLUMN {} VARCHAR",
+                quote(table),
+                quote(column)
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+fn to_param(v: &SqlValue) -> SqlParam {
+    match v {
+        SqlValue::Null => SqlParam::Null,
+        SqlValue::Integer(i) => SqlParam::Integer(*i),
+        SqlValue::Real(f) => SqlParam::Real(*f),
+        SqlValue::Text(s) => SqlParam::Text(s.clone()),
+        SqlValue::Blob(b) | SqlValue::BadText(b) => SqlParam::Blob(b.clone()),
+    }
+}
+
+fn from_ref(v: ValueRef<'_>) -> SqlValue {
+    match v {
+        ValueRef::Null => SqlValue::Null,
+        ValueRef::Integer(i) => SqlValue::Integer(i),
+        ValueRef::Real(f) => SqlValue::Real(f),
+        ValueRef::Text(b) => match std::str::from_utf8(b) {
+            Ok(s) => SqlValue::Text(s.to_owned()),
+            Err(_) => SqlValue::BadText(b.to_vec()),
+        },
+        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+    }
+}
+
+fn canonical_param(v: &Value) -> SqlParam {
+    match v {
+        Value::Bool(b) => SqlParam::Integer(i64::from(*b)),
+        Value::Number(n) => n.as_i64().map_or_else(
+            || SqlParam::Real(n.as_f64().unwrap_or(0.0)),
+            SqlParam::Integer,
+        ),
+        Value::String(s) => SqlParam::Text(s.clone()),
+        Value::Null => SqlParam::Null,
+        other => SqlParam::Text(json_text(other)),
+    }
+}
+
+/// A row as read from the file, lenient: a value the canonical form cannot hold
+/// is shown as text rather than failing the read.
+fn lenient_canonical(t: &'static Table, row: &SqlRow) -> Row {
+    let mut out = Map::new();
+    for (c, v) in t.columns.iter().zip(row) {
+        let value = normalise::value_to_canonical(c, v)
+            .map(|(v, _)| v)
+            .unwrap_or_else(|_| Value::String(v.display()));
+        out.insert(c.supabase.to_owned(), value);
+    }
+    out
+}
+
+fn read_rows(
+    conn: &Connection,
+    t: &'static Table,
+    layout: &TableLayout,
+    filters: &[Filter],
+) -> Result<Vec<SqlRow>> {
+    let mut sql = layout.select.clone();
+    let mut params = Vec::new();
+    for (i, (col, v)) in filters.iter().enumerate() {
+        let idx = t.index_of(col);
+        let Some(p) = &layout.physical[idx] else {
+            // The file lacks the column: every value is NULL, nothing equals the filter.
+            return Ok(Vec::new());
+        };
+        sql.push_str(if i == 0 { " WHERE " } else { " AND " });
+        sql.push_str(&format!("{} = ?", quote(p)));
+        params.push(canonical_param(v));
+    }
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let n = t.columns.len();
+    let rows = stmt
+        .query_map(params_from_iter(params), |r| {
+            (0..n).map(|i| r.get_ref(i).map(from_ref)).collect()
+        })?
+        .collect::<rusqlite::Result<Vec<SqlRow>>>()?;
+    Ok(rows)
+}
+
+impl SqliteDatabase {
+    /// Open (and, unless read-only, bootstrap) a DoX SQLite file.
+    pub async fn open(path: impl AsRef<Path>, opts: SqliteOptions) -> Result<SqliteDatabase> {
+        let path = path.as_ref().to_path_buf();
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<Layout>>();
+        let thread_path = path.clone();
+        std::thread::Builder::new()
+            .name("dualwrite-sqlite".into())
+            .spawn(move || {
+                let opened = open_connection(&thread_path, &opts);
+                let mut conn = match opened {
+                    Ok((conn, layout)) => {
+                        let _ = ready_tx.send(Ok(layout));
+                        conn
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                for job in rx {
+                    job(&mut conn);
+                }
+            })?;
+        let layout = ready_rx
+            .await
+            .map_err(|_| Error::Sqlite("the SQLite thread stopped while opening".into()))??;
+        Ok(SqliteDatabase {
+            jobs,
+            path,
+            layout: Arc::new(layout),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run `f` on the connection's thread.
+    async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, &Layout) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let (tx, rx) = oneshot::channel();
+        let layout = Arc::clone(&self.layout);
+        self.jobs
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn, &layout));
+            }))
+            .map_err(|_| Error::Sqlite("the SQLite thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Sqlite("the SQLite thread stopped during a call".into()))?
+    }
+
+    /// Rows of a table in the SQLite shape (as stored), in key order. Used by
+    /// tests and jobs that need the raw values.
+    pub async fn raw_rows(&self, table: &'static Table) -> Result<Vec<SqlRow>> {
+        self.run(move |conn, layout| match layout.get(table) {
+            None => Ok(Vec::new()),
+            Some(l) => {
+                let mut rows = read_rows(conn, table, l, &[])?;
+                rows.sort_by(|a, b| key_cmp(&a[0], &b[0]));
+                Ok(rows)
+            }
+        })
+        .await
+    }
+}
+
+fn key_cmp(a: &SqlValue, b: &SqlValue) -> std::cmp::Ordering {
+    a.display().cmp(&b.display())
+}
+
+fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<(Connection, Layout)> {
+    let conn = if opts.read_only {
+        Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+    } else {
+        Connection::open(path)
+    }
+    .map_err(|e| Error::Sqlite(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(opts.busy_timeout)?;
+    if !opts.read_only {
+        if opts.wal {
+            let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        }
+        if opts.synchronous_normal {
+            conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+        }
+        bootstrap(&conn)
+            .map_err(|e| Error::Sqlite(format!("cannot prepare {}: {e}", path.display())))?;
+    } else {
+        // Fail early on a file that is not a database at all.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(|e| Error::Sqlite(format!("cannot read {}: {e}", path.display())))?;
+    }
+    let layout = build_layout(&conn)?;
+    Ok((conn, layout))
+}
+
+fn exec_steps(conn: &Connection, layout: &Layout, steps: &[Step]) -> Result<()> {
+    for step in steps {
+        match step {
+            // The search index lives only in Supabase; DoX's SQLite methods are no-ops.
+            Step::Upsert { table, .. }
+            | Step::DeleteAll { table }
+            | Step::DeleteWhere { table, .. }
+                if table.sqlite == cat::SEARCH_CHUNKS.sqlite => {}
+            Step::Upsert { table, rows } => {
+                let l = layout.writable(table)?;
+                let sql = l.upsert.as_deref().expect("writable layout has an upsert");
+                let mut stmt = conn.prepare_cached(sql)?;
+                for row in rows {
+                    if let SqlValue::Null = row[0] {
+                        return Err(Error::invalid(format!(
+                            "{}: the key is missing",
+                            table.sqlite
+                        )));
+                    }
+                    stmt.execute(params_from_iter(row.iter().map(to_param)))?;
+                }
+            }
+            Step::DeleteWhere {
+                table,
+                column,
+                value,
+            } => {
+                if let Some(l) = layout.get(table) {
+                    let idx = table.index_of(column);
+                    if let Some(p) = &l.physical[idx] {
+                        conn.prepare_cached(&format!(
+                            "DELETE FROM {} WHERE {} = ?",
+                            quote(table.sqlite),
+                            quote(p)
+                        ))?
+                        .execute([value])?;
+                    }
+                }
+            }
+            Step::DeleteAll { table } => {
+                if layout.get(table).is_some() {
+                    conn.execute(&format!("DELETE FROM {}", quote(table.sqlite)), [])?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn one_row(
+    conn: &Connection,
+    layout: &Layout,
+    t: &'static Table,
+    column: &'static str,
+    value: &str,
+) -> Result<Option<SqlRow>> {
+    let Some(l) = layout.get(t) else {
+        return Ok(None);
+    };
+    Ok(read_rows(conn, t, l, &[(column, json!(value))])?
+        .into_iter()
+        .next())
+}
+
+fn decode_object(v: Option<&SqlValue>) -> Map<String, Value> {
+    match v.and_then(SqlValue::as_str).map(parse_json_text) {
+        Some((Value::Object(o), None)) => o,
+        _ => Map::new(),
+    }
+}
+
+fn apply_sync(conn: &mut Connection, layout: &Layout, mut write: Write) -> Result<Applied> {
+    write.prepare();
+    let tx = conn.transaction()?;
+    let value = match &mut write {
+        Write::SetUserPref {
+            user_id,
+            key,
+            value,
+            updated_at,
+            preferences,
+        } if preferences.is_none() => {
+            let row = one_row(&tx, layout, &cat::USER_PREFS, "user_id", user_id)?;
+            let mut prefs = decode_object(row.as_ref().map(|r| &r[1]));
+            prefs.insert(key.clone(), value.clone());
+            let steps = [Step::Upsert {
+                table: &cat::USER_PREFS,
+                rows: vec![user_prefs_row(user_id, &prefs, updated_at.as_deref())],
+            }];
+            exec_steps(&tx, layout, &steps)?;
+            *preferences = Some(prefs);
+            Value::Null
+        }
+        Write::RegisterSkill {
+            name,
+            description,
+            parameters,
+            workflow_def,
+            enabled,
+            id,
+            created_at,
+        } => {
+            let t = &cat::SKILLS_REGISTRY;
+            let l = layout.writable(t)?;
+            // DoX keeps the id and created_at of a skill registered again under the same name.
+            if let Some(existing) = one_row(&tx, layout, t, "name", name)? {
+                let p = |c: &str| quote(l.physical[t.index_of(c)].as_deref().unwrap_or(c));
+                tx.execute(
+                    &format!(
+                        "UPDATE {} SET {} = ?, {} = ?, {} = ?, {} = ? WHERE {} = ?",
+                        quote(t.sqlite),
+                        p("description"),
+                        p("parameters_json"),
+                        p("workflow_def_json"),
+                        p("enabled"),
+                        p("id")
+                    ),
+                    rusqlite::params![
+                        description.as_str(),
+                        json_text(parameters),
+                        json_text(workflow_def),
+                        i64::from(*enabled),
+                        to_param(&existing[0]),
+                    ],
+                )?;
+                *id = Some(existing[0].display());
+                *created_at = match &existing[6] {
+                    SqlValue::Null => None,
+                    v => Some(v.display()),
+                };
+            } else {
+                let row = vec![
+                    SqlValue::opt_text(id.as_ref()),
+                    SqlValue::text(name.as_str()),
+                    SqlValue::text(description.as_str()),
+                    SqlValue::Text(json_text(parameters)),
+                    SqlValue::Text(json_text(workflow_def)),
+                    SqlValue::Integer(i64::from(*enabled)),
+                    SqlValue::opt_text(created_at.as_ref()),
+                ];
+                exec_steps(
+                    &tx,
+                    layout,
+                    &[Step::Upsert {
+                        table: t,
+                        rows: vec![row],
+                    }],
+                )?;
+            }
+            json!(id)
+        }
+        Write::UpdateSkill { skill_id, enabled } => {
+            let t = &cat::SKILLS_REGISTRY;
+            let l = layout.writable(t)?;
+            let p = |c: &str| quote(l.physical[t.index_of(c)].as_deref().unwrap_or(c));
+            tx.execute(
+                &format!(
+                    "UPDATE {} SET {} = ? WHERE {} = ?",
+                    quote(t.sqlite),
+                    p("enabled"),
+                    p("id")
+                ),
+                rusqlite::params![i64::from(*enabled), skill_id.as_str()],
+            )?;
+            match one_row(&tx, layout, t, "id", skill_id)? {
+                Some(row) => reads::skill(&lenient_canonical(t, &row)),
+                None => Value::Null,
+            }
+        }
+        Write::UpdateArtifact {
+            artifact_id,
+            fields,
+            merge_extras,
+        } => {
+            write_validate_fields(fields)?;
+            let t = &cat::ARTIFACT;
+            let l = layout.writable(t)?;
+            match one_row(&tx, layout, t, "id", artifact_id)? {
+                // DoX silently ignores an update of a missing artifact.
+                None => Value::Null,
+                Some(row) => {
+                    if let Some(extras) = fields.get_mut("extras") {
+                        if *merge_extras {
+                            let mut merged = decode_object(row.get(7));
+                            if let Value::Object(new) = extras.take() {
+                                merged.extend(new);
+                            }
+                            *extras = Value::Object(merged);
+                        }
+                        *merge_extras = false;
+                    }
+                    let mut sets = Vec::new();
+                    let mut params = Vec::new();
+                    for (k, v) in fields.iter() {
+                        let col = if k == "extras" {
+                            "extra_json"
+                        } else {
+                            k.as_str()
+                        };
+                        let idx = t.index_of(col);
+                        let phys = l.physical[idx].as_deref().unwrap_or(col);
+                        sets.push(format!("{} = ?", quote(phys)));
+                        params.push(match (k.as_str(), v) {
+                            (_, Value::Null) => SqlParam::Null,
+                            ("extras", v) => SqlParam::Text(json_text(v)),
+                            (_, Value::String(s)) => SqlParam::Text(s.clone()),
+                            (_, v) => SqlParam::Text(json_text(v)),
+                        });
+                    }
+                    if !sets.is_empty() {
+                        params.push(SqlParam::Text(artifact_id.clone()));
+                        tx.execute(
+                            &format!(
+                                "UPDATE {} SET {} WHERE {} = ?",
+                                quote(t.sqlite),
+                                sets.join(", "),
+                                quote(l.physical[0].as_deref().unwrap_or("id"))
+                            ),
+                            params_from_iter(params),
+                        )?;
+                    }
+                    Value::Null
+                }
+            }
+        }
+        other => {
+            let steps = other
+                .steps()
+                .expect("every other write maps onto table steps");
+            exec_steps(&tx, layout, &steps)?;
+            return_value(other)
+        }
+    };
+    tx.commit()?;
+    Ok(Applied {
+        value,
+        resolved: write,
+    })
+}
+
+fn write_validate_fields(fields: &Map<String, Value>) -> Result<()> {
+    Write::UpdateArtifact {
+        artifact_id: String::new(),
+        fields: fields.clone(),
+        merge_extras: true,
+    }
+    .validate()
+}
+
+/// The return value of the row-mapped methods (spec section 4, "returns").
+pub(crate) fn return_value(w: &Write) -> Value {
+    match w {
+        Write::AddArtifact { artifact } => json!(artifact.id),
+        Write::AddDocument { doc } => json!(doc.id),
+        Write::SaveTagPrompt { id, .. } | Write::AddMemory { id, .. } => json!(id),
+        Write::StoreSummary { summary } => json!(summary.id),
+        _ => Value::Null,
+    }
+}
+
+impl Database for SqliteDatabase {
+    fn backend(&self) -> String {
+        "sqlite".into()
+    }
+
+    async fn apply(&self, write: Write) -> Result<Applied> {
+        self.run(move |conn, layout| apply_sync(conn, layout, write))
+            .await
+    }
+
+    async fn fetch(&self, table: &'static Table, filters: &[Filter]) -> Result<Vec<Row>> {
+        check_filters(table, filters)?;
+        let filters = filters.to_vec();
+        self.run(move |conn, layout| {
+            let Some(l) = layout.get(table) else {
+                return Ok(Vec::new());
+            };
+            let mut rows = read_rows(conn, table, l, &filters)?;
+            rows.sort_by(|a, b| key_cmp(&a[0], &b[0]));
+            Ok(rows.iter().map(|r| lenient_canonical(table, r)).collect())
+        })
+        .await
+    }
+}

@@ -1,0 +1,294 @@
+//! `SupabaseDatabase`: DoX stored in Supabase through PostgREST.
+//!
+//! Rows are built by the same code as SQLite rows ([`Write::steps`]) and turned
+//! into the Supabase shape by the one normaliser, so a row written here is the
+//! canonical form of the row SQLite stores. Every write is an idempotent upsert
+//! (`resolution=merge-duplicates`, `return=minimal`, `count=exact`) of complete
+//! rows, checked against the count PostgREST reports.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde_json::{json, Map, Value};
+
+use super::{check_filters, reads, Applied, Database, Filter, Row};
+use crate::catalogue::{self as cat, Table};
+use crate::error::{Error, Result};
+use crate::model::{user_prefs_row, Step, Write};
+use crate::normalise::{self, Lossy, SqlRow};
+use crate::rest::{filter_text, RestClient};
+
+/// Lossy conversions counted per (table, column, kind).
+pub type LossyCounts = BTreeMap<(&'static str, &'static str, Lossy), u64>;
+
+#[derive(Debug)]
+pub struct SupabaseDatabase {
+    rest: RestClient,
+    lossy: Mutex<LossyCounts>,
+}
+
+impl SupabaseDatabase {
+    pub fn new(rest: RestClient) -> SupabaseDatabase {
+        SupabaseDatabase {
+            rest,
+            lossy: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn rest(&self) -> &RestClient {
+        &self.rest
+    }
+
+    /// Lossy but documented conversions made so far (see [`crate::normalise`]).
+    pub fn lossy_counts(&self) -> LossyCounts {
+        self.lossy.lock().expect("lossy counter lock").clone()
+    }
+
+    /// Convert SQLite-shaped rows to the Supabase JSON array body, counting lossy
+    /// conversions. Fails on the first value Supabase cannot hold.
+    pub fn body(&self, table: &'static Table, rows: &[SqlRow]) -> Result<String> {
+        let mut out = Vec::with_capacity(rows.len());
+        let mut lossy = Vec::new();
+        for r in rows {
+            let c = normalise::to_canonical(table, r)?;
+            for (col, l) in c.lossy {
+                tracing::debug!(table = table.sqlite, column = col, conversion = l.as_str(), key = %r[0].display(), "lossy conversion");
+                lossy.push((col, l));
+            }
+            out.push(Value::Object(c.row));
+        }
+        if !lossy.is_empty() {
+            let mut counts = self.lossy.lock().expect("lossy counter lock");
+            for (col, l) in lossy {
+                *counts.entry((table.sqlite, col, l)).or_default() += 1;
+            }
+        }
+        Ok(serde_json::to_string(&out).expect("JSON values serialise"))
+    }
+
+    /// Upsert SQLite-shaped rows; checks that PostgREST wrote them all.
+    pub async fn upsert_rows(&self, table: &'static Table, rows: &[SqlRow]) -> Result<u64> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let body = self.body(table, rows)?;
+        let n = self
+            .rest
+            .upsert(table.supabase, table.key().supabase, body)
+            .await?;
+        if n != rows.len() as u64 {
+            return Err(Error::Protocol(format!(
+                "{}: sent {} rows, PostgREST reports {n} written",
+                table.supabase,
+                rows.len()
+            )));
+        }
+        Ok(n)
+    }
+
+    async fn exec_steps(&self, steps: &[Step]) -> Result<()> {
+        for step in steps {
+            match step {
+                Step::Upsert { table, rows } => {
+                    self.upsert_rows(table, rows).await?;
+                }
+                Step::DeleteWhere {
+                    table,
+                    column,
+                    value,
+                } => {
+                    let col = table.columns[table.index_of(column)].supabase;
+                    self.rest
+                        .delete(table.supabase, &[(col, value.clone())])
+                        .await?;
+                }
+                Step::DeleteAll { table } => {
+                    self.rest
+                        .delete_all(table.supabase, table.key().supabase)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn first(
+        &self,
+        table: &'static Table,
+        column: &str,
+        value: &str,
+    ) -> Result<Option<Map<String, Value>>> {
+        let page = self
+            .rest
+            .select_page(
+                table.supabase,
+                "*",
+                &[(column, value.to_owned())],
+                table.key().supabase,
+                None,
+                1,
+            )
+            .await?;
+        Ok(page.into_iter().next())
+    }
+}
+
+impl Database for SupabaseDatabase {
+    fn backend(&self) -> String {
+        "supabase".into()
+    }
+
+    async fn apply(&self, mut write: Write) -> Result<Applied> {
+        write.prepare();
+        let value = match &mut write {
+            Write::SetUserPref {
+                user_id,
+                key,
+                value,
+                updated_at,
+                preferences,
+            } if preferences.is_none() => {
+                let current = self.first(&cat::USER_PREFS, "user_id", user_id).await?;
+                let mut prefs = match current.and_then(|r| r.get("preferences").cloned()) {
+                    Some(Value::Object(o)) => o,
+                    _ => Map::new(),
+                };
+                prefs.insert(key.clone(), value.clone());
+                let row = user_prefs_row(user_id, &prefs, updated_at.as_deref());
+                self.upsert_rows(&cat::USER_PREFS, &[row]).await?;
+                *preferences = Some(prefs);
+                Value::Null
+            }
+            Write::RegisterSkill {
+                name,
+                description,
+                parameters,
+                workflow_def,
+                enabled,
+                id,
+                created_at,
+            } => {
+                // Like DoX's SQLite layer: keep the id and created_at of an existing skill.
+                let mut patch = Map::new();
+                patch.insert("description".into(), json!(description));
+                patch.insert("parameters".into(), parameters.clone());
+                patch.insert("workflow_def".into(), workflow_def.clone());
+                patch.insert("enabled".into(), json!(enabled));
+                let updated = self
+                    .rest
+                    .patch(
+                        cat::SKILLS_REGISTRY.supabase,
+                        &[("name", name.clone())],
+                        &patch,
+                    )
+                    .await?;
+                if let Some(row) = updated.first() {
+                    let canon = normalise::from_supabase(&cat::SKILLS_REGISTRY, row);
+                    *id = canon.get("id").and_then(Value::as_str).map(str::to_owned);
+                    *created_at = canon
+                        .get("created_at")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                } else {
+                    let row = vec![
+                        normalise::SqlValue::opt_text(id.as_ref()),
+                        normalise::SqlValue::text(name.as_str()),
+                        normalise::SqlValue::text(description.as_str()),
+                        normalise::SqlValue::Text(normalise::json_text(parameters)),
+                        normalise::SqlValue::Text(normalise::json_text(workflow_def)),
+                        normalise::SqlValue::Integer(i64::from(*enabled)),
+                        normalise::SqlValue::opt_text(created_at.as_ref()),
+                    ];
+                    self.upsert_rows(&cat::SKILLS_REGISTRY, &[row]).await?;
+                }
+                json!(id)
+            }
+            Write::UpdateSkill { skill_id, enabled } => {
+                let mut patch = Map::new();
+                patch.insert("enabled".into(), json!(enabled));
+                let rows = self
+                    .rest
+                    .patch(
+                        cat::SKILLS_REGISTRY.supabase,
+                        &[("id", skill_id.clone())],
+                        &patch,
+                    )
+                    .await?;
+                rows.first().map_or(Value::Null, |r| {
+                    reads::skill(&normalise::from_supabase(&cat::SKILLS_REGISTRY, r))
+                })
+            }
+            Write::UpdateArtifact {
+                artifact_id,
+                fields,
+                merge_extras,
+            } => {
+                let current = self.first(&cat::ARTIFACT, "id", artifact_id).await?;
+                match current {
+                    None => Value::Null,
+                    Some(row) => {
+                        if let Some(extras) = fields.get_mut("extras") {
+                            if *merge_extras {
+                                let mut merged = match row.get("extras") {
+                                    Some(Value::Object(o)) => o.clone(),
+                                    // DoX decodes extras stored as a JSON string.
+                                    Some(Value::String(s)) => match normalise::parse_json_text(s) {
+                                        (Value::Object(o), None) => o,
+                                        _ => Map::new(),
+                                    },
+                                    _ => Map::new(),
+                                };
+                                if let Value::Object(new) = extras.take() {
+                                    merged.extend(new);
+                                }
+                                *extras = Value::Object(merged);
+                            }
+                            *merge_extras = false;
+                        }
+                        if !fields.is_empty() {
+                            self.rest
+                                .patch(
+                                    cat::ARTIFACT.supabase,
+                                    &[("id", artifact_id.clone())],
+                                    fields,
+                                )
+                                .await?;
+                        }
+                        Value::Null
+                    }
+                }
+            }
+            other => {
+                let steps = other
+                    .steps()
+                    .expect("every other write maps onto table steps");
+                self.exec_steps(&steps).await?;
+                super::sqlite::return_value(other)
+            }
+        };
+        Ok(Applied {
+            value,
+            resolved: write,
+        })
+    }
+
+    async fn fetch(&self, table: &'static Table, filters: &[Filter]) -> Result<Vec<Row>> {
+        check_filters(table, filters)?;
+        let f: Vec<(&str, String)> = filters
+            .iter()
+            .map(|(c, v)| (table.columns[table.index_of(c)].supabase, filter_text(v)))
+            .collect();
+        let rows = self
+            .rest
+            .select_all(table.supabase, &f, table.key().supabase)
+            .await?;
+        let key = table.key().supabase;
+        let mut out: Vec<Row> = rows
+            .iter()
+            .map(|r| normalise::from_supabase(table, r))
+            .collect();
+        // PostgreSQL orders by its collation; SQLite and Rust by bytes. Reads use bytes.
+        out.sort_by(|a, b| a[key].as_str().cmp(&b[key].as_str()));
+        Ok(out)
+    }
+}

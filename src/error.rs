@@ -1,0 +1,198 @@
+//! The library's one error type.
+//!
+//! Variants are named by cause. [`Error::is_transient`] is the single place that
+//! decides whether an operation may be retried; adapters never loop on their own.
+
+use std::time::Duration;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Settings that cannot work: an unknown backend, a malformed URL, a missing key.
+    #[error("configuration: {0}")]
+    Config(String),
+
+    /// A caller handed us something we cannot store: an unknown method, malformed
+    /// JSON, a missing required field, an unknown field.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// A value SQLite holds that the Supabase schema cannot represent faithfully
+    /// (a blob in a text column, a NUL character, an unparseable timestamp ...).
+    #[error("{table} row {key}: column {column} cannot be stored in Supabase: {reason}")]
+    Unrepresentable {
+        table: &'static str,
+        key: String,
+        column: &'static str,
+        reason: String,
+    },
+
+    #[error("sqlite: {0}")]
+    Sqlite(String),
+
+    /// PostgREST (or the gateway in front of it) answered with an error status.
+    #[error("{}", describe_rest(*.status, .code.as_deref(), .message, .details.as_deref(), .hint.as_deref()))]
+    Rest {
+        status: u16,
+        /// PostgreSQL SQLSTATE or `PGRSTxxx`; `None` for gateway errors, which carry no code.
+        code: Option<String>,
+        message: String,
+        details: Option<String>,
+        hint: Option<String>,
+    },
+
+    /// The request never got an HTTP answer: connection refused, reset, DNS.
+    #[error("supabase unreachable at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+
+    /// No answer within the configured time.
+    #[error("supabase did not answer within {0:?}")]
+    Timeout(Duration),
+
+    /// An answer we did not expect (a row count that does not match, a body that is not JSON).
+    #[error("unexpected response from supabase: {0}")]
+    Protocol(String),
+
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn describe_rest(
+    status: u16,
+    code: Option<&str>,
+    message: &str,
+    details: Option<&str>,
+    hint: Option<&str>,
+) -> String {
+    let mut s = format!("supabase answered HTTP {status}");
+    if let Some(code) = code {
+        s.push_str(&format!(" ({code})"));
+    }
+    s.push_str(": ");
+    s.push_str(message);
+    if let Some(d) = details {
+        s.push_str(&format!("; details: {d}"));
+    }
+    if let Some(h) = hint {
+        s.push_str(&format!("; hint: {h}"));
+    }
+    match (status, code) {
+        (401, _) | (403, Some("42501")) => s.push_str(" [check the API key and the table grants]"),
+        (404, None) => s.push_str(" [is the table created and the schema cache reloaded?]"),
+        _ => {}
+    }
+    s
+}
+
+impl Error {
+    /// Whether trying the same operation again later may succeed.
+    ///
+    /// Network failures, timeouts, 429, 502/503/504 and the PostgreSQL errors that
+    /// come from load (statement timeout, deadlock, serialization, lock timeout) are
+    /// transient. Data errors (4xx), auth errors and configuration errors are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } | Error::Timeout(_) => true,
+            Error::Rest { status, code, .. } => match status {
+                429 | 502 | 503 | 504 => true,
+                500 => matches!(
+                    code.as_deref(),
+                    Some("57014" | "40P01" | "40001" | "55P03" | "53300" | "57P01" | "57P03")
+                        | None
+                ),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// Whether the request was too large or too slow, so a smaller batch may pass.
+    pub fn wants_smaller_batch(&self) -> bool {
+        match self {
+            Error::Rest { status, code, .. } => {
+                *status == 413 || code.as_deref() == Some("57014") || *status >= 500
+            }
+            Error::Timeout(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The PostgREST / PostgreSQL error code, when there is one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Rest { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidInput(msg.into())
+    }
+
+    pub fn config(msg: impl Into<String>) -> Self {
+        Error::Config(msg.into())
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Sqlite(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rest(status: u16, code: Option<&str>) -> Error {
+        Error::Rest {
+            status,
+            code: code.map(str::to_owned),
+            message: "m".into(),
+            details: None,
+            hint: None,
+        }
+    }
+
+    #[test]
+    fn transient_classification_follows_status_and_code() {
+        assert!(rest(503, Some("PGRST001")).is_transient());
+        assert!(rest(504, Some("PGRST003")).is_transient());
+        assert!(rest(500, Some("57014")).is_transient());
+        assert!(rest(500, Some("40P01")).is_transient());
+        assert!(rest(429, None).is_transient());
+        assert!(!rest(400, Some("22P02")).is_transient());
+        assert!(!rest(409, Some("23505")).is_transient());
+        assert!(!rest(401, Some("PGRST301")).is_transient());
+        assert!(!rest(413, Some("54000")).is_transient());
+        assert!(!rest(500, Some("P0001")).is_transient());
+        assert!(Error::Timeout(Duration::from_secs(1)).is_transient());
+        assert!(Error::Unreachable {
+            url: "u".into(),
+            reason: "r".into()
+        }
+        .is_transient());
+        assert!(!Error::invalid("x").is_transient());
+    }
+
+    #[test]
+    fn smaller_batch_on_size_and_timeouts() {
+        assert!(rest(413, None).wants_smaller_batch());
+        assert!(rest(500, Some("57014")).wants_smaller_batch());
+        assert!(!rest(400, Some("23502")).wants_smaller_batch());
+    }
+
+    #[test]
+    fn messages_name_status_code_and_hint() {
+        let e = Error::Rest {
+            status: 400,
+            code: Some("PGRST204".into()),
+            message: "Could not find the 'x' column".into(),
+            details: None,
+            hint: Some("reload".into()),
+        };
+        let s = e.to_string();
+        assert!(s.contains("HTTP 400") && s.contains("PGRST204") && s.contains("hint: reload"));
+    }
+}

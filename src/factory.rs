@@ -1,0 +1,121 @@
+//! Open the configured backend, as DoX's `init_database` does (spec 8.2), but
+//! check Supabase at start and say clearly what is wrong.
+
+use serde::Serialize;
+
+use crate::config::{BackendKind, Settings};
+use crate::db::{AnyDatabase, DualDatabase, SqliteDatabase, SqliteOptions, SupabaseDatabase};
+use crate::error::{Error, Result};
+use crate::rest::RestClient;
+
+/// What `init_database` reports: `{configured, active, dual_write, supabase_error}`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InitReport {
+    pub configured: String,
+    pub active: String,
+    pub dual_write: bool,
+    pub supabase_error: Option<String>,
+}
+
+pub fn sqlite_options(s: &Settings) -> SqliteOptions {
+    SqliteOptions {
+        wal: s.sqlite_wal,
+        synchronous_normal: s.sqlite_synchronous_normal,
+        ..SqliteOptions::default()
+    }
+}
+
+/// A Supabase backend from the settings, checked with one request.
+pub async fn connect_supabase(s: &Settings) -> Result<SupabaseDatabase> {
+    let rest = RestClient::new(&s.rest_config()?)?;
+    check(&rest).await?;
+    Ok(SupabaseDatabase::new(rest))
+}
+
+/// One cheap read that tells reachable / key accepted / schema present apart.
+pub async fn check(rest: &RestClient) -> Result<()> {
+    match rest.probe(crate::catalogue::ARTIFACT.supabase).await {
+        Ok(()) => Ok(()),
+        Err(Error::Rest { status: 401, .. }) | Err(Error::Rest { status: 403, .. }) => {
+            Err(Error::config(format!(
+                "Supabase at {} rejected the API key (HTTP 401/403): check SUPABASE_SERVICE_KEY / SUPABASE_ANON_KEY",
+                rest.url()
+            )))
+        }
+        Err(Error::Rest { status, code, .. })
+            if status == 404 || matches!(code.as_deref(), Some("PGRST205" | "42P01" | "PGRST106")) =>
+        {
+            Err(Error::config(format!(
+                "Supabase at {} has no DoX tables (table `artifacts` not found): apply supabase/migrations/",
+                rest.url()
+            )))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Open the configured backend. With `DB_BACKEND=supabase`, any Supabase problem
+/// fails. With SQLite primary and dual write: a configuration problem (no URL,
+/// no key, key rejected, schema missing) leaves SQLite alone and says why; an
+/// unreachable Supabase still dual-writes, recording every mirror failure for
+/// replay, so no row is lost while it is down.
+pub async fn open(s: &Settings) -> Result<(AnyDatabase, InitReport)> {
+    let mut report = InitReport {
+        configured: s.configured_backend.clone(),
+        active: String::new(),
+        dual_write: false,
+        supabase_error: None,
+    };
+    let supabase = if s.wants_supabase() {
+        let client = s.rest_config().and_then(|c| RestClient::new(&c));
+        match client {
+            Err(e) => Err(e),
+            Ok(rest) => match check(&rest).await {
+                Ok(()) => Ok(SupabaseDatabase::new(rest)),
+                Err(e) if e.is_transient() => {
+                    report.supabase_error = Some(format!(
+                        "{e} (mirror writes are recorded for replay until it answers)"
+                    ));
+                    Ok(SupabaseDatabase::new(rest))
+                }
+                Err(e) => Err(e),
+            },
+        }
+    } else {
+        Err(Error::config("not requested"))
+    };
+    let db = match (s.backend, s.dual_write, supabase) {
+        (BackendKind::Supabase, _, Err(e)) => return Err(e),
+        (BackendKind::Supabase, false, Ok(sb)) => AnyDatabase::Supabase(sb),
+        (BackendKind::Supabase, true, Ok(sb)) => {
+            let lite = SqliteDatabase::open(&s.db_path, sqlite_options(s)).await?;
+            report.dual_write = true;
+            AnyDatabase::SupabaseFirst(DualDatabase::new(
+                sb,
+                lite,
+                s.mirror_timeout,
+                s.max_recorded_failures,
+            ))
+        }
+        (BackendKind::Sqlite, true, Ok(sb)) => {
+            let lite = SqliteDatabase::open(&s.db_path, sqlite_options(s)).await?;
+            report.dual_write = true;
+            AnyDatabase::SqliteFirst(DualDatabase::new(
+                lite,
+                sb,
+                s.mirror_timeout,
+                s.max_recorded_failures,
+            ))
+        }
+        (BackendKind::Sqlite, dual, sb) => {
+            if dual {
+                let e = sb.err().map(|e| e.to_string()).unwrap_or_default();
+                tracing::warn!(error = %e, "dual write requested but Supabase is not usable; continuing with SQLite alone");
+                report.supabase_error = Some(e);
+            }
+            AnyDatabase::Sqlite(SqliteDatabase::open(&s.db_path, sqlite_options(s)).await?)
+        }
+    };
+    report.active = crate::db::Database::backend(&db);
+    Ok((db, report))
+}

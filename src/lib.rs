@@ -1,0 +1,26 @@
+//! dualwrite: move a DoX application's data from SQLite to Supabase without
+//! downtime and without losing a row.
+//!
+//! * [`db`]: the [`db::Database`] contract, the DoX interface [`db::Dox`], and
+//!   the SQLite, Supabase and dual backends.
+//! * [`model`]: every DoX write and read as data ([`model::Write`], [`model::Read`]).
+//! * [`catalogue`] and [`normalise`]: the one table catalogue and the one value
+//!   normaliser, shared by the writer, the readers and the verifier.
+//! * [`config`] and [`factory`]: layered settings and opening the configured backend.
+//! * [`keys`]: JWT secrets and Supabase-style API keys.
+//!
+//! See ARCHITECTURE.md for the code map and the invariants.
+
+pub mod catalogue;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod error;
+pub mod factory;
+pub mod keys;
+pub mod model;
+pub mod normalise;
+pub mod rest;
+pub mod samples;
+
+pub use error::{Error, Result};

@@ -1,0 +1,258 @@
+//! The `dualwrite` command: parses the command line, sets up logging, loads the
+//! settings and calls the library. Exit codes: 0 success; 1 error; 2 bad usage
+//! or bad input; 3 the write succeeded on the primary but its mirror failed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+
+use dualwrite::config::{Settings, Sources};
+use dualwrite::db::{AnyDatabase, Dox};
+use dualwrite::model::Call;
+use dualwrite::{demo, factory, keys, Error};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dualwrite",
+    version,
+    about = "Move DoX data from SQLite to Supabase without downtime"
+)]
+struct Cli {
+    /// A TOML settings file layered over config/default.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The SQLite file (overrides DB_PATH).
+    #[arg(long, global = true, value_name = "PATH")]
+    db_path: Option<PathBuf>,
+    /// The primary backend: sqlite or supabase (overrides DB_BACKEND).
+    #[arg(long, global = true, value_name = "BACKEND")]
+    backend: Option<String>,
+    /// Mirror writes to the other backend (overrides SUPABASE_DUAL_WRITE).
+    #[arg(long, global = true, value_name = "BOOL")]
+    dual_write: Option<bool>,
+    /// Log as JSON lines instead of text (logs go to stderr).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the resolved configuration, secrets redacted.
+    Config,
+    /// Open the configured backend and print the init report.
+    Check,
+    /// Apply one DoX write or read through the configured backend; print the result as JSON.
+    Call {
+        /// The method, e.g. add_artifact, add_memory, list_tags.
+        method: String,
+        /// The method's named arguments as a JSON object.
+        #[arg(long, value_name = "ARGS", default_value = "{}")]
+        json: String,
+    },
+    /// JWT secrets and API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Write the sample DoX records through dual write and show them on both sides.
+    Demo {
+        /// The SQLite file the demo writes (default: dualwrite-demo.sqlite3).
+        #[arg(long, value_name = "PATH", default_value = "dualwrite-demo.sqlite3")]
+        db: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Generate a JWT secret and anon / service_role keys signed with it (prints secrets).
+    Generate {
+        /// Validity of the keys, in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u64,
+    },
+    /// Sign a token with SUPABASE_JWT_SECRET.
+    Sign {
+        /// anon, service_role or authenticated.
+        #[arg(long)]
+        role: String,
+        /// The user id (JWT `sub`), required for authenticated.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Check a token's signature and expiry against SUPABASE_JWT_SECRET; print its claims.
+    Verify { token: String },
+    /// Print a token's header and claims without checking them.
+    Decode { token: String },
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,dualwrite=info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn settings(cli: &Cli) -> Result<Settings> {
+    let mut src = Sources::from_process();
+    src.config_file = cli.config.clone();
+    if let Some(p) = &cli.db_path {
+        src.flags.push(("db_path".into(), json!(p)));
+    }
+    if let Some(b) = &cli.backend {
+        src.flags.push(("db_backend".into(), json!(b)));
+    }
+    if let Some(d) = cli.dual_write {
+        src.flags.push(("dual_write".into(), json!(d)));
+    }
+    Ok(Settings::load(&src)?)
+}
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON serialises")
+    );
+}
+
+fn jwt_secret(s: &Settings) -> Result<String> {
+    s.supabase
+        .jwt_secret
+        .as_ref()
+        .map(|k| k.expose_secret().to_owned())
+        .context("SUPABASE_JWT_SECRET is not set")
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Config => {
+            print_json(&settings(&cli)?.redacted());
+        }
+        Command::Check => {
+            let s = settings(&cli)?;
+            let (_db, report) = factory::open(&s).await?;
+            print_json(&serde_json::to_value(&report)?);
+        }
+        Command::Call { method, json } => {
+            let args: Value = serde_json::from_str(json).map_err(|e| {
+                Error::invalid(format!("--json for {method} is not valid JSON: {e}"))
+            })?;
+            // Parse before opening anything, so bad input writes nothing.
+            let call = Call::parse(method, args)?;
+            let s = settings(&cli)?;
+            let (db, report) = factory::open(&s).await?;
+            if let Some(e) = &report.supabase_error {
+                eprintln!("warning: {e}");
+            }
+            let out = db.call(call).await?;
+            print_json(&out);
+            if let Some(stats) = db.dual_stats() {
+                if stats.failed > 0 {
+                    if let AnyDatabase::SqliteFirst(d) = &db {
+                        for f in d.failures() {
+                            eprintln!(
+                                "mirror failed: {} {} {}: {}",
+                                f.method, f.table, f.key, f.error
+                            );
+                        }
+                    }
+                    if let AnyDatabase::SupabaseFirst(d) = &db {
+                        for f in d.failures() {
+                            eprintln!(
+                                "mirror failed: {} {} {}: {}",
+                                f.method, f.table, f.key, f.error
+                            );
+                        }
+                    }
+                    return Ok(ExitCode::from(3));
+                }
+            }
+        }
+        Command::Keys(k) => match k {
+            KeysCommand::Generate { days } => {
+                let secret = keys::generate_secret();
+                let ttl = Duration::from_secs(days * 86_400);
+                eprintln!("# new secrets: store them safely; anyone holding them has full access");
+                println!("SUPABASE_JWT_SECRET={secret}");
+                println!(
+                    "SUPABASE_ANON_KEY={}",
+                    keys::sign(&secret, "anon", None, ttl)?
+                );
+                println!(
+                    "SUPABASE_SERVICE_KEY={}",
+                    keys::sign(&secret, "service_role", None, ttl)?
+                );
+            }
+            KeysCommand::Sign { role, sub, ttl } => {
+                let s = settings(&cli)?;
+                let secret = jwt_secret(&s)?;
+                println!(
+                    "{}",
+                    keys::sign(&secret, role, sub.as_deref(), Duration::from_secs(*ttl))?
+                );
+            }
+            KeysCommand::Verify { token } => {
+                let s = settings(&cli)?;
+                let secret = jwt_secret(&s)?;
+                match keys::verify(&secret, token) {
+                    Ok(claims) => print_json(&json!({"valid": true, "claims": claims})),
+                    Err(e) => {
+                        print_json(&json!({"valid": false, "error": e.to_string()}));
+                        return Ok(ExitCode::from(1));
+                    }
+                }
+            }
+            KeysCommand::Decode { token } => print_json(&keys::decode(token)?),
+        },
+        Command::Demo { db } => {
+            let mut s = settings(&cli)?;
+            if cli.db_path.is_none() {
+                s.db_path = db.clone();
+            }
+            let report = demo::run(&s).await?;
+            print!("{}", report.render());
+            if !report.ok() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            match e.downcast_ref::<Error>() {
+                Some(Error::InvalidInput(_)) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}

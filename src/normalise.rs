@@ -1,0 +1,550 @@
+//! The one value normaliser.
+//!
+//! A DoX row exists in two shapes: the SQLite shape ([`SqlRow`], values as the
+//! original application stores them: JSON as text, booleans as 0/1, timestamps as
+//! text) and the canonical shape (a JSON object keyed by Supabase column names,
+//! holding what the Supabase schema stores). The writer sends canonical rows to
+//! Supabase; the readers turn both sides into canonical rows before shaping
+//! results; the verifier compares canonical rows. Because there is one
+//! conversion, the three cannot disagree.
+//!
+//! Documented conversions (see ARCHITECTURE.md, "Value conversions"):
+//! * JSON text is parsed into a JSON value. `NaN`, `Infinity` and `-Infinity`
+//!   tokens (Python's `json.dumps` writes them) become `null`: counted as lossy
+//!   `non_finite_json`. Text that is not JSON at all is kept as a JSON string:
+//!   counted as lossy `invalid_json_as_string`.
+//! * 0/1 become booleans; an integer other than 0/1 in a boolean column becomes
+//!   `true` (lossy `bool_from_integer`).
+//! * Non-finite floats in a float column are sent as the strings `NaN`,
+//!   `Infinity`, `-Infinity`, which PostgreSQL's double precision stores exactly.
+//! * Timestamps are parsed and written as RFC 3339 UTC with `Z`, rounded to the
+//!   microsecond PostgreSQL keeps.
+//!
+//! Values the Supabase schema cannot hold at all (a blob, text with a NUL
+//! character or that is not UTF-8, a non-number in an integer column, text that
+//! is not a timestamp) are refused with [`Error::Unrepresentable`], naming the
+//! table, key and column, so that callers can report the row instead of
+//! dropping it.
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, SubsecRound, Utc};
+use serde_json::{Map, Number, Value};
+
+use crate::catalogue::{Column, Kind, Table};
+use crate::error::{Error, Result};
+
+/// A value as SQLite stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+    /// Text whose bytes are not UTF-8 (SQLite does not check).
+    BadText(Vec<u8>),
+}
+
+impl SqlValue {
+    pub fn text(s: impl Into<String>) -> Self {
+        SqlValue::Text(s.into())
+    }
+
+    pub fn opt_text(s: Option<impl Into<String>>) -> Self {
+        s.map_or(SqlValue::Null, |s| SqlValue::Text(s.into()))
+    }
+
+    pub fn opt_int(i: Option<i64>) -> Self {
+        i.map_or(SqlValue::Null, SqlValue::Integer)
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            SqlValue::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A readable rendering for keys in reports and errors.
+    pub fn display(&self) -> String {
+        match self {
+            SqlValue::Null => "NULL".into(),
+            SqlValue::Integer(i) => i.to_string(),
+            SqlValue::Real(f) => f.to_string(),
+            SqlValue::Text(s) => s.clone(),
+            SqlValue::Blob(b) => format!("x'{}'", hex(b)),
+            SqlValue::BadText(b) => String::from_utf8_lossy(b).into_owned(),
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A row in the SQLite shape, values in catalogue column order.
+pub type SqlRow = Vec<SqlValue>;
+
+/// A lossy but documented conversion that happened to one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lossy {
+    NonFiniteJson,
+    InvalidJsonAsString,
+    BoolFromInteger,
+}
+
+impl Lossy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lossy::NonFiniteJson => "non_finite_json",
+            Lossy::InvalidJsonAsString => "invalid_json_as_string",
+            Lossy::BoolFromInteger => "bool_from_integer",
+        }
+    }
+}
+
+/// A canonical row plus the lossy conversions made to build it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Canonical {
+    pub row: Map<String, Value>,
+    /// (SQLite column name, what happened), one entry per converted value.
+    pub lossy: Vec<(&'static str, Lossy)>,
+}
+
+/// Convert a SQLite-shaped row into the canonical (Supabase) shape.
+pub fn to_canonical(table: &'static Table, row: &[SqlValue]) -> Result<Canonical> {
+    debug_assert_eq!(row.len(), table.columns.len());
+    let mut out = Map::new();
+    let mut lossy = Vec::new();
+    for (col, v) in table.columns.iter().zip(row) {
+        match value_to_canonical(col, v) {
+            Ok((value, l)) => {
+                if let Some(l) = l {
+                    lossy.push((col.sqlite, l));
+                }
+                out.insert(col.supabase.to_owned(), value);
+            }
+            Err(reason) => {
+                return Err(Error::Unrepresentable {
+                    table: table.sqlite,
+                    key: row[0].display(),
+                    column: col.sqlite,
+                    reason,
+                })
+            }
+        }
+    }
+    Ok(Canonical { row: out, lossy })
+}
+
+/// Convert one SQLite value. `Err` carries the reason it cannot be represented.
+pub fn value_to_canonical(
+    col: &Column,
+    v: &SqlValue,
+) -> std::result::Result<(Value, Option<Lossy>), String> {
+    use SqlValue as S;
+    match (col.kind, v) {
+        (_, S::Null) => Ok((Value::Null, None)),
+        (_, S::Blob(b)) => Err(format!(
+            "a {}-byte blob where {} is expected",
+            b.len(),
+            kind_name(col.kind)
+        )),
+        (_, S::BadText(_)) => Err("text that is not valid UTF-8".into()),
+        (Kind::Text, S::Text(s)) => Ok((Value::String(check_text(s)?.to_owned()), None)),
+        (Kind::Text, S::Integer(i)) => Ok((Value::String(i.to_string()), None)),
+        (Kind::Text, S::Real(f)) => Ok((Value::String(float_text(*f)), None)),
+        (Kind::Integer, S::Integer(i)) => Ok((Value::from(*i), None)),
+        (Kind::Integer, S::Real(f)) if f.fract() == 0.0 && f.abs() < 9.2e18 => {
+            Ok((Value::from(*f as i64), None))
+        }
+        (Kind::Integer, other) => Err(format!("{} in an integer column", describe(other))),
+        (Kind::Float, S::Real(f)) => Ok((float_value(*f), None)),
+        (Kind::Float, S::Integer(i)) => Ok((float_value(*i as f64), None)),
+        (Kind::Float, other) => Err(format!("{} in a float column", describe(other))),
+        (Kind::Bool, S::Integer(0)) => Ok((Value::Bool(false), None)),
+        (Kind::Bool, S::Integer(1)) => Ok((Value::Bool(true), None)),
+        (Kind::Bool, S::Integer(_)) => Ok((Value::Bool(true), Some(Lossy::BoolFromInteger))),
+        (Kind::Bool, S::Real(f)) if *f == 0.0 || *f == 1.0 => Ok((Value::Bool(*f == 1.0), None)),
+        (Kind::Bool, S::Text(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "t" => Ok((Value::Bool(true), None)),
+            "false" | "0" | "f" => Ok((Value::Bool(false), None)),
+            _ => Err(format!("{} in a boolean column", describe(v))),
+        },
+        (Kind::Bool, other) => Err(format!("{} in a boolean column", describe(other))),
+        (Kind::Json, S::Text(s)) => {
+            check_text(s)?;
+            let (value, lossy) = parse_json_text(s);
+            check_json(&value)?;
+            Ok((value, lossy))
+        }
+        // Numbers in a JSON column are valid JSON documents themselves.
+        (Kind::Json, S::Integer(i)) => Ok((Value::from(*i), None)),
+        (Kind::Json, S::Real(f)) if f.is_finite() => Ok((float_value(*f), None)),
+        (Kind::Json, S::Real(_)) => Ok((Value::Null, Some(Lossy::NonFiniteJson))),
+        (Kind::Timestamp, S::Text(s)) => canonical_timestamp(s)
+            .map(|t| (Value::String(t), None))
+            .ok_or_else(|| format!("`{}` is not a timestamp", truncate(s, 60))),
+        (Kind::Timestamp, other) => Err(format!("{} in a timestamp column", describe(other))),
+    }
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Text => "text",
+        Kind::Integer => "an integer",
+        Kind::Float => "a float",
+        Kind::Bool => "a boolean",
+        Kind::Json => "JSON text",
+        Kind::Timestamp => "a timestamp",
+    }
+}
+
+fn describe(v: &SqlValue) -> String {
+    match v {
+        SqlValue::Null => "NULL".into(),
+        SqlValue::Integer(i) => format!("the integer {i}"),
+        SqlValue::Real(f) => format!("the real {f}"),
+        SqlValue::Text(s) => format!("the text `{}`", truncate(s, 60)),
+        SqlValue::Blob(b) => format!("a {}-byte blob", b.len()),
+        SqlValue::BadText(_) => "non-UTF-8 text".into(),
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let t: String = s.chars().take(n).collect();
+        format!("{t}…")
+    }
+}
+
+/// PostgreSQL text cannot hold the NUL character.
+fn check_text(s: &str) -> std::result::Result<&str, String> {
+    if s.contains('\0') {
+        Err("text containing a NUL character (PostgreSQL text cannot hold it)".into())
+    } else {
+        Ok(s)
+    }
+}
+
+/// jsonb cannot hold `\u0000` in strings or keys either.
+fn check_json(v: &Value) -> std::result::Result<(), String> {
+    let bad = match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => return a.iter().try_for_each(check_json),
+        Value::Object(o) => {
+            if o.keys().any(|k| k.contains('\0')) {
+                true
+            } else {
+                return o.values().try_for_each(check_json);
+            }
+        }
+        _ => false,
+    };
+    if bad {
+        Err("JSON containing \\u0000 (jsonb cannot hold it)".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn float_value(f: f64) -> Value {
+    match Number::from_f64(f) {
+        Some(n) => Value::Number(n),
+        None => Value::String(
+            if f.is_nan() {
+                "NaN"
+            } else if f > 0.0 {
+                "Infinity"
+            } else {
+                "-Infinity"
+            }
+            .into(),
+        ),
+    }
+}
+
+fn float_text(f: f64) -> String {
+    match float_value(f) {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s,
+        _ => unreachable!(),
+    }
+}
+
+/// Parse JSON text the way DoX wrote it. Python's encoder may emit `NaN`,
+/// `Infinity` and `-Infinity`; those become `null` (lossy). Text that is not
+/// JSON is kept as a JSON string (lossy).
+pub fn parse_json_text(s: &str) -> (Value, Option<Lossy>) {
+    if let Ok(v) = serde_json::from_str::<Value>(s) {
+        return (v, None);
+    }
+    if let Some(fixed) = replace_non_finite(s) {
+        if let Ok(v) = serde_json::from_str::<Value>(&fixed) {
+            return (v, Some(Lossy::NonFiniteJson));
+        }
+    }
+    (
+        Value::String(s.to_owned()),
+        Some(Lossy::InvalidJsonAsString),
+    )
+}
+
+/// Replace bare `NaN`, `Infinity`, `-Infinity` tokens (outside strings) with `null`.
+/// Returns `None` when there is none.
+fn replace_non_finite(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut changed = false;
+    let mut i = 0;
+    let mut copied = 0;
+    while i < b.len() {
+        let c = b[i];
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_string = false;
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        let token = [&b"-Infinity"[..], b"Infinity", b"NaN"]
+            .into_iter()
+            .find(|t| b[i..].starts_with(t));
+        if let Some(t) = token {
+            out.push_str(&s[copied..i]);
+            out.push_str("null");
+            i += t.len();
+            copied = i;
+            changed = true;
+            continue;
+        }
+        i += 1;
+    }
+    if !changed {
+        return None;
+    }
+    out.push_str(&s[copied..]);
+    Some(out)
+}
+
+/// Canonical timestamp text: RFC 3339 in UTC with `Z`, microsecond precision,
+/// fraction only when there is one. Text without an offset is taken as UTC, as
+/// DoX writes UTC everywhere.
+pub fn canonical_timestamp(s: &str) -> Option<String> {
+    let s = s.trim();
+    let dt: DateTime<Utc> = if let Ok(d) = DateTime::parse_from_rfc3339(s) {
+        d.with_timezone(&Utc)
+    } else if let Ok(d) = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z") {
+        d.with_timezone(&Utc)
+    } else {
+        let naive = [
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%Y-%m-%d %H:%M:%S%.f",
+            "%Y-%m-%dT%H:%M",
+        ]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())?;
+        naive.and_utc()
+    };
+    Some(
+        dt.round_subsecs(6)
+            .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    )
+}
+
+/// Turn a row read from Supabase (PostgREST JSON) into the canonical shape, so
+/// it compares equal to the canonical form of the SQLite row it came from.
+pub fn from_supabase(table: &Table, row: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    for col in table.columns {
+        let v = row.get(col.supabase).cloned().unwrap_or(Value::Null);
+        out.insert(col.supabase.to_owned(), canonical_supabase_value(col, v));
+    }
+    out
+}
+
+fn canonical_supabase_value(col: &Column, v: Value) -> Value {
+    match (col.kind, v) {
+        (_, Value::Null) => Value::Null,
+        (Kind::Float, Value::Number(n)) => n.as_f64().map_or(Value::Null, float_value),
+        (Kind::Integer, Value::Number(n)) => match n.as_i64() {
+            Some(i) => Value::from(i),
+            None => Value::Number(n),
+        },
+        (Kind::Timestamp, Value::String(s)) => Value::String(canonical_timestamp(&s).unwrap_or(s)),
+        // pgvector columns come back as the text "[1,2,3]".
+        (Kind::Json, Value::String(s)) if col.supabase == "embedding" && s.starts_with('[') => {
+            serde_json::from_str(&s).unwrap_or(Value::String(s))
+        }
+        (_, v) => v,
+    }
+}
+
+/// Canonical SQLite → JSON text, as the writer stores JSON arguments in SQLite.
+pub fn json_text(v: &Value) -> String {
+    serde_json::to_string(v).expect("serde_json::Value always serialises")
+}
+
+/// Current time as DoX writes it: `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn now_text() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::{CIPHER_MEMORY, EVIDENCE, SKILLS_REGISTRY, TAGROW};
+    use serde_json::json;
+
+    #[test]
+    fn python_non_finite_tokens_become_null_and_are_counted() {
+        let (v, l) = parse_json_text(
+            r#"[{"Spend": 80.0, "Revenue": NaN, "x": -Infinity, "s": "NaN Infinity"}]"#,
+        );
+        assert_eq!(
+            v,
+            json!([{"Spend": 80.0, "Revenue": null, "x": null, "s": "NaN Infinity"}])
+        );
+        assert_eq!(l, Some(Lossy::NonFiniteJson));
+    }
+
+    #[test]
+    fn tokens_inside_strings_with_escapes_are_left_alone() {
+        let s = r#"{"a": "say \"NaN\"", "b": Infinity}"#;
+        let (v, l) = parse_json_text(s);
+        assert_eq!(v, json!({"a": "say \"NaN\"", "b": null}));
+        assert_eq!(l, Some(Lossy::NonFiniteJson));
+    }
+
+    #[test]
+    fn invalid_json_is_kept_as_a_string() {
+        let (v, l) = parse_json_text("not json {");
+        assert_eq!(v, json!("not json {"));
+        assert_eq!(l, Some(Lossy::InvalidJsonAsString));
+        let (v, l) = parse_json_text("{\"a\": 1}");
+        assert_eq!(v, json!({"a": 1}));
+        assert_eq!(l, None);
+    }
+
+    #[test]
+    fn evidence_row_maps_columns_and_parses_json() {
+        let row = vec![
+            SqlValue::text("e1"),
+            SqlValue::text("a1"),
+            SqlValue::Null,
+            SqlValue::text("p"),
+            SqlValue::text("csv"),
+            SqlValue::text("{\"page\": 3}"),
+            SqlValue::text("[1, NaN]"),
+        ];
+        let c = to_canonical(&EVIDENCE, &row).unwrap();
+        assert_eq!(c.row["coordinates"], json!({"page": 3}));
+        assert_eq!(c.row["full_data"], json!([1, null]));
+        assert_eq!(c.lossy, vec![("full_data_json", Lossy::NonFiniteJson)]);
+        assert!(!c.row.contains_key("full_data_json"));
+    }
+
+    #[test]
+    fn booleans_and_timestamps() {
+        let row = vec![
+            SqlValue::text("s1"),
+            SqlValue::text("n"),
+            SqlValue::text("d"),
+            SqlValue::text("{}"),
+            SqlValue::text("{}"),
+            SqlValue::Integer(0),
+            SqlValue::text("2025-09-20T16:00:00Z"),
+        ];
+        let c = to_canonical(&SKILLS_REGISTRY, &row).unwrap();
+        assert_eq!(c.row["enabled"], json!(false));
+        assert_eq!(c.row["created_at"], json!("2025-09-20T16:00:00Z"));
+    }
+
+    #[test]
+    fn timestamp_representations_agree() {
+        let a = canonical_timestamp("2025-09-20T15:00:00Z").unwrap();
+        assert_eq!(canonical_timestamp("2025-09-20T15:00:00+00:00").unwrap(), a);
+        assert_eq!(canonical_timestamp("2025-09-20 15:00:00").unwrap(), a);
+        assert_eq!(canonical_timestamp("2025-09-20T17:00:00+02:00").unwrap(), a);
+        assert_eq!(canonical_timestamp("2025-09-20 15:00:00+00").unwrap(), a);
+        assert_ne!(canonical_timestamp("2025-09-20T15:00:01Z").unwrap(), a);
+        assert_eq!(
+            canonical_timestamp("2025-09-20T15:00:00.1234567Z").unwrap(),
+            "2025-09-20T15:00:00.123457Z"
+        );
+        assert_eq!(canonical_timestamp("yesterday"), None);
+    }
+
+    #[test]
+    fn unrepresentable_values_name_table_key_and_column() {
+        let row = vec![
+            SqlValue::text("m1"),
+            SqlValue::text("fact"),
+            SqlValue::text("{}"),
+            SqlValue::Null,
+            SqlValue::text("dev_user"),
+            SqlValue::text("not a time"),
+        ];
+        let e = to_canonical(&CIPHER_MEMORY, &row).unwrap_err().to_string();
+        assert!(
+            e.contains("cipher_memory row m1") && e.contains("created_at"),
+            "{e}"
+        );
+
+        let mut row = vec![
+            SqlValue::text("t1"),
+            SqlValue::text("d"),
+            SqlValue::text("x\0y"),
+        ];
+        row.extend([SqlValue::Null, SqlValue::Null, SqlValue::Null]);
+        let e = to_canonical(&TAGROW, &row).unwrap_err().to_string();
+        assert!(e.contains("NUL"), "{e}");
+
+        let row = vec![
+            SqlValue::text("t1"),
+            SqlValue::text("d"),
+            SqlValue::text("tag"),
+            SqlValue::Blob(vec![1, 2]),
+            SqlValue::Null,
+            SqlValue::Null,
+        ];
+        let e = to_canonical(&TAGROW, &row).unwrap_err().to_string();
+        assert!(e.contains("blob") && e.contains("score"), "{e}");
+    }
+
+    #[test]
+    fn floats_round_trip_through_supabase_shape() {
+        let col = TAGROW.columns[3];
+        let (v, _) = value_to_canonical(&col, &SqlValue::Real(0.82)).unwrap();
+        assert_eq!(canonical_supabase_value(&col, json!(0.82)), v);
+        let (inf, _) = value_to_canonical(&col, &SqlValue::Real(f64::INFINITY)).unwrap();
+        assert_eq!(inf, json!("Infinity"));
+        let (two, _) = value_to_canonical(&col, &SqlValue::Integer(2)).unwrap();
+        assert_eq!(canonical_supabase_value(&col, json!(2)), two);
+    }
+
+    #[test]
+    fn supabase_rows_normalise_timestamps_and_vectors() {
+        let row = json!({"id": "m", "category": "fact", "content": {"b": 1, "a": 2},
+                         "context": null, "user_id": null, "created_at": "2025-09-20T15:00:00+00:00"});
+        let c = from_supabase(&CIPHER_MEMORY, row.as_object().unwrap());
+        assert_eq!(c["created_at"], json!("2025-09-20T15:00:00Z"));
+        assert_eq!(
+            serde_json::to_string(&c["content"]).unwrap(),
+            r#"{"a":2,"b":1}"#
+        );
+    }
+}

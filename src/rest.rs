@@ -1,0 +1,467 @@
+//! A thin typed layer over the `postgrest` crate for Supabase's Data API.
+//!
+//! `postgrest` 1.6 builds URLs and filters; this module adds what it lacks
+//! (spec supabase-rest.md §4): our own `reqwest` client with timeouts and a
+//! non-browser User-Agent, the key rules (`apikey` always; `Authorization:
+//! Bearer` for JWT keys only, since an `sb_` key is not a JWT), `Prefer` headers
+//! that replace the crate's `return=representation`, status and PostgREST error
+//! codes turned into [`Error`], and `Content-Range` parsing.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// Which kind of API key the client holds (spec supabase-rest.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A legacy JWT key (anon or service_role) or a user's JWT.
+    Jwt,
+    /// `sb_secret_…`: service role through the gateway.
+    Secret,
+    /// `sb_publishable_…`: anon through the gateway.
+    Publishable,
+}
+
+impl KeyKind {
+    pub fn of(key: &str) -> KeyKind {
+        if key.starts_with("sb_secret_") {
+            KeyKind::Secret
+        } else if key.starts_with("sb_publishable_") {
+            KeyKind::Publishable
+        } else {
+            KeyKind::Jwt
+        }
+    }
+}
+
+/// What a client needs to reach the Data API.
+#[derive(Debug, Clone)]
+pub struct RestConfig {
+    /// e.g. `https://<ref>.supabase.co/rest/v1` (a trailing `/` is removed).
+    pub url: String,
+    pub key: SecretString,
+    /// A user's JWT to send as `Authorization` with a publishable/anon `key`.
+    pub user_jwt: Option<SecretString>,
+    pub schema: String,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct RestClient {
+    base: String,
+    schema: String,
+    headers: HeaderMap,
+    http: reqwest::Client,
+    timeout: Duration,
+    key_kind: KeyKind,
+}
+
+impl std::fmt::Debug for RestClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestClient")
+            .field("url", &self.base)
+            .field("schema", &self.schema)
+            .field("key_kind", &self.key_kind)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+fn sensitive(v: &str, what: &str) -> Result<HeaderValue> {
+    let mut h = HeaderValue::from_str(v).map_err(|_| {
+        Error::config(format!(
+            "{what} contains characters not allowed in an HTTP header"
+        ))
+    })?;
+    h.set_sensitive(true);
+    Ok(h)
+}
+
+/// The rows a write reports in `Content-Range: */N` (or `a-b/N`).
+pub fn content_range_total(h: &HeaderMap) -> Option<u64> {
+    let v = h.get("content-range")?.to_str().ok()?;
+    v.rsplit('/').next()?.parse().ok()
+}
+
+/// A filter value as PostgREST's `eq.` operator takes it.
+pub fn filter_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "null".into(),
+        other => other.to_string(),
+    }
+}
+
+impl RestClient {
+    pub fn new(cfg: &RestConfig) -> Result<RestClient> {
+        let base = cfg.url.trim_end_matches('/').to_owned();
+        let parsed = reqwest::Url::parse(&base)
+            .map_err(|e| Error::config(format!("SUPABASE_URL `{base}` is not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(Error::config(format!(
+                "SUPABASE_URL `{base}` must start with http:// or https://"
+            )));
+        }
+        if cfg.schema.is_empty()
+            || !cfg
+                .schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(Error::config(format!(
+                "SUPABASE_SCHEMA `{}` is not a schema name",
+                cfg.schema
+            )));
+        }
+        let key = cfg.key.expose_secret();
+        if key.is_empty() {
+            return Err(Error::config("the Supabase API key is empty"));
+        }
+        let key_kind = KeyKind::of(key);
+        let mut headers = HeaderMap::new();
+        headers.insert("apikey", sensitive(key, "the API key")?);
+        let bearer = match (&cfg.user_jwt, key_kind) {
+            (Some(jwt), _) => Some(jwt.expose_secret().to_owned()),
+            (None, KeyKind::Jwt) => Some(key.to_owned()),
+            // An sb_ key is not a JWT: the gateway maps it to one (spec §1).
+            (None, _) => None,
+        };
+        if let Some(b) = bearer {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                sensitive(&format!("Bearer {b}"), "the bearer token")?,
+            );
+        }
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.connect_timeout)
+            // Supabase rejects secret keys from browser-like user agents.
+            .user_agent(concat!("dualwrite/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| Error::config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(RestClient {
+            base,
+            schema: cfg.schema.clone(),
+            headers,
+            http,
+            timeout: cfg.timeout,
+            key_kind,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn key_kind(&self) -> KeyKind {
+        self.key_kind
+    }
+
+    /// A `postgrest` builder for `table`, on our client and headers.
+    pub fn from(&self, table: &str) -> postgrest::Builder {
+        postgrest::Builder::new(
+            format!("{}/{}", self.base, table),
+            Some(self.schema.clone()),
+            self.headers.clone(),
+            self.http.clone(),
+        )
+    }
+
+    /// Send a request, replacing any `Prefer` the builder set, and turn an error
+    /// status into [`Error`].
+    pub async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        prefer: Option<&str>,
+    ) -> Result<reqwest::Response> {
+        let mut req = req;
+        if let Some(p) = prefer {
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_static("prefer"),
+                HeaderValue::from_str(p).expect("Prefer values are ASCII"),
+            );
+            // `headers` replaces; `header` would append, and PostgREST honours the first.
+            req = req.headers(h);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(self.status_error(resp).await)
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> Error {
+        if e.is_timeout() {
+            Error::Timeout(self.timeout)
+        } else {
+            let mut reason = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                reason = format!("{reason}: {s}");
+                src = s.source();
+            }
+            Error::Unreachable {
+                url: self.base.clone(),
+                reason,
+            }
+        }
+    }
+
+    async fn status_error(&self, resp: reqwest::Response) -> Error {
+        let status = resp.status();
+        let is_json = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        let body = match resp.text().await {
+            Ok(b) => b,
+            Err(e) => return self.transport_error(e),
+        };
+        let parsed: Option<Map<String, Value>> = if is_json {
+            serde_json::from_str(&body).ok()
+        } else {
+            None
+        };
+        let field =
+            |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+        match parsed {
+            Some(m) => Error::Rest {
+                status: status.as_u16(),
+                code: field(&m, "code"),
+                message: field(&m, "message").unwrap_or_else(|| reason(status)),
+                details: field(&m, "details"),
+                hint: field(&m, "hint"),
+            },
+            // Proxies answer with HTML or plain text; keep a short excerpt.
+            None => {
+                let excerpt: String = body.chars().filter(|c| !c.is_control()).take(200).collect();
+                let message = if excerpt.trim().is_empty() {
+                    reason(status)
+                } else {
+                    format!("{} ({})", reason(status), excerpt.trim())
+                };
+                Error::Rest {
+                    status: status.as_u16(),
+                    code: None,
+                    message,
+                    details: None,
+                    hint: None,
+                }
+            }
+        }
+    }
+
+    /// Idempotent bulk upsert of complete, uniform rows; returns the rows
+    /// PostgREST reports as written (`count=exact`).
+    pub async fn upsert(&self, table: &str, on_conflict: &str, body: String) -> Result<u64> {
+        let req = self
+            .from(table)
+            .insert(body)
+            .on_conflict(on_conflict)
+            .build();
+        let resp = self
+            .send(
+                req,
+                Some("resolution=merge-duplicates,return=minimal,count=exact"),
+            )
+            .await?;
+        content_range_total(resp.headers())
+            .ok_or_else(|| Error::Protocol("an upsert answered without Content-Range".into()))
+    }
+
+    /// One page of rows: `filters` by equality, keyset-paginated on `key`.
+    pub async fn select_page(
+        &self,
+        table: &str,
+        select: &str,
+        filters: &[(&str, String)],
+        key: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Map<String, Value>>> {
+        let mut b = self.from(table).select(select);
+        for (c, v) in filters {
+            b = b.eq(*c, v);
+        }
+        if let Some(a) = after {
+            b = b.gt(key, a);
+        }
+        let req = b
+            .order(format!("{key}.asc"))
+            .build()
+            .query(&[("limit", limit.to_string())]);
+        let resp = self.send(req, None).await?;
+        resp.json::<Vec<Map<String, Value>>>()
+            .await
+            .map_err(|e| Error::Protocol(format!("rows of {table} are not a JSON array: {e}")))
+    }
+
+    /// Every row matching `filters`, paging through PostgREST's max-rows cap.
+    pub async fn select_all(
+        &self,
+        table: &str,
+        filters: &[(&str, String)],
+        key: &str,
+    ) -> Result<Vec<Map<String, Value>>> {
+        const PAGE: usize = 1000;
+        let mut out: Vec<Map<String, Value>> = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .select_page(table, "*", filters, key, after.as_deref(), PAGE)
+                .await?;
+            // A server whose max-rows is below PAGE returns short pages before the
+            // end, so only an empty page means the end.
+            let Some(last) = page.last() else { break };
+            after = Some(filter_text(last.get(key).unwrap_or(&Value::Null)));
+            out.extend(page);
+        }
+        Ok(out)
+    }
+
+    /// DELETE with equality filters (never unfiltered: hosted Supabase rejects that).
+    pub async fn delete(&self, table: &str, filters: &[(&str, String)]) -> Result<()> {
+        let mut b = self.from(table).delete();
+        for (c, v) in filters {
+            b = b.eq(*c, v);
+        }
+        self.send(b.build(), Some("return=minimal")).await.map(drop)
+    }
+
+    /// DELETE every row, filtered on the key so that pg-safeupdate accepts it.
+    pub async fn delete_all(&self, table: &str, key: &str) -> Result<()> {
+        let b = self.from(table).delete().not("is", key, "null");
+        self.send(b.build(), Some("return=minimal")).await.map(drop)
+    }
+
+    /// PATCH the rows matching `filters`; returns them as updated.
+    pub async fn patch(
+        &self,
+        table: &str,
+        filters: &[(&str, String)],
+        body: &Map<String, Value>,
+    ) -> Result<Vec<Map<String, Value>>> {
+        let mut b = self
+            .from(table)
+            .update(serde_json::to_string(body).expect("a map serialises"));
+        for (c, v) in filters {
+            b = b.eq(*c, v);
+        }
+        let resp = self.send(b.build(), Some("return=representation")).await?;
+        resp.json()
+            .await
+            .map_err(|e| Error::Protocol(format!("PATCH {table} answered with no rows: {e}")))
+    }
+
+    /// Exact row count of a table as this key sees it (RLS applies).
+    pub async fn count(&self, table: &str) -> Result<u64> {
+        let req = self
+            .from(table)
+            .select("*")
+            .build()
+            .query(&[("limit", "0")])
+            .build()
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let mut req = req;
+        *req.method_mut() = Method::HEAD;
+        let rb = reqwest::RequestBuilder::from_parts(self.http.clone(), req);
+        let resp = self.send(rb, Some("count=exact")).await?;
+        content_range_total(resp.headers())
+            .ok_or_else(|| Error::Protocol(format!("no row count for {table}")))
+    }
+
+    /// Check that the Data API answers and the key and table are usable.
+    pub async fn probe(&self, table: &str) -> Result<()> {
+        self.select_page(table, "*", &[], "id", None, 1)
+            .await
+            .map(drop)
+    }
+}
+
+fn reason(s: StatusCode) -> String {
+    s.canonical_reason().unwrap_or("error").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(key: &str) -> RestConfig {
+        RestConfig {
+            url: "http://127.0.0.1:9/rest/v1/".into(),
+            key: SecretString::from(key.to_owned()),
+            user_jwt: None,
+            schema: "public".into(),
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn key_rules() {
+        let c = RestClient::new(&cfg("eyJhbGciOi.x.y")).unwrap();
+        assert_eq!(c.key_kind(), KeyKind::Jwt);
+        assert!(c.headers.contains_key("authorization"));
+        let c = RestClient::new(&cfg("sb_secret_abc")).unwrap();
+        assert_eq!(c.key_kind(), KeyKind::Secret);
+        assert!(
+            !c.headers.contains_key("authorization"),
+            "an sb_ key is not a bearer token"
+        );
+        assert_eq!(
+            c.url(),
+            "http://127.0.0.1:9/rest/v1",
+            "trailing slash removed"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let c = RestClient::new(&cfg("sb_secret_supersecretvalue")).unwrap();
+        let d = format!("{c:?}");
+        assert!(!d.contains("supersecretvalue"), "{d}");
+        let d = format!("{:?}", cfg("sb_secret_supersecretvalue"));
+        assert!(!d.contains("supersecretvalue"), "{d}");
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let mut c = cfg("k");
+        c.url = "ftp://x".into();
+        assert!(RestClient::new(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("http://"));
+        let mut c = cfg("k");
+        c.schema = "pub lic".into();
+        assert!(RestClient::new(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("SUPABASE_SCHEMA"));
+        assert!(RestClient::new(&cfg(""))
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+    }
+
+    #[test]
+    fn content_range_parsing() {
+        let mut h = HeaderMap::new();
+        h.insert("content-range", HeaderValue::from_static("*/42"));
+        assert_eq!(content_range_total(&h), Some(42));
+        h.insert("content-range", HeaderValue::from_static("0-999/1506"));
+        assert_eq!(content_range_total(&h), Some(1506));
+        h.insert("content-range", HeaderValue::from_static("*/*"));
+        assert_eq!(content_range_total(&h), None);
+    }
+}
