@@ -21,6 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::db::Breaker;
 use crate::error::{Error, Result};
 use crate::rest::RestConfig;
 
@@ -66,6 +67,7 @@ pub struct Settings {
     pub sqlite_synchronous_normal: bool,
     /// The longest a mirror write may hold an application write.
     pub mirror_timeout: Duration,
+    pub breaker: Breaker,
     pub max_recorded_failures: usize,
 }
 
@@ -104,6 +106,8 @@ struct RawSqlite {
 #[serde(deny_unknown_fields)]
 struct RawDual {
     mirror_timeout_secs: f64,
+    breaker_failures: u32,
+    breaker_cooldown_secs: f64,
     max_recorded_failures: usize,
 }
 
@@ -291,6 +295,10 @@ impl Settings {
             sqlite_wal: raw.sqlite.wal,
             sqlite_synchronous_normal: raw.sqlite.synchronous_normal,
             mirror_timeout: secs("dual.mirror_timeout_secs", raw.dual.mirror_timeout_secs)?,
+            breaker: Breaker {
+                failures: raw.dual.breaker_failures.max(1),
+                cooldown: secs("dual.breaker_cooldown_secs", raw.dual.breaker_cooldown_secs)?,
+            },
             max_recorded_failures: raw.dual.max_recorded_failures.max(1),
         })
     }
@@ -368,6 +376,8 @@ impl Settings {
             },
             "dual": {
                 "mirror_timeout_secs": self.mirror_timeout.as_secs_f64(),
+                "breaker_failures": self.breaker.failures,
+                "breaker_cooldown_secs": self.breaker.cooldown.as_secs_f64(),
                 "max_recorded_failures": self.max_recorded_failures,
             },
         })

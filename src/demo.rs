@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::catalogue::TABLES;
 use crate::config::Settings;
-use crate::db::{Database, DualDatabase, DualStats, SqliteDatabase};
+use crate::db::{Database, DualStats, SqliteDatabase};
 use crate::error::Result;
 use crate::factory;
 use crate::samples;
@@ -75,12 +75,7 @@ pub async fn run(settings: &Settings) -> Result<DemoReport> {
     let sqlite = SqliteDatabase::open(&settings.db_path, factory::sqlite_options(settings)).await?;
     let supabase = factory::connect_supabase(settings).await?;
     let url = supabase.rest().url().to_owned();
-    let dual = DualDatabase::new(
-        sqlite,
-        supabase,
-        settings.mirror_timeout,
-        settings.max_recorded_failures,
-    );
+    let dual = factory::dual(settings, sqlite, supabase);
     let writes = samples::writes()?;
     let n = writes.len();
     for w in writes {

@@ -54,6 +54,21 @@ pub async fn check(rest: &RestClient) -> Result<()> {
     }
 }
 
+/// A dual layer with the configured timeout, breaker and failure record size.
+pub fn dual<P: crate::db::Database, S: crate::db::Database>(
+    s: &Settings,
+    primary: P,
+    secondary: S,
+) -> DualDatabase<P, S> {
+    DualDatabase::new(
+        primary,
+        secondary,
+        s.mirror_timeout,
+        s.max_recorded_failures,
+    )
+    .with_breaker(s.breaker)
+}
+
 /// Open the configured backend. With `DB_BACKEND=supabase`, any Supabase problem
 /// fails. With SQLite primary and dual write: a configuration problem (no URL,
 /// no key, key rejected, schema missing) leaves SQLite alone and says why; an
@@ -72,7 +87,8 @@ pub async fn open(s: &Settings) -> Result<(AnyDatabase, InitReport)> {
             Err(e) => Err(e),
             Ok(rest) => match check(&rest).await {
                 Ok(()) => Ok(SupabaseDatabase::new(rest)),
-                Err(e) if e.is_transient() => {
+                // A mirror that is down at start still gets every write, recorded for replay.
+                Err(e) if e.is_transient() && s.backend == BackendKind::Sqlite => {
                     report.supabase_error = Some(format!(
                         "{e} (mirror writes are recorded for replay until it answers)"
                     ));

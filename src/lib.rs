@@ -21,6 +21,7 @@ pub mod keys;
 pub mod model;
 pub mod normalise;
 pub mod rest;
+pub mod retry;
 pub mod samples;
 
 pub use error::{Error, Result};

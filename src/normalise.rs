@@ -167,8 +167,8 @@ pub fn value_to_canonical(
         (Kind::Bool, S::Integer(_)) => Ok((Value::Bool(true), Some(Lossy::BoolFromInteger))),
         (Kind::Bool, S::Real(f)) if *f == 0.0 || *f == 1.0 => Ok((Value::Bool(*f == 1.0), None)),
         (Kind::Bool, S::Text(s)) => match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "t" => Ok((Value::Bool(true), None)),
-            "false" | "0" | "f" => Ok((Value::Bool(false), None)),
+            "true" | "1" | "t" | "yes" | "on" => Ok((Value::Bool(true), None)),
+            "false" | "0" | "f" | "no" | "off" => Ok((Value::Bool(false), None)),
             _ => Err(format!("{} in a boolean column", describe(v))),
         },
         (Kind::Bool, other) => Err(format!("{} in a boolean column", describe(other))),

@@ -13,6 +13,11 @@
 //! both, and the secondary receives the write as the primary resolved it
 //! ([`Applied::resolved`]). The secondary never holds the caller longer than the
 //! configured timeout. Recorded failures can be inspected and replayed.
+//!
+//! A circuit breaker keeps a down or hung secondary from costing every app
+//! write a timeout: after `breaker.failures` consecutive transient failures the
+//! mirror is not attempted for `breaker.cooldown` (each skipped write is
+//! recorded, like any failure); then one write tries again.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,11 +66,37 @@ pub struct ReplayReport {
     pub still_failing: u64,
 }
 
+/// When to stop trying a failing secondary for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breaker {
+    /// Consecutive transient failures that open the breaker.
+    pub failures: u32,
+    /// How long it stays open before one write tries again.
+    pub cooldown: Duration,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            failures: 3,
+            cooldown: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    consecutive: u32,
+    open_until: Option<tokio::time::Instant>,
+}
+
 pub struct DualDatabase<P, S> {
     primary: P,
     secondary: S,
     timeout: Duration,
     capacity: usize,
+    breaker: Breaker,
+    breaker_state: Mutex<BreakerState>,
     failures: Mutex<VecDeque<SecondaryFailure>>,
     mirrored: AtomicU64,
     failed: AtomicU64,
@@ -81,11 +112,19 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
             secondary,
             timeout,
             capacity,
+            breaker: Breaker::default(),
+            breaker_state: Mutex::new(BreakerState::default()),
             failures: Mutex::new(VecDeque::new()),
             mirrored: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         }
+    }
+
+    /// Replace the default circuit breaker settings.
+    pub fn with_breaker(mut self, breaker: Breaker) -> Self {
+        self.breaker = breaker;
+        self
     }
 
     pub fn primary(&self) -> &P {
@@ -113,6 +152,21 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// `Some(until)` while the breaker is open. Once the cooldown is over, one
+    /// caller gets through (half-open) and the breaker re-opens if it fails.
+    fn open_until(&self) -> Option<tokio::time::Instant> {
+        let mut b = self.breaker_state.lock().expect("breaker lock");
+        match b.open_until {
+            Some(t) if tokio::time::Instant::now() < t => Some(t),
+            Some(_) => {
+                b.open_until = None;
+                b.consecutive = self.breaker.failures.saturating_sub(1);
+                None
+            }
+            None => None,
+        }
     }
 
     async fn mirror(&self, write: Write) -> Result<()> {
@@ -156,8 +210,9 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
         log.push_back(failure);
     }
 
-    /// Apply the recorded failures to the secondary again, oldest first. Those
-    /// that fail again stay recorded, in order.
+    /// Apply the recorded failures to the secondary again, oldest first,
+    /// retrying transient errors with backoff ([`crate::retry`]). Those that
+    /// still fail stay recorded, in order.
     pub async fn replay_failures(&self) -> ReplayReport {
         let pending: Vec<SecondaryFailure> = self
             .failures
@@ -169,10 +224,13 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
         let mut again = Vec::new();
         for f in pending {
             report.attempted += 1;
-            match self.mirror(f.write.clone()).await {
+            let attempt = || self.mirror(f.write.clone());
+            match crate::retry::retry(crate::retry::RetryPolicy::default(), attempt).await {
                 Ok(()) => {
                     report.replayed += 1;
                     self.mirrored.fetch_add(1, Ordering::Relaxed);
+                    // The secondary answers again: close the breaker.
+                    *self.breaker_state.lock().expect("breaker lock") = BreakerState::default();
                 }
                 Err(e) => {
                     report.still_failing += 1;
@@ -206,12 +264,34 @@ impl<P: Database, S: Database> Database for DualDatabase<P, S> {
         // A primary failure is the caller's error, and the secondary is not touched.
         let applied = self.primary.apply(write).await?;
         let mirror = applied.resolved.clone();
+        if let Some(until) = self.open_until() {
+            let e = Error::Unreachable {
+                url: self.secondary.backend(),
+                reason: format!(
+                    "not attempted: the secondary failed {} times in a row; next try in {:?}",
+                    self.breaker.failures,
+                    until.saturating_duration_since(tokio::time::Instant::now())
+                ),
+            };
+            self.record(mirror, &e);
+            return Ok(applied);
+        }
         let record_copy = mirror.clone();
         match self.mirror(mirror).await {
             Ok(()) => {
                 self.mirrored.fetch_add(1, Ordering::Relaxed);
+                self.breaker_state.lock().expect("breaker lock").consecutive = 0;
             }
-            Err(e) => self.record(record_copy, &e),
+            Err(e) => {
+                if e.is_transient() {
+                    let mut b = self.breaker_state.lock().expect("breaker lock");
+                    b.consecutive += 1;
+                    if b.consecutive >= self.breaker.failures {
+                        b.open_until = Some(tokio::time::Instant::now() + self.breaker.cooldown);
+                    }
+                }
+                self.record(record_copy, &e);
+            }
         }
         Ok(applied)
     }
@@ -285,11 +365,13 @@ mod tests {
         }
     }
 
-    fn pair() -> (
+    type Pair = (
         Arc<Double>,
         Arc<Double>,
         DualDatabase<Arc<Double>, Arc<Double>>,
-    ) {
+    );
+
+    fn pair() -> Pair {
         let p = Arc::new(Double {
             name: "p",
             ..Default::default()
@@ -348,6 +430,35 @@ mod tests {
         d.add_artifact(artifact("a")).await.unwrap();
         assert_eq!(started.elapsed(), Duration::from_millis(200));
         assert!(d.failures()[0].error.contains("did not answer"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_breaker_stops_paying_the_timeout_and_tries_again_later() {
+        let (p, s, _) = pair();
+        s.hang.store(true, Ordering::SeqCst);
+        let d = DualDatabase::new(p, s.clone(), Duration::from_millis(200), 100).with_breaker(
+            Breaker {
+                failures: 2,
+                cooldown: Duration::from_secs(10),
+            },
+        );
+        let started = tokio::time::Instant::now();
+        for id in ["a", "b", "c", "d"] {
+            d.add_artifact(artifact(id)).await.unwrap();
+        }
+        // Two timeouts, then two writes recorded without waiting.
+        assert_eq!(started.elapsed(), Duration::from_millis(400));
+        assert_eq!(d.stats().failed, 4);
+        assert!(d.failures()[3].error.contains("not attempted"));
+        s.hang.store(false, Ordering::SeqCst);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        d.add_artifact(artifact("e")).await.unwrap();
+        assert_eq!(
+            d.stats().mirrored,
+            1,
+            "after the cooldown the mirror is tried again"
+        );
+        assert_eq!(d.replay_failures().await.replayed, 4);
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ pub mod reads;
 pub mod sqlite;
 pub mod supabase;
 
-pub use dual::{DualDatabase, DualStats, SecondaryFailure};
+pub use dual::{Breaker, DualDatabase, DualStats, ReplayReport, SecondaryFailure};
 pub use sqlite::{SqliteDatabase, SqliteOptions};
 pub use supabase::SupabaseDatabase;
 

@@ -1,0 +1,316 @@
+//! Per-write latency of 10,000 mixed DoX writes: SQLite alone, Supabase alone,
+//! and DualDatabase (SQLite primary, Supabase mirror inline), against the local
+//! stack; then a hung secondary (its PostgREST paused with SIGSTOP).
+//!
+//! Run: `scripts/stack.sh up && cargo bench --bench writes` (prints a Markdown
+//! table; BENCHMARKS.md records the figures). `WRITES=N` changes the count.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+
+use dualwrite::db::{Database, DualDatabase, SqliteDatabase, SqliteOptions, SupabaseDatabase};
+use dualwrite::model::Write;
+use dualwrite::rest::{RestClient, RestConfig};
+
+fn stack_env() -> HashMap<String, String> {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(format!("{repo}/scripts/stack.sh"))
+        .arg("env")
+        .output()
+        .expect("scripts/stack.sh env");
+    assert!(
+        out.status.success(),
+        "start the stack first: scripts/stack.sh up"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').replace('\\', "")))
+        .collect()
+}
+
+/// A realistic mix of DoX writes: ingestion rows, summaries, memories, prefs, updates.
+fn mixed_writes(n: usize, run: &str) -> Vec<Write> {
+    let text = "Revenue: $2.5M, up 12% year over year. Выручка выросла. 收入增长。 ".repeat(4);
+    let call = |m: &str, a: Value| Write::from_call(m, a).unwrap();
+    (0..n)
+        .map(|i| {
+            let id = format!("{run}-{i}");
+            let doc = format!("{run}-doc-{}", i / 10);
+            match i % 12 {
+                0 => call("add_artifact", json!({"artifact": {"id": id, "filename": "q3.csv", "filepath": format!("uploads/{id}.csv"), "filetype": ".csv", "report_week": "2025-W38", "status": "processed", "extras": {"rows": i}}})),
+                1 => call("add_document", json!({"doc": {"id": doc, "path": "uploads/a.pdf", "type": "pdf", "title": "Annual report", "source": "watch|upload"}})),
+                2 => call("add_evidence", json!({"evidence": {"id": id, "artifact_id": doc, "locator": "a.pdf#table0", "preview": text, "content_type": "table", "coordinates": {"page": 3, "bbox": [72.0, 512.3, 540.0, 548.9]}, "full_data": {"rows": [{"Region": "EMEA", "Revenue": 1200}], "columns": ["Region", "Revenue"]}}})),
+                3 => call("add_fact", json!({"fact": {"id": id, "artifact_id": doc, "report_week": "", "entity": "table", "metrics": {"rows": 2, "columns": 2}, "evidence_id": format!("{run}-{}", i - 1)}})),
+                4 => call("add_log", json!({"log": {"id": id, "document_id": doc, "ts": "2025-09-18T08:15:02", "level": "ERROR", "code": "E1001", "component": "payment-service", "message": text}})),
+                5 => call("add_tag", json!({"tag": {"id": id, "document_id": doc, "tag": "payments", "score": 0.82, "source_ptr": "hrm-refined:steps3", "hrm_steps": 3}})),
+                6 => call("add_api", json!({"api": {"id": id, "document_id": doc, "name": "listPets", "method": "GET", "path": "/pets", "summary": "List all pets", "tags_json": "[\"pets\"]", "params_json": "[{\"name\": \"limit\", \"in\": \"query\"}]", "responses_json": "{\"200\": {\"description\": \"ok\"}}"}})),
+                7 => call("add_section", json!({"section": {"id": id, "document_id": doc, "order": i, "text": text, "page": 1, "bbox_json": "[72.0, 700.0, 540.0, 720.0]"}})),
+                8 => call("store_summary", json!({"summary": {"id": id, "scope": "workspace", "style": "bullet", "provider": "heuristic", "summary_text": text, "artifact_ids": [doc]}})),
+                9 => call("add_memory", json!({"category": "team_memory", "content": {"key": "q3-plan", "owner": "dana"}, "context": {"type": "team_memory"}, "user_id": "dev_user"})),
+                10 => call("set_user_pref", json!({"user_id": format!("{run}-user-{}", i % 50), "key": format!("k{}", i % 7), "value": i})),
+                _ => call("update_artifact", json!({"artifact_id": format!("{run}-{}", i - i % 12), "status": "done", "extras": {"seen": i}})),
+            }
+        })
+        .collect()
+}
+
+struct Line {
+    name: String,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    mean: f64,
+    failures: u64,
+}
+
+async fn measure<D: Database>(
+    name: &str,
+    db: &D,
+    writes: Vec<Write>,
+    failures: impl Fn() -> u64,
+) -> Line {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+    for w in writes {
+        let t = Instant::now();
+        db.apply(w).await.expect("write");
+        h.record(t.elapsed().as_micros().max(1) as u64).unwrap();
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    Line {
+        name: name.into(),
+        p50: ms(h.value_at_quantile(0.50)),
+        p99: ms(h.value_at_quantile(0.99)),
+        max: ms(h.max()),
+        mean: h.mean() / 1000.0,
+        failures: failures(),
+    }
+}
+
+fn rest(url: &str, key: &str, timeout: Duration) -> RestClient {
+    RestClient::new(&RestConfig {
+        url: url.into(),
+        key: SecretString::from(key.to_owned()),
+        user_jwt: None,
+        schema: "public".into(),
+        timeout,
+        connect_timeout: Duration::from_secs(2),
+    })
+    .unwrap()
+}
+
+/// A PostgREST of the bench's own on the stack's `dox` database, so pausing it
+/// leaves the shared one alone.
+struct OwnPostgrest {
+    child: Child,
+    url: String,
+    _conf: tempfile::NamedTempFile,
+}
+
+impl OwnPostgrest {
+    async fn start(env: &HashMap<String, String>) -> OwnPostgrest {
+        let port = free_port();
+        let admin = free_port();
+        let conf = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            conf.path(),
+            format!(
+                "db-uri = \"{}/dox\"\ndb-schemas = \"public\"\ndb-anon-role = \"anon\"\njwt-secret = \"{}\"\n\
+                 server-host = \"127.0.0.1\"\nserver-port = {port}\nadmin-server-port = {admin}\n",
+                env["DUALWRITE_AUTHENTICATOR_URL"], env["SUPABASE_JWT_SECRET"]
+            ),
+        )
+        .unwrap();
+        let child = Command::new(&env["DUALWRITE_POSTGREST_BIN"])
+            .arg(conf.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ready = format!("http://127.0.0.1:{admin}/ready");
+        for _ in 0..400 {
+            if reqwest::get(&ready)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        OwnPostgrest {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _conf: conf,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for OwnPostgrest {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("WRITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let env = stack_env();
+    let key = env["SUPABASE_SERVICE_KEY"].clone();
+    let gateway = env["SUPABASE_URL"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let timeout = Duration::from_secs(10);
+    let mut lines = Vec::new();
+
+    // Warm up connections and caches, not measured.
+    let warm = SupabaseDatabase::new(rest(&gateway, &key, timeout));
+    for w in mixed_writes(200, &format!("{run}w")) {
+        warm.apply(w).await.unwrap();
+    }
+
+    let lite = SqliteDatabase::open(dir.path().join("alone.sqlite3"), SqliteOptions::default())
+        .await
+        .unwrap();
+    lines.push(
+        measure(
+            "SQLite alone",
+            &lite,
+            mixed_writes(n, &format!("{run}a")),
+            || 0,
+        )
+        .await,
+    );
+
+    let sb = SupabaseDatabase::new(rest(&gateway, &key, timeout));
+    lines.push(
+        measure(
+            "Supabase alone (nginx /rest/v1)",
+            &sb,
+            mixed_writes(n, &format!("{run}b")),
+            || 0,
+        )
+        .await,
+    );
+
+    let lite = SqliteDatabase::open(dir.path().join("dual.sqlite3"), SqliteOptions::default())
+        .await
+        .unwrap();
+    let dual = DualDatabase::new(
+        lite,
+        SupabaseDatabase::new(rest(&gateway, &key, timeout)),
+        Duration::from_secs(2),
+        100_000,
+    );
+    lines.push(
+        measure(
+            "Dual: SQLite primary + Supabase mirror (nginx /rest/v1)",
+            &dual,
+            mixed_writes(n, &format!("{run}c")),
+            || dual.stats().failed,
+        )
+        .await,
+    );
+
+    let direct = env["DUALWRITE_POSTGREST_URL"].clone();
+    let lite = SqliteDatabase::open(
+        dir.path().join("dual-direct.sqlite3"),
+        SqliteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let dual = DualDatabase::new(
+        lite,
+        SupabaseDatabase::new(rest(&direct, &key, timeout)),
+        Duration::from_secs(2),
+        100_000,
+    );
+    lines.push(
+        measure(
+            "Dual: SQLite primary + Supabase mirror (PostgREST direct)",
+            &dual,
+            mixed_writes(n, &format!("{run}d")),
+            || dual.stats().failed,
+        )
+        .await,
+    );
+
+    // A hung secondary: PostgREST paused with SIGSTOP; the configured mirror timeout is 250 ms.
+    let own = OwnPostgrest::start(&env).await;
+    let lite = SqliteDatabase::open(dir.path().join("hung.sqlite3"), SqliteOptions::default())
+        .await
+        .unwrap();
+    let mirror_timeout = Duration::from_millis(250);
+    let dual = DualDatabase::new(
+        lite,
+        SupabaseDatabase::new(rest(&own.url, &key, Duration::from_secs(120))),
+        mirror_timeout,
+        100_000,
+    );
+    dual.apply(mixed_writes(1, &format!("{run}e"))[0].clone())
+        .await
+        .unwrap();
+    own.signal("-STOP");
+    let hung = measure(
+        "Dual with the mirror paused (SIGSTOP), mirror timeout 250 ms",
+        &dual,
+        mixed_writes(40, &format!("{run}f")),
+        || dual.stats().failed,
+    )
+    .await;
+    own.signal("-CONT");
+    lines.push(hung);
+
+    println!(
+        "{n} mixed DoX writes per line ({} kinds), one at a time, latency per write in ms:\n",
+        12
+    );
+    println!("| backend | p50 | p99 | max | mean | mirror failures |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for l in &lines {
+        println!(
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+            l.name, l.p50, l.p99, l.max, l.mean, l.failures
+        );
+    }
+    let base = &lines[0];
+    println!(
+        "\nratios to SQLite alone (same run): dual p50 {:.2}x, dual p99 {:.2}x",
+        lines[2].p50 / base.p50,
+        lines[2].p99 / base.p99
+    );
+    println!("targets: SQLite alone p99 < 1 ms: {}; dual p50 < 1.5 ms: {}; hung mirror max <= timeout + 50 ms: {}",
+        ok(base.p99 < 1.0), ok(lines[2].p50 < 1.5), ok(lines[4].max <= mirror_timeout.as_secs_f64() * 1000.0 + 50.0));
+}
+
+fn ok(b: bool) -> &'static str {
+    if b {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
