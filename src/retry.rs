@@ -84,6 +84,10 @@ mod tests {
         })
         .await;
         assert!(r.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 4, "one attempt and three retries");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            4,
+            "one attempt and three retries"
+        );
     }
 }
