@@ -4,6 +4,8 @@
 //!
 //! Run: `scripts/stack.sh up && cargo bench --bench writes` (prints a Markdown
 //! table; BENCHMARKS.md records the figures). `WRITES=N` changes the count.
+//! Under `cargo test` (no `--bench` argument) it makes a short smoke run, so CI
+//! keeps it working without spending minutes on it.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};

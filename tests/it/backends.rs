@@ -19,7 +19,7 @@ const WEB_SEARCH: &str = "0a1b2c3d-4e5f-4a6b-9c7d-9e0f1a2b3c4d";
 const EXTRACT_TABLES: &str = "9f0a1b2c-3d4e-4f5a-8b6c-8d9e0f1a2b3c";
 
 /// The samples, then a write of every other method and of every kind of change.
-fn script() -> Vec<Write> {
+pub fn script() -> Vec<Write> {
     let mut w = samples::writes().unwrap();
     let call = |m: &str, a: Value| Write::from_call(m, a).unwrap();
     w.extend([
@@ -78,7 +78,7 @@ fn script() -> Vec<Write> {
     w
 }
 
-fn reads() -> Vec<Read> {
+pub fn reads() -> Vec<Read> {
     let r = |m: &str, a: Value| Read::from_call(m, a).unwrap();
     vec![
         r("get_artifacts", json!({})),

@@ -258,6 +258,17 @@ fn keys_generate_sign_verify_decode() {
     // A token the stack accepts: the stack's own secret signs a working service key.
     let o = dualwrite(dir.path(), &[], &["keys", "sign", "--role", "service_role"]);
     assert!(o.status.success());
+    let key = stdout(&o).trim().to_owned();
+    let check = dualwrite(
+        dir.path(),
+        &[
+            ("SUPABASE_DUAL_WRITE", "true"),
+            ("SUPABASE_SERVICE_KEY", &key),
+        ],
+        &["check"],
+    );
+    let r: Value = serde_json::from_str(&stdout(&check)).unwrap();
+    assert_eq!(r["supabase_error"], Value::Null, "{r}");
 }
 
 #[test]
