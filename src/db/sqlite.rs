@@ -381,6 +381,65 @@ impl SqliteDatabase {
     }
 }
 
+impl SqliteDatabase {
+    /// Up to `limit` rows of `table` with keys after `after`, in SQLite's key
+    /// order (BINARY: byte-wise for text, as PostgreSQL's "C" collation on the
+    /// Supabase keys). Each page is one statement, so one consistent snapshot.
+    /// Memory stays bounded by `limit` whatever the table's size.
+    pub async fn page(
+        &self,
+        table: &'static Table,
+        after: Option<SqlValue>,
+        limit: usize,
+    ) -> Result<Vec<SqlRow>> {
+        self.run(move |conn, layout| {
+            let Some(l) = layout.get(table) else {
+                return Ok(Vec::new());
+            };
+            let key = quote(l.physical[0].as_deref().unwrap_or(table.key().sqlite));
+            let sql = match after {
+                Some(_) => format!("{} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2", l.select),
+                None => format!("{} ORDER BY {key} LIMIT ?1", l.select),
+            };
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let n = table.columns.len();
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let after = after.as_ref().map_or(SqlParam::Null, to_param);
+            let map = |r: &rusqlite::Row<'_>| (0..n).map(|i| r.get_ref(i).map(from_ref)).collect();
+            let rows = if sql.contains("?2") {
+                stmt.query_map(rusqlite::params![after, limit], map)?
+                    .collect::<rusqlite::Result<Vec<SqlRow>>>()?
+            } else {
+                stmt.query_map(rusqlite::params![limit], map)?
+                    .collect::<rusqlite::Result<Vec<SqlRow>>>()?
+            };
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Rows in `table` (0 when the file lacks the table).
+    pub async fn count(&self, table: &'static Table) -> Result<u64> {
+        self.run(move |conn, layout| {
+            if layout.get(table).is_none() {
+                return Ok(0);
+            }
+            let n: i64 = conn.query_row(
+                &format!("SELECT count(*) FROM {}", quote(table.sqlite)),
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Whether the file has this table at all.
+    pub fn has_table(&self, table: &Table) -> bool {
+        self.layout.get(table).is_some()
+    }
+}
+
 fn key_cmp(a: &SqlValue, b: &SqlValue) -> std::cmp::Ordering {
     a.display().cmp(&b.display())
 }

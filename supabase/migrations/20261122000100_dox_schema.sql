@@ -9,7 +9,9 @@
 --   * there are no foreign keys and no NOT NULL beyond the keys: SQLite accepted
 --     orphans and its own nullability, and a mirror must not reject a row the
 --     primary stored (S9, S10);
---   * integers are bigint, so any SQLite INTEGER fits.
+--   * integers are bigint, so any SQLite INTEGER fits;
+--   * keys use the "C" collation, so PostgreSQL orders them byte-wise as SQLite does
+--     and both sides can be read in the same key order (keyset pagination, verify).
 -- Re-runnable: tables are created if missing, and a database built from the
 -- original migrations is brought to this shape (types widened, FKs and the
 -- category CHECK dropped, missing columns added).
@@ -17,7 +19,7 @@
 create schema if not exists extensions;
 
 create table if not exists public.artifacts (
-  id text primary key,
+  id text collate "C" primary key,
   filename text,
   filepath text,
   filetype text,
@@ -36,7 +38,7 @@ create table if not exists public.artifacts (
 );
 
 create table if not exists public.documents (
-  id text primary key,
+  id text collate "C" primary key,
   path text,
   type text,
   title text,
@@ -45,7 +47,7 @@ create table if not exists public.documents (
 );
 
 create table if not exists public.document_sections (
-  id text primary key,
+  id text collate "C" primary key,
   document_id text,
   "order" bigint,
   text text,
@@ -54,14 +56,14 @@ create table if not exists public.document_sections (
 );
 
 create table if not exists public.document_tables (
-  id text primary key,
+  id text collate "C" primary key,
   document_id text,
   "order" bigint,
   json jsonb
 );
 
 create table if not exists public.api_endpoints (
-  id text primary key,
+  id text collate "C" primary key,
   document_id text,
   name text,
   method text,
@@ -73,7 +75,7 @@ create table if not exists public.api_endpoints (
 );
 
 create table if not exists public.log_entries (
-  id text primary key,
+  id text collate "C" primary key,
   document_id text,
   ts text,
   level text,
@@ -84,7 +86,7 @@ create table if not exists public.log_entries (
 );
 
 create table if not exists public.tags (
-  id text primary key,
+  id text collate "C" primary key,
   document_id text,
   tag text,
   score double precision,
@@ -93,7 +95,7 @@ create table if not exists public.tags (
 );
 
 create table if not exists public.facts (
-  id text primary key,
+  id text collate "C" primary key,
   artifact_id text,
   report_week text,
   entity text,
@@ -102,7 +104,7 @@ create table if not exists public.facts (
 );
 
 create table if not exists public.evidence (
-  id text primary key,
+  id text collate "C" primary key,
   artifact_id text,
   locator text,
   preview text,
@@ -112,7 +114,7 @@ create table if not exists public.evidence (
 );
 
 create table if not exists public.tag_prompts (
-  id text primary key,
+  id text collate "C" primary key,
   document_id text,
   prompt_text text,
   examples jsonb,
@@ -121,7 +123,7 @@ create table if not exists public.tag_prompts (
 );
 
 create table if not exists public.summaries (
-  id text primary key,
+  id text collate "C" primary key,
   scope text,
   scope_key text,
   style text,
@@ -134,7 +136,7 @@ create table if not exists public.summaries (
 );
 
 create table if not exists public.document_entities (
-  id text primary key,
+  id text collate "C" primary key,
   document_id text,
   label text,
   text text,
@@ -146,12 +148,12 @@ create table if not exists public.document_entities (
 );
 
 create table if not exists public.document_structure (
-  document_id text primary key,
+  document_id text collate "C" primary key,
   hierarchy jsonb
 );
 
 create table if not exists public.document_metric_hits (
-  id text primary key,
+  id text collate "C" primary key,
   document_id text,
   type text,
   value text,
@@ -162,7 +164,7 @@ create table if not exists public.document_metric_hits (
 );
 
 create table if not exists public.cipher_memory (
-  id text primary key,
+  id text collate "C" primary key,
   category text,
   content jsonb default '{}'::jsonb,
   context jsonb,
@@ -171,13 +173,13 @@ create table if not exists public.cipher_memory (
 );
 
 create table if not exists public.user_prefs (
-  user_id text primary key,
+  user_id text collate "C" primary key,
   preferences jsonb default '{}'::jsonb,
   updated_at timestamptz default now()
 );
 
 create table if not exists public.skills_registry (
-  id text primary key,
+  id text collate "C" primary key,
   name text,
   description text,
   parameters jsonb default '{}'::jsonb,
@@ -191,7 +193,7 @@ create table if not exists public.skills_registry (
 -- pgvector package). Both accept a flat JSON array on insert. No fixed
 -- dimension: the default DoX embedder is not 384-dimensional (S13).
 create table if not exists public.search_chunks (
-  id text primary key,
+  id text collate "C" primary key,
   document_id text,
   source_type text,
   chunk_index bigint,
@@ -229,6 +231,10 @@ drop policy if exists cipher_memory_legacy_readonly on public.cipher_memory;
 drop policy if exists user_prefs_own_policy on public.user_prefs;
 drop policy if exists skills_registry_read_policy on public.skills_registry;
 drop policy if exists skills_registry_write_policy on public.skills_registry;
+-- Ours too, when a key's collation must change below; the next migration re-creates them.
+drop policy if exists cipher_memory_user_owned on public.cipher_memory;
+drop policy if exists cipher_memory_legacy_read on public.cipher_memory;
+drop policy if exists user_prefs_own on public.user_prefs;
 
 do $$
 declare
@@ -252,7 +258,7 @@ begin
 
   -- Widen uuid ids to text, int to bigint, and drop NOT NULL from non-key columns.
   for r in
-    select c.table_name, c.column_name, c.data_type, c.is_nullable,
+    select c.table_name, c.column_name, c.data_type, c.is_nullable, c.collation_name,
            exists (select 1 from information_schema.key_column_usage k
                    join information_schema.table_constraints tc
                      on tc.constraint_name = k.constraint_name and tc.table_schema = k.table_schema
@@ -272,6 +278,10 @@ begin
                      r.table_name, r.column_name, r.column_name);
     elsif r.data_type = 'integer' and r.table_name <> 'artifacts' then
       execute format('alter table public.%I alter column %I type bigint', r.table_name, r.column_name);
+    end if;
+    if r.is_key and r.data_type = 'text' and coalesce(r.collation_name, '') <> 'C' then
+      execute format('alter table public.%I alter column %I type text collate "C"',
+                     r.table_name, r.column_name);
     end if;
     if r.is_nullable = 'NO' and not r.is_key then
       execute format('alter table public.%I alter column %I drop not null', r.table_name, r.column_name);

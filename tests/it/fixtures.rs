@@ -294,3 +294,31 @@ async fn any_value_sqlite_accepts_is_read_and_unrepresentable_ones_are_named() {
     let secs = sb.fetch(&catalogue::SECTION, &[]).await.unwrap();
     assert_eq!(secs[0]["page"], json!(i64::MAX));
 }
+
+#[tokio::test]
+async fn keyset_pages_cover_a_table_once_in_key_order() {
+    let db = SqliteDatabase::open(
+        fixture("dox-medium.sqlite3"),
+        SqliteOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let t = &catalogue::LOGENTRY;
+    let mut after = None;
+    let mut keys = Vec::new();
+    loop {
+        let page = db.page(t, after.clone(), 777).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last[0].clone());
+        keys.extend(page.iter().map(|r| r[0].display()));
+    }
+    assert_eq!(keys.len() as u64, db.count(t).await.unwrap());
+    assert_eq!(keys.len(), 7_500);
+    let mut sorted = keys.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(keys, sorted, "strictly increasing, no duplicates");
+}
