@@ -418,6 +418,18 @@ impl SqliteDatabase {
         .await
     }
 
+    /// Insert or replace whole rows (SQLite shape) in one transaction. For bulk
+    /// loads (fixture generation, tests); application writes go through `apply`.
+    pub async fn upsert_rows(&self, table: &'static Table, rows: Vec<SqlRow>) -> Result<()> {
+        self.run(move |conn, layout| {
+            let tx = conn.transaction()?;
+            exec_steps(&tx, layout, &[Step::Upsert { table, rows }])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Rows in `table` (0 when the file lacks the table).
     pub async fn count(&self, table: &'static Table) -> Result<u64> {
         self.run(move |conn, layout| {
