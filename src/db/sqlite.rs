@@ -96,6 +96,7 @@ impl Layout {
     }
 }
 
+#[derive(Clone)]
 pub struct SqliteDatabase {
     jobs: std::sync::mpsc::Sender<Job>,
     path: PathBuf,
@@ -426,6 +427,34 @@ impl SqliteDatabase {
             exec_steps(&tx, layout, &[Step::Upsert { table, rows }])?;
             tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    /// The rows with keys from `first` to `last` (both included), in key order.
+    pub async fn range(
+        &self,
+        table: &'static Table,
+        first: SqlValue,
+        last: SqlValue,
+    ) -> Result<Vec<SqlRow>> {
+        self.run(move |conn, layout| {
+            let Some(l) = layout.get(table) else {
+                return Ok(Vec::new());
+            };
+            let key = quote(l.physical[0].as_deref().unwrap_or(table.key().sqlite));
+            let sql = format!(
+                "{} WHERE {key} >= ?1 AND {key} <= ?2 ORDER BY {key}",
+                l.select
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let n = table.columns.len();
+            let rows = stmt
+                .query_map(rusqlite::params![to_param(&first), to_param(&last)], |r| {
+                    (0..n).map(|i| r.get_ref(i).map(from_ref)).collect()
+                })?
+                .collect::<rusqlite::Result<Vec<SqlRow>>>()?;
+            Ok(rows)
         })
         .await
     }
