@@ -4,6 +4,7 @@
 mod harness;
 
 mod backends;
+mod backfill;
 mod cli;
 mod dual;
 mod fixtures;
