@@ -30,7 +30,10 @@ fn stack_env() -> HashMap<String, String> {
         .arg("env")
         .output()
         .expect("scripts/stack.sh env");
-    assert!(out.status.success(), "start the stack first: scripts/stack.sh up");
+    assert!(
+        out.status.success(),
+        "start the stack first: scripts/stack.sh up"
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
@@ -39,20 +42,39 @@ fn stack_env() -> HashMap<String, String> {
 }
 
 fn env_or(k: &str, d: usize) -> usize {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 async fn truncate(env: &HashMap<String, String>) {
-    let (c, conn) = tokio_postgres::connect(&env["DATABASE_URL"], tokio_postgres::NoTls).await.unwrap();
+    let (c, conn) = tokio_postgres::connect(&env["DATABASE_URL"], tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let names: Vec<_> = TABLES.iter().map(|t| t.supabase).collect();
-    c.batch_execute(&format!("TRUNCATE {}; VACUUM ANALYZE", names.join(", "))).await.unwrap();
+    c.batch_execute(&format!("TRUNCATE {}; VACUUM ANALYZE", names.join(", ")))
+        .await
+        .unwrap();
 }
 
 /// Every table's rows, normalised and serialised into request bodies cut by the
 /// same limits the backfill uses.
-async fn bodies(path: &Path, batch_rows: usize, batch_bytes: usize) -> Vec<(&'static str, &'static str, String, usize)> {
-    let db = SqliteDatabase::open(path, SqliteOptions { read_only: true, ..Default::default() }).await.unwrap();
+async fn bodies(
+    path: &Path,
+    batch_rows: usize,
+    batch_bytes: usize,
+) -> Vec<(&'static str, &'static str, String, usize)> {
+    let db = SqliteDatabase::open(
+        path,
+        SqliteOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let mut out = Vec::new();
     for t in TABLES {
         let mut after = None;
@@ -62,10 +84,17 @@ async fn bodies(path: &Path, batch_rows: usize, batch_bytes: usize) -> Vec<(&'st
             let Some(last) = page.last() else { break };
             after = Some(last[0].clone());
             for row in &page {
-                let Ok(p) = prepare_row(t, row, &mut Vec::new()) else { continue };
+                let Ok(p) = prepare_row(t, row, &mut Vec::new()) else {
+                    continue;
+                };
                 if n > 0 && (n >= batch_rows || body.len() >= batch_bytes) {
                     body.push(']');
-                    out.push((t.supabase, t.key().supabase, std::mem::replace(&mut body, String::from("[")), n));
+                    out.push((
+                        t.supabase,
+                        t.key().supabase,
+                        std::mem::replace(&mut body, String::from("[")),
+                        n,
+                    ));
                     n = 0;
                 }
                 if n > 0 {
@@ -84,8 +113,15 @@ async fn bodies(path: &Path, batch_rows: usize, batch_bytes: usize) -> Vec<(&'st
 }
 
 /// Post the bodies with `concurrency` requests in flight (tables in order, as the backfill).
-async fn ceiling(env: &HashMap<String, String>, bodies: &Arc<Vec<(&'static str, &'static str, String, usize)>>, concurrency: usize) -> (f64, usize) {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+async fn ceiling(
+    env: &HashMap<String, String>,
+    bodies: &Arc<Vec<(&'static str, &'static str, String, usize)>>,
+    concurrency: usize,
+) -> (f64, usize) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
     let url = env["SUPABASE_URL"].clone();
     let key = env["SUPABASE_SERVICE_KEY"].clone();
     let started = Instant::now();
@@ -103,7 +139,8 @@ async fn ceiling(env: &HashMap<String, String>, bodies: &Arc<Vec<(&'static str, 
             if set.len() >= concurrency {
                 rows += set.join_next().await.unwrap().unwrap();
             }
-            let (client, url, key, bodies) = (client.clone(), url.clone(), key.clone(), Arc::clone(bodies));
+            let (client, url, key, bodies) =
+                (client.clone(), url.clone(), key.clone(), Arc::clone(bodies));
             set.spawn(async move {
                 let (t, pk, body, n) = &bodies[k];
                 let r = client
@@ -111,7 +148,10 @@ async fn ceiling(env: &HashMap<String, String>, bodies: &Arc<Vec<(&'static str, 
                     .header("apikey", &key)
                     .header("Authorization", format!("Bearer {key}"))
                     .header("Content-Type", "application/json")
-                    .header("Prefer", "resolution=merge-duplicates,return=minimal,count=exact")
+                    .header(
+                        "Prefer",
+                        "resolution=merge-duplicates,return=minimal,count=exact",
+                    )
                     .body(body.clone())
                     .send()
                     .await
@@ -128,18 +168,37 @@ async fn ceiling(env: &HashMap<String, String>, bodies: &Arc<Vec<(&'static str, 
     (started.elapsed().as_secs_f64(), rows)
 }
 
-fn backfill(env: &HashMap<String, String>, path: &Path, batch_rows: usize, concurrency: usize) -> (f64, serde_json::Value) {
+fn backfill(
+    env: &HashMap<String, String>,
+    path: &Path,
+    batch_rows: usize,
+    concurrency: usize,
+) -> (f64, serde_json::Value) {
     let state = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_dualwrite"))
-        .args(["backfill", "--from-sqlite", path.to_str().unwrap(), "--json"])
+        .args([
+            "backfill",
+            "--from-sqlite",
+            path.to_str().unwrap(),
+            "--json",
+        ])
         .args(["--state-dir", state.path().to_str().unwrap()])
-        .args(["--batch-rows", &batch_rows.to_string(), "--concurrency", &concurrency.to_string()])
+        .args([
+            "--batch-rows",
+            &batch_rows.to_string(),
+            "--concurrency",
+            &concurrency.to_string(),
+        ])
         .envs(env)
         .output()
         .unwrap();
     let secs = started.elapsed().as_secs_f64();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (secs, serde_json::from_slice(&out.stdout).unwrap())
 }
 
@@ -151,9 +210,14 @@ async fn dataset(rows: u64) -> PathBuf {
         let t = Instant::now();
         let tmp = dir.join(format!("dox-{rows}-seed1.partial.sqlite3"));
         let _ = std::fs::remove_file(&tmp);
-        generate(&tmp, &GenerateOptions { rows, seed: 1 }).await.unwrap();
+        generate(&tmp, &GenerateOptions { rows, seed: 1 })
+            .await
+            .unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        println!("generated {rows} rows in {:.1} s", t.elapsed().as_secs_f64());
+        println!(
+            "generated {rows} rows in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
     }
     path
 }
@@ -179,7 +243,11 @@ async fn main() {
     let (c2, n2) = ceiling(&env, &bodies, concurrency).await;
     truncate(&env).await;
     assert_eq!((n1, n2), (total, total));
-    assert_eq!(report["rows_written"].as_u64(), Some(total as u64), "{report}");
+    assert_eq!(
+        report["rows_written"].as_u64(),
+        Some(total as u64),
+        "{report}"
+    );
 
     let ceiling_rps = total as f64 / ((c1 + c2) / 2.0);
     let backfill_rps = total as f64 / secs;
@@ -190,9 +258,18 @@ async fn main() {
     println!("{total} rows ({:.0} MB SQLite file), batch {batch_rows} rows / 1 MiB, {concurrency} in flight\n", size as f64 / 1e6);
     println!("| measurement | seconds | rows/s |");
     println!("|---|---:|---:|");
-    println!("| raw ceiling, before | {c1:.2} | {:.0} |", total as f64 / c1);
+    println!(
+        "| raw ceiling, before | {c1:.2} | {:.0} |",
+        total as f64 / c1
+    );
     println!("| dualwrite backfill (whole process, incl. start) | {secs:.2} | {backfill_rps:.0} |");
-    println!("| raw ceiling, after | {c2:.2} | {:.0} |", total as f64 / c2);
-    println!("\nbackfill / mean raw ceiling: {:.3} (target >= 0.9)", backfill_rps / ceiling_rps);
+    println!(
+        "| raw ceiling, after | {c2:.2} | {:.0} |",
+        total as f64 / c2
+    );
+    println!(
+        "\nbackfill / mean raw ceiling: {:.3} (target >= 0.9)",
+        backfill_rps / ceiling_rps
+    );
     println!("backfill peak RSS: {rss:.1} MB (target < 150 MB)");
 }

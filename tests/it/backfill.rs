@@ -566,3 +566,73 @@ async fn concurrent_app_writes_during_a_backfill_leave_no_stale_row() {
     assert_same(app.primary(), app.secondary(), "after concurrent writes").await;
     let _: PathBuf = path;
 }
+
+#[tokio::test]
+async fn batches_shrink_when_supabase_says_too_large_and_every_row_still_lands() {
+    let pg = PrivateDb::new().await;
+    // PostgREST 12.0.2 answers SQLSTATE 54000 (program limit) with 413.
+    pg.ddl(
+        "CREATE FUNCTION too_big() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF (SELECT count(*) FROM new_rows) > 7 THEN
+             RAISE EXCEPTION 'statement too large' USING ERRCODE = '54000';
+           END IF;
+           RETURN NULL;
+         END $$;
+         CREATE TRIGGER too_big AFTER INSERT ON log_entries
+           REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION too_big();",
+    )
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let mut o = opts(state.path());
+    o.tables = vec![&catalogue::LOGENTRY];
+    let r = backfill::run(&fixture("dox-small.sqlite3"), &pg.supabase(), &o)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.rows_written, r.rows_rejected),
+        (300, 0),
+        "{:?}",
+        r.sample_rejects
+    );
+    assert_eq!(
+        pg.supabase()
+            .fetch(&catalogue::LOGENTRY, &[])
+            .await
+            .unwrap()
+            .len(),
+        300
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_key_stops_the_run_instead_of_rejecting_every_row() {
+    let pg = PrivateDb::new().await;
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let src = fixture("dox-small.sqlite3");
+    let out = binary(
+        &pg,
+        work.path(),
+        &[
+            "backfill",
+            "--from-sqlite",
+            src.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    )
+    .env(
+        "SUPABASE_SERVICE_KEY",
+        "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.bad",
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rejected the API key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(rejects(&state).is_empty());
+}
