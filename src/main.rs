@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use dualwrite::backfill::{self, BackfillOptions, BackfillReport, Progress};
 use dualwrite::config::{Settings, Sources};
-use dualwrite::db::{AnyDatabase, Dox};
+use dualwrite::db::Dox;
 use dualwrite::model::Call;
 use dualwrite::{catalogue, demo, export, factory, keys, Error};
 
@@ -58,6 +58,8 @@ enum Command {
         #[arg(long, value_name = "ARGS", default_value = "{}")]
         json: String,
     },
+    /// Replay the recorded secondary failures (dual write) to the mirror.
+    Replay,
     /// JWT secrets and API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -330,26 +332,30 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let out = db.call(call).await?;
             print_json(&out);
-            if let Some(stats) = db.dual_stats() {
-                if stats.failed > 0 {
-                    if let AnyDatabase::SqliteFirst(d) = &db {
-                        for f in d.failures() {
-                            eprintln!(
-                                "mirror failed: {} {} {}: {}",
-                                f.method, f.table, f.key, f.error
-                            );
-                        }
-                    }
-                    if let AnyDatabase::SupabaseFirst(d) = &db {
-                        for f in d.failures() {
-                            eprintln!(
-                                "mirror failed: {} {} {}: {}",
-                                f.method, f.table, f.key, f.error
-                            );
-                        }
-                    }
-                    return Ok(ExitCode::from(3));
+            if db.dual_stats().is_some_and(|st| st.failed > 0) {
+                if let Some(f) = db.failures().last() {
+                    eprintln!(
+                        "mirror failed: {} {} {}: {}",
+                        f.method, f.table, f.key, f.error
+                    );
                 }
+                if let Some(p) = &s.failure_log {
+                    eprintln!("recorded in {} for `dualwrite replay`", p.display());
+                }
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Command::Replay => {
+            let s = settings(&cli)?;
+            let (db, _) = factory::open(&s).await?;
+            let Some(report) = db.replay_failures().await else {
+                return Err(
+                    Error::invalid("replay needs dual write (SUPABASE_DUAL_WRITE=true)").into(),
+                );
+            };
+            print_json(&serde_json::to_value(&report)?);
+            if report.still_failing > 0 {
+                return Ok(ExitCode::from(1));
             }
         }
         Command::Keys(k) => match k {

@@ -486,6 +486,15 @@ fn key_cmp(a: &SqlValue, b: &SqlValue) -> std::cmp::Ordering {
 }
 
 fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<(Connection, Layout)> {
+    open_connection_inner(path, opts).map_err(|e| match e {
+        Error::Sqlite(m) if !m.contains(&path.display().to_string()) => {
+            Error::Sqlite(format!("{}: {m}", path.display()))
+        }
+        other => other,
+    })
+}
+
+fn open_connection_inner(path: &Path, opts: &SqliteOptions) -> Result<(Connection, Layout)> {
     let conn = if opts.read_only {
         Connection::open_with_flags(
             path,
