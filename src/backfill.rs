@@ -937,6 +937,8 @@ impl<'a> Loader<'a> {
                 ck.rows_rejected += l.rejects;
                 if let Some(b) = &bar {
                     b.inc(l.written + l.rejects);
+                    let rate = report.rows_read as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                    b.set_message(format!("{rate:.0} rows/s"));
                 }
             }
             if last_save.elapsed() > Duration::from_millis(250) {
@@ -980,7 +982,7 @@ impl<'a> Loader<'a> {
         let b = multi.add(indicatif::ProgressBar::new(total));
         b.set_style(
             indicatif::ProgressStyle::with_template(
-                "{prefix:<22} {bar:30} {pos:>9}/{len:<9} {per_sec:>12} eta {eta}",
+                "{prefix:<22} {bar:30} {pos:>9}/{len:<9} {msg:>12} eta {eta}",
             )
             .expect("a valid template"),
         );
