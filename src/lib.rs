@@ -17,6 +17,7 @@ pub mod db;
 pub mod demo;
 pub mod error;
 pub mod factory;
+pub mod generate;
 pub mod keys;
 pub mod model;
 pub mod normalise;

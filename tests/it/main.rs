@@ -7,4 +7,5 @@ mod backends;
 mod cli;
 mod dual;
 mod fixtures;
+mod generate;
 mod rls;
