@@ -19,6 +19,7 @@ pub mod demo;
 pub mod error;
 pub mod export;
 pub mod factory;
+pub mod generate;
 pub mod keys;
 pub mod model;
 pub mod normalise;

@@ -8,4 +8,5 @@ mod backfill;
 mod cli;
 mod dual;
 mod fixtures;
+mod generate;
 mod rls;
