@@ -245,7 +245,7 @@ async fn write_rows(path: &Path, opts: &GenerateOptions) -> Result<GenerateRepor
         }
         written[table_idx].rows += n;
         if written[table_idx].rows == plan[table_idx].1 {
-            tracing::info!(
+            tracing::debug!(
                 table = table.sqlite,
                 rows = written[table_idx].rows,
                 "generated table"

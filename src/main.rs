@@ -60,6 +60,9 @@ enum Command {
     },
     /// Replay the recorded secondary failures (dual write) to the mirror.
     Replay,
+    /// Test and benchmark data.
+    #[command(subcommand)]
+    Fixtures(FixturesCommand),
     /// JWT secrets and API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -241,6 +244,22 @@ async fn load(
 }
 
 #[derive(Subcommand, Debug)]
+enum FixturesCommand {
+    /// Write a new DoX SQLite file of realistic shape (unicode, nulls, JSON, NaN, orphans, odd keys).
+    Generate {
+        /// Rows in all (spread over the 17 tables like real DoX data).
+        #[arg(long)]
+        rows: u64,
+        /// The file to create (must not exist).
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// The same seed and row count give the same file.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum KeysCommand {
     /// Generate a JWT secret and anon / service_role keys signed with it (prints secrets).
     Generate {
@@ -344,6 +363,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::from(3));
             }
+        }
+        Command::Fixtures(FixturesCommand::Generate { rows, out, seed }) => {
+            let opts = dualwrite::generate::GenerateOptions {
+                rows: *rows,
+                seed: *seed,
+            };
+            let report = dualwrite::generate::generate(out, &opts).await?;
+            print!("{}", report.render());
         }
         Command::Replay => {
             let s = settings(&cli)?;

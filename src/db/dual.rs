@@ -483,7 +483,7 @@ mod tests {
         let f = d.failures();
         assert_eq!(f.len(), 1);
         assert_eq!(
-            (f[0].method, f[0].table, f[0].key.as_str()),
+            (f[0].method.as_str(), f[0].table.as_str(), f[0].key.as_str()),
             ("add_artifact", "artifact", "a")
         );
         assert!(f[0].transient);
