@@ -54,9 +54,10 @@ async fn truncate(env: &HashMap<String, String>) {
         .unwrap();
     tokio::spawn(conn);
     let names: Vec<_> = TABLES.iter().map(|t| t.supabase).collect();
-    c.batch_execute(&format!("TRUNCATE {}; VACUUM ANALYZE", names.join(", ")))
+    c.batch_execute(&format!("TRUNCATE {}", names.join(", ")))
         .await
         .unwrap();
+    c.batch_execute("VACUUM ANALYZE").await.unwrap();
 }
 
 /// Every table's rows, normalised and serialised into request bodies cut by the

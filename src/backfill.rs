@@ -435,6 +435,8 @@ pub struct SourceBatch {
     pub cursor: Cursor,
     /// The source key range the batch covers (for the stale guard).
     pub range: Option<(SqlValue, SqlValue)>,
+    /// The source's `data_version` taken before the batch was read.
+    pub version: Option<i64>,
 }
 
 /// A sequential reader of one table's rows.
@@ -485,16 +487,12 @@ pub fn prepare_row(
     row: &SqlRow,
     lossy: &mut Vec<(&'static str, Lossy)>,
 ) -> std::result::Result<Prepared, Box<Reject>> {
-    match normalise::to_canonical(t, row) {
+    match normalise::to_json_row(t, row) {
         Ok(c) => {
             lossy.extend(c.lossy);
-            let key = c.row[t.key().supabase]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
             Ok(Prepared {
-                key,
-                json: serde_json::to_string(&c.row).expect("canonical rows serialise"),
+                key: row[0].display(),
+                json: c.row,
                 hash: row_hash(row),
             })
         }
@@ -527,6 +525,8 @@ impl SqliteSource {
 
 impl BatchSource for SqliteSource {
     async fn next(&mut self, max_rows: usize, max_bytes: usize) -> Result<Option<SourceBatch>> {
+        // Taken before the read: a commit in between shows as a change, never as none.
+        let version = self.db.data_version().await?;
         let page = self
             .db
             .page(self.table, self.after.clone(), max_rows.max(1))
@@ -541,6 +541,7 @@ impl BatchSource for SqliteSource {
             lossy: Vec::new(),
             cursor: Cursor::Line(0),
             range: None,
+            version: Some(version),
         };
         let mut bytes = 0usize;
         let mut last = None;
@@ -707,6 +708,12 @@ impl Lander {
             .collect();
         self.rejects.write(&rejects)?;
         let resynced = match (&self.source, &batch.range) {
+            // Nobody committed to the source since the batch was read: nothing can be stale.
+            (Some(db), Some(_))
+                if batch.version.is_some() && db.data_version().await.ok() == batch.version =>
+            {
+                0
+            }
             (Some(db), Some((first, last))) => {
                 let refused_keys: Vec<&str> = refused.iter().map(|(p, _)| p.key.as_str()).collect();
                 self.resync(db, first, last, &batch.rows, &refused_keys)

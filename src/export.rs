@@ -300,6 +300,7 @@ impl BatchSource for NdjsonSource {
             lossy: Vec::<(&'static str, Lossy)>::new(),
             cursor: Cursor::Line(0),
             range: None,
+            version: None,
         };
         let mut bytes = 0usize;
         let mut index = std::collections::HashMap::<String, usize>::new();

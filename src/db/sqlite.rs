@@ -459,6 +459,13 @@ impl SqliteDatabase {
         .await
     }
 
+    /// SQLite's `PRAGMA data_version` on this connection: it changes whenever
+    /// another connection (or process) commits to the file.
+    pub async fn data_version(&self) -> Result<i64> {
+        self.run(|conn, _| Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?))
+            .await
+    }
+
     /// Rows in `table` (0 when the file lacks the table).
     pub async fn count(&self, table: &'static Table) -> Result<u64> {
         self.run(move |conn, layout| {
