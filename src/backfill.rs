@@ -834,7 +834,7 @@ impl<'a> Loader<'a> {
     }
 
     /// Copy one table from `source` (positioned at the checkpoint by the caller).
-    pub async fn copy_table<S: BatchSource>(
+    pub async fn copy_table<S: BatchSource + 'static>(
         &mut self,
         table: &'static Table,
         mut source: S,
@@ -876,6 +876,21 @@ impl<'a> Loader<'a> {
             },
         };
         let mut lossy: BTreeMap<(String, String), u64> = BTreeMap::new();
+        // The reader runs ahead of the senders, so a batch is ready whenever a slot frees.
+        let (ahead_tx, mut ahead) = tokio::sync::mpsc::channel(self.opts.concurrency.max(1));
+        let reader = {
+            let size = Arc::clone(&lander.size);
+            let max_bytes = self.opts.batch_bytes;
+            tokio::spawn(async move {
+                loop {
+                    let next = source.next(size.load(Ordering::Relaxed), max_bytes).await;
+                    let more = matches!(next, Ok(Some(_)));
+                    if ahead_tx.send(next).await.is_err() || !more {
+                        return;
+                    }
+                }
+            })
+        };
         let mut tasks: JoinSet<Result<Landed>> = JoinSet::new();
         let mut pending: BTreeMap<u64, Landed> = BTreeMap::new();
         let (mut next_seq, mut seq) = (0u64, 0u64);
@@ -885,8 +900,7 @@ impl<'a> Loader<'a> {
         let mut failure: Option<Error> = None;
         loop {
             while reading && failure.is_none() && tasks.len() < self.opts.concurrency.max(1) {
-                let size = lander.size.load(Ordering::Relaxed);
-                match source.next(size, self.opts.batch_bytes).await {
+                match ahead.recv().await.unwrap_or(Ok(None)) {
                     Ok(Some(batch)) => {
                         if let Err(e) = self.rejects.write(&batch.rejects) {
                             failure = Some(e);
@@ -965,6 +979,7 @@ impl<'a> Loader<'a> {
                 last_line = Instant::now();
             }
         }
+        reader.abort();
         if let Some(e) = failure {
             self.checkpoints.set(table, ck)?;
             if let Some(b) = bar {
@@ -1068,7 +1083,12 @@ pub async fn run(
         let ck = loader.checkpoints.table(t);
         let after = if opts.dry_run { None } else { ck.after.clone() };
         let src = SqliteSource::new(source.clone(), t, after.as_ref());
-        let total = source.count(t).await?;
+        // Counting scans the table: only worth it when someone watches the progress.
+        let total = if opts.progress == Progress::Quiet {
+            0
+        } else {
+            source.count(t).await?
+        };
         let r = loader
             .copy_table(t, src, total, Some(source.clone()))
             .await?;
