@@ -417,12 +417,11 @@ impl RejectLog {
     }
 }
 
-/// A row ready to send: its key, its canonical JSON, and a hash of its source form.
+/// A row ready to send: its key and its canonical JSON.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub key: String,
     pub json: String,
-    pub hash: u64,
 }
 
 /// What a source hands over for one batch.
@@ -446,21 +445,6 @@ pub trait BatchSource: Send {
         max_rows: usize,
         max_bytes: usize,
     ) -> impl std::future::Future<Output = Result<Option<SourceBatch>>> + Send;
-}
-
-pub fn row_hash(row: &SqlRow) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for v in row {
-        match v {
-            SqlValue::Null => 0u8.hash(&mut h),
-            SqlValue::Integer(i) => (1u8, i).hash(&mut h),
-            SqlValue::Real(f) => (2u8, f.to_bits()).hash(&mut h),
-            SqlValue::Text(s) => (3u8, s).hash(&mut h),
-            SqlValue::Blob(b) => (4u8, b).hash(&mut h),
-            SqlValue::BadText(b) => (5u8, b).hash(&mut h),
-        }
-    }
-    h.finish()
 }
 
 /// A SQLite row as JSON for the rejects file (lenient: blobs as hex).
@@ -493,7 +477,6 @@ pub fn prepare_row(
             Ok(Prepared {
                 key: row[0].display(),
                 json: c.row,
-                hash: row_hash(row),
             })
         }
         Err(e) => Err(Box::new(Reject {
@@ -743,10 +726,11 @@ impl Lander {
         sent: &[Prepared],
         refused: &[&str],
     ) -> Result<u64> {
-        let mut known: HashMap<String, u64> = sent
+        // What was sent, by key: a row changed if it now prepares to other JSON.
+        let mut known: HashMap<String, String> = sent
             .iter()
             .filter(|p| !refused.contains(&p.key.as_str()))
-            .map(|p| (p.key.clone(), p.hash))
+            .map(|p| (p.key.clone(), p.json.clone()))
             .collect();
         let mut resent = 0u64;
         for _round in 0..5 {
@@ -757,10 +741,10 @@ impl Lander {
                 let key = row[0].display();
                 present.insert(key.clone());
                 // Rows the app added in the range are the mirror's business, not ours.
-                if let Some(h) = known.get(&key) {
-                    if *h != row_hash(row) {
-                        let mut lossy = Vec::new();
-                        if let Ok(p) = prepare_row(self.table, row, &mut lossy) {
+                if let Some(sent_json) = known.get(&key) {
+                    let mut lossy = Vec::new();
+                    if let Ok(p) = prepare_row(self.table, row, &mut lossy) {
+                        if p.json != *sent_json {
                             changed.push(p);
                         }
                     }
@@ -786,8 +770,8 @@ impl Lander {
                 .await?;
                 known.remove(k);
             }
-            for p in &changed {
-                known.insert(p.key.clone(), p.hash);
+            for p in changed.iter() {
+                known.insert(p.key.clone(), p.json.clone());
             }
             resent += (changed.len() + gone.len()) as u64;
             tracing::debug!(

@@ -281,7 +281,6 @@ impl NdjsonSource {
             (true, Some(key)) => Ok(Prepared {
                 key,
                 json: line.to_owned(),
-                hash: 0,
             }),
             (_, key) => Err(Box::new(Reject {
                 key: key.unwrap_or_default(),

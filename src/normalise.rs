@@ -143,47 +143,51 @@ pub fn to_canonical(table: &'static Table, row: &[SqlValue]) -> Result<Canonical
 /// refuses) is embedded as it is instead of being parsed into a tree and
 /// printed again. PostgreSQL parses it into the same jsonb value either way.
 pub fn to_json_row(table: &'static Table, row: &[SqlValue]) -> Result<Canonical<String>> {
-    let mut out = String::with_capacity(256);
+    let refuse = |column: &'static str, reason: String| Error::Unrepresentable {
+        table: table.sqlite,
+        key: row[0].display(),
+        column,
+        reason,
+    };
+    let mut out: Vec<u8> = Vec::with_capacity(512);
     let mut lossy = Vec::new();
-    out.push('{');
+    out.push(b'{');
     for (i, (col, v)) in table.columns.iter().zip(row).enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
-        out.push('"');
-        out.push_str(col.supabase);
-        out.push_str("\":");
-        if let (Kind::Json, SqlValue::Text(s)) = (col.kind, v) {
-            // Escapes jsonb may refuse (NUL, surrogates) take the slow path.
-            if !s.contains('\0')
-                && !s.contains("\\u0000")
-                && !s.contains("\\ud")
-                && !s.contains("\\uD")
-                && serde_json::from_str::<&serde_json::value::RawValue>(s).is_ok()
-            {
-                out.push_str(s);
+        out.push(b'"');
+        out.extend_from_slice(col.supabase.as_bytes());
+        out.extend_from_slice(b"\":");
+        match (col.kind, v) {
+            // The bulk of the data: escaped straight into the output, no copy.
+            (Kind::Text, SqlValue::Text(s)) => {
+                check_text(s).map_err(|r| refuse(col.sqlite, r))?;
+                serde_json::to_writer(&mut out, s.as_str()).expect("strings serialise");
                 continue;
             }
-        }
-        match value_to_canonical(col, v) {
-            Ok((value, l)) => {
-                if let Some(l) = l {
-                    lossy.push((col.sqlite, l));
-                }
-                out.push_str(&serde_json::to_string(&value).expect("JSON values serialise"));
+            // Escapes jsonb may refuse (NUL, surrogates) and invalid JSON take the slow path.
+            (Kind::Json, SqlValue::Text(s))
+                if !s.contains('\0')
+                    && !s.contains("\\u0000")
+                    && !s.contains("\\ud")
+                    && !s.contains("\\uD")
+                    && serde_json::from_str::<&serde_json::value::RawValue>(s).is_ok() =>
+            {
+                out.extend_from_slice(s.as_bytes());
+                continue;
             }
-            Err(reason) => {
-                return Err(Error::Unrepresentable {
-                    table: table.sqlite,
-                    key: row[0].display(),
-                    column: col.sqlite,
-                    reason,
-                })
-            }
+            _ => {}
         }
+        let (value, l) = value_to_canonical(col, v).map_err(|r| refuse(col.sqlite, r))?;
+        if let Some(l) = l {
+            lossy.push((col.sqlite, l));
+        }
+        serde_json::to_writer(&mut out, &value).expect("JSON values serialise");
     }
-    out.push('}');
-    Ok(Canonical { row: out, lossy })
+    out.push(b'}');
+    let row = String::from_utf8(out).expect("serde_json writes UTF-8");
+    Ok(Canonical { row, lossy })
 }
 
 /// Convert one SQLite value. `Err` carries the reason it cannot be represented.
