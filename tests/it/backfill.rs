@@ -636,3 +636,63 @@ async fn a_rejected_key_stops_the_run_instead_of_rejecting_every_row() {
     );
     assert!(rejects(&state).is_empty());
 }
+
+#[tokio::test]
+async fn any_value_and_any_key_either_lands_or_is_reported_by_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = crate::fixtures::odd_values_file(dir.path()).await;
+    let pg = PrivateDb::new().await;
+    let state = dir.path().join("state");
+    let r = backfill::run(&path, &pg.supabase(), &opts(&state))
+        .await
+        .unwrap();
+    let verdicts = crate::fixtures::odd_values_verdicts();
+    let refused: Vec<&String> = verdicts
+        .iter()
+        .filter(|(_, v)| v.starts_with("refused"))
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(r.rows_rejected as usize, refused.len());
+    assert_eq!(r.rows_written as usize, verdicts.len() - refused.len());
+    let mut rejected: Vec<String> = rejects(&state).into_iter().map(|r| r.key).collect();
+    rejected.sort();
+    let mut want: Vec<String> = refused.into_iter().cloned().collect();
+    want.sort();
+    assert_eq!(rejected, want);
+    let logs = pg
+        .supabase()
+        .fetch(&catalogue::LOGENTRY, &[])
+        .await
+        .unwrap();
+    assert_eq!(logs[0]["id"], "🔑 \"quoted\", (paren) & ?=");
+}
+
+#[tokio::test]
+async fn a_generated_database_lands_equal_with_its_lossy_conversions_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gen.sqlite3");
+    dualwrite::generate::generate(
+        &path,
+        &dualwrite::generate::GenerateOptions {
+            rows: 6_000,
+            seed: 7,
+        },
+    )
+    .await
+    .unwrap();
+    let pg = PrivateDb::new().await;
+    let mut o = opts(&dir.path().join("state"));
+    o.batch_rows = 300;
+    let r = backfill::run(&path, &pg.supabase(), &o).await.unwrap();
+    assert_eq!(
+        (r.rows_read, r.rows_written, r.rows_rejected),
+        (6_000, 6_000, 0)
+    );
+    let lossy: u64 = r
+        .tables
+        .iter()
+        .flat_map(|t| t.lossy.values().flat_map(|m| m.values()))
+        .sum();
+    assert!(lossy > 0, "generated data holds NaN tokens");
+    assert_same(&read_only(&path).await, &pg.supabase(), "generated").await;
+}

@@ -203,27 +203,7 @@ async fn every_fixture_row_round_trips_through_supabase_equal_after_normalisatio
 #[tokio::test]
 async fn any_value_sqlite_accepts_is_read_and_unrepresentable_ones_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("odd.sqlite3");
-    drop(
-        SqliteDatabase::open(&path, SqliteOptions::default())
-            .await
-            .unwrap(),
-    );
-    let c = rusqlite::Connection::open(&path).unwrap();
-    c.execute_batch(
-        "INSERT INTO section VALUES ('s-text-order', 'd', 'first', 'x', 2.5, 'not json');
-         INSERT INTO section VALUES ('s-ok', 'd', 3, 'fine', 9223372036854775807, '[1, 2]');
-         INSERT INTO tagrow VALUES ('t-blob', 'd', X'00FF', 1e999, NULL, NULL);
-         INSERT INTO tagrow VALUES ('t-inf', 'd', 'inf', 1e999, NULL, 4.0);
-         INSERT INTO tagrow VALUES ('t-bad-utf8', 'd', CAST(X'C328' AS TEXT), NULL, NULL, NULL);
-         INSERT INTO tagrow VALUES ('t-nul', 'd', 'a' || char(0) || 'b', NULL, NULL, NULL);
-         INSERT INTO skills_registry VALUES ('k', 'n', 'd', '{}', '{}', 'yes', 'not a time');
-         INSERT INTO document VALUES (X'6964', 'p', 'pdf', NULL, NULL, NULL);
-         INSERT INTO document VALUES ('doc-odd', 'p', 'pdf', 42, 1.5, NULL);
-         INSERT INTO logentry VALUES ('🔑 \"quoted\", (paren) & ?=', 'd', NULL, NULL, NULL, NULL, NULL, NULL);",
-    )
-    .unwrap();
-    drop(c);
+    let path = odd_values_file(dir.path()).await;
     let db = SqliteDatabase::open(&path, SqliteOptions::default())
         .await
         .unwrap();
@@ -245,7 +225,13 @@ async fn any_value_sqlite_accepts_is_read_and_unrepresentable_ones_are_named() {
             verdicts.insert(key, v);
         }
     }
-    let want: BTreeMap<String, String> = [
+    assert_eq!(verdicts, odd_values_verdicts());
+    odd_values_land(&db).await;
+}
+
+/// The verdict of the normaliser on each row of [`odd_values_file`], by key.
+pub fn odd_values_verdicts() -> BTreeMap<String, String> {
+    [
         ("s-text-order", "refused:order"),
         ("s-ok", "ok"),
         ("t-blob", "refused:tag"),
@@ -259,9 +245,36 @@ async fn any_value_sqlite_accepts_is_read_and_unrepresentable_ones_are_named() {
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    assert_eq!(verdicts, want);
+    .collect()
+}
 
+/// A DoX file holding values of every kind SQLite accepts, keys of odd characters.
+pub async fn odd_values_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("odd.sqlite3");
+    drop(
+        SqliteDatabase::open(&path, SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(
+        "INSERT INTO section VALUES ('s-text-order', 'd', 'first', 'x', 2.5, 'not json');
+         INSERT INTO section VALUES ('s-ok', 'd', 3, 'fine', 9223372036854775807, '[1, 2]');
+         INSERT INTO tagrow VALUES ('t-blob', 'd', X'00FF', 1e999, NULL, NULL);
+         INSERT INTO tagrow VALUES ('t-inf', 'd', 'inf', 1e999, NULL, 4.0);
+         INSERT INTO tagrow VALUES ('t-bad-utf8', 'd', CAST(X'C328' AS TEXT), NULL, NULL, NULL);
+         INSERT INTO tagrow VALUES ('t-nul', 'd', 'a' || char(0) || 'b', NULL, NULL, NULL);
+         INSERT INTO skills_registry VALUES ('k', 'n', 'd', '{}', '{}', 'yes', 'not a time');
+         INSERT INTO document VALUES (X'6964', 'p', 'pdf', NULL, NULL, NULL);
+         INSERT INTO document VALUES ('doc-odd', 'p', 'pdf', 42, 1.5, NULL);
+         INSERT INTO logentry VALUES ('🔑 \"quoted\", (paren) & ?=', 'd', NULL, NULL, NULL, NULL, NULL, NULL);",
+    )
+    .unwrap();
+    drop(c);
+    path
+}
+
+pub async fn odd_values_land(db: &SqliteDatabase) {
     // What can land does land, exactly, keys of any characters included.
     let pg = PrivateDb::new().await;
     let sb = pg.supabase();
