@@ -250,7 +250,8 @@ impl Counts {
         self.cannot_land += o.cannot_land;
     }
 
-    fn differences(&self) -> u64 {
+    /// Rows that are not equal on both sides.
+    pub fn differences(&self) -> u64 {
         self.only_in_source + self.only_in_target + self.different + self.cannot_land
     }
 }

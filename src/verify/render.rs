@@ -387,7 +387,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
 table.t{border-collapse:collapse;width:100%;margin-top:8px}
 table.t th,table.t td{border-bottom:1px solid #d0d7de;padding:5px 8px;text-align:right;white-space:nowrap}
 table.t th:first-child,table.t td:first-child{text-align:left}
-table.t td.bar{width:38%;text-align:left}
+table.t .bar{width:38%;text-align:left}
 .b{display:flex;height:14px;border-radius:3px;overflow:hidden;background:#eaeef2;min-width:120px}
 .b span{display:block;height:100%}
 .eq{background:#2da44e}.mi{background:#cf222e}.ex{background:#bc4c00}.di{background:#d4a72c}.cl{background:#8250df}
@@ -500,7 +500,7 @@ fn html(r: &VerifyReport) -> String {
     for (h, _) in &cols {
         let _ = write!(o, "<th>{h}</th>");
     }
-    o.push_str("<th>rows</th><th>result</th></tr></thead><tbody>\n");
+    o.push_str("<th class=\"bar\">rows</th><th>result</th></tr></thead><tbody>\n");
     for t in &r.tables {
         let _ = write!(
             o,

@@ -8,3 +8,4 @@ mod cli;
 mod dual;
 mod fixtures;
 mod rls;
+mod verify;
