@@ -664,8 +664,8 @@ struct TargetRow {
 }
 
 impl TargetRow {
-    fn new(t: &'static Table, raw: &Map<String, Value>, digests: &RandomState) -> Result<Self> {
-        let row = normalise::from_supabase(t, raw);
+    fn new(t: &'static Table, raw: Map<String, Value>, digests: &RandomState) -> Result<Self> {
+        let row = normalise::from_supabase_owned(t, raw);
         let key = match row.get(t.key().supabase) {
             Some(Value::String(k)) => k.clone(),
             other => {
@@ -894,6 +894,95 @@ fn check_order(table: &Table, side: &str, last: &mut Option<String>, key: &str) 
     Ok(())
 }
 
+/// Aborts a spawned reader when the comparison stops early (on an error).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn lost_worker(e: tokio::task::JoinError) -> Error {
+    Error::Io(std::io::Error::other(format!(
+        "a verification worker stopped: {e}"
+    )))
+}
+
+/// Canonicalise a page of source rows off the async threads: parsing JSON
+/// text and copying long texts is the largest CPU cost of a content run.
+async fn canonical_page(
+    t: &'static Table,
+    page: Vec<SqlRow>,
+    digests: RandomState,
+) -> Result<Vec<SourceItem>> {
+    tokio::task::spawn_blocking(move || {
+        page.iter()
+            .map(|r| SourceItem::new(t, r, &digests))
+            .collect()
+    })
+    .await
+    .map_err(lost_worker)
+}
+
+/// The target side, as a task of its own: HTTP, JSON parsing and
+/// normalisation run on another core while the caller compares. The request
+/// for page N+1 is in flight while page N is normalised.
+async fn read_target(
+    rest: RestClient,
+    t: &'static Table,
+    digests: RandomState,
+    tx: mpsc::Sender<Result<Vec<TargetRow>>>,
+) {
+    let key = t.key().supabase;
+    let fetch = |after: Option<String>| {
+        let rest = rest.clone();
+        async move {
+            retry(RetryPolicy::default(), || {
+                rest.select_page(t.supabase, "*", &[], key, after.as_deref(), TARGET_PAGE)
+            })
+            .await
+        }
+    };
+    let mut page = fetch(None).await;
+    loop {
+        let raw = match page {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        // Only an empty page ends the table: a server whose max-rows is
+        // below TARGET_PAGE returns short pages before the end.
+        let Some(last) = raw.last() else { return };
+        let after = match last.get(key) {
+            Some(Value::String(k)) => k.clone(),
+            other => {
+                let e = Error::Protocol(format!(
+                    "{}: a row whose key is not text: {other:?}",
+                    t.supabase
+                ));
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let d = digests.clone();
+        let normalise = tokio::task::spawn_blocking(move || {
+            raw.into_iter()
+                .map(|r| TargetRow::new(t, r, &d))
+                .collect::<Result<Vec<_>>>()
+        });
+        let (rows, next) = tokio::join!(normalise, fetch(Some(after)));
+        let rows = rows.map_err(lost_worker).and_then(|r| r);
+        let failed = rows.is_err();
+        if tx.send(rows).await.is_err() || failed {
+            return;
+        }
+        page = next;
+    }
+}
+
 /// Read both sides concurrently in key order and merge them segment by segment.
 async fn compare_content(
     source: &SqliteDatabase,
@@ -903,61 +992,44 @@ async fn compare_content(
 ) -> Result<()> {
     let t = m.t;
     let n = segment_rows.max(1);
-    let digests = m.digests;
+    let digests = m.digests.clone();
     // Two pages in flight per side: reading overlaps comparing, memory stays bounded.
     let (stx, mut srx) = mpsc::channel::<Result<Vec<SourceItem>>>(2);
     let (ttx, mut trx) = mpsc::channel::<Result<Vec<TargetRow>>>(2);
+    let _target = AbortOnDrop(tokio::spawn(read_target(
+        target.rest().clone(),
+        t,
+        digests.clone(),
+        ttx,
+    )));
     let read_source = async move {
-        let mut after: Option<SqlValue> = None;
+        let mut page = source.page(t, None, n).await;
         loop {
-            let page = match source.page(t, after.take(), n).await {
+            let rows = match page {
                 Ok(p) => p,
                 Err(e) => {
                     let _ = stx.send(Err(e)).await;
                     return;
                 }
             };
-            let full = page.len() == n;
-            let Some(last) = page.last() else { return };
-            after = Some(last[0].clone());
-            let items = page
-                .iter()
-                .map(|r| SourceItem::new(t, r, digests))
-                .collect();
-            if stx.send(Ok(items)).await.is_err() || !full {
+            let Some(last) = rows.last() else { return };
+            // A short page is the last one.
+            let next_after = (rows.len() == n).then(|| last[0].clone());
+            let canonical = canonical_page(t, rows, digests.clone());
+            let (items, next) = match next_after {
+                Some(after) => {
+                    let (items, next) = tokio::join!(canonical, source.page(t, Some(after), n));
+                    (items, Some(next))
+                }
+                None => (canonical.await, None),
+            };
+            let failed = items.is_err();
+            if stx.send(items).await.is_err() || failed {
                 return;
             }
-        }
-    };
-    let read_target = async move {
-        let rest = target.rest();
-        let key = t.key().supabase;
-        let mut after: Option<String> = None;
-        loop {
-            let page = retry(RetryPolicy::default(), || {
-                rest.select_page(t.supabase, "*", &[], key, after.as_deref(), TARGET_PAGE)
-            })
-            .await;
-            // Only an empty page ends the table: a server whose max-rows is
-            // below TARGET_PAGE returns short pages before the end.
-            let rows = match page {
-                Ok(p) if p.is_empty() => return,
-                Ok(p) => p
-                    .iter()
-                    .map(|r| TargetRow::new(t, r, digests))
-                    .collect::<Result<Vec<_>>>(),
-                Err(e) => Err(e),
-            };
-            let rows = match rows {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = ttx.send(Err(e)).await;
-                    return;
-                }
-            };
-            after = rows.last().map(|r| r.key.clone());
-            if ttx.send(Ok(rows)).await.is_err() {
-                return;
+            match next {
+                Some(next) => page = next,
+                None => return,
             }
         }
     };
@@ -1024,7 +1096,7 @@ async fn compare_content(
             m.segment(seg_s, seg_t);
         }
     };
-    let ((), (), merged) = tokio::join!(read_source, read_target, merge);
+    let ((), merged) = tokio::join!(read_source, merge);
     merged
 }
 
@@ -1145,7 +1217,7 @@ async fn compare_sample(
     let keys: Vec<&str> = items.iter().filter_map(SourceItem::key).collect();
     let mut found: std::collections::HashMap<String, TargetRow> = std::collections::HashMap::new();
     for raw in fetch_by_keys(target.rest(), t, &keys).await? {
-        let r = TargetRow::new(t, &raw, m.digests)?;
+        let r = TargetRow::new(t, raw, m.digests)?;
         found.insert(r.key.clone(), r);
     }
     m.tr.segments = 1;
