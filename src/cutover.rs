@@ -223,6 +223,7 @@ pub async fn check(
         |r| rejected.push(r),
     )?;
 
+    // Every table, by content, whatever the defaults become.
     let mut vopts = VerifyOptions::new(opts.key.clone());
     vopts.tables = TABLES.to_vec();
     vopts.check = Check::Content;

@@ -84,8 +84,8 @@ struct VerifyArgs {
     #[arg(long, conflicts_with = "sample")]
     counts_only: bool,
     /// Compare N random source rows per table, plus exact counts.
-    #[arg(long, value_name = "N")]
-    sample: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    sample: Option<u64>,
     /// text, json, md or html.
     #[arg(long, default_value = "text")]
     format: verify::Format,
@@ -363,7 +363,9 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     }
     opts.check = match (a.counts_only, a.sample) {
         (true, _) => verify::Check::Counts,
-        (false, Some(rows)) => verify::Check::Sample { rows },
+        (false, Some(rows)) => verify::Check::Sample {
+            rows: usize::try_from(rows).unwrap_or(usize::MAX),
+        },
         (false, None) => verify::Check::Content,
     };
     if !a.repair {
@@ -381,6 +383,7 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
         before.verdict,
         verify::Verdict::Incomplete | verify::Verdict::PartialVisibility
     ) {
+        outcome.status = repair::RepairStatus::Refused;
         before.repair = Some(outcome);
         emit(&before, a.format, a.out.as_deref())?;
         eprintln!("not repairing: {}", before.verdict.as_str().to_lowercase());

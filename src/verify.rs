@@ -107,6 +107,9 @@ pub fn tables_named(names: &[String]) -> Result<Vec<&'static Table>> {
         }
         wanted.push(t);
     }
+    if wanted.is_empty() {
+        return Err(Error::invalid("--tables names no table"));
+    }
     Ok(TABLES
         .iter()
         .copied()
@@ -413,7 +416,9 @@ impl VerifyReport {
             totals.add(&t.counts);
         }
         self.totals = totals;
-        self.verdict = if self.tables.iter().any(|t| t.status == TableStatus::Error) {
+        // No table verified is no evidence of equality.
+        let nothing = self.tables.is_empty();
+        self.verdict = if nothing || self.tables.iter().any(|t| t.status == TableStatus::Error) {
             Verdict::Incomplete
         } else if !self.key.full_visibility {
             Verdict::PartialVisibility
@@ -1291,6 +1296,7 @@ mod tests {
         );
         assert!(tables_named(&["search_chunks".into()]).is_err());
         assert!(tables_named(&["nope".into()]).is_err());
+        assert!(tables_named(&[" ".into()]).is_err());
     }
 
     #[test]

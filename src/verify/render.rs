@@ -133,6 +133,10 @@ fn repair_lines(o: &RepairOutcome) -> Vec<String> {
     let mut out = vec![match o.status {
         RepairStatus::NothingToDo => "repair: nothing to change".to_owned(),
         RepairStatus::NotConfirmed => "repair: NOT confirmed, nothing was changed".to_owned(),
+        RepairStatus::Refused => {
+            "repair: refused (the verification was incomplete or could not see every row), nothing was changed"
+                .to_owned()
+        }
         RepairStatus::Applied => format!(
             "repair: applied (confirmed by {}); before it the verdict was {}",
             o.confirmed_by.as_deref().unwrap_or("?"),

@@ -153,6 +153,9 @@ pub enum RepairStatus {
     NothingToDo,
     /// Not confirmed (no terminal and no `--yes`, or declined): nothing changed.
     NotConfirmed,
+    /// Not attempted: the first verification was incomplete or had partial
+    /// visibility, so its differences cannot be trusted. Nothing changed.
+    Refused,
     Applied,
 }
 

@@ -716,6 +716,28 @@ async fn an_anon_key_gives_a_partial_visibility_report_never_equal() {
         "{out}"
     );
     assert!(!out.contains(&anon));
+
+    // A repair from a view that cannot see every row would be wrong: refused, nothing written.
+    let o = dualwrite_bin(
+        dir.path(),
+        &[("SUPABASE_URL", &pg.url), ("SUPABASE_ANON_KEY", &anon)],
+        &[
+            "verify",
+            "--from-sqlite",
+            path.to_str().unwrap(),
+            "--repair",
+            "--yes",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["repair"]["status"], "refused");
+    let service = verify::run(&lite, &pg.supabase(), &options(service_key(&pg)))
+        .await
+        .unwrap();
+    assert_eq!(service.verdict, Verdict::Equal, "the target is unchanged");
 }
 
 fn write_lines(path: &Path, lines: &[Value]) {
