@@ -557,6 +557,17 @@ pub(crate) async fn run_inner(
         }
         tr.finish(opts.check);
         tr.duration_ms = millis(table_started);
+        let c = &tr.counts;
+        tracing::debug!(
+            table = t.sqlite,
+            status = ?tr.status,
+            source_rows = c.source_rows,
+            target_rows = c.target_rows,
+            equal = c.equal,
+            differences = c.differences(),
+            ms = tr.duration_ms,
+            "table verified"
+        );
         report.tables.push(tr);
     }
     report.duration_ms = millis(started);

@@ -253,11 +253,22 @@ fn text(r: &VerifyReport) -> String {
     o
 }
 
+/// Text in a Markdown table cell: `|` would end the cell, a newline the row.
 fn md_cell(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('|', "\\|")
+    s.replace('|', "\\|")
         .replace(['\n', '\r'], " ")
         .replace('<', "&lt;")
+}
+
+/// A code span in a table cell (no escapes apply inside it but `\|`); a value
+/// holding backticks gets a longer fence.
+fn md_code(s: &str) -> String {
+    let cell = s.replace('|', "\\|").replace(['\n', '\r'], " ");
+    if cell.contains('`') {
+        format!("`` {cell} ``")
+    } else {
+        format!("`{cell}`")
+    }
 }
 
 fn markdown(r: &VerifyReport) -> String {
@@ -322,16 +333,20 @@ fn markdown(r: &VerifyReport) -> String {
             let _ = writeln!(o, "- {}", md_cell(n));
         }
         if listed {
+            if !t.notes.is_empty() {
+                // A table right after a list would be read as part of it.
+                o.push('\n');
+            }
             let _ = writeln!(
                 o,
-                "\n| key | kind | column | source | target |\n|---|---|---|---|---|"
+                "| key | kind | column | source | target |\n|---|---|---|---|---|"
             );
             for d in &t.rows {
                 if d.columns.is_empty() {
                     let _ = writeln!(
                         o,
-                        "| `{}` | {} | {} | | |",
-                        md_cell(&d.key),
+                        "| {} | {} | {} | | |",
+                        md_code(&d.key),
                         d.kind.as_str(),
                         md_cell(d.reason.as_deref().unwrap_or(""))
                     );
@@ -343,12 +358,12 @@ fn markdown(r: &VerifyReport) -> String {
                     };
                     let _ = writeln!(
                         o,
-                        "| `{}` | {} | {} | `{}` | `{}` |",
-                        md_cell(&d.key),
+                        "| {} | {} | {} | {} | {} |",
+                        md_code(&d.key),
                         d.kind.as_str(),
                         md_cell(&col),
-                        md_cell(&c.source),
-                        md_cell(&c.target)
+                        md_code(&c.source),
+                        md_code(&c.target)
                     );
                 }
             }
@@ -649,5 +664,7 @@ mod tests {
     #[test]
     fn markdown_cells_cannot_break_the_table() {
         assert_eq!(md_cell("a|b\nc"), "a\\|b c");
+        assert_eq!(md_code("x`y|z"), "`` x`y\\|z ``");
+        assert_eq!(md_code(r"back\slash"), r"`back\slash`");
     }
 }
