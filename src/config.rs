@@ -69,6 +69,8 @@ pub struct Settings {
     pub mirror_timeout: Duration,
     pub breaker: Breaker,
     pub max_recorded_failures: usize,
+    /// Where secondary failures are persisted (`None`: memory only).
+    pub failure_log: Option<PathBuf>,
 }
 
 /// The raw shape of the TOML layers; unknown keys are refused.
@@ -108,6 +110,7 @@ struct RawDual {
     mirror_timeout_secs: f64,
     breaker_failures: u32,
     breaker_cooldown_secs: f64,
+    failure_log: String,
     max_recorded_failures: usize,
 }
 
@@ -253,9 +256,18 @@ impl Settings {
                 )))
             }
         };
-        let db_path = non_empty(raw.db_path)
+        let db_path: PathBuf = non_empty(raw.db_path)
             .ok_or_else(|| Error::config("DB_PATH is empty"))?
             .into();
+        let failure_log = match raw.dual.failure_log.trim() {
+            "none" => None,
+            "" => {
+                let mut p = db_path.clone().into_os_string();
+                p.push(".failures.ndjson");
+                Some(PathBuf::from(p))
+            }
+            other => Some(PathBuf::from(other)),
+        };
         let secret = |s: String| non_empty(s).map(SecretString::from);
         let s = raw.supabase;
         let url = non_empty(s.url).map(|u| u.trim_end_matches('/').to_owned());
@@ -300,6 +312,7 @@ impl Settings {
                 cooldown: secs("dual.breaker_cooldown_secs", raw.dual.breaker_cooldown_secs)?,
             },
             max_recorded_failures: raw.dual.max_recorded_failures.max(1),
+            failure_log,
         })
     }
 
@@ -379,6 +392,7 @@ impl Settings {
                 "breaker_failures": self.breaker.failures,
                 "breaker_cooldown_secs": self.breaker.cooldown.as_secs_f64(),
                 "max_recorded_failures": self.max_recorded_failures,
+                "failure_log": self.failure_log,
             },
         })
     }

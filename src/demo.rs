@@ -75,7 +75,7 @@ pub async fn run(settings: &Settings) -> Result<DemoReport> {
     let sqlite = SqliteDatabase::open(&settings.db_path, factory::sqlite_options(settings)).await?;
     let supabase = factory::connect_supabase(settings).await?;
     let url = supabase.rest().url().to_owned();
-    let dual = factory::dual(settings, sqlite, supabase);
+    let dual = factory::dual(settings, sqlite, supabase)?;
     let writes = samples::writes()?;
     let n = writes.len();
     for w in writes {

@@ -32,7 +32,7 @@ pub enum Error {
     Sqlite(String),
 
     /// PostgREST (or the gateway in front of it) answered with an error status.
-    #[error("{}", describe_rest(*.status, .code.as_deref(), .message, .details.as_deref(), .hint.as_deref()))]
+    #[error("{}", describe_rest(*status, code.as_deref(), message, details.as_deref(), hint.as_deref()))]
     Rest {
         status: u16,
         /// PostgreSQL SQLSTATE or `PGRSTxxx`; `None` for gateway errors, which carry no code.
@@ -40,6 +40,8 @@ pub enum Error {
         message: String,
         details: Option<String>,
         hint: Option<String>,
+        /// `Retry-After`, when the server sent one (429, 503).
+        retry_after: Option<Duration>,
     },
 
     /// The request never got an HTTP answer: connection refused, reset, DNS.
@@ -118,6 +120,45 @@ impl Error {
         }
     }
 
+    /// Whether the failed request should be split before it is sent again
+    /// (too large, or too slow for the statement timeout).
+    pub fn must_split(&self) -> bool {
+        match self {
+            Error::Rest { status, code, .. } => *status == 413 || code.as_deref() == Some("57014"),
+            Error::Timeout(_) => true,
+            _ => false,
+        }
+    }
+
+    /// A refusal caused by the rows sent (a bad value, a constraint, a row too
+    /// large), as opposed to one of the request as a whole (auth, a missing
+    /// table or column), which no subset of the rows would get past.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            Error::Rest { status, code, .. } if matches!(status, 400 | 409 | 413 | 422) => {
+                match code.as_deref() {
+                    Some(c) => {
+                        c.starts_with("22")
+                            || c.starts_with("23")
+                            || c.starts_with("54")
+                            || matches!(c, "21000" | "P0001" | "PGRST102")
+                    }
+                    None => *status == 413,
+                }
+            }
+            Error::Unrepresentable { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// How long the server asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Rest { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// The PostgREST / PostgreSQL error code, when there is one.
     pub fn code(&self) -> Option<&str> {
         match self {
@@ -152,6 +193,7 @@ mod tests {
             message: "m".into(),
             details: None,
             hint: None,
+            retry_after: None,
         }
     }
 
@@ -177,6 +219,18 @@ mod tests {
     }
 
     #[test]
+    fn data_errors_are_told_from_request_errors() {
+        assert!(rest(400, Some("22P02")).is_data_error());
+        assert!(rest(409, Some("23503")).is_data_error());
+        assert!(rest(400, Some("23514")).is_data_error());
+        assert!(rest(413, None).is_data_error());
+        assert!(!rest(401, Some("PGRST301")).is_data_error());
+        assert!(!rest(403, Some("42501")).is_data_error());
+        assert!(!rest(404, None).is_data_error());
+        assert!(!rest(400, Some("PGRST204")).is_data_error());
+    }
+
+    #[test]
     fn smaller_batch_on_size_and_timeouts() {
         assert!(rest(413, None).wants_smaller_batch());
         assert!(rest(500, Some("57014")).wants_smaller_batch());
@@ -191,6 +245,7 @@ mod tests {
             message: "Could not find the 'x' column".into(),
             details: None,
             hint: Some("reload".into()),
+            retry_after: None,
         };
         let s = e.to_string();
         assert!(s.contains("HTTP 400") && s.contains("PGRST204") && s.contains("hint: reload"));

@@ -59,14 +59,18 @@ pub fn dual<P: crate::db::Database, S: crate::db::Database>(
     s: &Settings,
     primary: P,
     secondary: S,
-) -> DualDatabase<P, S> {
-    DualDatabase::new(
+) -> Result<DualDatabase<P, S>> {
+    let d = DualDatabase::new(
         primary,
         secondary,
         s.mirror_timeout,
         s.max_recorded_failures,
     )
-    .with_breaker(s.breaker)
+    .with_breaker(s.breaker);
+    match &s.failure_log {
+        Some(path) => d.with_failure_log(path.clone()),
+        None => Ok(d),
+    }
 }
 
 /// Open the configured backend. With `DB_BACKEND=supabase`, any Supabase problem
@@ -106,22 +110,12 @@ pub async fn open(s: &Settings) -> Result<(AnyDatabase, InitReport)> {
         (BackendKind::Supabase, true, Ok(sb)) => {
             let lite = SqliteDatabase::open(&s.db_path, sqlite_options(s)).await?;
             report.dual_write = true;
-            AnyDatabase::SupabaseFirst(DualDatabase::new(
-                sb,
-                lite,
-                s.mirror_timeout,
-                s.max_recorded_failures,
-            ))
+            AnyDatabase::SupabaseFirst(dual(s, sb, lite)?)
         }
         (BackendKind::Sqlite, true, Ok(sb)) => {
             let lite = SqliteDatabase::open(&s.db_path, sqlite_options(s)).await?;
             report.dual_write = true;
-            AnyDatabase::SqliteFirst(DualDatabase::new(
-                lite,
-                sb,
-                s.mirror_timeout,
-                s.max_recorded_failures,
-            ))
+            AnyDatabase::SqliteFirst(dual(s, lite, sb)?)
         }
         (BackendKind::Sqlite, dual, sb) => {
             if dual {

@@ -13,13 +13,16 @@
 //!
 //! See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod backfill;
 pub mod catalogue;
 pub mod config;
 pub mod cutover;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod export;
 pub mod factory;
+pub mod generate;
 pub mod keys;
 pub mod model;
 pub mod normalise;

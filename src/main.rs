@@ -2,19 +2,21 @@
 //! settings and calls the library. Exit codes: 0 success; 1 error; 2 bad usage
 //! or bad input; 3 the write succeeded on the primary but its mirror failed.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
+use dualwrite::backfill::{self, BackfillOptions, BackfillReport, Progress};
 use dualwrite::config::{Settings, Sources};
-use dualwrite::db::{AnyDatabase, Dox, SqliteDatabase, SqliteOptions, SupabaseDatabase};
+use dualwrite::db::{Dox, SqliteDatabase, SqliteOptions, SupabaseDatabase};
 use dualwrite::model::Call;
-use dualwrite::{cutover, demo, factory, keys, verify, Error};
+use dualwrite::{catalogue, cutover, demo, export, factory, keys, verify, Error};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,9 +58,44 @@ enum Command {
         #[arg(long, value_name = "ARGS", default_value = "{}")]
         json: String,
     },
+    /// Replay the recorded secondary failures (dual write) to the mirror.
+    Replay,
+    /// Test and benchmark data.
+    #[command(subcommand)]
+    Fixtures(FixturesCommand),
     /// JWT secrets and API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Copy every DoX table from a SQLite file into Supabase (resumable).
+    Backfill {
+        /// The DoX SQLite file (opened read-only, never changed).
+        #[arg(long, value_name = "PATH")]
+        from_sqlite: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Write every DoX table as NDJSON in the Supabase shape, with a manifest.
+    Export {
+        /// The DoX SQLite file (opened read-only).
+        #[arg(long, value_name = "PATH")]
+        from_sqlite: PathBuf,
+        /// The directory to write (must not hold an export already).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// zstd-compress the table files.
+        #[arg(long)]
+        compress: bool,
+        /// Only these tables (comma-separated SQLite or Supabase names).
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+    },
+    /// Check an export against its manifest and load it into Supabase (resumable).
+    Import {
+        /// The export directory.
+        dir: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
     /// Write the sample DoX records through dual write and show them on both sides.
     Demo {
         /// The SQLite file the demo writes (default: dualwrite-demo.sqlite3).
@@ -110,15 +147,170 @@ enum CutoverCommand {
         /// The SQLite file (default: DB_PATH). Opened read-only.
         #[arg(long, value_name = "PATH")]
         from_sqlite: Option<PathBuf>,
-        /// NDJSON of recorded secondary failures.
+        /// NDJSON of recorded secondary failures (default: the configured dual.failure_log).
         #[arg(long, value_name = "FILE")]
         failures: Option<PathBuf>,
-        /// NDJSON of rows the backfill rejected.
+        /// NDJSON of rows the backfill rejected (default: the backfill's rejects.ndjson for this source).
         #[arg(long, value_name = "FILE")]
         rejects: Option<PathBuf>,
         /// text or json.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         format: String,
+    },
+}
+
+/// Options shared by `backfill` and `import`.
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// Only these tables (comma-separated SQLite or Supabase names).
+    #[arg(long, value_delimiter = ',')]
+    tables: Vec<String>,
+    /// Read, convert and validate everything; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Empty the target tables first (asks for confirmation, or --yes).
+    #[arg(long)]
+    reset: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+    /// Batches in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Rows per batch at most (the batch size adapts below it).
+    #[arg(long, default_value_t = 500)]
+    batch_rows: usize,
+    /// Bytes of JSON per batch at most.
+    #[arg(long, default_value_t = 1 << 20)]
+    batch_bytes: usize,
+    /// Where the checkpoint and rejects.ndjson live (default: ./dualwrite-state/<source>-<hash>).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// How long to keep retrying while Supabase is unreachable, in seconds.
+    #[arg(long, default_value_t = 300.0)]
+    max_wait_secs: f64,
+    /// Do not re-read landed ranges to resend rows the app changed meanwhile.
+    #[arg(long)]
+    no_stale_guard: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl LoadArgs {
+    fn options(&self, source: &std::path::Path) -> Result<BackfillOptions> {
+        let state_dir = self.state_dir.clone().unwrap_or_else(|| {
+            backfill::default_state_dir(std::path::Path::new("dualwrite-state"), source)
+        });
+        let mut o = BackfillOptions::new(state_dir);
+        o.tables = tables(&self.tables)?;
+        o.dry_run = self.dry_run;
+        o.concurrency = self.concurrency.max(1);
+        o.batch_rows = self.batch_rows.max(1);
+        o.batch_bytes = self.batch_bytes.max(1024);
+        o.max_wait = Duration::try_from_secs_f64(self.max_wait_secs)
+            .map_err(|_| Error::invalid("--max-wait-secs must be a positive number"))?;
+        o.stale_guard = !self.no_stale_guard;
+        o.progress = if self.json {
+            Progress::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Progress::Bars
+        } else {
+            Progress::Lines
+        };
+        Ok(o)
+    }
+}
+
+fn tables(names: &[String]) -> Result<Vec<&'static catalogue::Table>> {
+    Ok(names
+        .iter()
+        .filter(|n| !n.trim().is_empty())
+        .map(|n| catalogue::table(n.trim()))
+        .collect::<dualwrite::Result<Vec<_>>>()?)
+}
+
+/// Ask before emptying tables: on a terminal, a typed "yes"; otherwise only `--yes`.
+fn confirm(what: &str, yes: bool) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::invalid(format!(
+            "{what}: confirm with --yes (there is no terminal to ask); nothing was changed"
+        ))
+        .into());
+    }
+    eprint!("{what}. Type yes to continue: ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if answer.trim() != "yes" {
+        return Err(Error::invalid("not confirmed; nothing was changed").into());
+    }
+    Ok(())
+}
+
+async fn load(
+    cli: &Cli,
+    args: &LoadArgs,
+    source: &std::path::Path,
+    run: impl AsyncFnOnce(
+        &dualwrite::db::SupabaseDatabase,
+        &BackfillOptions,
+    ) -> dualwrite::Result<BackfillReport>,
+) -> Result<ExitCode> {
+    let opts = args.options(source)?;
+    let s = settings(cli)?;
+    let target = factory::connect_supabase(&s).await?;
+    if args.reset && !args.dry_run {
+        let selected = opts.selected();
+        confirm(
+            &format!(
+                "--reset deletes every row of {} table(s) in {}",
+                selected.len(),
+                target.rest().url()
+            ),
+            args.yes,
+        )?;
+        backfill::reset_target(&target, &selected).await?;
+        // Progress and rejects recorded earlier no longer describe the target.
+        let _ = std::fs::remove_file(opts.state_dir.join("checkpoint.json"));
+        let old = opts.state_dir.join("rejects.ndjson");
+        if old.exists() {
+            let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+            std::fs::rename(
+                &old,
+                opts.state_dir
+                    .join(format!("rejects-before-reset-{stamp}.ndjson")),
+            )?;
+        }
+    }
+    let report = run(&target, &opts).await?;
+    if args.json {
+        print_json(&serde_json::to_value(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(if report.rows_rejected > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[derive(Subcommand, Debug)]
+enum FixturesCommand {
+    /// Write a new DoX SQLite file of realistic shape (unicode, nulls, JSON, NaN, orphans, odd keys).
+    Generate {
+        /// Rows in all (spread over the 17 tables like real DoX data).
+        #[arg(long)]
+        rows: u64,
+        /// The file to create (must not exist).
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// The same seed and row count give the same file.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -214,26 +406,38 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let out = db.call(call).await?;
             print_json(&out);
-            if let Some(stats) = db.dual_stats() {
-                if stats.failed > 0 {
-                    if let AnyDatabase::SqliteFirst(d) = &db {
-                        for f in d.failures() {
-                            eprintln!(
-                                "mirror failed: {} {} {}: {}",
-                                f.method, f.table, f.key, f.error
-                            );
-                        }
-                    }
-                    if let AnyDatabase::SupabaseFirst(d) = &db {
-                        for f in d.failures() {
-                            eprintln!(
-                                "mirror failed: {} {} {}: {}",
-                                f.method, f.table, f.key, f.error
-                            );
-                        }
-                    }
-                    return Ok(ExitCode::from(3));
+            if db.dual_stats().is_some_and(|st| st.failed > 0) {
+                if let Some(f) = db.failures().last() {
+                    eprintln!(
+                        "mirror failed: {} {} {}: {}",
+                        f.method, f.table, f.key, f.error
+                    );
                 }
+                if let Some(p) = &s.failure_log {
+                    eprintln!("recorded in {} for `dualwrite replay`", p.display());
+                }
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Command::Fixtures(FixturesCommand::Generate { rows, out, seed }) => {
+            let opts = dualwrite::generate::GenerateOptions {
+                rows: *rows,
+                seed: *seed,
+            };
+            let report = dualwrite::generate::generate(out, &opts).await?;
+            print!("{}", report.render());
+        }
+        Command::Replay => {
+            let s = settings(&cli)?;
+            let (db, _) = factory::open(&s).await?;
+            let Some(report) = db.replay_failures().await else {
+                return Err(
+                    Error::invalid("replay needs dual write (SUPABASE_DUAL_WRITE=true)").into(),
+                );
+            };
+            print_json(&serde_json::to_value(&report)?);
+            if report.still_failing > 0 {
+                return Ok(ExitCode::from(1));
             }
         }
         Command::Keys(k) => match k {
@@ -272,6 +476,38 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             KeysCommand::Decode { token } => print_json(&keys::decode(token)?),
         },
+        Command::Backfill {
+            from_sqlite,
+            load: args,
+        } => {
+            return load(&cli, args, from_sqlite, async |t, o| {
+                backfill::run(from_sqlite, t, o).await
+            })
+            .await;
+        }
+        Command::Import { dir, load: args } => {
+            return load(&cli, args, dir, async |t, o| {
+                export::import(dir, t, o).await
+            })
+            .await;
+        }
+        Command::Export {
+            from_sqlite,
+            out,
+            compress,
+            tables: names,
+        } => {
+            let m = export::export(from_sqlite, out, &tables(names)?, *compress).await?;
+            print_json(&serde_json::to_value(&m)?);
+            if m.rejected_rows > 0 {
+                eprintln!(
+                    "{} rows could not be exported; each is in {}",
+                    m.rejected_rows,
+                    out.join("rejects.ndjson").display()
+                );
+                return Ok(ExitCode::from(3));
+            }
+        }
         Command::Demo { db } => {
             let mut s = settings(&cli)?;
             if cli.db_path.is_none() {
@@ -292,11 +528,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             format,
         }) => {
             let check = async {
-                let (source, target, key) = verify_sides(&cli, from_sqlite.as_deref()).await?;
+                let s = settings(&cli)?;
+                let path = from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
+                let (source, target, key) = verify_sides(&s, &path).await?;
+                // By default, where dual write and the backfill record them.
+                let default_rejects = || {
+                    backfill::default_state_dir(std::path::Path::new("dualwrite-state"), &path)
+                        .join("rejects.ndjson")
+                };
                 let opts = cutover::CutoverOptions {
                     key,
-                    failures: failures.clone(),
-                    rejects: rejects.clone(),
+                    failures: failures.clone().or_else(|| s.failure_log.clone()),
+                    rejects: Some(rejects.clone().unwrap_or_else(default_rejects)),
                 };
                 let report = cutover::check(&source, &target, &opts).await?;
                 match format.as_str() {
@@ -318,18 +561,16 @@ fn cannot_run(e: anyhow::Error) -> ExitCode {
 
 /// The source (read-only) and the target of a verification, and the key used.
 async fn verify_sides(
-    cli: &Cli,
-    from_sqlite: Option<&std::path::Path>,
+    s: &Settings,
+    path: &std::path::Path,
 ) -> Result<(SqliteDatabase, SupabaseDatabase, verify::KeyInfo)> {
-    let s = settings(cli)?;
-    let path = from_sqlite.map_or_else(|| s.db_path.clone(), PathBuf::from);
     let read_only = SqliteOptions {
         read_only: true,
         ..SqliteOptions::default()
     };
-    let source = SqliteDatabase::open(&path, read_only).await?;
-    let target = factory::connect_supabase(&s).await?;
-    let key = verify::KeyInfo::from_settings(&s).context("no Supabase key is configured")?;
+    let source = SqliteDatabase::open(path, read_only).await?;
+    let target = factory::connect_supabase(s).await?;
+    let key = verify::KeyInfo::from_settings(s).context("no Supabase key is configured")?;
     Ok((source, target, key))
 }
 
@@ -356,7 +597,9 @@ fn emit(
 
 async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     use verify::repair::{self, RepairOptions, RepairOutcome};
-    let (source, target, key) = verify_sides(cli, a.from_sqlite.as_deref()).await?;
+    let s = settings(cli)?;
+    let path = a.from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
+    let (source, target, key) = verify_sides(&s, &path).await?;
     let mut opts = verify::VerifyOptions::new(key);
     if !a.tables.is_empty() {
         opts.tables = verify::tables_named(&a.tables)?;

@@ -218,6 +218,12 @@ impl RestClient {
 
     async fn status_error(&self, resp: reqwest::Response) -> Error {
         let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let is_json = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -241,6 +247,7 @@ impl RestClient {
                 message: field(&m, "message").unwrap_or_else(|| reason(status)),
                 details: field(&m, "details"),
                 hint: field(&m, "hint"),
+                retry_after,
             },
             // Proxies answer with HTML or plain text; keep a short excerpt.
             None => {
@@ -256,6 +263,7 @@ impl RestClient {
                     message,
                     details: None,
                     hint: None,
+                    retry_after,
                 }
             }
         }

@@ -11,8 +11,10 @@ use crate::error::{Error, Result};
 /// How often and how patiently to retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Retries after the first attempt.
-    pub retries: usize,
+    /// Retries after the first attempt (`None`: no count limit).
+    pub retries: Option<usize>,
+    /// Give up once the waits add up to this (`None`: no time limit).
+    pub total: Option<Duration>,
     pub min_delay: Duration,
     pub max_delay: Duration,
 }
@@ -20,27 +22,60 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            retries: 3,
+            retries: Some(3),
+            total: None,
             min_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(5),
         }
     }
 }
 
-/// Run `op`, retrying transient failures with exponential backoff and jitter.
+impl RetryPolicy {
+    /// Keep trying for up to `total` of waiting, however many attempts that takes.
+    pub fn for_up_to(total: Duration) -> RetryPolicy {
+        RetryPolicy {
+            retries: None,
+            total: Some(total),
+            min_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Run `op`, retrying transient failures with exponential backoff and jitter,
+/// or after the server's `Retry-After` when it sent one.
 pub async fn retry<T, F, Fut>(policy: RetryPolicy, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    let backoff = ExponentialBuilder::default()
+    retry_when(policy, Error::is_transient, op).await
+}
+
+/// [`retry`] with a narrower condition (it must imply [`Error::is_transient`]),
+/// e.g. to leave errors that call for a smaller request to the caller.
+pub async fn retry_when<T, F, Fut>(
+    policy: RetryPolicy,
+    when: fn(&Error) -> bool,
+    op: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut backoff = ExponentialBuilder::default()
         .with_min_delay(policy.min_delay)
         .with_max_delay(policy.max_delay)
-        .with_max_times(policy.retries)
+        .with_total_delay(policy.total)
         .with_jitter();
+    backoff = match policy.retries {
+        Some(n) => backoff.with_max_times(n),
+        None => backoff.without_max_times(),
+    };
     op.retry(backoff)
         .sleep(tokio::time::sleep)
-        .when(Error::is_transient)
+        .when(move |e: &Error| e.is_transient() && when(e))
+        .adjust(|e: &Error, d: Option<Duration>| d.map(|d| e.retry_after().unwrap_or(d)))
         .notify(|e: &Error, wait: Duration| {
             tracing::debug!(error = %e, ?wait, "transient failure; retrying");
         })
@@ -65,6 +100,22 @@ mod tests {
         .await;
         assert_eq!(r.unwrap(), 7);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_time_budget_bounds_the_waiting() {
+        let started = tokio::time::Instant::now();
+        let r: Result<()> = retry(RetryPolicy::for_up_to(Duration::from_secs(30)), || async {
+            Err(Error::Unreachable {
+                url: "u".into(),
+                reason: "refused".into(),
+            })
+        })
+        .await;
+        assert!(r.is_err());
+        let waited = started.elapsed();
+        assert!(waited <= Duration::from_secs(31), "{waited:?}");
+        assert!(waited >= Duration::from_secs(15), "{waited:?}");
     }
 
     #[tokio::test(start_paused = true)]

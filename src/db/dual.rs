@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Applied, Database, Filter, Row};
 use crate::catalogue::Table;
@@ -32,10 +32,10 @@ use crate::error::{Error, Result};
 use crate::model::Write;
 
 /// A mirror write that did not land.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SecondaryFailure {
-    pub method: &'static str,
-    pub table: &'static str,
+    pub method: String,
+    pub table: String,
     pub key: String,
     pub error: String,
     /// Whether trying again later may succeed ([`Error::is_transient`]).
@@ -98,6 +98,7 @@ pub struct DualDatabase<P, S> {
     breaker: Breaker,
     breaker_state: Mutex<BreakerState>,
     failures: Mutex<VecDeque<SecondaryFailure>>,
+    log_path: Option<std::path::PathBuf>,
     mirrored: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
@@ -115,10 +116,21 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
             breaker: Breaker::default(),
             breaker_state: Mutex::new(BreakerState::default()),
             failures: Mutex::new(VecDeque::new()),
+            log_path: None,
             mirrored: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         }
+    }
+
+    /// Persist failures to `path` (NDJSON, one [`SecondaryFailure`] per line), so
+    /// that a restarted process can still replay them; failures already in the
+    /// file are loaded. After a replay the file holds only what still fails.
+    pub fn with_failure_log(mut self, path: std::path::PathBuf) -> Result<Self> {
+        let pending = read_failures(&path)?;
+        *self.failures.lock().expect("failure log lock") = pending.into();
+        self.log_path = Some(path);
+        Ok(self)
     }
 
     /// Replace the default circuit breaker settings.
@@ -179,8 +191,8 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
     fn record(&self, write: Write, error: &Error) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         let failure = SecondaryFailure {
-            method: write.method(),
-            table: write.table(),
+            method: write.method().to_owned(),
+            table: write.table().to_owned(),
             key: write.key(),
             error: error.to_string(),
             transient: error.is_transient(),
@@ -188,8 +200,8 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
             write,
         };
         tracing::warn!(
-            method = failure.method,
-            table = failure.table,
+            method = %failure.method,
+            table = %failure.table,
             key = %failure.key,
             transient = failure.transient,
             error = %error,
@@ -199,13 +211,18 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
         if log.len() >= self.capacity {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
-                method = failure.method,
-                table = failure.table,
+                method = %failure.method,
+                table = %failure.table,
                 key = %failure.key,
                 capacity = self.capacity,
                 "secondary failure record is full; this write will not be replayed"
             );
             return;
+        }
+        if let Some(path) = &self.log_path {
+            if let Err(e) = append_failure(path, &failure) {
+                tracing::error!(error = %e, path = %path.display(), "cannot persist a secondary failure; it is kept in memory only");
+            }
         }
         log.push_back(failure);
     }
@@ -246,8 +263,63 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
         for (i, f) in again.into_iter().enumerate() {
             log.insert(i, f);
         }
+        if let Some(path) = &self.log_path {
+            if let Err(e) = rewrite_failures(path, log.iter()) {
+                tracing::error!(error = %e, path = %path.display(), "cannot rewrite the failure log");
+            }
+        }
         report
     }
+}
+
+/// The pending failures recorded in `path` (none when it does not exist).
+pub fn read_failures(path: &std::path::Path) -> Result<Vec<SecondaryFailure>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l).map_err(|e| {
+                    Error::invalid(format!(
+                        "{} line {}: not a recorded failure: {e}",
+                        path.display(),
+                        i + 1
+                    ))
+                })
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn append_failure(path: &std::path::Path, f: &SecondaryFailure) -> Result<()> {
+    use std::io::Write as _;
+    let mut line = serde_json::to_vec(f).expect("a failure serialises");
+    line.push(b'\n');
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(&line)?;
+    Ok(())
+}
+
+fn rewrite_failures<'a>(
+    path: &std::path::Path,
+    pending: impl Iterator<Item = &'a SecondaryFailure>,
+) -> Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("ndjson.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    for f in pending {
+        serde_json::to_writer(&mut file, f).expect("a failure serialises");
+        file.write_all(b"\n")?;
+    }
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 impl<P: Database, S: Database> Database for DualDatabase<P, S> {
@@ -411,7 +483,7 @@ mod tests {
         let f = d.failures();
         assert_eq!(f.len(), 1);
         assert_eq!(
-            (f[0].method, f[0].table, f[0].key.as_str()),
+            (f[0].method.as_str(), f[0].table.as_str(), f[0].key.as_str()),
             ("add_artifact", "artifact", "a")
         );
         assert!(f[0].transient);
@@ -459,6 +531,30 @@ mod tests {
             "after the cooldown the mirror is tried again"
         );
         assert_eq!(d.replay_failures().await.replayed, 4);
+    }
+
+    #[tokio::test]
+    async fn failures_persist_across_processes_and_replay_empties_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("failures.ndjson");
+        let (p, s, _) = pair();
+        s.fail.store(true, Ordering::SeqCst);
+        let d = DualDatabase::new(p.clone(), s.clone(), Duration::from_secs(1), 100)
+            .with_failure_log(path.clone())
+            .unwrap();
+        d.add_artifact(artifact("a")).await.unwrap();
+        d.add_memory("fact", json!({}), None, None).await.unwrap();
+        drop(d);
+        // A new process: the failures are loaded from the file.
+        let d = DualDatabase::new(p, s.clone(), Duration::from_secs(1), 100)
+            .with_failure_log(path.clone())
+            .unwrap();
+        assert_eq!(d.failures().len(), 2);
+        assert_eq!(read_failures(&path).unwrap(), d.failures());
+        s.fail.store(false, Ordering::SeqCst);
+        assert_eq!(d.replay_failures().await.replayed, 2);
+        assert!(read_failures(&path).unwrap().is_empty());
+        assert_eq!(s.writes.lock().unwrap().len(), 2);
     }
 
     #[tokio::test]

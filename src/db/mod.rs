@@ -427,6 +427,24 @@ impl Database for AnyDatabase {
 }
 
 impl AnyDatabase {
+    /// Replay the recorded secondary failures, when dual writing.
+    pub async fn replay_failures(&self) -> Option<dual::ReplayReport> {
+        match self {
+            AnyDatabase::SqliteFirst(d) => Some(d.replay_failures().await),
+            AnyDatabase::SupabaseFirst(d) => Some(d.replay_failures().await),
+            _ => None,
+        }
+    }
+
+    /// The recorded secondary failures, when dual writing.
+    pub fn failures(&self) -> Vec<SecondaryFailure> {
+        match self {
+            AnyDatabase::SqliteFirst(d) => d.failures(),
+            AnyDatabase::SupabaseFirst(d) => d.failures(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Secondary-failure statistics, when dual writing.
     pub fn dual_stats(&self) -> Option<DualStats> {
         match self {

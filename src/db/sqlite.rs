@@ -96,6 +96,7 @@ impl Layout {
     }
 }
 
+#[derive(Clone)]
 pub struct SqliteDatabase {
     jobs: std::sync::mpsc::Sender<Job>,
     path: PathBuf,
@@ -418,6 +419,53 @@ impl SqliteDatabase {
         .await
     }
 
+    /// Insert or replace whole rows (SQLite shape) in one transaction. For bulk
+    /// loads (fixture generation, tests); application writes go through `apply`.
+    pub async fn upsert_rows(&self, table: &'static Table, rows: Vec<SqlRow>) -> Result<()> {
+        self.run(move |conn, layout| {
+            let tx = conn.transaction()?;
+            exec_steps(&tx, layout, &[Step::Upsert { table, rows }])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The rows with keys from `first` to `last` (both included), in key order.
+    pub async fn range(
+        &self,
+        table: &'static Table,
+        first: SqlValue,
+        last: SqlValue,
+    ) -> Result<Vec<SqlRow>> {
+        self.run(move |conn, layout| {
+            let Some(l) = layout.get(table) else {
+                return Ok(Vec::new());
+            };
+            let key = quote(l.physical[0].as_deref().unwrap_or(table.key().sqlite));
+            let sql = format!(
+                "{} WHERE {key} >= ?1 AND {key} <= ?2 ORDER BY {key}",
+                l.select
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let n = table.columns.len();
+            let rows = stmt
+                .query_map(rusqlite::params![to_param(&first), to_param(&last)], |r| {
+                    (0..n).map(|i| r.get_ref(i).map(from_ref)).collect()
+                })?
+                .collect::<rusqlite::Result<Vec<SqlRow>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// SQLite's `PRAGMA data_version` on this connection: it changes whenever
+    /// another connection (or process) commits to the file.
+    pub async fn data_version(&self) -> Result<i64> {
+        self.run(|conn, _| Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?))
+            .await
+    }
+
     /// Rows in `table` (0 when the file lacks the table).
     pub async fn count(&self, table: &'static Table) -> Result<u64> {
         self.run(move |conn, layout| {
@@ -445,6 +493,15 @@ fn key_cmp(a: &SqlValue, b: &SqlValue) -> std::cmp::Ordering {
 }
 
 fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<(Connection, Layout)> {
+    open_connection_inner(path, opts).map_err(|e| match e {
+        Error::Sqlite(m) if !m.contains(&path.display().to_string()) => {
+            Error::Sqlite(format!("{}: {m}", path.display()))
+        }
+        other => other,
+    })
+}
+
+fn open_connection_inner(path: &Path, opts: &SqliteOptions) -> Result<(Connection, Layout)> {
     let conn = if opts.read_only {
         Connection::open_with_flags(
             path,

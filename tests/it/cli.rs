@@ -204,6 +204,30 @@ fn check_says_what_is_wrong_with_supabase() {
         json!({"configured": "sqlite", "active": "dual:sqlite+supabase", "dual_write": true, "supabase_error": null})
     );
 
+    // Merely unreachable: dual write stays on, failures are recorded for replay.
+    let o = dualwrite(
+        dir.path(),
+        &[dual, ("SUPABASE_URL", "http://127.0.0.1:9")],
+        &["check"],
+    );
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["active"], "dual:sqlite+supabase");
+    assert!(
+        r["supabase_error"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{r}"
+    );
+
+    let o = dualwrite(dir.path(), &[dual, ("DB_PATH", "/etc/passwd")], &["check"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("/etc/passwd") && err.contains("not a database"),
+        "{err}"
+    );
+
     let o = dualwrite(
         dir.path(),
         &[
@@ -286,4 +310,41 @@ fn the_demo_shows_every_sample_on_both_sides() {
         "{out}"
     );
     assert!(dir.path().join("demo.sqlite3").exists());
+}
+
+#[tokio::test]
+async fn failures_recorded_by_one_call_are_replayed_by_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique("replayed-tag");
+    let args = json!({"tag": {"id": id, "document_id": "d", "tag": "x"}}).to_string();
+    let down = [
+        ("SUPABASE_DUAL_WRITE", "true"),
+        ("SUPABASE_URL", "http://127.0.0.1:9/rest/v1"),
+    ];
+    let o = dualwrite(dir.path(), &down, &["call", "add_tag", "--json", &args]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("app.sqlite3.failures.ndjson"),
+        "{}",
+        stderr(&o)
+    );
+    // Replaying while still down keeps it recorded.
+    let o = dualwrite(dir.path(), &down, &["replay"]);
+    assert_eq!(o.status.code(), Some(1));
+    // Back up: the replay lands it and empties the record.
+    let o = dualwrite(dir.path(), &[("SUPABASE_DUAL_WRITE", "true")], &["replay"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        (r["replayed"].clone(), r["still_failing"].clone()),
+        (json!(1), json!(0))
+    );
+    let rows = stack()
+        .service_client()
+        .select_page("tags", "*", &[("id", id.clone())], "id", None, 5)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let log = std::fs::read_to_string(dir.path().join("app.sqlite3.failures.ndjson")).unwrap();
+    assert!(log.trim().is_empty(), "{log}");
 }

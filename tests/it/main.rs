@@ -4,8 +4,10 @@
 mod harness;
 
 mod backends;
+mod backfill;
 mod cli;
 mod dual;
 mod fixtures;
+mod generate;
 mod rls;
 mod verify;

@@ -793,8 +793,8 @@ async fn cutover_check_says_ready_only_when_everything_holds() {
     )
     .unwrap();
     let failure = SecondaryFailure {
-        method: "add_tag",
-        table: "tagrow",
+        method: "add_tag".into(),
+        table: "tagrow".into(),
         key: "t-failed".into(),
         error: "supabase unreachable".into(),
         transient: true,
@@ -915,6 +915,22 @@ async fn cutover_check_says_ready_only_when_everything_holds() {
         "{}",
         text(&o.stdout)
     );
+
+    // Without --failures, the failure log dual write keeps (`<DB_PATH>.failures.ndjson`) is read.
+    let default_log = dir.path().join("db.sqlite3.failures.ndjson");
+    write_lines(&default_log, &[serde_json::to_value(&failure).unwrap()]);
+    let o = dualwrite_bin(
+        dir.path(),
+        &env,
+        &["cutover", "check", "--from-sqlite", path.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("1 recorded secondary failure(s) not replayed"),
+        "{}",
+        text(&o.stdout)
+    );
+    std::fs::remove_file(&default_log).unwrap();
 
     // An anon key can never be READY.
     let anon = anon_jwt();

@@ -1,0 +1,276 @@
+//! Backfill throughput against the raw ceiling of the same stack, and the
+//! backfill's peak memory.
+//!
+//! Run: `scripts/stack.sh up && cargo bench --bench backfill` (ROWS=N, default
+//! 1,000,000; BATCH_ROWS, CONCURRENCY). In one run it:
+//! 1. generates (once, cached under target/bench-data) a DoX SQLite file of N rows;
+//! 2. measures the raw ceiling: the same rows, normalised and serialised
+//!    beforehand, posted as bulk upserts with the same batch size and
+//!    concurrency by a minimal client;
+//! 3. runs `dualwrite backfill` (release binary, a separate process) on the
+//!    file and reads rows/s and peak RSS from its JSON report;
+//! 4. measures the ceiling again, and compares the backfill with the mean.
+//!
+//! The target tables are truncated (through DATABASE_URL) before each step.
+//! Under `cargo test` (no `--bench`) it makes a small smoke run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dualwrite::backfill::prepare_row;
+use dualwrite::catalogue::TABLES;
+use dualwrite::db::{SqliteDatabase, SqliteOptions};
+use dualwrite::generate::{generate, GenerateOptions};
+
+fn stack_env() -> HashMap<String, String> {
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack.sh"))
+        .arg("env")
+        .output()
+        .expect("scripts/stack.sh env");
+    assert!(
+        out.status.success(),
+        "start the stack first: scripts/stack.sh up"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').replace('\\', "")))
+        .collect()
+}
+
+fn env_or(k: &str, d: usize) -> usize {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+async fn truncate(env: &HashMap<String, String>) {
+    let (c, conn) = tokio_postgres::connect(&env["DATABASE_URL"], tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let names: Vec<_> = TABLES.iter().map(|t| t.supabase).collect();
+    c.batch_execute(&format!("TRUNCATE {}", names.join(", ")))
+        .await
+        .unwrap();
+    c.batch_execute("VACUUM ANALYZE").await.unwrap();
+}
+
+/// Every table's rows, normalised and serialised into request bodies cut by the
+/// same limits the backfill uses.
+async fn bodies(
+    path: &Path,
+    batch_rows: usize,
+    batch_bytes: usize,
+) -> Vec<(&'static str, &'static str, String, usize)> {
+    let db = SqliteDatabase::open(
+        path,
+        SqliteOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    for t in TABLES {
+        let mut after = None;
+        let (mut body, mut n) = (String::from("["), 0usize);
+        loop {
+            let page = db.page(t, after.clone(), 5000).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last[0].clone());
+            for row in &page {
+                let Ok(p) = prepare_row(t, row, &mut Vec::new()) else {
+                    continue;
+                };
+                if n > 0 && (n >= batch_rows || body.len() >= batch_bytes) {
+                    body.push(']');
+                    out.push((
+                        t.supabase,
+                        t.key().supabase,
+                        std::mem::replace(&mut body, String::from("[")),
+                        n,
+                    ));
+                    n = 0;
+                }
+                if n > 0 {
+                    body.push(',');
+                }
+                body.push_str(&p.json);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            body.push(']');
+            out.push((t.supabase, t.key().supabase, body, n));
+        }
+    }
+    out
+}
+
+/// Post the bodies with `concurrency` requests in flight (tables in order, as the backfill).
+async fn ceiling(
+    env: &HashMap<String, String>,
+    bodies: &Arc<Vec<(&'static str, &'static str, String, usize)>>,
+    concurrency: usize,
+) -> (f64, usize) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let url = env["SUPABASE_URL"].clone();
+    let key = env["SUPABASE_SERVICE_KEY"].clone();
+    let started = Instant::now();
+    let mut rows = 0;
+    let mut i = 0;
+    while i < bodies.len() {
+        // Keep batches of one table together, as the backfill does.
+        let table = bodies[i].0;
+        let mut j = i;
+        while j < bodies.len() && bodies[j].0 == table {
+            j += 1;
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for k in i..j {
+            if set.len() >= concurrency {
+                rows += set.join_next().await.unwrap().unwrap();
+            }
+            let (client, url, key, bodies) =
+                (client.clone(), url.clone(), key.clone(), Arc::clone(bodies));
+            set.spawn(async move {
+                let (t, pk, body, n) = &bodies[k];
+                let r = client
+                    .post(format!("{url}/{t}?on_conflict={pk}"))
+                    .header("apikey", &key)
+                    .header("Authorization", format!("Bearer {key}"))
+                    .header("Content-Type", "application/json")
+                    .header(
+                        "Prefer",
+                        "resolution=merge-duplicates,return=minimal,count=exact",
+                    )
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "{t}: {}", r.status());
+                *n
+            });
+        }
+        while let Some(n) = set.join_next().await {
+            rows += n.unwrap();
+        }
+        i = j;
+    }
+    (started.elapsed().as_secs_f64(), rows)
+}
+
+fn backfill(
+    env: &HashMap<String, String>,
+    path: &Path,
+    batch_rows: usize,
+    concurrency: usize,
+) -> (f64, serde_json::Value) {
+    let state = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_dualwrite"))
+        .args([
+            "backfill",
+            "--from-sqlite",
+            path.to_str().unwrap(),
+            "--json",
+        ])
+        .args(["--state-dir", state.path().to_str().unwrap()])
+        .args([
+            "--batch-rows",
+            &batch_rows.to_string(),
+            "--concurrency",
+            &concurrency.to_string(),
+        ])
+        .envs(env)
+        .output()
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (secs, serde_json::from_slice(&out.stdout).unwrap())
+}
+
+async fn dataset(rows: u64) -> PathBuf {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-data"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("dox-{rows}-seed1.sqlite3"));
+    if !path.exists() {
+        let t = Instant::now();
+        let tmp = dir.join(format!("dox-{rows}-seed1.partial.sqlite3"));
+        let _ = std::fs::remove_file(&tmp);
+        generate(&tmp, &GenerateOptions { rows, seed: 1 })
+            .await
+            .unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        println!(
+            "generated {rows} rows in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    path
+}
+
+#[tokio::main]
+async fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let rows = env_or("ROWS", if bench { 1_000_000 } else { 3_000 }) as u64;
+    let batch_rows = env_or("BATCH_ROWS", 500);
+    let concurrency = env_or("CONCURRENCY", 4);
+    let batch_bytes = 1 << 20;
+    let env = stack_env();
+    let path = dataset(rows).await;
+    let size = std::fs::metadata(&path).unwrap().len();
+
+    let bodies = Arc::new(bodies(&path, batch_rows, batch_bytes).await);
+    let total: usize = bodies.iter().map(|b| b.3).sum();
+    truncate(&env).await;
+    let (c1, n1) = ceiling(&env, &bodies, concurrency).await;
+    truncate(&env).await;
+    let (secs, report) = backfill(&env, &path, batch_rows, concurrency);
+    truncate(&env).await;
+    let (c2, n2) = ceiling(&env, &bodies, concurrency).await;
+    truncate(&env).await;
+    assert_eq!((n1, n2), (total, total));
+    assert_eq!(
+        report["rows_written"].as_u64(),
+        Some(total as u64),
+        "{report}"
+    );
+
+    let ceiling_rps = total as f64 / ((c1 + c2) / 2.0);
+    let backfill_rps = total as f64 / secs;
+    let rss = report["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0;
+    if !bench {
+        println!("smoke run (cargo test): debug build, few rows");
+    }
+    println!("{total} rows ({:.0} MB SQLite file), batch {batch_rows} rows / 1 MiB, {concurrency} in flight\n", size as f64 / 1e6);
+    println!("| measurement | seconds | rows/s |");
+    println!("|---|---:|---:|");
+    println!(
+        "| raw ceiling, before | {c1:.2} | {:.0} |",
+        total as f64 / c1
+    );
+    println!("| dualwrite backfill (whole process, incl. start) | {secs:.2} | {backfill_rps:.0} |");
+    println!(
+        "| raw ceiling, after | {c2:.2} | {:.0} |",
+        total as f64 / c2
+    );
+    println!(
+        "\nbackfill / mean raw ceiling: {:.3} (target >= 0.9)",
+        backfill_rps / ceiling_rps
+    );
+    println!("backfill peak RSS: {rss:.1} MB (target < 150 MB)");
+}

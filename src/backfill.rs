@@ -1,0 +1,1078 @@
+//! Backfill: copy every DoX table into Supabase, fast, resumable, and without
+//! losing or silently dropping a row.
+//!
+//! * The source is read in key order, one keyset page at a time (each page one
+//!   consistent snapshot), so memory stays flat whatever the file's size. The
+//!   source is opened read-only and never changed.
+//! * Rows go through the shared normaliser; a row Supabase cannot hold is a
+//!   reject, written to `rejects.ndjson` with its error, and counted.
+//! * Batches are bounded by rows and bytes and sent as idempotent upserts
+//!   (`merge-duplicates`, `return=minimal`, `count=exact`), several in flight.
+//!   The batch size halves on 413, statement timeout or 5xx and grows back when
+//!   requests are fast. Transient failures are retried with backoff for up to
+//!   `max_wait`; then the run stops with a clear error and can be resumed.
+//! * A batch PostgREST refuses for good is bisected down to the rows at fault,
+//!   which become rejects; the others land.
+//! * Progress is checkpointed per table outside the source (`checkpoint.json`
+//!   in the state directory), only up to the last batch below which every batch
+//!   has landed. A killed run resumes there; finished tables are not redone.
+//! * Stale rows: while the app keeps dual-writing, a row read by the backfill
+//!   may be updated (or deleted) by the app and mirrored before the backfill's
+//!   older copy lands. After each batch lands, the backfill reads the same key
+//!   range from the source again and sends the current version of every row
+//!   that changed (or deletes the ones that are gone), until the range is
+//!   stable. See ARCHITECTURE.md, "Backfill while the app dual-writes".
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::task::JoinSet;
+
+use crate::catalogue::{Table, TABLES};
+use crate::db::{SqliteDatabase, SupabaseDatabase};
+use crate::error::{Error, Result};
+use crate::normalise::{self, Lossy, SqlRow, SqlValue};
+use crate::rest::RestClient;
+use crate::retry::{retry_when, RetryPolicy};
+
+/// How a backfill (or an import) runs.
+#[derive(Debug, Clone)]
+pub struct BackfillOptions {
+    /// The tables to copy, in catalogue order; empty means all.
+    pub tables: Vec<&'static Table>,
+    /// Read, convert and validate everything; write nothing (not even a checkpoint).
+    pub dry_run: bool,
+    /// Batches in flight at once.
+    pub concurrency: usize,
+    /// Rows per batch at most (the starting size too).
+    pub batch_rows: usize,
+    /// Bytes of JSON per batch at most.
+    pub batch_bytes: usize,
+    /// Where the checkpoint and the rejects file live.
+    pub state_dir: PathBuf,
+    /// How long to keep retrying while Supabase is unreachable or overloaded.
+    pub max_wait: Duration,
+    /// Re-read each landed range from the source and resend what changed.
+    pub stale_guard: bool,
+    pub progress: Progress,
+}
+
+impl BackfillOptions {
+    pub fn new(state_dir: PathBuf) -> BackfillOptions {
+        BackfillOptions {
+            tables: Vec::new(),
+            dry_run: false,
+            concurrency: 4,
+            batch_rows: 500,
+            batch_bytes: 1 << 20,
+            state_dir,
+            max_wait: Duration::from_secs(300),
+            stale_guard: true,
+            progress: Progress::Quiet,
+        }
+    }
+
+    pub fn selected(&self) -> Vec<&'static Table> {
+        if self.tables.is_empty() {
+            TABLES.to_vec()
+        } else {
+            TABLES
+                .iter()
+                .copied()
+                .filter(|t| self.tables.iter().any(|s| s.sqlite == t.sqlite))
+                .collect()
+        }
+    }
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// A bar per table (for a terminal).
+    Bars,
+    /// A log line every few seconds (for logs and CI).
+    Lines,
+    Quiet,
+}
+
+/// The state directory for a source file: `<dir>/<file name>-<hash of its absolute path>`.
+pub fn default_state_dir(base: &Path, source: &Path) -> PathBuf {
+    let abs = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    abs.hash(&mut h);
+    let name = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "source".into());
+    base.join(format!("{name}-{:08x}", h.finish() as u32))
+}
+
+/// A row that did not land, as written to `rejects.ndjson`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reject {
+    pub table: String,
+    pub key: String,
+    /// PostgREST / PostgreSQL code, or `unrepresentable` for values refused before sending.
+    pub code: String,
+    pub message: String,
+    pub row: Value,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TableReport {
+    pub table: String,
+    pub supabase_table: String,
+    /// `copied`, `already done` (finished by an earlier run), or `dry run`.
+    pub status: String,
+    /// Where this run started, when it resumed an earlier one.
+    pub resumed_from: Option<String>,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub rows_rejected: u64,
+    /// Rows sent again because the app changed them while they were copied.
+    pub rows_resynced: u64,
+    /// Lossy conversions: column → kind → count.
+    pub lossy: BTreeMap<String, BTreeMap<String, u64>>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BackfillReport {
+    pub source: String,
+    pub target: String,
+    pub dry_run: bool,
+    /// Whether this run continued an interrupted one.
+    pub resumed: bool,
+    pub tables: Vec<TableReport>,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub rows_rejected: u64,
+    pub seconds: f64,
+    pub rows_per_second: f64,
+    pub rejects_file: Option<String>,
+    /// The first rejects (all of them are in the rejects file).
+    pub sample_rejects: Vec<Reject>,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl BackfillReport {
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "{}{} → {}{}\n\n",
+            if self.dry_run { "dry run: " } else { "" },
+            self.source,
+            self.target,
+            if self.resumed { " (resumed)" } else { "" }
+        );
+        s.push_str(&format!(
+            "{:<22} {:<14} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}\n",
+            "table", "status", "read", "written", "rejected", "resynced", "lossy", "seconds"
+        ));
+        for t in &self.tables {
+            let lossy: u64 = t.lossy.values().flat_map(|m| m.values()).sum();
+            s.push_str(&format!(
+                "{:<22} {:<14} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8.2}\n",
+                t.table,
+                t.status,
+                t.rows_read,
+                t.rows_written,
+                t.rows_rejected,
+                t.rows_resynced,
+                lossy,
+                t.seconds
+            ));
+        }
+        s.push_str(&format!(
+            "\n{} rows read, {} written, {} rejected in {:.1} s ({:.0} rows/s)\n",
+            self.rows_read,
+            self.rows_written,
+            self.rows_rejected,
+            self.seconds,
+            self.rows_per_second
+        ));
+        for t in &self.tables {
+            for (col, kinds) in &t.lossy {
+                for (k, n) in kinds {
+                    s.push_str(&format!("lossy conversion: {}.{col}: {k} x{n}\n", t.table));
+                }
+            }
+        }
+        if self.rows_rejected > 0 {
+            s.push_str(&format!(
+                "{} rows did not land; each is in {}\n",
+                self.rows_rejected,
+                self.rejects_file.as_deref().unwrap_or("the report")
+            ));
+        }
+        s
+    }
+}
+
+/// Where a table's copy stands. Persisted in `checkpoint.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableCheckpoint {
+    /// Every row up to and including this position has landed.
+    pub after: Option<Cursor>,
+    pub done: bool,
+    pub rows_written: u64,
+    pub rows_rejected: u64,
+}
+
+/// A position in a source: a key (SQLite) or a line number (an export file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Cursor {
+    Text(String),
+    Integer(i64),
+    Real(f64),
+    /// Hex of the bytes.
+    Blob(String),
+    Line(u64),
+}
+
+impl Cursor {
+    fn from_key(v: &SqlValue) -> Cursor {
+        match v {
+            SqlValue::Integer(i) => Cursor::Integer(*i),
+            SqlValue::Real(f) => Cursor::Real(*f),
+            SqlValue::Text(s) => Cursor::Text(s.clone()),
+            SqlValue::Blob(b) | SqlValue::BadText(b) => {
+                Cursor::Blob(b.iter().map(|x| format!("{x:02x}")).collect())
+            }
+            SqlValue::Null => Cursor::Text(String::new()),
+        }
+    }
+
+    fn to_key(&self) -> Option<SqlValue> {
+        match self {
+            Cursor::Text(s) => Some(SqlValue::Text(s.clone())),
+            Cursor::Integer(i) => Some(SqlValue::Integer(*i)),
+            Cursor::Real(f) => Some(SqlValue::Real(*f)),
+            Cursor::Blob(h) => (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()
+                .map(SqlValue::Blob),
+            Cursor::Line(_) => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Cursor::Line(n) => format!("line {n}"),
+            other => format!(
+                "key {}",
+                other.to_key().map(|k| k.display()).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CheckpointFile {
+    source: String,
+    tables: BTreeMap<String, TableCheckpoint>,
+}
+
+/// The checkpoint file of one source in its state directory.
+pub struct Checkpoints {
+    path: PathBuf,
+    data: CheckpointFile,
+    persist: bool,
+}
+
+impl Checkpoints {
+    /// Load (or start) the checkpoint of `source` in `dir`. Refuses a checkpoint
+    /// that belongs to another source.
+    pub fn open(dir: &Path, source: &str, persist: bool) -> Result<Checkpoints> {
+        let path = dir.join("checkpoint.json");
+        let data = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let data: CheckpointFile = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::invalid(format!(
+                        "{} is not a dualwrite checkpoint: {e}",
+                        path.display()
+                    ))
+                })?;
+                if data.source != source {
+                    return Err(Error::invalid(format!(
+                        "{} belongs to {}, not {source}: use another --state-dir",
+                        path.display(),
+                        data.source
+                    )));
+                }
+                data
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => CheckpointFile {
+                source: source.to_owned(),
+                tables: BTreeMap::new(),
+            },
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Checkpoints {
+            path,
+            data,
+            persist,
+        })
+    }
+
+    pub fn table(&self, t: &Table) -> TableCheckpoint {
+        self.data.tables.get(t.sqlite).cloned().unwrap_or_default()
+    }
+
+    fn set(&mut self, t: &Table, c: TableCheckpoint) -> Result<()> {
+        self.data.tables.insert(t.sqlite.to_owned(), c);
+        self.save()
+    }
+
+    /// Forget the progress of these tables (after `--reset`).
+    pub fn clear(&mut self, tables: &[&'static Table]) -> Result<()> {
+        for t in tables {
+            self.data.tables.remove(t.sqlite);
+        }
+        self.save()
+    }
+
+    /// Write atomically: a temp file, fsync, rename.
+    fn save(&self) -> Result<()> {
+        if !self.persist {
+            return Ok(());
+        }
+        if let Some(d) = self.path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&self.data).expect("checkpoint serialises"))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        Ok(())
+    }
+}
+
+/// The rejects file: NDJSON, one line per row that did not land, flushed as written.
+pub struct RejectLog {
+    file: Option<Mutex<std::fs::File>>,
+    pub path: PathBuf,
+    sample: Mutex<Vec<Reject>>,
+}
+
+impl RejectLog {
+    pub fn open(path: PathBuf, persist: bool) -> Result<RejectLog> {
+        let file = if persist {
+            if let Some(d) = path.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            Some(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?,
+            ))
+        } else {
+            None
+        };
+        Ok(RejectLog {
+            file,
+            path,
+            sample: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn write(&self, rejects: &[Reject]) -> Result<()> {
+        if rejects.is_empty() {
+            return Ok(());
+        }
+        for r in rejects {
+            tracing::warn!(table = %r.table, key = %r.key, code = %r.code, error = %r.message, "row rejected; written to the rejects file");
+        }
+        let mut sample = self.sample.lock().expect("rejects lock");
+        for r in rejects {
+            if sample.len() < 20 {
+                sample.push(r.clone());
+            }
+        }
+        if let Some(f) = &self.file {
+            let mut buf = Vec::new();
+            for r in rejects {
+                serde_json::to_writer(&mut buf, r).expect("a reject serialises");
+                buf.push(b'\n');
+            }
+            let mut f = f.lock().expect("rejects lock");
+            f.write_all(&buf)?;
+            f.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn sample(&self) -> Vec<Reject> {
+        self.sample.lock().expect("rejects lock").clone()
+    }
+}
+
+/// A row ready to send: its key, its canonical JSON, and a hash of its source form.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub key: String,
+    pub json: String,
+    pub hash: u64,
+}
+
+/// What a source hands over for one batch.
+pub struct SourceBatch {
+    pub rows: Vec<Prepared>,
+    pub rejects: Vec<Reject>,
+    pub read: u64,
+    pub lossy: Vec<(&'static str, Lossy)>,
+    /// The source position after this batch.
+    pub cursor: Cursor,
+    /// The source key range the batch covers (for the stale guard).
+    pub range: Option<(SqlValue, SqlValue)>,
+    /// The source's `data_version` taken before the batch was read.
+    pub version: Option<i64>,
+}
+
+/// A sequential reader of one table's rows.
+pub trait BatchSource: Send {
+    fn next(
+        &mut self,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> impl std::future::Future<Output = Result<Option<SourceBatch>>> + Send;
+}
+
+pub fn row_hash(row: &SqlRow) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for v in row {
+        match v {
+            SqlValue::Null => 0u8.hash(&mut h),
+            SqlValue::Integer(i) => (1u8, i).hash(&mut h),
+            SqlValue::Real(f) => (2u8, f.to_bits()).hash(&mut h),
+            SqlValue::Text(s) => (3u8, s).hash(&mut h),
+            SqlValue::Blob(b) => (4u8, b).hash(&mut h),
+            SqlValue::BadText(b) => (5u8, b).hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+/// A SQLite row as JSON for the rejects file (lenient: blobs as hex).
+pub fn raw_row_json(t: &Table, row: &SqlRow) -> Value {
+    let mut m = Map::new();
+    for (c, v) in t.columns.iter().zip(row) {
+        let j = match v {
+            SqlValue::Null => Value::Null,
+            SqlValue::Integer(i) => Value::from(*i),
+            SqlValue::Real(f) => serde_json::Number::from_f64(*f)
+                .map(Value::Number)
+                .unwrap_or_else(|| Value::String(f.to_string())),
+            SqlValue::Text(s) => Value::String(s.clone()),
+            other => Value::String(other.display()),
+        };
+        m.insert(c.sqlite.to_owned(), j);
+    }
+    Value::Object(m)
+}
+
+/// Prepare one SQLite row, or say why it cannot land.
+pub fn prepare_row(
+    t: &'static Table,
+    row: &SqlRow,
+    lossy: &mut Vec<(&'static str, Lossy)>,
+) -> std::result::Result<Prepared, Box<Reject>> {
+    match normalise::to_json_row(t, row) {
+        Ok(c) => {
+            lossy.extend(c.lossy);
+            Ok(Prepared {
+                key: row[0].display(),
+                json: c.row,
+                hash: row_hash(row),
+            })
+        }
+        Err(e) => Err(Box::new(Reject {
+            table: t.sqlite.to_owned(),
+            key: row[0].display(),
+            code: "unrepresentable".into(),
+            message: e.to_string(),
+            row: raw_row_json(t, row),
+        })),
+    }
+}
+
+/// Reads one table of a DoX SQLite file in key order.
+pub struct SqliteSource {
+    db: SqliteDatabase,
+    table: &'static Table,
+    after: Option<SqlValue>,
+}
+
+impl SqliteSource {
+    pub fn new(db: SqliteDatabase, table: &'static Table, after: Option<&Cursor>) -> SqliteSource {
+        SqliteSource {
+            db,
+            table,
+            after: after.and_then(Cursor::to_key),
+        }
+    }
+}
+
+impl BatchSource for SqliteSource {
+    async fn next(&mut self, max_rows: usize, max_bytes: usize) -> Result<Option<SourceBatch>> {
+        // Taken before the read: a commit in between shows as a change, never as none.
+        let version = self.db.data_version().await?;
+        let page = self
+            .db
+            .page(self.table, self.after.clone(), max_rows.max(1))
+            .await?;
+        if page.is_empty() {
+            return Ok(None);
+        }
+        let mut batch = SourceBatch {
+            rows: Vec::with_capacity(page.len()),
+            rejects: Vec::new(),
+            read: 0,
+            lossy: Vec::new(),
+            cursor: Cursor::Line(0),
+            range: None,
+            version: Some(version),
+        };
+        let mut bytes = 0usize;
+        let mut last = None;
+        for row in &page {
+            // Cut at the byte cap (always keep at least one row); the rest is read again next time.
+            if bytes > 0 && !batch.rows.is_empty() && bytes >= max_bytes {
+                break;
+            }
+            batch.read += 1;
+            match prepare_row(self.table, row, &mut batch.lossy) {
+                Ok(p) => {
+                    bytes += p.json.len() + 1;
+                    batch.rows.push(p);
+                }
+                Err(r) => batch.rejects.push(*r),
+            }
+            last = Some(row[0].clone());
+        }
+        let last = last.expect("a non-empty page");
+        batch.range = Some((page[0][0].clone(), last.clone()));
+        batch.cursor = Cursor::from_key(&last);
+        self.after = Some(last);
+        Ok(Some(batch))
+    }
+}
+
+/// What one landed batch produced.
+struct Landed {
+    seq: u64,
+    cursor: Cursor,
+    read: u64,
+    written: u64,
+    rejects: u64,
+    resynced: u64,
+    lossy: Vec<(&'static str, Lossy)>,
+}
+
+/// Everything a batch task needs; cheap to clone.
+#[derive(Clone)]
+struct Lander {
+    rest: RestClient,
+    table: &'static Table,
+    size: Arc<AtomicUsize>,
+    max_rows: usize,
+    max_wait: Duration,
+    rejects: Arc<RejectLog>,
+    source: Option<SqliteDatabase>,
+}
+
+fn transient_but_not_split(e: &Error) -> bool {
+    !e.must_split()
+}
+
+impl Lander {
+    fn body(rows: &[Prepared]) -> String {
+        let mut b = String::with_capacity(rows.iter().map(|r| r.json.len() + 1).sum::<usize>() + 2);
+        b.push('[');
+        for (i, r) in rows.iter().enumerate() {
+            if i > 0 {
+                b.push(',');
+            }
+            b.push_str(&r.json);
+        }
+        b.push(']');
+        b
+    }
+
+    fn shrink(&self) {
+        let cur = self.size.load(Ordering::Relaxed);
+        self.size.store((cur / 2).max(1), Ordering::Relaxed);
+    }
+
+    fn grow(&self) {
+        let cur = self.size.load(Ordering::Relaxed);
+        self.size
+            .store((cur + cur / 4 + 1).min(self.max_rows), Ordering::Relaxed);
+    }
+
+    /// Land `rows`; returns how many landed. Rows PostgREST refuses for good are
+    /// isolated by bisection and pushed to `rejected`.
+    fn land<'a>(
+        &'a self,
+        rows: &'a [Prepared],
+        rejected: &'a mut Vec<(Prepared, Error)>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64>> + Send + 'a>> {
+        Box::pin(async move {
+            if rows.is_empty() {
+                return Ok(0);
+            }
+            let body = Self::body(rows);
+            let started = Instant::now();
+            // A single row is retried for every transient error; a batch is split
+            // instead when it was too large or too slow.
+            let when: fn(&Error) -> bool = if rows.len() == 1 {
+                |_| true
+            } else {
+                transient_but_not_split
+            };
+            let res = retry_when(RetryPolicy::for_up_to(self.max_wait), when, || {
+                self.rest
+                    .upsert(self.table.supabase, self.table.key().supabase, body.clone())
+            })
+            .await;
+            match res {
+                Ok(n) if n == rows.len() as u64 => {
+                    if started.elapsed() < Duration::from_secs(1)
+                        && rows.len() >= self.size.load(Ordering::Relaxed)
+                    {
+                        self.grow();
+                    }
+                    Ok(n)
+                }
+                Ok(n) => Err(Error::Protocol(format!(
+                    "{}: sent {} rows, PostgREST reports {n} written",
+                    self.table.supabase,
+                    rows.len()
+                ))),
+                Err(e) if rows.len() > 1 && e.must_split() => {
+                    self.shrink();
+                    self.split(rows, rejected).await
+                }
+                Err(e) if e.is_transient() => {
+                    if e.wants_smaller_batch() {
+                        self.shrink();
+                    }
+                    Err(Error::Unreachable {
+                        url: self.rest.url().to_owned(),
+                        reason: format!(
+                            "still failing after retrying for {:?} ({e}); progress is checkpointed: run the same command again to resume",
+                            self.max_wait
+                        ),
+                    })
+                }
+                // Auth, a missing table or column: no subset of the rows would pass.
+                Err(e) if !e.is_data_error() => Err(e),
+                Err(e) if rows.len() == 1 => {
+                    rejected.push((rows[0].clone(), e));
+                    Ok(0)
+                }
+                // Bisect to find the rows at fault; the others land.
+                Err(_) => self.split(rows, rejected).await,
+            }
+        })
+    }
+
+    async fn split(&self, rows: &[Prepared], rejected: &mut Vec<(Prepared, Error)>) -> Result<u64> {
+        let (a, b) = rows.split_at(rows.len() / 2);
+        let n = self.land(a, rejected).await?;
+        Ok(n + self.land(b, rejected).await?)
+    }
+
+    async fn run(self, seq: u64, batch: SourceBatch) -> Result<Landed> {
+        let mut refused = Vec::new();
+        let written = self.land(&batch.rows, &mut refused).await?;
+        let rejects: Vec<Reject> = refused
+            .iter()
+            .map(|(p, e)| Reject {
+                table: self.table.sqlite.to_owned(),
+                key: p.key.clone(),
+                code: e.code().unwrap_or("error").to_owned(),
+                message: e.to_string(),
+                row: serde_json::from_str(&p.json).unwrap_or(Value::Null),
+            })
+            .collect();
+        self.rejects.write(&rejects)?;
+        let resynced = match (&self.source, &batch.range) {
+            // Nobody committed to the source since the batch was read: nothing can be stale.
+            (Some(db), Some(_))
+                if batch.version.is_some() && db.data_version().await.ok() == batch.version =>
+            {
+                0
+            }
+            (Some(db), Some((first, last))) => {
+                let refused_keys: Vec<&str> = refused.iter().map(|(p, _)| p.key.as_str()).collect();
+                self.resync(db, first, last, &batch.rows, &refused_keys)
+                    .await?
+            }
+            _ => 0,
+        };
+        Ok(Landed {
+            seq,
+            cursor: batch.cursor,
+            read: batch.read,
+            written,
+            rejects: (batch.rejects.len() + rejects.len()) as u64,
+            resynced,
+            lossy: batch.lossy,
+        })
+    }
+
+    /// The stale guard: read the landed key range again; send the current
+    /// version of rows that changed since they were read, delete the ones that
+    /// are gone, and repeat until the range is stable.
+    async fn resync(
+        &self,
+        db: &SqliteDatabase,
+        first: &SqlValue,
+        last: &SqlValue,
+        sent: &[Prepared],
+        refused: &[&str],
+    ) -> Result<u64> {
+        let mut known: HashMap<String, u64> = sent
+            .iter()
+            .filter(|p| !refused.contains(&p.key.as_str()))
+            .map(|p| (p.key.clone(), p.hash))
+            .collect();
+        let mut resent = 0u64;
+        for _round in 0..5 {
+            let now = db.range(self.table, first.clone(), last.clone()).await?;
+            let mut changed = Vec::new();
+            let mut present = std::collections::HashSet::new();
+            for row in &now {
+                let key = row[0].display();
+                present.insert(key.clone());
+                // Rows the app added in the range are the mirror's business, not ours.
+                if let Some(h) = known.get(&key) {
+                    if *h != row_hash(row) {
+                        let mut lossy = Vec::new();
+                        if let Ok(p) = prepare_row(self.table, row, &mut lossy) {
+                            changed.push(p);
+                        }
+                    }
+                }
+            }
+            let gone: Vec<String> = known
+                .keys()
+                .filter(|k| !present.contains(*k))
+                .cloned()
+                .collect();
+            if changed.is_empty() && gone.is_empty() {
+                return Ok(resent);
+            }
+            let mut refused = Vec::new();
+            self.land(&changed, &mut refused).await?;
+            for k in &gone {
+                let filter = [(self.table.key().supabase, k.clone())];
+                retry_when(
+                    RetryPolicy::for_up_to(self.max_wait),
+                    transient_but_not_split,
+                    || self.rest.delete(self.table.supabase, &filter),
+                )
+                .await?;
+                known.remove(k);
+            }
+            for p in &changed {
+                known.insert(p.key.clone(), p.hash);
+            }
+            resent += (changed.len() + gone.len()) as u64;
+            tracing::debug!(
+                table = self.table.sqlite,
+                changed = changed.len(),
+                gone = gone.len(),
+                "resent rows changed during the copy"
+            );
+        }
+        tracing::warn!(table = self.table.sqlite, "rows kept changing during the copy; the dual-write mirror carries their latest version");
+        Ok(resent)
+    }
+}
+
+/// Copies tables from sources into Supabase, with checkpoints, rejects and reports.
+pub struct Loader<'a> {
+    pub target: &'a SupabaseDatabase,
+    pub opts: &'a BackfillOptions,
+    pub checkpoints: Checkpoints,
+    pub rejects: Arc<RejectLog>,
+    multi: Option<indicatif::MultiProgress>,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(
+        target: &'a SupabaseDatabase,
+        opts: &'a BackfillOptions,
+        source_id: &str,
+    ) -> Result<Loader<'a>> {
+        let persist = !opts.dry_run;
+        let checkpoints = Checkpoints::open(&opts.state_dir, source_id, persist)?;
+        let rejects = Arc::new(RejectLog::open(
+            opts.state_dir.join("rejects.ndjson"),
+            persist,
+        )?);
+        let multi = (opts.progress == Progress::Bars).then(indicatif::MultiProgress::new);
+        Ok(Loader {
+            target,
+            opts,
+            checkpoints,
+            rejects,
+            multi,
+        })
+    }
+
+    /// Copy one table from `source` (positioned at the checkpoint by the caller).
+    pub async fn copy_table<S: BatchSource>(
+        &mut self,
+        table: &'static Table,
+        mut source: S,
+        total: u64,
+        stale_source: Option<SqliteDatabase>,
+    ) -> Result<TableReport> {
+        let started = Instant::now();
+        let mut ck = self.checkpoints.table(table);
+        let mut report = TableReport {
+            table: table.sqlite.to_owned(),
+            supabase_table: table.supabase.to_owned(),
+            status: if self.opts.dry_run {
+                "dry run"
+            } else {
+                "copied"
+            }
+            .into(),
+            resumed_from: ck.after.as_ref().map(Cursor::describe),
+            ..Default::default()
+        };
+        if ck.done && !self.opts.dry_run {
+            report.status = "already done".into();
+            report.rows_written = ck.rows_written;
+            report.rows_rejected = ck.rows_rejected;
+            return Ok(report);
+        }
+        let bar = self.bar(table, total, ck.rows_written + ck.rows_rejected);
+        let lander = Lander {
+            rest: self.target.rest().clone(),
+            table,
+            size: Arc::new(AtomicUsize::new(self.opts.batch_rows.max(1))),
+            max_rows: self.opts.batch_rows.max(1),
+            max_wait: self.opts.max_wait,
+            rejects: Arc::clone(&self.rejects),
+            source: if self.opts.stale_guard {
+                stale_source
+            } else {
+                None
+            },
+        };
+        let mut lossy: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut tasks: JoinSet<Result<Landed>> = JoinSet::new();
+        let mut pending: BTreeMap<u64, Landed> = BTreeMap::new();
+        let (mut next_seq, mut seq) = (0u64, 0u64);
+        let mut reading = true;
+        let mut last_save = Instant::now();
+        let mut last_line = Instant::now();
+        let mut failure: Option<Error> = None;
+        loop {
+            while reading && failure.is_none() && tasks.len() < self.opts.concurrency.max(1) {
+                let size = lander.size.load(Ordering::Relaxed);
+                match source.next(size, self.opts.batch_bytes).await {
+                    Ok(Some(batch)) => {
+                        if let Err(e) = self.rejects.write(&batch.rejects) {
+                            failure = Some(e);
+                            break;
+                        }
+                        if self.opts.dry_run {
+                            let landed = Landed {
+                                seq,
+                                cursor: batch.cursor,
+                                read: batch.read,
+                                written: 0,
+                                rejects: batch.rejects.len() as u64,
+                                resynced: 0,
+                                lossy: batch.lossy,
+                            };
+                            tasks.spawn(async move { Ok(landed) });
+                        } else {
+                            tasks.spawn(lander.clone().run(seq, batch));
+                        }
+                        seq += 1;
+                    }
+                    Ok(None) => reading = false,
+                    Err(e) => failure = Some(e),
+                }
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let landed = match joined {
+                Ok(Ok(l)) => l,
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                    continue;
+                }
+                Err(join) => {
+                    failure.get_or_insert(Error::Protocol(format!("a batch task failed: {join}")));
+                    continue;
+                }
+            };
+            pending.insert(landed.seq, landed);
+            // Advance the checkpoint over every batch below which all have landed.
+            while let Some(l) = pending.remove(&next_seq) {
+                next_seq += 1;
+                report.rows_read += l.read;
+                report.rows_written += l.written;
+                report.rows_rejected += l.rejects;
+                report.rows_resynced += l.resynced;
+                for (col, k) in l.lossy {
+                    *lossy
+                        .entry((col.to_owned(), k.as_str().to_owned()))
+                        .or_default() += 1;
+                }
+                ck.after = Some(l.cursor);
+                ck.rows_written += l.written;
+                ck.rows_rejected += l.rejects;
+                if let Some(b) = &bar {
+                    b.inc(l.written + l.rejects);
+                    let rate = report.rows_read as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                    b.set_message(format!("{rate:.0} rows/s"));
+                }
+            }
+            if last_save.elapsed() > Duration::from_millis(250) {
+                self.checkpoints.set(table, ck.clone())?;
+                last_save = Instant::now();
+            }
+            if self.opts.progress == Progress::Lines && last_line.elapsed() > Duration::from_secs(5)
+            {
+                let secs = started.elapsed().as_secs_f64();
+                tracing::info!(
+                    table = table.sqlite,
+                    done = ck.rows_written + ck.rows_rejected,
+                    total,
+                    rows_per_s = (report.rows_read as f64 / secs) as u64,
+                    "backfill progress"
+                );
+                last_line = Instant::now();
+            }
+        }
+        if let Some(e) = failure {
+            self.checkpoints.set(table, ck)?;
+            if let Some(b) = bar {
+                b.abandon();
+            }
+            return Err(e);
+        }
+        ck.done = true;
+        self.checkpoints.set(table, ck)?;
+        if let Some(b) = bar {
+            b.finish();
+        }
+        for ((col, k), n) in lossy {
+            report.lossy.entry(col).or_default().insert(k, n);
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    fn bar(&self, table: &Table, total: u64, done: u64) -> Option<indicatif::ProgressBar> {
+        let multi = self.multi.as_ref()?;
+        let b = multi.add(indicatif::ProgressBar::new(total));
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix:<22} {bar:30} {pos:>9}/{len:<9} {msg:>12} eta {eta}",
+            )
+            .expect("a valid template"),
+        );
+        b.set_prefix(table.sqlite);
+        b.set_position(done);
+        Some(b)
+    }
+
+    pub fn finish(self, mut report: BackfillReport, started: Instant) -> BackfillReport {
+        report.rows_read = report.tables.iter().map(|t| t.rows_read).sum();
+        report.rows_written = report.tables.iter().map(|t| t.rows_written).sum();
+        report.rows_rejected = report.tables.iter().map(|t| t.rows_rejected).sum();
+        report.seconds = started.elapsed().as_secs_f64();
+        report.rows_per_second = report.rows_read as f64 / report.seconds.max(1e-9);
+        report.sample_rejects = self.rejects.sample();
+        report.rejects_file = (!self.opts.dry_run).then(|| self.rejects.path.display().to_string());
+        report.peak_rss_bytes = peak_rss_bytes();
+        report
+    }
+}
+
+/// Empty the target tables (children first). The caller has asked for confirmation.
+pub async fn reset_target(target: &SupabaseDatabase, tables: &[&'static Table]) -> Result<()> {
+    for t in tables.iter().rev() {
+        target
+            .rest()
+            .delete_all(t.supabase, t.key().supabase)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The process's peak resident memory (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Backfill every selected table of a DoX SQLite file into Supabase.
+pub async fn run(
+    source_path: &Path,
+    target: &SupabaseDatabase,
+    opts: &BackfillOptions,
+) -> Result<BackfillReport> {
+    let started = Instant::now();
+    let source = SqliteDatabase::open(
+        source_path,
+        crate::db::SqliteOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let source_id = std::fs::canonicalize(source_path)
+        .unwrap_or_else(|_| source_path.to_path_buf())
+        .display()
+        .to_string();
+    let mut loader = Loader::new(target, opts, &source_id)?;
+    let tables = opts.selected();
+    let mut report = BackfillReport {
+        source: source_path.display().to_string(),
+        target: target.rest().url().to_owned(),
+        dry_run: opts.dry_run,
+        resumed: tables.iter().any(|t| {
+            let c = loader.checkpoints.table(t);
+            c.done || c.after.is_some()
+        }) && !opts.dry_run,
+        ..Default::default()
+    };
+    for t in tables {
+        if !source.has_table(t) {
+            continue;
+        }
+        let ck = loader.checkpoints.table(t);
+        let after = if opts.dry_run { None } else { ck.after.clone() };
+        let src = SqliteSource::new(source.clone(), t, after.as_ref());
+        let total = source.count(t).await?;
+        let r = loader
+            .copy_table(t, src, total, Some(source.clone()))
+            .await?;
+        report.tables.push(r);
+    }
+    Ok(loader.finish(report, started))
+}
