@@ -425,17 +425,19 @@ pub fn from_supabase(table: &Table, row: &Map<String, Value>) -> Map<String, Val
     out
 }
 
-/// [`from_supabase`] for a row the caller owns: moves the values (and reuses
-/// the column names) instead of copying them, for jobs that read every row.
+/// [`from_supabase`] for a row the caller owns: converts it in place instead
+/// of copying every value, for jobs that read every row.
 pub fn from_supabase_owned(table: &Table, mut row: Map<String, Value>) -> Map<String, Value> {
-    let mut out = Map::new();
+    row.retain(|name, _| table.columns.iter().any(|c| c.supabase == name));
     for col in table.columns {
-        let (name, v) = row
-            .remove_entry(col.supabase)
-            .unwrap_or_else(|| (col.supabase.to_owned(), Value::Null));
-        out.insert(name, canonical_supabase_value(col, v));
+        match row.get_mut(col.supabase) {
+            Some(v) => *v = canonical_supabase_value(col, v.take()),
+            None => {
+                row.insert(col.supabase.to_owned(), Value::Null);
+            }
+        }
     }
-    out
+    row
 }
 
 fn canonical_supabase_value(col: &Column, v: Value) -> Value {

@@ -610,7 +610,9 @@ async fn count_target(rest: &RestClient, tables: &[&'static Table]) -> Vec<Resul
 /// A source row, canonical, or the reason it cannot land.
 enum SourceItem {
     Row {
-        key: String,
+        /// The key is read from the row (`key_column`), not copied: at a
+        /// million rows per table every allocation counts.
+        key_column: &'static str,
         row: Map<String, Value>,
         digest: u64,
         lossy: Vec<(&'static str, Lossy)>,
@@ -626,47 +628,47 @@ enum SourceItem {
 
 impl SourceItem {
     fn new(t: &'static Table, row: &SqlRow, digests: &RandomState) -> SourceItem {
-        let shown = row[0].display();
-        let key = match normalise::value_to_canonical(t.key(), &row[0]) {
-            Ok((Value::String(k), _)) => k,
-            Ok(_) => {
-                return SourceItem::CannotLand {
-                    key: None,
-                    shown,
-                    reason: format!("the key {} is NULL", t.key().sqlite),
+        let key_column = t.key().supabase;
+        let reason = match normalise::to_canonical(t, row) {
+            Ok(c) if c.row.get(key_column).is_some_and(Value::is_string) => {
+                return SourceItem::Row {
+                    digest: compare::row_digest(digests, &c.row),
+                    key_column,
+                    row: c.row,
+                    lossy: c.lossy,
                 }
             }
-            Err(reason) => {
-                return SourceItem::CannotLand {
-                    key: None,
-                    shown,
-                    reason: format!("the key {}: {reason}", t.key().sqlite),
-                }
+            Ok(_) => None,
+            Err(Error::Unrepresentable { column, reason, .. }) => {
+                Some(format!("column {column}: {reason}"))
             }
+            Err(e) => Some(e.to_string()),
         };
-        match normalise::to_canonical(t, row) {
-            Ok(c) => SourceItem::Row {
-                digest: compare::row_digest(digests, &c.row),
-                key,
-                row: c.row,
-                lossy: c.lossy,
-            },
-            Err(Error::Unrepresentable { column, reason, .. }) => SourceItem::CannotLand {
-                key: Some(key),
+        let shown = row[0].display();
+        match (normalise::value_to_canonical(t.key(), &row[0]), reason) {
+            (Ok((Value::String(k), _)), Some(reason)) => SourceItem::CannotLand {
+                key: Some(k),
                 shown,
-                reason: format!("column {column}: {reason}"),
+                reason,
             },
-            Err(e) => SourceItem::CannotLand {
-                key: Some(key),
+            (Err(why), _) => SourceItem::CannotLand {
+                key: None,
                 shown,
-                reason: e.to_string(),
+                reason: format!("the key {}: {why}", t.key().sqlite),
+            },
+            (_, _) => SourceItem::CannotLand {
+                key: None,
+                shown,
+                reason: format!("the key {} is NULL", t.key().sqlite),
             },
         }
     }
 
     fn key(&self) -> Option<&str> {
         match self {
-            SourceItem::Row { key, .. } => Some(key),
+            SourceItem::Row {
+                key_column, row, ..
+            } => row.get(*key_column).and_then(Value::as_str),
             SourceItem::CannotLand { key, .. } => key.as_deref(),
         }
     }
@@ -674,7 +676,7 @@ impl SourceItem {
 
 /// A target row, canonical.
 struct TargetRow {
-    key: String,
+    key_column: &'static str,
     row: Map<String, Value>,
     digest: u64,
 }
@@ -682,20 +684,26 @@ struct TargetRow {
 impl TargetRow {
     fn new(t: &'static Table, raw: Map<String, Value>, digests: &RandomState) -> Result<Self> {
         let row = normalise::from_supabase_owned(t, raw);
-        let key = match row.get(t.key().supabase) {
-            Some(Value::String(k)) => k.clone(),
-            other => {
-                return Err(Error::Protocol(format!(
-                    "{}: a row whose key is not text: {other:?}",
-                    t.supabase
-                )))
-            }
-        };
+        let key_column = t.key().supabase;
+        if let Some(other) = row.get(key_column).filter(|k| !k.is_string()) {
+            return Err(Error::Protocol(format!(
+                "{}: a row whose key is not text: {other}",
+                t.supabase
+            )));
+        }
         Ok(TargetRow {
             digest: compare::row_digest(digests, &row),
-            key,
+            key_column,
             row,
         })
+    }
+
+    fn key(&self) -> &str {
+        // `new` checked that the key is text (from_supabase_owned fills every column).
+        self.row
+            .get(self.key_column)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
     }
 }
 
@@ -782,6 +790,7 @@ impl<'a> Merger<'a> {
     /// A source row and the target row with the same key (or none).
     fn pair(&mut self, s: SourceItem, t: Option<TargetRow>) {
         self.tr.counts.compared += 1;
+        let key = s.key().unwrap_or_default().to_owned();
         match (s, t) {
             (SourceItem::CannotLand { shown, reason, .. }, t) => {
                 let reason = if t.is_some() {
@@ -791,16 +800,13 @@ impl<'a> Merger<'a> {
                 };
                 self.record(RowKind::CannotLand, &shown, Vec::new(), Some(reason));
             }
-            (SourceItem::Row { key, lossy, .. }, None) => {
+            (SourceItem::Row { lossy, .. }, None) => {
                 self.count_lossy(&lossy);
                 self.record(RowKind::OnlyInSource, &key, Vec::new(), None);
             }
             (
                 SourceItem::Row {
-                    key,
-                    row,
-                    digest,
-                    lossy,
+                    row, digest, lossy, ..
                 },
                 Some(t),
             ) => {
@@ -821,7 +827,7 @@ impl<'a> Merger<'a> {
     }
 
     fn only_in_target(&mut self, t: TargetRow) {
-        self.record(RowKind::OnlyInTarget, &t.key, Vec::new(), None);
+        self.record(RowKind::OnlyInTarget, t.key(), Vec::new(), None);
     }
 
     fn segment_digest<'k>(&self, items: impl Iterator<Item = (&'k str, u64)>) -> u64 {
@@ -839,10 +845,10 @@ impl<'a> Merger<'a> {
         let all_rows = source.iter().all(|s| matches!(s, SourceItem::Row { .. }));
         if all_rows && source.len() == target.len() {
             let sd = self.segment_digest(source.iter().filter_map(|s| match s {
-                SourceItem::Row { key, digest, .. } => Some((key.as_str(), *digest)),
+                SourceItem::Row { digest, .. } => Some((s.key().unwrap_or_default(), *digest)),
                 SourceItem::CannotLand { .. } => None,
             }));
-            let td = self.segment_digest(target.iter().map(|t| (t.key.as_str(), t.digest)));
+            let td = self.segment_digest(target.iter().map(|t| (t.key(), t.digest)));
             if sd == td {
                 let n = source.len() as u64;
                 self.tr.counts.compared += n;
@@ -863,7 +869,7 @@ impl<'a> Merger<'a> {
                 (None, None) => break,
                 (Some(_), None) => std::cmp::Ordering::Less,
                 (None, Some(_)) => std::cmp::Ordering::Greater,
-                (Some(a), Some(b)) => a.key().unwrap_or_default().cmp(b.key.as_str()),
+                (Some(a), Some(b)) => a.key().unwrap_or_default().cmp(b.key()),
             };
             match order {
                 std::cmp::Ordering::Less => {
@@ -891,22 +897,35 @@ impl<'a> Merger<'a> {
 
 type Pages<T> = mpsc::Receiver<Result<Vec<T>>>;
 
-/// Keep keys strictly increasing; the merge join depends on it.
-fn check_order(table: &Table, side: &str, last: &mut Option<String>, key: &str) -> Result<()> {
-    if last.as_deref().is_some_and(|l| key <= l) {
-        let why = if side == "SQLite" {
-            "the key column holds non-text values (e.g. integers) or has a non-BINARY collation"
-        } else {
-            "the key column is not COLLATE \"C\": apply supabase/migrations/"
-        };
-        return Err(Error::invalid(format!(
-            "{}: {side} returned key `{}` after `{}`: keys are not in byte order ({why}); content not verified",
-            table.sqlite,
-            compare::truncate(key, 80),
-            compare::truncate(last.as_deref().unwrap_or_default(), 80),
-        )));
+/// Keys must arrive strictly increasing, page after page: the merge join
+/// depends on it. `last` is the last key of the previous page (one copy per
+/// page, not per row).
+fn check_order<'k>(
+    table: &Table,
+    side: &str,
+    last: &mut Option<String>,
+    keys: impl Iterator<Item = &'k str>,
+) -> Result<()> {
+    let mut prev: Option<&str> = None;
+    for key in keys {
+        if let Some(before) = prev.or(last.as_deref()).filter(|b| key <= *b) {
+            let why = if side == "SQLite" {
+                "the key column holds non-text values (e.g. integers) or has a non-BINARY collation"
+            } else {
+                "the key column is not COLLATE \"C\": apply supabase/migrations/"
+            };
+            return Err(Error::invalid(format!(
+                "{}: {side} returned key `{}` after `{}`: keys are not in byte order ({why}); content not verified",
+                table.sqlite,
+                compare::truncate(key, 80),
+                compare::truncate(before, 80),
+            )));
+        }
+        prev = Some(key);
     }
-    *last = Some(key.to_owned());
+    if let Some(p) = prev {
+        *last = Some(p.to_owned());
+    }
     Ok(())
 }
 
@@ -1059,15 +1078,15 @@ async fn compare_content(
                 match recv(&mut srx).await? {
                     None => s_open = false,
                     Some(items) => {
+                        let from = sbuf.len();
                         for item in items {
                             match item.key() {
                                 None => m.unkeyed(item),
-                                Some(k) => {
-                                    check_order(t, "SQLite", &mut s_last, k)?;
-                                    sbuf.push_back(item);
-                                }
+                                Some(_) => sbuf.push_back(item),
                             }
                         }
+                        let keys = sbuf.range(from..).filter_map(SourceItem::key);
+                        check_order(t, "SQLite", &mut s_last, keys)?;
                     }
                 }
             }
@@ -1075,10 +1094,8 @@ async fn compare_content(
                 match recv(&mut trx).await? {
                     None => t_open = false,
                     Some(rows) => {
-                        for r in rows {
-                            check_order(t, "Supabase", &mut t_last, &r.key)?;
-                            tbuf.push_back(r);
-                        }
+                        check_order(t, "Supabase", &mut t_last, rows.iter().map(TargetRow::key))?;
+                        tbuf.extend(rows);
                     }
                 }
             }
@@ -1093,7 +1110,7 @@ async fn compare_content(
                 None
             };
             let t_bound = if t_open {
-                tbuf.back().map(|r| r.key.as_str())
+                tbuf.back().map(TargetRow::key)
             } else {
                 None
             };
@@ -1106,7 +1123,7 @@ async fn compare_content(
                 .iter()
                 .take_while(|i| within(i.key().unwrap_or_default()))
                 .count();
-            let nt = tbuf.iter().take_while(|r| within(&r.key)).count();
+            let nt = tbuf.iter().take_while(|r| within(r.key())).count();
             let seg_s: Vec<SourceItem> = sbuf.drain(..ns).collect();
             let seg_t: Vec<TargetRow> = tbuf.drain(..nt).collect();
             m.segment(seg_s, seg_t);
@@ -1234,7 +1251,7 @@ async fn compare_sample(
     let mut found: std::collections::HashMap<String, TargetRow> = std::collections::HashMap::new();
     for raw in fetch_by_keys(target.rest(), t, &keys).await? {
         let r = TargetRow::new(t, raw, m.digests)?;
-        found.insert(r.key.clone(), r);
+        found.insert(r.key().to_owned(), r);
     }
     m.tr.segments = 1;
     for item in items {
@@ -1320,11 +1337,15 @@ mod tests {
 
     #[test]
     fn out_of_order_keys_are_an_error_not_a_wrong_answer() {
+        let t = &catalogue::TAGROW;
         let mut last = None;
-        check_order(&catalogue::TAGROW, "SQLite", &mut last, "10").unwrap();
-        let e = check_order(&catalogue::TAGROW, "SQLite", &mut last, "10").unwrap_err();
+        check_order(t, "SQLite", &mut last, ["1", "10"].into_iter()).unwrap();
+        let e = check_order(t, "SQLite", &mut last, ["10"].into_iter()).unwrap_err();
         assert!(e.to_string().contains("not in byte order"), "{e}");
-        check_order(&catalogue::TAGROW, "SQLite", &mut last, "9").unwrap();
-        assert!(check_order(&catalogue::TAGROW, "SQLite", &mut last, "10").is_err());
+        check_order(t, "SQLite", &mut last, ["9"].into_iter()).unwrap();
+        assert_eq!(last.as_deref(), Some("9"));
+        assert!(check_order(t, "SQLite", &mut last, ["a", "b", "b"].into_iter()).is_err());
+        let mut last = None;
+        assert!(check_order(t, "Supabase", &mut last, ["2", "10"].into_iter()).is_err());
     }
 }
