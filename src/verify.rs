@@ -34,7 +34,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use crate::catalogue::{self, Table, TABLES};
+use crate::catalogue::{self, Kind, Table, TABLES};
 use crate::config::Settings;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
@@ -960,6 +960,46 @@ async fn canonical_page(
     .map_err(lost_worker)
 }
 
+/// Marks a jsonb value that serde_json cannot hold (a number beyond double
+/// precision, such as `1e400`): it is compared as this text, so the row is
+/// reported as different instead of the table being unreadable.
+const UNREADABLE_JSON: &str = "(jsonb beyond double precision) ";
+
+/// One read of target rows, `select=*` first. PostgREST prints jsonb numbers
+/// exactly, and one that does not fit a double makes the whole answer
+/// unparseable (`Error::Protocol`). Such a read is made again with the JSON
+/// columns cast to text, and each value is parsed on its own.
+async fn read_rows<F, Fut>(t: &'static Table, read: F) -> Result<Vec<Map<String, Value>>>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Map<String, Value>>>>,
+{
+    match read("*".to_owned()).await {
+        Err(Error::Protocol(_)) => {}
+        other => return other,
+    }
+    let select: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| match c.kind {
+            Kind::Json => format!("{}::text", c.supabase),
+            _ => c.supabase.to_owned(),
+        })
+        .collect();
+    let mut rows = read(select.join(",")).await?;
+    for row in &mut rows {
+        for c in t.columns.iter().filter(|c| c.kind == Kind::Json) {
+            if let Some(v) = row.get_mut(c.supabase) {
+                if let Value::String(text) = v.take() {
+                    *v = serde_json::from_str(&text)
+                        .unwrap_or_else(|_| Value::String(format!("{UNREADABLE_JSON}{text}")));
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
 /// The target side, as a task of its own: HTTP, JSON parsing and
 /// normalisation run on another core while the caller compares. The request
 /// for page N+1 is in flight while page N is normalised.
@@ -974,7 +1014,13 @@ async fn read_target(
         let rest = rest.clone();
         async move {
             retry(RetryPolicy::default(), || {
-                rest.select_page(t.supabase, "*", &[], key, after.as_deref(), TARGET_PAGE)
+                read_rows(t, |select| {
+                    let (rest, after) = (&rest, after.as_deref());
+                    async move {
+                        rest.select_page(t.supabase, &select, &[], key, after, TARGET_PAGE)
+                            .await
+                    }
+                })
             })
             .await
         }
@@ -1189,15 +1235,20 @@ async fn fetch_by_keys(
     let mut out = Vec::new();
     for chunk in key_chunks(keys) {
         let quoted: Vec<String> = chunk.iter().map(|k| in_list_value(k)).collect();
-        let rows = retry(RetryPolicy::default(), || async {
-            let req = rest
-                .from(t.supabase)
-                .select("*")
-                .in_(t.key().supabase, &quoted)
-                .build();
-            let resp = rest.send(req, None).await?;
-            resp.json::<Vec<Map<String, Value>>>().await.map_err(|e| {
-                Error::Protocol(format!("rows of {} are not a JSON array: {e}", t.supabase))
+        let rows = retry(RetryPolicy::default(), || {
+            read_rows(t, |select| {
+                let quoted = &quoted;
+                async move {
+                    let req = rest
+                        .from(t.supabase)
+                        .select(select)
+                        .in_(t.key().supabase, quoted)
+                        .build();
+                    let resp = rest.send(req, None).await?;
+                    resp.json::<Vec<Map<String, Value>>>().await.map_err(|e| {
+                        Error::Protocol(format!("rows of {} are not a JSON array: {e}", t.supabase))
+                    })
+                }
             })
         })
         .await?;

@@ -190,7 +190,7 @@ async fn planted_differences_are_found_exactly_and_representations_are_not() {
         &catalogue::USER_PREFS,
     );
     let a1 = nth_key(&path, art, 0);
-    let l1 = nth_key(&path, log, 1);
+    let (l1, l2) = (nth_key(&path, log, 1), nth_key(&path, log, 2));
     let (c1, c2, c3, c4) = (
         nth_key(&path, cm, 0),
         nth_key(&path, cm, 1),
@@ -277,6 +277,8 @@ async fn planted_differences_are_found_exactly_and_representations_are_not() {
         ("UPDATE cipher_memory SET created_at = created_at + interval '1 second' WHERE id = $1", &c2),
         ("UPDATE skills_registry SET enabled = NOT enabled WHERE id = $1", &s2),
         ("UPDATE tags SET score = score * (1 + 1e-9) WHERE id = $1", &t1),
+        // A jsonb number no double can hold: the page stays readable, the row differs.
+        ("UPDATE log_entries SET attrs = '{\"big\": 1e400}' WHERE id = $1", &l2),
         // Within the documented tolerance (relative 1e-12): not a difference.
         ("UPDATE tags SET score = score * (1 + 1e-14) WHERE id = $1", &t2),
     ] {
@@ -303,6 +305,7 @@ async fn planted_differences_are_found_exactly_and_representations_are_not() {
         ("cipher_memory", "different", c2.clone(), vec!["created_at"]),
         ("skills_registry", "different", s2.clone(), vec!["enabled"]),
         ("tagrow", "different", t1.clone(), vec!["score"]),
+        ("logentry", "different", l2.clone(), vec!["attrs"]),
     ]
     .into_iter()
     .map(|(t, k, key, cols)| {
@@ -339,9 +342,9 @@ async fn planted_differences_are_found_exactly_and_representations_are_not() {
                 t.different,
                 t.cannot_land
             ),
-            (1, 1, 5, 0)
+            (1, 1, 6, 0)
         );
-        assert_eq!(t.equal, 912 - 1 - 5);
+        assert_eq!(t.equal, 912 - 1 - 6);
         let cm_report = r
             .tables
             .iter()
@@ -364,6 +367,21 @@ async fn planted_differences_are_found_exactly_and_representations_are_not() {
             "{ts:?}"
         );
     }
+
+    // A sample as large as the table finds the same rows by key lookups.
+    let mut o = options(service_key(&pg));
+    o.tables = vec![log];
+    o.check = Check::Sample { rows: 1000 };
+    let r = verify::run(&lite, &sb, &o).await.unwrap();
+    let sampled: Found = want.iter().filter(|w| w.0 == "logentry").cloned().collect();
+    assert_eq!(found(&r), sampled, "{}", verify::render(&r, Format::Text));
+    let big = &r.tables[0]
+        .rows
+        .iter()
+        .find(|d| d.key == l2)
+        .unwrap()
+        .columns[0];
+    assert!(big.target.contains("beyond double precision"), "{big:?}");
 
     // The JSON report keeps to its documented shape.
     let r = verify::run(&lite, &sb, &options(service_key(&pg)))
