@@ -8,12 +8,15 @@
 //!   normaliser, shared by the writer, the readers and the verifier.
 //! * [`config`] and [`factory`]: layered settings and opening the configured backend.
 //! * [`keys`]: JWT secrets and Supabase-style API keys.
+//! * [`verify`] and [`cutover`]: compare both sides by content; decide whether
+//!   Supabase may become the primary.
 //!
 //! See ARCHITECTURE.md for the code map and the invariants.
 
 pub mod backfill;
 pub mod catalogue;
 pub mod config;
+pub mod cutover;
 pub mod db;
 pub mod demo;
 pub mod error;
@@ -26,5 +29,6 @@ pub mod normalise;
 pub mod rest;
 pub mod retry;
 pub mod samples;
+pub mod verify;
 
 pub use error::{Error, Result};

@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 
 use dualwrite::backfill::{self, BackfillOptions, BackfillReport, Progress};
 use dualwrite::config::{Settings, Sources};
-use dualwrite::db::Dox;
+use dualwrite::db::{Dox, SqliteDatabase, SqliteOptions, SupabaseDatabase};
 use dualwrite::model::Call;
-use dualwrite::{catalogue, demo, export, factory, keys, Error};
+use dualwrite::{catalogue, cutover, demo, export, factory, keys, verify, Error};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -101,6 +101,61 @@ enum Command {
         /// The SQLite file the demo writes (default: dualwrite-demo.sqlite3).
         #[arg(long, value_name = "PATH", default_value = "dualwrite-demo.sqlite3")]
         db: PathBuf,
+    },
+    /// Compare Supabase with the SQLite file, row by row (exit 0 equal, 1 different, 2 could not verify).
+    Verify(VerifyArgs),
+    /// Decide whether Supabase may become the primary.
+    #[command(subcommand)]
+    Cutover(CutoverCommand),
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyArgs {
+    /// The SQLite file (default: DB_PATH). Opened read-only.
+    #[arg(long, value_name = "PATH")]
+    from_sqlite: Option<PathBuf>,
+    /// Only these tables (SQLite or Supabase names).
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    tables: Vec<String>,
+    /// Compare exact row counts only (fast; content is not compared).
+    #[arg(long, conflicts_with = "sample")]
+    counts_only: bool,
+    /// Compare N random source rows per table, plus exact counts.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    sample: Option<u64>,
+    /// text, json, md or html.
+    #[arg(long, default_value = "text")]
+    format: verify::Format,
+    /// Write the report to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Rewrite the missing and differing rows on Supabase from the source, after confirmation.
+    #[arg(long, conflicts_with_all = ["counts_only", "sample"])]
+    repair: bool,
+    /// With --repair: also delete the rows found only on Supabase.
+    #[arg(long, requires = "repair")]
+    delete_extra: bool,
+    /// With --repair: do not ask for confirmation.
+    #[arg(long, requires = "repair")]
+    yes: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum CutoverCommand {
+    /// READY or NOT READY, with the reasons (exit 0 only for READY).
+    Check {
+        /// The SQLite file (default: DB_PATH). Opened read-only.
+        #[arg(long, value_name = "PATH")]
+        from_sqlite: Option<PathBuf>,
+        /// NDJSON of recorded secondary failures (default: the configured dual.failure_log).
+        #[arg(long, value_name = "FILE")]
+        failures: Option<PathBuf>,
+        /// NDJSON of rows the backfill rejected (default: the backfill's rejects.ndjson for this source).
+        #[arg(long, value_name = "FILE")]
+        rejects: Option<PathBuf>,
+        /// text or json.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
     },
 }
 
@@ -464,8 +519,154 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
+        // Verification that cannot run exits with 2, not 1 (1 means "they differ").
+        Command::Verify(a) => return Ok(verify_cmd(&cli, a).await.unwrap_or_else(cannot_run)),
+        Command::Cutover(CutoverCommand::Check {
+            from_sqlite,
+            failures,
+            rejects,
+            format,
+        }) => {
+            let check = async {
+                let s = settings(&cli)?;
+                let path = from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
+                let (source, target, key) = verify_sides(&s, &path).await?;
+                // By default, where dual write and the backfill record them.
+                let default_rejects = || {
+                    backfill::default_state_dir(std::path::Path::new("dualwrite-state"), &path)
+                        .join("rejects.ndjson")
+                };
+                let opts = cutover::CutoverOptions {
+                    key,
+                    failures: failures.clone().or_else(|| s.failure_log.clone()),
+                    rejects: Some(rejects.clone().unwrap_or_else(default_rejects)),
+                };
+                let report = cutover::check(&source, &target, &opts).await?;
+                match format.as_str() {
+                    "json" => print_json(&serde_json::to_value(&report)?),
+                    _ => print!("{}", report.render_text()),
+                }
+                Ok(ExitCode::from(report.exit_code()))
+            };
+            return Ok(check.await.unwrap_or_else(cannot_run));
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cannot_run(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(2)
+}
+
+/// The source (read-only) and the target of a verification, and the key used.
+async fn verify_sides(
+    s: &Settings,
+    path: &std::path::Path,
+) -> Result<(SqliteDatabase, SupabaseDatabase, verify::KeyInfo)> {
+    let read_only = SqliteOptions {
+        read_only: true,
+        ..SqliteOptions::default()
+    };
+    let source = SqliteDatabase::open(path, read_only).await?;
+    let target = factory::connect_supabase(s).await?;
+    let key = verify::KeyInfo::from_settings(s).context("no Supabase key is configured")?;
+    Ok((source, target, key))
+}
+
+/// Print the report, or write it to `out` and say where.
+fn emit(
+    report: &verify::VerifyReport,
+    format: verify::Format,
+    out: Option<&std::path::Path>,
+) -> Result<()> {
+    let text = verify::render(report, format);
+    match out {
+        None => print!("{text}"),
+        Some(p) => {
+            std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
+            println!(
+                "{}: report written to {}",
+                report.verdict.as_str(),
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
+    use verify::repair::{self, RepairOptions, RepairOutcome};
+    let s = settings(cli)?;
+    let path = a.from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
+    let (source, target, key) = verify_sides(&s, &path).await?;
+    let mut opts = verify::VerifyOptions::new(key);
+    if !a.tables.is_empty() {
+        opts.tables = verify::tables_named(&a.tables)?;
+    }
+    opts.check = match (a.counts_only, a.sample) {
+        (true, _) => verify::Check::Counts,
+        (false, Some(rows)) => verify::Check::Sample {
+            rows: usize::try_from(rows).unwrap_or(usize::MAX),
+        },
+        (false, None) => verify::Check::Content,
+    };
+    if !a.repair {
+        let report = verify::run(&source, &target, &opts).await?;
+        emit(&report, a.format, a.out.as_deref())?;
+        return Ok(ExitCode::from(report.exit_code));
+    }
+    let ropts = RepairOptions {
+        delete_extra: a.delete_extra,
+        ..RepairOptions::default()
+    };
+    let (mut before, plan) = repair::plan(&source, &target, &opts).await?;
+    let mut outcome = RepairOutcome::planned(&before, &plan, &ropts);
+    if matches!(
+        before.verdict,
+        verify::Verdict::Incomplete | verify::Verdict::PartialVisibility
+    ) {
+        outcome.status = repair::RepairStatus::Refused;
+        before.repair = Some(outcome);
+        emit(&before, a.format, a.out.as_deref())?;
+        eprintln!("not repairing: {}", before.verdict.as_str().to_lowercase());
+        return Ok(ExitCode::from(2));
+    }
+    if outcome.status == repair::RepairStatus::NothingToDo {
+        before.repair = Some(outcome);
+        emit(&before, a.format, a.out.as_deref())?;
+        return Ok(ExitCode::from(before.exit_code));
+    }
+    eprint!(
+        "--repair will change {}:\n{}",
+        before.target.location,
+        plan.describe(&ropts)
+    );
+    let confirmed_by = if a.yes {
+        Some("--yes")
+    } else if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprint!("Apply these changes? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes").then_some("terminal")
+    } else {
+        None
+    };
+    let Some(by) = confirmed_by else {
+        before.repair = Some(outcome);
+        emit(&before, a.format, a.out.as_deref())?;
+        eprintln!(
+            "nothing was changed: not confirmed (no terminal to ask on and no --yes, or declined)"
+        );
+        return Ok(ExitCode::from(before.exit_code.max(1)));
+    };
+    outcome.confirmed_by = Some(by.to_owned());
+    repair::apply(&source, &target, &plan, &ropts, &mut outcome).await?;
+    opts.check = verify::Check::Content;
+    let mut after = verify::run(&source, &target, &opts).await?;
+    after.repair = Some(outcome);
+    emit(&after, a.format, a.out.as_deref())?;
+    Ok(ExitCode::from(after.exit_code))
 }
 
 fn main() -> ExitCode {

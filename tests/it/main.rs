@@ -10,3 +10,4 @@ mod dual;
 mod fixtures;
 mod generate;
 mod rls;
+mod verify;

@@ -1,0 +1,324 @@
+//! `cutover check`: may Supabase become the primary now? One verdict, READY or
+//! NOT READY, with every reason. READY needs all of:
+//!
+//! * every table verified equal **by content** ([`crate::verify`], not counts);
+//! * the key used has full visibility (the service role), since RLS would
+//!   hide rows from any other key;
+//! * no recorded secondary failure left unreplayed: every line of the failure
+//!   file (NDJSON, one serialised [`crate::db::SecondaryFailure`] per line)
+//!   counts, except lines marked `"replayed": true`;
+//! * no rejected row left: a line of the rejects file (NDJSON
+//!   `{"table","key","code","message","row"}`, as the backfill writes it) is
+//!   left unless its table now verifies equal, which means the row has landed
+//!   since (or left the source).
+//!
+//! A file not given, or absent, means nothing was recorded; the report says
+//! that it was not checked. The check never writes.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::catalogue::TABLES;
+use crate::db::{SqliteDatabase, SupabaseDatabase};
+use crate::error::{Error, Result};
+use crate::verify::{
+    self, compare::truncate, Check, KeyInfo, TableStatus, VerifyOptions, VerifyReport,
+};
+
+pub const REPORT_SCHEMA: &str = "dualwrite.cutover/1";
+
+#[derive(Debug, Clone)]
+pub struct CutoverOptions {
+    pub key: KeyInfo,
+    /// NDJSON of recorded secondary failures.
+    pub failures: Option<PathBuf>,
+    /// NDJSON of rows the backfill could not land.
+    pub rejects: Option<PathBuf>,
+}
+
+/// What one record file held.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RecordCheck {
+    pub file: Option<String>,
+    /// Whether a file was read at all.
+    pub checked: bool,
+    pub records: u64,
+    /// Records that still block the cutover.
+    pub left: u64,
+    /// Lines that are not records (they block too: the file cannot be trusted).
+    pub malformed: u64,
+    /// A few of the records left, as `table key: message`.
+    pub examples: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CutoverReport {
+    pub schema: &'static str,
+    /// `READY` or `NOT READY`.
+    pub verdict: &'static str,
+    pub ready: bool,
+    /// Why it is not ready (empty when ready).
+    pub reasons: Vec<String>,
+    /// What was not checked, or checked and fine but worth knowing.
+    pub notes: Vec<String>,
+    pub key: KeyInfo,
+    pub failures: RecordCheck,
+    pub rejects: RecordCheck,
+    /// The content verification the verdict rests on.
+    pub verify: VerifyReport,
+}
+
+impl CutoverReport {
+    pub fn exit_code(&self) -> u8 {
+        u8::from(!self.ready)
+    }
+
+    pub fn render_text(&self) -> String {
+        let mut o = format!("cutover check: {}\n", self.verdict);
+        if !self.reasons.is_empty() {
+            o.push_str("reasons:\n");
+            for r in &self.reasons {
+                o.push_str(&format!("  - {r}\n"));
+            }
+        }
+        if !self.notes.is_empty() {
+            o.push_str("notes:\n");
+            for n in &self.notes {
+                o.push_str(&format!("  - {n}\n"));
+            }
+        }
+        let v = &self.verify;
+        o.push_str(&format!(
+            "key: {}\ncontent: {} ({} tables, {} rows compared, {:.1} s)\n",
+            self.key.describe(),
+            v.verdict.as_str(),
+            v.tables.len(),
+            v.totals.compared,
+            v.duration_ms as f64 / 1000.0
+        ));
+        o
+    }
+}
+
+/// One record line, reduced to what the check needs.
+struct Record {
+    table: String,
+    key: String,
+    message: String,
+    done: bool,
+}
+
+/// Read an NDJSON record file line by line (memory stays flat).
+fn read_records(
+    path: Option<&Path>,
+    what: &str,
+    flag: &str,
+    notes: &mut Vec<String>,
+    message: fn(&Value) -> String,
+    mut each: impl FnMut(Record),
+) -> Result<RecordCheck> {
+    let mut check = RecordCheck {
+        file: path.map(|p| p.display().to_string()),
+        ..RecordCheck::default()
+    };
+    let Some(path) = path else {
+        notes.push(format!(
+            "no {what} file was checked ({flag} FILE not given): none taken as recorded"
+        ));
+        return Ok(check);
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            notes.push(format!(
+                "{what} file {} does not exist: none taken as recorded",
+                path.display()
+            ));
+            return Ok(check);
+        }
+        Err(e) => {
+            return Err(Error::invalid(format!(
+                "cannot read {what} file {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    check.checked = true;
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Option<Value> = serde_json::from_str(&line).ok();
+        let field = |k: &str| {
+            v.as_ref().and_then(|v| v.get(k)).map(|x| match x {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        };
+        match (field("table"), field("key")) {
+            (Some(table), Some(key)) => {
+                check.records += 1;
+                let v = v.as_ref().expect("parsed");
+                each(Record {
+                    table,
+                    key,
+                    message: truncate(&message(v), 160),
+                    done: v.get("replayed") == Some(&Value::Bool(true)),
+                });
+            }
+            _ => {
+                check.malformed += 1;
+                if check.examples.len() < 5 {
+                    check
+                        .examples
+                        .push(format!("line {} is not a {what} record", i + 1));
+                }
+            }
+        }
+    }
+    Ok(check)
+}
+
+fn text_of(v: &Value, k: &str) -> String {
+    v.get(k)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Decide whether the target may become the primary. `Err` only when the
+/// check cannot run (Supabase unreachable, a record file unreadable).
+pub async fn check(
+    source: &SqliteDatabase,
+    target: &SupabaseDatabase,
+    opts: &CutoverOptions,
+) -> Result<CutoverReport> {
+    let mut reasons = Vec::new();
+    let mut notes = Vec::new();
+
+    let mut failures_left = Vec::new();
+    let mut failures = read_records(
+        opts.failures.as_deref(),
+        "failure",
+        "--failures",
+        &mut notes,
+        |v| format!("{} failed: {}", text_of(v, "method"), text_of(v, "error")),
+        |r| {
+            if !r.done {
+                failures_left.push(r);
+            }
+        },
+    )?;
+    let mut rejected = Vec::new();
+    let mut rejects = read_records(
+        opts.rejects.as_deref(),
+        "reject",
+        "--rejects",
+        &mut notes,
+        |v| format!("{} {}", text_of(v, "code"), text_of(v, "message")),
+        |r| rejected.push(r),
+    )?;
+
+    // Every table, by content, whatever the defaults become.
+    let mut vopts = VerifyOptions::new(opts.key.clone());
+    vopts.tables = TABLES.to_vec();
+    vopts.check = Check::Content;
+    vopts.listed_rows = 5;
+    let verify = verify::run(source, target, &vopts).await?;
+
+    if !opts.key.full_visibility {
+        reasons.push(format!(
+            "the key used ({}, role {}) cannot see every row; check with the service role key",
+            opts.key.variable, opts.key.role
+        ));
+    }
+    for t in verify.unequal_tables() {
+        let c = &t.counts;
+        reasons.push(match (&t.error, t.status) {
+            (Some(e), _) => format!("{}: could not be verified: {e}", t.table),
+            (None, TableStatus::Different) => format!(
+                "{}: not equal by content ({} missing on the target, {} extra, {} different, {} cannot land; {} rows in the source, {} in the target)",
+                t.table,
+                c.only_in_source,
+                c.only_in_target,
+                c.different,
+                c.cannot_land,
+                c.source_rows,
+                c.target_rows
+            ),
+            (None, _) => format!("{}: not equal", t.table),
+        });
+    }
+
+    failures.left = failures_left.len() as u64;
+    failures.examples.extend(
+        failures_left
+            .iter()
+            .take(5)
+            .map(|r| format!("{} {}: {}", r.table, truncate(&r.key, 80), r.message)),
+    );
+    if failures.left > 0 {
+        reasons.push(format!(
+            "{} recorded secondary failure(s) not replayed ({}); replay them, then remove the file",
+            failures.left,
+            failures.file.as_deref().unwrap_or("")
+        ));
+    }
+    if failures.malformed > 0 {
+        reasons.push(format!(
+            "{} line(s) of the failure file are not failure records",
+            failures.malformed
+        ));
+    }
+
+    // A rejected row is settled once its table verifies equal by content.
+    let table_equal = |name: &str| {
+        verify.tables.iter().any(|t| {
+            (t.table == name || t.supabase_table == name) && t.status == TableStatus::Equal
+        })
+    };
+    let (settled, left): (Vec<Record>, Vec<Record>) =
+        rejected.into_iter().partition(|r| table_equal(&r.table));
+    rejects.left = left.len() as u64;
+    rejects.examples.extend(
+        left.iter()
+            .take(5)
+            .map(|r| format!("{} {}: {}", r.table, truncate(&r.key, 80), r.message)),
+    );
+    if !left.is_empty() {
+        reasons.push(format!(
+            "{} rejected row(s) left ({}) in tables that do not verify equal",
+            left.len(),
+            rejects.file.as_deref().unwrap_or("")
+        ));
+    }
+    if rejects.malformed > 0 {
+        reasons.push(format!(
+            "{} line(s) of the rejects file are not reject records",
+            rejects.malformed
+        ));
+    }
+    if !settled.is_empty() {
+        notes.push(format!(
+            "{} rejected row(s) recorded have landed since: their tables verify equal",
+            settled.len()
+        ));
+    }
+
+    let ready = reasons.is_empty();
+    Ok(CutoverReport {
+        schema: REPORT_SCHEMA,
+        verdict: if ready { "READY" } else { "NOT READY" },
+        ready,
+        reasons,
+        notes,
+        key: opts.key.clone(),
+        failures,
+        rejects,
+        verify,
+    })
+}

@@ -1,0 +1,376 @@
+//! How two canonical rows are compared: a row digest for the fast path, the
+//! tolerant value comparison that decides, and the short, redacted samples a
+//! report shows for a difference.
+//!
+//! Rules (ARCHITECTURE.md, "Verification"):
+//! * rows are compared in their canonical form ([`crate::normalise`]), so 0/1
+//!   against booleans, `Z` against `+00:00` and JSON key order never differ;
+//! * numbers are equal when both are the same integer, or when they are within
+//!   a relative [`FLOAT_RELATIVE_TOLERANCE`], at any depth inside JSON, so
+//!   `1.0` equals `1`;
+//! * everything else (text, booleans, timestamps, nulls, JSON structure) must
+//!   be identical.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use serde_json::{Map, Number, Value};
+
+use crate::catalogue::{Kind, Table};
+
+/// Two numbers closer than this, relative to the larger, are equal. Double
+/// precision holds about 16 significant digits; 1e-12 leaves room for the
+/// decimal round trips of jsonb `numeric` while still catching any change in
+/// the 12 leading digits.
+pub const FLOAT_RELATIVE_TOLERANCE: f64 = 1e-12;
+
+/// Longest sample value a report shows, in characters.
+const SAMPLE_CHARS: usize = 120;
+
+/// A digest of one canonical row. Rows with equal digests are equal (up to a
+/// 2^-64 collision, with keys chosen at random per run); rows with different
+/// digests may still be equal under the tolerance, which [`same`] decides.
+pub fn row_digest(state: &impl BuildHasher, row: &Map<String, Value>) -> u64 {
+    let mut h = state.build_hasher();
+    // serde_json maps are sorted, and both sides hold every catalogue column.
+    for (k, v) in row {
+        k.hash(&mut h);
+        hash_value(v, &mut h);
+    }
+    h.finish()
+}
+
+fn hash_value(v: &Value, h: &mut impl Hasher) {
+    match v {
+        Value::Null => 0u8.hash(h),
+        Value::Bool(b) => (1u8, *b).hash(h),
+        Value::Number(n) => match integral(n) {
+            // 1 and 1.0 hash alike, as they compare alike.
+            Some(i) => (2u8, i).hash(h),
+            None => (3u8, n.as_f64().unwrap_or(f64::NAN).to_bits()).hash(h),
+        },
+        Value::String(s) => (4u8, s).hash(h),
+        Value::Array(a) => {
+            (5u8, a.len()).hash(h);
+            a.iter().for_each(|x| hash_value(x, h));
+        }
+        Value::Object(o) => {
+            (6u8, o.len()).hash(h);
+            for (k, x) in o {
+                k.hash(h);
+                hash_value(x, h);
+            }
+        }
+    }
+}
+
+/// The number as an integer when it is one (an integral float included).
+fn integral(n: &Number) -> Option<i128> {
+    if let Some(i) = n.as_i64() {
+        return Some(i128::from(i));
+    }
+    if let Some(u) = n.as_u64() {
+        return Some(i128::from(u));
+    }
+    let f = n.as_f64()?;
+    (f.fract() == 0.0 && f.abs() < 9.0e18).then_some(f as i128)
+}
+
+/// Whether two canonical values are equal under the comparison rules.
+pub fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => numbers_equal(x, y),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn numbers_equal(x: &Number, y: &Number) -> bool {
+    // Two integers compare exactly: a changed id or count is always found.
+    if let (Some(a), Some(b)) = (exact_int(x), exact_int(y)) {
+        return a == b;
+    }
+    match (x.as_f64(), y.as_f64()) {
+        (Some(a), Some(b)) => {
+            a == b || (a - b).abs() <= FLOAT_RELATIVE_TOLERANCE * a.abs().max(b.abs())
+        }
+        _ => false,
+    }
+}
+
+fn exact_int(n: &Number) -> Option<i128> {
+    n.as_i64()
+        .map(i128::from)
+        .or_else(|| n.as_u64().map(i128::from))
+}
+
+/// One column that differs, as a report shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ColumnDiff {
+    /// Supabase column name.
+    pub column: &'static str,
+    /// Inside a JSON column: where the first difference is (`$.a.b[2]`).
+    pub path: Option<String>,
+    /// Short, redacted renderings; `(absent)` when the path exists on one side only.
+    pub source: String,
+    pub target: String,
+}
+
+/// The columns of `table` in which two canonical rows differ.
+pub fn diff_row(
+    table: &'static Table,
+    source: &Map<String, Value>,
+    target: &Map<String, Value>,
+) -> Vec<ColumnDiff> {
+    let null = Value::Null;
+    let mut out = Vec::new();
+    for col in table.columns {
+        let a = source.get(col.supabase).unwrap_or(&null);
+        let b = target.get(col.supabase).unwrap_or(&null);
+        if same(a, b) {
+            continue;
+        }
+        let secret = sensitive_name(col.supabase);
+        let (path, a, b) = if col.kind == Kind::Json {
+            let (p, x, y) = first_difference(a, b, "$".to_owned());
+            let secret = secret || p.split(['.', '[']).any(sensitive_name);
+            (
+                Some(p).filter(|p| p != "$"),
+                sample(x, secret),
+                sample(y, secret),
+            )
+        } else {
+            (None, sample(Some(a), secret), sample(Some(b), secret))
+        };
+        out.push(ColumnDiff {
+            column: col.supabase,
+            path,
+            source: a,
+            target: b,
+        });
+    }
+    out
+}
+
+/// Descend into two JSON values while they have the same shape, to the first
+/// place where they differ. `None` is a member or element absent on that side.
+fn first_difference<'a>(
+    a: &'a Value,
+    b: &'a Value,
+    path: String,
+) -> (String, Option<&'a Value>, Option<&'a Value>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = format!("{path}.{k}");
+                match (x.get(k), y.get(k)) {
+                    (Some(v), Some(w)) if same(v, w) => {}
+                    (Some(v), Some(w)) => return first_difference(v, w, p),
+                    (v, w) => return (p, v, w),
+                }
+            }
+            (path, Some(a), Some(b))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                if !same(v, w) {
+                    return first_difference(v, w, format!("{path}[{i}]"));
+                }
+            }
+            let i = x.len().min(y.len());
+            (format!("{path}[{i}]"), x.get(i), y.get(i))
+        }
+        _ => (path, Some(a), Some(b)),
+    }
+}
+
+/// Names whose values a report never shows.
+pub fn sensitive_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase().replace(['-', ' '], "_");
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "authorization",
+        "credential",
+        "private_key",
+        "cookie",
+        "session",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
+}
+
+/// Text that looks like a credential: a JWT or a Supabase secret key.
+pub fn looks_secret(s: &str) -> bool {
+    let s = s.trim();
+    let jwt = s.starts_with("eyJ")
+        && s.split('.').count() == 3
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '='));
+    jwt || s.contains("sb_secret_")
+}
+
+/// A short rendering of a value for a report: JSON text, truncated, with
+/// credentials and values under sensitive names replaced by `[redacted]`.
+pub fn sample(v: Option<&Value>, secret: bool) -> String {
+    let Some(v) = v else {
+        return "(absent)".into();
+    };
+    if secret && !v.is_null() {
+        return "[redacted]".into();
+    }
+    let text = match v {
+        // Long texts are cut before they are copied.
+        Value::String(s) if looks_secret(s) => return "[redacted]".into(),
+        Value::String(s) => serde_json::to_string(&truncate(s, SAMPLE_CHARS)).unwrap_or_default(),
+        Value::Array(_) | Value::Object(_) => redact(v).to_string(),
+        other => other.to_string(),
+    };
+    truncate(&text, SAMPLE_CHARS)
+}
+
+fn redact(v: &Value) -> Value {
+    match v {
+        Value::String(s) if looks_secret(s) => Value::String("[redacted]".into()),
+        Value::String(s) => Value::String(truncate(s, SAMPLE_CHARS)),
+        Value::Array(a) => Value::Array(a.iter().map(redact).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| {
+                    let x = if sensitive_name(k) && !x.is_null() {
+                        Value::String("[redacted]".into())
+                    } else {
+                        redact(x)
+                    };
+                    (k.clone(), x)
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// At most `n` characters, with `…` when cut.
+pub fn truncate(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        None => s.to_owned(),
+        Some((i, _)) => format!("{}…", &s[..i]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::{ARTIFACT, TAGROW};
+    use serde_json::json;
+    use std::collections::hash_map::RandomState;
+
+    fn row(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn representations_of_one_value_are_equal() {
+        assert!(same(&json!(1.0), &json!(1)));
+        assert!(same(&json!({"a": [1, 2.0]}), &json!({"a": [1.0, 2]})));
+        let a: Value = serde_json::from_str(r#"{"b": 1, "a": {"y": 2, "x": 3}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a":{"x":3,"y":2},"b":1}"#).unwrap();
+        assert!(same(&a, &b));
+        let s = RandomState::new();
+        assert_eq!(
+            row_digest(&s, &row(json!({"k": a, "n": 2}))),
+            row_digest(&s, &row(json!({"k": b, "n": 2.0})))
+        );
+    }
+
+    #[test]
+    fn float_tolerance_is_relative_and_integers_are_exact() {
+        assert!(same(&json!(0.82), &json!(0.82 * (1.0 + 1e-14))));
+        assert!(!same(&json!(0.82), &json!(0.82 * (1.0 + 1e-10))));
+        assert!(same(
+            &json!({"x": 1e300}),
+            &json!({"x": 1e300 * (1.0 + 1e-15)})
+        ));
+        assert!(!same(&json!({"x": 1.5}), &json!({"x": 1.5000001})));
+        assert!(!same(
+            &json!(9007199254740993_i64),
+            &json!(9007199254740992_i64)
+        ));
+        assert!(!same(&json!(0), &json!(1e-300)));
+        assert!(same(&json!("NaN"), &json!("NaN")));
+        assert!(!same(&json!(true), &json!(1)));
+        assert!(!same(&json!(null), &json!({})));
+    }
+
+    #[test]
+    fn diffs_name_the_column_and_the_json_path() {
+        let s = row(
+            json!({"id": "a", "filename": "x.pdf", "filepath": "/p", "filetype": "pdf",
+            "report_week": null, "status": null, "source_url": null,
+            "extras": {"pages": 3, "meta": {"lang": "en", "api_key": "k1"}}}),
+        );
+        let mut t = s.clone();
+        t["extras"]["meta"]["lang"] = json!("fr");
+        let d = diff_row(&ARTIFACT, &s, &t);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].column, "extras");
+        assert_eq!(d[0].path.as_deref(), Some("$.meta.lang"));
+        assert_eq!(
+            (d[0].source.as_str(), d[0].target.as_str()),
+            ("\"en\"", "\"fr\"")
+        );
+
+        let mut t = s.clone();
+        t["extras"]["meta"]["api_key"] = json!("k2");
+        t["filename"] = json!("y.pdf");
+        let d = diff_row(&ARTIFACT, &s, &t);
+        assert_eq!(d[0].column, "filename");
+        assert_eq!(d[1].path.as_deref(), Some("$.meta.api_key"));
+        assert_eq!(d[1].source, "[redacted]");
+
+        let mut t = s.clone();
+        t["extras"].as_object_mut().unwrap().remove("pages");
+        let d = diff_row(&ARTIFACT, &s, &t);
+        assert_eq!(d[0].path.as_deref(), Some("$.pages"));
+        assert_eq!(
+            (d[0].source.as_str(), d[0].target.as_str()),
+            ("3", "(absent)")
+        );
+    }
+
+    #[test]
+    fn samples_are_short_and_never_show_credentials() {
+        let long = "é".repeat(500);
+        let s = sample(Some(&json!(long)), false);
+        assert!(
+            s.chars().count() <= SAMPLE_CHARS + 1 && s.ends_with('…'),
+            "{s}"
+        );
+        assert_eq!(
+            sample(Some(&json!("eyJhbGc.eyJyb2xl.c2ln")), false),
+            "[redacted]"
+        );
+        assert_eq!(sample(Some(&json!("x sb_secret_abc")), false), "[redacted]");
+        let o = sample(Some(&json!({"password": "hunter2", "user": "bob"})), false);
+        assert!(!o.contains("hunter2") && o.contains("bob"), "{o}");
+        assert_eq!(sample(Some(&json!("v")), true), "[redacted]");
+        let t = row(
+            json!({"id": "t", "document_id": "d", "tag": "x", "score": 0.5,
+                           "source_ptr": null, "hrm_steps": 1}),
+        );
+        let mut u = t.clone();
+        u["score"] = json!(0.6);
+        assert_eq!(diff_row(&TAGROW, &t, &u)[0].source, "0.5");
+    }
+}

@@ -1,0 +1,364 @@
+//! `verify --repair`: rewrite on the target the rows that are missing or
+//! differ, from the source, through the normal upsert path
+//! ([`SupabaseDatabase::upsert_rows`], batched), and delete the rows found only
+//! on the target when asked to.
+//!
+//! [`plan`] verifies by content and collects every key to change (keys only,
+//! so memory grows with the number of differences, not with the table). The
+//! caller shows the plan and asks for confirmation; only then does [`apply`]
+//! write. Rows are re-read from the source at that moment, so what lands is the
+//! source's current value; a row that cannot land is never sent.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{
+    in_list_value, key_chunks, run_inner, Check, Counts, RowKind, Verdict, VerifyOptions,
+    VerifyReport,
+};
+use crate::catalogue::Table;
+use crate::db::{SqliteDatabase, SupabaseDatabase};
+use crate::error::{Error, Result};
+use crate::normalise::{self, SqlRow, SqlValue};
+use crate::rest::content_range_total;
+use crate::retry::{retry, RetryPolicy};
+
+/// What a repair would change, table by table.
+#[derive(Debug, Default)]
+pub struct RepairPlan {
+    pub tables: Vec<TablePlan>,
+}
+
+#[derive(Debug)]
+pub struct TablePlan {
+    pub table: &'static Table,
+    /// Keys to upsert from the source: missing on the target, or different.
+    pub upsert: BTreeSet<String>,
+    pub missing: u64,
+    pub different: u64,
+    /// Keys only on the target (deleted only with `delete_extra`).
+    pub delete: BTreeSet<String>,
+    /// Source rows that cannot land: not repairable.
+    pub cannot_land: u64,
+}
+
+impl TablePlan {
+    pub(crate) fn note(&mut self, kind: RowKind, key: &str) {
+        match kind {
+            RowKind::OnlyInSource => {
+                self.missing += 1;
+                self.upsert.insert(key.to_owned());
+            }
+            RowKind::Different => {
+                self.different += 1;
+                self.upsert.insert(key.to_owned());
+            }
+            RowKind::OnlyInTarget => {
+                self.delete.insert(key.to_owned());
+            }
+            RowKind::CannotLand => self.cannot_land += 1,
+        }
+    }
+}
+
+impl RepairPlan {
+    pub(crate) fn table_mut(&mut self, t: &'static Table) -> &mut TablePlan {
+        match self.tables.iter().position(|p| p.table == t) {
+            Some(i) => &mut self.tables[i],
+            None => {
+                self.tables.push(TablePlan {
+                    table: t,
+                    upsert: BTreeSet::new(),
+                    missing: 0,
+                    different: 0,
+                    delete: BTreeSet::new(),
+                    cannot_land: 0,
+                });
+                self.tables.last_mut().expect("just pushed")
+            }
+        }
+    }
+
+    /// Whether applying the plan would change nothing.
+    pub fn changes_nothing(&self, opts: &RepairOptions) -> bool {
+        self.tables
+            .iter()
+            .all(|p| p.upsert.is_empty() && (!opts.delete_extra || p.delete.is_empty()))
+    }
+
+    /// What applying the plan will do, one line per table that changes.
+    pub fn describe(&self, opts: &RepairOptions) -> String {
+        let mut out = String::new();
+        for p in &self.tables {
+            let mut parts = Vec::new();
+            if !p.upsert.is_empty() {
+                parts.push(format!(
+                    "upsert {} row(s) from the source ({} missing, {} different)",
+                    p.upsert.len(),
+                    p.missing,
+                    p.different
+                ));
+            }
+            if !p.delete.is_empty() {
+                parts.push(if opts.delete_extra {
+                    format!("delete {} row(s) found only on the target", p.delete.len())
+                } else {
+                    format!(
+                        "keep {} row(s) found only on the target (--delete-extra deletes them)",
+                        p.delete.len()
+                    )
+                });
+            }
+            if p.cannot_land > 0 {
+                parts.push(format!(
+                    "{} source row(s) cannot land: not repairable",
+                    p.cannot_land
+                ));
+            }
+            if !parts.is_empty() {
+                out.push_str(&format!("  {}: {}\n", p.table.sqlite, parts.join("; ")));
+            }
+        }
+        out
+    }
+}
+
+/// How to repair.
+#[derive(Debug, Clone)]
+pub struct RepairOptions {
+    /// Also delete the rows found only on the target.
+    pub delete_extra: bool,
+    /// Rows per upsert request.
+    pub batch_rows: usize,
+    /// Approximate bytes per upsert request (long texts make few rows large).
+    pub batch_bytes: usize,
+}
+
+impl Default for RepairOptions {
+    fn default() -> Self {
+        RepairOptions {
+            delete_extra: false,
+            batch_rows: 500,
+            batch_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepairStatus {
+    /// The first verification found nothing to change.
+    NothingToDo,
+    /// Not confirmed (no terminal and no `--yes`, or declined): nothing changed.
+    NotConfirmed,
+    /// Not attempted: the first verification was incomplete or had partial
+    /// visibility, so its differences cannot be trusted. Nothing changed.
+    Refused,
+    Applied,
+}
+
+/// What `verify --repair` did, attached to the report of the second verification.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RepairOutcome {
+    pub status: RepairStatus,
+    /// `--yes` or `terminal`.
+    pub confirmed_by: Option<String>,
+    pub delete_extra: bool,
+    /// The first verification's result.
+    pub before_verdict: Verdict,
+    pub before: Counts,
+    pub tables: Vec<TableRepair>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableRepair {
+    pub table: &'static str,
+    pub planned_upserts: u64,
+    pub planned_deletes: u64,
+    pub upserted: u64,
+    pub deleted: u64,
+    /// Rows only on the target left in place (no `--delete-extra`).
+    pub extra_kept: u64,
+    /// Source rows that cannot land, or no longer could when re-read.
+    pub cannot_land: u64,
+    /// Planned keys no longer in the source when re-read (deleted meanwhile).
+    pub gone_from_source: u64,
+}
+
+impl RepairOutcome {
+    /// The outcome before anything is applied.
+    pub fn planned(before: &VerifyReport, plan: &RepairPlan, opts: &RepairOptions) -> Self {
+        RepairOutcome {
+            status: if plan.changes_nothing(opts) {
+                RepairStatus::NothingToDo
+            } else {
+                RepairStatus::NotConfirmed
+            },
+            confirmed_by: None,
+            delete_extra: opts.delete_extra,
+            before_verdict: before.verdict,
+            before: before.totals,
+            tables: plan
+                .tables
+                .iter()
+                .filter(|p| !p.upsert.is_empty() || !p.delete.is_empty() || p.cannot_land > 0)
+                .map(|p| TableRepair {
+                    table: p.table.sqlite,
+                    planned_upserts: p.upsert.len() as u64,
+                    planned_deletes: if opts.delete_extra {
+                        p.delete.len() as u64
+                    } else {
+                        0
+                    },
+                    upserted: 0,
+                    deleted: 0,
+                    extra_kept: if opts.delete_extra {
+                        0
+                    } else {
+                        p.delete.len() as u64
+                    },
+                    cannot_land: p.cannot_land,
+                    gone_from_source: 0,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Verify by content and collect every key a repair would change.
+pub async fn plan(
+    source: &SqliteDatabase,
+    target: &SupabaseDatabase,
+    opts: &VerifyOptions,
+) -> Result<(VerifyReport, RepairPlan)> {
+    let mut opts = opts.clone();
+    opts.check = Check::Content;
+    let mut plan = RepairPlan::default();
+    let report = run_inner(source, target, &opts, Some(&mut plan)).await?;
+    Ok((report, plan))
+}
+
+/// Apply a confirmed plan. Writes go through [`SupabaseDatabase::upsert_rows`]
+/// in batches; deletes are `DELETE … <key>=in.(…)`, chunked.
+pub async fn apply(
+    source: &SqliteDatabase,
+    target: &SupabaseDatabase,
+    plan: &RepairPlan,
+    opts: &RepairOptions,
+    outcome: &mut RepairOutcome,
+) -> Result<()> {
+    for p in &plan.tables {
+        let Some(done) = outcome
+            .tables
+            .iter_mut()
+            .find(|d| d.table == p.table.sqlite)
+        else {
+            continue;
+        };
+        if !p.upsert.is_empty() {
+            rewrite(source, target, p, opts, done).await?;
+        }
+        if opts.delete_extra && !p.delete.is_empty() {
+            done.deleted = delete(target, p).await?;
+        }
+    }
+    outcome.status = RepairStatus::Applied;
+    Ok(())
+}
+
+/// Roughly what a row weighs in a request body.
+fn weight(row: &SqlRow) -> usize {
+    row.iter()
+        .map(|v| match v {
+            SqlValue::Text(s) => s.len() + 8,
+            SqlValue::Blob(b) | SqlValue::BadText(b) => b.len() + 8,
+            _ => 16,
+        })
+        .sum()
+}
+
+/// Re-read the source in key order and upsert the planned rows.
+async fn rewrite(
+    source: &SqliteDatabase,
+    target: &SupabaseDatabase,
+    p: &TablePlan,
+    opts: &RepairOptions,
+    done: &mut TableRepair,
+) -> Result<()> {
+    let t = p.table;
+    let mut wanted: BTreeSet<&str> = p.upsert.iter().map(String::as_str).collect();
+    let last_wanted = p.upsert.last().cloned().unwrap_or_default();
+    let mut batch: Vec<SqlRow> = Vec::new();
+    let mut bytes = 0;
+    let mut after: Option<SqlValue> = None;
+    const PAGE: usize = 1000;
+    loop {
+        let page = source.page(t, after.take(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last[0].clone());
+        let full = page.len() == PAGE;
+        let mut past_last = false;
+        for row in page {
+            let key = match normalise::value_to_canonical(t.key(), &row[0]) {
+                Ok((Value::String(k), _)) => k,
+                _ => continue,
+            };
+            past_last |= key > last_wanted;
+            if !wanted.remove(key.as_str()) {
+                continue;
+            }
+            if normalise::to_canonical(t, &row).is_err() {
+                done.cannot_land += 1;
+                continue;
+            }
+            bytes += weight(&row);
+            batch.push(row);
+            if batch.len() >= opts.batch_rows.max(1) || bytes >= opts.batch_bytes {
+                done.upserted += upsert(target, t, &batch).await?;
+                batch.clear();
+                bytes = 0;
+            }
+        }
+        // Pages come in key order: past the last planned key there is nothing left to find.
+        if wanted.is_empty() || past_last || !full {
+            break;
+        }
+    }
+    if !batch.is_empty() {
+        done.upserted += upsert(target, t, &batch).await?;
+    }
+    done.gone_from_source = wanted.len() as u64;
+    Ok(())
+}
+
+async fn upsert(target: &SupabaseDatabase, t: &'static Table, rows: &[SqlRow]) -> Result<u64> {
+    retry(RetryPolicy::default(), || target.upsert_rows(t, rows)).await
+}
+
+async fn delete(target: &SupabaseDatabase, p: &TablePlan) -> Result<u64> {
+    let rest = target.rest();
+    let t = p.table;
+    let keys: Vec<&str> = p.delete.iter().map(String::as_str).collect();
+    let mut deleted = 0;
+    for chunk in key_chunks(&keys) {
+        let quoted: Vec<String> = chunk.iter().map(|k| in_list_value(k)).collect();
+        deleted += retry(RetryPolicy::default(), || async {
+            let req = rest
+                .from(t.supabase)
+                .delete()
+                .in_(t.key().supabase, &quoted)
+                .build();
+            let resp = rest.send(req, Some("return=minimal,count=exact")).await?;
+            content_range_total(resp.headers()).ok_or_else(|| {
+                Error::Protocol(format!(
+                    "a delete on {} answered without Content-Range",
+                    t.supabase
+                ))
+            })
+        })
+        .await?;
+    }
+    Ok(deleted)
+}
