@@ -30,7 +30,10 @@ fn stack_env() -> HashMap<String, String> {
         .arg("env")
         .output()
         .expect("scripts/stack.sh env");
-    assert!(out.status.success(), "start the stack first: scripts/stack.sh up");
+    assert!(
+        out.status.success(),
+        "start the stack first: scripts/stack.sh up"
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
@@ -45,7 +48,9 @@ async fn dataset(rows: u64) -> PathBuf {
     if !path.exists() {
         let tmp = dir.join(format!("dox-{rows}-seed1.partial.sqlite3"));
         let _ = std::fs::remove_file(&tmp);
-        generate(&tmp, &GenerateOptions { rows, seed: 1 }).await.unwrap();
+        generate(&tmp, &GenerateOptions { rows, seed: 1 })
+            .await
+            .unwrap();
         std::fs::rename(&tmp, &path).unwrap();
     }
     path
@@ -61,7 +66,11 @@ fn run(env: &HashMap<String, String>, args: &[&str]) -> (f64, serde_json::Value,
     let secs = started.elapsed().as_secs_f64();
     let code = out.status.code().unwrap_or(-1);
     let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!("{args:?}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "{args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     (secs, json, code)
 }
@@ -69,7 +78,15 @@ fn run(env: &HashMap<String, String>, args: &[&str]) -> (f64, serde_json::Value,
 /// Read every table of both sides in key order, page by page, comparing nothing.
 async fn read_both(path: &Path, rest: &RestClient, page: usize) -> (f64, u64) {
     let started = Instant::now();
-    let db = SqliteDatabase::open(path, SqliteOptions { read_only: true, ..Default::default() }).await.unwrap();
+    let db = SqliteDatabase::open(
+        path,
+        SqliteOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let mut n = 0u64;
     for t in TABLES {
         let mut after: Option<SqlValue> = None;
@@ -82,7 +99,10 @@ async fn read_both(path: &Path, rest: &RestClient, page: usize) -> (f64, u64) {
         let key = t.key().supabase;
         let mut after: Option<String> = None;
         loop {
-            let rows = rest.select_page(t.supabase, "*", &[], key, after.as_deref(), page).await.unwrap();
+            let rows = rest
+                .select_page(t.supabase, "*", &[], key, after.as_deref(), page)
+                .await
+                .unwrap();
             let Some(last) = rows.last() else { break };
             after = last[key].as_str().map(str::to_owned);
             n += rows.len() as u64;
@@ -94,15 +114,40 @@ async fn read_both(path: &Path, rest: &RestClient, page: usize) -> (f64, u64) {
 #[tokio::main]
 async fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
-    let rows: u64 = std::env::var("ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(if bench { 1_000_000 } else { 3_000 });
+    let rows: u64 = std::env::var("ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if bench { 1_000_000 } else { 3_000 });
     let env = stack_env();
     let path = dataset(rows).await;
     let p = path.to_str().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let (load_secs, report, code) = run(&env, &["backfill", "--from-sqlite", p, "--reset", "--yes", "--json", "--state-dir", state.path().to_str().unwrap()]);
+    let (load_secs, report, code) = run(
+        &env,
+        &[
+            "backfill",
+            "--from-sqlite",
+            p,
+            "--reset",
+            "--yes",
+            "--json",
+            "--state-dir",
+            state.path().to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, 0, "{report}");
 
-    let (counts_secs, counts, code) = run(&env, &["verify", "--from-sqlite", p, "--counts-only", "--format", "json"]);
+    let (counts_secs, counts, code) = run(
+        &env,
+        &[
+            "verify",
+            "--from-sqlite",
+            p,
+            "--counts-only",
+            "--format",
+            "json",
+        ],
+    );
     assert_eq!(code, 0, "{counts}");
     let (full_secs, full, code) = run(&env, &["verify", "--from-sqlite", p, "--format", "json"]);
     assert_eq!(code, 0, "{full}");
@@ -121,7 +166,20 @@ async fn main() {
     assert_eq!(n1, 2 * rows);
     assert_eq!(n1, n2);
     let baseline = (b1 + b2) / 2.0;
-    let rss = |v: &serde_json::Value| v["peak_rss_bytes"].as_u64().map_or("n/a".to_owned(), |b| format!("{:.1} MB", b as f64 / 1048576.0));
+    // Leave the shared stack as it was found: empty of generated rows.
+    let (c, conn) = tokio_postgres::connect(&env["DATABASE_URL"], tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let names: Vec<_> = TABLES.iter().map(|t| t.supabase).collect();
+    c.batch_execute(&format!("TRUNCATE {}", names.join(", ")))
+        .await
+        .unwrap();
+    let rss = |v: &serde_json::Value| {
+        v["peak_rss_bytes"].as_u64().map_or("n/a".to_owned(), |b| {
+            format!("{:.1} MB", b as f64 / 1048576.0)
+        })
+    };
 
     if !bench {
         println!("smoke run (cargo test): debug build, few rows");
@@ -129,10 +187,19 @@ async fn main() {
     println!("{rows} rows per side (loaded by the backfill in {load_secs:.1} s)\n");
     println!("| measurement | seconds | peak RSS |");
     println!("|---|---:|---:|");
-    println!("| verify --counts-only (whole process) | {counts_secs:.2} | {} |", rss(&counts));
-    println!("| verify, full content (whole process) | {full_secs:.2} | {} |", rss(&full));
+    println!(
+        "| verify --counts-only (whole process) | {counts_secs:.2} | {} |",
+        rss(&counts)
+    );
+    println!(
+        "| verify, full content (whole process) | {full_secs:.2} | {} |",
+        rss(&full)
+    );
     println!("| baseline: read both sides in key order, before | {b1:.2} | |");
     println!("| baseline: read both sides in key order, after | {b2:.2} | |");
     println!("\ncounts-only: {counts_secs:.2} s (target < 2 s)");
-    println!("full verify / read-both baseline: {:.2} (target <= 1.5)", full_secs / baseline);
+    println!(
+        "full verify / read-both baseline: {:.2} (target <= 1.5)",
+        full_secs / baseline
+    );
 }

@@ -172,6 +172,7 @@ pub fn to_json_row(table: &'static Table, row: &[SqlValue]) -> Result<Canonical<
                     && !s.contains("\\u0000")
                     && !s.contains("\\ud")
                     && !s.contains("\\uD")
+                    && numbers_fit_f64(s)
                     && serde_json::from_str::<&serde_json::value::RawValue>(s).is_ok() =>
             {
                 out.extend_from_slice(s.as_bytes());
@@ -343,6 +344,52 @@ pub fn parse_json_text(s: &str) -> (Value, Option<Lossy>) {
         Value::String(s.to_owned()),
         Some(Lossy::InvalidJsonAsString),
     )
+}
+
+/// Whether every number in JSON text (outside strings) is surely within a
+/// double's range, as the canonical form needs: no exponent beyond ±300 and no
+/// literal of more than 300 characters. Conservative: `false` only sends the
+/// value down the slow path, which decides exactly.
+fn numbers_fit_f64(s: &str) -> bool {
+    let b = s.as_bytes();
+    let (mut i, mut in_string, mut escaped) = (0, false, false);
+    while i < b.len() {
+        let c = b[i];
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if c == b'-' || c.is_ascii_digit() {
+            let start = i;
+            while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
+                i += 1;
+            }
+            let token = &s[start..i];
+            if token.len() > 300 {
+                return false;
+            }
+            if let Some(pos) = token.find(['e', 'E']) {
+                match token[pos + 1..].parse::<i32>() {
+                    Ok(exp) if exp.abs() <= 300 => {}
+                    _ => return false,
+                }
+            }
+            continue;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Replace bare `NaN`, `Infinity`, `-Infinity` tokens (outside strings) with `null`.
@@ -556,6 +603,24 @@ mod tests {
             to_json_row(&EVIDENCE, &rows[1]).unwrap_err().to_string(),
             to_canonical(&EVIDENCE, &rows[1]).unwrap_err().to_string()
         );
+    }
+
+    #[test]
+    fn numbers_beyond_a_double_take_the_slow_path() {
+        assert!(numbers_fit_f64(
+            r#"{"a": [1, -2.5e-7, 3E+10], "s": "1e999"}"#
+        ));
+        assert!(!numbers_fit_f64(r#"{"a": 1e400}"#));
+        assert!(!numbers_fit_f64(&format!("[{}]", "9".repeat(400))));
+        let row = vec![SqlValue::text("d"), SqlValue::text("{\"x\": 1e400}")];
+        let fast: Value = serde_json::from_str(
+            &to_json_row(&crate::catalogue::DOCUMENT_STRUCTURE, &row)
+                .unwrap()
+                .row,
+        )
+        .unwrap();
+        let slow = to_canonical(&crate::catalogue::DOCUMENT_STRUCTURE, &row).unwrap();
+        assert_eq!(fast, Value::Object(slow.row));
     }
 
     #[test]

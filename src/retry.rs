@@ -115,7 +115,8 @@ mod tests {
         assert!(r.is_err());
         let waited = started.elapsed();
         assert!(waited <= Duration::from_secs(31), "{waited:?}");
-        assert!(waited >= Duration::from_secs(15), "{waited:?}");
+        // Jittered exponential waits: many attempts, and well into the budget.
+        assert!(waited >= Duration::from_secs(5), "{waited:?}");
     }
 
     #[tokio::test(start_paused = true)]

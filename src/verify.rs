@@ -394,6 +394,8 @@ pub struct VerifyReport {
     /// RFC 3339 UTC.
     pub generated_at: String,
     pub duration_ms: u64,
+    /// Peak resident memory of the process so far (Linux), for benchmarks.
+    pub peak_rss_bytes: Option<u64>,
     pub mode: Mode,
     /// Rows sampled per table in sample mode.
     pub sample_rows: Option<usize>,
@@ -486,6 +488,7 @@ pub(crate) async fn run_inner(
         tool_version: env!("CARGO_PKG_VERSION"),
         generated_at: normalise::now_text(),
         duration_ms: 0,
+        peak_rss_bytes: None,
         mode,
         sample_rows,
         source: Endpoint {
@@ -571,6 +574,7 @@ pub(crate) async fn run_inner(
         report.tables.push(tr);
     }
     report.duration_ms = millis(started);
+    report.peak_rss_bytes = crate::backfill::peak_rss_bytes();
     report.conclude();
     Ok(report)
 }
