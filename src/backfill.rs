@@ -38,7 +38,7 @@ use tokio::task::JoinSet;
 use crate::catalogue::{Table, TABLES};
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
-use crate::normalise::{self, Lossy, SqlRow, SqlValue};
+use crate::normalise::{self, Lossy, SqlRef, SqlRow, SqlValue};
 use crate::rest::RestClient;
 use crate::retry::{retry_when, RetryPolicy};
 
@@ -471,21 +471,35 @@ pub fn prepare_row(
     row: &SqlRow,
     lossy: &mut Vec<(&'static str, Lossy)>,
 ) -> std::result::Result<Prepared, Box<Reject>> {
-    match normalise::to_json_row(t, row) {
+    let refs: Vec<SqlRef<'_>> = row.iter().map(SqlValue::as_ref).collect();
+    prepare_row_ref(t, &refs, lossy)
+}
+
+/// [`prepare_row`] over borrowed values.
+pub fn prepare_row_ref(
+    t: &'static Table,
+    row: &[SqlRef<'_>],
+    lossy: &mut Vec<(&'static str, Lossy)>,
+) -> std::result::Result<Prepared, Box<Reject>> {
+    match normalise::to_json_row_ref(t, row) {
         Ok(c) => {
             lossy.extend(c.lossy);
-            Ok(Prepared {
-                key: row[0].display(),
-                json: c.row,
-            })
+            let key = match row[0] {
+                SqlRef::Text(s) => s.to_owned(),
+                other => other.to_value().display(),
+            };
+            Ok(Prepared { key, json: c.row })
         }
-        Err(e) => Err(Box::new(Reject {
-            table: t.sqlite.to_owned(),
-            key: row[0].display(),
-            code: "unrepresentable".into(),
-            message: e.to_string(),
-            row: raw_row_json(t, row),
-        })),
+        Err(e) => {
+            let owned: SqlRow = row.iter().map(|v| v.to_value()).collect();
+            Err(Box::new(Reject {
+                table: t.sqlite.to_owned(),
+                key: owned[0].display(),
+                code: "unrepresentable".into(),
+                message: e.to_string(),
+                row: raw_row_json(t, &owned),
+            }))
+        }
     }
 }
 
@@ -510,43 +524,37 @@ impl BatchSource for SqliteSource {
     async fn next(&mut self, max_rows: usize, max_bytes: usize) -> Result<Option<SourceBatch>> {
         // Taken before the read: a commit in between shows as a change, never as none.
         let version = self.db.data_version().await?;
+        let table = self.table;
+        // Rows are prepared on the connection's thread, straight from SQLite's buffers.
         let page = self
             .db
-            .page(self.table, self.after.clone(), max_rows.max(1))
+            .scan_page(table, self.after.clone(), max_rows, max_bytes, move |row| {
+                let mut lossy = Vec::new();
+                let prepared = prepare_row_ref(table, row, &mut lossy);
+                let size = prepared.as_ref().map_or(0, |p| p.json.len() + 1);
+                ((prepared, lossy), size)
+            })
             .await?;
-        if page.is_empty() {
+        let Some(page) = page else {
             return Ok(None);
-        }
+        };
         let mut batch = SourceBatch {
-            rows: Vec::with_capacity(page.len()),
+            rows: Vec::with_capacity(page.items.len()),
             rejects: Vec::new(),
-            read: 0,
+            read: page.items.len() as u64,
             lossy: Vec::new(),
-            cursor: Cursor::Line(0),
-            range: None,
+            cursor: Cursor::from_key(&page.last),
+            range: Some((page.first, page.last.clone())),
             version: Some(version),
         };
-        let mut bytes = 0usize;
-        let mut last = None;
-        for row in &page {
-            // Cut at the byte cap (always keep at least one row); the rest is read again next time.
-            if bytes > 0 && !batch.rows.is_empty() && bytes >= max_bytes {
-                break;
-            }
-            batch.read += 1;
-            match prepare_row(self.table, row, &mut batch.lossy) {
-                Ok(p) => {
-                    bytes += p.json.len() + 1;
-                    batch.rows.push(p);
-                }
+        for (prepared, lossy) in page.items {
+            batch.lossy.extend(lossy);
+            match prepared {
+                Ok(p) => batch.rows.push(p),
                 Err(r) => batch.rejects.push(*r),
             }
-            last = Some(row[0].clone());
         }
-        let last = last.expect("a non-empty page");
-        batch.range = Some((page[0][0].clone(), last.clone()));
-        batch.cursor = Cursor::from_key(&last);
-        self.after = Some(last);
+        self.after = Some(page.last);
         Ok(Some(batch))
     }
 }

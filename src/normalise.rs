@@ -84,6 +84,43 @@ fn hex(b: &[u8]) -> String {
 /// A row in the SQLite shape, values in catalogue column order.
 pub type SqlRow = Vec<SqlValue>;
 
+/// A value as SQLite stores it, borrowed (straight from a statement's row, no copy).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SqlRef<'a> {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+    BadText(&'a [u8]),
+}
+
+impl SqlRef<'_> {
+    pub fn to_value(self) -> SqlValue {
+        match self {
+            SqlRef::Null => SqlValue::Null,
+            SqlRef::Integer(i) => SqlValue::Integer(i),
+            SqlRef::Real(f) => SqlValue::Real(f),
+            SqlRef::Text(s) => SqlValue::Text(s.to_owned()),
+            SqlRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+            SqlRef::BadText(b) => SqlValue::BadText(b.to_vec()),
+        }
+    }
+}
+
+impl SqlValue {
+    pub fn as_ref(&self) -> SqlRef<'_> {
+        match self {
+            SqlValue::Null => SqlRef::Null,
+            SqlValue::Integer(i) => SqlRef::Integer(*i),
+            SqlValue::Real(f) => SqlRef::Real(*f),
+            SqlValue::Text(s) => SqlRef::Text(s),
+            SqlValue::Blob(b) => SqlRef::Blob(b),
+            SqlValue::BadText(b) => SqlRef::BadText(b),
+        }
+    }
+}
+
 /// A lossy but documented conversion that happened to one value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -143,9 +180,15 @@ pub fn to_canonical(table: &'static Table, row: &[SqlValue]) -> Result<Canonical
 /// refuses) is embedded as it is instead of being parsed into a tree and
 /// printed again. PostgreSQL parses it into the same jsonb value either way.
 pub fn to_json_row(table: &'static Table, row: &[SqlValue]) -> Result<Canonical<String>> {
+    let refs: Vec<SqlRef<'_>> = row.iter().map(SqlValue::as_ref).collect();
+    to_json_row_ref(table, &refs)
+}
+
+/// [`to_json_row`] over borrowed values.
+pub fn to_json_row_ref(table: &'static Table, row: &[SqlRef<'_>]) -> Result<Canonical<String>> {
     let refuse = |column: &'static str, reason: String| Error::Unrepresentable {
         table: table.sqlite,
-        key: row[0].display(),
+        key: row[0].to_value().display(),
         column,
         reason,
     };
@@ -161,13 +204,13 @@ pub fn to_json_row(table: &'static Table, row: &[SqlValue]) -> Result<Canonical<
         out.extend_from_slice(b"\":");
         match (col.kind, v) {
             // The bulk of the data: escaped straight into the output, no copy.
-            (Kind::Text, SqlValue::Text(s)) => {
+            (Kind::Text, SqlRef::Text(s)) => {
                 check_text(s).map_err(|r| refuse(col.sqlite, r))?;
-                serde_json::to_writer(&mut out, s.as_str()).expect("strings serialise");
+                serde_json::to_writer(&mut out, s).expect("strings serialise");
                 continue;
             }
             // Escapes jsonb may refuse (NUL, surrogates) and invalid JSON take the slow path.
-            (Kind::Json, SqlValue::Text(s))
+            (Kind::Json, SqlRef::Text(s))
                 if !s.contains('\0')
                     && !s.contains("\\u0000")
                     && !s.contains("\\ud")
@@ -180,7 +223,8 @@ pub fn to_json_row(table: &'static Table, row: &[SqlValue]) -> Result<Canonical<
             }
             _ => {}
         }
-        let (value, l) = value_to_canonical(col, v).map_err(|r| refuse(col.sqlite, r))?;
+        let (value, l) =
+            value_to_canonical(col, &v.to_value()).map_err(|r| refuse(col.sqlite, r))?;
         if let Some(l) = l {
             lossy.push((col.sqlite, l));
         }

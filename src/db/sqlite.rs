@@ -26,7 +26,7 @@ use super::{check_filters, reads, Applied, Database, Filter, Row};
 use crate::catalogue::{self as cat, Kind, Table, TABLES};
 use crate::error::{Error, Result};
 use crate::model::{user_prefs_row, Step, Write};
-use crate::normalise::{self, json_text, parse_json_text, SqlRow, SqlValue};
+use crate::normalise::{self, json_text, parse_json_text, SqlRef, SqlRow, SqlValue};
 
 /// How to open a SQLite file.
 #[derive(Debug, Clone)]
@@ -245,6 +245,29 @@ fn to_param(v: &SqlValue) -> SqlParam {
     }
 }
 
+/// What [`SqliteDatabase::scan_page`] read: the items kept, and the first and
+/// last keys of the rows it went through.
+#[derive(Debug)]
+pub struct ScanPage<T> {
+    pub items: Vec<T>,
+    pub first: SqlValue,
+    pub last: SqlValue,
+}
+
+fn ref_of(v: ValueRef<'_>) -> SqlRef<'_> {
+    match v {
+        ValueRef::Null => SqlRef::Null,
+        ValueRef::Integer(i) => SqlRef::Integer(i),
+        ValueRef::Real(f) => SqlRef::Real(f),
+        // SIMD validation: whole-file scans validate hundreds of megabytes.
+        ValueRef::Text(b) => match simdutf8::basic::from_utf8(b) {
+            Ok(s) => SqlRef::Text(s),
+            Err(_) => SqlRef::BadText(b),
+        },
+        ValueRef::Blob(b) => SqlRef::Blob(b),
+    }
+}
+
 fn from_ref(v: ValueRef<'_>) -> SqlValue {
     match v {
         ValueRef::Null => SqlValue::Null,
@@ -428,6 +451,59 @@ impl SqliteDatabase {
             exec_steps(&tx, layout, &[Step::Upsert { table, rows }])?;
             tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Like [`SqliteDatabase::page`], but each row is handed to `f` on the
+    /// connection's thread as borrowed values, without copying them out; `f`
+    /// returns what to keep and its size in bytes. Stops after `max_rows` rows,
+    /// or once the sizes reach `max_bytes` (after at least one row). `None` at
+    /// the end of the table.
+    pub async fn scan_page<T: Send + 'static>(
+        &self,
+        table: &'static Table,
+        after: Option<SqlValue>,
+        max_rows: usize,
+        max_bytes: usize,
+        mut f: impl FnMut(&[SqlRef<'_>]) -> (T, usize) + Send + 'static,
+    ) -> Result<Option<ScanPage<T>>> {
+        self.run(move |conn, layout| {
+            let Some(l) = layout.get(table) else {
+                return Ok(None);
+            };
+            let key = quote(l.physical[0].as_deref().unwrap_or(table.key().sqlite));
+            let limit = i64::try_from(max_rows.max(1)).unwrap_or(i64::MAX);
+            let sql = match after {
+                Some(_) => format!("{} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2", l.select),
+                None => format!("{} ORDER BY {key} LIMIT ?1", l.select),
+            };
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = match &after {
+                Some(a) => stmt.query(rusqlite::params![to_param(a), limit])?,
+                None => stmt.query(rusqlite::params![limit])?,
+            };
+            let n = table.columns.len();
+            let (mut items, mut bytes) = (Vec::new(), 0usize);
+            let (mut first, mut last) = (None, None);
+            while let Some(row) = rows.next()? {
+                let refs = (0..n)
+                    .map(|i| row.get_ref(i).map(ref_of))
+                    .collect::<rusqlite::Result<Vec<SqlRef<'_>>>>()?;
+                let (item, size) = f(&refs);
+                items.push(item);
+                bytes += size;
+                let k = refs[0].to_value();
+                first.get_or_insert_with(|| k.clone());
+                last = Some(k);
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            Ok(match (first, last) {
+                (Some(first), Some(last)) => Some(ScanPage { items, first, last }),
+                _ => None,
+            })
         })
         .await
     }
