@@ -36,6 +36,7 @@ use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 
 use crate::catalogue::{Table, TABLES};
+use crate::db::sqlite::ScanFrom;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
 use crate::normalise::{self, Lossy, SqlRef, SqlRow, SqlValue};
@@ -235,6 +236,12 @@ pub enum Cursor {
     /// Hex of the bytes.
     Blob(String),
     Line(u64),
+    /// A position in storage order, with the key found there (checked on resume,
+    /// since VACUUM may renumber rowids).
+    Rowid {
+        rowid: i64,
+        key: String,
+    },
 }
 
 impl Cursor {
@@ -260,13 +267,14 @@ impl Cursor {
                 .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
                 .collect::<Option<Vec<u8>>>()
                 .map(SqlValue::Blob),
-            Cursor::Line(_) => None,
+            Cursor::Line(_) | Cursor::Rowid { .. } => None,
         }
     }
 
     fn describe(&self) -> String {
         match self {
             Cursor::Line(n) => format!("line {n}"),
+            Cursor::Rowid { rowid, key } => format!("row {rowid} (key {key})"),
             other => format!(
                 "key {}",
                 other.to_key().map(|k| k.display()).unwrap_or_default()
@@ -432,8 +440,8 @@ pub struct SourceBatch {
     pub lossy: Vec<(&'static str, Lossy)>,
     /// The source position after this batch.
     pub cursor: Cursor,
-    /// The source key range the batch covers (for the stale guard).
-    pub range: Option<(SqlValue, SqlValue)>,
+    /// Whether the stale guard should check this batch's rows against the source.
+    pub check_stale: bool,
     /// The source's `data_version` taken before the batch was read.
     pub version: Option<i64>,
 }
@@ -503,20 +511,36 @@ pub fn prepare_row_ref(
     }
 }
 
-/// Reads one table of a DoX SQLite file in key order.
+/// Reads one table of a DoX SQLite file, in storage (rowid) order where the
+/// table has rowids: sequential reads, several times cheaper than key order on
+/// files whose keys are random (uuids).
 pub struct SqliteSource {
     db: SqliteDatabase,
     table: &'static Table,
-    after: Option<SqlValue>,
+    from: ScanFrom,
 }
 
 impl SqliteSource {
-    pub fn new(db: SqliteDatabase, table: &'static Table, after: Option<&Cursor>) -> SqliteSource {
-        SqliteSource {
-            db,
-            table,
-            after: after.and_then(Cursor::to_key),
-        }
+    /// Position a reader after `after` (a checkpoint), or at the start.
+    pub async fn open(
+        db: SqliteDatabase,
+        table: &'static Table,
+        after: Option<&Cursor>,
+    ) -> Result<SqliteSource> {
+        let from = match after {
+            Some(Cursor::Rowid { rowid, key }) => match db.key_at_rowid(table, *rowid).await? {
+                Some(k) if k.display() == *key => ScanFrom::Rowid(Some(*rowid)),
+                // VACUUM renumbered the rows: copying the table again is safe (upserts).
+                _ => {
+                    tracing::warn!(table = table.sqlite, "the checkpoint's row moved (VACUUM?); copying the table again from the start");
+                    ScanFrom::Rowid(None)
+                }
+            },
+            Some(c) => ScanFrom::Key(c.to_key()),
+            None if db.has_rowid(table).await => ScanFrom::Rowid(None),
+            None => ScanFrom::Key(None),
+        };
+        Ok(SqliteSource { db, table, from })
     }
 }
 
@@ -528,7 +552,7 @@ impl BatchSource for SqliteSource {
         // Rows are prepared on the connection's thread, straight from SQLite's buffers.
         let page = self
             .db
-            .scan_page(table, self.after.clone(), max_rows, max_bytes, move |row| {
+            .scan_page(table, self.from.clone(), max_rows, max_bytes, move |row| {
                 let mut lossy = Vec::new();
                 let prepared = prepare_row_ref(table, row, &mut lossy);
                 let size = prepared.as_ref().map_or(0, |p| p.json.len() + 1);
@@ -538,13 +562,27 @@ impl BatchSource for SqliteSource {
         let Some(page) = page else {
             return Ok(None);
         };
+        let (from, cursor) = match self.from {
+            ScanFrom::Rowid(_) => (
+                ScanFrom::Rowid(Some(page.last_rowid)),
+                Cursor::Rowid {
+                    rowid: page.last_rowid,
+                    key: page.last.display(),
+                },
+            ),
+            ScanFrom::Key(_) => (
+                ScanFrom::Key(Some(page.last.clone())),
+                Cursor::from_key(&page.last),
+            ),
+        };
+        self.from = from;
         let mut batch = SourceBatch {
             rows: Vec::with_capacity(page.items.len()),
             rejects: Vec::new(),
             read: page.items.len() as u64,
             lossy: Vec::new(),
-            cursor: Cursor::from_key(&page.last),
-            range: Some((page.first, page.last.clone())),
+            cursor,
+            check_stale: true,
             version: Some(version),
         };
         for (prepared, lossy) in page.items {
@@ -554,7 +592,6 @@ impl BatchSource for SqliteSource {
                 Err(r) => batch.rejects.push(*r),
             }
         }
-        self.after = Some(page.last);
         Ok(Some(batch))
     }
 }
@@ -698,17 +735,16 @@ impl Lander {
             })
             .collect();
         self.rejects.write(&rejects)?;
-        let resynced = match (&self.source, &batch.range) {
+        let resynced = match (&self.source, batch.check_stale) {
             // Nobody committed to the source since the batch was read: nothing can be stale.
-            (Some(db), Some(_))
+            (Some(db), true)
                 if batch.version.is_some() && db.data_version().await.ok() == batch.version =>
             {
                 0
             }
-            (Some(db), Some((first, last))) => {
+            (Some(db), true) => {
                 let refused_keys: Vec<&str> = refused.iter().map(|(p, _)| p.key.as_str()).collect();
-                self.resync(db, first, last, &batch.rows, &refused_keys)
-                    .await?
+                self.resync(db, &batch.rows, &refused_keys).await?
             }
             _ => 0,
         };
@@ -723,14 +759,12 @@ impl Lander {
         })
     }
 
-    /// The stale guard: read the landed key range again; send the current
+    /// The stale guard: read the landed rows again by key; send the current
     /// version of rows that changed since they were read, delete the ones that
-    /// are gone, and repeat until the range is stable.
+    /// are gone, and repeat until they are stable.
     async fn resync(
         &self,
         db: &SqliteDatabase,
-        first: &SqlValue,
-        last: &SqlValue,
         sent: &[Prepared],
         refused: &[&str],
     ) -> Result<u64> {
@@ -742,7 +776,9 @@ impl Lander {
             .collect();
         let mut resent = 0u64;
         for _round in 0..5 {
-            let now = db.range(self.table, first.clone(), last.clone()).await?;
+            let now = db
+                .rows_by_keys(self.table, known.keys().cloned().collect())
+                .await?;
             let mut changed = Vec::new();
             let mut present = std::collections::HashSet::new();
             for row in &now {
@@ -1074,7 +1110,7 @@ pub async fn run(
         }
         let ck = loader.checkpoints.table(t);
         let after = if opts.dry_run { None } else { ck.after.clone() };
-        let src = SqliteSource::new(source.clone(), t, after.as_ref());
+        let src = SqliteSource::open(source.clone(), t, after.as_ref()).await?;
         // Counting scans the table: only worth it when someone watches the progress.
         let total = if opts.progress == Progress::Quiet {
             0

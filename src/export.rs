@@ -298,7 +298,7 @@ impl BatchSource for NdjsonSource {
             read: 0,
             lossy: Vec::<(&'static str, Lossy)>::new(),
             cursor: Cursor::Line(0),
-            range: None,
+            check_stale: false,
             version: None,
         };
         let mut bytes = 0usize;

@@ -252,6 +252,15 @@ pub struct ScanPage<T> {
     pub items: Vec<T>,
     pub first: SqlValue,
     pub last: SqlValue,
+    pub last_rowid: i64,
+}
+
+/// Where a scan continues: after a key (key order), or after a rowid (storage
+/// order: sequential reads, several times faster on files whose keys are random).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScanFrom {
+    Key(Option<SqlValue>),
+    Rowid(Option<i64>),
 }
 
 fn ref_of(v: ValueRef<'_>) -> SqlRef<'_> {
@@ -463,7 +472,7 @@ impl SqliteDatabase {
     pub async fn scan_page<T: Send + 'static>(
         &self,
         table: &'static Table,
-        after: Option<SqlValue>,
+        after: ScanFrom,
         max_rows: usize,
         max_bytes: usize,
         mut f: impl FnMut(&[SqlRef<'_>]) -> (T, usize) + Send + 'static,
@@ -474,18 +483,33 @@ impl SqliteDatabase {
             };
             let key = quote(l.physical[0].as_deref().unwrap_or(table.key().sqlite));
             let limit = i64::try_from(max_rows.max(1)).unwrap_or(i64::MAX);
-            let sql = match after {
-                Some(_) => format!("{} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2", l.select),
-                None => format!("{} ORDER BY {key} LIMIT ?1", l.select),
+            // In storage order the rowid is read too, after the catalogue columns.
+            let by_rowid = matches!(after, ScanFrom::Rowid(_));
+            let select = if by_rowid {
+                l.select.replacen(" FROM ", ", rowid FROM ", 1)
+            } else {
+                l.select.clone()
+            };
+            let (sql, after) = match after {
+                ScanFrom::Key(Some(k)) => (
+                    format!("{select} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2"),
+                    Some(to_param(&k)),
+                ),
+                ScanFrom::Key(None) => (format!("{select} ORDER BY {key} LIMIT ?1"), None),
+                ScanFrom::Rowid(Some(r)) => (
+                    format!("{select} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"),
+                    Some(SqlParam::Integer(r)),
+                ),
+                ScanFrom::Rowid(None) => (format!("{select} ORDER BY rowid LIMIT ?1"), None),
             };
             let mut stmt = conn.prepare_cached(&sql)?;
             let mut rows = match &after {
-                Some(a) => stmt.query(rusqlite::params![to_param(a), limit])?,
+                Some(a) => stmt.query(rusqlite::params![a, limit])?,
                 None => stmt.query(rusqlite::params![limit])?,
             };
             let n = table.columns.len();
             let (mut items, mut bytes) = (Vec::new(), 0usize);
-            let (mut first, mut last) = (None, None);
+            let (mut first, mut last, mut last_rowid) = (None, None, 0i64);
             while let Some(row) = rows.next()? {
                 let refs = (0..n)
                     .map(|i| row.get_ref(i).map(ref_of))
@@ -496,14 +520,84 @@ impl SqliteDatabase {
                 let k = refs[0].to_value();
                 first.get_or_insert_with(|| k.clone());
                 last = Some(k);
+                if by_rowid {
+                    last_rowid = row.get(n)?;
+                }
                 if bytes >= max_bytes {
                     break;
                 }
             }
             Ok(match (first, last) {
-                (Some(first), Some(last)) => Some(ScanPage { items, first, last }),
+                (Some(first), Some(last)) => Some(ScanPage {
+                    items,
+                    first,
+                    last,
+                    last_rowid,
+                }),
                 _ => None,
             })
+        })
+        .await
+    }
+
+    /// Whether the table can be scanned by rowid (not a WITHOUT ROWID table).
+    pub async fn has_rowid(&self, table: &'static Table) -> bool {
+        self.run(move |conn, _| {
+            Ok(conn
+                .prepare(&format!(
+                    "SELECT rowid FROM {} LIMIT 0",
+                    quote(table.sqlite)
+                ))
+                .is_ok())
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// The key of the row at `rowid`, if there is one.
+    pub async fn key_at_rowid(
+        &self,
+        table: &'static Table,
+        rowid: i64,
+    ) -> Result<Option<SqlValue>> {
+        self.run(move |conn, layout| {
+            let Some(l) = layout.get(table) else {
+                return Ok(None);
+            };
+            let key = quote(l.physical[0].as_deref().unwrap_or(table.key().sqlite));
+            let sql = format!("SELECT {key} FROM {} WHERE rowid = ?1", quote(table.sqlite));
+            Ok(conn
+                .query_row(&sql, [rowid], |r| r.get_ref(0).map(from_ref))
+                .optional()?)
+        })
+        .await
+    }
+
+    /// The current rows with these keys (those that still exist).
+    pub async fn rows_by_keys(
+        &self,
+        table: &'static Table,
+        keys: Vec<String>,
+    ) -> Result<Vec<SqlRow>> {
+        self.run(move |conn, layout| {
+            let Some(l) = layout.get(table) else {
+                return Ok(Vec::new());
+            };
+            let key = quote(l.physical[0].as_deref().unwrap_or(table.key().sqlite));
+            let n = table.columns.len();
+            let mut out = Vec::new();
+            for chunk in keys.chunks(500) {
+                let marks = vec!["?"; chunk.len()].join(", ");
+                let sql = format!("{} WHERE {key} IN ({marks})", l.select);
+                let mut stmt = conn.prepare(&sql)?;
+                let rows = stmt
+                    .query_map(params_from_iter(chunk.iter()), |r| {
+                        (0..n).map(|i| r.get_ref(i).map(from_ref)).collect()
+                    })?
+                    .collect::<rusqlite::Result<Vec<SqlRow>>>()?;
+                out.extend(rows);
+            }
+            Ok(out)
         })
         .await
     }

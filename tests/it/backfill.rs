@@ -696,3 +696,41 @@ async fn a_generated_database_lands_equal_with_its_lossy_conversions_counted() {
     assert!(lossy > 0, "generated data holds NaN tokens");
     assert_same(&read_only(&path).await, &pg.supabase(), "generated").await;
 }
+
+/// A checkpoint in storage order resumes after its row, unless VACUUM moved
+/// the rows: then the table is copied again from the start (upserts: harmless).
+#[tokio::test]
+async fn a_storage_order_checkpoint_resumes_and_survives_renumbered_rows() {
+    let (_d, path) = fixture_copy("dox-small.sqlite3");
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let (rowid, key): (i64, String) = c
+        .query_row(
+            "SELECT rowid, id FROM logentry ORDER BY rowid LIMIT 1 OFFSET 99",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    drop(c);
+    let pg = PrivateDb::new().await;
+    let source = std::fs::canonicalize(&path).unwrap().display().to_string();
+    for (key, want_read) in [(key.clone(), 200u64), ("not the key there".to_owned(), 300)] {
+        let state = tempfile::tempdir().unwrap();
+        let ck = json!({"source": source, "tables": {"logentry": {
+            "after": {"kind": "rowid", "value": {"rowid": rowid, "key": key}},
+            "done": false, "rows_written": 100, "rows_rejected": 0}}});
+        std::fs::write(state.path().join("checkpoint.json"), ck.to_string()).unwrap();
+        let mut o = opts(state.path());
+        o.tables = vec![&catalogue::LOGENTRY];
+        let r = backfill::run(&path, &pg.supabase(), &o).await.unwrap();
+        assert_eq!(r.rows_read, want_read, "{key}");
+        assert!(r.resumed);
+    }
+    assert_eq!(
+        pg.supabase()
+            .fetch(&catalogue::LOGENTRY, &[])
+            .await
+            .unwrap()
+            .len(),
+        300
+    );
+}
