@@ -516,6 +516,9 @@ pub fn prepare_row_ref(
 /// files whose keys are random (uuids).
 pub struct SqliteSource {
     db: SqliteDatabase,
+    /// A second connection (thread) for `data_version`: asking the reading one
+    /// would wait behind the page it is preparing and hold up every batch.
+    watch: SqliteDatabase,
     table: &'static Table,
     from: ScanFrom,
 }
@@ -524,6 +527,7 @@ impl SqliteSource {
     /// Position a reader after `after` (a checkpoint), or at the start.
     pub async fn open(
         db: SqliteDatabase,
+        watch: SqliteDatabase,
         table: &'static Table,
         after: Option<&Cursor>,
     ) -> Result<SqliteSource> {
@@ -540,14 +544,19 @@ impl SqliteSource {
             None if db.has_rowid(table).await => ScanFrom::Rowid(None),
             None => ScanFrom::Key(None),
         };
-        Ok(SqliteSource { db, table, from })
+        Ok(SqliteSource {
+            db,
+            watch,
+            table,
+            from,
+        })
     }
 }
 
 impl BatchSource for SqliteSource {
     async fn next(&mut self, max_rows: usize, max_bytes: usize) -> Result<Option<SourceBatch>> {
         // Taken before the read: a commit in between shows as a change, never as none.
-        let version = self.db.data_version().await?;
+        let version = self.watch.data_version().await?;
         let table = self.table;
         // Rows are prepared on the connection's thread, straight from SQLite's buffers.
         let page = self
@@ -990,7 +999,7 @@ impl<'a> Loader<'a> {
                     b.set_message(format!("{rate:.0} rows/s"));
                 }
             }
-            if last_save.elapsed() > Duration::from_millis(250) {
+            if last_save.elapsed() > Duration::from_secs(1) {
                 self.checkpoints.set(table, ck.clone())?;
                 last_save = Instant::now();
             }
@@ -1088,6 +1097,14 @@ pub async fn run(
         },
     )
     .await?;
+    let watch = SqliteDatabase::open(
+        source_path,
+        crate::db::SqliteOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .await?;
     let source_id = std::fs::canonicalize(source_path)
         .unwrap_or_else(|_| source_path.to_path_buf())
         .display()
@@ -1110,7 +1127,7 @@ pub async fn run(
         }
         let ck = loader.checkpoints.table(t);
         let after = if opts.dry_run { None } else { ck.after.clone() };
-        let src = SqliteSource::open(source.clone(), t, after.as_ref()).await?;
+        let src = SqliteSource::open(source.clone(), watch.clone(), t, after.as_ref()).await?;
         // Counting scans the table: only worth it when someone watches the progress.
         let total = if opts.progress == Progress::Quiet {
             0
@@ -1118,7 +1135,7 @@ pub async fn run(
             source.count(t).await?
         };
         let r = loader
-            .copy_table(t, src, total, Some(source.clone()))
+            .copy_table(t, src, total, Some(watch.clone()))
             .await?;
         report.tables.push(r);
     }
