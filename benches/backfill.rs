@@ -14,8 +14,11 @@
 //! The target tables are truncated (through DATABASE_URL) before each step.
 //! Under `cargo test` (no `--bench`) it makes a small smoke run.
 
+mod common;
+use common::*;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,41 +26,12 @@ use std::time::{Duration, Instant};
 use dualwrite::backfill::prepare_row;
 use dualwrite::catalogue::TABLES;
 use dualwrite::db::{SqliteDatabase, SqliteOptions};
-use dualwrite::generate::{generate, GenerateOptions};
-
-fn stack_env() -> HashMap<String, String> {
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack.sh"))
-        .arg("env")
-        .output()
-        .expect("scripts/stack.sh env");
-    assert!(
-        out.status.success(),
-        "start the stack first: scripts/stack.sh up"
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').replace('\\', "")))
-        .collect()
-}
 
 fn env_or(k: &str, d: usize) -> usize {
     std::env::var(k)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(d)
-}
-
-async fn truncate(env: &HashMap<String, String>) {
-    let (c, conn) = tokio_postgres::connect(&env["DATABASE_URL"], tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let names: Vec<_> = TABLES.iter().map(|t| t.supabase).collect();
-    c.batch_execute(&format!("TRUNCATE {}", names.join(", ")))
-        .await
-        .unwrap();
-    c.batch_execute("VACUUM ANALYZE").await.unwrap();
 }
 
 /// Every table's rows, normalised and serialised into request bodies cut by the
@@ -201,26 +175,6 @@ fn backfill(
         String::from_utf8_lossy(&out.stderr)
     );
     (secs, serde_json::from_slice(&out.stdout).unwrap())
-}
-
-async fn dataset(rows: u64) -> PathBuf {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-data"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("dox-{rows}-seed1.sqlite3"));
-    if !path.exists() {
-        let t = Instant::now();
-        let tmp = dir.join(format!("dox-{rows}-seed1.partial.sqlite3"));
-        let _ = std::fs::remove_file(&tmp);
-        generate(&tmp, &GenerateOptions { rows, seed: 1 })
-            .await
-            .unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-        println!(
-            "generated {rows} rows in {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
-    }
-    path
 }
 
 #[tokio::main]

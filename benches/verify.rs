@@ -12,8 +12,11 @@
 //!
 //! Under `cargo test` (no `--bench`) it makes a small smoke run.
 
+mod common;
+use common::*;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,40 +24,8 @@ use secrecy::SecretString;
 
 use dualwrite::catalogue::TABLES;
 use dualwrite::db::{SqliteDatabase, SqliteOptions};
-use dualwrite::generate::{generate, GenerateOptions};
 use dualwrite::normalise::SqlValue;
 use dualwrite::rest::{RestClient, RestConfig};
-
-fn stack_env() -> HashMap<String, String> {
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack.sh"))
-        .arg("env")
-        .output()
-        .expect("scripts/stack.sh env");
-    assert!(
-        out.status.success(),
-        "start the stack first: scripts/stack.sh up"
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').replace('\\', "")))
-        .collect()
-}
-
-async fn dataset(rows: u64) -> PathBuf {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-data"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("dox-{rows}-seed1.sqlite3"));
-    if !path.exists() {
-        let tmp = dir.join(format!("dox-{rows}-seed1.partial.sqlite3"));
-        let _ = std::fs::remove_file(&tmp);
-        generate(&tmp, &GenerateOptions { rows, seed: 1 })
-            .await
-            .unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-    }
-    path
-}
 
 fn run(env: &HashMap<String, String>, args: &[&str]) -> (f64, serde_json::Value, i32) {
     let started = Instant::now();

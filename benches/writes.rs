@@ -7,6 +7,9 @@
 //! Under `cargo test` (no `--bench` argument) it makes a short smoke run, so CI
 //! keeps it working without spending minutes on it.
 
+mod common;
+use common::*;
+
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,23 +21,6 @@ use serde_json::{json, Value};
 use dualwrite::db::{Database, DualDatabase, SqliteDatabase, SqliteOptions, SupabaseDatabase};
 use dualwrite::model::Write;
 use dualwrite::rest::{RestClient, RestConfig};
-
-fn stack_env() -> HashMap<String, String> {
-    let repo = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new(format!("{repo}/scripts/stack.sh"))
-        .arg("env")
-        .output()
-        .expect("scripts/stack.sh env");
-    assert!(
-        out.status.success(),
-        "start the stack first: scripts/stack.sh up"
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').replace('\\', "")))
-        .collect()
-}
 
 /// A realistic mix of DoX writes: ingestion rows, summaries, memories, prefs, updates.
 fn mixed_writes(n: usize, run: &str) -> Vec<Write> {

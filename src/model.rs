@@ -951,6 +951,27 @@ impl Write {
     }
 }
 
+/// The `skills_registry` row of a newly registered skill.
+pub fn skill_row(
+    id: Option<&String>,
+    name: &str,
+    description: &str,
+    parameters: &Value,
+    workflow_def: &Value,
+    enabled: bool,
+    created_at: Option<&String>,
+) -> SqlRow {
+    vec![
+        SqlValue::opt_text(id),
+        SqlValue::text(name),
+        SqlValue::text(description),
+        SqlValue::Text(json_text(parameters)),
+        SqlValue::Text(json_text(workflow_def)),
+        SqlValue::Integer(i64::from(enabled)),
+        SqlValue::opt_text(created_at),
+    ]
+}
+
 /// The `user_prefs` row holding a whole preferences object.
 pub fn user_prefs_row(
     user_id: &str,

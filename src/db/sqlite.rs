@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use super::{check_filters, reads, Applied, Database, Filter, Row};
 use crate::catalogue::{self as cat, Kind, Table, TABLES};
 use crate::error::{Error, Result};
-use crate::model::{user_prefs_row, Step, Write};
+use crate::model::{skill_row, user_prefs_row, Step, Write};
 use crate::normalise::{self, json_text, parse_json_text, SqlRef, SqlRow, SqlValue};
 
 /// How to open a SQLite file.
@@ -834,15 +834,15 @@ fn apply_sync(conn: &mut Connection, layout: &Layout, mut write: Write) -> Resul
                     v => Some(v.display()),
                 };
             } else {
-                let row = vec![
-                    SqlValue::opt_text(id.as_ref()),
-                    SqlValue::text(name.as_str()),
-                    SqlValue::text(description.as_str()),
-                    SqlValue::Text(json_text(parameters)),
-                    SqlValue::Text(json_text(workflow_def)),
-                    SqlValue::Integer(i64::from(*enabled)),
-                    SqlValue::opt_text(created_at.as_ref()),
-                ];
+                let row = skill_row(
+                    id.as_ref(),
+                    name,
+                    description,
+                    parameters,
+                    workflow_def,
+                    *enabled,
+                    created_at.as_ref(),
+                );
                 exec_steps(
                     &tx,
                     layout,

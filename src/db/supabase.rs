@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use super::{check_filters, reads, Applied, Database, Filter, Row};
 use crate::catalogue::{self as cat, Table};
 use crate::error::{Error, Result};
-use crate::model::{user_prefs_row, Step, Write};
+use crate::model::{skill_row, user_prefs_row, Step, Write};
 use crate::normalise::{self, Lossy, SqlRow};
 use crate::rest::{filter_text, RestClient};
 
@@ -190,15 +190,15 @@ impl Database for SupabaseDatabase {
                         .and_then(Value::as_str)
                         .map(str::to_owned);
                 } else {
-                    let row = vec![
-                        normalise::SqlValue::opt_text(id.as_ref()),
-                        normalise::SqlValue::text(name.as_str()),
-                        normalise::SqlValue::text(description.as_str()),
-                        normalise::SqlValue::Text(normalise::json_text(parameters)),
-                        normalise::SqlValue::Text(normalise::json_text(workflow_def)),
-                        normalise::SqlValue::Integer(i64::from(*enabled)),
-                        normalise::SqlValue::opt_text(created_at.as_ref()),
-                    ];
+                    let row = skill_row(
+                        id.as_ref(),
+                        name,
+                        description,
+                        parameters,
+                        workflow_def,
+                        *enabled,
+                        created_at.as_ref(),
+                    );
                     self.upsert_rows(&cat::SKILLS_REGISTRY, &[row]).await?;
                 }
                 json!(id)

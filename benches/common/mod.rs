@@ -1,0 +1,62 @@
+//! What the benchmarks share: the local stack's variables and the cached
+//! generated data set.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use dualwrite::catalogue::TABLES;
+use dualwrite::generate::{generate, GenerateOptions};
+
+/// The variables `scripts/stack.sh env` prints (keys, URLs, DATABASE_URL).
+pub fn stack_env() -> HashMap<String, String> {
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack.sh"))
+        .arg("env")
+        .output()
+        .expect("scripts/stack.sh env");
+    assert!(
+        out.status.success(),
+        "start the stack first: scripts/stack.sh up"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').replace('\\', "")))
+        .collect()
+}
+
+/// A generated DoX file of `rows` rows (seed 1), cached under target/bench-data.
+pub async fn dataset(rows: u64) -> PathBuf {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-data"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("dox-{rows}-seed1.sqlite3"));
+    if !path.exists() {
+        let started = std::time::Instant::now();
+        let tmp = dir.join(format!("dox-{rows}-seed1.partial.sqlite3"));
+        let _ = std::fs::remove_file(&tmp);
+        generate(&tmp, &GenerateOptions { rows, seed: 1 })
+            .await
+            .unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        println!(
+            "generated {rows} rows in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    path
+}
+
+/// Empty every DoX table of the stack (through DATABASE_URL).
+pub async fn truncate(env: &HashMap<String, String>) {
+    let (c, conn) = tokio_postgres::connect(&env["DATABASE_URL"], tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let names: Vec<_> = TABLES.iter().map(|t| t.supabase).collect();
+    c.batch_execute(&format!("TRUNCATE {}", names.join(", ")))
+        .await
+        .unwrap();
+    c.batch_execute("VACUUM ANALYZE").await.unwrap();
+}
