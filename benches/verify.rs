@@ -149,14 +149,7 @@ async fn main() {
     assert_eq!(n1, n2);
     let baseline = (b1 + b2) / 2.0;
     // Leave the shared stack as it was found: empty of generated rows.
-    let (c, conn) = tokio_postgres::connect(&env["DATABASE_URL"], tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let names: Vec<_> = TABLES.iter().map(|t| t.supabase).collect();
-    c.batch_execute(&format!("TRUNCATE {}", names.join(", ")))
-        .await
-        .unwrap();
+    truncate(&env).await;
     let rss = |v: &serde_json::Value| {
         v["peak_rss_bytes"].as_u64().map_or("n/a".to_owned(), |b| {
             format!("{:.1} MB", b as f64 / 1048576.0)
