@@ -293,7 +293,77 @@ struct CheckpointFile {
 pub struct Checkpoints {
     path: PathBuf,
     data: CheckpointFile,
-    persist: bool,
+    /// The writer thread (none for a dry run): saving never stalls the copy.
+    writer: Option<CheckpointWriter>,
+}
+
+enum WriterMsg {
+    Save(Vec<u8>),
+    Flush(std::sync::mpsc::Sender<std::result::Result<(), String>>),
+}
+
+/// Writes checkpoints on a thread of its own, the latest one only, atomically
+/// (temp file, fsync, rename). A killed process leaves the last one written:
+/// resuming from a slightly older position only resends rows (upserts).
+struct CheckpointWriter {
+    tx: std::sync::mpsc::Sender<WriterMsg>,
+}
+
+impl CheckpointWriter {
+    fn start(path: PathBuf) -> CheckpointWriter {
+        let (tx, rx) = std::sync::mpsc::channel::<WriterMsg>();
+        std::thread::spawn(move || {
+            let mut last_error: Option<String> = None;
+            while let Ok(msg) = rx.recv() {
+                let mut latest = None;
+                let mut flushes = Vec::new();
+                let mut next = Some(msg);
+                while let Some(m) = next {
+                    match m {
+                        WriterMsg::Save(b) => latest = Some(b),
+                        WriterMsg::Flush(ack) => flushes.push(ack),
+                    }
+                    next = rx.try_recv().ok();
+                }
+                if let Some(bytes) = latest {
+                    if let Err(e) = write_atomically(&path, &bytes) {
+                        last_error = Some(format!("cannot write {}: {e}", path.display()));
+                    }
+                }
+                for ack in flushes {
+                    let _ = ack.send(last_error.clone().map_or(Ok(()), Err));
+                }
+            }
+        });
+        CheckpointWriter { tx }
+    }
+
+    fn flush(&self) -> Result<()> {
+        let (ack, done) = std::sync::mpsc::channel();
+        if self.tx.send(WriterMsg::Flush(ack)).is_err() {
+            return Err(Error::Protocol("the checkpoint writer stopped".into()));
+        }
+        done.recv()
+            .map_err(|_| Error::Protocol("the checkpoint writer stopped".into()))?
+            .map_err(Error::Protocol)
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+impl Drop for Checkpoints {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
 }
 
 impl Checkpoints {
@@ -324,11 +394,8 @@ impl Checkpoints {
             },
             Err(e) => return Err(e.into()),
         };
-        Ok(Checkpoints {
-            path,
-            data,
-            persist,
-        })
+        let writer = persist.then(|| CheckpointWriter::start(path.clone()));
+        Ok(Checkpoints { path, data, writer })
     }
 
     pub fn table(&self, t: &Table) -> TableCheckpoint {
@@ -348,20 +415,26 @@ impl Checkpoints {
         self.save()
     }
 
-    /// Write atomically: a temp file, fsync, rename.
+    /// Hand the current state to the writer thread.
     fn save(&self) -> Result<()> {
-        if !self.persist {
-            return Ok(());
+        if let Some(w) = &self.writer {
+            let bytes = serde_json::to_vec_pretty(&self.data).expect("checkpoint serialises");
+            w.tx.send(WriterMsg::Save(bytes))
+                .map_err(|_| Error::Protocol("the checkpoint writer stopped".into()))?;
         }
-        if let Some(d) = self.path.parent() {
-            std::fs::create_dir_all(d)?;
-        }
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(&self.data).expect("checkpoint serialises"))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
         Ok(())
+    }
+
+    /// Wait until everything saved so far is on disk.
+    pub fn flush(&self) -> Result<()> {
+        match &self.writer {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -1051,6 +1124,9 @@ impl<'a> Loader<'a> {
     }
 
     pub fn finish(self, mut report: BackfillReport, started: Instant) -> BackfillReport {
+        if let Err(e) = self.checkpoints.flush() {
+            tracing::error!(error = %e, "the last checkpoint could not be written; a rerun resends some rows");
+        }
         report.rows_read = report.tables.iter().map(|t| t.rows_read).sum();
         report.rows_written = report.tables.iter().map(|t| t.rows_written).sum();
         report.rows_rejected = report.tables.iter().map(|t| t.rows_rejected).sum();
