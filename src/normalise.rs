@@ -390,30 +390,47 @@ pub fn parse_json_text(s: &str) -> (Value, Option<Lossy>) {
     )
 }
 
+/// Tracks, byte by byte, whether a scan of JSON text is inside a string.
+#[derive(Default)]
+struct Strings {
+    inside: bool,
+    escaped: bool,
+}
+
+impl Strings {
+    /// Feed the next byte; true when it belongs to a string (its quotes included).
+    fn inside(&mut self, c: u8) -> bool {
+        if self.inside {
+            match (self.escaped, c) {
+                (true, _) => self.escaped = false,
+                (false, b'\\') => self.escaped = true,
+                (false, b'"') => self.inside = false,
+                _ => {}
+            }
+            true
+        } else if c == b'"' {
+            self.inside = true;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Whether every number in JSON text (outside strings) is surely within a
 /// double's range, as the canonical form needs: no exponent beyond ±300 and no
 /// literal of more than 300 characters. Conservative: `false` only sends the
 /// value down the slow path, which decides exactly.
 fn numbers_fit_f64(s: &str) -> bool {
     let b = s.as_bytes();
-    let (mut i, mut in_string, mut escaped) = (0, false, false);
+    let mut strings = Strings::default();
+    let mut i = 0;
     while i < b.len() {
+        if strings.inside(b[i]) {
+            i += 1;
+            continue;
+        }
         let c = b[i];
-        if in_string {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            i += 1;
-            continue;
-        }
-        if c == b'"' {
-            in_string = true;
-            i += 1;
-            continue;
-        }
         if c == b'-' || c.is_ascii_digit() {
             let start = i;
             while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
@@ -441,26 +458,12 @@ fn numbers_fit_f64(s: &str) -> bool {
 fn replace_non_finite(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = String::with_capacity(s.len());
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut strings = Strings::default();
     let mut changed = false;
     let mut i = 0;
     let mut copied = 0;
     while i < b.len() {
-        let c = b[i];
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if c == b'\\' {
-                escaped = true;
-            } else if c == b'"' {
-                in_string = false;
-            }
-            i += 1;
-            continue;
-        }
-        if c == b'"' {
-            in_string = true;
+        if strings.inside(b[i]) {
             i += 1;
             continue;
         }
