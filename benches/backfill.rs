@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use dualwrite::backfill::prepare_row;
 use dualwrite::catalogue::TABLES;
-use dualwrite::db::{SqliteDatabase, SqliteOptions};
+use dualwrite::db::SqliteDatabase;
 
 fn env_or(k: &str, d: usize) -> usize {
     std::env::var(k)
@@ -41,15 +41,7 @@ async fn bodies(
     batch_rows: usize,
     batch_bytes: usize,
 ) -> Vec<(&'static str, &'static str, String, usize)> {
-    let db = SqliteDatabase::open(
-        path,
-        SqliteOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let db = SqliteDatabase::open_read_only(path).await.unwrap();
     let mut out = Vec::new();
     for t in TABLES {
         let mut after = None;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 
 use dualwrite::catalogue::TABLES;
-use dualwrite::db::{SqliteDatabase, SqliteOptions};
+use dualwrite::db::SqliteDatabase;
 use dualwrite::normalise::SqlValue;
 use dualwrite::rest::{RestClient, RestConfig};
 
@@ -50,15 +50,7 @@ fn run(env: &HashMap<String, String>, args: &[&str]) -> (f64, serde_json::Value,
 /// nothing; the two sides at the same time, as verify reads them.
 async fn read_both(path: &Path, rest: &RestClient, page: usize) -> (f64, u64) {
     let started = Instant::now();
-    let db = SqliteDatabase::open(
-        path,
-        SqliteOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let db = SqliteDatabase::open_read_only(path).await.unwrap();
     let sqlite_side = async {
         let mut n = 0u64;
         for t in TABLES {

@@ -1165,22 +1165,8 @@ pub async fn run(
     opts: &BackfillOptions,
 ) -> Result<BackfillReport> {
     let started = Instant::now();
-    let source = SqliteDatabase::open(
-        source_path,
-        crate::db::SqliteOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let watch = SqliteDatabase::open(
-        source_path,
-        crate::db::SqliteOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let source = SqliteDatabase::open_read_only(source_path).await?;
+    let watch = SqliteDatabase::open_read_only(source_path).await?;
     let source_id = std::fs::canonicalize(source_path)
         .unwrap_or_else(|_| source_path.to_path_buf())
         .display()

@@ -20,7 +20,7 @@ use crate::backfill::{
     SourceBatch,
 };
 use crate::catalogue::{self, Table};
-use crate::db::{SqliteDatabase, SqliteOptions, SupabaseDatabase};
+use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
 use crate::normalise::Lossy;
 
@@ -73,14 +73,7 @@ pub async fn export(
         )));
     }
     std::fs::create_dir_all(out)?;
-    let db = SqliteDatabase::open(
-        source,
-        SqliteOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let db = SqliteDatabase::open_read_only(source).await?;
     let selected: Vec<&'static Table> = if tables.is_empty() {
         catalogue::TABLES.to_vec()
     } else {

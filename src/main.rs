@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use dualwrite::backfill::{self, BackfillOptions, BackfillReport, Progress};
 use dualwrite::config::{Settings, Sources};
-use dualwrite::db::{Dox, SqliteDatabase, SqliteOptions, SupabaseDatabase};
+use dualwrite::db::{Dox, SqliteDatabase, SupabaseDatabase};
 use dualwrite::model::Call;
 use dualwrite::{catalogue, cutover, demo, export, factory, keys, verify, Error};
 
@@ -569,11 +569,7 @@ async fn verify_sides(
     s: &Settings,
     path: &std::path::Path,
 ) -> Result<(SqliteDatabase, SupabaseDatabase, verify::KeyInfo)> {
-    let read_only = SqliteOptions {
-        read_only: true,
-        ..SqliteOptions::default()
-    };
-    let source = SqliteDatabase::open(path, read_only).await?;
+    let source = SqliteDatabase::open_read_only(path).await?;
     let target = factory::connect_supabase(s).await?;
     let key = verify::KeyInfo::from_settings(s).context("no Supabase key is configured")?;
     Ok((source, target, key))

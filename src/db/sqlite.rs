@@ -347,6 +347,15 @@ fn read_rows(
 
 impl SqliteDatabase {
     /// Open (and, unless read-only, bootstrap) a DoX SQLite file.
+    /// Open a DoX SQLite file without changing it in any way (jobs that copy or compare it).
+    pub async fn open_read_only(path: impl AsRef<Path>) -> Result<SqliteDatabase> {
+        let opts = SqliteOptions {
+            read_only: true,
+            ..SqliteOptions::default()
+        };
+        SqliteDatabase::open(path, opts).await
+    }
+
     pub async fn open(path: impl AsRef<Path>, opts: SqliteOptions) -> Result<SqliteDatabase> {
         let path = path.as_ref().to_path_buf();
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();

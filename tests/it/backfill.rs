@@ -22,15 +22,7 @@ fn opts(state: &Path) -> BackfillOptions {
 }
 
 async fn read_only(path: &Path) -> SqliteDatabase {
-    SqliteDatabase::open(
-        path,
-        SqliteOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
+    SqliteDatabase::open_read_only(path).await.unwrap()
 }
 
 /// Every table equal on both sides after normalisation (and the same row count).

@@ -108,15 +108,7 @@ async fn real_dox_files_open_without_schema_changes_and_read_fully() {
 async fn a_read_only_open_leaves_the_file_byte_for_byte() {
     let path = fixture("dox-small.sqlite3");
     let before = std::fs::read(&path).unwrap();
-    let db = SqliteDatabase::open(
-        &path,
-        SqliteOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let db = SqliteDatabase::open_read_only(&path).await.unwrap();
     assert_eq!(db.get_artifacts().await.unwrap().len(), 16);
     drop(db);
     assert_eq!(before, std::fs::read(&path).unwrap());
@@ -128,15 +120,9 @@ async fn the_alembic_variant_reads_and_writes_its_json_column() {
     let db = SqliteDatabase::open(&path, SqliteOptions::default())
         .await
         .unwrap();
-    let small = SqliteDatabase::open(
-        fixture("dox-small.sqlite3"),
-        SqliteOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let small = SqliteDatabase::open_read_only(fixture("dox-small.sqlite3"))
+        .await
+        .unwrap();
     assert_eq!(
         db.fetch(&catalogue::DOCTABLE, &[]).await.unwrap(),
         small.fetch(&catalogue::DOCTABLE, &[]).await.unwrap(),
@@ -163,15 +149,7 @@ async fn every_fixture_row_round_trips_through_supabase_equal_after_normalisatio
     let pg = PrivateDb::new().await;
     let sb = pg.supabase();
     for name in ["dox-small.sqlite3", "dox-small-alembic.sqlite3"] {
-        let lite = SqliteDatabase::open(
-            fixture(name),
-            SqliteOptions {
-                read_only: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+        let lite = SqliteDatabase::open_read_only(fixture(name)).await.unwrap();
         for t in TABLES {
             let raw = lite.raw_rows(t).await.unwrap();
             for chunk in raw.chunks(200) {
@@ -310,15 +288,9 @@ pub async fn odd_values_land(db: &SqliteDatabase) {
 
 #[tokio::test]
 async fn keyset_pages_cover_a_table_once_in_key_order() {
-    let db = SqliteDatabase::open(
-        fixture("dox-medium.sqlite3"),
-        SqliteOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let db = SqliteDatabase::open_read_only(fixture("dox-medium.sqlite3"))
+        .await
+        .unwrap();
     let t = &catalogue::LOGENTRY;
     let mut after = None;
     let mut keys = Vec::new();

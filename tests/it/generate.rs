@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use dualwrite::catalogue::{self, Table, TABLES};
-use dualwrite::db::{SqliteDatabase, SqliteOptions};
+use dualwrite::db::SqliteDatabase;
 use dualwrite::generate::{generate, plan, GenerateOptions};
 use dualwrite::normalise::{to_canonical, Lossy, SqlRow, SqlValue};
 use dualwrite::Error;
@@ -13,15 +13,7 @@ use dualwrite::Error;
 const ROWS: u64 = 5_000;
 
 async fn open_read_only(path: &Path) -> SqliteDatabase {
-    SqliteDatabase::open(
-        path,
-        SqliteOptions {
-            read_only: true,
-            ..SqliteOptions::default()
-        },
-    )
-    .await
-    .unwrap()
+    SqliteDatabase::open_read_only(path).await.unwrap()
 }
 
 /// Every row of a table, page by page.

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use dualwrite::catalogue::{self, Table, TABLES};
 use dualwrite::cutover::{self, CutoverOptions};
-use dualwrite::db::{SecondaryFailure, SqliteDatabase, SqliteOptions, SupabaseDatabase};
+use dualwrite::db::{SecondaryFailure, SqliteDatabase, SupabaseDatabase};
 use dualwrite::normalise;
 use dualwrite::rest::{RestClient, RestConfig};
 use dualwrite::verify::{self, Check, Format, KeyInfo, Verdict, VerifyOptions, VerifyReport};
@@ -22,15 +22,7 @@ use dualwrite::verify::{self, Check, Format, KeyInfo, Verdict, VerifyOptions, Ve
 use crate::harness::{fixture_copy, stack, PrivateDb};
 
 async fn open_read_only(path: &Path) -> SqliteDatabase {
-    SqliteDatabase::open(
-        path,
-        SqliteOptions {
-            read_only: true,
-            ..SqliteOptions::default()
-        },
-    )
-    .await
-    .unwrap()
+    SqliteDatabase::open_read_only(path).await.unwrap()
 }
 
 /// Copy every row that can land from `path` into `target` (a stand-in for the backfill).
