@@ -26,11 +26,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::io::Write as _;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::task::JoinSet;
@@ -505,9 +507,172 @@ pub struct Prepared {
     pub json: String,
 }
 
+/// A batch's rows, prepared for the wire and stored together: the request
+/// body (a JSON array) is written as the rows are read, so sending the whole
+/// batch copies nothing and no row has an allocation of its own.
+#[derive(Debug, Clone)]
+pub struct PreparedRows {
+    /// `[row,row,...]`.
+    body: Bytes,
+    /// Where each row's JSON object lies in `body`.
+    spans: Vec<(usize, usize)>,
+    /// The rows' keys, end to end; row i's ends at `key_ends[i]`.
+    keys: String,
+    key_ends: Vec<usize>,
+}
+
+impl PreparedRows {
+    pub fn from_rows(rows: &[Prepared]) -> PreparedRows {
+        let mut b = RowsBuilder::default();
+        for p in rows {
+            b.push(p);
+        }
+        b.finish()
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    pub fn key(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.key_ends[i - 1] };
+        &self.keys[start..self.key_ends[i]]
+    }
+
+    /// Row `i`'s JSON object.
+    pub fn json(&self, i: usize) -> &[u8] {
+        let (s, e) = self.spans[i];
+        &self.body[s..e]
+    }
+
+    /// Row `i`, copied out.
+    pub fn get(&self, i: usize) -> Prepared {
+        Prepared {
+            key: self.key(i).to_owned(),
+            json: String::from_utf8_lossy(self.json(i)).into_owned(),
+        }
+    }
+
+    /// The request body for the rows in `range`: the batch's own, not a copy,
+    /// when that is all of them.
+    pub fn body(&self, range: Range<usize>) -> Bytes {
+        if range == (0..self.len()) {
+            return self.body.clone();
+        }
+        if range.is_empty() {
+            return Bytes::from_static(b"[]");
+        }
+        let (s, e) = (self.spans[range.start].0, self.spans[range.end - 1].1);
+        let mut b = Vec::with_capacity(e - s + 2);
+        b.push(b'[');
+        b.extend_from_slice(&self.body[s..e]);
+        b.push(b']');
+        Bytes::from(b)
+    }
+}
+
+/// Builds [`PreparedRows`] one row at a time.
+#[derive(Debug)]
+pub struct RowsBuilder {
+    body: String,
+    spans: Vec<(usize, usize)>,
+    keys: String,
+    key_ends: Vec<usize>,
+}
+
+impl Default for RowsBuilder {
+    fn default() -> RowsBuilder {
+        RowsBuilder::with_capacity(0, 0)
+    }
+}
+
+impl RowsBuilder {
+    /// Room for `rows` rows of `bytes` bytes in all, so that the body is not
+    /// copied as it grows.
+    pub fn with_capacity(bytes: usize, rows: usize) -> RowsBuilder {
+        let mut body = String::with_capacity(bytes + 2);
+        body.push('[');
+        RowsBuilder {
+            body,
+            spans: Vec::with_capacity(rows),
+            keys: String::with_capacity(rows * 40),
+            key_ends: Vec::with_capacity(rows),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// The body's size so far, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Append a row whose JSON object `write` writes; when it fails, nothing
+    /// of the row is kept.
+    pub fn push_with<T, E>(
+        &mut self,
+        key: &str,
+        write: impl FnOnce(&mut String) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let mark = self.body.len();
+        let start = self.open();
+        match write(&mut self.body) {
+            Ok(t) => {
+                self.close(start, key);
+                Ok(t)
+            }
+            Err(e) => {
+                self.body.truncate(mark);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn push(&mut self, p: &Prepared) {
+        let start = self.open();
+        self.body.push_str(&p.json);
+        self.close(start, &p.key);
+    }
+
+    /// Where the next row starts, after its comma.
+    fn open(&mut self) -> usize {
+        if !self.spans.is_empty() {
+            self.body.push(',');
+        }
+        self.body.len()
+    }
+
+    /// Record the row written since `start`.
+    fn close(&mut self, start: usize, key: &str) {
+        self.spans.push((start, self.body.len()));
+        self.keys.push_str(key);
+        self.key_ends.push(self.keys.len());
+    }
+
+    pub fn finish(mut self) -> PreparedRows {
+        self.body.push(']');
+        PreparedRows {
+            body: Bytes::from(self.body),
+            spans: self.spans,
+            keys: self.keys,
+            key_ends: self.key_ends,
+        }
+    }
+}
+
 /// What a source hands over for one batch.
 pub struct SourceBatch {
-    pub rows: Vec<Prepared>,
+    pub rows: PreparedRows,
     pub rejects: Vec<Reject>,
     pub read: u64,
     pub lossy: Vec<(&'static str, Lossy)>,
@@ -553,35 +718,47 @@ pub fn prepare_row(
     lossy: &mut Vec<(&'static str, Lossy)>,
 ) -> std::result::Result<Prepared, Box<Reject>> {
     let refs: Vec<SqlRef<'_>> = row.iter().map(SqlValue::as_ref).collect();
-    prepare_row_ref(t, &refs, lossy)
+    match normalise::to_json_row_ref(t, &refs) {
+        Ok(c) => {
+            lossy.extend(c.lossy);
+            Ok(Prepared {
+                key: row[0].display(),
+                json: c.row,
+            })
+        }
+        Err(e) => Err(unrepresentable(t, &refs, e)),
+    }
 }
 
-/// [`prepare_row`] over borrowed values.
-pub fn prepare_row_ref(
+/// [`prepare_row`] over borrowed values, written straight into a batch.
+pub fn prepare_row_into(
     t: &'static Table,
     row: &[SqlRef<'_>],
     lossy: &mut Vec<(&'static str, Lossy)>,
-) -> std::result::Result<Prepared, Box<Reject>> {
-    match normalise::to_json_row_ref(t, row) {
-        Ok(c) => {
-            lossy.extend(c.lossy);
-            let key = match row[0] {
-                SqlRef::Text(s) => s.to_owned(),
-                other => other.to_value().display(),
-            };
-            Ok(Prepared { key, json: c.row })
+    rows: &mut RowsBuilder,
+) -> std::result::Result<(), Box<Reject>> {
+    let key = match row[0] {
+        SqlRef::Text(s) => std::borrow::Cow::Borrowed(s),
+        other => std::borrow::Cow::Owned(other.to_value().display()),
+    };
+    match rows.push_with(&key, |out| normalise::to_json_row_into(t, row, out)) {
+        Ok(l) => {
+            lossy.extend(l);
+            Ok(())
         }
-        Err(e) => {
-            let owned: SqlRow = row.iter().map(|v| v.to_value()).collect();
-            Err(Box::new(Reject {
-                table: t.sqlite.to_owned(),
-                key: owned[0].display(),
-                code: "unrepresentable".into(),
-                message: e.to_string(),
-                row: raw_row_json(t, &owned),
-            }))
-        }
+        Err(e) => Err(unrepresentable(t, row, e)),
     }
+}
+
+fn unrepresentable(t: &'static Table, row: &[SqlRef<'_>], e: Error) -> Box<Reject> {
+    let owned: SqlRow = row.iter().map(|v| v.to_value()).collect();
+    Box::new(Reject {
+        table: t.sqlite.to_owned(),
+        key: owned[0].display(),
+        code: "unrepresentable".into(),
+        message: e.to_string(),
+        row: raw_row_json(t, &owned),
+    })
 }
 
 /// Reads one table of a DoX SQLite file, in storage (rowid) order where the
@@ -594,6 +771,8 @@ pub struct SqliteSource {
     watch: SqliteDatabase,
     table: &'static Table,
     from: ScanFrom,
+    /// The last batch's size (bytes, rows).
+    last_batch: (usize, usize),
 }
 
 impl SqliteSource {
@@ -622,6 +801,7 @@ impl SqliteSource {
             watch,
             table,
             from,
+            last_batch: (0, 0),
         })
     }
 }
@@ -631,15 +811,28 @@ impl BatchSource for SqliteSource {
         // Taken before the read: a commit in between shows as a change, never as none.
         let version = self.watch.data_version().await?;
         let table = self.table;
-        // Rows are prepared on the connection's thread, straight from SQLite's buffers.
+        // Rows are prepared on the connection's thread, straight from SQLite's
+        // buffers into the request body.
+        // Sized like the last batch, plus a margin: a body that grows is copied.
+        let hint = self.last_batch;
+        let rows = RowsBuilder::with_capacity(hint.0 + hint.0 / 8, hint.1 + hint.1 / 8);
+        let start = (rows, Vec::new(), Vec::new());
         let page = self
             .db
-            .scan_page(table, self.from.clone(), max_rows, max_bytes, move |row| {
-                let mut lossy = Vec::new();
-                let prepared = prepare_row_ref(table, row, &mut lossy);
-                let size = prepared.as_ref().map_or(0, |p| p.json.len() + 1);
-                ((prepared, lossy), size)
-            })
+            .scan_page(
+                table,
+                self.from.clone(),
+                max_rows,
+                max_bytes,
+                start,
+                move |(rows, rejects, lossy), row| {
+                    let before = rows.bytes();
+                    if let Err(r) = prepare_row_into(table, row, lossy, rows) {
+                        rejects.push(*r);
+                    }
+                    rows.bytes() - before
+                },
+            )
             .await?;
         let Some(page) = page else {
             return Ok(None);
@@ -658,24 +851,28 @@ impl BatchSource for SqliteSource {
             ),
         };
         self.from = from;
-        let mut batch = SourceBatch {
-            rows: Vec::with_capacity(page.items.len()),
-            rejects: Vec::new(),
-            read: page.items.len() as u64,
-            lossy: Vec::new(),
+        let (rows, rejects, lossy) = page.state;
+        self.last_batch = (rows.bytes(), rows.len());
+        Ok(Some(SourceBatch {
+            rows: rows.finish(),
+            rejects,
+            read: page.rows as u64,
+            lossy,
             cursor,
             check_stale: true,
             version: Some(version),
-        };
-        for (prepared, lossy) in page.items {
-            batch.lossy.extend(lossy);
-            match prepared {
-                Ok(p) => batch.rows.push(p),
-                Err(r) => batch.rejects.push(*r),
-            }
-        }
-        Ok(Some(batch))
+        }))
     }
+}
+
+/// A batch whose rows have landed (or been rejected), before the stale guard.
+struct Sent {
+    seq: u64,
+    batch: SourceBatch,
+    written: u64,
+    rejects: u64,
+    /// Keys of the rows Supabase refused.
+    refused: Vec<String>,
 }
 
 /// What one landed batch produced.
@@ -706,19 +903,6 @@ fn transient_but_not_split(e: &Error) -> bool {
 }
 
 impl Lander {
-    fn body(rows: &[Prepared]) -> String {
-        let mut b = String::with_capacity(rows.iter().map(|r| r.json.len() + 1).sum::<usize>() + 2);
-        b.push('[');
-        for (i, r) in rows.iter().enumerate() {
-            if i > 0 {
-                b.push(',');
-            }
-            b.push_str(&r.json);
-        }
-        b.push(']');
-        b
-    }
-
     fn shrink(&self) {
         let cur = self.size.load(Ordering::Relaxed);
         self.size.store((cur / 2).max(1), Ordering::Relaxed);
@@ -734,31 +918,32 @@ impl Lander {
     /// isolated by bisection and pushed to `rejected`.
     fn land<'a>(
         &'a self,
-        rows: &'a [Prepared],
+        all: &'a PreparedRows,
+        range: Range<usize>,
         rejected: &'a mut Vec<(Prepared, Error)>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64>> + Send + 'a>> {
         Box::pin(async move {
-            if rows.is_empty() {
+            let n_rows = range.len();
+            if n_rows == 0 {
                 return Ok(0);
             }
-            let body = Self::body(rows);
+            let body = all.body(range.clone());
             let started = Instant::now();
             // A single row is retried for every transient error; a batch is split
             // instead when it was too large or too slow.
-            let when: fn(&Error) -> bool = if rows.len() == 1 {
+            let when: fn(&Error) -> bool = if n_rows == 1 {
                 |_| true
             } else {
                 transient_but_not_split
             };
             let res = retry_when(RetryPolicy::for_up_to(self.max_wait), when, || {
-                self.rest
-                    .upsert(self.table.supabase, self.table.key().supabase, body.clone())
+                self.rest.upsert(self.table, body.clone())
             })
             .await;
             match res {
-                Ok(n) if n == rows.len() as u64 => {
+                Ok(n) if n == n_rows as u64 => {
                     if started.elapsed() < Duration::from_secs(1)
-                        && rows.len() >= self.size.load(Ordering::Relaxed)
+                        && n_rows >= self.size.load(Ordering::Relaxed)
                     {
                         self.grow();
                     }
@@ -766,12 +951,11 @@ impl Lander {
                 }
                 Ok(n) => Err(Error::Protocol(format!(
                     "{}: sent {} rows, PostgREST reports {n} written",
-                    self.table.supabase,
-                    rows.len()
+                    self.table.supabase, n_rows
                 ))),
-                Err(e) if rows.len() > 1 && e.must_split() => {
+                Err(e) if n_rows > 1 && e.must_split() => {
                     self.shrink();
-                    self.split(rows, rejected).await
+                    self.split(all, range, rejected).await
                 }
                 Err(e) if e.is_transient() => {
                     if e.wants_smaller_batch() {
@@ -787,25 +971,35 @@ impl Lander {
                 }
                 // Auth, a missing table or column: no subset of the rows would pass.
                 Err(e) if !e.is_data_error() => Err(e),
-                Err(e) if rows.len() == 1 => {
-                    rejected.push((rows[0].clone(), e));
+                Err(e) if n_rows == 1 => {
+                    rejected.push((all.get(range.start), e));
                     Ok(0)
                 }
                 // Bisect to find the rows at fault; the others land.
-                Err(_) => self.split(rows, rejected).await,
+                Err(_) => self.split(all, range, rejected).await,
             }
         })
     }
 
-    async fn split(&self, rows: &[Prepared], rejected: &mut Vec<(Prepared, Error)>) -> Result<u64> {
-        let (a, b) = rows.split_at(rows.len() / 2);
-        let n = self.land(a, rejected).await?;
-        Ok(n + self.land(b, rejected).await?)
+    async fn split(
+        &self,
+        all: &PreparedRows,
+        range: Range<usize>,
+        rejected: &mut Vec<(Prepared, Error)>,
+    ) -> Result<u64> {
+        let mid = range.start + range.len() / 2;
+        let n = self.land(all, range.start..mid, rejected).await?;
+        Ok(n + self.land(all, mid..range.end, rejected).await?)
     }
 
-    async fn run(self, seq: u64, batch: SourceBatch) -> Result<Landed> {
+    /// Send a batch: its rows land or are rejected. What follows (the stale
+    /// guard, [`Lander::settle`]) runs apart, so the next batch can take the
+    /// request slot at once.
+    async fn send(self, seq: u64, batch: SourceBatch) -> Result<Sent> {
         let mut refused = Vec::new();
-        let written = self.land(&batch.rows, &mut refused).await?;
+        let written = self
+            .land(&batch.rows, 0..batch.rows.len(), &mut refused)
+            .await?;
         let rejects: Vec<Reject> = refused
             .iter()
             .map(|(p, e)| Reject {
@@ -817,6 +1011,25 @@ impl Lander {
             })
             .collect();
         self.rejects.write(&rejects)?;
+        Ok(Sent {
+            seq,
+            written,
+            rejects: (batch.rejects.len() + rejects.len()) as u64,
+            refused: refused.into_iter().map(|(p, _)| p.key).collect(),
+            batch,
+        })
+    }
+
+    /// The stale guard for a sent batch, when it is on: if anybody committed
+    /// to the source since the batch was read, read its rows again.
+    async fn settle(self, sent: Sent) -> Result<Landed> {
+        let Sent {
+            seq,
+            batch,
+            written,
+            rejects,
+            refused,
+        } = sent;
         let resynced = match (&self.source, batch.check_stale) {
             // Nobody committed to the source since the batch was read: nothing can be stale.
             (Some(db), true)
@@ -825,8 +1038,8 @@ impl Lander {
                 0
             }
             (Some(db), true) => {
-                let refused_keys: Vec<&str> = refused.iter().map(|(p, _)| p.key.as_str()).collect();
-                self.resync(db, &batch.rows, &refused_keys).await?
+                let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
+                self.resync(db, &batch.rows, &refused).await?
             }
             _ => 0,
         };
@@ -835,7 +1048,7 @@ impl Lander {
             cursor: batch.cursor,
             read: batch.read,
             written,
-            rejects: (batch.rejects.len() + rejects.len()) as u64,
+            rejects,
             resynced,
             lossy: batch.lossy,
         })
@@ -847,14 +1060,13 @@ impl Lander {
     async fn resync(
         &self,
         db: &SqliteDatabase,
-        sent: &[Prepared],
+        sent: &PreparedRows,
         refused: &[&str],
     ) -> Result<u64> {
         // What was sent, by key: a row changed if it now prepares to other JSON.
-        let mut known: HashMap<String, String> = sent
-            .iter()
-            .filter(|p| !refused.contains(&p.key.as_str()))
-            .map(|p| (p.key.clone(), p.json.clone()))
+        let mut known: HashMap<String, Vec<u8>> = (0..sent.len())
+            .filter(|&i| !refused.contains(&sent.key(i)))
+            .map(|i| (sent.key(i).to_owned(), sent.json(i).to_vec()))
             .collect();
         let mut resent = 0u64;
         for _round in 0..5 {
@@ -870,7 +1082,7 @@ impl Lander {
                 if let Some(sent_json) = known.get(&key) {
                     let mut lossy = Vec::new();
                     if let Ok(p) = prepare_row(self.table, row, &mut lossy) {
-                        if p.json != *sent_json {
+                        if p.json.as_bytes() != sent_json.as_slice() {
                             changed.push(p);
                         }
                     }
@@ -885,7 +1097,8 @@ impl Lander {
                 return Ok(resent);
             }
             let mut refused = Vec::new();
-            self.land(&changed, &mut refused).await?;
+            let rows = PreparedRows::from_rows(&changed);
+            self.land(&rows, 0..rows.len(), &mut refused).await?;
             for k in &gone {
                 let filter = [(self.table.key().supabase, k.clone())];
                 retry_when(
@@ -897,7 +1110,7 @@ impl Lander {
                 known.remove(k);
             }
             for p in changed.iter() {
-                known.insert(p.key.clone(), p.json.clone());
+                known.insert(p.key.clone(), p.json.clone().into_bytes());
             }
             resent += (changed.len() + gone.len()) as u64;
             tracing::debug!(
@@ -1001,7 +1214,10 @@ impl<'a> Loader<'a> {
                 }
             })
         };
-        let mut tasks: JoinSet<Result<Landed>> = JoinSet::new();
+        // Batches in flight (at most `concurrency`), and batches sent whose stale
+        // guard is still running: those hold no request slot.
+        let mut tasks: JoinSet<Result<Sent>> = JoinSet::new();
+        let mut settling: JoinSet<Result<Landed>> = JoinSet::new();
         let mut pending: BTreeMap<u64, Landed> = BTreeMap::new();
         let (mut next_seq, mut seq) = (0u64, 0u64);
         let mut reading = true;
@@ -1026,9 +1242,9 @@ impl<'a> Loader<'a> {
                                 resynced: 0,
                                 lossy: batch.lossy,
                             };
-                            tasks.spawn(async move { Ok(landed) });
+                            settling.spawn(async move { Ok(landed) });
                         } else {
-                            tasks.spawn(lander.clone().run(seq, batch));
+                            tasks.spawn(lander.clone().send(seq, batch));
                         }
                         seq += 1;
                     }
@@ -1036,8 +1252,23 @@ impl<'a> Loader<'a> {
                     Err(e) => failure = Some(e),
                 }
             }
-            let Some(joined) = tasks.join_next().await else {
-                break;
+            let joined = tokio::select! {
+                Some(sent) = tasks.join_next(), if !tasks.is_empty() => {
+                    match sent {
+                        Ok(Ok(sent)) => {
+                            settling.spawn(lander.clone().settle(sent));
+                        }
+                        Ok(Err(e)) => {
+                            failure.get_or_insert(e);
+                        }
+                        Err(join) => {
+                            failure.get_or_insert(Error::Protocol(format!("a batch task failed: {join}")));
+                        }
+                    }
+                    continue;
+                }
+                Some(landed) = settling.join_next(), if !settling.is_empty() => landed,
+                else => break,
             };
             let landed = match joined {
                 Ok(Ok(l)) => l,
@@ -1202,4 +1433,58 @@ pub async fn run(
         report.tables.push(r);
     }
     Ok(loader.finish(report, started))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(key: &str, json: &str) -> Prepared {
+        Prepared {
+            key: key.into(),
+            json: json.into(),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_its_own_request_body_and_halves_are_copied_out() {
+        let rows = PreparedRows::from_rows(&[
+            row("a", r#"{"id":"a"}"#),
+            row("b,c", r#"{"id":"b,c"}"#),
+            row("é", r#"{"id":"é"}"#),
+        ]);
+        assert_eq!(rows.len(), 3);
+        let text = |b: Bytes| String::from_utf8(b.to_vec()).unwrap();
+        assert_eq!(
+            text(rows.body(0..3)),
+            r#"[{"id":"a"},{"id":"b,c"},{"id":"é"}]"#
+        );
+        assert_eq!(text(rows.body(1..3)), r#"[{"id":"b,c"},{"id":"é"}]"#);
+        assert_eq!(&rows.body(0..1)[..], br#"[{"id":"a"}]"#.as_slice());
+        assert_eq!(
+            (rows.key(1), rows.json(1)),
+            ("b,c", br#"{"id":"b,c"}"#.as_slice())
+        );
+        assert_eq!(rows.get(2).key, "é");
+        // Every sub-body is a JSON array of its rows.
+        let all: Vec<Value> = serde_json::from_slice(&rows.body(0..3)).unwrap();
+        assert_eq!(all[1]["id"], "b,c");
+        assert_eq!(&PreparedRows::from_rows(&[]).body(0..0)[..], b"[]");
+    }
+
+    #[test]
+    fn a_row_that_fails_to_write_leaves_nothing_behind() {
+        let mut b = RowsBuilder::default();
+        b.push(&row("a", "{}"));
+        let failed: std::result::Result<(), &str> = b.push_with("bad", |out| {
+            out.push_str(r#"{"half":"#);
+            Err("refused")
+        });
+        assert!(failed.is_err());
+        b.push(&row("c", "[]"));
+        let rows = b.finish();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(&rows.body(0..2)[..], b"[{},[]]");
+        assert_eq!(rows.key(1), "c");
+    }
 }

@@ -35,6 +35,10 @@ pub struct Column {
     pub not_null: bool,
 }
 
+/// No table has more columns (a test checks): scans hold a row's values in an
+/// array of this size instead of allocating for every row.
+pub const MAX_COLUMNS: usize = 16;
+
 #[derive(Debug)]
 pub struct Table {
     /// SQLite table name; also the name users give on the command line.
@@ -58,6 +62,12 @@ impl PartialEq for Table {
 impl Table {
     pub fn key(&self) -> &'static Column {
         &self.columns[0]
+    }
+
+    /// The Supabase column names, comma-separated (PostgREST's `columns=`).
+    pub fn supabase_columns(&self) -> String {
+        let names: Vec<&str> = self.columns.iter().map(|c| c.supabase).collect();
+        names.join(",")
     }
 
     pub fn column(&self, sqlite_name: &str) -> Option<(usize, &'static Column)> {
@@ -407,6 +417,13 @@ pub fn table(name: &str) -> Result<&'static Table> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_table_has_more_than_max_columns() {
+        for t in TABLES.iter().copied().chain([&SEARCH_CHUNKS]) {
+            assert!(t.columns.len() <= MAX_COLUMNS, "{}", t.sqlite);
+        }
+    }
 
     #[test]
     fn names_are_unique_and_keys_are_not_null_text() {

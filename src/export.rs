@@ -16,8 +16,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::backfill::{
-    self, BackfillOptions, BackfillReport, BatchSource, Cursor, Loader, Prepared, Reject,
-    SourceBatch,
+    self, BackfillOptions, BackfillReport, BatchSource, Cursor, Loader, Prepared, PreparedRows,
+    Reject, SourceBatch,
 };
 use crate::catalogue::{self, Table};
 use crate::db::{SqliteDatabase, SupabaseDatabase};
@@ -285,8 +285,9 @@ impl NdjsonSource {
 
 impl BatchSource for NdjsonSource {
     async fn next(&mut self, max_rows: usize, max_bytes: usize) -> Result<Option<SourceBatch>> {
+        let mut rows: Vec<Prepared> = Vec::new();
         let mut batch = SourceBatch {
-            rows: Vec::new(),
+            rows: PreparedRows::from_rows(&[]),
             rejects: Vec::new(),
             read: 0,
             lossy: Vec::<(&'static str, Lossy)>::new(),
@@ -313,10 +314,10 @@ impl BatchSource for NdjsonSource {
                     bytes += p.json.len() + 1;
                     // Deduplicate by key within the batch: the last one wins.
                     if let Some(&i) = index.get(&p.key) {
-                        batch.rows[i] = p;
+                        rows[i] = p;
                     } else {
-                        index.insert(p.key.clone(), batch.rows.len());
-                        batch.rows.push(p);
+                        index.insert(p.key.clone(), rows.len());
+                        rows.push(p);
                     }
                 }
                 Err(r) => batch.rejects.push(*r),
@@ -324,6 +325,7 @@ impl BatchSource for NdjsonSource {
         }
         Ok(last_line.map(|n| {
             batch.cursor = Cursor::Line(n);
+            batch.rows = PreparedRows::from_rows(&rows);
             batch
         }))
     }

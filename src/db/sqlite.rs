@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
 use super::{check_filters, reads, Applied, Database, Filter, Row};
-use crate::catalogue::{self as cat, Kind, Table, TABLES};
+use crate::catalogue::{self as cat, Kind, Table, MAX_COLUMNS, TABLES};
 use crate::error::{Error, Result};
 use crate::model::{skill_row, user_prefs_row, Step, Write};
 use crate::normalise::{self, json_text, parse_json_text, SqlRef, SqlRow, SqlValue};
@@ -245,12 +245,12 @@ fn to_param(v: &SqlValue) -> SqlParam {
     }
 }
 
-/// What [`SqliteDatabase::scan_page`] read: the items kept, and the first and
-/// last keys of the rows it went through.
+/// What [`SqliteDatabase::scan_page`] read: the state its rows were folded
+/// into, how many rows, and the last row's key and rowid.
 #[derive(Debug)]
-pub struct ScanPage<T> {
-    pub items: Vec<T>,
-    pub first: SqlValue,
+pub struct ScanPage<S> {
+    pub state: S,
+    pub rows: usize,
     pub last: SqlValue,
     pub last_rowid: i64,
 }
@@ -274,6 +274,17 @@ fn ref_of(v: ValueRef<'_>) -> SqlRef<'_> {
             Err(_) => SqlRef::BadText(b),
         },
         ValueRef::Blob(b) => SqlRef::Blob(b),
+    }
+}
+
+/// `*slot = v.to_value()`, reusing the slot's text buffer.
+fn assign(slot: &mut SqlValue, v: SqlRef<'_>) {
+    match (slot, v) {
+        (SqlValue::Text(s), SqlRef::Text(t)) => {
+            s.clear();
+            s.push_str(t);
+        }
+        (slot, v) => *slot = v.to_value(),
     }
 }
 
@@ -475,17 +486,18 @@ impl SqliteDatabase {
 
     /// Like [`SqliteDatabase::page`], but each row is handed to `f` on the
     /// connection's thread as borrowed values, without copying them out; `f`
-    /// returns what to keep and its size in bytes. Stops after `max_rows` rows,
-    /// or once the sizes reach `max_bytes` (after at least one row). `None` at
-    /// the end of the table.
-    pub async fn scan_page<T: Send + 'static>(
+    /// folds it into `state` and returns its size in bytes. Stops after
+    /// `max_rows` rows, or once the sizes reach `max_bytes` (after at least one
+    /// row). `None` at the end of the table.
+    pub async fn scan_page<S: Send + 'static>(
         &self,
         table: &'static Table,
         after: ScanFrom,
         max_rows: usize,
         max_bytes: usize,
-        mut f: impl FnMut(&[SqlRef<'_>]) -> (T, usize) + Send + 'static,
-    ) -> Result<Option<ScanPage<T>>> {
+        mut state: S,
+        mut f: impl FnMut(&mut S, &[SqlRef<'_>]) -> usize + Send + 'static,
+    ) -> Result<Option<ScanPage<S>>> {
         self.run(move |conn, layout| {
             let Some(l) = layout.get(table) else {
                 return Ok(None);
@@ -517,18 +529,16 @@ impl SqliteDatabase {
                 None => stmt.query(rusqlite::params![limit])?,
             };
             let n = table.columns.len();
-            let (mut items, mut bytes) = (Vec::new(), 0usize);
-            let (mut first, mut last, mut last_rowid) = (None, None, 0i64);
+            let (mut count, mut bytes) = (0usize, 0usize);
+            let (mut last, mut last_rowid) = (SqlValue::Null, 0i64);
             while let Some(row) = rows.next()? {
-                let refs = (0..n)
-                    .map(|i| row.get_ref(i).map(ref_of))
-                    .collect::<rusqlite::Result<Vec<SqlRef<'_>>>>()?;
-                let (item, size) = f(&refs);
-                items.push(item);
-                bytes += size;
-                let k = refs[0].to_value();
-                first.get_or_insert_with(|| k.clone());
-                last = Some(k);
+                let mut refs = [SqlRef::Null; MAX_COLUMNS];
+                for (i, r) in refs[..n].iter_mut().enumerate() {
+                    *r = ref_of(row.get_ref(i)?);
+                }
+                bytes += f(&mut state, &refs[..n]);
+                count += 1;
+                assign(&mut last, refs[0]);
                 if by_rowid {
                     last_rowid = row.get(n)?;
                 }
@@ -536,15 +546,12 @@ impl SqliteDatabase {
                     break;
                 }
             }
-            Ok(match (first, last) {
-                (Some(first), Some(last)) => Some(ScanPage {
-                    items,
-                    first,
-                    last,
-                    last_rowid,
-                }),
-                _ => None,
-            })
+            Ok((count > 0).then_some(ScanPage {
+                state,
+                rows: count,
+                last,
+                last_rowid,
+            }))
         })
         .await
     }

@@ -72,10 +72,7 @@ impl SupabaseDatabase {
             return Ok(0);
         }
         let body = self.body(table, rows)?;
-        let n = self
-            .rest
-            .upsert(table.supabase, table.key().supabase, body)
-            .await?;
+        let n = self.rest.upsert(table, body).await?;
         if n != rows.len() as u64 {
             return Err(Error::Protocol(format!(
                 "{}: sent {} rows, PostgREST reports {n} written",

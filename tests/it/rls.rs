@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use dualwrite::catalogue;
 use dualwrite::keys;
 use dualwrite::rest::RestClient;
 
@@ -43,8 +44,7 @@ async fn each_role_sees_what_it_should() {
     let body = |v: Value| serde_json::to_string(&v).unwrap();
     service
         .upsert(
-            "cipher_memory",
-            "id",
+            &catalogue::CIPHER_MEMORY,
             body(json!([
                 {"id": unique("m"), "category": "fact", "content": {"a": 1}, "context": null, "user_id": ua, "created_at": "2025-01-01T00:00:00Z"},
                 {"id": unique("m"), "category": "fact", "content": {"b": 2}, "context": null, "user_id": ub, "created_at": "2025-01-01T00:00:00Z"}
@@ -54,16 +54,14 @@ async fn each_role_sees_what_it_should() {
         .unwrap();
     service
         .upsert(
-            "user_prefs",
-            "user_id",
+            &catalogue::USER_PREFS,
             body(json!([{"user_id": ua, "preferences": {"t": 1}, "updated_at": null}])),
         )
         .await
         .unwrap();
     service
         .upsert(
-            "artifacts",
-            "id",
+            &catalogue::ARTIFACT,
             body(json!([{"id": art, "filename": "f", "filepath": "p", "filetype": ".pdf"}])),
         )
         .await
@@ -105,17 +103,19 @@ async fn each_role_sees_what_it_should() {
     assert_eq!(rows(&a, "artifacts", "id", &art).await.len(), 1);
     // It may write its own rows and not someone else's.
     let own = json!([{"id": unique("m"), "category": "preference", "content": {}, "context": null, "user_id": ua, "created_at": null}]);
-    a.upsert("cipher_memory", "id", body(own)).await.unwrap();
+    a.upsert(&catalogue::CIPHER_MEMORY, body(own))
+        .await
+        .unwrap();
     let other = json!([{"id": unique("m"), "category": "preference", "content": {}, "context": null, "user_id": ub, "created_at": null}]);
     let e = a
-        .upsert("cipher_memory", "id", body(other))
+        .upsert(&catalogue::CIPHER_MEMORY, body(other))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("42501"), "{e}");
     // Nor write document data.
     let doc = json!([{"id": unique("doc"), "path": "p", "type": "pdf", "title": null, "source": null, "created_at": null}]);
     assert_eq!(
-        a.upsert("documents", "id", body(doc))
+        a.upsert(&catalogue::DOCUMENT, body(doc))
             .await
             .unwrap_err()
             .code(),
