@@ -2,16 +2,19 @@
 //! backfill's peak memory.
 //!
 //! Run: `scripts/stack.sh up && cargo bench --bench backfill` (ROWS=N, default
-//! 1,000,000; BATCH_ROWS, CONCURRENCY). In one run it:
+//! 1,000,000; BATCH_ROWS, CONCURRENCY, ROUNDS). In one run it:
 //! 1. generates (once, cached under target/bench-data) a DoX SQLite file of N rows;
 //! 2. measures the raw ceiling: the same rows, normalised and serialised
-//!    beforehand, posted as bulk upserts with the same batch size and
-//!    concurrency by a minimal client;
+//!    beforehand into the very request bodies the backfill sends, posted as
+//!    the same bulk upserts with the same batch size and concurrency by a
+//!    minimal client;
 //! 3. runs `dualwrite backfill` (release binary, a separate process) on the
 //!    file and reads rows/s and peak RSS from its JSON report;
-//! 4. measures the ceiling again, and compares the backfill with the mean.
+//! 4. alternates the two (ROUNDS backfills, one more ceiling than that), and
+//!    compares the backfill's mean with the ceiling's.
 //!
-//! The target tables are truncated (through DATABASE_URL) before each step.
+//! The target tables are truncated (through DATABASE_URL) and a CHECKPOINT
+//! taken before each step.
 //! Under `cargo test` (no `--bench`) it makes a small smoke run.
 
 mod common;
@@ -23,8 +26,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dualwrite::backfill::prepare_row;
-use dualwrite::catalogue::TABLES;
+use bytes::Bytes;
+use dualwrite::backfill::{BatchSource, SqliteSource};
+use dualwrite::catalogue::{Table, TABLES};
 use dualwrite::db::SqliteDatabase;
 
 fn env_or(k: &str, d: usize) -> usize {
@@ -34,46 +38,26 @@ fn env_or(k: &str, d: usize) -> usize {
         .unwrap_or(d)
 }
 
-/// Every table's rows, normalised and serialised into request bodies cut by the
-/// same limits the backfill uses.
+/// Every table's request bodies, byte for byte the ones the backfill sends:
+/// read, cut (same limits by rows and bytes) and written by the backfill's own
+/// source, in the same (storage) order. Only the sending is left to the
+/// minimal client, so the server does the same work in both measurements.
 async fn bodies(
     path: &Path,
     batch_rows: usize,
     batch_bytes: usize,
-) -> Vec<(&'static str, &'static str, String, usize)> {
+) -> Vec<(&'static Table, Bytes, usize)> {
     let db = SqliteDatabase::open_read_only(path).await.unwrap();
+    let watch = SqliteDatabase::open_read_only(path).await.unwrap();
     let mut out = Vec::new();
     for t in TABLES {
-        let mut after = None;
-        let (mut body, mut n) = (String::from("["), 0usize);
-        loop {
-            let page = db.page(t, after.clone(), 5000).await.unwrap();
-            let Some(last) = page.last() else { break };
-            after = Some(last[0].clone());
-            for row in &page {
-                let Ok(p) = prepare_row(t, row, &mut Vec::new()) else {
-                    continue;
-                };
-                if n > 0 && (n >= batch_rows || body.len() >= batch_bytes) {
-                    body.push(']');
-                    out.push((
-                        t.supabase,
-                        t.key().supabase,
-                        std::mem::replace(&mut body, String::from("[")),
-                        n,
-                    ));
-                    n = 0;
-                }
-                if n > 0 {
-                    body.push(',');
-                }
-                body.push_str(&p.json);
-                n += 1;
+        let mut source = SqliteSource::open(db.clone(), watch.clone(), t, None)
+            .await
+            .unwrap();
+        while let Some(batch) = source.next(batch_rows, batch_bytes).await.unwrap() {
+            if !batch.rows.is_empty() {
+                out.push((t, batch.rows.body(0..batch.rows.len()), batch.rows.len()));
             }
-        }
-        if n > 0 {
-            body.push(']');
-            out.push((t.supabase, t.key().supabase, body, n));
         }
     }
     out
@@ -82,7 +66,7 @@ async fn bodies(
 /// Post the bodies with `concurrency` requests in flight (tables in order, as the backfill).
 async fn ceiling(
     env: &HashMap<String, String>,
-    bodies: &Arc<Vec<(&'static str, &'static str, String, usize)>>,
+    bodies: &Arc<Vec<(&'static Table, Bytes, usize)>>,
     concurrency: usize,
 ) -> (f64, usize) {
     let client = reqwest::Client::builder()
@@ -96,9 +80,9 @@ async fn ceiling(
     let mut i = 0;
     while i < bodies.len() {
         // Keep batches of one table together, as the backfill does.
-        let table = bodies[i].0;
+        let table = bodies[i].0.supabase;
         let mut j = i;
-        while j < bodies.len() && bodies[j].0 == table {
+        while j < bodies.len() && bodies[j].0.supabase == table {
             j += 1;
         }
         let mut set = tokio::task::JoinSet::new();
@@ -109,9 +93,15 @@ async fn ceiling(
             let (client, url, key, bodies) =
                 (client.clone(), url.clone(), key.clone(), Arc::clone(bodies));
             set.spawn(async move {
-                let (t, pk, body, n) = &bodies[k];
+                let (t, body, n) = &bodies[k];
+                // The very request the backfill sends (see `RestClient::upsert`).
                 let r = client
-                    .post(format!("{url}/{t}?on_conflict={pk}"))
+                    .post(format!(
+                        "{url}/{}?on_conflict={}&columns={}",
+                        t.supabase,
+                        t.key().supabase,
+                        t.supabase_columns()
+                    ))
                     .header("apikey", &key)
                     .header("Authorization", format!("Bearer {key}"))
                     .header("Content-Type", "application/json")
@@ -123,7 +113,7 @@ async fn ceiling(
                     .send()
                     .await
                     .unwrap();
-                assert!(r.status().is_success(), "{t}: {}", r.status());
+                assert!(r.status().is_success(), "{}: {}", t.supabase, r.status());
                 *n
             });
         }
@@ -181,12 +171,12 @@ async fn main() {
     let size = std::fs::metadata(&path).unwrap().len();
 
     let bodies = Arc::new(bodies(&path, batch_rows, batch_bytes).await);
-    let total: usize = bodies.iter().map(|b| b.3).sum();
+    let total: usize = bodies.iter().map(|b| b.2).sum();
     // A warm-up round, not counted (caches, WAL, connections), then ceiling and
     // backfill alternate, so drift on a shared machine hits both alike.
     truncate(&env).await;
     ceiling(&env, &bodies, concurrency).await;
-    let rounds = if bench { 2 } else { 1 };
+    let rounds = env_or("ROUNDS", if bench { 3 } else { 1 });
     let (mut ceilings, mut backfills, mut rss) = (Vec::new(), Vec::new(), 0u64);
     for _ in 0..rounds {
         truncate(&env).await;
@@ -239,6 +229,16 @@ async fn main() {
     println!(
         "\nbackfill / raw ceiling (mean rows/s): {:.3} (target >= 0.9)",
         ceiling_secs / backfill_secs
+    );
+    // Each backfill against the ceilings measured just before and after it.
+    let pairs: Vec<String> = backfills
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{:.3}", (ceilings[i] + ceilings[i + 1]) / 2.0 / b))
+        .collect();
+    println!(
+        "each backfill / the ceilings around it: {}",
+        pairs.join(", ")
     );
     println!(
         "backfill peak RSS: {:.1} MB (target < 150 MB)",

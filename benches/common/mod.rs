@@ -48,7 +48,9 @@ pub async fn dataset(rows: u64) -> PathBuf {
     path
 }
 
-/// Empty every DoX table of the stack (through DATABASE_URL).
+/// Empty every DoX table of the stack (through DATABASE_URL) and end with a
+/// CHECKPOINT, so every measured run starts with the same WAL state: no
+/// checkpoint owed by the previous run lands in the middle of the next.
 pub async fn truncate(env: &HashMap<String, String>) {
     let (c, conn) = tokio_postgres::connect(&env["DATABASE_URL"], tokio_postgres::NoTls)
         .await
@@ -59,4 +61,5 @@ pub async fn truncate(env: &HashMap<String, String>) {
         .await
         .unwrap();
     c.batch_execute("VACUUM ANALYZE").await.unwrap();
+    c.batch_execute("CHECKPOINT").await.unwrap();
 }
