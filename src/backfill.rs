@@ -43,7 +43,7 @@ use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
 use crate::normalise::{self, Lossy, SqlRef, SqlRow, SqlValue};
 use crate::rest::RestClient;
-use crate::retry::{retry_when, RetryPolicy};
+use crate::retry::{retry, retry_when, RetryPolicy};
 
 /// How a backfill (or an import) runs.
 #[derive(Debug, Clone)]
@@ -1370,15 +1370,69 @@ impl<'a> Loader<'a> {
     }
 }
 
-/// Empty the target tables (children first). The caller has asked for confirmation.
-pub async fn reset_target(target: &SupabaseDatabase, tables: &[&'static Table]) -> Result<()> {
+/// How many rows a reset deletes per statement, at first.
+pub const RESET_CHUNK: usize = 10_000;
+
+/// Empty the target tables (children first), `chunk` keys at a time: a single
+/// DELETE of a large table could outlast a hosted project's statement timeout.
+/// A chunk that times out is halved; transient failures are retried for up to
+/// `max_wait`. Returns how many rows were deleted. The caller has asked for
+/// confirmation.
+pub async fn reset_target(
+    target: &SupabaseDatabase,
+    tables: &[&'static Table],
+    mut chunk: usize,
+    max_wait: Duration,
+) -> Result<u64> {
+    let rest = target.rest();
+    let mut deleted = 0u64;
     for t in tables.iter().rev() {
-        target
-            .rest()
-            .delete_all(t.supabase, t.key().supabase)
+        let key = t.key().supabase;
+        let text_key = |row: &Map<String, Value>| {
+            row.get(key)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    Error::Protocol(format!("{}: a key that is not text: {row:?}", t.supabase))
+                })
+        };
+        let mut deleted_through: Option<String> = None;
+        loop {
+            let page = retry(RetryPolicy::for_up_to(max_wait), || {
+                rest.select_page(t.supabase, key, &[], key, None, chunk.max(1))
+            })
             .await?;
+            let (Some(first), Some(row)) = (page.first(), page.last()) else {
+                break;
+            };
+            // Keys up to the last chunk's are gone: if one is back, the
+            // DELETE did not do what it should, and looping would not help.
+            let first = text_key(first)?;
+            if deleted_through.as_ref().is_some_and(|d| first <= *d) {
+                return Err(Error::Protocol(format!(
+                    "{}: rows deleted by the reset are still there",
+                    t.supabase
+                )));
+            }
+            let last = text_key(row)?;
+            let last = last.as_str();
+            let res = retry_when(
+                RetryPolicy::for_up_to(max_wait),
+                transient_but_not_split,
+                || rest.delete_through(t.supabase, key, last),
+            )
+            .await;
+            match res {
+                Ok(()) => {
+                    deleted += page.len() as u64;
+                    deleted_through = Some(last.to_owned());
+                }
+                Err(e) if e.must_split() && chunk > 1 => chunk /= 2,
+                Err(e) => return Err(e),
+            }
+        }
     }
-    Ok(())
+    Ok(deleted)
 }
 
 /// The process's peak resident memory (Linux `VmHWM`).

@@ -272,7 +272,10 @@ async fn load(
             ),
             args.yes,
         )?;
-        backfill::reset_target(&target, &selected).await?;
+        let deleted =
+            backfill::reset_target(&target, &selected, backfill::RESET_CHUNK, opts.max_wait)
+                .await?;
+        tracing::info!(rows = deleted, "reset: emptied the target tables");
         // Progress and rejects recorded earlier no longer describe the target.
         let _ = std::fs::remove_file(opts.state_dir.join("checkpoint.json"));
         let old = opts.state_dir.join("rejects.ndjson");

@@ -355,6 +355,13 @@ impl RestClient {
         self.send(b.build(), Some("return=minimal")).await.map(drop)
     }
 
+    /// DELETE the rows whose `key` is at most `last` (byte order, as the keys
+    /// are `COLLATE "C"`): one chunk of a reset.
+    pub async fn delete_through(&self, table: &str, key: &str, last: &str) -> Result<()> {
+        let b = self.from(table).delete().lte(key, last);
+        self.send(b.build(), Some("return=minimal")).await.map(drop)
+    }
+
     /// DELETE every row, filtered on the key so that pg-safeupdate accepts it.
     pub async fn delete_all(&self, table: &str, key: &str) -> Result<()> {
         let b = self.from(table).delete().not("is", key, "null");

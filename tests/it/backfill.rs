@@ -726,3 +726,40 @@ async fn a_storage_order_checkpoint_resumes_and_survives_renumbered_rows() {
         300
     );
 }
+
+/// `--reset` deletes a key range at a time (a single DELETE of a large table
+/// could outlast a hosted statement timeout): every row goes, whatever its key,
+/// and tables not asked for stay.
+#[tokio::test]
+async fn reset_deletes_in_key_ranges_and_only_the_tables_asked_for() {
+    let pg = PrivateDb::new().await;
+    let sb = pg.supabase();
+    let keys = [
+        "a", "a,b", "a b", "a\"q", "é", "(x)", "lte.1", "%2C", "k&x=1", "Z", "0", "~", "日本",
+    ];
+    let rows: Vec<Value> = keys
+        .iter()
+        .map(|k| json!({"id": k, "filename": "f", "filepath": "p", "filetype": ".pdf"}))
+        .collect();
+    sb.rest()
+        .upsert(&catalogue::ARTIFACT, serde_json::to_string(&rows).unwrap())
+        .await
+        .unwrap();
+    let doc = json!([{"id": "kept", "path": "p", "type": "pdf"}]);
+    sb.rest()
+        .upsert(&catalogue::DOCUMENT, doc.to_string())
+        .await
+        .unwrap();
+
+    // Chunks of 3 keys: five DELETEs for the 13 artifacts.
+    let deleted = backfill::reset_target(&sb, &[&catalogue::ARTIFACT], 3, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(deleted, keys.len() as u64);
+    assert!(sb
+        .fetch(&catalogue::ARTIFACT, &[])
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(sb.fetch(&catalogue::DOCUMENT, &[]).await.unwrap().len(), 1);
+}
