@@ -22,7 +22,6 @@ use crate::backfill::{
 use crate::catalogue::{self, Table};
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
-use crate::normalise::Lossy;
 
 pub const FORMAT: &str = "dualwrite-export/1";
 
@@ -286,19 +285,11 @@ impl NdjsonSource {
 impl BatchSource for NdjsonSource {
     async fn next(&mut self, max_rows: usize, max_bytes: usize) -> Result<Option<SourceBatch>> {
         let mut rows: Vec<Prepared> = Vec::new();
-        let mut batch = SourceBatch {
-            rows: PreparedRows::from_rows(&[]),
-            rejects: Vec::new(),
-            read: 0,
-            lossy: Vec::<(&'static str, Lossy)>::new(),
-            cursor: Cursor::Line(0),
-            check_stale: false,
-            version: None,
-        };
-        let mut bytes = 0usize;
+        let mut rejects = Vec::new();
+        let (mut read, mut bytes) = (0usize, 0usize);
         let mut index = std::collections::HashMap::<String, usize>::new();
         let mut last_line = None;
-        while batch.read < max_rows.max(1) as u64 && (bytes < max_bytes || batch.read == 0) {
+        while read < max_rows.max(1) && (bytes < max_bytes || read == 0) {
             let item = match self.buffered.take() {
                 Some(x) => x,
                 None => match self.rx.recv().await {
@@ -307,7 +298,7 @@ impl BatchSource for NdjsonSource {
                 },
             };
             let (n, line) = item;
-            batch.read += 1;
+            read += 1;
             last_line = Some(n);
             match self.prepare(&line) {
                 Ok(p) => {
@@ -320,13 +311,17 @@ impl BatchSource for NdjsonSource {
                         rows.push(p);
                     }
                 }
-                Err(r) => batch.rejects.push(*r),
+                Err(r) => rejects.push(*r),
             }
         }
-        Ok(last_line.map(|n| {
-            batch.cursor = Cursor::Line(n);
-            batch.rows = PreparedRows::from_rows(&rows);
-            batch
+        Ok(last_line.map(|n| SourceBatch {
+            rows: PreparedRows::from_rows(&rows),
+            rejects,
+            read: read as u64,
+            lossy: Vec::new(),
+            cursor: Cursor::Line(n),
+            check_stale: false,
+            version: None,
         }))
     }
 }

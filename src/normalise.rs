@@ -321,8 +321,9 @@ fn skip_plain(b: &[u8], mut i: usize) -> usize {
 
 /// Whether JSON text can be embedded in a request as it is, in one pass: it is
 /// valid JSON as serde_json reads it (RFC 8259), it has no `\u0000` escape
-/// and no unpaired surrogate escape (jsonb refuses both), and every number is surely within a double's range (no literal over
-/// 300 characters, no exponent beyond ±300). `false` only sends the value
+/// and no unpaired surrogate escape (jsonb refuses both), and every number is
+/// surely within a double's range (no literal over 300 characters, no exponent
+/// beyond ±300). `false` only sends the value
 /// down the slow path, which decides exactly.
 fn embeddable_json(s: &str) -> bool {
     let b = s.as_bytes();
