@@ -1100,7 +1100,7 @@ impl Lander {
             let rows = PreparedRows::from_rows(&changed);
             self.land(&rows, 0..rows.len(), &mut refused).await?;
             for k in &gone {
-                let filter = [(self.table.key().supabase, k.clone())];
+                let filter = [(self.table.key().supabase, Some(k.clone()))];
                 retry_when(
                     RetryPolicy::for_up_to(self.max_wait),
                     transient_but_not_split,

@@ -831,7 +831,7 @@ impl Write {
                 table: &c::SEARCH_CHUNKS,
             }]),
             Write::StoreSearchChunks { chunks } => {
-                let rows = chunks.iter().filter_map(search_chunk_row).collect();
+                let rows = last_per_key(chunks.iter().filter_map(search_chunk_row).collect());
                 Some(vec![Step::Upsert {
                     table: &c::SEARCH_CHUNKS,
                     rows,
@@ -986,6 +986,7 @@ pub fn user_prefs_row(
 }
 
 fn replace_steps(table: &'static Table, document_id: &str, rows: Vec<SqlRow>) -> Vec<Step> {
+    let rows = last_per_key(rows);
     let mut steps = vec![Step::DeleteWhere {
         table,
         column: "document_id",
@@ -995,6 +996,25 @@ fn replace_steps(table: &'static Table, document_id: &str, rows: Vec<SqlRow>) ->
         steps.push(Step::Upsert { table, rows });
     }
     steps
+}
+
+/// One row per key (the key is the first value), the last one given winning,
+/// in the order of those last ones. SQLite would keep the last of a repeated
+/// key, while PostgreSQL refuses a whole upsert that names a key twice (21000,
+/// after the write's delete step already ran): so both get the rows deduplicated.
+/// Rows without a text key yet (not prepared) are all kept.
+fn last_per_key(rows: Vec<SqlRow>) -> Vec<SqlRow> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<SqlRow> = rows
+        .into_iter()
+        .rev()
+        .filter(|r| match r.first() {
+            Some(SqlValue::Text(k)) => seen.insert(k.clone()),
+            _ => true,
+        })
+        .collect();
+    out.reverse();
+    out
 }
 
 /// Supabase's adapter skips chunks without an embedding and falls back to `meta`

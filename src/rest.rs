@@ -91,13 +91,28 @@ pub fn content_range_total(h: &HeaderMap) -> Option<u64> {
     v.rsplit('/').next()?.parse().ok()
 }
 
-/// A filter value as PostgREST's `eq.` operator takes it.
-pub fn filter_text(v: &Value) -> String {
+/// A filter value as PostgREST's `eq.` operator takes it; `None` for NULL,
+/// which equality filters match with `is.null` (`eq.null` would match the
+/// text `'null'`).
+pub fn filter_text(v: &Value) -> Option<String> {
     match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "null".into(),
-        other => other.to_string(),
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
     }
+}
+
+/// Equality filters: `column=eq.value`, or `column=is.null` for `None`.
+pub type EqFilters<'a> = [(&'a str, Option<String>)];
+
+fn with_eq(mut b: postgrest::Builder, filters: &EqFilters<'_>) -> postgrest::Builder {
+    for (c, v) in filters {
+        b = match v {
+            Some(v) => b.eq(*c, v),
+            None => b.is(*c, "null"),
+        };
+    }
+    b
 }
 
 impl RestClient {
@@ -301,15 +316,12 @@ impl RestClient {
         &self,
         table: &str,
         select: &str,
-        filters: &[(&str, String)],
+        filters: &EqFilters<'_>,
         key: &str,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Map<String, Value>>> {
-        let mut b = self.from(table).select(select);
-        for (c, v) in filters {
-            b = b.eq(*c, v);
-        }
+        let mut b = with_eq(self.from(table).select(select), filters);
         if let Some(a) = after {
             b = b.gt(key, a);
         }
@@ -327,7 +339,7 @@ impl RestClient {
     pub async fn select_all(
         &self,
         table: &str,
-        filters: &[(&str, String)],
+        filters: &EqFilters<'_>,
         key: &str,
     ) -> Result<Vec<Map<String, Value>>> {
         const PAGE: usize = 1000;
@@ -340,18 +352,20 @@ impl RestClient {
             // A server whose max-rows is below PAGE returns short pages before the
             // end, so only an empty page means the end.
             let Some(last) = page.last() else { break };
-            after = Some(filter_text(last.get(key).unwrap_or(&Value::Null)));
+            after = filter_text(last.get(key).unwrap_or(&Value::Null));
+            if after.is_none() {
+                return Err(Error::Protocol(format!(
+                    "{table}: a row without its key {key}"
+                )));
+            }
             out.extend(page);
         }
         Ok(out)
     }
 
     /// DELETE with equality filters (never unfiltered: hosted Supabase rejects that).
-    pub async fn delete(&self, table: &str, filters: &[(&str, String)]) -> Result<()> {
-        let mut b = self.from(table).delete();
-        for (c, v) in filters {
-            b = b.eq(*c, v);
-        }
+    pub async fn delete(&self, table: &str, filters: &EqFilters<'_>) -> Result<()> {
+        let b = with_eq(self.from(table).delete(), filters);
         self.send(b.build(), Some("return=minimal")).await.map(drop)
     }
 
@@ -372,15 +386,14 @@ impl RestClient {
     pub async fn patch(
         &self,
         table: &str,
-        filters: &[(&str, String)],
+        filters: &EqFilters<'_>,
         body: &Map<String, Value>,
     ) -> Result<Vec<Map<String, Value>>> {
-        let mut b = self
-            .from(table)
-            .update(serde_json::to_string(body).expect("a map serialises"));
-        for (c, v) in filters {
-            b = b.eq(*c, v);
-        }
+        let b = with_eq(
+            self.from(table)
+                .update(serde_json::to_string(body).expect("a map serialises")),
+            filters,
+        );
         let resp = self.send(b.build(), Some("return=representation")).await?;
         resp.json()
             .await

@@ -336,13 +336,24 @@ fn read_rows(
 ) -> Result<Vec<SqlRow>> {
     let mut sql = layout.select.clone();
     let mut params = Vec::new();
-    for (i, (col, v)) in filters.iter().enumerate() {
+    let mut first = true;
+    for (col, v) in filters {
         let idx = t.index_of(col);
         let Some(p) = &layout.physical[idx] else {
-            // The file lacks the column: every value is NULL, nothing equals the filter.
+            // The file lacks the column: every value is NULL, which only a
+            // filter on NULL matches.
+            if v.is_null() {
+                continue;
+            }
             return Ok(Vec::new());
         };
-        sql.push_str(if i == 0 { " WHERE " } else { " AND " });
+        sql.push_str(if first { " WHERE " } else { " AND " });
+        first = false;
+        // An equality filter on NULL matches NULL (as PostgREST's `is.null`).
+        if v.is_null() {
+            sql.push_str(&format!("{} IS NULL", quote(p)));
+            continue;
+        }
         sql.push_str(&format!("{} = ?", quote(p)));
         params.push(canonical_param(v));
     }

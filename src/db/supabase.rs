@@ -96,7 +96,7 @@ impl SupabaseDatabase {
                 } => {
                     let col = table.columns[table.index_of(column)].supabase;
                     self.rest
-                        .delete(table.supabase, &[(col, value.clone())])
+                        .delete(table.supabase, &[(col, Some(value.clone()))])
                         .await?;
                 }
                 Step::DeleteAll { table } => {
@@ -120,7 +120,7 @@ impl SupabaseDatabase {
             .select_page(
                 table.supabase,
                 "*",
-                &[(column, value.to_owned())],
+                &[(column, Some(value.to_owned()))],
                 table.key().supabase,
                 None,
                 1,
@@ -175,7 +175,7 @@ impl Database for SupabaseDatabase {
                     .rest
                     .patch(
                         cat::SKILLS_REGISTRY.supabase,
-                        &[("name", name.clone())],
+                        &[("name", Some(name.clone()))],
                         &patch,
                     )
                     .await?;
@@ -207,7 +207,7 @@ impl Database for SupabaseDatabase {
                     .rest
                     .patch(
                         cat::SKILLS_REGISTRY.supabase,
-                        &[("id", skill_id.clone())],
+                        &[("id", Some(skill_id.clone()))],
                         &patch,
                     )
                     .await?;
@@ -246,7 +246,7 @@ impl Database for SupabaseDatabase {
                             self.rest
                                 .patch(
                                     cat::ARTIFACT.supabase,
-                                    &[("id", artifact_id.clone())],
+                                    &[("id", Some(artifact_id.clone()))],
                                     fields,
                                 )
                                 .await?;
@@ -271,7 +271,7 @@ impl Database for SupabaseDatabase {
 
     async fn fetch(&self, table: &'static Table, filters: &[Filter]) -> Result<Vec<Row>> {
         check_filters(table, filters)?;
-        let f: Vec<(&str, String)> = filters
+        let f: Vec<(&str, Option<String>)> = filters
             .iter()
             .map(|(c, v)| (table.columns[table.index_of(c)].supabase, filter_text(v)))
             .collect();

@@ -59,7 +59,14 @@ async fn call_writes_through_dual_and_prints_the_result() {
     // ...and on Supabase, with the same id.
     let rows = stack()
         .service_client()
-        .select_page("cipher_memory", "*", &[("id", id.clone())], "id", None, 5)
+        .select_page(
+            "cipher_memory",
+            "*",
+            &[("id", Some(id.clone()))],
+            "id",
+            None,
+            5,
+        )
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
@@ -341,7 +348,7 @@ async fn failures_recorded_by_one_call_are_replayed_by_another() {
     );
     let rows = stack()
         .service_client()
-        .select_page("tags", "*", &[("id", id.clone())], "id", None, 5)
+        .select_page("tags", "*", &[("id", Some(id.clone()))], "id", None, 5)
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);

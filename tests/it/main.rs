@@ -10,4 +10,5 @@ mod dual;
 mod fixtures;
 mod generate;
 mod rls;
+mod safety;
 mod verify;

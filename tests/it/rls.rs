@@ -18,7 +18,7 @@ async fn rows(c: &RestClient, table: &str, col: &str, val: &str) -> Vec<Map<Stri
     } else {
         "id"
     };
-    c.select_page(table, "*", &[(col, val.to_owned())], key, None, 100)
+    c.select_page(table, "*", &[(col, Some(val.to_owned()))], key, None, 100)
         .await
         .unwrap()
 }
@@ -92,7 +92,7 @@ async fn each_role_sees_what_it_should() {
         .select_page(
             "user_prefs",
             "*",
-            &[("user_id", ua.clone())],
+            &[("user_id", Some(ua.clone()))],
             "user_id",
             None,
             10,
