@@ -72,10 +72,28 @@ where
         Some(n) => backoff.with_max_times(n),
         None => backoff.without_max_times(),
     };
+    let started = tokio::time::Instant::now();
     op.retry(backoff)
         .sleep(tokio::time::sleep)
         .when(move |e: &Error| e.is_transient() && when(e))
-        .adjust(|e: &Error, d: Option<Duration>| d.map(|d| e.retry_after().unwrap_or(d)))
+        .adjust(move |e: &Error, d: Option<Duration>| {
+            let d = d?;
+            // The server's `Retry-After` is honoured, but never beyond the
+            // policy's longest wait or what is left of its time budget: a
+            // `Retry-After: 3600` must not stall a job past `--max-wait-secs`.
+            let Some(asked) = e.retry_after() else {
+                return Some(d);
+            };
+            let mut wait = asked.min(policy.max_delay);
+            if let Some(total) = policy.total {
+                let left = total.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    return None;
+                }
+                wait = wait.min(left);
+            }
+            Some(wait)
+        })
         .notify(|e: &Error, wait: Duration| {
             tracing::debug!(error = %e, ?wait, "transient failure; retrying");
         })
@@ -117,6 +135,57 @@ mod tests {
         assert!(waited <= Duration::from_secs(31), "{waited:?}");
         // Jittered exponential waits: many attempts, and well into the budget.
         assert!(waited >= Duration::from_secs(5), "{waited:?}");
+    }
+
+    fn too_many_requests(retry_after: Duration) -> Error {
+        Error::Rest {
+            status: 429,
+            code: None,
+            message: "slow down".into(),
+            details: None,
+            hint: None,
+            retry_after: Some(retry_after),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_clamped_to_the_longest_wait_and_the_budget() {
+        // Counted retries: each wait is the policy's longest, not an hour.
+        let calls = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let r = retry(RetryPolicy::default(), || async {
+            if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                Err(too_many_requests(Duration::from_secs(3600)))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert!(r.is_ok());
+        let waited = started.elapsed();
+        assert!(waited <= Duration::from_secs(10), "{waited:?}");
+        // A time budget: the job gives up once it is spent, not an hour later.
+        let started = tokio::time::Instant::now();
+        let r: Result<()> = retry(RetryPolicy::for_up_to(Duration::from_secs(30)), || async {
+            Err(too_many_requests(Duration::from_secs(3600)))
+        })
+        .await;
+        assert!(r.is_err());
+        let waited = started.elapsed();
+        assert!(waited <= Duration::from_secs(31), "{waited:?}");
+        // A short Retry-After is still honoured as given.
+        let started = tokio::time::Instant::now();
+        calls.store(0, Ordering::SeqCst);
+        let r = retry(RetryPolicy::default(), || async {
+            if calls.fetch_add(1, Ordering::SeqCst) < 1 {
+                Err(too_many_requests(Duration::from_millis(1500)))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert!(r.is_ok());
+        assert_eq!(started.elapsed(), Duration::from_millis(1500));
     }
 
     #[tokio::test(start_paused = true)]

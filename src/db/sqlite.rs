@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::types::{Value as SqlParam, ValueRef};
-use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
@@ -487,7 +487,7 @@ impl SqliteDatabase {
     /// loads (fixture generation, tests); application writes go through `apply`.
     pub async fn upsert_rows(&self, table: &'static Table, rows: Vec<SqlRow>) -> Result<()> {
         self.run(move |conn, layout| {
-            let tx = conn.transaction()?;
+            let tx = write_transaction(conn)?;
             exec_steps(&tx, layout, &[Step::Upsert { table, rows }])?;
             tx.commit()?;
             Ok(())
@@ -801,9 +801,18 @@ fn decode_object(v: Option<&SqlValue>) -> Map<String, Value> {
     }
 }
 
+/// Every write transaction takes the write lock at `BEGIN` (`IMMEDIATE`). A
+/// DEFERRED one that reads first (`set_user_pref`, `register_skill`) and then
+/// writes fails at once with `SQLITE_BUSY_SNAPSHOT` ("database is locked",
+/// no busy wait) when the app committed in between; `BEGIN IMMEDIATE` waits
+/// for the busy timeout instead.
+fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+}
+
 fn apply_sync(conn: &mut Connection, layout: &Layout, mut write: Write) -> Result<Applied> {
     write.prepare();
-    let tx = conn.transaction()?;
+    let tx = write_transaction(conn)?;
     let value = match &mut write {
         Write::SetUserPref {
             user_id,

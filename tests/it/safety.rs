@@ -99,3 +99,63 @@ async fn a_filter_on_null_matches_null_not_the_text_null() {
     assert_eq!(a[0]["user_id"], Value::Null);
     assert_eq!(a, b);
 }
+
+/// Read-modify-write methods run in `BEGIN IMMEDIATE` transactions: with
+/// another connection committing to the file in a loop (as DoX does), none of
+/// them fails with "database is locked" (a DEFERRED transaction failed at once
+/// with SQLITE_BUSY_SNAPSHOT when a commit came between its read and its write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_modify_writes_do_not_fail_while_another_connection_commits() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let (dir, db) = temp_sqlite().await;
+    let path = dir.path().join("dox.sqlite3");
+    let stop = Arc::new(AtomicBool::new(false));
+    let commits = Arc::new(AtomicU64::new(0));
+    let app = {
+        let (stop, commits) = (stop.clone(), commits.clone());
+        std::thread::spawn(move || {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                c.execute(
+                    "INSERT INTO logentry (id, document_id, message) VALUES (?1, 'd', 'm')",
+                    [format!("app-{i}")],
+                )
+                .unwrap();
+                commits.fetch_add(1, Ordering::SeqCst);
+                // About 200 small commits a second, like a busy DoX.
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        })
+    };
+    let mut failures = Vec::new();
+    let started = std::time::Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < std::time::Duration::from_secs(2) {
+        calls += 1;
+        let i = calls;
+        let w = Write::from_call(
+            "set_user_pref",
+            json!({"user_id": "racer", "key": format!("k{}", i % 7), "value": i}),
+        )
+        .unwrap();
+        if let Err(e) = db.apply(w).await {
+            failures.push(e.to_string());
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    app.join().unwrap();
+    assert!(
+        commits.load(Ordering::SeqCst) > 100,
+        "the other connection kept committing"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
+}
