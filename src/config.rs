@@ -184,10 +184,38 @@ fn read_dotenv(path: &Path, into: &mut HashMap<String, String>) -> Result<()> {
     let iter = dotenvy::from_path_iter(path)
         .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
     for item in iter {
-        let (k, v) = item.map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
+        let (k, v) = item.map_err(|e| dotenv_error(path, e))?;
         into.entry(k).or_insert(v);
     }
     Ok(())
+}
+
+/// A dotenv error that names the file and line but never shows the line:
+/// dotenvy's message quotes it whole, and it may hold a key.
+fn dotenv_error(path: &Path, e: dotenvy::Error) -> Error {
+    match e {
+        dotenvy::Error::LineParse(text, _) => {
+            // dotenvy reports the (possibly multi-line) text from the line
+            // that starts the faulty entry: find that line in the file.
+            let first = text.lines().next().unwrap_or_default();
+            let line = std::fs::read_to_string(path).ok().and_then(|all| {
+                all.lines()
+                    .position(|l| !first.is_empty() && l.trim_end() == first.trim_end())
+                    .map(|i| i + 1)
+            });
+            let at = line.map_or_else(String::new, |n| format!(" at line {n}"));
+            Error::config(format!(
+                "{}: syntax error{at} (an unterminated quote or a bad character?); the line is not shown because it may hold a secret",
+                path.display()
+            ))
+        }
+        dotenvy::Error::Io(io) => Error::config(format!("cannot read {}: {io}", path.display())),
+        // Only the kinds above come from parsing a file; say no more than the file.
+        _ => Error::config(format!(
+            "{}: cannot be read as a dotenv file",
+            path.display()
+        )),
+    }
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -446,6 +474,21 @@ mod tests {
         );
         assert_eq!(st.supabase.timeout, Duration::from_millis(2500));
         assert_eq!(st.db_path, PathBuf::from("/tmp/x.sqlite3"));
+    }
+
+    #[test]
+    fn a_dotenv_syntax_error_names_file_and_line_but_not_the_secret() {
+        let (d, s) = sources(&[]);
+        let secret = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.c2lnbmF0dXJl";
+        std::fs::write(
+            d.path().join(".env"),
+            format!("DB_PATH=x.sqlite3\n# a comment\nSUPABASE_SERVICE_KEY=\"{secret}\nSUPABASE_SCHEMA=public\n"),
+        )
+        .unwrap();
+        let e = Settings::load(&s).unwrap_err().to_string();
+        assert!(!e.contains("eyJ"), "the key leaked: {e}");
+        assert!(!e.contains("c2VjcmV0"), "the key leaked: {e}");
+        assert!(e.contains(".env") && e.contains("line 3"), "{e}");
     }
 
     #[test]
