@@ -44,6 +44,7 @@ use crate::error::{Error, Result};
 use crate::normalise::{self, Lossy, SqlRef, SqlRow, SqlValue};
 use crate::rest::RestClient;
 use crate::retry::{retry, retry_when, RetryPolicy};
+use crate::state_file;
 
 /// How a backfill (or an import) runs.
 #[derive(Debug, Clone)]
@@ -328,7 +329,7 @@ impl CheckpointWriter {
                     next = rx.try_recv().ok();
                 }
                 if let Some(bytes) = latest {
-                    if let Err(e) = write_atomically(&path, &bytes) {
+                    if let Err(e) = state_file::write_atomically(&path, &bytes) {
                         last_error = Some(format!("cannot write {}: {e}", path.display()));
                     }
                 }
@@ -349,17 +350,6 @@ impl CheckpointWriter {
             .map_err(|_| Error::Protocol("the checkpoint writer stopped".into()))?
             .map_err(Error::Protocol)
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 impl Drop for Checkpoints {
@@ -450,15 +440,7 @@ pub struct RejectLog {
 impl RejectLog {
     pub fn open(path: PathBuf, persist: bool) -> Result<RejectLog> {
         let file = if persist {
-            if let Some(d) = path.parent() {
-                std::fs::create_dir_all(d)?;
-            }
-            Some(Mutex::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)?,
-            ))
+            Some(Mutex::new(state_file::append(&path)?))
         } else {
             None
         };
@@ -1372,6 +1354,43 @@ impl<'a> Loader<'a> {
 
 /// How many rows a reset deletes per statement, at first.
 pub const RESET_CHUNK: usize = 10_000;
+
+/// Forget the progress recorded in `state_dir`: the checkpoint is removed
+/// (durably) and `rejects.ndjson` is set aside as
+/// `rejects-before-reset-<time>.ndjson`. Every failure is an error.
+///
+/// `--reset` calls this *before* it deletes anything: a run killed between
+/// the two then finds no checkpoint and copies every table again, where a
+/// checkpoint left behind would call the emptied tables "done".
+pub fn forget_progress(state_dir: &Path) -> Result<()> {
+    let checkpoint = state_dir.join("checkpoint.json");
+    state_file::remove(&checkpoint).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot remove {} ({e}); nothing was deleted",
+                checkpoint.display()
+            ),
+        ))
+    })?;
+    let old = state_dir.join("rejects.ndjson");
+    if old.exists() {
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        state_file::rename(
+            &old,
+            &state_dir.join(format!("rejects-before-reset-{stamp}.ndjson")),
+        )?;
+    }
+    Ok(())
+}
+
+/// `--reset`: forget the recorded progress first ([`forget_progress`]), then
+/// empty the selected tables on the target ([`reset_target`]). The caller
+/// has asked for confirmation. Returns how many rows were deleted.
+pub async fn reset(target: &SupabaseDatabase, opts: &BackfillOptions) -> Result<u64> {
+    forget_progress(&opts.state_dir)?;
+    reset_target(target, &opts.selected(), RESET_CHUNK, opts.max_wait).await
+}
 
 /// Empty the target tables (children first), `chunk` keys at a time: a single
 /// DELETE of a large table could outlast a hosted project's statement timeout.

@@ -22,6 +22,7 @@ use crate::backfill::{
 use crate::catalogue::{self, Table};
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
+use crate::state_file;
 
 pub const FORMAT: &str = "dualwrite-export/1";
 
@@ -71,14 +72,14 @@ pub async fn export(
             out.display()
         )));
     }
-    std::fs::create_dir_all(out)?;
+    state_file::create_dir_all(out)?;
     let db = SqliteDatabase::open_read_only(source).await?;
     let selected: Vec<&'static Table> = if tables.is_empty() {
         catalogue::TABLES.to_vec()
     } else {
         tables.to_vec()
     };
-    let mut rejects = std::io::BufWriter::new(std::fs::File::create(out.join("rejects.ndjson"))?);
+    let mut rejects = std::io::BufWriter::new(state_file::create(&out.join("rejects.ndjson"))?);
     let mut manifest = Manifest {
         format: FORMAT.into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -100,7 +101,7 @@ pub async fn export(
             continue;
         }
         let file = format!("{}.ndjson{}", t.sqlite, if compress { ".zst" } else { "" });
-        let f = std::io::BufWriter::new(std::fs::File::create(out.join(&file))?);
+        let f = std::io::BufWriter::new(state_file::create(&out.join(&file))?);
         let mut sink: Box<dyn Write> = if compress {
             Box::new(zstd::Encoder::new(f, 3)?.auto_finish())
         } else {
@@ -145,10 +146,10 @@ pub async fn export(
         });
     }
     rejects.flush()?;
-    let mut m = std::fs::File::create(out.join("manifest.json.tmp"))?;
-    m.write_all(&serde_json::to_vec_pretty(&manifest).expect("a manifest serialises"))?;
-    m.sync_all()?;
-    std::fs::rename(out.join("manifest.json.tmp"), out.join("manifest.json"))?;
+    state_file::write_atomically(
+        &out.join("manifest.json"),
+        &serde_json::to_vec_pretty(&manifest).expect("a manifest serialises"),
+    )?;
     Ok(manifest)
 }
 

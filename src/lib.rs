@@ -29,6 +29,7 @@ pub mod normalise;
 pub mod rest;
 pub mod retry;
 pub mod samples;
+pub mod state_file;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -272,21 +272,10 @@ async fn load(
             ),
             args.yes,
         )?;
-        let deleted =
-            backfill::reset_target(&target, &selected, backfill::RESET_CHUNK, opts.max_wait)
-                .await?;
+        // The checkpoint goes first: a run killed mid-reset must not find
+        // the emptied tables marked done.
+        let deleted = backfill::reset(&target, &opts).await?;
         tracing::info!(rows = deleted, "reset: emptied the target tables");
-        // Progress and rejects recorded earlier no longer describe the target.
-        let _ = std::fs::remove_file(opts.state_dir.join("checkpoint.json"));
-        let old = opts.state_dir.join("rejects.ndjson");
-        if old.exists() {
-            let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-            std::fs::rename(
-                &old,
-                opts.state_dir
-                    .join(format!("rejects-before-reset-{stamp}.ndjson")),
-            )?;
-        }
     }
     let report = run(&target, &opts).await?;
     if args.json {

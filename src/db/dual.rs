@@ -298,10 +298,7 @@ fn append_failure(path: &std::path::Path, f: &SecondaryFailure) -> Result<()> {
     use std::io::Write as _;
     let mut line = serde_json::to_vec(f).expect("a failure serialises");
     line.push(b'\n');
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
+    let mut file = crate::state_file::append(path)?;
     file.write_all(&line)?;
     Ok(())
 }
@@ -310,15 +307,12 @@ fn rewrite_failures<'a>(
     path: &std::path::Path,
     pending: impl Iterator<Item = &'a SecondaryFailure>,
 ) -> Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("ndjson.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut bytes = Vec::new();
     for f in pending {
-        serde_json::to_writer(&mut file, f).expect("a failure serialises");
-        file.write_all(b"\n")?;
+        serde_json::to_writer(&mut bytes, f).expect("a failure serialises");
+        bytes.push(b'\n');
     }
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    crate::state_file::write_atomically(path, &bytes)?;
     Ok(())
 }
 

@@ -1,13 +1,17 @@
 //! The safety review (issue 9): each test reproduces one way the code could
 //! lose rows, diverge silently, stall or leak, against the real stack.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Value};
 
 use dualwrite::catalogue;
 use dualwrite::db::{Database, SupabaseDatabase};
 use dualwrite::model::Write;
 
-use crate::harness::{stack, temp_sqlite, unique};
+use crate::harness::{stack, temp_sqlite, unique, PrivateDb};
 
 fn shared_supabase() -> SupabaseDatabase {
     SupabaseDatabase::new(stack().service_client())
@@ -158,4 +162,231 @@ async fn read_modify_writes_do_not_fail_while_another_connection_commits() {
         failures.len(),
         failures.first()
     );
+}
+
+fn binary(pg: &PrivateDb, dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dualwrite"));
+    c.current_dir(dir)
+        .args(args)
+        .env("SUPABASE_URL", &pg.url)
+        .env("SUPABASE_SERVICE_KEY", pg.service_key())
+        .env_remove("SUPABASE_ANON_KEY")
+        .env("DB_PATH", dir.join("unused.sqlite3"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+async fn generated_source(dir: &Path, rows: u64) -> PathBuf {
+    let path = dir.join("dox.sqlite3");
+    let opts = dualwrite::generate::GenerateOptions { rows, seed: 9 };
+    dualwrite::generate::generate(&path, &opts).await.unwrap();
+    path
+}
+
+async fn artifact_count(pg: &PrivateDb) -> i64 {
+    pg.sql()
+        .await
+        .query_one("SELECT count(*) FROM artifacts", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `backfill --reset` forgets the checkpoint before it deletes: a run killed
+/// while the DELETE waits (here on a table lock), whose DELETE then goes
+/// through, leaves no checkpoint calling the emptied table done, so the next
+/// run copies every row again.
+#[tokio::test]
+async fn a_reset_killed_midway_leaves_no_checkpoint_and_the_next_run_copies_everything() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = generated_source(dir.path(), 400).await;
+    let src = src.to_str().unwrap();
+    let state = dir.path().join("state");
+    let args = [
+        "backfill",
+        "--from-sqlite",
+        src,
+        "--tables",
+        "artifact",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--json",
+    ];
+    let st = binary(&pg, dir.path(), &args).status().unwrap();
+    assert!(st.code().is_some_and(|c| c == 0 || c == 3), "{st:?}");
+    let landed = artifact_count(&pg).await;
+    assert!(landed > 0);
+    assert!(state.join("checkpoint.json").exists());
+
+    // Reads pass, the reset's DELETE waits for the lock.
+    let locker = pg.sql().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE artifacts IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut reset_args = args.to_vec();
+    reset_args.extend(["--reset", "--yes"]);
+    let mut child = binary(&pg, dir.path(), &reset_args).spawn().unwrap();
+    let watcher = pg.sql().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND query ILIKE '%DELETE FROM%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the reset ended early");
+        assert!(Instant::now() < deadline, "the reset's DELETE never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The DELETE PostgREST had started goes through once the lock is gone.
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while artifact_count(&pg).await > 0 {
+        assert!(Instant::now() < deadline, "the DELETE never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !state.join("checkpoint.json").exists(),
+        "the checkpoint survived the reset"
+    );
+
+    let st = binary(&pg, dir.path(), &args).status().unwrap();
+    assert!(st.code().is_some_and(|c| c == 0 || c == 3), "{st:?}");
+    assert_eq!(artifact_count(&pg).await, landed, "every row copied again");
+}
+
+/// A checkpoint that cannot be removed stops the reset before it deletes
+/// anything (it used to be ignored, after the rows were gone).
+#[tokio::test]
+async fn a_reset_that_cannot_forget_its_checkpoint_deletes_nothing() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = generated_source(dir.path(), 200).await;
+    let state = dir.path().join("state");
+    let args = [
+        "backfill",
+        "--from-sqlite",
+        src.to_str().unwrap(),
+        "--tables",
+        "artifact",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--json",
+    ];
+    let st = binary(&pg, dir.path(), &args).status().unwrap();
+    assert!(st.code().is_some_and(|c| c == 0 || c == 3), "{st:?}");
+    let landed = artifact_count(&pg).await;
+    assert!(landed > 0);
+    // A directory in the checkpoint's place: removing it fails (even as root).
+    std::fs::remove_file(state.join("checkpoint.json")).unwrap();
+    std::fs::create_dir_all(state.join("checkpoint.json/x")).unwrap();
+    let mut reset_args = args.to_vec();
+    reset_args.extend(["--reset", "--yes"]);
+    let out = binary(&pg, dir.path(), &reset_args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("checkpoint.json"), "{err}");
+    assert_eq!(artifact_count(&pg).await, landed, "nothing was deleted");
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Files that hold rows are owner-only whatever the umask: the backfill's
+/// state directory and checkpoint, an export, and the failure log.
+#[tokio::test]
+async fn state_files_are_created_owner_only() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = generated_source(dir.path(), 200).await;
+    // The default state directory, relative to the working directory.
+    let st = binary(
+        &pg,
+        dir.path(),
+        &["backfill", "--from-sqlite", src.to_str().unwrap(), "--json"],
+    )
+    .status()
+    .unwrap();
+    assert!(st.code().is_some_and(|c| c == 0 || c == 3), "{st:?}");
+    let base = dir.path().join("dualwrite-state");
+    assert_eq!(mode(&base), 0o700);
+    let state = std::fs::read_dir(&base)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(mode(&state), 0o700);
+    for f in std::fs::read_dir(&state).unwrap() {
+        let f = f.unwrap().path();
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+    assert_eq!(mode(&state.join("checkpoint.json")), 0o600);
+
+    let out = dir.path().join("export");
+    let st = binary(
+        &pg,
+        dir.path(),
+        &[
+            "export",
+            "--from-sqlite",
+            src.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+    .status()
+    .unwrap();
+    assert!(st.code().is_some_and(|c| c == 0 || c == 3), "{st:?}");
+    assert_eq!(mode(&out), 0o700);
+    let mut files = 0;
+    for f in std::fs::read_dir(&out).unwrap() {
+        let f = f.unwrap().path();
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+        files += 1;
+    }
+    assert!(files > 2);
+
+    // A mirror failure recorded by dual write (Supabase unreachable).
+    let db = dir.path().join("app.sqlite3");
+    let st = Command::new(env!("CARGO_BIN_EXE_dualwrite"))
+        .current_dir(dir.path())
+        .args([
+            "call",
+            "add_memory",
+            "--json",
+            r#"{"category": "c", "content": {}}"#,
+        ])
+        .env("DB_PATH", &db)
+        .env("SUPABASE_DUAL_WRITE", "true")
+        .env("SUPABASE_URL", "http://127.0.0.1:9/rest/v1")
+        .env("SUPABASE_SERVICE_KEY", pg.service_key())
+        .env_remove("SUPABASE_ANON_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(3));
+    let log = dir.path().join("app.sqlite3.failures.ndjson");
+    assert_eq!(mode(&log), 0o600);
 }

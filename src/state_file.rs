@@ -1,0 +1,152 @@
+//! Files that hold rows or progress: checkpoints, `rejects.ndjson`, the
+//! failure log, exports. They hold full rows (memories, preferences, user ids),
+//! so they are created owner-only: files 0600, directories 0700, whatever the
+//! umask. A rewrite (temp file, then rename) keeps that mode, and an existing
+//! file that others could read is narrowed when it is opened again.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+
+/// Mode of the files this module creates.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of the directories this module creates.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Create `dir` and its missing parents, each new one 0700. Existing
+/// directories keep their mode (they may be shared, e.g. the current directory).
+pub fn create_dir_all(dir: &Path) -> io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, DIR_MODE);
+    b.create(dir)
+}
+
+fn options() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, FILE_MODE);
+    o
+}
+
+/// Narrow an existing file to 0600 if group or others could read it.
+fn restrict(f: &File) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = f.metadata()?.permissions().mode();
+        if mode & 0o077 != 0 {
+            f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = f;
+    Ok(())
+}
+
+/// Open `path` for appending (created 0600, with its directory 0700).
+pub fn append(path: &Path) -> io::Result<File> {
+    if let Some(d) = path.parent() {
+        create_dir_all(d)?;
+    }
+    let f = options().create(true).append(true).open(path)?;
+    restrict(&f)?;
+    Ok(f)
+}
+
+/// Create or truncate `path` (0600, with its directory 0700).
+pub fn create(path: &Path) -> io::Result<File> {
+    if let Some(d) = path.parent() {
+        create_dir_all(d)?;
+    }
+    let f = options()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    restrict(&f)?;
+    Ok(f)
+}
+
+/// Replace `path` atomically with `bytes`: a 0600 temp file beside it, fsync,
+/// rename, then fsync of the directory so the rename itself is durable.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path)
+}
+
+/// Move `from` to `to` (same directory) durably.
+pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to)?;
+    sync_dir(to)
+}
+
+/// Remove `path` durably; an absent file is fine. Any other failure is an
+/// error: callers rely on the file being gone (a reset must not leave a
+/// checkpoint that says its tables are done).
+pub fn remove(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => sync_dir(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// fsync the directory holding `path`, so a rename or removal survives a crash.
+fn sync_dir(path: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn files_are_owner_only_and_stay_so_across_rewrites() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("a/b");
+        let f = dir.join("checkpoint.json");
+        write_atomically(&f, b"1").unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&d.path().join("a")), 0o700);
+        assert_eq!(mode(&f), 0o600);
+        write_atomically(&f, b"2").unwrap();
+        assert_eq!(mode(&f), 0o600);
+        assert_eq!(std::fs::read(&f).unwrap(), b"2");
+        // A file left readable by others is narrowed when opened again.
+        let g = dir.join("rejects.ndjson");
+        std::fs::write(&g, b"").unwrap();
+        std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o644)).unwrap();
+        append(&g).unwrap();
+        assert_eq!(mode(&g), 0o600);
+        remove(&g).unwrap();
+        assert!(!g.exists());
+        remove(&g).unwrap();
+    }
+}
