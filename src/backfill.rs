@@ -289,7 +289,110 @@ impl Cursor {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct CheckpointFile {
     source: String,
+    /// What identifies the source beyond its path (absent in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    identity: Option<SourceIdentity>,
     tables: BTreeMap<String, TableCheckpoint>,
+}
+
+/// What tells a source file from another one later found at the same path
+/// (restored from a backup, re-created): its device and inode, its
+/// `PRAGMA schema_version`, and a digest of the first keys in storage order
+/// of the first catalogue table that has rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceIdentity {
+    pub device: u64,
+    pub inode: u64,
+    pub schema_version: i64,
+    /// The table whose first keys are digested (`None`: every table was empty).
+    pub keys_table: Option<String>,
+    /// SHA-256 (hex) of those keys.
+    pub first_keys_sha256: String,
+}
+
+/// Keys digested into [`SourceIdentity::first_keys_sha256`].
+const IDENTITY_KEYS: usize = 16;
+
+impl SourceIdentity {
+    /// The identity of the SQLite file at `path`, opened as `db`. With a
+    /// `keys_table`, the keys are read from that table (to compare with a
+    /// recorded identity); otherwise from the first table that has rows.
+    pub async fn of(
+        path: &Path,
+        db: &SqliteDatabase,
+        keys_table: Option<&str>,
+    ) -> Result<SourceIdentity> {
+        use sha2::{Digest, Sha256};
+        let meta = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        let (device, inode) = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino())
+        };
+        #[cfg(not(unix))]
+        let (device, inode) = {
+            let _ = meta;
+            (0, 0)
+        };
+        let candidates: Vec<&'static Table> = match keys_table {
+            Some(name) => TABLES
+                .iter()
+                .copied()
+                .filter(|t| t.sqlite == name)
+                .collect(),
+            None => TABLES.to_vec(),
+        };
+        let mut schema_version = None;
+        let mut found = None;
+        for t in candidates {
+            let (v, keys) = db.fingerprint(t, IDENTITY_KEYS).await?;
+            schema_version = Some(v);
+            if !keys.is_empty() || keys_table.is_some() {
+                found = Some((t.sqlite.to_owned(), keys));
+                break;
+            }
+        }
+        let schema_version = match schema_version {
+            Some(v) => v,
+            None => db.fingerprint(&crate::catalogue::ARTIFACT, 0).await?.0,
+        };
+        let mut h = Sha256::new();
+        for k in found.iter().flat_map(|(_, k)| k) {
+            h.update(k.as_bytes());
+            h.update([0u8]);
+        }
+        Ok(SourceIdentity {
+            device,
+            inode,
+            schema_version,
+            keys_table: found.map(|(t, _)| t),
+            first_keys_sha256: format!("{:x}", h.finalize()),
+        })
+    }
+
+    /// How `now` differs from `self` (the recorded identity), in words.
+    fn differences(&self, now: &SourceIdentity) -> Vec<String> {
+        let mut out = Vec::new();
+        if (self.device, self.inode) != (now.device, now.inode) {
+            out.push(format!(
+                "it is another file (device {} inode {}, was device {} inode {})",
+                now.device, now.inode, self.device, self.inode
+            ));
+        }
+        if self.schema_version != now.schema_version {
+            out.push(format!(
+                "its schema_version is {} (was {}; a schema change or VACUUM)",
+                now.schema_version, self.schema_version
+            ));
+        }
+        if self.keys_table.is_some() && self.first_keys_sha256 != now.first_keys_sha256 {
+            out.push(format!(
+                "its first rows of {} are not the same",
+                self.keys_table.as_deref().unwrap_or_default()
+            ));
+        }
+        out
+    }
 }
 
 /// The checkpoint file of one source in its state directory.
@@ -382,6 +485,7 @@ impl Checkpoints {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => CheckpointFile {
                 source: source.to_owned(),
+                identity: None,
                 tables: BTreeMap::new(),
             },
             Err(e) => return Err(e.into()),
@@ -392,6 +496,41 @@ impl Checkpoints {
 
     pub fn table(&self, t: &Table) -> TableCheckpoint {
         self.data.tables.get(t.sqlite).cloned().unwrap_or_default()
+    }
+
+    /// The identity the checkpoint recorded for its source, if any.
+    pub fn identity(&self) -> Option<&SourceIdentity> {
+        self.data.identity.as_ref()
+    }
+
+    /// Resume only from the source the progress was recorded for: a checkpoint
+    /// with progress whose recorded identity differs from `now` is refused (a
+    /// file restored or re-created at the same path would otherwise resume
+    /// with its tables "done"). Records `now` from here on.
+    pub fn check_identity(&mut self, now: SourceIdentity) -> Result<()> {
+        let progress = self
+            .data
+            .tables
+            .values()
+            .any(|c| c.done || c.after.is_some());
+        if let (true, Some(old)) = (progress, &self.data.identity) {
+            let diff = old.differences(&now);
+            if !diff.is_empty() {
+                return Err(Error::invalid(format!(
+                    "{} records progress for {}, but that file has changed since: {}. \
+                     Resuming could skip rows. Run again with --restart to copy every table again \
+                     into the target as it is (upserts: harmless), or --reset to empty the target first",
+                    self.path.display(),
+                    self.data.source,
+                    diff.join("; ")
+                )));
+            }
+        }
+        if self.data.identity.as_ref() != Some(&now) {
+            self.data.identity = Some(now);
+            self.save()?;
+        }
+        Ok(())
     }
 
     fn set(&mut self, t: &Table, c: TableCheckpoint) -> Result<()> {
@@ -1476,6 +1615,14 @@ pub async fn run(
         .display()
         .to_string();
     let mut loader = Loader::new(target, opts, &source_id)?;
+    if !opts.dry_run {
+        let recorded = loader
+            .checkpoints
+            .identity()
+            .and_then(|i| i.keys_table.clone());
+        let now = SourceIdentity::of(source_path, &source, recorded.as_deref()).await?;
+        loader.checkpoints.check_identity(now)?;
+    }
     let tables = opts.selected();
     let mut report = BackfillReport {
         source: source_path.display().to_string(),

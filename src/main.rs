@@ -171,6 +171,9 @@ struct LoadArgs {
     /// Empty the target tables first (asks for confirmation, or --yes).
     #[arg(long)]
     reset: bool,
+    /// Forget the checkpoint and copy every table again; the target keeps its rows.
+    #[arg(long, conflicts_with = "reset")]
+    restart: bool,
     /// Do not ask for confirmation.
     #[arg(long)]
     yes: bool,
@@ -276,6 +279,9 @@ async fn load(
         // the emptied tables marked done.
         let deleted = backfill::reset(&target, &opts).await?;
         tracing::info!(rows = deleted, "reset: emptied the target tables");
+    } else if args.restart && !args.dry_run {
+        backfill::forget_progress(&opts.state_dir)?;
+        tracing::info!("restart: forgot the checkpoint; copying every table again");
     }
     let report = run(&target, &opts).await?;
     if args.json {

@@ -657,6 +657,35 @@ impl SqliteDatabase {
         .await
     }
 
+    /// `PRAGMA schema_version` (bumped by every schema change, and by VACUUM),
+    /// and up to `n` keys of `table` from the start of its storage order (the
+    /// oldest rows: new rows go after them). Together with the file's device
+    /// and inode they tell a checkpoint's source from another file at its path.
+    pub async fn fingerprint(&self, table: &'static Table, n: usize) -> Result<(i64, Vec<String>)> {
+        self.run(move |conn, layout| {
+            let version: i64 = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+            let Some(l) = layout.get(table) else {
+                return Ok((version, Vec::new()));
+            };
+            let key = quote(l.physical[0].as_deref().unwrap_or(table.key().sqlite));
+            let t = quote(table.sqlite);
+            let by_rowid = format!("SELECT {key} FROM {t} ORDER BY rowid LIMIT ?1");
+            let mut stmt = match conn.prepare(&by_rowid) {
+                Ok(s) => s,
+                // A WITHOUT ROWID table: its key order is its storage order.
+                Err(_) => {
+                    conn.prepare(&format!("SELECT {key} FROM {t} ORDER BY {key} LIMIT ?1"))?
+                }
+            };
+            let keys = stmt
+                .query_map([n as i64], |r| r.get_ref(0).map(from_ref))?
+                .map(|v| v.map(|v| format!("{v:?}")))
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok((version, keys))
+        })
+        .await
+    }
+
     /// SQLite's `PRAGMA data_version` on this connection: it changes whenever
     /// another connection (or process) commits to the file.
     pub async fn data_version(&self) -> Result<i64> {

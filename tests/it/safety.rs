@@ -390,3 +390,83 @@ async fn state_files_are_created_owner_only() {
     let log = dir.path().join("app.sqlite3.failures.ndjson");
     assert_eq!(mode(&log), 0o600);
 }
+
+/// A checkpoint resumes only the file it was recorded for: another file at
+/// the same path (re-created, or restored over it) is refused with a message
+/// naming --restart and --reset, and --restart copies every table again.
+#[tokio::test]
+async fn a_checkpoint_refuses_another_file_at_its_path_until_restart() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = generated_source(dir.path(), 200).await;
+    let state = dir.path().join("state");
+    let args = [
+        "backfill",
+        "--from-sqlite",
+        src.to_str().unwrap(),
+        "--tables",
+        "artifact",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--json",
+    ];
+    let ok = |o: &std::process::Output| o.status.code().is_some_and(|c| c == 0 || c == 3);
+    let o = binary(&pg, dir.path(), &args).output().unwrap();
+    assert!(ok(&o), "{}", String::from_utf8_lossy(&o.stderr));
+    // The same file again resumes (nothing to do).
+    let o = binary(&pg, dir.path(), &args).output().unwrap();
+    assert!(ok(&o), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Another file with other rows: once written over the old one (same
+    // inode, as `cp` does), once as a new file renamed into its place.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = other_dir.path().join("other.sqlite3");
+    let opts = dualwrite::generate::GenerateOptions {
+        rows: 200,
+        seed: 10,
+    };
+    dualwrite::generate::generate(&other, &opts).await.unwrap();
+    for how in ["written over", "renamed over"] {
+        if how == "written over" {
+            std::fs::write(&src, std::fs::read(&other).unwrap()).unwrap();
+        } else {
+            let tmp = dir.path().join("new.sqlite3");
+            std::fs::copy(&other, &tmp).unwrap();
+            std::fs::rename(&tmp, &src).unwrap();
+        }
+        let o = binary(&pg, dir.path(), &args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{how}: {err}");
+        assert!(
+            err.contains("--restart") && err.contains("--reset"),
+            "{how}: {err}"
+        );
+    }
+    let mut restart = args.to_vec();
+    restart.push("--restart");
+    let o = binary(&pg, dir.path(), &restart).output().unwrap();
+    assert!(ok(&o), "{}", String::from_utf8_lossy(&o.stderr));
+    let want: i64 = rusqlite::Connection::open(&src)
+        .unwrap()
+        .query_row("SELECT count(*) FROM artifact", [], |r| r.get(0))
+        .unwrap();
+    let have: i64 = pg
+        .sql()
+        .await
+        .query_one(
+            "SELECT count(*) FROM artifacts WHERE id = ANY($1)",
+            &[&rusqlite::Connection::open(&src)
+                .unwrap()
+                .prepare("SELECT id FROM artifact")
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(0))
+                .unwrap()
+                .collect::<Result<Vec<String>, _>>()
+                .unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(want > 0);
+    assert_eq!(have, want, "--restart copied the new file's rows");
+}
