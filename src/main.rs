@@ -619,16 +619,13 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
         delete_extra: a.delete_extra,
         ..RepairOptions::default()
     };
-    let (mut before, plan) = repair::plan(&source, &target, &opts).await?;
+    let (mut before, mut plan) = repair::plan(&source, &target, &opts).await?;
     let mut outcome = RepairOutcome::planned(&before, &plan, &ropts);
-    if matches!(
-        before.verdict,
-        verify::Verdict::Incomplete | verify::Verdict::PartialVisibility
-    ) {
+    if let Some(why) = refusal(&before, &plan, &ropts) {
         outcome.status = repair::RepairStatus::Refused;
         before.repair = Some(outcome);
         emit(&before, a.format, a.out.as_deref())?;
-        eprintln!("not repairing: {}", before.verdict.as_str().to_lowercase());
+        eprintln!("not repairing: {why}");
         return Ok(ExitCode::from(2));
     }
     if outcome.status == repair::RepairStatus::NothingToDo {
@@ -641,6 +638,7 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
         before.target.location,
         plan.describe(&ropts)
     );
+    let asked = std::time::Instant::now();
     let confirmed_by = if a.yes {
         Some("--yes")
     } else if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
@@ -659,6 +657,26 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(before.exit_code.max(1)));
     };
+    // A plan confirmed long ago is stale: make it again, and apply only the
+    // changes both plans hold.
+    if asked.elapsed() > repair::REPLAN_AFTER {
+        eprintln!(
+            "the confirmation took {}s: verifying again before changing anything",
+            asked.elapsed().as_secs()
+        );
+        let (mut again, mut fresh) = repair::plan(&source, &target, &opts).await?;
+        fresh.retain_confirmed(&plan);
+        let mut fresh_outcome = RepairOutcome::planned(&again, &fresh, &ropts);
+        if let Some(why) = refusal(&again, &fresh, &ropts) {
+            fresh_outcome.status = repair::RepairStatus::Refused;
+            again.repair = Some(fresh_outcome);
+            emit(&again, a.format, a.out.as_deref())?;
+            eprintln!("not repairing: {why}");
+            return Ok(ExitCode::from(2));
+        }
+        plan = fresh;
+        outcome = fresh_outcome;
+    }
     outcome.confirmed_by = Some(by.to_owned());
     repair::apply(&source, &target, &plan, &ropts, &mut outcome).await?;
     opts.check = verify::Check::Content;
@@ -666,6 +684,28 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     after.repair = Some(outcome);
     emit(&after, a.format, a.out.as_deref())?;
     Ok(ExitCode::from(after.exit_code))
+}
+
+/// Why a repair must not run on this plan, if it must not: a verification
+/// that could not see everything, or `--delete-extra` while the counts
+/// disagree with what was read.
+fn refusal(
+    report: &verify::VerifyReport,
+    plan: &verify::repair::RepairPlan,
+    opts: &verify::repair::RepairOptions,
+) -> Option<String> {
+    if matches!(
+        report.verdict,
+        verify::Verdict::Incomplete | verify::Verdict::PartialVisibility
+    ) {
+        return Some(report.verdict.as_str().to_lowercase());
+    }
+    if opts.delete_extra {
+        if let Err(e) = verify::repair::check_delete_extra(report, plan) {
+            return Some(e.to_string());
+        }
+    }
+    None
 }
 
 fn main() -> ExitCode {

@@ -366,7 +366,7 @@ impl TableReport {
 
     /// Whether the content pass agrees with the exact counts taken before it.
     /// When it does not, rows were written in between.
-    fn counts_agree(&self) -> bool {
+    pub(crate) fn counts_agree(&self) -> bool {
         let c = &self.counts;
         let differences = c.differences() > 0;
         c.compared == c.source_rows && (differences || c.source_rows == c.target_rows)

@@ -235,14 +235,29 @@ fn bootstrap(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-fn to_param(v: &SqlValue) -> SqlParam {
-    match v {
-        SqlValue::Null => SqlParam::Null,
-        SqlValue::Integer(i) => SqlParam::Integer(*i),
-        SqlValue::Real(f) => SqlParam::Real(*f),
-        SqlValue::Text(s) => SqlParam::Text(s.clone()),
-        SqlValue::Blob(b) | SqlValue::BadText(b) => SqlParam::Blob(b.clone()),
+/// A value bound as a statement parameter in its own storage class. TEXT
+/// whose bytes are not UTF-8 is bound as TEXT, bytes as they are: bound as a
+/// BLOB, a keyset cursor `key > ?` would be false for every TEXT key (BLOBs
+/// sort after all text), and a scan would end early at such a key.
+#[derive(Debug, Clone)]
+struct Param(SqlValue);
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::ToSqlOutput::{Borrowed, Owned};
+        Ok(match &self.0 {
+            SqlValue::Null => Owned(SqlParam::Null),
+            SqlValue::Integer(i) => Owned(SqlParam::Integer(*i)),
+            SqlValue::Real(f) => Owned(SqlParam::Real(*f)),
+            SqlValue::Text(s) => Borrowed(ValueRef::Text(s.as_bytes())),
+            SqlValue::BadText(b) => Borrowed(ValueRef::Text(b)),
+            SqlValue::Blob(b) => Borrowed(ValueRef::Blob(b)),
+        })
     }
+}
+
+fn to_param(v: &SqlValue) -> Param {
+    Param(v.clone())
 }
 
 /// What [`SqliteDatabase::scan_page`] read: the state its rows were folded
@@ -469,7 +484,7 @@ impl SqliteDatabase {
             let mut stmt = conn.prepare_cached(&sql)?;
             let n = table.columns.len();
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let after = after.as_ref().map_or(SqlParam::Null, to_param);
+            let after = Param(after.unwrap_or(SqlValue::Null));
             let map = |r: &rusqlite::Row<'_>| (0..n).map(|i| r.get_ref(i).map(from_ref)).collect();
             let rows = if sql.contains("?2") {
                 stmt.query_map(rusqlite::params![after, limit], map)?
@@ -530,7 +545,7 @@ impl SqliteDatabase {
                 ScanFrom::Key(None) => (format!("{select} ORDER BY {key} LIMIT ?1"), None),
                 ScanFrom::Rowid(Some(r)) => (
                     format!("{select} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"),
-                    Some(SqlParam::Integer(r)),
+                    Some(Param(SqlValue::Integer(r))),
                 ),
                 ScanFrom::Rowid(None) => (format!("{select} ORDER BY rowid LIMIT ?1"), None),
             };

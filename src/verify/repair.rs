@@ -185,6 +185,9 @@ pub struct TableRepair {
     pub cannot_land: u64,
     /// Planned keys no longer in the source when re-read (deleted meanwhile).
     pub gone_from_source: u64,
+    /// Rows planned for deletion that the source holds when re-read just
+    /// before the delete (written by the app meanwhile): kept.
+    pub now_in_source: u64,
 }
 
 impl RepairOutcome {
@@ -221,6 +224,7 @@ impl RepairOutcome {
                     },
                     cannot_land: p.cannot_land,
                     gone_from_source: 0,
+                    now_in_source: 0,
                 })
                 .collect(),
         }
@@ -261,7 +265,7 @@ pub async fn apply(
             rewrite(source, target, p, opts, done).await?;
         }
         if opts.delete_extra && !p.delete.is_empty() {
-            done.deleted = delete(target, p).await?;
+            delete(source, target, p, done).await?;
         }
     }
     outcome.status = RepairStatus::Applied;
@@ -337,14 +341,41 @@ async fn upsert(target: &SupabaseDatabase, t: &'static Table, rows: &[SqlRow]) -
     retry(RetryPolicy::default(), || target.upsert_rows(t, rows)).await
 }
 
-async fn delete(target: &SupabaseDatabase, p: &TablePlan) -> Result<u64> {
+/// Delete the planned target-only rows, a chunk at a time. Each chunk's keys
+/// are read from the source again just before its DELETE, and those the
+/// source holds now are kept: the two scans of the plan are not one snapshot,
+/// so a row the app committed after the source scan passed its key, and that
+/// its mirror delivered before the target scan reached it, looks "only in
+/// target" but is not.
+async fn delete(
+    source: &SqliteDatabase,
+    target: &SupabaseDatabase,
+    p: &TablePlan,
+    done: &mut TableRepair,
+) -> Result<()> {
     let rest = target.rest();
     let t = p.table;
     let keys: Vec<&str> = p.delete.iter().map(String::as_str).collect();
-    let mut deleted = 0;
     for chunk in key_chunks(&keys) {
-        let quoted: Vec<String> = chunk.iter().map(|k| in_list_value(k)).collect();
-        deleted += retry(RetryPolicy::default(), || async {
+        let present: BTreeSet<String> = source
+            .rows_by_keys(t, chunk.iter().map(|k| (*k).to_owned()).collect())
+            .await?
+            .iter()
+            .filter_map(|r| match &r[0] {
+                SqlValue::Text(k) => Some(k.clone()),
+                _ => None,
+            })
+            .collect();
+        done.now_in_source += present.len() as u64;
+        let quoted: Vec<String> = chunk
+            .iter()
+            .filter(|k| !present.contains(**k))
+            .map(|k| in_list_value(k))
+            .collect();
+        if quoted.is_empty() {
+            continue;
+        }
+        done.deleted += retry(RetryPolicy::default(), || async {
             let req = rest
                 .from(t.supabase)
                 .delete()
@@ -360,5 +391,60 @@ async fn delete(target: &SupabaseDatabase, p: &TablePlan) -> Result<u64> {
         })
         .await?;
     }
-    Ok(deleted)
+    Ok(())
+}
+
+/// `--delete-extra` is refused while a table it would delete from has exact
+/// counts that the content pass does not account for: rows were written
+/// during the verification (or a side was not read to its end), so "only in
+/// target" cannot be trusted there. Run it again when writes are quiet.
+pub fn check_delete_extra(report: &VerifyReport, plan: &RepairPlan) -> Result<()> {
+    let doubtful: Vec<String> = plan
+        .tables
+        .iter()
+        .filter(|p| !p.delete.is_empty())
+        .filter_map(|p| report.tables.iter().find(|t| t.table == p.table.sqlite))
+        .filter(|t| !t.counts_agree())
+        .map(|t| {
+            format!(
+                "{} (exact counts: source {}, target {}; read by content: {} source rows, {} only in target)",
+                t.table,
+                t.counts.source_rows,
+                t.counts.target_rows,
+                t.counts.compared,
+                t.counts.only_in_target
+            )
+        })
+        .collect();
+    if doubtful.is_empty() {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "--delete-extra refused: the exact counts disagree with the rows read in {}; rows were written \
+         during verification. Nothing was changed; run it again when writes are quiet, or repair \
+         without --delete-extra",
+        doubtful.join(", ")
+    )))
+}
+
+/// How long a confirmation may take before the plan is made again.
+pub const REPLAN_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl RepairPlan {
+    /// Keep only the changes `confirmed` also holds: a plan made again after a
+    /// long confirmation never changes a row the operator was not shown.
+    pub fn retain_confirmed(&mut self, confirmed: &RepairPlan) {
+        for p in &mut self.tables {
+            match confirmed.tables.iter().find(|c| c.table == p.table) {
+                Some(c) => {
+                    p.upsert.retain(|k| c.upsert.contains(k));
+                    p.delete.retain(|k| c.delete.contains(k));
+                }
+                None => {
+                    p.upsert.clear();
+                    p.delete.clear();
+                }
+            }
+        }
+    }
 }

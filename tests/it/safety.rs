@@ -470,3 +470,214 @@ async fn a_checkpoint_refuses_another_file_at_its_path_until_restart() {
     assert!(want > 0);
     assert_eq!(have, want, "--restart copied the new file's rows");
 }
+
+/// An empty DoX file (bootstrapped), its path, and a direct connection to plant rows.
+async fn planted_source(dir: &Path) -> (PathBuf, rusqlite::Connection) {
+    let path = dir.join("src.sqlite3");
+    drop(
+        dualwrite::db::SqliteDatabase::open(&path, Default::default())
+            .await
+            .unwrap(),
+    );
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    (path, c)
+}
+
+fn plant_artifact(c: &rusqlite::Connection, key_sql: &str) {
+    c.execute(
+        &format!(
+            "INSERT INTO artifact (id, filename, filepath, filetype, status) \
+             VALUES ({key_sql}, 'f', 'p', '.pdf', 'new')"
+        ),
+        [],
+    )
+    .unwrap();
+}
+
+async fn plant_target_artifact(pg: &PrivateDb, key: &str) {
+    pg.sql()
+        .await
+        .execute(
+            "INSERT INTO artifacts (id, filename, filepath, filetype, status) \
+             VALUES ($1, 'f', 'p', '.pdf', 'new')",
+            &[&key],
+        )
+        .await
+        .unwrap();
+}
+
+async fn target_has(pg: &PrivateDb, key: &str) -> bool {
+    pg.sql()
+        .await
+        .query_one("SELECT count(*) FROM artifacts WHERE id = $1", &[&key])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 1
+}
+
+fn verify_opts(pg: &PrivateDb) -> dualwrite::verify::VerifyOptions {
+    let key = dualwrite::verify::KeyInfo::of("SUPABASE_SERVICE_KEY", &pg.service_key());
+    let mut o = dualwrite::verify::VerifyOptions::new(key);
+    o.tables = vec![&catalogue::ARTIFACT];
+    o.segment_rows = 4;
+    o
+}
+
+/// A TEXT key that is not valid UTF-8 in the middle of the source: the
+/// source scan goes on past it (its cursor is bound as text, not as a blob,
+/// which no text key is greater than), so the rows after it are not "only
+/// in target", and a repair with --delete-extra deletes none of them.
+#[tokio::test]
+async fn a_key_that_is_not_utf8_does_not_end_the_source_scan() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, c) = planted_source(dir.path()).await;
+    // Seven keys before the bad one: with pages of 4 rows, it ends a page
+    // and becomes the cursor of the next read.
+    let mut valid: Vec<String> = (0..7).map(|i| format!("a-{i}")).collect();
+    valid.extend((0..6).map(|i| format!("日本-{i}")));
+    for k in &valid {
+        plant_artifact(&c, &format!("'{k}'"));
+        plant_target_artifact(&pg, k).await;
+    }
+    // 0xC3 0x28: not UTF-8; sorts after every "a-" key and before "日本" (0xE6).
+    plant_artifact(&c, "CAST(X'C328' AS TEXT)");
+    let source = dualwrite::db::SqliteDatabase::open_read_only(&path)
+        .await
+        .unwrap();
+    let target = pg.supabase();
+    let opts = verify_opts(&pg);
+    let report = dualwrite::verify::run(&source, &target, &opts)
+        .await
+        .unwrap();
+    let t = &report.tables[0];
+    assert_eq!(t.counts.only_in_target, 0, "{t:?}");
+    assert_eq!(t.counts.only_in_source, 0, "{t:?}");
+    assert_eq!(t.counts.cannot_land, 1, "{t:?}");
+    assert_eq!(t.counts.compared, valid.len() as u64 + 1, "{t:?}");
+
+    let (before, plan) = dualwrite::verify::repair::plan(&source, &target, &opts)
+        .await
+        .unwrap();
+    let ropts = dualwrite::verify::repair::RepairOptions {
+        delete_extra: true,
+        ..Default::default()
+    };
+    let mut outcome = dualwrite::verify::repair::RepairOutcome::planned(&before, &plan, &ropts);
+    dualwrite::verify::repair::apply(&source, &target, &plan, &ropts, &mut outcome)
+        .await
+        .unwrap();
+    for k in &valid {
+        assert!(target_has(&pg, k).await, "{k} was deleted");
+    }
+}
+
+/// The race of --delete-extra: a row the app commits to the source after the
+/// plan called it "only in target" is re-read before its chunk is deleted,
+/// and kept; a row really only on the target is deleted.
+#[tokio::test]
+async fn delete_extra_keeps_a_row_the_source_gained_after_the_plan() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, c) = planted_source(dir.path()).await;
+    for k in ["k-1", "k-2", "k-3"] {
+        plant_artifact(&c, &format!("'{k}'"));
+        plant_target_artifact(&pg, k).await;
+    }
+    plant_target_artifact(&pg, "late").await;
+    plant_target_artifact(&pg, "stray").await;
+    let source = dualwrite::db::SqliteDatabase::open_read_only(&path)
+        .await
+        .unwrap();
+    let target = pg.supabase();
+    let opts = verify_opts(&pg);
+    let (before, plan) = dualwrite::verify::repair::plan(&source, &target, &opts)
+        .await
+        .unwrap();
+    assert_eq!(plan.tables[0].delete.len(), 2, "{plan:?}");
+    // The app writes "late" (its mirror had delivered it before the target scan).
+    plant_artifact(&c, "'late'");
+    let ropts = dualwrite::verify::repair::RepairOptions {
+        delete_extra: true,
+        ..Default::default()
+    };
+    dualwrite::verify::repair::check_delete_extra(&before, &plan).unwrap();
+    let mut outcome = dualwrite::verify::repair::RepairOutcome::planned(&before, &plan, &ropts);
+    dualwrite::verify::repair::apply(&source, &target, &plan, &ropts, &mut outcome)
+        .await
+        .unwrap();
+    assert!(
+        target_has(&pg, "late").await,
+        "a row the source holds was deleted"
+    );
+    assert!(!target_has(&pg, "stray").await);
+    assert_eq!(outcome.tables[0].deleted, 1);
+    assert_eq!(outcome.tables[0].now_in_source, 1);
+}
+
+/// --delete-extra is refused (exit 2, nothing deleted) while the app writes
+/// to the source during the verification: the exact counts and the rows read
+/// then disagree, and "only in target" cannot be trusted.
+#[tokio::test]
+async fn delete_extra_is_refused_while_the_counts_disagree() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, c) = planted_source(dir.path()).await;
+    c.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) \
+         INSERT INTO artifact (id, filename, filepath, filetype, status) \
+         SELECT printf('k-%05d', i), 'f', 'p', '.pdf', 'new' FROM n",
+    )
+    .unwrap();
+    pg.sql()
+        .await
+        .batch_execute(
+            "INSERT INTO artifacts (id, filename, filepath, filetype, status) \
+             SELECT format('k-%s', lpad(i::text, 5, '0')), 'f', 'p', '.pdf', 'new' \
+             FROM generate_series(1, 3000) i",
+        )
+        .await
+        .unwrap();
+    plant_target_artifact(&pg, "stray").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let app = {
+        let stop = stop.clone();
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.busy_timeout(Duration::from_secs(5)).unwrap();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                plant_artifact(&c, &format!("'k-{:05}-app-{i}'", i % 3000));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let out = binary(
+        &pg,
+        dir.path(),
+        &[
+            "verify",
+            "--from-sqlite",
+            path.to_str().unwrap(),
+            "--tables",
+            "artifact",
+            "--repair",
+            "--delete-extra",
+            "--yes",
+        ],
+    )
+    .output()
+    .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    app.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--delete-extra refused"), "{err}");
+    assert!(target_has(&pg, "stray").await, "nothing was deleted");
+}
