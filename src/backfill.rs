@@ -106,6 +106,17 @@ pub enum Progress {
     Quiet,
 }
 
+/// The default state directory of a source: `dualwrite-state/<file name>-<hash>`
+/// beside the source itself (absolute), so every command finds it wherever it
+/// runs from.
+pub fn state_dir_for(source: &Path) -> PathBuf {
+    let abs = std::fs::canonicalize(source)
+        .or_else(|_| std::path::absolute(source))
+        .unwrap_or_else(|_| source.to_path_buf());
+    let dir = abs.parent().unwrap_or(Path::new("/"));
+    default_state_dir(&dir.join("dualwrite-state"), source)
+}
+
 /// The state directory for a source file: `<dir>/<file name>-<hash of its absolute path>`.
 pub fn default_state_dir(base: &Path, source: &Path) -> PathBuf {
     let abs = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());

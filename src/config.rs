@@ -69,8 +69,13 @@ pub struct Settings {
     pub mirror_timeout: Duration,
     pub breaker: Breaker,
     pub max_recorded_failures: usize,
-    /// Where secondary failures are persisted (`None`: memory only).
+    /// Where secondary failures are persisted (`None`: memory only). Always
+    /// absolute: a relative setting is resolved from the database file's
+    /// directory, so every command finds the same file wherever it runs.
     pub failure_log: Option<PathBuf>,
+    /// `dual.failure_log` names a file (not the default beside `DB_PATH`):
+    /// `cutover check` then treats its absence as a reason not to cut over.
+    pub failure_log_configured: bool,
 }
 
 /// The raw shape of the TOML layers; unknown keys are refused.
@@ -174,6 +179,15 @@ fn secs(name: &str, s: f64) -> Result<Duration> {
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| Error::config(format!("{name} = {s} is not a positive number of seconds")))
+}
+
+/// Where dual write records mirror failures for the database file at
+/// `db_path` by default: `<DB_PATH>.failures.ndjson`, absolute.
+pub fn default_failure_log(db_path: &Path) -> PathBuf {
+    let abs = std::path::absolute(db_path).unwrap_or_else(|_| db_path.to_path_buf());
+    let mut p = abs.into_os_string();
+    p.push(".failures.ndjson");
+    PathBuf::from(p)
 }
 
 /// Read a dotenv file into `into`, without overriding keys already there.
@@ -287,14 +301,18 @@ impl Settings {
         let db_path: PathBuf = non_empty(raw.db_path)
             .ok_or_else(|| Error::config("DB_PATH is empty"))?
             .into();
-        let failure_log = match raw.dual.failure_log.trim() {
+        let absolute_db = std::path::absolute(&db_path).map_err(|e| {
+            Error::config(format!(
+                "DB_PATH {} cannot be resolved: {e}",
+                db_path.display()
+            ))
+        })?;
+        let db_dir = absolute_db.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let failure_log_setting = raw.dual.failure_log.trim().to_owned();
+        let failure_log = match failure_log_setting.as_str() {
             "none" => None,
-            "" => {
-                let mut p = db_path.clone().into_os_string();
-                p.push(".failures.ndjson");
-                Some(PathBuf::from(p))
-            }
-            other => Some(PathBuf::from(other)),
+            "" => Some(default_failure_log(&absolute_db)),
+            other => Some(db_dir.join(other)),
         };
         let secret = |s: String| non_empty(s).map(SecretString::from);
         let s = raw.supabase;
@@ -341,6 +359,7 @@ impl Settings {
             },
             max_recorded_failures: raw.dual.max_recorded_failures.max(1),
             failure_log,
+            failure_log_configured: !matches!(failure_log_setting.as_str(), "" | "none"),
         })
     }
 
@@ -489,6 +508,26 @@ mod tests {
         assert!(!e.contains("eyJ"), "the key leaked: {e}");
         assert!(!e.contains("c2VjcmV0"), "the key leaked: {e}");
         assert!(e.contains(".env") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn record_files_are_absolute_and_resolved_from_the_database_directory() {
+        let (_d, s) = sources(&[("DB_PATH", "rel/db.sqlite3")]);
+        let st = Settings::load(&s).unwrap();
+        let log = st.failure_log.unwrap();
+        assert!(log.is_absolute(), "{}", log.display());
+        assert!(log.ends_with("rel/db.sqlite3.failures.ndjson"));
+        assert!(!st.failure_log_configured);
+        let (d, mut s) = sources(&[("DB_PATH", "/srv/dox/db.sqlite3")]);
+        let f = d.path().join("extra.toml");
+        std::fs::write(&f, "[dual]\nfailure_log = \"log/f.ndjson\"\n").unwrap();
+        s.config_file = Some(f);
+        let st = Settings::load(&s).unwrap();
+        assert!(st.failure_log_configured);
+        assert_eq!(
+            st.failure_log.unwrap(),
+            PathBuf::from("/srv/dox/log/f.ndjson")
+        );
     }
 
     #[test]

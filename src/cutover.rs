@@ -37,6 +37,12 @@ pub struct CutoverOptions {
     pub failures: Option<PathBuf>,
     /// NDJSON of rows the backfill could not land.
     pub rejects: Option<PathBuf>,
+    /// `failures` was named by the operator (a flag or `dual.failure_log`),
+    /// not a default: its absence is then a reason not to cut over, since a
+    /// wrong path would otherwise read as "nothing recorded".
+    pub failures_required: bool,
+    /// The same for `rejects`.
+    pub rejects_required: bool,
 }
 
 /// What one record file held.
@@ -201,6 +207,19 @@ pub async fn check(
     let mut notes = Vec::new();
 
     let mut failures_left = Vec::new();
+    for (path, required, what) in [
+        (&opts.failures, opts.failures_required, "failure"),
+        (&opts.rejects, opts.rejects_required, "rejects"),
+    ] {
+        if let (Some(p), true) = (path, required) {
+            if !p.exists() {
+                reasons.push(format!(
+                    "the {what} file {} does not exist: a wrong path would hide what was recorded",
+                    p.display()
+                ));
+            }
+        }
+    }
     let mut failures = read_records(
         opts.failures.as_deref(),
         "failure",

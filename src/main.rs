@@ -186,7 +186,7 @@ struct LoadArgs {
     /// Bytes of JSON per batch at most.
     #[arg(long, default_value_t = 1 << 20)]
     batch_bytes: usize,
-    /// Where the checkpoint and rejects.ndjson live (default: ./dualwrite-state/<source>-<hash>).
+    /// Where the checkpoint and rejects.ndjson live (default: dualwrite-state/<source>-<hash> beside the source).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// How long to keep retrying while Supabase is unreachable, in seconds.
@@ -202,9 +202,10 @@ struct LoadArgs {
 
 impl LoadArgs {
     fn options(&self, source: &std::path::Path) -> Result<BackfillOptions> {
-        let state_dir = self.state_dir.clone().unwrap_or_else(|| {
-            backfill::default_state_dir(std::path::Path::new("dualwrite-state"), source)
-        });
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| backfill::state_dir_for(source));
         let mut o = BackfillOptions::new(state_dir);
         o.tables = tables(&self.tables)?;
         o.dry_run = self.dry_run;
@@ -535,14 +536,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 let path = from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
                 let (source, target, key) = verify_sides(&s, &path).await?;
                 // By default, where dual write and the backfill record them.
-                let default_rejects = || {
-                    backfill::default_state_dir(std::path::Path::new("dualwrite-state"), &path)
-                        .join("rejects.ndjson")
-                };
+                let default_rejects = || backfill::state_dir_for(&path).join("rejects.ndjson");
                 let opts = cutover::CutoverOptions {
                     key,
-                    failures: failures.clone().or_else(|| s.failure_log.clone()),
+                    // The failure log of the file checked: the configured one,
+                    // or the default beside that file (not beside DB_PATH).
+                    failures: failures.clone().or_else(|| match from_sqlite {
+                        Some(p) if !s.failure_log_configured && s.failure_log.is_some() => {
+                            Some(dualwrite::config::default_failure_log(p))
+                        }
+                        _ => s.failure_log.clone(),
+                    }),
                     rejects: Some(rejects.clone().unwrap_or_else(default_rejects)),
+                    failures_required: failures.is_some() || s.failure_log_configured,
+                    rejects_required: rejects.is_some(),
                 };
                 let report = cutover::check(&source, &target, &opts).await?;
                 match format.as_str() {

@@ -681,3 +681,86 @@ async fn delete_extra_is_refused_while_the_counts_disagree() {
     assert!(err.contains("--delete-extra refused"), "{err}");
     assert!(target_has(&pg, "stray").await, "nothing was deleted");
 }
+
+/// Record files are found from the database file, not from the working
+/// directory: a mirror failure recorded beside a relative `db.sqlite3` blocks
+/// a `cutover check` run from elsewhere, and a record file named on the
+/// command line that does not exist is a reason, not "nothing recorded".
+#[tokio::test]
+async fn cutover_check_finds_the_record_files_of_its_source_from_anywhere() {
+    let pg = PrivateDb::new().await;
+    let root = tempfile::tempdir().unwrap();
+    let app = root.path().join("app");
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let run = |cwd: &Path, env: &[(&str, &str)], args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dualwrite"));
+        c.current_dir(cwd)
+            .args(args)
+            .env_remove("DB_PATH")
+            .env_remove("SUPABASE_ANON_KEY")
+            .env_remove("SUPABASE_DUAL_WRITE")
+            .env("SUPABASE_SERVICE_KEY", pg.service_key())
+            .env("SUPABASE_URL", &pg.url)
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    // The app writes with a relative DB_PATH while Supabase is unreachable.
+    let o = run(
+        &app,
+        &[
+            ("DB_PATH", "db.sqlite3"),
+            ("SUPABASE_DUAL_WRITE", "true"),
+            ("SUPABASE_URL", "http://127.0.0.1:9/rest/v1"),
+        ],
+        &[
+            "call",
+            "add_memory",
+            "--json",
+            r#"{"category": "c", "content": {"k": 1}}"#,
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(app.join("db.sqlite3.failures.ndjson").exists());
+    // The backfill then copies the row, so both sides are equal by content.
+    let db = app.join("db.sqlite3");
+    let db = db.to_str().unwrap();
+    let o = run(
+        &app,
+        &[],
+        &["backfill", "--from-sqlite", "db.sqlite3", "--json"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let o = run(&elsewhere, &[], &["cutover", "check", "--from-sqlite", db]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("NOT READY"), "{out}");
+    assert!(out.contains("failure"), "{out}");
+
+    let missing = elsewhere.join("no-such-failures.ndjson");
+    let o = run(
+        &elsewhere,
+        &[],
+        &[
+            "cutover",
+            "check",
+            "--from-sqlite",
+            db,
+            "--failures",
+            missing.to_str().unwrap(),
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("does not exist"), "{out}");
+}

@@ -768,6 +768,8 @@ async fn cutover_check_says_ready_only_when_everything_holds() {
         key: service_key(&pg),
         failures: f.map(Path::to_path_buf),
         rejects: r.map(Path::to_path_buf),
+        failures_required: false,
+        rejects_required: false,
     };
 
     let r = cutover::check(&lite, &sb, &opts(Some(&failures), Some(&rejects)))
@@ -926,8 +928,9 @@ async fn cutover_check_says_ready_only_when_everything_holds() {
         text(&o.stdout)
     );
 
-    // Without --failures, the failure log dual write keeps (`<DB_PATH>.failures.ndjson`) is read.
-    let default_log = dir.path().join("db.sqlite3.failures.ndjson");
+    // Without --failures, the failure log dual write keeps beside the file
+    // checked (`<DB_PATH>.failures.ndjson`) is read.
+    let default_log = dualwrite::config::default_failure_log(&path);
     write_lines(&default_log, &[serde_json::to_value(&failure).unwrap()]);
     let o = dualwrite_bin(
         dir.path(),
