@@ -64,10 +64,38 @@ pub fn sign(secret: &str, role: &str, sub: Option<&str>, ttl: Duration) -> Resul
     .map_err(|e| Error::invalid(format!("cannot sign: {e}")))
 }
 
-/// Check a token's signature and expiry; returns its claims.
-pub fn verify(secret: &str, token: &str) -> Result<Value> {
+/// Service keys valid longer than this get a warning: a `service_role` key
+/// bypasses row level security, and a leaked one works until it expires.
+pub const LONG_LIVED_SERVICE_KEY: Duration = Duration::from_secs(365 * 86_400);
+
+/// The default lifetime of a generated service key (anon keys: ten years).
+pub const DEFAULT_SERVICE_KEY_DAYS: u64 = 90;
+
+/// A warning for a token of `role` valid for `ttl`, when it is a long-lived service key.
+pub fn lifetime_warning(role: &str, ttl: Duration) -> Option<String> {
+    (role == "service_role" && ttl > LONG_LIVED_SERVICE_KEY).then(|| {
+        format!(
+            "warning: this service_role key is valid for {} days; it bypasses row level \
+             security, and a leaked one works until it expires. Prefer a short lifetime \
+             (the default is {DEFAULT_SERVICE_KEY_DAYS} days) and rotate it.",
+            ttl.as_secs() / 86_400
+        )
+    })
+}
+
+/// Check a token's signature, expiry (`exp`), not-before time (`nbf`) and,
+/// when `aud` is given, its audience; returns its claims.
+pub fn verify(secret: &str, token: &str, aud: Option<&str>) -> Result<Value> {
     let mut v = Validation::new(Algorithm::HS256);
-    v.validate_aud = false;
+    v.validate_nbf = true;
+    match aud {
+        Some(a) => {
+            v.set_audience(&[a]);
+            // A token without `aud` must not pass a check that asks for one.
+            v.set_required_spec_claims(&["exp", "aud"]);
+        }
+        None => v.validate_aud = false,
+    }
     v.leeway = 0;
     jsonwebtoken::decode::<Value>(
         token.trim(),
@@ -102,16 +130,52 @@ mod tests {
             Duration::from_secs(60),
         )
         .unwrap();
-        let c = verify(&secret, &t).unwrap();
+        let c = verify(&secret, &t, None).unwrap();
         assert_eq!(c["role"], "authenticated");
         assert_eq!(c["sub"], "dev_user");
         assert!(
-            verify(&generate_secret(), &t).is_err(),
+            verify(&generate_secret(), &t, None).is_err(),
             "another secret must not verify"
         );
         assert_eq!(decode(&t).unwrap()["claims"]["sub"], "dev_user");
         let s = sign(&secret, "service_role", None, Duration::from_secs(60)).unwrap();
-        assert!(verify(&secret, &s).unwrap().get("sub").is_none());
+        assert!(verify(&secret, &s, None).unwrap().get("sub").is_none());
+    }
+
+    fn signed(secret: &str, claims: Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn not_before_and_audience_are_checked() {
+        let secret = generate_secret();
+        let now = chrono::Utc::now().timestamp();
+        let early = signed(
+            &secret,
+            json!({"role": "anon", "exp": now + 3600, "nbf": now + 600}),
+        );
+        let e = verify(&secret, &early, None).unwrap_err().to_string();
+        assert!(e.contains("ImmatureSignature"), "{e}");
+        let t = sign(&secret, "authenticated", Some("u"), Duration::from_secs(60)).unwrap();
+        assert!(verify(&secret, &t, Some("authenticated")).is_ok());
+        let e = verify(&secret, &t, Some("other")).unwrap_err().to_string();
+        assert!(e.contains("InvalidAudience"), "{e}");
+        // A token without `aud` fails a check that asks for one.
+        let anon = sign(&secret, "anon", None, Duration::from_secs(60)).unwrap();
+        assert!(verify(&secret, &anon, Some("authenticated")).is_err());
+    }
+
+    #[test]
+    fn long_lived_service_keys_get_a_warning() {
+        let day = Duration::from_secs(86_400);
+        assert!(lifetime_warning("service_role", day * 3650).is_some());
+        assert!(lifetime_warning("service_role", day * DEFAULT_SERVICE_KEY_DAYS as u32).is_none());
+        assert!(lifetime_warning("anon", day * 3650).is_none());
     }
 
     #[test]
@@ -119,7 +183,7 @@ mod tests {
         let secret = generate_secret();
         let t = sign(&secret, "anon", None, Duration::from_secs(0)).unwrap();
         std::thread::sleep(Duration::from_millis(1100));
-        let e = verify(&secret, &t).unwrap_err().to_string();
+        let e = verify(&secret, &t, None).unwrap_err().to_string();
         assert!(e.contains("Expired") || e.contains("expired"), "{e}");
     }
 

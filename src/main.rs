@@ -317,9 +317,12 @@ enum FixturesCommand {
 enum KeysCommand {
     /// Generate a JWT secret and anon / service_role keys signed with it (prints secrets).
     Generate {
-        /// Validity of the keys, in days.
+        /// Validity of the anon key, in days.
         #[arg(long, default_value_t = 3650)]
         days: u64,
+        /// Validity of the service_role key, in days (it bypasses RLS: keep it short).
+        #[arg(long, default_value_t = keys::DEFAULT_SERVICE_KEY_DAYS)]
+        service_days: u64,
     },
     /// Sign a token with SUPABASE_JWT_SECRET.
     Sign {
@@ -333,10 +336,20 @@ enum KeysCommand {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
-    /// Check a token's signature and expiry against SUPABASE_JWT_SECRET; print its claims.
-    Verify { token: String },
-    /// Print a token's header and claims without checking them.
-    Decode { token: String },
+    /// Check a token's signature, expiry and not-before time against
+    /// SUPABASE_JWT_SECRET; print its claims. Give `-` and the token on stdin.
+    Verify {
+        /// `-` reads the token from standard input (a token in argv shows in `ps`).
+        token: String,
+        /// Also require this audience (`aud` claim), e.g. authenticated.
+        #[arg(long)]
+        aud: Option<String>,
+    },
+    /// Print a token's header and claims without checking them. Give `-` and the token on stdin.
+    Decode {
+        /// `-` reads the token from standard input (a token in argv shows in `ps`).
+        token: String,
+    },
 }
 
 // Backfill, export and verify allocate a string per SQLite value; mimalloc
@@ -377,6 +390,22 @@ fn print_json(v: &Value) {
         "{}",
         serde_json::to_string_pretty(v).expect("JSON serialises")
     );
+}
+
+/// A token argument: `-` reads it from standard input, the documented form
+/// (an argument is visible to every local user in `ps`).
+fn token_arg(arg: &str) -> Result<String> {
+    if arg != "-" {
+        eprintln!("warning: a token given on the command line is visible in `ps`; pass `-` and the token on standard input");
+        return Ok(arg.to_owned());
+    }
+    let mut token = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(Error::invalid("no token on standard input").into());
+    }
+    Ok(token.to_owned())
 }
 
 fn jwt_secret(s: &Settings) -> Result<String> {
@@ -445,10 +474,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Keys(k) => match k {
-            KeysCommand::Generate { days } => {
+            KeysCommand::Generate { days, service_days } => {
                 let secret = keys::generate_secret();
-                let ttl = Duration::from_secs(days * 86_400);
+                let ttl = Duration::from_secs(days.saturating_mul(86_400));
+                let service_ttl = Duration::from_secs(service_days.saturating_mul(86_400));
                 eprintln!("# new secrets: store them safely; anyone holding them has full access");
+                if let Some(w) = keys::lifetime_warning("service_role", service_ttl) {
+                    eprintln!("{w}");
+                }
                 println!("SUPABASE_JWT_SECRET={secret}");
                 println!(
                     "SUPABASE_ANON_KEY={}",
@@ -456,21 +489,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 );
                 println!(
                     "SUPABASE_SERVICE_KEY={}",
-                    keys::sign(&secret, "service_role", None, ttl)?
+                    keys::sign(&secret, "service_role", None, service_ttl)?
                 );
             }
             KeysCommand::Sign { role, sub, ttl } => {
                 let s = settings(&cli)?;
                 let secret = jwt_secret(&s)?;
-                println!(
-                    "{}",
-                    keys::sign(&secret, role, sub.as_deref(), Duration::from_secs(*ttl))?
-                );
+                let ttl = Duration::from_secs(*ttl);
+                if let Some(w) = keys::lifetime_warning(role, ttl) {
+                    eprintln!("{w}");
+                }
+                println!("{}", keys::sign(&secret, role, sub.as_deref(), ttl)?);
             }
-            KeysCommand::Verify { token } => {
+            KeysCommand::Verify { token, aud } => {
+                let token = token_arg(token)?;
                 let s = settings(&cli)?;
                 let secret = jwt_secret(&s)?;
-                match keys::verify(&secret, token) {
+                match keys::verify(&secret, &token, aud.as_deref()) {
                     Ok(claims) => print_json(&json!({"valid": true, "claims": claims})),
                     Err(e) => {
                         print_json(&json!({"valid": false, "error": e.to_string()}));
@@ -478,7 +513,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
             }
-            KeysCommand::Decode { token } => print_json(&keys::decode(token)?),
+            KeysCommand::Decode { token } => print_json(&keys::decode(&token_arg(token)?)?),
         },
         Command::Backfill {
             from_sqlite,

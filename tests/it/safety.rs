@@ -764,3 +764,69 @@ async fn cutover_check_finds_the_record_files_of_its_source_from_anywhere() {
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("does not exist"), "{out}");
 }
+
+/// Tokens go through standard input (`-`), not argv where `ps` shows them;
+/// service keys are short-lived by default and a long-lived one is warned about.
+#[test]
+fn keys_read_tokens_from_stdin_and_service_keys_are_short_lived() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = |env: &[(&str, &str)], args: &[&str], stdin: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dualwrite"));
+        c.current_dir(dir.path())
+            .env_clear()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = keys(&[], &["keys", "generate"], "");
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let line = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap()
+            .to_owned()
+    };
+    let (secret, service) = (line("SUPABASE_JWT_SECRET"), line("SUPABASE_SERVICE_KEY"));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("warning"));
+
+    let env = [("SUPABASE_JWT_SECRET", secret.as_str())];
+    let o = keys(&env, &["keys", "verify", "-"], &format!("{service}\n"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["claims"]["role"], "service_role");
+    let lifetime = v["claims"]["exp"].as_i64().unwrap() - v["claims"]["iat"].as_i64().unwrap();
+    assert!(lifetime <= 90 * 86_400, "{lifetime}");
+    // --aud: a service key has no audience.
+    let o = keys(
+        &env,
+        &["keys", "verify", "-", "--aud", "authenticated"],
+        &service,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let o = keys(&[], &["keys", "decode", "-"], &service);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["claims"]["role"], "service_role");
+
+    let o = keys(&[], &["keys", "generate", "--service-days", "3650"], "");
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning") && err.contains("3650 days"),
+        "{err}"
+    );
+}
