@@ -13,6 +13,7 @@
 //!
 //! See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod access;
 pub mod backfill;
 pub mod catalogue;
 pub mod config;

@@ -107,6 +107,12 @@ enum Command {
     /// Decide whether Supabase may become the primary.
     #[command(subcommand)]
     Cutover(CutoverCommand),
+    /// Data API access for clients: mirror (read only, while SQLite is primary) or primary.
+    Access {
+        /// mirror, primary, or status (print the state in force).
+        #[arg(value_parser = ["mirror", "primary", "status"])]
+        state: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -557,6 +563,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if !report.ok() {
                 return Ok(ExitCode::from(1));
             }
+        }
+        Command::Access { state } => {
+            let s = settings(&cli)?;
+            let target = factory::connect_supabase(&s).await?;
+            let to = match state.as_str() {
+                "status" => None,
+                other => Some(dualwrite::access::AccessState::parse(other)?),
+            };
+            let now = dualwrite::access::access(target.rest(), to).await?;
+            print_json(&json!({"access": now.as_str()}));
         }
         // Verification that cannot run exits with 2, not 1 (1 means "they differ").
         Command::Verify(a) => return Ok(verify_cmd(&cli, a).await.unwrap_or_else(cannot_run)),

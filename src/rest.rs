@@ -192,6 +192,21 @@ impl RestClient {
         )
     }
 
+    /// Call the SQL function `function` (`POST /rpc/<function>`) with named
+    /// arguments; returns its JSON result.
+    pub async fn rpc(&self, function: &str, args: &Value) -> Result<Value> {
+        let req = self
+            .http
+            .post(format!("{}/rpc/{function}", self.base))
+            .headers(self.headers.clone())
+            .header("Content-Profile", self.schema.as_str())
+            .json(args);
+        let resp = self.send(req, None).await?;
+        resp.json()
+            .await
+            .map_err(|e| Error::Protocol(format!("rpc {function} answered with no JSON: {e}")))
+    }
+
     /// Send a request, replacing any `Prefer` the builder set, and turn an error
     /// status into [`Error`].
     pub async fn send(

@@ -45,6 +45,10 @@ create schema if not exists extensions;
 
 grant usage on schema public, auth, extensions to anon, authenticated, service_role;
 
+-- Every function sets its search_path (empty: names are schema-qualified, and
+-- pg_catalog is always searched), so a caller's search_path cannot substitute
+-- an object of its own.
+--
 -- GoTrue's versions of the auth helpers (supabase/auth migrations
 -- 20220224000811_update_auth_functions, 20220531120530_add_auth_jwt_function):
 -- the legacy per-claim GUC first, then the request.jwt.claims JSON that
@@ -53,6 +57,7 @@ grant usage on schema public, auth, extensions to anon, authenticated, service_r
 create or replace function auth.uid()
 returns uuid
 language sql stable
+set search_path = ''
 as $$
   select
     coalesce(
@@ -64,6 +69,7 @@ $$;
 create or replace function auth.role()
 returns text
 language sql stable
+set search_path = ''
 as $$
   select
     coalesce(
@@ -75,6 +81,7 @@ $$;
 create or replace function auth.email()
 returns text
 language sql stable
+set search_path = ''
 as $$
   select
     coalesce(
@@ -86,6 +93,7 @@ $$;
 create or replace function auth.jwt()
 returns jsonb
 language sql stable
+set search_path = ''
 as $$
   select
     coalesce(
@@ -106,6 +114,7 @@ grant execute on function auth.uid(), auth.role(), auth.email(), auth.jwt()
 -- 20260923021047_update_pgrst_watch_triggers). PostgREST listens on channel pgrst.
 create or replace function extensions.pgrst_ddl_watch() returns event_trigger
 language plpgsql
+set search_path = ''
 as $$
 declare
   cmd record;
@@ -134,6 +143,7 @@ end; $$;
 
 create or replace function extensions.pgrst_drop_watch() returns event_trigger
 language plpgsql
+set search_path = ''
 as $$
 declare
   obj record;

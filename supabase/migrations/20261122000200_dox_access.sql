@@ -3,9 +3,11 @@
 -- Since 2026 new public tables are not exposed to the Data API automatically, so
 -- every grant is spelled out. Policy:
 --   * service_role: full access (it also has BYPASSRLS on Supabase);
---   * authenticated: reads the document tables; in the cipher tables it reads and
---     writes only rows whose user_id is its JWT `sub` (text, so non-uuid subjects
---     work), reads legacy cipher_memory rows without a user, and reads skills;
+--   * authenticated: reads the document tables; in the cipher tables it reads
+--     only rows whose user_id is its JWT `sub` (text, so non-uuid subjects work)
+--     and, once the access state is "primary", writes them too (see
+--     20261127000300_dox_access_states.sql: while SQLite is the primary, clients
+--     only read); it reads legacy cipher_memory rows without a user, and skills;
 --   * anon: sees nothing (SELECT is granted so that a read answers with an empty
 --     result instead of a permission error, but no policy lets a row through).
 -- Re-runnable: every policy is dropped before it is created.
@@ -23,6 +25,8 @@ declare
 begin
   foreach t in array all_tables loop
     execute format('alter table public.%I enable row level security', t);
+    -- Older default privileges include TRUNCATE, REFERENCES and TRIGGER: start from nothing.
+    execute format('revoke all on public.%I from anon, authenticated', t);
     execute format('grant select, insert, update, delete on public.%I to service_role', t);
     execute format('grant select on public.%I to anon, authenticated', t);
     execute format('drop policy if exists %I on public.%I', t || '_service_role_all', t);
@@ -38,7 +42,8 @@ begin
 end
 $$;
 
-grant insert, update, delete on public.cipher_memory, public.user_prefs to authenticated;
+-- Writes by authenticated (insert, update, delete on cipher_memory and user_prefs)
+-- depend on the access state: granted by 20261127000300_dox_access_states.sql.
 
 drop policy if exists cipher_memory_user_owned on public.cipher_memory;
 create policy cipher_memory_user_owned on public.cipher_memory

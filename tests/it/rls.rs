@@ -101,11 +101,8 @@ async fn each_role_sees_what_it_should() {
         .unwrap();
     assert_eq!(prefs.len(), 1);
     assert_eq!(rows(&a, "artifacts", "id", &art).await.len(), 1);
-    // It may write its own rows and not someone else's.
-    let own = json!([{"id": unique("m"), "category": "preference", "content": {}, "context": null, "user_id": ua, "created_at": null}]);
-    a.upsert(&catalogue::CIPHER_MEMORY, body(own))
-        .await
-        .unwrap();
+    // It never writes someone else's rows (its own only in the "primary"
+    // access state: tests/it/safety.rs tests both states).
     let other = json!([{"id": unique("m"), "category": "preference", "content": {}, "context": null, "user_id": ub, "created_at": null}]);
     let e = a
         .upsert(&catalogue::CIPHER_MEMORY, body(other))

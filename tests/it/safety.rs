@@ -830,3 +830,178 @@ fn keys_read_tokens_from_stdin_and_service_keys_are_short_lived() {
         "{err}"
     );
 }
+
+/// Every migration of this repository, with the bootstrap first, as
+/// scripts/stack.sh applies them (each file in one transaction).
+async fn apply_migrations(pg: &PrivateDb) {
+    let repo = crate::harness::repo();
+    let mut files = vec![repo.join("scripts/sql/supabase-bootstrap.sql")];
+    let mut migrations: Vec<PathBuf> = std::fs::read_dir(repo.join("supabase/migrations"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    migrations.sort();
+    files.extend(migrations);
+    let c = pg.sql().await;
+    for f in files {
+        let sql = std::fs::read_to_string(&f).unwrap();
+        c.batch_execute(&format!("BEGIN;\n{sql}\nCOMMIT;"))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:?}", f.display()));
+    }
+    pg.ddl("select 1").await;
+}
+
+/// Grants start from nothing (older default privileges gave anon and
+/// authenticated TRUNCATE, REFERENCES and TRIGGER, which RLS does not
+/// govern), every function sets its search_path, and the migrations can run
+/// again.
+#[tokio::test]
+async fn migrations_revoke_stray_privileges_and_pin_search_paths() {
+    let pg = PrivateDb::new().await;
+    pg.sql()
+        .await
+        .batch_execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO anon, authenticated")
+        .await
+        .unwrap();
+    apply_migrations(&pg).await;
+    apply_migrations(&pg).await;
+    let c = pg.sql().await;
+    for t in catalogue::TABLES {
+        for role in ["anon", "authenticated"] {
+            for privilege in [
+                "TRUNCATE",
+                "REFERENCES",
+                "TRIGGER",
+                "INSERT",
+                "UPDATE",
+                "DELETE",
+            ] {
+                let has: bool = c
+                    .query_one(
+                        "SELECT has_table_privilege($1, format('public.%I', $2::text), $3)",
+                        &[&role, &t.supabase, &privilege],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert!(!has, "{role} has {privilege} on {}", t.supabase);
+            }
+        }
+    }
+    let unpinned: Vec<String> = c
+        .query(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p \
+             JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE (n.nspname IN ('auth', 'dualwrite') \
+                    OR p.proname IN ('dualwrite_access', 'pgrst_ddl_watch', 'pgrst_drop_watch')) \
+               AND NOT coalesce(p.proconfig::text[] && ARRAY['search_path=\"\"', 'search_path='], false)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        unpinned.is_empty(),
+        "functions without a search_path: {unpinned:?}"
+    );
+}
+
+/// The access policy's two states, through the Data API: in "mirror" (the
+/// default, while SQLite is the primary) an authenticated user cannot write
+/// even its own rows; `dualwrite access primary` lets it; the state survives
+/// the migrations running again; only the service role may switch.
+#[tokio::test]
+async fn clients_write_to_supabase_only_once_access_is_primary() {
+    let pg = PrivateDb::new().await;
+    apply_migrations(&pg).await;
+    let s = stack();
+    let secret = s.jwt_secret();
+    let anon = dualwrite::keys::sign(secret, "anon", None, Duration::from_secs(600)).unwrap();
+    let user = unique("user");
+    let jwt = dualwrite::keys::sign(
+        secret,
+        "authenticated",
+        Some(&user),
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let client = dualwrite::rest::RestClient::new(&dualwrite::rest::RestConfig {
+        url: pg.url.clone(),
+        key: secrecy::SecretString::from(anon.clone()),
+        user_jwt: Some(secrecy::SecretString::from(jwt)),
+        schema: "public".into(),
+        timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    let own = || {
+        json!([{"id": unique("m"), "category": "preference", "content": {}, "context": null,
+                "user_id": user, "created_at": null}])
+        .to_string()
+    };
+    let prefs =
+        || json!([{"user_id": user, "preferences": {"t": 1}, "updated_at": null}]).to_string();
+    let access = |state: &str, key: &str| {
+        Command::new(env!("CARGO_BIN_EXE_dualwrite"))
+            .args(["access", state])
+            .env("SUPABASE_URL", &pg.url)
+            .env("SUPABASE_SERVICE_KEY", key)
+            .env_remove("SUPABASE_ANON_KEY")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let state_of = |o: &std::process::Output| -> String {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["access"].as_str().unwrap().to_owned()
+    };
+    let service = pg.service_key();
+
+    assert_eq!(state_of(&access("status", &service)), "mirror");
+    for (table, body) in [
+        (&catalogue::CIPHER_MEMORY, own()),
+        (&catalogue::USER_PREFS, prefs()),
+    ] {
+        let e = client.upsert(table, body).await.unwrap_err();
+        assert_eq!(e.code(), Some("42501"), "{}: {e}", table.supabase);
+    }
+
+    assert_eq!(state_of(&access("primary", &service)), "primary");
+    client
+        .upsert(&catalogue::CIPHER_MEMORY, own())
+        .await
+        .unwrap();
+    client
+        .upsert(&catalogue::USER_PREFS, prefs())
+        .await
+        .unwrap();
+    // Running the migrations again keeps the recorded state.
+    apply_migrations(&pg).await;
+    assert_eq!(state_of(&access("status", &service)), "primary");
+    client
+        .upsert(&catalogue::CIPHER_MEMORY, own())
+        .await
+        .unwrap();
+
+    assert_eq!(state_of(&access("mirror", &service)), "mirror");
+    let e = client
+        .upsert(&catalogue::CIPHER_MEMORY, own())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("42501"), "{e}");
+
+    // Only the service role switches.
+    let o = access("primary", &anon);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("service role"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(state_of(&access("status", &service)), "mirror");
+}
