@@ -329,6 +329,10 @@ enum KeysCommand {
         /// Validity of the service_role key, in days (it bypasses RLS: keep it short).
         #[arg(long, default_value_t = keys::DEFAULT_SERVICE_KEY_DAYS)]
         service_days: u64,
+        /// Print docker-compose.yml's variables instead (JWT_SECRET, ANON_KEY, SERVICE_ROLE_KEY,
+        /// PUBLISHABLE_KEY, SECRET_KEY, POSTGRES_PASSWORD), for `> .env`.
+        #[arg(long)]
+        compose: bool,
     },
     /// Sign a token with SUPABASE_JWT_SECRET.
     Sign {
@@ -480,7 +484,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Keys(k) => match k {
-            KeysCommand::Generate { days, service_days } => {
+            KeysCommand::Generate {
+                days,
+                service_days,
+                compose,
+            } => {
                 let secret = keys::generate_secret();
                 let ttl = Duration::from_secs(days.saturating_mul(86_400));
                 let service_ttl = Duration::from_secs(service_days.saturating_mul(86_400));
@@ -488,15 +496,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 if let Some(w) = keys::lifetime_warning("service_role", service_ttl) {
                     eprintln!("{w}");
                 }
-                println!("SUPABASE_JWT_SECRET={secret}");
-                println!(
-                    "SUPABASE_ANON_KEY={}",
-                    keys::sign(&secret, "anon", None, ttl)?
-                );
-                println!(
-                    "SUPABASE_SERVICE_KEY={}",
-                    keys::sign(&secret, "service_role", None, service_ttl)?
-                );
+                let anon = keys::sign(&secret, "anon", None, ttl)?;
+                let service = keys::sign(&secret, "service_role", None, service_ttl)?;
+                if *compose {
+                    println!("JWT_SECRET={secret}");
+                    println!("ANON_KEY={anon}");
+                    println!("SERVICE_ROLE_KEY={service}");
+                    println!("PUBLISHABLE_KEY=sb_publishable_{}", keys::generate_secret());
+                    println!("SECRET_KEY=sb_secret_{}", keys::generate_secret());
+                    println!("POSTGRES_PASSWORD={}", keys::generate_secret());
+                } else {
+                    println!("SUPABASE_JWT_SECRET={secret}");
+                    println!("SUPABASE_ANON_KEY={anon}");
+                    println!("SUPABASE_SERVICE_KEY={service}");
+                }
             }
             KeysCommand::Sign { role, sub, ttl } => {
                 let s = settings(&cli)?;

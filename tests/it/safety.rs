@@ -1005,3 +1005,70 @@ async fn clients_write_to_supabase_only_once_access_is_primary() {
     );
     assert_eq!(state_of(&access("status", &service)), "mirror");
 }
+
+/// docker-compose.yml requires its secrets (`${VAR:?message}`): no public
+/// demo JWT secret or key to fall back on; `keys generate --compose` prints
+/// every one of them.
+#[test]
+fn docker_compose_requires_its_secrets_and_keys_generate_makes_them() {
+    let repo = crate::harness::repo();
+    let compose = std::fs::read_to_string(repo.join("docker-compose.yml")).unwrap();
+    let names = [
+        "JWT_SECRET",
+        "ANON_KEY",
+        "SERVICE_ROLE_KEY",
+        "PUBLISHABLE_KEY",
+        "SECRET_KEY",
+        "POSTGRES_PASSWORD",
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, _) in compose.match_indices("${") {
+        let rest = &compose[i + 2..];
+        let end = rest.find('}').expect("a closed ${...}");
+        let expr = &rest[..end];
+        let name: String = expr
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let line = compose[..i].lines().count();
+        assert!(
+            !expr.contains(":-"),
+            "line {line}: ${{{expr}}} has a default"
+        );
+        if names.contains(&name.as_str()) {
+            assert!(
+                expr[name.len()..].starts_with(":?"),
+                "line {line}: ${{{expr}}} is not required"
+            );
+            seen.insert(name);
+        }
+    }
+    assert_eq!(seen.len(), names.len(), "{seen:?}");
+    let demo = "eyJpc3MiOiJzdXBhYmFzZS1kZW1v"; // {"iss":"supabase-demo"
+    let example = std::fs::read_to_string(repo.join(".env.example")).unwrap();
+    for (file, text) in [("docker-compose.yml", &compose), (".env.example", &example)] {
+        assert!(!text.contains(demo), "{file} holds a demo key");
+        assert!(
+            !text.contains("super-secret-jwt-token"),
+            "{file} holds the demo secret"
+        );
+    }
+
+    let o = Command::new(env!("CARGO_BIN_EXE_dualwrite"))
+        .args(["keys", "generate", "--compose"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    let vars: std::collections::BTreeMap<&str, &str> =
+        out.lines().filter_map(|l| l.split_once('=')).collect();
+    for n in names {
+        assert!(vars.get(n).is_some_and(|v| v.len() >= 32), "{n}: {out}");
+    }
+    let claims =
+        dualwrite::keys::verify(vars["JWT_SECRET"], vars["SERVICE_ROLE_KEY"], None).unwrap();
+    assert_eq!(claims["role"], "service_role");
+    assert!(vars["SECRET_KEY"].starts_with("sb_secret_"));
+    assert!(vars["PUBLISHABLE_KEY"].starts_with("sb_publishable_"));
+}
