@@ -448,3 +448,32 @@ impl RepairPlan {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::{ARTIFACT, FACT};
+
+    fn plan(t: &'static Table, upsert: &[&str], delete: &[&str]) -> RepairPlan {
+        let mut p = RepairPlan::default();
+        let tp = p.table_mut(t);
+        tp.upsert = upsert.iter().map(|k| (*k).to_owned()).collect();
+        tp.delete = delete.iter().map(|k| (*k).to_owned()).collect();
+        p
+    }
+
+    #[test]
+    fn a_plan_made_again_changes_only_what_was_confirmed() {
+        let confirmed = plan(&ARTIFACT, &["a", "b"], &["x", "y"]);
+        let mut fresh = plan(&ARTIFACT, &["b", "c"], &["y", "z"]);
+        fresh.table_mut(&FACT).delete.insert("f".into());
+        fresh.retain_confirmed(&confirmed);
+        let a = &fresh.tables[0];
+        assert_eq!(a.upsert.iter().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(a.delete.iter().collect::<Vec<_>>(), ["y"]);
+        assert!(
+            fresh.tables[1].delete.is_empty(),
+            "a table not confirmed changes nothing"
+        );
+    }
+}
