@@ -964,8 +964,9 @@ impl Lander {
                     Err(Error::Unreachable {
                         url: self.rest.url().to_owned(),
                         reason: format!(
-                            "still failing after retrying for {:?} ({e}); progress is checkpointed: run the same command again to resume",
-                            self.max_wait
+                            "still failing after retrying for {:?} ({}); progress is checkpointed: run the same command again to resume",
+                            self.max_wait,
+                            e.detail()
                         ),
                     })
                 }

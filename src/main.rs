@@ -563,7 +563,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn cannot_run(e: anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
+    eprintln!("error: {}", dualwrite::error::chain(e.as_ref()));
     ExitCode::from(2)
 }
 
@@ -689,7 +689,8 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Each cause once: `{e:#}` would repeat the ones a message already holds.
+            eprintln!("error: {}", dualwrite::error::chain(e.as_ref()));
             match e.downcast_ref::<Error>() {
                 Some(Error::InvalidInput(_)) => ExitCode::from(2),
                 _ => ExitCode::from(1),
