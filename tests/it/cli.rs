@@ -421,3 +421,26 @@ fn an_unreachable_supabase_is_named_once_with_its_cause_and_what_to_do() {
         }
     }
 }
+
+#[test]
+fn a_missing_source_file_is_named_once_with_what_to_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere/app.sqlite3");
+    let m = missing.to_str().unwrap();
+    for args in [
+        vec!["verify", "--from-sqlite", m],
+        vec!["export", "--from-sqlite", m, "--out", "export"],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_dualwrite"))
+            .current_dir(dir.path())
+            .args(&args)
+            .env("SUPABASE_URL", "http://127.0.0.1:9/rest/v1")
+            .env("SUPABASE_SERVICE_KEY", "sb_secret_not_used_here")
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_ne!(o.status.code(), Some(0), "{args:?}: {err}");
+        assert_eq!(err.matches(m).count(), 1, "{args:?}: {err}");
+        assert!(err.contains("no such file"), "{args:?}: {err}");
+    }
+}
