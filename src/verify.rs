@@ -19,7 +19,7 @@
 //! bisection: the segment is already in memory, and a row digest settles most
 //! rows) and each row is classified: only in source, only in target, different
 //! (with the columns and short redacted samples), equal (digests equal, or
-//! equal under the tolerance of [`compare::same`]), or "cannot land" (a source
+//! equal under [`compare::same_in`]: exact decimal values, and the float tolerance in float columns), or "cannot land" (a source
 //! row the normaliser refuses, reported with its reason).
 //!
 //! Verify never writes. [`repair`] does, and only after the caller confirmed.
@@ -502,7 +502,7 @@ pub(crate) async fn run_inner(
         key: opts.key.clone(),
         tolerance: Tolerance {
             float_relative: FLOAT_RELATIVE_TOLERANCE,
-            applies_to: "float columns and every number inside JSON values",
+            applies_to: "float columns; numbers inside JSON compare by exact decimal value",
         },
         verdict: Verdict::Equal,
         exit_code: 0,
@@ -964,15 +964,16 @@ async fn canonical_page(
     .map_err(lost_worker)
 }
 
-/// Marks a jsonb value that serde_json cannot hold (a number beyond double
-/// precision, such as `1e400`): it is compared as this text, so the row is
-/// reported as different instead of the table being unreadable.
+/// Marks a jsonb value that serde_json cannot hold: it is compared as this
+/// text, so the row is reported as different instead of the table being
+/// unreadable.
 const UNREADABLE_JSON: &str = "(jsonb beyond double precision) ";
 
-/// One read of target rows, `select=*` first. PostgREST prints jsonb numbers
-/// exactly, and one that does not fit a double makes the whole answer
-/// unparseable (`Error::Protocol`). Such a read is made again with the JSON
-/// columns cast to text, and each value is parsed on its own.
+/// One read of target rows, `select=*` first. serde_json keeps numbers as
+/// exact decimal text (`arbitrary_precision`), so jsonb numbers of any size
+/// parse; should an answer still not parse (`Error::Protocol`), the read is made
+/// again with the JSON columns cast to text, and each value is parsed on its
+/// own: a safety net that keeps the table verifiable.
 async fn read_rows<F, Fut>(t: &'static Table, read: F) -> Result<Vec<Map<String, Value>>>
 where
     F: Fn(String) -> Fut,

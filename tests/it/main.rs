@@ -23,5 +23,6 @@ mod cli;
 mod dual;
 mod fixtures;
 mod generate;
+mod numbers;
 mod rls;
 mod verify;
