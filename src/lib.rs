@@ -15,6 +15,7 @@
 
 pub mod backfill;
 pub mod catalogue;
+pub mod coerced;
 pub mod config;
 pub mod cutover;
 pub mod db;

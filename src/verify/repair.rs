@@ -59,6 +59,8 @@ impl TablePlan {
                 self.delete.insert(key.to_owned());
             }
             RowKind::CannotLand => self.cannot_land += 1,
+            // Equal (as coerced): nothing to repair.
+            RowKind::Coerced => {}
         }
     }
 }

@@ -20,6 +20,7 @@ mod harness;
 mod backends;
 mod backfill;
 mod cli;
+mod coerce;
 mod dual;
 mod fixtures;
 mod generate;

@@ -772,10 +772,12 @@ async fn cutover_check_says_ready_only_when_everything_holds() {
     let rejects = dir.path().join("rejects.ndjson");
     std::fs::write(&failures, "").unwrap();
     std::fs::write(&rejects, "").unwrap();
-    let opts = |f: Option<&Path>, r: Option<&Path>| CutoverOptions {
-        key: service_key(&pg),
-        failures: f.map(Path::to_path_buf),
-        rejects: r.map(Path::to_path_buf),
+    let opts = |f: Option<&Path>, r: Option<&Path>| {
+        CutoverOptions::new(
+            service_key(&pg),
+            f.map(Path::to_path_buf),
+            r.map(Path::to_path_buf),
+        )
     };
 
     let r = cutover::check(&lite, &sb, &opts(Some(&failures), Some(&rejects)))
