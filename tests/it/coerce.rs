@@ -316,3 +316,119 @@ async fn the_dual_layer_mirrors_coerced_values_and_records_the_originals() {
     assert_eq!(r.verdict, Verdict::Equal, "{text}");
     assert_eq!((r.totals.equal, r.totals.coerced), (2, 2), "{text}");
 }
+
+/// The binary, in a clean environment with only what the test gives.
+fn bin(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dualwrite"))
+        .current_dir(dir)
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_policy_is_configured_by_a_variable_and_chosen_by_flags() {
+    needs_stack!();
+    let dir = tempfile::tempdir().unwrap();
+    let pg = PrivateDb::new().await;
+    let key = pg.service_key();
+    let db = dir.path().join("app.sqlite3");
+    let env = [
+        ("SUPABASE_URL", pg.url.as_str()),
+        ("SUPABASE_SERVICE_KEY", key.as_str()),
+        ("SUPABASE_DUAL_WRITE", "true"),
+        ("DB_PATH", db.to_str().unwrap()),
+    ];
+    let coerce: Vec<(&str, &str)> = env
+        .iter()
+        .copied()
+        .chain([("DUALWRITE_UNREPRESENTABLE", "coerce")])
+        .collect();
+    let tag =
+        |id: &str| json!({"tag": {"id": id, "document_id": "d", "tag": "a\u{0}b"}}).to_string();
+
+    // By default the mirror refuses the value: a recorded mirror failure (exit 3).
+    let (code, _, err) = bin(
+        dir.path(),
+        &env,
+        &["call", "add_tag", "--json", &tag("t-1")],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("NUL"), "{err}");
+    let (code, out, err) = bin(dir.path(), &env, &["replay"]);
+    assert_ne!(code, 0, "{out}{err}");
+
+    // Configured to coerce, the mirror stores it changed and records the original.
+    let (code, _, err) = bin(
+        dir.path(),
+        &coerce,
+        &["call", "add_tag", "--json", &tag("t-2")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let log = dir.path().join("app.sqlite3.coerced.ndjson");
+    let records = coerced::read(&log).unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].original_bytes().unwrap(), b"a\0b");
+    let (code, out, _) = bin(dir.path(), &coerce, &["config"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"unrepresentable\": \"coerce\""), "{out}");
+
+    // t-1 was never mirrored: replay it under coerce, then everything is equal.
+    let (code, out, err) = bin(dir.path(), &coerce, &["replay"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = bin(
+        dir.path(),
+        &env,
+        &[
+            "verify",
+            "--tables",
+            "tagrow",
+            "--unrepresentable",
+            "coerce",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["totals"]["coerced"], 2, "{out}");
+    assert_eq!(report["unrepresentable"], "coerce", "{out}");
+    assert_eq!(report["tables"][0]["rows"][0]["kind"], "coerced", "{out}");
+    // Under the default policy the same rows cannot land.
+    let (code, out, _) = bin(dir.path(), &env, &["verify", "--tables", "tagrow"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cannot land"), "{out}");
+
+    let failures = dir.path().join("app.sqlite3.failures.ndjson");
+    std::fs::write(&failures, "").unwrap(); // replayed: nothing left
+    let (code, out, _) = bin(dir.path(), &coerce, &["cutover", "check"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("--accept-coerced"), "{out}");
+    let (code, out, err) = bin(dir.path(), &env, &["cutover", "check", "--accept-coerced"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("READY"), "{out}");
+
+    // A policy that does not exist is named with its source.
+    let (code, _, err) = bin(
+        dir.path(),
+        &[("DUALWRITE_UNREPRESENTABLE", "maybe")],
+        &["config"],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("DUALWRITE_UNREPRESENTABLE") && err.contains("maybe"),
+        "{err}"
+    );
+    let (code, _, err) = bin(dir.path(), &env, &["verify", "--unrepresentable", "maybe"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("reject") && err.contains("coerce"), "{err}");
+}
