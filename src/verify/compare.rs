@@ -15,6 +15,7 @@
 //! * everything else (text, booleans, timestamps, nulls, JSON structure) must
 //!   be identical.
 
+use std::borrow::Cow;
 use std::hash::{BuildHasher, Hash, Hasher};
 
 use serde_json::{Map, Number, Value};
@@ -50,8 +51,8 @@ fn hash_value(v: &Value, h: &mut impl Hasher) {
         Value::Bool(b) => (1u8, *b).hash(h),
         // Numbers of equal value hash alike, whatever their notation.
         Value::Number(n) => match decimal(n) {
-            Some(d) => (2u8, d).hash(h),
-            None => (3u8, n.to_string()).hash(h),
+            Some((negative, digits, exp)) => (2u8, negative, &*digits, exp).hash(h),
+            None => (3u8, n.as_str()).hash(h),
         },
         Value::String(s) => (4u8, s).hash(h),
         Value::Array(a) => {
@@ -71,13 +72,15 @@ fn hash_value(v: &Value, h: &mut impl Hasher) {
 /// A JSON number as an exact decimal `(negative, significant digits, exponent)`:
 /// the value is `±digits × 10^exponent`, with no leading or trailing zero in
 /// `digits`. Zero (`0`, `-0.0`, `0e5`) is `(false, "", 0)`. `None` for text that is
-/// not a JSON number, or an exponent beyond ±2^62.
-fn decimal(n: &Number) -> Option<(bool, String, i64)> {
+/// not a JSON number, or an exponent beyond ±2^62. Borrows from the number's
+/// text unless digits on both sides of the point must be joined: every row's
+/// numbers are hashed with it.
+fn decimal(n: &Number) -> Option<(bool, Cow<'_, str>, i64)> {
     // serde_json keeps a number's text as it was written (`arbitrary_precision`).
-    let text = n.to_string();
+    let text = n.as_str();
     let (negative, rest) = match text.strip_prefix('-') {
         Some(r) => (true, r),
-        None => (false, text.as_str()),
+        None => (false, text),
     };
     let (mantissa, exp) = match rest.find(['e', 'E']) {
         Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
@@ -90,15 +93,28 @@ fn decimal(n: &Number) -> Option<(bool, String, i64)> {
     if exp.unsigned_abs() > 1 << 62 {
         return None;
     }
-    let all = format!("{int}{frac}");
+    let int = int.trim_start_matches('0');
     let mut exp = exp - frac.len() as i64;
-    let digits = all.trim_start_matches('0');
-    let trimmed = digits.trim_end_matches('0');
-    exp += (digits.len() - trimmed.len()) as i64;
-    if trimmed.is_empty() {
-        return Some((false, String::new(), 0));
+    let digits: Cow<'_, str> = if int.is_empty() {
+        Cow::Borrowed(frac.trim_start_matches('0'))
+    } else if frac.is_empty() {
+        Cow::Borrowed(int)
+    } else {
+        Cow::Owned(format!("{int}{frac}"))
+    };
+    let keep = digits.trim_end_matches('0').len();
+    if keep == 0 {
+        return Some((false, Cow::Borrowed(""), 0));
     }
-    Some((negative, trimmed.to_owned(), exp))
+    exp += (digits.len() - keep) as i64;
+    let digits = match digits {
+        Cow::Borrowed(d) => Cow::Borrowed(&d[..keep]),
+        Cow::Owned(mut d) => {
+            d.truncate(keep);
+            Cow::Owned(d)
+        }
+    };
+    Some((negative, digits, exp))
 }
 
 /// Whether two canonical values are equal under the comparison rules. Numbers
@@ -134,7 +150,7 @@ pub fn same_in(kind: Kind, a: &Value, b: &Value) -> bool {
 fn numbers_equal(x: &Number, y: &Number) -> bool {
     match (decimal(x), decimal(y)) {
         (Some(a), Some(b)) => a == b,
-        _ => x.to_string() == y.to_string(),
+        _ => x.as_str() == y.as_str(),
     }
 }
 
