@@ -49,7 +49,7 @@ pub enum Error {
     Unreachable { url: String, reason: String },
 
     /// No answer within the configured time.
-    #[error("supabase did not answer within {0:?}")]
+    #[error("supabase did not answer within {0:?} (is it overloaded or paused? SUPABASE_TIMEOUT sets the limit)")]
     Timeout(Duration),
 
     /// An answer we did not expect (a row count that does not match, a body that is not JSON).

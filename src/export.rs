@@ -91,14 +91,16 @@ pub async fn export_with(
             out.display()
         )));
     }
-    std::fs::create_dir_all(out)?;
+    std::fs::create_dir_all(out).map_err(at(out))?;
     let db = SqliteDatabase::open_read_only(source).await?;
     let selected: Vec<&'static Table> = if tables.is_empty() {
         catalogue::TABLES.to_vec()
     } else {
         tables.to_vec()
     };
-    let mut rejects = std::io::BufWriter::new(std::fs::File::create(out.join("rejects.ndjson"))?);
+    let rejects_path = out.join("rejects.ndjson");
+    let mut rejects =
+        std::io::BufWriter::new(std::fs::File::create(&rejects_path).map_err(at(&rejects_path))?);
     let mut manifest = Manifest {
         format: FORMAT.into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -175,6 +177,16 @@ pub async fn export_with(
     m.sync_all()?;
     std::fs::rename(out.join("manifest.json.tmp"), out.join("manifest.json"))?;
     Ok(manifest)
+}
+
+/// An I/O error that names the file or directory, and so what to check.
+fn at(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot write {}: {e}", path.display()),
+        ))
+    }
 }
 
 fn file_sha256(path: &Path) -> Result<String> {

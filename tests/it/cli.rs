@@ -443,4 +443,17 @@ fn a_missing_source_file_is_named_once_with_what_to_check() {
         assert_eq!(err.matches(m).count(), 1, "{args:?}: {err}");
         assert!(err.contains("no such file"), "{args:?}: {err}");
     }
+    // An output that cannot be written is named too.
+    let src = crate::harness::fixture("dox-small.sqlite3");
+    std::fs::write(dir.path().join("blocker"), "").unwrap();
+    let out = dir.path().join("blocker/export");
+    let o = Command::new(env!("CARGO_BIN_EXE_dualwrite"))
+        .current_dir(dir.path())
+        .args(["export", "--from-sqlite", src.to_str().unwrap(), "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches(out.to_str().unwrap()).count(), 1, "{err}");
 }
