@@ -650,6 +650,20 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     let (source, target, key) = verify_sides(&s, &path).await?;
     let mut opts = verify::VerifyOptions::new(key);
     opts.unrepresentable = policy(a.unrepresentable.as_deref(), &s)?;
+    // A repair under `coerce` writes coerced rows, recording the originals where
+    // the backfill of this source records them.
+    let target = if opts.unrepresentable == UnrepresentablePolicy::Coerce {
+        let log = backfill::default_state_dir(std::path::Path::new("dualwrite-state"), &path)
+            .join("coerced.ndjson");
+        target.with_unrepresentable(
+            UnrepresentablePolicy::Coerce,
+            Some(std::sync::Arc::new(dualwrite::coerced::CoercedLog::new(
+                log,
+            ))),
+        )
+    } else {
+        target
+    };
     if !a.tables.is_empty() {
         opts.tables = verify::tables_named(&a.tables)?;
     }

@@ -53,6 +53,11 @@ impl SupabaseDatabase {
         self
     }
 
+    /// The policy for values Supabase cannot hold that writes use.
+    pub fn unrepresentable(&self) -> UnrepresentablePolicy {
+        self.unrepresentable
+    }
+
     pub fn rest(&self) -> &RestClient {
         &self.rest
     }

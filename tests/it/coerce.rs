@@ -18,6 +18,7 @@ use dualwrite::db::{Database, Dox, DualDatabase, SqliteDatabase, SqliteOptions};
 use dualwrite::export;
 use dualwrite::model::TagRow;
 use dualwrite::normalise::UnrepresentablePolicy;
+use dualwrite::verify::repair::{self, RepairOptions, RepairOutcome};
 use dualwrite::verify::{self, Format, KeyInfo, RowKind, Verdict, VerifyOptions, VerifyReport};
 
 use crate::harness::PrivateDb;
@@ -194,6 +195,33 @@ async fn backfill_coerces_every_kind_and_verify_and_cutover_see_it() {
         .unwrap()
         .get(0);
     assert_eq!(tag, "a\u{FFFD}(");
+    check_verify(&path, &pg).await;
+
+    // A repair under coerce rewrites a lost coerced row in its coerced form.
+    sql.execute("DELETE FROM tags WHERE id = 't-nul'", &[])
+        .await
+        .unwrap();
+    let lite = SqliteDatabase::open_read_only(&path).await.unwrap();
+    let log = dir.path().join("repair-coerced.ndjson");
+    let target = pg.supabase().with_unrepresentable(
+        COERCE,
+        Some(std::sync::Arc::new(CoercedLog::new(log.clone()))),
+    );
+    let mut vo = VerifyOptions::new(KeyInfo::of("SUPABASE_SERVICE_KEY", &pg.service_key()));
+    vo.tables = vec![&catalogue::TAGROW];
+    vo.unrepresentable = COERCE;
+    let (before, plan) = repair::plan(&lite, &target, &vo).await.unwrap();
+    assert_eq!(before.totals.only_in_source, 1);
+    let ro = RepairOptions::default();
+    let mut outcome = RepairOutcome::planned(&before, &plan, &ro);
+    repair::apply(&lite, &target, &plan, &ro, &mut outcome)
+        .await
+        .unwrap();
+    assert_eq!(outcome.tables[0].upserted, 1, "{outcome:?}");
+    assert_eq!(
+        coerced::read(&log).unwrap()[0].original_bytes().unwrap(),
+        b"a\0b"
+    );
     check_verify(&path, &pg).await;
 
     // cutover: READY only when the operator accepts coerced rows.
