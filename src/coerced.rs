@@ -256,6 +256,18 @@ mod tests {
         assert!(to_canonical_with(&DOCUMENT_METRIC_HITS, &r, COERCE).is_err());
     }
 
+    #[test]
+    fn keys_are_never_coerced() {
+        // "a\0" and "a" would become one key, and one row would overwrite the other.
+        for key in [SqlValue::text("a\0"), SqlValue::BadText(vec![b'a', 0xff])] {
+            let mut row = artifact(SqlValue::text("f.pdf"));
+            row[0] = key;
+            let e = to_canonical_with(&ARTIFACT, &row, COERCE).unwrap_err();
+            assert!(e.to_string().contains("column id"), "{e}");
+            assert!(normalise::to_json_row_ref(&ARTIFACT, &refs(&row), COERCE).is_err());
+        }
+    }
+
     fn artifact(filename: SqlValue) -> Vec<SqlValue> {
         let mut r = vec![SqlValue::Null; ARTIFACT.columns.len()];
         r[0] = SqlValue::text("a1");

@@ -29,7 +29,7 @@
 //! original, see [`crate::coerced`]): NUL characters are removed from text, bytes
 //! that are not UTF-8 become U+FFFD, `\u0000` is removed from JSON strings and
 //! keys, and text in an integer column becomes that integer, or NULL when it is
-//! not one.
+//! not one. A key is never coerced: two keys could become one.
 
 use std::fmt::Write as _;
 
@@ -241,8 +241,8 @@ pub fn to_canonical_with(
     debug_assert_eq!(row.len(), table.columns.len());
     let mut out = Map::new();
     let mut lossy = Vec::new();
-    for (col, v) in table.columns.iter().zip(row) {
-        match value_to_canonical_with(col, v, policy) {
+    for (i, (col, v)) in table.columns.iter().zip(row).enumerate() {
+        match value_to_canonical_with(col, v, column_policy(i, policy)) {
             Ok((value, l)) => {
                 if let Some(l) = l {
                     lossy.push((col.sqlite, l));
@@ -324,6 +324,7 @@ pub fn to_json_row_into_with(
         if i > 0 {
             out.push(',');
         }
+        let policy = column_policy(i, policy);
         out.push('"');
         out.push_str(col.supabase);
         out.push_str("\":");
@@ -602,6 +603,16 @@ fn json_number(b: &[u8], i: &mut usize) -> bool {
     }
     *i = j;
     j - start <= 300
+}
+
+/// The policy for the column at `index`: a key (the first column) is never
+/// coerced, since two keys could then become one and a row overwrite another.
+fn column_policy(index: usize, policy: UnrepresentablePolicy) -> UnrepresentablePolicy {
+    if index == 0 {
+        UnrepresentablePolicy::Reject
+    } else {
+        policy
+    }
 }
 
 /// Convert one SQLite value. `Err` carries the reason it cannot be represented.
