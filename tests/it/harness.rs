@@ -359,8 +359,16 @@ pub const FIXTURES: [(&str, &str); 3] = [
 /// `fixtures/NAME.zst` into Cargo's test temp dir once and checked against its
 /// SHA-256. Read-only: use [`fixture_copy`] to write.
 pub fn fixture(name: &str) -> PathBuf {
+    // Checked once per test process: hashing 13 MB on every call adds up.
+    static READY: OnceLock<std::sync::Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let ready = READY.get_or_init(Default::default);
+    if let Some(p) = ready.lock().unwrap().get(name) {
+        return p.clone();
+    }
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
-    materialise_fixture(&repo(), &cache, name).unwrap_or_else(|e| panic!("{e}"))
+    let p = materialise_fixture(&repo(), &cache, name).unwrap_or_else(|e| panic!("{e}"));
+    ready.lock().unwrap().insert(name.to_owned(), p.clone());
+    p
 }
 
 /// Decompress `<root>/fixtures/<name>.zst` to `<cache>/<name>` unless a file with
