@@ -1012,13 +1012,14 @@ async fn canonical_page(
 /// Marks a jsonb value that serde_json cannot hold: it is compared as this
 /// text, so the row is reported as different instead of the table being
 /// unreadable.
-const UNREADABLE_JSON: &str = "(jsonb beyond double precision) ";
+const UNREADABLE_JSON: &str = "(jsonb serde_json cannot read) ";
 
 /// One read of target rows, `select=*` first. serde_json keeps numbers as
 /// exact decimal text (`arbitrary_precision`), so jsonb numbers of any size
-/// parse; should an answer still not parse (`Error::Protocol`), the read is made
-/// again with the JSON columns cast to text, and each value is parsed on its
-/// own: a safety net that keeps the table verifiable.
+/// parse; an answer that still does not parse (`Error::Protocol`: JSON nested
+/// deeper than serde_json's 128 levels) is read again with the JSON columns
+/// cast to text, and each value is parsed on its own, so that one such value
+/// makes its row differ instead of the table unverifiable.
 async fn read_rows<F, Fut>(t: &'static Table, read: F) -> Result<Vec<Map<String, Value>>>
 where
     F: Fn(String) -> Fut,

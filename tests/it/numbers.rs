@@ -160,4 +160,27 @@ async fn json_numbers_in_jsonb_notation_verify_equal_and_real_changes_differ() {
         "{text}"
     );
     assert_eq!(report.totals.equal, NUMBERS.len() as u64 - 4, "{text}");
+
+    // JSON deeper than serde_json parses (128 levels) still leaves the table
+    // verifiable: the page is read again as text, and the row differs.
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    sql.execute(
+        "UPDATE document_structure SET hierarchy = $1::text::jsonb WHERE document_id = 'n09-exp'",
+        &[&deep],
+    )
+    .await
+    .unwrap();
+    let report = verify::run(&lite, &sb, &options(&pg)).await.unwrap();
+    let text = verify::render(&report, Format::Text);
+    assert_eq!(report.tables[0].error, None, "{text}");
+    let row = report.tables[0]
+        .rows
+        .iter()
+        .find(|d| d.key == "n09-exp")
+        .unwrap();
+    assert!(
+        row.columns[0].target.contains("serde_json cannot read"),
+        "{text}"
+    );
+    assert_eq!(report.totals.different, 5, "{text}");
 }
