@@ -38,10 +38,11 @@ use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 
 use crate::catalogue::{Table, TABLES};
+use crate::coerced::{CoercedLog, CoercedValue};
 use crate::db::sqlite::ScanFrom;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
-use crate::normalise::{self, Lossy, SqlRef, SqlRow, SqlValue};
+use crate::normalise::{self, Lossy, SqlRef, SqlRow, SqlValue, UnrepresentablePolicy};
 use crate::rest::RestClient;
 use crate::retry::{retry, retry_when, RetryPolicy};
 use crate::state_file;
@@ -66,6 +67,9 @@ pub struct BackfillOptions {
     /// Re-read each landed range from the source and resend what changed.
     pub stale_guard: bool,
     pub progress: Progress,
+    /// Reject (the default) or coerce values Supabase cannot hold; coerced
+    /// values are recorded in `coerced.ndjson` in the state directory.
+    pub unrepresentable: UnrepresentablePolicy,
 }
 
 impl BackfillOptions {
@@ -80,6 +84,7 @@ impl BackfillOptions {
             max_wait: Duration::from_secs(300),
             stale_guard: true,
             progress: Progress::Quiet,
+            unrepresentable: UnrepresentablePolicy::Reject,
         }
     }
 
@@ -808,6 +813,8 @@ pub struct SourceBatch {
     pub rejects: Vec<Reject>,
     pub read: u64,
     pub lossy: Vec<(&'static str, Lossy)>,
+    /// Values coerced to land (under `--unrepresentable coerce`), with their originals.
+    pub coerced: Vec<CoercedValue>,
     /// The source position after this batch.
     pub cursor: Cursor,
     /// Whether the stale guard should check this batch's rows against the source.
@@ -849,9 +856,29 @@ pub fn prepare_row(
     row: &SqlRow,
     lossy: &mut Vec<(&'static str, Lossy)>,
 ) -> std::result::Result<Prepared, Box<Reject>> {
+    prepare_row_with(
+        t,
+        row,
+        lossy,
+        UnrepresentablePolicy::Reject,
+        &mut Vec::new(),
+    )
+}
+
+/// [`prepare_row`] under a policy; coerced values are appended to `coerced`.
+pub fn prepare_row_with(
+    t: &'static Table,
+    row: &SqlRow,
+    lossy: &mut Vec<(&'static str, Lossy)>,
+    policy: UnrepresentablePolicy,
+    coerced: &mut Vec<CoercedValue>,
+) -> std::result::Result<Prepared, Box<Reject>> {
     let refs: Vec<SqlRef<'_>> = row.iter().map(SqlValue::as_ref).collect();
-    match normalise::to_json_row_ref(t, &refs) {
+    match normalise::to_json_row_ref(t, &refs, policy) {
         Ok(c) => {
+            if policy == UnrepresentablePolicy::Coerce {
+                coerced.extend(crate::coerced::records(t, &refs, &c.lossy));
+            }
             lossy.extend(c.lossy);
             Ok(Prepared {
                 key: row[0].display(),
@@ -868,13 +895,20 @@ pub fn prepare_row_into(
     row: &[SqlRef<'_>],
     lossy: &mut Vec<(&'static str, Lossy)>,
     rows: &mut RowsBuilder,
+    policy: UnrepresentablePolicy,
+    coerced: &mut Vec<CoercedValue>,
 ) -> std::result::Result<(), Box<Reject>> {
     let key = match row[0] {
         SqlRef::Text(s) => std::borrow::Cow::Borrowed(s),
         other => std::borrow::Cow::Owned(other.to_value().display()),
     };
-    match rows.push_with(&key, |out| normalise::to_json_row_into(t, row, out)) {
+    match rows.push_with(&key, |out| {
+        normalise::to_json_row_into_with(t, row, out, policy)
+    }) {
         Ok(l) => {
+            if policy == UnrepresentablePolicy::Coerce && l.iter().any(|(_, k)| k.is_coercion()) {
+                coerced.extend(crate::coerced::records(t, row, &l));
+            }
             lossy.extend(l);
             Ok(())
         }
@@ -905,6 +939,8 @@ pub struct SqliteSource {
     from: ScanFrom,
     /// The last batch's size (bytes, rows).
     last_batch: (usize, usize),
+    /// What to do with values Supabase cannot hold (reject by default).
+    pub policy: UnrepresentablePolicy,
 }
 
 impl SqliteSource {
@@ -934,6 +970,7 @@ impl SqliteSource {
             table,
             from,
             last_batch: (0, 0),
+            policy: UnrepresentablePolicy::Reject,
         })
     }
 }
@@ -948,7 +985,8 @@ impl BatchSource for SqliteSource {
         // Sized like the last batch, plus a margin: a body that grows is copied.
         let hint = self.last_batch;
         let rows = RowsBuilder::with_capacity(hint.0 + hint.0 / 8, hint.1 + hint.1 / 8);
-        let start = (rows, Vec::new(), Vec::new());
+        let start = (rows, Vec::new(), Vec::new(), Vec::new());
+        let policy = self.policy;
         let page = self
             .db
             .scan_page(
@@ -957,9 +995,9 @@ impl BatchSource for SqliteSource {
                 max_rows,
                 max_bytes,
                 start,
-                move |(rows, rejects, lossy), row| {
+                move |(rows, rejects, lossy, coerced), row| {
                     let before = rows.bytes();
-                    if let Err(r) = prepare_row_into(table, row, lossy, rows) {
+                    if let Err(r) = prepare_row_into(table, row, lossy, rows, policy, coerced) {
                         rejects.push(*r);
                     }
                     rows.bytes() - before
@@ -983,13 +1021,14 @@ impl BatchSource for SqliteSource {
             ),
         };
         self.from = from;
-        let (rows, rejects, lossy) = page.state;
+        let (rows, rejects, lossy, coerced) = page.state;
         self.last_batch = (rows.bytes(), rows.len());
         Ok(Some(SourceBatch {
             rows: rows.finish(),
             rejects,
             read: page.rows as u64,
             lossy,
+            coerced,
             cursor,
             check_stale: true,
             version: Some(version),
@@ -1028,6 +1067,8 @@ struct Lander {
     max_wait: Duration,
     rejects: Arc<RejectLog>,
     source: Option<SqliteDatabase>,
+    policy: UnrepresentablePolicy,
+    coerced: Arc<CoercedLog>,
 }
 
 fn transient_but_not_split(e: &Error) -> bool {
@@ -1096,8 +1137,9 @@ impl Lander {
                     Err(Error::Unreachable {
                         url: self.rest.url().to_owned(),
                         reason: format!(
-                            "still failing after retrying for {:?} ({e}); progress is checkpointed: run the same command again to resume",
-                            self.max_wait
+                            "still failing after retrying for {:?} ({}); progress is checkpointed: run the same command again to resume",
+                            self.max_wait,
+                            e.detail()
                         ),
                     })
                 }
@@ -1212,9 +1254,13 @@ impl Lander {
                 present.insert(key.clone());
                 // Rows the app added in the range are the mirror's business, not ours.
                 if let Some(sent_json) = known.get(&key) {
-                    let mut lossy = Vec::new();
-                    if let Ok(p) = prepare_row(self.table, row, &mut lossy) {
+                    let (mut lossy, mut coerced) = (Vec::new(), Vec::new());
+                    if let Ok(p) =
+                        prepare_row_with(self.table, row, &mut lossy, self.policy, &mut coerced)
+                    {
                         if p.json.as_bytes() != sent_json.as_slice() {
+                            // The app changed it: a coerced value is a new original.
+                            self.coerced.write(&coerced)?;
                             changed.push(p);
                         }
                     }
@@ -1263,6 +1309,8 @@ pub struct Loader<'a> {
     pub opts: &'a BackfillOptions,
     pub checkpoints: Checkpoints,
     pub rejects: Arc<RejectLog>,
+    /// `coerced.ndjson` beside the rejects (created on the first coerced value).
+    pub coerced: Arc<CoercedLog>,
     multi: Option<indicatif::MultiProgress>,
 }
 
@@ -1279,11 +1327,13 @@ impl<'a> Loader<'a> {
             persist,
         )?);
         let multi = (opts.progress == Progress::Bars).then(indicatif::MultiProgress::new);
+        let coerced = Arc::new(CoercedLog::new(opts.state_dir.join("coerced.ndjson")));
         Ok(Loader {
             target,
             opts,
             checkpoints,
             rejects,
+            coerced,
             multi,
         })
     }
@@ -1329,6 +1379,8 @@ impl<'a> Loader<'a> {
             } else {
                 None
             },
+            policy: self.opts.unrepresentable,
+            coerced: Arc::clone(&self.coerced),
         };
         let mut lossy: BTreeMap<(String, String), u64> = BTreeMap::new();
         // The reader runs ahead of the senders, so a batch is ready whenever a slot frees.
@@ -1363,6 +1415,14 @@ impl<'a> Loader<'a> {
                         if let Err(e) = self.rejects.write(&batch.rejects) {
                             failure = Some(e);
                             break;
+                        }
+                        // Recorded before the batch is sent: an original is never
+                        // lost, though a resumed run may record a value again.
+                        if !self.opts.dry_run {
+                            if let Err(e) = self.coerced.write(&batch.coerced) {
+                                failure = Some(e);
+                                break;
+                            }
                         }
                         if self.opts.dry_run {
                             let landed = Landed {
@@ -1651,7 +1711,8 @@ pub async fn run(
         }
         let ck = loader.checkpoints.table(t);
         let after = if opts.dry_run { None } else { ck.after.clone() };
-        let src = SqliteSource::open(source.clone(), watch.clone(), t, after.as_ref()).await?;
+        let mut src = SqliteSource::open(source.clone(), watch.clone(), t, after.as_ref()).await?;
+        src.policy = opts.unrepresentable;
         // Counting scans the table: only worth it when someone watches the progress.
         let total = if opts.progress == Progress::Quiet {
             0

@@ -6,7 +6,8 @@
 //! 4. `.env`, then `.env.local`, then the process environment, with the exact
 //!    DoX variable names (`DB_BACKEND`, `DB_PATH`, `SUPABASE_URL`,
 //!    `SUPABASE_ANON_KEY`, `SUPABASE_SERVICE_KEY`, `SUPABASE_JWT_SECRET`,
-//!    `SUPABASE_SCHEMA`, `SUPABASE_DUAL_WRITE`, `SUPABASE_TIMEOUT`);
+//!    `SUPABASE_SCHEMA`, `SUPABASE_DUAL_WRITE`, `SUPABASE_TIMEOUT`), plus
+//!    dualwrite's own `DUALWRITE_UNREPRESENTABLE`;
 //! 5. command-line flags.
 //!
 //! Everything is validated here into the types the code uses; an unknown key,
@@ -23,6 +24,7 @@ use serde_json::{json, Value};
 
 use crate::db::Breaker;
 use crate::error::{Error, Result};
+use crate::normalise::UnrepresentablePolicy;
 use crate::rest::RestConfig;
 
 /// The embedded defaults (the same text as the repository's `config/default.toml`).
@@ -76,6 +78,11 @@ pub struct Settings {
     /// `dual.failure_log` names a file (not the default beside `DB_PATH`):
     /// `cutover check` then treats its absence as a reason not to cut over.
     pub failure_log_configured: bool,
+    /// What the Supabase side does with a value it cannot hold
+    /// (`dual.unrepresentable`, `DUALWRITE_UNREPRESENTABLE`).
+    pub unrepresentable: UnrepresentablePolicy,
+    /// Where coerced values are recorded with their originals (`dual.coerced_log`).
+    pub coerced_log: PathBuf,
 }
 
 /// The raw shape of the TOML layers; unknown keys are refused.
@@ -117,6 +124,8 @@ struct RawDual {
     breaker_cooldown_secs: f64,
     failure_log: String,
     max_recorded_failures: usize,
+    unrepresentable: String,
+    coerced_log: String,
 }
 
 /// Where settings come from. `env` is the process environment (injectable for tests).
@@ -143,7 +152,7 @@ impl Sources {
 }
 
 /// DoX environment variables and where they go.
-const ENV_KEYS: [(&str, &str); 9] = [
+const ENV_KEYS: [(&str, &str); 10] = [
     ("DB_BACKEND", "db_backend"),
     ("DB_PATH", "db_path"),
     ("SUPABASE_URL", "supabase.url"),
@@ -153,6 +162,8 @@ const ENV_KEYS: [(&str, &str); 9] = [
     ("SUPABASE_SCHEMA", "supabase.schema"),
     ("SUPABASE_DUAL_WRITE", "dual_write"),
     ("SUPABASE_TIMEOUT", "supabase.timeout_secs"),
+    // Not a DoX variable: dualwrite's own.
+    ("DUALWRITE_UNREPRESENTABLE", "dual.unrepresentable"),
 ];
 
 fn parse_bool(name: &str, v: &str) -> Result<bool> {
@@ -314,6 +325,22 @@ impl Settings {
             "" => Some(default_failure_log(&absolute_db)),
             other => Some(db_dir.join(other)),
         };
+        let unrepresentable: UnrepresentablePolicy =
+            raw.dual.unrepresentable.parse().map_err(|_| {
+                Error::config(format!(
+                    "dual.unrepresentable (DUALWRITE_UNREPRESENTABLE) = `{}` is not a policy \
+                     (use reject or coerce)",
+                    raw.dual.unrepresentable
+                ))
+            })?;
+        let coerced_log = match raw.dual.coerced_log.trim() {
+            "" => {
+                let mut p = db_path.clone().into_os_string();
+                p.push(".coerced.ndjson");
+                PathBuf::from(p)
+            }
+            other => PathBuf::from(other),
+        };
         let secret = |s: String| non_empty(s).map(SecretString::from);
         let s = raw.supabase;
         let url = non_empty(s.url).map(|u| u.trim_end_matches('/').to_owned());
@@ -360,6 +387,8 @@ impl Settings {
             max_recorded_failures: raw.dual.max_recorded_failures.max(1),
             failure_log,
             failure_log_configured: !matches!(failure_log_setting.as_str(), "" | "none"),
+            unrepresentable,
+            coerced_log,
         })
     }
 
@@ -440,6 +469,8 @@ impl Settings {
                 "breaker_cooldown_secs": self.breaker.cooldown.as_secs_f64(),
                 "max_recorded_failures": self.max_recorded_failures,
                 "failure_log": self.failure_log,
+                "unrepresentable": self.unrepresentable.as_str(),
+                "coerced_log": self.coerced_log,
             },
         })
     }

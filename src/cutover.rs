@@ -12,6 +12,9 @@
 //!   left unless its table now verifies equal, which means the row has landed
 //!   since (or left the source).
 //!
+//! Rows that landed coerced (`--unrepresentable coerce`) verify equal in their
+//! coerced form, but block unless the operator accepts them (`--accept-coerced`).
+//!
 //! A file not given, or absent, means nothing was recorded; the report says
 //! that it was not checked. The check never writes.
 
@@ -24,6 +27,7 @@ use serde_json::Value;
 use crate::catalogue::TABLES;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
+use crate::normalise::UnrepresentablePolicy;
 use crate::verify::{
     self, compare::truncate, Check, KeyInfo, TableStatus, VerifyOptions, VerifyReport,
 };
@@ -43,6 +47,27 @@ pub struct CutoverOptions {
     pub failures_required: bool,
     /// The same for `rejects`.
     pub rejects_required: bool,
+    /// The policy the rows were written with (see [`VerifyOptions::unrepresentable`]).
+    pub unrepresentable: UnrepresentablePolicy,
+    /// Whether rows that landed coerced may be READY (`--accept-coerced`);
+    /// otherwise each blocks the cutover.
+    pub accept_coerced: bool,
+}
+
+impl CutoverOptions {
+    /// Check with `key`, reading the given record files (missing ones read as
+    /// empty); coerced rows not accepted.
+    pub fn new(key: KeyInfo, failures: Option<PathBuf>, rejects: Option<PathBuf>) -> Self {
+        CutoverOptions {
+            key,
+            failures,
+            rejects,
+            failures_required: false,
+            rejects_required: false,
+            unrepresentable: UnrepresentablePolicy::Reject,
+            accept_coerced: false,
+        }
+    }
 }
 
 /// What one record file held.
@@ -247,7 +272,24 @@ pub async fn check(
     vopts.tables = TABLES.to_vec();
     vopts.check = Check::Content;
     vopts.listed_rows = 5;
+    vopts.unrepresentable = if opts.accept_coerced {
+        UnrepresentablePolicy::Coerce
+    } else {
+        opts.unrepresentable
+    };
     let verify = verify::run(source, target, &vopts).await?;
+
+    let coerced = verify.totals.coerced;
+    if coerced > 0 && opts.accept_coerced {
+        notes.push(format!(
+            "{coerced} row(s) landed with coerced values (lossy; the originals are in coerced.ndjson): accepted"
+        ));
+    } else if coerced > 0 {
+        reasons.push(format!(
+            "{coerced} row(s) landed with coerced values (lossy; the originals are in coerced.ndjson); \
+             pass --accept-coerced to accept them"
+        ));
+    }
 
     if !opts.key.full_visibility {
         reasons.push(format!(

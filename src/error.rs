@@ -49,7 +49,7 @@ pub enum Error {
     Unreachable { url: String, reason: String },
 
     /// No answer within the configured time.
-    #[error("supabase did not answer within {0:?}")]
+    #[error("supabase did not answer within {0:?} (is it overloaded or paused? SUPABASE_TIMEOUT sets the limit)")]
     Timeout(Duration),
 
     /// An answer we did not expect (a row count that does not match, a body that is not JSON).
@@ -167,6 +167,15 @@ impl Error {
         }
     }
 
+    /// The message without the "supabase unreachable at URL" prefix, for a caller
+    /// that wraps this error in another that names the URL already.
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Unreachable { reason, .. } => reason.clone(),
+            e => e.to_string(),
+        }
+    }
+
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidInput(msg.into())
     }
@@ -174,6 +183,25 @@ impl Error {
     pub fn config(msg: impl Into<String>) -> Self {
         Error::Config(msg.into())
     }
+}
+
+/// An error and its causes as one line, each cause once.
+///
+/// Many errors (hyper's, `anyhow`'s context, a `thiserror` variant that prints
+/// its source) already include their source's text in their own message; a naive
+/// walk down `source()` then prints the same cause two to four times. A level is
+/// added only when its text is not already part of the line.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+        src = s.source();
+    }
+    line
 }
 
 impl From<rusqlite::Error> for Error {
@@ -235,6 +263,41 @@ mod tests {
         assert!(rest(413, None).wants_smaller_batch());
         assert!(rest(500, Some("57014")).wants_smaller_batch());
         assert!(!rest(400, Some("23502")).wants_smaller_batch());
+    }
+
+    #[test]
+    fn a_chain_prints_each_cause_once() {
+        #[derive(Debug)]
+        struct E(&'static str, Option<Box<E>>);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        // The shape of a refused connection in reqwest/hyper: the middle level
+        // already prints its sources.
+        let refused = E("Connection refused (os error 111)", None);
+        let tcp = E(
+            "tcp connect error: Connection refused (os error 111)",
+            Some(Box::new(refused)),
+        );
+        let hyper = E(
+            "error trying to connect: tcp connect error: Connection refused (os error 111)",
+            Some(Box::new(tcp)),
+        );
+        let top = E("error sending request", Some(Box::new(hyper)));
+        let line = chain(&top);
+        assert_eq!(
+            line,
+            "error sending request: error trying to connect: tcp connect error: \
+             Connection refused (os error 111)"
+        );
+        assert_eq!(line.matches("Connection refused").count(), 1);
     }
 
     #[test]

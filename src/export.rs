@@ -20,8 +20,10 @@ use crate::backfill::{
     Reject, SourceBatch,
 };
 use crate::catalogue::{self, Table};
+use crate::coerced::CoercedLog;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
+use crate::normalise::UnrepresentablePolicy;
 use crate::state_file;
 
 pub const FORMAT: &str = "dualwrite-export/1";
@@ -37,6 +39,12 @@ pub struct Manifest {
     pub rejected_rows: u64,
     /// Lossy conversions made while exporting: "table.column: kind" → count.
     pub lossy: std::collections::BTreeMap<String, u64>,
+    /// The policy the export ran with: under `coerce`, values Supabase cannot
+    /// hold were changed, and `coerced.ndjson` holds their originals.
+    #[serde(default)]
+    pub unrepresentable: UnrepresentablePolicy,
+    #[serde(default)]
+    pub coerced_values: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,20 +74,34 @@ pub async fn export(
     tables: &[&'static Table],
     compress: bool,
 ) -> Result<Manifest> {
+    export_with(source, out, tables, compress, UnrepresentablePolicy::Reject).await
+}
+
+/// [`export`] under a policy for values Supabase cannot hold. Under `coerce`,
+/// the coerced values' originals go to `<out>/coerced.ndjson`.
+pub async fn export_with(
+    source: &Path,
+    out: &Path,
+    tables: &[&'static Table],
+    compress: bool,
+    policy: UnrepresentablePolicy,
+) -> Result<Manifest> {
     if out.join("manifest.json").exists() {
         return Err(Error::invalid(format!(
             "{} already holds an export; choose another --out",
             out.display()
         )));
     }
-    state_file::create_dir_all(out)?;
+    state_file::create_dir_all(out).map_err(at(out))?;
     let db = SqliteDatabase::open_read_only(source).await?;
     let selected: Vec<&'static Table> = if tables.is_empty() {
         catalogue::TABLES.to_vec()
     } else {
         tables.to_vec()
     };
-    let mut rejects = std::io::BufWriter::new(state_file::create(&out.join("rejects.ndjson"))?);
+    let rejects_path = out.join("rejects.ndjson");
+    let mut rejects =
+        std::io::BufWriter::new(state_file::create(&rejects_path).map_err(at(&rejects_path))?);
     let mut manifest = Manifest {
         format: FORMAT.into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -95,7 +117,10 @@ pub async fn export(
         tables: Vec::new(),
         rejected_rows: 0,
         lossy: Default::default(),
+        unrepresentable: policy,
+        coerced_values: 0,
     };
+    let coerced_log = CoercedLog::new(out.join("coerced.ndjson"));
     for t in selected {
         if !db.has_table(t) {
             continue;
@@ -113,9 +138,9 @@ pub async fn export(
             let page = db.page(t, after.clone(), 2000).await?;
             let Some(last) = page.last() else { break };
             after = Some(last[0].clone());
-            let mut lossy = Vec::new();
+            let (mut lossy, mut coerced) = (Vec::new(), Vec::new());
             for row in &page {
-                match backfill::prepare_row(t, row, &mut lossy) {
+                match backfill::prepare_row_with(t, row, &mut lossy, policy, &mut coerced) {
                     Ok(p) => {
                         sink.write_all(p.json.as_bytes())?;
                         sink.write_all(b"\n")?;
@@ -128,6 +153,8 @@ pub async fn export(
                     }
                 }
             }
+            manifest.coerced_values += coerced.len() as u64;
+            coerced_log.write(&coerced)?;
             for (col, k) in lossy {
                 *manifest
                     .lossy
@@ -151,6 +178,16 @@ pub async fn export(
         &serde_json::to_vec_pretty(&manifest).expect("a manifest serialises"),
     )?;
     Ok(manifest)
+}
+
+/// An I/O error that names the file or directory, and so what to check.
+fn at(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot write {}: {e}", path.display()),
+        ))
+    }
 }
 
 fn file_sha256(path: &Path) -> Result<String> {
@@ -320,11 +357,23 @@ impl BatchSource for NdjsonSource {
             rejects,
             read: read as u64,
             lossy: Vec::new(),
+            coerced: Vec::new(),
             cursor: Cursor::Line(n),
             check_stale: false,
             version: None,
         }))
     }
+}
+
+/// Whether an earlier run of this import got as far as loading a table (its
+/// coerced values are recorded already).
+fn report_was_imported(loader: &Loader<'_>, manifest: &Manifest) -> bool {
+    manifest.tables.iter().any(|m| {
+        catalogue::table(&m.table).is_ok_and(|t| {
+            let c = loader.checkpoints.table(t);
+            c.done || c.after.is_some()
+        })
+    })
 }
 
 /// Load a checked export into Supabase, with checkpoints, rejects and a report.
@@ -335,9 +384,25 @@ pub async fn import(
 ) -> Result<BackfillReport> {
     let started = Instant::now();
     let manifest = check(dir)?;
+    if manifest.unrepresentable == UnrepresentablePolicy::Coerce
+        && manifest.coerced_values > 0
+        && opts.unrepresentable != UnrepresentablePolicy::Coerce
+    {
+        return Err(Error::invalid(format!(
+            "{} holds {} coerced values (their originals are in coerced.ndjson there): \
+             import it with --unrepresentable coerce to accept them",
+            dir.display(),
+            manifest.coerced_values
+        )));
+    }
     let dir_id = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let source_id = format!("export {} ({})", dir_id.display(), manifest.created_at);
     let mut loader = Loader::new(target, opts, &source_id)?;
+    // The export's record of coerced values joins the import's, beside its rejects.
+    let coerced = dir.join("coerced.ndjson");
+    if coerced.exists() && !opts.dry_run && !report_was_imported(&loader, &manifest) {
+        loader.coerced.write(&crate::coerced::read(&coerced)?)?;
+    }
     let selected = opts.selected();
     let mut report = BackfillReport {
         source: dir.display().to_string(),

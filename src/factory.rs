@@ -73,6 +73,13 @@ pub fn dual<P: crate::db::Database, S: crate::db::Database>(
     }
 }
 
+/// The Supabase backend with the configured policy for values it cannot hold.
+fn supabase(s: &Settings, rest: RestClient) -> SupabaseDatabase {
+    let log = (s.unrepresentable == crate::normalise::UnrepresentablePolicy::Coerce)
+        .then(|| std::sync::Arc::new(crate::coerced::CoercedLog::new(s.coerced_log.clone())));
+    SupabaseDatabase::new(rest).with_unrepresentable(s.unrepresentable, log)
+}
+
 /// Open the configured backend. With `DB_BACKEND=supabase`, any Supabase problem
 /// fails. With SQLite primary and dual write: a configuration problem (no URL,
 /// no key, key rejected, schema missing) leaves SQLite alone and says why; an
@@ -90,13 +97,13 @@ pub async fn open(s: &Settings) -> Result<(AnyDatabase, InitReport)> {
         match client {
             Err(e) => Err(e),
             Ok(rest) => match check(&rest).await {
-                Ok(()) => Ok(SupabaseDatabase::new(rest)),
+                Ok(()) => Ok(supabase(s, rest)),
                 // A mirror that is down at start still gets every write, recorded for replay.
                 Err(e) if e.is_transient() && s.backend == BackendKind::Sqlite => {
                     report.supabase_error = Some(format!(
                         "{e} (mirror writes are recorded for replay until it answers)"
                     ));
-                    Ok(SupabaseDatabase::new(rest))
+                    Ok(supabase(s, rest))
                 }
                 Err(e) => Err(e),
             },

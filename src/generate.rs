@@ -71,7 +71,7 @@ impl GenerateReport {
 }
 
 /// Rows per table in `dox-medium.sqlite3` (19,453 rows; see
-/// `/work/shared/fixtures/README.md`), in [`TABLES`](cat::TABLES) order.
+/// `fixtures/README.md`), in [`TABLES`](cat::TABLES) order.
 static MEDIUM: [(&Table, u64); 17] = [
     (&cat::ARTIFACT, 160),
     (&cat::DOCUMENT, 110),

@@ -16,6 +16,7 @@
 pub mod access;
 pub mod backfill;
 pub mod catalogue;
+pub mod coerced;
 pub mod config;
 pub mod cutover;
 pub mod db;

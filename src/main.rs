@@ -16,6 +16,7 @@ use dualwrite::backfill::{self, BackfillOptions, BackfillReport, Progress};
 use dualwrite::config::{Settings, Sources};
 use dualwrite::db::{Dox, SqliteDatabase, SupabaseDatabase};
 use dualwrite::model::Call;
+use dualwrite::normalise::UnrepresentablePolicy;
 use dualwrite::{catalogue, cutover, demo, export, factory, keys, verify, Error};
 
 #[derive(Parser, Debug)]
@@ -88,6 +89,11 @@ enum Command {
         /// Only these tables (comma-separated SQLite or Supabase names).
         #[arg(long, value_delimiter = ',')]
         tables: Vec<String>,
+        /// Values Supabase cannot hold (NUL, invalid UTF-8, \u0000 in JSON, text in an
+        /// integer column): reject the row, or coerce the value and record the original
+        /// (default: the configured dual.unrepresentable, itself reject by default).
+        #[arg(long, value_name = "POLICY", value_parser = ["reject", "coerce"])]
+        unrepresentable: Option<String>,
     },
     /// Check an export against its manifest and load it into Supabase (resumable).
     Import {
@@ -144,6 +150,12 @@ struct VerifyArgs {
     /// With --repair: do not ask for confirmation.
     #[arg(long, requires = "repair")]
     yes: bool,
+    /// Values Supabase cannot hold (NUL, invalid UTF-8, \u0000 in JSON, text in an
+    /// integer column): compare as written with this policy: under coerce, rows equal in their
+    /// coerced form are equal and listed as "coerced"
+    /// (default: the configured dual.unrepresentable, itself reject by default).
+    #[arg(long, value_name = "POLICY", value_parser = ["reject", "coerce"])]
+    unrepresentable: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -162,6 +174,14 @@ enum CutoverCommand {
         /// text or json.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         format: String,
+        /// Values Supabase cannot hold (NUL, invalid UTF-8, \u0000 in JSON, text in an
+        /// integer column): the policy the rows were written with
+        /// (default: the configured dual.unrepresentable, itself reject by default).
+        #[arg(long, value_name = "POLICY", value_parser = ["reject", "coerce"])]
+        unrepresentable: Option<String>,
+        /// Rows that landed coerced may be READY (implies --unrepresentable coerce).
+        #[arg(long)]
+        accept_coerced: bool,
     },
 }
 
@@ -204,6 +224,12 @@ struct LoadArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Values Supabase cannot hold (NUL, invalid UTF-8, \u0000 in JSON, text in an
+    /// integer column): reject the row, or coerce the value and record the original in
+    /// coerced.ndjson beside rejects.ndjson
+    /// (default: the configured dual.unrepresentable, itself reject by default).
+    #[arg(long, value_name = "POLICY", value_parser = ["reject", "coerce"])]
+    unrepresentable: Option<String>,
 }
 
 impl LoadArgs {
@@ -230,6 +256,14 @@ impl LoadArgs {
         };
         Ok(o)
     }
+}
+
+/// The `--unrepresentable` flag, or the configured `dual.unrepresentable`.
+fn policy(flag: Option<&str>, s: &Settings) -> Result<UnrepresentablePolicy> {
+    Ok(match flag {
+        Some(p) => p.parse()?,
+        None => s.unrepresentable,
+    })
 }
 
 fn tables(names: &[String]) -> Result<Vec<&'static catalogue::Table>> {
@@ -269,8 +303,9 @@ async fn load(
         &BackfillOptions,
     ) -> dualwrite::Result<BackfillReport>,
 ) -> Result<ExitCode> {
-    let opts = args.options(source)?;
+    let mut opts = args.options(source)?;
     let s = settings(cli)?;
+    opts.unrepresentable = policy(args.unrepresentable.as_deref(), &s)?;
     let target = factory::connect_supabase(&s).await?;
     if args.reset && !args.dry_run {
         let selected = opts.selected();
@@ -554,8 +589,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             out,
             compress,
             tables: names,
+            unrepresentable,
         } => {
-            let m = export::export(from_sqlite, out, &tables(names)?, *compress).await?;
+            let p = match unrepresentable {
+                Some(p) => p.parse()?,
+                None => settings(&cli)?.unrepresentable,
+            };
+            let m = export::export_with(from_sqlite, out, &tables(names)?, *compress, p).await?;
             print_json(&serde_json::to_value(&m)?);
             if m.rejected_rows > 0 {
                 eprintln!(
@@ -594,6 +634,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             failures,
             rejects,
             format,
+            unrepresentable,
+            accept_coerced,
         }) => {
             let check = async {
                 let s = settings(&cli)?;
@@ -601,20 +643,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 let (source, target, key) = verify_sides(&s, &path).await?;
                 // By default, where dual write and the backfill record them.
                 let default_rejects = || backfill::state_dir_for(&path).join("rejects.ndjson");
-                let opts = cutover::CutoverOptions {
+                let mut opts = cutover::CutoverOptions::new(
                     key,
                     // The failure log of the file checked: the configured one,
                     // or the default beside that file (not beside DB_PATH).
-                    failures: failures.clone().or_else(|| match from_sqlite {
+                    failures.clone().or_else(|| match from_sqlite {
                         Some(p) if !s.failure_log_configured && s.failure_log.is_some() => {
                             Some(dualwrite::config::default_failure_log(p))
                         }
                         _ => s.failure_log.clone(),
                     }),
-                    rejects: Some(rejects.clone().unwrap_or_else(default_rejects)),
-                    failures_required: failures.is_some() || s.failure_log_configured,
-                    rejects_required: rejects.is_some(),
-                };
+                    Some(rejects.clone().unwrap_or_else(default_rejects)),
+                );
+                opts.failures_required = failures.is_some() || s.failure_log_configured;
+                opts.rejects_required = rejects.is_some();
+                opts.unrepresentable = policy(unrepresentable.as_deref(), &s)?;
+                opts.accept_coerced = *accept_coerced;
                 let report = cutover::check(&source, &target, &opts).await?;
                 match format.as_str() {
                     "json" => print_json(&serde_json::to_value(&report)?),
@@ -629,7 +673,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn cannot_run(e: anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
+    eprintln!("error: {}", dualwrite::error::chain(e.as_ref()));
     ExitCode::from(2)
 }
 
@@ -671,6 +715,21 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     let path = a.from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
     let (source, target, key) = verify_sides(&s, &path).await?;
     let mut opts = verify::VerifyOptions::new(key);
+    opts.unrepresentable = policy(a.unrepresentable.as_deref(), &s)?;
+    // A repair under `coerce` writes coerced rows, recording the originals where
+    // the backfill of this source records them.
+    let target = if opts.unrepresentable == UnrepresentablePolicy::Coerce {
+        let log = backfill::default_state_dir(std::path::Path::new("dualwrite-state"), &path)
+            .join("coerced.ndjson");
+        target.with_unrepresentable(
+            UnrepresentablePolicy::Coerce,
+            Some(std::sync::Arc::new(dualwrite::coerced::CoercedLog::new(
+                log,
+            ))),
+        )
+    } else {
+        target
+    };
     if !a.tables.is_empty() {
         opts.tables = verify::tables_named(&a.tables)?;
     }
@@ -795,7 +854,8 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Each cause once: `{e:#}` would repeat the ones a message already holds.
+            eprintln!("error: {}", dualwrite::error::chain(e.as_ref()));
             match e.downcast_ref::<Error>() {
                 Some(Error::InvalidInput(_)) => ExitCode::from(2),
                 _ => ExitCode::from(1),

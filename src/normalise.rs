@@ -24,7 +24,12 @@
 //! character or that is not UTF-8, a non-number in an integer column, text that
 //! is not a timestamp) are refused with [`Error::Unrepresentable`], naming the
 //! table, key and column, so that callers can report the row instead of
-//! dropping it.
+//! dropping it. Under [`UnrepresentablePolicy::Coerce`] four of them are changed
+//! instead, deterministically, and counted as lossy (the caller records the
+//! original, see [`crate::coerced`]): NUL characters are removed from text, bytes
+//! that are not UTF-8 become U+FFFD, `\u0000` is removed from JSON strings and
+//! keys, and text in an integer column becomes that integer, or NULL when it is
+//! not one. A key is never coerced: two keys could become one.
 
 use std::fmt::Write as _;
 
@@ -130,6 +135,16 @@ pub enum Lossy {
     NonFiniteJson,
     InvalidJsonAsString,
     BoolFromInteger,
+    /// Coerced: NUL characters removed from text.
+    NulRemoved,
+    /// Coerced: bytes that are not UTF-8 replaced by U+FFFD.
+    InvalidUtf8Replaced,
+    /// Coerced: `\u0000` removed from the strings and keys of a JSON value.
+    JsonNulRemoved,
+    /// Coerced: integer text in an integer column stored as that integer.
+    IntegerFromText,
+    /// Coerced: text that is not an integer, in an integer column, stored as NULL.
+    IntegerTextNulled,
 }
 
 impl Lossy {
@@ -138,6 +153,66 @@ impl Lossy {
             Lossy::NonFiniteJson => "non_finite_json",
             Lossy::InvalidJsonAsString => "invalid_json_as_string",
             Lossy::BoolFromInteger => "bool_from_integer",
+            Lossy::NulRemoved => "nul_removed",
+            Lossy::InvalidUtf8Replaced => "invalid_utf8_replaced",
+            Lossy::JsonNulRemoved => "json_nul_removed",
+            Lossy::IntegerFromText => "integer_from_text",
+            Lossy::IntegerTextNulled => "integer_text_nulled",
+        }
+    }
+
+    /// Whether this conversion is one that only [`UnrepresentablePolicy::Coerce`]
+    /// makes (the original value is recorded, and verify lists the row).
+    pub fn is_coercion(self) -> bool {
+        matches!(
+            self,
+            Lossy::NulRemoved
+                | Lossy::InvalidUtf8Replaced
+                | Lossy::JsonNulRemoved
+                | Lossy::IntegerFromText
+                | Lossy::IntegerTextNulled
+        )
+    }
+}
+
+/// What to do with a value the Supabase schema cannot hold as it is.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum UnrepresentablePolicy {
+    /// Refuse the row ([`Error::Unrepresentable`]): it is reported, never sent.
+    #[default]
+    Reject,
+    /// Land the row with a documented, deterministic change (see the module
+    /// docs), counted as lossy and recorded with the original value.
+    Coerce,
+}
+
+impl UnrepresentablePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnrepresentablePolicy::Reject => "reject",
+            UnrepresentablePolicy::Coerce => "coerce",
+        }
+    }
+}
+
+impl std::fmt::Display for UnrepresentablePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for UnrepresentablePolicy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "reject" => Ok(UnrepresentablePolicy::Reject),
+            "coerce" => Ok(UnrepresentablePolicy::Coerce),
+            other => Err(Error::invalid(format!(
+                "unknown unrepresentable-value policy `{other}`: use `reject` or `coerce`"
+            ))),
         }
     }
 }
@@ -151,13 +226,23 @@ pub struct Canonical<R = Map<String, Value>> {
     pub lossy: Vec<(&'static str, Lossy)>,
 }
 
-/// Convert a SQLite-shaped row into the canonical (Supabase) shape.
+/// Convert a SQLite-shaped row into the canonical (Supabase) shape, refusing
+/// values Supabase cannot hold.
 pub fn to_canonical(table: &'static Table, row: &[SqlValue]) -> Result<Canonical> {
+    to_canonical_with(table, row, UnrepresentablePolicy::Reject)
+}
+
+/// [`to_canonical`] under a policy for values Supabase cannot hold.
+pub fn to_canonical_with(
+    table: &'static Table,
+    row: &[SqlValue],
+    policy: UnrepresentablePolicy,
+) -> Result<Canonical> {
     debug_assert_eq!(row.len(), table.columns.len());
     let mut out = Map::new();
     let mut lossy = Vec::new();
-    for (col, v) in table.columns.iter().zip(row) {
-        match value_to_canonical(col, v) {
+    for (i, (col, v)) in table.columns.iter().zip(row).enumerate() {
+        match value_to_canonical_with(col, v, column_policy(i, policy)) {
             Ok((value, l)) => {
                 if let Some(l) = l {
                     lossy.push((col.sqlite, l));
@@ -183,7 +268,7 @@ pub fn to_canonical(table: &'static Table, row: &[SqlValue]) -> Result<Canonical
 /// printed again. PostgreSQL parses it into the same jsonb value either way.
 pub fn to_json_row(table: &'static Table, row: &[SqlValue]) -> Result<Canonical<String>> {
     let refs: Vec<SqlRef<'_>> = row.iter().map(SqlValue::as_ref).collect();
-    to_json_row_ref(table, &refs)
+    to_json_row_ref(table, &refs, UnrepresentablePolicy::Reject)
 }
 
 thread_local! {
@@ -192,11 +277,15 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
-/// [`to_json_row`] over borrowed values.
-pub fn to_json_row_ref(table: &'static Table, row: &[SqlRef<'_>]) -> Result<Canonical<String>> {
+/// [`to_json_row`] over borrowed values, under a policy.
+pub fn to_json_row_ref(
+    table: &'static Table,
+    row: &[SqlRef<'_>],
+    policy: UnrepresentablePolicy,
+) -> Result<Canonical<String>> {
     SCRATCH.with_borrow_mut(|out| {
         out.clear();
-        let lossy = to_json_row_into(table, row, out)?;
+        let lossy = to_json_row_into_with(table, row, out, policy)?;
         let row = out.as_str().to_owned();
         // A huge row's buffer is not kept for the rest of the run.
         if out.capacity() > 1 << 20 {
@@ -213,6 +302,16 @@ pub fn to_json_row_into(
     row: &[SqlRef<'_>],
     out: &mut String,
 ) -> Result<Vec<(&'static str, Lossy)>> {
+    to_json_row_into_with(table, row, out, UnrepresentablePolicy::Reject)
+}
+
+/// [`to_json_row_into`] under a policy for values Supabase cannot hold.
+pub fn to_json_row_into_with(
+    table: &'static Table,
+    row: &[SqlRef<'_>],
+    out: &mut String,
+    policy: UnrepresentablePolicy,
+) -> Result<Vec<(&'static str, Lossy)>> {
     let refuse = |column: &'static str, reason: String| Error::Unrepresentable {
         table: table.sqlite,
         key: row[0].to_value().display(),
@@ -225,6 +324,7 @@ pub fn to_json_row_into(
         if i > 0 {
             out.push(',');
         }
+        let policy = column_policy(i, policy);
         out.push('"');
         out.push_str(col.supabase);
         out.push_str("\":");
@@ -235,10 +335,15 @@ pub fn to_json_row_into(
             }
             // The bulk of the data: escaped straight into the output, no copy.
             (Kind::Text, SqlRef::Text(s)) => {
-                if push_json_str(out, s).is_err() {
+                let mark = out.len();
+                if push_json_str(out, s).is_ok() {
+                    continue;
+                }
+                if policy == UnrepresentablePolicy::Reject {
                     return Err(refuse(col.sqlite, check_text(s).unwrap_err()));
                 }
-                continue;
+                // Coerced on the slow path below.
+                out.truncate(mark);
             }
             (Kind::Integer, SqlRef::Integer(n)) => {
                 write!(out, "{n}").expect("writing to a String cannot fail");
@@ -251,8 +356,8 @@ pub fn to_json_row_into(
             }
             _ => {}
         }
-        let (value, l) =
-            value_to_canonical(col, &v.to_value()).map_err(|r| refuse(col.sqlite, r))?;
+        let (value, l) = value_to_canonical_with(col, &v.to_value(), policy)
+            .map_err(|r| refuse(col.sqlite, r))?;
         if let Some(l) = l {
             lossy.push((col.sqlite, l));
         }
@@ -500,8 +605,79 @@ fn json_number(b: &[u8], i: &mut usize) -> bool {
     j - start <= 300
 }
 
+/// The policy for the column at `index`: a key (the first column) is never
+/// coerced, since two keys could then become one and a row overwrite another.
+fn column_policy(index: usize, policy: UnrepresentablePolicy) -> UnrepresentablePolicy {
+    if index == 0 {
+        UnrepresentablePolicy::Reject
+    } else {
+        policy
+    }
+}
+
 /// Convert one SQLite value. `Err` carries the reason it cannot be represented.
 pub fn value_to_canonical(
+    col: &Column,
+    v: &SqlValue,
+) -> std::result::Result<(Value, Option<Lossy>), String> {
+    value_to_canonical_with(col, v, UnrepresentablePolicy::Reject)
+}
+
+/// [`value_to_canonical`] under a policy: with `Coerce`, the values it names
+/// are changed (and the change returned as the lossy conversion) instead of
+/// refused. Everything else converts exactly as under `Reject`.
+pub fn value_to_canonical_with(
+    col: &Column,
+    v: &SqlValue,
+    policy: UnrepresentablePolicy,
+) -> std::result::Result<(Value, Option<Lossy>), String> {
+    let refused = match value_to_canonical_strict(col, v) {
+        Err(reason) if policy == UnrepresentablePolicy::Coerce => reason,
+        done => return done,
+    };
+    use SqlValue as S;
+    match (col.kind, v) {
+        (Kind::Integer, S::Text(s)) => Ok(match s.trim().parse::<i64>() {
+            Ok(i) => (Value::from(i), Some(Lossy::IntegerFromText)),
+            Err(_) => (Value::Null, Some(Lossy::IntegerTextNulled)),
+        }),
+        (Kind::Integer, S::BadText(_)) => Ok((Value::Null, Some(Lossy::IntegerTextNulled))),
+        (_, S::BadText(b)) => {
+            let text = String::from_utf8_lossy(b).into_owned();
+            let (value, _) = value_to_canonical_with(col, &S::Text(text), policy)?;
+            Ok((value, Some(Lossy::InvalidUtf8Replaced)))
+        }
+        (Kind::Text, S::Text(s)) if s.contains('\0') => {
+            Ok((Value::String(s.replace('\0', "")), Some(Lossy::NulRemoved)))
+        }
+        (Kind::Json, S::Text(s)) => {
+            // A raw NUL byte in the text, or `\u0000` inside the JSON.
+            let (mut value, _) = parse_json_text(&s.replace('\0', ""));
+            remove_json_nul(&mut value);
+            check_json(&value)?;
+            Ok((value, Some(Lossy::JsonNulRemoved)))
+        }
+        _ => Err(refused),
+    }
+}
+
+/// Remove NUL characters from every string and key of a JSON value.
+fn remove_json_nul(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains('\0') => *s = s.replace('\0', ""),
+        Value::Array(a) => a.iter_mut().for_each(remove_json_nul),
+        Value::Object(o) => {
+            let members = std::mem::take(o);
+            for (k, mut x) in members {
+                remove_json_nul(&mut x);
+                o.insert(k.replace('\0', ""), x);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn value_to_canonical_strict(
     col: &Column,
     v: &SqlValue,
 ) -> std::result::Result<(Value, Option<Lossy>), String> {

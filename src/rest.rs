@@ -235,12 +235,12 @@ impl RestClient {
         if e.is_timeout() {
             Error::Timeout(self.timeout)
         } else {
-            let mut reason = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                reason = format!("{reason}: {s}");
-                src = s.source();
-            }
+            // The cause once (hyper's messages repeat their sources), then what to do.
+            let reason = format!(
+                "{}; is Supabase running there, and is SUPABASE_URL right?",
+                // The URL is named once, by the variant: not reqwest's own copy with the query.
+                crate::error::chain(&e.without_url())
+            );
             Error::Unreachable {
                 url: self.base.clone(),
                 reason,

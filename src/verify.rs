@@ -19,7 +19,7 @@
 //! bisection: the segment is already in memory, and a row digest settles most
 //! rows) and each row is classified: only in source, only in target, different
 //! (with the columns and short redacted samples), equal (digests equal, or
-//! equal under the tolerance of [`compare::same`]), or "cannot land" (a source
+//! equal under [`compare::same_in`]: exact decimal values, and the float tolerance in float columns), or "cannot land" (a source
 //! row the normaliser refuses, reported with its reason).
 //!
 //! Verify never writes. [`repair`] does, and only after the caller confirmed.
@@ -38,7 +38,7 @@ use crate::catalogue::{self, Kind, Table, TABLES};
 use crate::config::Settings;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
-use crate::normalise::{self, Lossy, SqlRow, SqlValue};
+use crate::normalise::{self, Lossy, SqlRow, SqlValue, UnrepresentablePolicy};
 use crate::rest::{KeyKind, RestClient};
 use crate::retry::{retry, RetryPolicy};
 
@@ -80,6 +80,10 @@ pub struct VerifyOptions {
     pub segment_rows: usize,
     /// Differing rows listed per table (all are counted).
     pub listed_rows: usize,
+    /// The policy the rows were written with. Under `coerce`, a source row the
+    /// normaliser coerces is compared in its coerced form: equal rows count as
+    /// equal, and are listed (and counted) as "coerced".
+    pub unrepresentable: UnrepresentablePolicy,
 }
 
 impl VerifyOptions {
@@ -91,6 +95,7 @@ impl VerifyOptions {
             key,
             segment_rows: 1000,
             listed_rows: 20,
+            unrepresentable: UnrepresentablePolicy::Reject,
         }
     }
 }
@@ -239,6 +244,8 @@ pub struct Counts {
     pub only_in_target: u64,
     pub different: u64,
     pub cannot_land: u64,
+    /// Equal rows (counted in `equal` too) that land only coerced, under `--unrepresentable coerce`.
+    pub coerced: u64,
 }
 
 impl Counts {
@@ -251,6 +258,7 @@ impl Counts {
         self.only_in_target += o.only_in_target;
         self.different += o.different;
         self.cannot_land += o.cannot_land;
+        self.coerced += o.coerced;
     }
 
     /// Rows that are not equal on both sides.
@@ -266,6 +274,9 @@ pub enum RowKind {
     OnlyInTarget,
     Different,
     CannotLand,
+    /// Equal, in the coerced form (not a difference): listed so that the
+    /// operator sees which rows hold changed values.
+    Coerced,
 }
 
 impl RowKind {
@@ -275,6 +286,7 @@ impl RowKind {
             RowKind::OnlyInTarget => "only in target",
             RowKind::Different => "different",
             RowKind::CannotLand => "cannot land",
+            RowKind::Coerced => "coerced",
         }
     }
 }
@@ -287,7 +299,8 @@ pub struct RowDiff {
     pub key: String,
     /// For `different`: the columns that differ.
     pub columns: Vec<compare::ColumnDiff>,
-    /// For `cannot_land`: why the normaliser refuses the row.
+    /// For `cannot_land`: why the normaliser refuses the row; for `coerced`:
+    /// the coerced columns and how.
     pub reason: Option<String>,
 }
 
@@ -403,6 +416,8 @@ pub struct VerifyReport {
     pub target: Endpoint,
     pub key: KeyInfo,
     pub tolerance: Tolerance,
+    /// The policy for values Supabase cannot hold that the comparison assumed.
+    pub unrepresentable: UnrepresentablePolicy,
     pub verdict: Verdict,
     pub exit_code: u8,
     pub totals: Counts,
@@ -502,8 +517,9 @@ pub(crate) async fn run_inner(
         key: opts.key.clone(),
         tolerance: Tolerance {
             float_relative: FLOAT_RELATIVE_TOLERANCE,
-            applies_to: "float columns and every number inside JSON values",
+            applies_to: "float columns; numbers inside JSON compare by exact decimal value",
         },
+        unrepresentable: opts.unrepresentable,
         verdict: Verdict::Equal,
         exit_code: 0,
         totals: Counts::default(),
@@ -544,11 +560,11 @@ pub(crate) async fn run_inner(
             let outcome = match opts.check {
                 Check::Counts => Ok(()),
                 Check::Content => {
-                    let merger = Merger::new(t, &mut tr, table_plan, opts.listed_rows, &digests);
+                    let merger = Merger::new(t, &mut tr, table_plan, opts, &digests);
                     compare_content(source, target, opts.segment_rows, merger).await
                 }
                 Check::Sample { rows } => {
-                    let merger = Merger::new(t, &mut tr, table_plan, opts.listed_rows, &digests);
+                    let merger = Merger::new(t, &mut tr, table_plan, opts, &digests);
                     compare_sample(source, target, rows, merger).await
                 }
             };
@@ -631,9 +647,14 @@ enum SourceItem {
 }
 
 impl SourceItem {
-    fn new(t: &'static Table, row: &SqlRow, digests: &RandomState) -> SourceItem {
+    fn new(
+        t: &'static Table,
+        row: &SqlRow,
+        digests: &RandomState,
+        policy: UnrepresentablePolicy,
+    ) -> SourceItem {
         let key_column = t.key().supabase;
-        let reason = match normalise::to_canonical(t, row) {
+        let reason = match normalise::to_canonical_with(t, row, policy) {
             Ok(c) if c.row.get(key_column).is_some_and(Value::is_string) => {
                 return SourceItem::Row {
                     digest: compare::row_digest(digests, &c.row),
@@ -718,6 +739,7 @@ struct Merger<'a> {
     plan: Option<&'a mut repair::TablePlan>,
     listed: usize,
     digests: &'a RandomState,
+    policy: UnrepresentablePolicy,
 }
 
 impl<'a> Merger<'a> {
@@ -725,15 +747,33 @@ impl<'a> Merger<'a> {
         t: &'static Table,
         tr: &'a mut TableReport,
         plan: Option<&'a mut repair::TablePlan>,
-        listed: usize,
+        opts: &VerifyOptions,
         digests: &'a RandomState,
     ) -> Self {
         Merger {
             t,
             tr,
             plan,
-            listed,
+            listed: opts.listed_rows,
             digests,
+            policy: opts.unrepresentable,
+        }
+    }
+
+    /// An equal row that holds coerced values: counted and listed, not a difference.
+    fn note_coerced(&mut self, key: &str, lossy: &[(&'static str, Lossy)]) {
+        let coerced: Vec<String> = lossy
+            .iter()
+            .filter(|(_, l)| l.is_coercion())
+            .map(|(c, l)| format!("{c}: {}", l.as_str()))
+            .collect();
+        if !coerced.is_empty() {
+            self.record(
+                RowKind::Coerced,
+                key,
+                Vec::new(),
+                Some(format!("equal as coerced ({})", coerced.join(", "))),
+            );
         }
     }
 
@@ -750,6 +790,7 @@ impl<'a> Merger<'a> {
             RowKind::OnlyInTarget => c.only_in_target += 1,
             RowKind::Different => c.different += 1,
             RowKind::CannotLand => c.cannot_land += 1,
+            RowKind::Coerced => c.coerced += 1,
         }
         if let Some(p) = self.plan.as_deref_mut() {
             p.note(kind, key);
@@ -817,12 +858,14 @@ impl<'a> Merger<'a> {
                 self.count_lossy(&lossy);
                 if digest == t.digest {
                     self.tr.counts.equal += 1;
+                    self.note_coerced(&key, &lossy);
                     return;
                 }
                 let columns = compare::diff_row(self.t, &row, &t.row);
                 if columns.is_empty() {
                     // Equal under the tolerance, in another representation.
                     self.tr.counts.equal += 1;
+                    self.note_coerced(&key, &lossy);
                 } else {
                     self.record(RowKind::Different, &key, columns, None);
                 }
@@ -860,6 +903,7 @@ impl<'a> Merger<'a> {
                 for s in &source {
                     if let SourceItem::Row { lossy, .. } = s {
                         self.count_lossy(lossy);
+                        self.note_coerced(s.key().unwrap_or_default(), lossy);
                     }
                 }
                 return;
@@ -954,25 +998,28 @@ async fn canonical_page(
     t: &'static Table,
     page: Vec<SqlRow>,
     digests: RandomState,
+    policy: UnrepresentablePolicy,
 ) -> Result<Vec<SourceItem>> {
     tokio::task::spawn_blocking(move || {
         page.iter()
-            .map(|r| SourceItem::new(t, r, &digests))
+            .map(|r| SourceItem::new(t, r, &digests, policy))
             .collect()
     })
     .await
     .map_err(lost_worker)
 }
 
-/// Marks a jsonb value that serde_json cannot hold (a number beyond double
-/// precision, such as `1e400`): it is compared as this text, so the row is
-/// reported as different instead of the table being unreadable.
-const UNREADABLE_JSON: &str = "(jsonb beyond double precision) ";
+/// Marks a jsonb value that serde_json cannot hold: it is compared as this
+/// text, so the row is reported as different instead of the table being
+/// unreadable.
+const UNREADABLE_JSON: &str = "(jsonb serde_json cannot read) ";
 
-/// One read of target rows, `select=*` first. PostgREST prints jsonb numbers
-/// exactly, and one that does not fit a double makes the whole answer
-/// unparseable (`Error::Protocol`). Such a read is made again with the JSON
-/// columns cast to text, and each value is parsed on its own.
+/// One read of target rows, `select=*` first. serde_json keeps numbers as
+/// exact decimal text (`arbitrary_precision`), so jsonb numbers of any size
+/// parse; an answer that still does not parse (`Error::Protocol`: JSON nested
+/// deeper than serde_json's 128 levels) is read again with the JSON columns
+/// cast to text, and each value is parsed on its own, so that one such value
+/// makes its row differ instead of the table unverifiable.
 async fn read_rows<F, Fut>(t: &'static Table, read: F) -> Result<Vec<Map<String, Value>>>
 where
     F: Fn(String) -> Fut,
@@ -1078,6 +1125,7 @@ async fn compare_content(
     let t = m.t;
     let n = segment_rows.max(1);
     let digests = m.digests.clone();
+    let policy = m.policy;
     // Two pages in flight per side: reading overlaps comparing, memory stays bounded.
     let (stx, mut srx) = mpsc::channel::<Result<Vec<SourceItem>>>(2);
     let (ttx, mut trx) = mpsc::channel::<Result<Vec<TargetRow>>>(2);
@@ -1100,7 +1148,7 @@ async fn compare_content(
             let Some(last) = rows.last() else { return };
             // A short page is the last one.
             let next_after = (rows.len() == n).then(|| last[0].clone());
-            let canonical = canonical_page(t, rows, digests.clone());
+            let canonical = canonical_page(t, rows, digests.clone(), policy);
             let (items, next) = match next_after {
                 Some(after) => {
                     let (items, next) = tokio::join!(canonical, source.page(t, Some(after), n));
@@ -1298,7 +1346,7 @@ async fn compare_sample(
     }
     let mut items: Vec<SourceItem> = reservoir
         .iter()
-        .map(|r| SourceItem::new(t, r, m.digests))
+        .map(|r| SourceItem::new(t, r, m.digests, m.policy))
         .collect();
     drop(reservoir);
     items.sort_by(|a, b| a.key().cmp(&b.key()));

@@ -11,14 +11,27 @@ use dualwrite::catalogue::TABLES;
 use dualwrite::generate::{generate, GenerateOptions};
 
 /// The variables `scripts/stack.sh env` prints (keys, URLs, DATABASE_URL).
+///
+/// Under `cargo test` (a smoke run, no `--bench`) the benchmark needs
+/// `DUALWRITE_TEST_STACK=1`, like the integration tests; without it, it says so and
+/// exits successfully. `cargo bench` always runs it.
 pub fn stack_env() -> HashMap<String, String> {
+    let bench = std::env::args().any(|a| a == "--bench");
+    if !bench && std::env::var("DUALWRITE_TEST_STACK").map_or(true, |v| v != "1") {
+        eprintln!(
+            "note: this benchmark's smoke run needs the local stack and is SKIPPED; run \
+             `scripts/stack.sh up`, then set DUALWRITE_TEST_STACK=1 (scripts/test.sh does both)"
+        );
+        std::process::exit(0);
+    }
     let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack.sh"))
         .arg("env")
         .output()
         .expect("scripts/stack.sh env");
     assert!(
         out.status.success(),
-        "start the stack first: scripts/stack.sh up"
+        "start the stack first: scripts/stack.sh up\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()

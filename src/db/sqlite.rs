@@ -752,7 +752,18 @@ fn open_connection_inner(path: &Path, opts: &SqliteOptions) -> Result<(Connectio
     } else {
         Connection::open(path)
     }
-    .map_err(|e| Error::Sqlite(format!("cannot open {}: {e}", path.display())))?;
+    .map_err(|e| {
+        // rusqlite's message ends with the path: name it once, and say what to check.
+        let p = path.display().to_string();
+        let m = e.to_string();
+        let m = m.strip_suffix(&format!(": {p}")).unwrap_or(&m);
+        let hint = if path.exists() {
+            ""
+        } else {
+            " (no such file: check DB_PATH or --from-sqlite)"
+        };
+        Error::Sqlite(format!("cannot open {p}: {m}{hint}"))
+    })?;
     conn.busy_timeout(opts.busy_timeout)?;
     if !opts.read_only {
         if opts.wal {

@@ -7,15 +7,16 @@
 //! rows, checked against the count PostgREST reports.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Map, Value};
 
 use super::{check_filters, reads, Applied, Database, Filter, Row};
 use crate::catalogue::{self as cat, Table};
+use crate::coerced::CoercedLog;
 use crate::error::{Error, Result};
 use crate::model::{skill_row, user_prefs_row, Step, Write};
-use crate::normalise::{self, Lossy, SqlRow};
+use crate::normalise::{self, Lossy, SqlRow, UnrepresentablePolicy};
 use crate::rest::{filter_text, RestClient};
 
 /// Lossy conversions counted per (table, column, kind).
@@ -25,6 +26,8 @@ pub type LossyCounts = BTreeMap<(&'static str, &'static str, Lossy), u64>;
 pub struct SupabaseDatabase {
     rest: RestClient,
     lossy: Mutex<LossyCounts>,
+    unrepresentable: UnrepresentablePolicy,
+    coerced: Option<Arc<CoercedLog>>,
 }
 
 impl SupabaseDatabase {
@@ -32,7 +35,27 @@ impl SupabaseDatabase {
         SupabaseDatabase {
             rest,
             lossy: Mutex::new(BTreeMap::new()),
+            unrepresentable: UnrepresentablePolicy::Reject,
+            coerced: None,
         }
+    }
+
+    /// Write values Supabase cannot hold under `policy` (reject by default).
+    /// Under `coerce`, each coerced value is recorded with its original in `log`
+    /// before the write is sent.
+    pub fn with_unrepresentable(
+        mut self,
+        policy: UnrepresentablePolicy,
+        log: Option<Arc<CoercedLog>>,
+    ) -> SupabaseDatabase {
+        self.unrepresentable = policy;
+        self.coerced = log;
+        self
+    }
+
+    /// The policy for values Supabase cannot hold that writes use.
+    pub fn unrepresentable(&self) -> UnrepresentablePolicy {
+        self.unrepresentable
     }
 
     pub fn rest(&self) -> &RestClient {
@@ -49,8 +72,13 @@ impl SupabaseDatabase {
     pub fn body(&self, table: &'static Table, rows: &[SqlRow]) -> Result<String> {
         let mut out = Vec::with_capacity(rows.len());
         let mut lossy = Vec::new();
+        let mut coerced = Vec::new();
         for r in rows {
-            let c = normalise::to_canonical(table, r)?;
+            let c = normalise::to_canonical_with(table, r, self.unrepresentable)?;
+            if c.lossy.iter().any(|(_, l)| l.is_coercion()) {
+                let refs: Vec<_> = r.iter().map(normalise::SqlValue::as_ref).collect();
+                coerced.extend(crate::coerced::records(table, &refs, &c.lossy));
+            }
             for (col, l) in c.lossy {
                 tracing::debug!(table = table.sqlite, column = col, conversion = l.as_str(), key = %r[0].display(), "lossy conversion");
                 lossy.push((col, l));
@@ -62,6 +90,9 @@ impl SupabaseDatabase {
             for (col, l) in lossy {
                 *counts.entry((table.sqlite, col, l)).or_default() += 1;
             }
+        }
+        if let Some(log) = &self.coerced {
+            log.write(&coerced)?;
         }
         Ok(serde_json::to_string(&out).expect("JSON values serialise"))
     }

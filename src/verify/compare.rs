@@ -5,22 +5,28 @@
 //! Rules (ARCHITECTURE.md, "Verification"):
 //! * rows are compared in their canonical form ([`crate::normalise`]), so 0/1
 //!   against booleans, `Z` against `+00:00` and JSON key order never differ;
-//! * numbers are equal when both are the same integer, or when they are within
-//!   a relative [`FLOAT_RELATIVE_TOLERANCE`], at any depth inside JSON, so
-//!   `1.0` equals `1`;
+//! * numbers compare by exact decimal value, never by their text: jsonb keeps
+//!   numbers as exact decimals but prints them in its own notation, so `1e-300`,
+//!   `1E+2`, `100`, `1.0` and `-0.0` read back as `0.000…1`, `100`, `100`, `1.0`
+//!   and `0.0`. Inside JSON that is the whole rule: a 17th significant digit or an
+//!   integer beyond 2^53 that differs is a difference;
+//! * in a float column (double precision on both sides) numbers within a
+//!   relative [`FLOAT_RELATIVE_TOLERANCE`] are also equal;
 //! * everything else (text, booleans, timestamps, nulls, JSON structure) must
 //!   be identical.
 
+use std::borrow::Cow;
 use std::hash::{BuildHasher, Hash, Hasher};
 
 use serde_json::{Map, Number, Value};
 
 use crate::catalogue::{Kind, Table};
 
-/// Two numbers closer than this, relative to the larger, are equal. Double
-/// precision holds about 16 significant digits; 1e-12 leaves room for the
-/// decimal round trips of jsonb `numeric` while still catching any change in
-/// the 12 leading digits.
+/// Two values of a float column closer than this, relative to the larger, are
+/// equal. Double precision holds about 16 significant digits; 1e-12 leaves room
+/// for the decimal round trips of a `double precision` column while still
+/// catching any change in the 12 leading digits. JSON numbers are exact decimals
+/// on both sides and get no tolerance.
 pub const FLOAT_RELATIVE_TOLERANCE: f64 = 1e-12;
 
 /// Longest sample value a report shows, in characters.
@@ -43,10 +49,10 @@ fn hash_value(v: &Value, h: &mut impl Hasher) {
     match v {
         Value::Null => 0u8.hash(h),
         Value::Bool(b) => (1u8, *b).hash(h),
-        Value::Number(n) => match integral(n) {
-            // 1 and 1.0 hash alike, as they compare alike.
-            Some(i) => (2u8, i).hash(h),
-            None => (3u8, n.as_f64().unwrap_or(f64::NAN).to_bits()).hash(h),
+        // Numbers of equal value hash alike, whatever their notation.
+        Value::Number(n) => match decimal(n) {
+            Some((negative, digits, exp)) => (2u8, negative, &*digits, exp).hash(h),
+            None => (3u8, n.as_str()).hash(h),
         },
         Value::String(s) => (4u8, s).hash(h),
         Value::Array(a) => {
@@ -63,19 +69,56 @@ fn hash_value(v: &Value, h: &mut impl Hasher) {
     }
 }
 
-/// The number as an integer when it is one (an integral float included).
-fn integral(n: &Number) -> Option<i128> {
-    if let Some(i) = n.as_i64() {
-        return Some(i128::from(i));
+/// A JSON number as an exact decimal `(negative, significant digits, exponent)`:
+/// the value is `±digits × 10^exponent`, with no leading or trailing zero in
+/// `digits`. Zero (`0`, `-0.0`, `0e5`) is `(false, "", 0)`. `None` for text that is
+/// not a JSON number, or an exponent beyond ±2^62. Borrows from the number's
+/// text unless digits on both sides of the point must be joined: every row's
+/// numbers are hashed with it.
+fn decimal(n: &Number) -> Option<(bool, Cow<'_, str>, i64)> {
+    // serde_json keeps a number's text as it was written (`arbitrary_precision`).
+    let text = n.as_str();
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text),
+    };
+    let (mantissa, exp) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
+        None => (rest, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() || !(int.bytes().chain(frac.bytes())).all(|b| b.is_ascii_digit()) {
+        return None;
     }
-    if let Some(u) = n.as_u64() {
-        return Some(i128::from(u));
+    if exp.unsigned_abs() > 1 << 62 {
+        return None;
     }
-    let f = n.as_f64()?;
-    (f.fract() == 0.0 && f.abs() < 9.0e18).then_some(f as i128)
+    let int = int.trim_start_matches('0');
+    let mut exp = exp - frac.len() as i64;
+    let digits: Cow<'_, str> = if int.is_empty() {
+        Cow::Borrowed(frac.trim_start_matches('0'))
+    } else if frac.is_empty() {
+        Cow::Borrowed(int)
+    } else {
+        Cow::Owned(format!("{int}{frac}"))
+    };
+    let keep = digits.trim_end_matches('0').len();
+    if keep == 0 {
+        return Some((false, Cow::Borrowed(""), 0));
+    }
+    exp += (digits.len() - keep) as i64;
+    let digits = match digits {
+        Cow::Borrowed(d) => Cow::Borrowed(&d[..keep]),
+        Cow::Owned(mut d) => {
+            d.truncate(keep);
+            Cow::Owned(d)
+        }
+    };
+    Some((negative, digits, exp))
 }
 
-/// Whether two canonical values are equal under the comparison rules.
+/// Whether two canonical values are equal under the comparison rules. Numbers
+/// compare by exact decimal value, at any depth.
 pub fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => numbers_equal(x, y),
@@ -89,23 +132,26 @@ pub fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn numbers_equal(x: &Number, y: &Number) -> bool {
-    // Two integers compare exactly: a changed id or count is always found.
-    if let (Some(a), Some(b)) = (exact_int(x), exact_int(y)) {
-        return a == b;
+/// Whether two values of a column are equal: [`same`], plus the float tolerance
+/// in a float column.
+pub fn same_in(kind: Kind, a: &Value, b: &Value) -> bool {
+    if same(a, b) {
+        return true;
     }
-    match (x.as_f64(), y.as_f64()) {
-        (Some(a), Some(b)) => {
-            a == b || (a - b).abs() <= FLOAT_RELATIVE_TOLERANCE * a.abs().max(b.abs())
-        }
+    match (kind, a, b) {
+        (Kind::Float, Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(a), Some(b)) => (a - b).abs() <= FLOAT_RELATIVE_TOLERANCE * a.abs().max(b.abs()),
+            _ => false,
+        },
         _ => false,
     }
 }
 
-fn exact_int(n: &Number) -> Option<i128> {
-    n.as_i64()
-        .map(i128::from)
-        .or_else(|| n.as_u64().map(i128::from))
+fn numbers_equal(x: &Number, y: &Number) -> bool {
+    match (decimal(x), decimal(y)) {
+        (Some(a), Some(b)) => a == b,
+        _ => x.as_str() == y.as_str(),
+    }
 }
 
 /// One column that differs, as a report shows it.
@@ -131,7 +177,7 @@ pub fn diff_row(
     for col in table.columns {
         let a = source.get(col.supabase).unwrap_or(&null);
         let b = target.get(col.supabase).unwrap_or(&null);
-        if same(a, b) {
+        if same_in(col.kind, a, b) {
             continue;
         }
         let secret = sensitive_name(col.supabase);
@@ -295,12 +341,16 @@ mod tests {
     }
 
     #[test]
-    fn float_tolerance_is_relative_and_integers_are_exact() {
-        assert!(same(&json!(0.82), &json!(0.82 * (1.0 + 1e-14))));
-        assert!(!same(&json!(0.82), &json!(0.82 * (1.0 + 1e-10))));
-        assert!(same(
-            &json!({"x": 1e300}),
-            &json!({"x": 1e300 * (1.0 + 1e-15)})
+    fn float_tolerance_is_relative_and_only_in_float_columns() {
+        let f = Kind::Float;
+        assert!(same_in(f, &json!(0.82), &json!(0.82 * (1.0 + 1e-14))));
+        assert!(!same_in(f, &json!(0.82), &json!(0.82 * (1.0 + 1e-10))));
+        assert!(same_in(f, &json!(1e300), &json!(1e300 * (1.0 + 1e-15))));
+        // Inside JSON, numbers are exact decimals on both sides: no tolerance.
+        assert!(!same_in(
+            Kind::Json,
+            &json!(0.82),
+            &json!(0.82 * (1.0 + 1e-14))
         ));
         assert!(!same(&json!({"x": 1.5}), &json!({"x": 1.5000001})));
         assert!(!same(
@@ -311,6 +361,64 @@ mod tests {
         assert!(same(&json!("NaN"), &json!("NaN")));
         assert!(!same(&json!(true), &json!(1)));
         assert!(!same(&json!(null), &json!({})));
+    }
+
+    fn num(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    /// What jsonb prints for what SQLite held: the same values in other notations.
+    #[test]
+    fn numbers_in_jsonb_notation_are_equal_by_exact_value() {
+        let tiny = format!("0.{}1", "0".repeat(299));
+        let max = format!("17976931348623157{}", "0".repeat(292));
+        let huge = format!("1{}", "0".repeat(400));
+        for (a, b) in [
+            ("1e-300", tiny.as_str()),
+            ("1.7976931348623157e+308", max.as_str()),
+            ("12345678901234567890", "12345678901234567890"),
+            (
+                "123456789012345678901234567890",
+                "1.2345678901234567890123456789E+29",
+            ),
+            ("-0.0", "0.0"),
+            ("-0", "0"),
+            ("1.0", "1"),
+            ("1E+2", "100"),
+            ("0.50", "5e-1"),
+            ("1e400", huge.as_str()),
+        ] {
+            let (x, y) = (num(a), num(b));
+            assert!(same(&x, &y), "{a} = {b}");
+            let s = RandomState::new();
+            assert_eq!(
+                row_digest(&s, &row(json!({"n": x}))),
+                row_digest(&s, &row(json!({"n": y}))),
+                "{a} and {b} hash alike"
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_that_really_differ_are_different() {
+        for (a, b) in [
+            // The 17th significant digit.
+            ("0.12345678901234567", "0.12345678901234568"),
+            ("1.7976931348623157e+308", "1.7976931348623156e+308"),
+            // Integers beyond 2^53 (and beyond u64).
+            ("9007199254740993", "9007199254740992"),
+            ("12345678901234567890", "12345678901234567891"),
+            (
+                "123456789012345678901234567890",
+                "123456789012345678901234567891",
+            ),
+            ("1e-300", "1e-301"),
+            ("-1", "1"),
+            ("0.1", "0.10000000000000001"),
+        ] {
+            assert!(!same(&num(a), &num(b)), "{a} <> {b}");
+            assert!(!same_in(Kind::Json, &num(a), &num(b)), "{a} <> {b}");
+        }
     }
 
     #[test]

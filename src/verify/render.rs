@@ -92,7 +92,16 @@ fn verdict_line(r: &VerifyReport) -> String {
 /// A column of the per-table table: header and value.
 type Column = (&'static str, fn(&Counts) -> u64);
 
-fn columns(mode: Mode) -> Vec<Column> {
+fn columns(r: &VerifyReport) -> Vec<Column> {
+    let mut cols = mode_columns(r.mode);
+    // Only when there are any, so that the usual report keeps its shape.
+    if r.totals.coerced > 0 {
+        cols.push(("coerced", |c| c.coerced));
+    }
+    cols
+}
+
+fn mode_columns(mode: Mode) -> Vec<Column> {
     let mut cols: Vec<Column> = vec![("source", |c| c.source_rows), ("target", |c| c.target_rows)];
     match mode {
         Mode::Counts => {}
@@ -171,7 +180,7 @@ fn text(r: &VerifyReport) -> String {
         r.tolerance.float_relative, r.tolerance.applies_to
     );
     o.push('\n');
-    let cols = columns(r.mode);
+    let cols = columns(r);
     let name_w = r
         .tables
         .iter()
@@ -298,7 +307,7 @@ fn markdown(r: &VerifyReport) -> String {
     ] {
         let _ = writeln!(o, "| {k} | {} |", md_cell(&v));
     }
-    let cols = columns(r.mode);
+    let cols = columns(r);
     let _ = write!(o, "\n| table |");
     for (h, _) in &cols {
         let _ = write!(o, " {h} |");
@@ -515,7 +524,7 @@ fn html(r: &VerifyReport) -> String {
         let _ = write!(o, "<span class=\"{class}\"></span>{label}");
     }
     o.push_str("</div>\n<table class=\"t\"><thead><tr><th>table</th>");
-    let cols = columns(r.mode);
+    let cols = columns(r);
     for (h, _) in &cols {
         let _ = write!(o, "<th>{h}</th>");
     }

@@ -59,6 +59,8 @@ impl TablePlan {
                 self.delete.insert(key.to_owned());
             }
             RowKind::CannotLand => self.cannot_land += 1,
+            // Equal (as coerced): nothing to repair.
+            RowKind::Coerced => {}
         }
     }
 }
@@ -313,7 +315,8 @@ async fn rewrite(
             if !wanted.remove(key.as_str()) {
                 continue;
             }
-            if normalise::to_canonical(t, &row).is_err() {
+            // Under the target's policy: with `coerce`, a coerced row is rewritten coerced.
+            if normalise::to_canonical_with(t, &row, target.unrepresentable()).is_err() {
                 done.cannot_land += 1;
                 continue;
             }

@@ -139,6 +139,7 @@ pub fn reads() -> Vec<Read> {
 
 #[tokio::test]
 async fn every_method_gives_equal_results_on_sqlite_and_supabase() {
+    needs_stack!();
     let (_dir, lite) = temp_sqlite().await;
     let pg = PrivateDb::new().await;
     let sb = pg.supabase();
@@ -277,6 +278,7 @@ async fn every_method_gives_equal_results_on_sqlite_and_supabase() {
 
 #[tokio::test]
 async fn values_supabase_cannot_hold_are_refused_by_row_and_nothing_is_sent() {
+    needs_stack!();
     let pg = PrivateDb::new().await;
     let sb = pg.supabase();
     let w = Write::from_call(

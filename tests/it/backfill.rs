@@ -49,6 +49,7 @@ fn rejects(state: &Path) -> Vec<Reject> {
 
 #[tokio::test]
 async fn every_fixture_lands_exactly_and_a_second_run_redoes_nothing() {
+    needs_stack!();
     for name in [
         "dox-small.sqlite3",
         "dox-small-alembic.sqlite3",
@@ -120,6 +121,7 @@ fn tables_done(state: &Path) -> usize {
 
 #[tokio::test]
 async fn killed_with_sigkill_at_several_points_it_resumes_without_duplicates_or_gaps() {
+    needs_stack!();
     let pg = PrivateDb::new().await;
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
@@ -181,6 +183,7 @@ async fn killed_with_sigkill_at_several_points_it_resumes_without_duplicates_or_
 
 #[tokio::test]
 async fn rows_supabase_refuses_go_to_the_rejects_file_and_the_rest_lands() {
+    needs_stack!();
     let pg = PrivateDb::new().await;
     pg.ddl("ALTER TABLE tags ADD CONSTRAINT no_payments CHECK (tag <> 'payments')")
         .await;
@@ -253,6 +256,7 @@ async fn rows_supabase_refuses_go_to_the_rejects_file_and_the_rest_lands() {
 
 #[tokio::test]
 async fn postgrest_down_mid_run_the_backfill_waits_or_stops_clearly_and_resumes() {
+    needs_stack!();
     let mut pg = PrivateDb::new().await;
     let sb = pg.supabase();
     let src = fixture("dox-medium.sqlite3");
@@ -304,6 +308,7 @@ async fn postgrest_down_mid_run_the_backfill_waits_or_stops_clearly_and_resumes(
 
 #[tokio::test]
 async fn export_then_import_equals_a_direct_backfill_and_a_damaged_export_is_refused() {
+    needs_stack!();
     let src = fixture("dox-small.sqlite3");
     let direct = PrivateDb::new().await;
     let state = tempfile::tempdir().unwrap();
@@ -384,6 +389,7 @@ async fn export_then_import_equals_a_direct_backfill_and_a_damaged_export_is_ref
 
 #[tokio::test]
 async fn a_dry_run_writes_nothing_and_reset_needs_confirmation() {
+    needs_stack!();
     let pg = PrivateDb::new().await;
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
@@ -494,6 +500,7 @@ async fn a_dry_run_writes_nothing_and_reset_needs_confirmation() {
 /// no stale row may remain on Supabase.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_app_writes_during_a_backfill_leave_no_stale_row() {
+    needs_stack!();
     let pg = PrivateDb::new().await;
     let (_d, path) = fixture_copy("dox-medium.sqlite3");
     let app_db = SqliteDatabase::open(&path, SqliteOptions::default())
@@ -561,6 +568,7 @@ async fn concurrent_app_writes_during_a_backfill_leave_no_stale_row() {
 
 #[tokio::test]
 async fn batches_shrink_when_supabase_says_too_large_and_every_row_still_lands() {
+    needs_stack!();
     let pg = PrivateDb::new().await;
     // PostgREST 12.0.2 answers SQLSTATE 54000 (program limit) with 413.
     pg.ddl(
@@ -599,6 +607,7 @@ async fn batches_shrink_when_supabase_says_too_large_and_every_row_still_lands()
 
 #[tokio::test]
 async fn a_rejected_key_stops_the_run_instead_of_rejecting_every_row() {
+    needs_stack!();
     let pg = PrivateDb::new().await;
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
@@ -631,6 +640,7 @@ async fn a_rejected_key_stops_the_run_instead_of_rejecting_every_row() {
 
 #[tokio::test]
 async fn any_value_and_any_key_either_lands_or_is_reported_by_row() {
+    needs_stack!();
     let dir = tempfile::tempdir().unwrap();
     let path = crate::fixtures::odd_values_file(dir.path()).await;
     let pg = PrivateDb::new().await;
@@ -661,6 +671,7 @@ async fn any_value_and_any_key_either_lands_or_is_reported_by_row() {
 
 #[tokio::test]
 async fn a_generated_database_lands_equal_with_its_lossy_conversions_counted() {
+    needs_stack!();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gen.sqlite3");
     dualwrite::generate::generate(
@@ -693,6 +704,7 @@ async fn a_generated_database_lands_equal_with_its_lossy_conversions_counted() {
 /// the rows: then the table is copied again from the start (upserts: harmless).
 #[tokio::test]
 async fn a_storage_order_checkpoint_resumes_and_survives_renumbered_rows() {
+    needs_stack!();
     let (_d, path) = fixture_copy("dox-small.sqlite3");
     let c = rusqlite::Connection::open(&path).unwrap();
     let (rowid, key): (i64, String) = c
@@ -732,6 +744,7 @@ async fn a_storage_order_checkpoint_resumes_and_survives_renumbered_rows() {
 /// and tables not asked for stay.
 #[tokio::test]
 async fn reset_deletes_in_key_ranges_and_only_the_tables_asked_for() {
+    needs_stack!();
     let pg = PrivateDb::new().await;
     let sb = pg.supabase();
     let keys = [

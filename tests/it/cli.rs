@@ -31,6 +31,7 @@ fn stderr(o: &Output) -> String {
 
 #[tokio::test]
 async fn call_writes_through_dual_and_prints_the_result() {
+    needs_stack!();
     let dir = tempfile::tempdir().unwrap();
     let user = unique("cli-user");
     let args =
@@ -75,6 +76,7 @@ async fn call_writes_through_dual_and_prints_the_result() {
 
 #[test]
 fn bad_input_gets_a_clear_error_and_writes_nothing() {
+    needs_stack!();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.sqlite3");
     for (args, code, want) in [
@@ -130,6 +132,7 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
 
 #[test]
 fn secrets_never_appear_in_output_or_logs() {
+    needs_stack!();
     let dir = tempfile::tempdir().unwrap();
     let s = stack();
     let secrets = [
@@ -179,6 +182,7 @@ fn secrets_never_appear_in_output_or_logs() {
 
 #[test]
 fn check_says_what_is_wrong_with_supabase() {
+    needs_stack!();
     let dir = tempfile::tempdir().unwrap();
     let dual = ("SUPABASE_DUAL_WRITE", "true");
     let o = dualwrite(dir.path(), &[dual, ("SUPABASE_URL", "")], &["check"]);
@@ -249,6 +253,7 @@ fn check_says_what_is_wrong_with_supabase() {
 
 #[test]
 fn keys_generate_sign_verify_decode() {
+    needs_stack!();
     let dir = tempfile::tempdir().unwrap();
     let o = dualwrite(dir.path(), &[], &["keys", "generate"]);
     assert!(o.status.success());
@@ -304,6 +309,7 @@ fn keys_generate_sign_verify_decode() {
 
 #[test]
 fn the_demo_shows_every_sample_on_both_sides() {
+    needs_stack!();
     let dir = tempfile::tempdir().unwrap();
     let o = dualwrite(dir.path(), &[], &["demo", "--db", "demo.sqlite3"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
@@ -321,6 +327,7 @@ fn the_demo_shows_every_sample_on_both_sides() {
 
 #[tokio::test]
 async fn failures_recorded_by_one_call_are_replayed_by_another() {
+    needs_stack!();
     let dir = tempfile::tempdir().unwrap();
     let id = unique("replayed-tag");
     let args = json!({"tag": {"id": id, "document_id": "d", "tag": "x"}}).to_string();
@@ -354,4 +361,106 @@ async fn failures_recorded_by_one_call_are_replayed_by_another() {
     assert_eq!(rows.len(), 1);
     let log = std::fs::read_to_string(dir.path().join("app.sqlite3.failures.ndjson")).unwrap();
     assert!(log.trim().is_empty(), "{log}");
+}
+
+/// Needs no stack: the point is a Supabase nobody answers for.
+#[test]
+fn an_unreachable_supabase_is_named_once_with_its_cause_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // closed again: connections are refused
+    let url = format!("http://127.0.0.1:{port}/rest/v1");
+    let key = dualwrite::keys::sign(
+        "a-test-secret-of-at-least-thirty-two-chars",
+        "service_role",
+        None,
+        std::time::Duration::from_secs(600),
+    )
+    .unwrap();
+    let source = crate::harness::fixture("dox-small.sqlite3");
+    let src = source.to_str().unwrap();
+    let tag = json!({"tag": {"id": "t", "document_id": "d", "tag": "x"}}).to_string();
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Env, Vec<&str>); 4] = [
+        (&[("DB_BACKEND", "supabase")], vec!["check"]),
+        (&[], vec!["verify", "--from-sqlite", src]),
+        (
+            &[],
+            vec!["backfill", "--from-sqlite", src, "--max-wait-secs", "1"],
+        ),
+        (
+            &[("SUPABASE_DUAL_WRITE", "true")],
+            vec!["call", "add_tag", "--json", &tag],
+        ),
+    ];
+    for (env, args) in cases {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dualwrite"));
+        c.current_dir(dir.path()).args(&args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SUPABASE_") || k.starts_with("DB_") || k == "RUST_LOG" {
+                c.env_remove(k);
+            }
+        }
+        c.env("DB_PATH", dir.path().join("app.sqlite3"))
+            .env("SUPABASE_URL", &url)
+            .env("SUPABASE_SERVICE_KEY", &key)
+            .env("NO_COLOR", "1");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        let err = stderr(&o);
+        assert_ne!(o.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.contains("Connection refused"), "{args:?}: {err}");
+        assert!(
+            err.contains(&url) && err.contains("SUPABASE_URL"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains(&key), "{args:?}: the key leaked: {err}");
+        for line in err.lines() {
+            assert!(
+                line.matches("Connection refused").count() <= 1 && line.matches(&url).count() <= 1,
+                "{args:?}: a line repeats the cause or the URL: {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_missing_source_file_is_named_once_with_what_to_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere/app.sqlite3");
+    let m = missing.to_str().unwrap();
+    for args in [
+        vec!["verify", "--from-sqlite", m],
+        vec!["export", "--from-sqlite", m, "--out", "export"],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_dualwrite"))
+            .current_dir(dir.path())
+            .args(&args)
+            .env("SUPABASE_URL", "http://127.0.0.1:9/rest/v1")
+            .env("SUPABASE_SERVICE_KEY", "sb_secret_not_used_here")
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_ne!(o.status.code(), Some(0), "{args:?}: {err}");
+        assert_eq!(err.matches(m).count(), 1, "{args:?}: {err}");
+        assert!(err.contains("no such file"), "{args:?}: {err}");
+    }
+    // An output that cannot be written is named too.
+    let src = crate::harness::fixture("dox-small.sqlite3");
+    std::fs::write(dir.path().join("blocker"), "").unwrap();
+    let out = dir.path().join("blocker/export");
+    let o = Command::new(env!("CARGO_BIN_EXE_dualwrite"))
+        .current_dir(dir.path())
+        .args(["export", "--from-sqlite", src.to_str().unwrap(), "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches(out.to_str().unwrap()).count(), 1, "{err}");
 }

@@ -42,6 +42,7 @@ async fn ids(db: &impl Database, t: &'static catalogue::Table) -> Vec<String> {
 
 #[tokio::test]
 async fn every_method_through_dual_leaves_both_sides_equal() {
+    needs_stack!();
     let (_d, lite) = temp_sqlite().await;
     let pg = PrivateDb::new().await;
     let d = dual(lite, pg.supabase(), Duration::from_secs(5));
@@ -80,6 +81,7 @@ async fn every_method_through_dual_leaves_both_sides_equal() {
 
 #[tokio::test]
 async fn a_primary_failure_is_returned_and_the_secondary_is_not_touched() {
+    needs_stack!();
     let (dir, lite) = temp_sqlite().await;
     // Make SQLite refuse one id, the way a constraint or a full disk would.
     let conn = rusqlite::Connection::open(dir.path().join("dox.sqlite3")).unwrap();
@@ -111,6 +113,7 @@ async fn a_primary_failure_is_returned_and_the_secondary_is_not_touched() {
 
 #[tokio::test]
 async fn an_unreachable_secondary_never_fails_the_app_and_failures_replay() {
+    needs_stack!();
     let (_d, lite) = temp_sqlite().await;
     let mut pg = PrivateDb::new().await;
     let d = dual(lite, pg.supabase(), Duration::from_secs(5));
@@ -165,6 +168,7 @@ async fn an_unreachable_secondary_never_fails_the_app_and_failures_replay() {
 
 #[tokio::test]
 async fn a_secondary_that_rejects_a_row_is_recorded_and_other_writes_continue() {
+    needs_stack!();
     let (_d, lite) = temp_sqlite().await;
     let pg = PrivateDb::new().await;
     pg.ddl("ALTER TABLE tags ADD CONSTRAINT no_rejects CHECK (tag <> 'reject-me')")
@@ -190,6 +194,7 @@ async fn a_secondary_that_rejects_a_row_is_recorded_and_other_writes_continue() 
 
 #[tokio::test]
 async fn a_hung_secondary_holds_an_app_write_no_longer_than_the_timeout() {
+    needs_stack!();
     let (_d, lite) = temp_sqlite().await;
     let pg = PrivateDb::new().await;
     // The client's own timeout is long; the dual layer's bound is what must hold.
@@ -210,6 +215,7 @@ async fn a_hung_secondary_holds_an_app_write_no_longer_than_the_timeout() {
 
 #[tokio::test]
 async fn supabase_can_be_primary_with_sqlite_as_the_mirror() {
+    needs_stack!();
     let (_d, lite) = temp_sqlite().await;
     let pg = PrivateDb::new().await;
     let d = DualDatabase::new(pg.supabase(), lite, Duration::from_secs(5), 100);

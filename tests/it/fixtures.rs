@@ -146,6 +146,7 @@ async fn the_alembic_variant_reads_and_writes_its_json_column() {
 
 #[tokio::test]
 async fn every_fixture_row_round_trips_through_supabase_equal_after_normalisation() {
+    needs_stack!();
     let pg = PrivateDb::new().await;
     let sb = pg.supabase();
     for name in ["dox-small.sqlite3", "dox-small-alembic.sqlite3"] {
@@ -204,6 +205,7 @@ async fn any_value_sqlite_accepts_is_read_and_unrepresentable_ones_are_named() {
         }
     }
     assert_eq!(verdicts, odd_values_verdicts());
+    needs_stack!();
     odd_values_land(&db).await;
 }
 
@@ -306,4 +308,135 @@ async fn keyset_pages_cover_a_table_once_in_key_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(keys, sorted, "strictly increasing, no duplicates");
+}
+
+/// The tracked files of this checkout (plus new ones not ignored), or `None`
+/// when it is not a git checkout.
+fn checkout_files() -> Option<Vec<String>> {
+    let out = std::process::Command::new("git")
+        .current_dir(crate::harness::repo())
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .output()
+        .ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .split('\0')
+            .filter(|f| !f.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
+#[test]
+fn a_copy_of_the_repository_alone_in_a_temp_dir_loads_every_fixture() {
+    // What a user's clone is: the repository's files, nothing beside them.
+    let repo = crate::harness::repo();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("dualwrite");
+    let files = checkout_files().unwrap_or_else(|| {
+        std::fs::read_dir(repo.join("fixtures"))
+            .unwrap()
+            .map(|e| format!("fixtures/{}", e.unwrap().file_name().to_string_lossy()))
+            .collect()
+    });
+    assert!(files.iter().any(|f| f == "fixtures/README.md"), "{files:?}");
+    for f in &files {
+        let src = repo.join(f);
+        if !src.is_file() {
+            continue; // deleted in the work tree
+        }
+        let dst = root.join(f);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(&src, &dst).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        1,
+        "only the copy lies in the temp dir"
+    );
+    let cache = tmp.path().join("cache");
+    for (name, rows) in [
+        ("dox-small.sqlite3", 912),
+        ("dox-small-alembic.sqlite3", 912),
+        ("dox-medium.sqlite3", 19_453),
+    ] {
+        let path = crate::harness::materialise_fixture(&root, &cache, name).unwrap();
+        assert!(path.starts_with(&cache));
+        let c = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let tables: Vec<String> = c
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let total: i64 = tables
+            .iter()
+            .map(|t| {
+                c.query_row(&format!("SELECT count(*) FROM \"{t}\""), [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .unwrap()
+            })
+            .sum();
+        assert_eq!(total, rows, "{name}");
+        // A second call reuses the checked file.
+        let again = crate::harness::materialise_fixture(&root, &cache, name).unwrap();
+        assert_eq!(again, path);
+    }
+
+    // A damaged fixture is refused by name, never handed out.
+    let zst = root.join("fixtures/dox-small.sqlite3.zst");
+    let mut bytes = std::fs::read(&zst).unwrap();
+    let mid = bytes.len() / 2;
+    bytes.truncate(mid);
+    std::fs::write(&zst, bytes).unwrap();
+    let other = tmp.path().join("cache2");
+    let err = crate::harness::materialise_fixture(&root, &other, "dox-small.sqlite3").unwrap_err();
+    assert!(err.contains("dox-small.sqlite3.zst"), "{err}");
+    assert!(!other.join("dox-small.sqlite3").exists());
+}
+
+#[test]
+fn no_file_of_the_repository_names_a_path_outside_it() {
+    let Some(files) = checkout_files() else {
+        return;
+    };
+    // Spelled in pieces so that this file does not match itself.
+    let outside = [
+        format!("{}/shared", ".."),
+        format!("/{}/", "work"),
+        format!("/{}/", "home"),
+    ];
+    let mut found = Vec::new();
+    for f in files
+        .iter()
+        .filter(|f| !f.ends_with(".zst") && f.as_str() != "Cargo.lock")
+    {
+        let Ok(text) = std::fs::read_to_string(crate::harness::repo().join(f)) else {
+            continue;
+        };
+        for (n, line) in text.lines().enumerate() {
+            if outside.iter().any(|o| line.contains(o.as_str())) {
+                found.push(format!("{f}:{}: {line}", n + 1));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "paths outside the repository:\n{}",
+        found.join("\n")
+    );
 }

@@ -24,7 +24,37 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The environment variable that turns on the tests that need the local stack.
+pub const STACK_VAR: &str = "DUALWRITE_TEST_STACK";
+
+/// Whether the tests that need the local stack run: only when `DUALWRITE_TEST_STACK=1`
+/// (`scripts/test.sh` sets it after `scripts/stack.sh up`). Otherwise, the first
+/// test to ask says once, on the real stderr (libtest does not capture that), that
+/// it and the others like it are skipped, and why.
+pub fn stack_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = std::env::var(STACK_VAR).is_ok_and(|v| v == "1");
+        if !on {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\nnote: the integration tests that need the local Supabase stack are SKIPPED \
+                 (they pass without checking anything).\n      To run them: `scripts/stack.sh up`, \
+                 then `{STACK_VAR}=1 cargo test`, or simply `scripts/test.sh`, which does both.\n"
+            );
+        }
+        on
+    })
+}
+
 pub fn stack() -> &'static Stack {
+    assert!(
+        stack_enabled(),
+        "this test needs the local stack: start it with `scripts/stack.sh up` and set \
+         {STACK_VAR}=1 (scripts/test.sh does both); a test that needs the stack begins \
+         with `needs_stack!();`"
+    );
     static STACK: OnceLock<Stack> = OnceLock::new();
     STACK.get_or_init(|| {
         let out = Command::new(repo().join("scripts/stack.sh"))
@@ -295,19 +325,93 @@ pub async fn temp_sqlite() -> (tempfile::TempDir, SqliteDatabase) {
     (dir, db)
 }
 
-/// A copy of one of the shared DoX fixtures in a temp dir.
+/// A copy of one of the real DoX fixtures (`fixtures/*.sqlite3.zst`) in a temp
+/// dir, for a test that opens it for writing.
 pub fn fixture_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
     let src = fixture(name);
     let dir = tempfile::tempdir().unwrap();
     let dst = dir.path().join(name);
     std::fs::copy(&src, &dst).unwrap();
+    // The cached original is read-only; the copy is the test's to write.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o644)).unwrap();
     (dir, dst)
 }
 
+/// The real DoX fixtures kept in the repository, compressed, with the SHA-256 of
+/// each decompressed file (fixtures/README.md says where they come from).
+pub const FIXTURES: [(&str, &str); 3] = [
+    (
+        "dox-small.sqlite3",
+        "fedbe3777f294d022004da1bd0c8ff2637d910fe94718daa9410f6814c2d0959",
+    ),
+    (
+        "dox-small-alembic.sqlite3",
+        "de9c2cf6f8a1063a5bc109024369b0d990681dc212181d287899628040147280",
+    ),
+    (
+        "dox-medium.sqlite3",
+        "147a8c30f6da25e0eed73bff2d202bc6b8c78deb6b2383f43a80896bc60478c9",
+    ),
+];
+
+/// The path of a real DoX fixture, decompressed from the repository's
+/// `fixtures/NAME.zst` into Cargo's test temp dir once and checked against its
+/// SHA-256. Read-only: use [`fixture_copy`] to write.
 pub fn fixture(name: &str) -> PathBuf {
-    let p = repo().join("../shared/fixtures").join(name);
-    assert!(Path::new(&p).exists(), "missing fixture {}", p.display());
+    // Checked once per test process: hashing 13 MB on every call adds up.
+    static READY: OnceLock<std::sync::Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let ready = READY.get_or_init(Default::default);
+    if let Some(p) = ready.lock().unwrap().get(name) {
+        return p.clone();
+    }
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    let p = materialise_fixture(&repo(), &cache, name).unwrap_or_else(|e| panic!("{e}"));
+    ready.lock().unwrap().insert(name.to_owned(), p.clone());
     p
+}
+
+/// Decompress `<root>/fixtures/<name>.zst` to `<cache>/<name>` unless a file with
+/// the right digest is already there. Concurrent test processes are safe: each
+/// writes its own temp file and renames it into place.
+pub fn materialise_fixture(root: &Path, cache: &Path, name: &str) -> Result<PathBuf, String> {
+    use sha2::{Digest, Sha256};
+    let want = FIXTURES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, d)| *d)
+        .ok_or_else(|| format!("unknown fixture {name}; known: {FIXTURES:?}"))?;
+    let digest = |p: &Path| -> Option<String> {
+        let mut f = std::fs::File::open(p).ok()?;
+        let mut h = Sha256::new();
+        std::io::copy(&mut f, &mut h).ok()?;
+        Some(format!("{:x}", h.finalize()))
+    };
+    let dst = cache.join(name);
+    if digest(&dst).as_deref() == Some(want) {
+        return Ok(dst);
+    }
+    let src = root.join("fixtures").join(format!("{name}.zst"));
+    let input = std::fs::File::open(&src)
+        .map_err(|e| format!("cannot open the fixture {}: {e}", src.display()))?;
+    std::fs::create_dir_all(cache).map_err(|e| format!("create {}: {e}", cache.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(cache)
+        .map_err(|e| format!("temp file in {}: {e}", cache.display()))?;
+    zstd::stream::copy_decode(input, &mut tmp)
+        .map_err(|e| format!("decompress {}: {e}", src.display()))?;
+    let got = digest(tmp.path()).unwrap_or_default();
+    if got != want {
+        return Err(format!(
+            "{} decompresses to a file with SHA-256 {got}, expected {want}: the fixture is damaged",
+            src.display()
+        ));
+    }
+    let mut perms = tmp.as_file().metadata().unwrap().permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(tmp.path(), perms).unwrap();
+    tmp.persist(&dst)
+        .map_err(|e| format!("move the fixture to {}: {e}", dst.display()))?;
+    Ok(dst)
 }
 
 /// A unique prefix for ids written to the shared stack.

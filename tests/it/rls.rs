@@ -37,6 +37,7 @@ fn user_client(sub: &str) -> RestClient {
 
 #[tokio::test]
 async fn each_role_sees_what_it_should() {
+    needs_stack!();
     let s = stack();
     let service = s.service_client();
     let (ua, ub) = (unique("user-a"), unique("user-b"));
@@ -122,6 +123,7 @@ async fn each_role_sees_what_it_should() {
 
 #[tokio::test]
 async fn the_gateway_refuses_missing_and_unknown_keys() {
+    needs_stack!();
     let s = stack();
     let url = format!("{}/artifacts?limit=1", s.var("SUPABASE_URL"));
     let r = reqwest::get(&url).await.unwrap();
