@@ -129,21 +129,12 @@ impl CoercedLog {
 }
 
 fn open_private(path: &Path) -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| {
-            crate::Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("cannot open {}: {e}", path.display()),
-            ))
-        })
+    crate::state_file::append(path).map_err(|e| {
+        crate::Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot open {}: {e}", path.display()),
+        ))
+    })
 }
 
 /// Read a `coerced.ndjson` file (for tests and tools).
