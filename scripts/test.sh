@@ -9,3 +9,5 @@ command -v chromium >/dev/null 2>&1 || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 }
 cargo test --all-targets "$@"
+# The Python package (python/): built into a venv under target/, tested with pytest.
+scripts/python-test.sh

@@ -30,13 +30,20 @@ DOX_ENV = [
 ]
 
 
+class StackEnv(dict):
+    """The stack's variables; its repr hides them (pytest prints fixtures in failures)."""
+
+    def __repr__(self) -> str:
+        return f"StackEnv({sorted(self)})"
+
+
 def _stack_env() -> dict:
     out = subprocess.run(
         [str(REPO / "scripts" / "stack.sh"), "env"], capture_output=True, text=True
     )
     if out.returncode != 0:
         pytest.fail(f"the local stack is not running; run scripts/stack.sh up first:\n{out.stderr}")
-    env = {}
+    env = StackEnv()
     for line in out.stdout.splitlines():
         if line.startswith("export ") and "=" in line:
             k, v = line[len("export ") :].split("=", 1)

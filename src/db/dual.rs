@@ -102,7 +102,15 @@ pub struct DualDatabase<P, S> {
     mirrored: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
+    /// Writes to one row (same table and key) hold one of these across the
+    /// primary and the mirror, so that both sides apply them in the same order.
+    /// Without it, two threads' read-modify-writes of one row (`set_user_pref`,
+    /// `update_artifact`) could reach the mirror in the other order and leave it
+    /// with the older resolved value. Striped: unrelated rows rarely wait.
+    order: Vec<tokio::sync::Mutex<()>>,
 }
+
+const ORDER_STRIPES: usize = 64;
 
 impl<P: Database, S: Database> DualDatabase<P, S> {
     /// `timeout` bounds how long a mirror write may hold the caller; `capacity`
@@ -120,7 +128,17 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
             mirrored: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            order: (0..ORDER_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    fn order_of(&self, w: &Write) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (w.table(), w.key()).hash(&mut h);
+        &self.order[(h.finish() % ORDER_STRIPES as u64) as usize]
     }
 
     /// Persist failures to `path` (NDJSON, one [`SecondaryFailure`] per line), so
@@ -333,6 +351,7 @@ impl<P: Database, S: Database> Database for DualDatabase<P, S> {
 
     async fn apply(&self, mut write: Write) -> Result<Applied> {
         write.prepare();
+        let _same_row_in_order = self.order_of(&write).lock().await;
         // A primary failure is the caller's error, and the secondary is not touched.
         let applied = self.primary.apply(write).await?;
         let mirror = applied.resolved.clone();
