@@ -19,8 +19,6 @@ then runs this). Needs the local stack (`scripts/stack.sh up`).
 Env: WRITES (10,000), DUAL_WRITES (2,000), MEMORY_CALLS (100,000).
 """
 
-from __future__ import annotations
-
 import json
 import os
 import statistics
@@ -80,23 +78,35 @@ def measure(add_log, n: int) -> dict:
     }
 
 
+_LOG_ENTRY = None
+
+
+def log_entry_model():
+    """DoX's `LogEntry` SQLModel (spec 1.2), defined once."""
+    global _LOG_ENTRY
+    if _LOG_ENTRY is None:
+        from sqlmodel import Field, SQLModel
+
+        class LogEntry(SQLModel, table=True):
+            id: str = Field(primary_key=True)
+            document_id: str
+            ts: Optional[str] = None
+            level: Optional[str] = None
+            code: Optional[str] = None
+            component: Optional[str] = None
+            message: Optional[str] = None
+            attrs_json: Optional[str] = None
+
+        _LOG_ENTRY = LogEntry
+    return _LOG_ENTRY
+
+
 def dox_sqlalchemy(path: str, pragmas: bool):
     """DoX's SQLite add_log path: a SQLModel table model, one session per write."""
-    from typing import Optional as Opt
-
     from sqlalchemy import event
-    from sqlmodel import Field, Session, SQLModel, create_engine
+    from sqlmodel import Session, SQLModel, create_engine
 
-    class LogEntry(SQLModel, table=True):
-        __table_args__ = {"extend_existing": True}
-        id: str = Field(primary_key=True)
-        document_id: str
-        ts: Opt[str] = None
-        level: Opt[str] = None
-        code: Opt[str] = None
-        component: Opt[str] = None
-        message: Opt[str] = None
-        attrs_json: Opt[str] = None
+    LogEntry = log_entry_model()
 
     engine = create_engine(f"sqlite:///{path}")
     if pragmas:
