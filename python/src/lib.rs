@@ -396,9 +396,10 @@ impl Store {
         py.detach(f).map_err(|e| py_err(py, e))
     }
 
-    fn dual(&self) -> Option<Arc<Live>> {
-        let live = lock(&self.inner.live).clone()?;
-        (live.pid == std::process::id() && matches!(live.db, Db::Dual(_))).then_some(live)
+    /// This process's backend (built here first if the store came through fork()).
+    fn live(&self, py: Python<'_>) -> PyResult<Arc<Live>> {
+        let inner = Arc::clone(&self.inner);
+        Self::run(py, move || inner.live(&*runtime()?))
     }
 }
 
@@ -496,22 +497,17 @@ impl Store {
 
     /// `{mirrored, failed, dropped, pending}` of a dual store, else None.
     fn dual_stats<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        match self.dual() {
-            Some(l) => match &l.db {
-                Db::Dual(d) => Ok(Some(serialised(py, d.stats())?)),
-                Db::Leaf(_) => Ok(None),
-            },
-            None => Ok(None),
+        match &self.live(py)?.db {
+            Db::Dual(d) => Ok(Some(serialised(py, d.stats())?)),
+            Db::Leaf(_) => Ok(None),
         }
     }
 
     /// The recorded mirror failures of a dual store, oldest first.
     fn failures<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match self.dual().as_deref() {
-            Some(Live {
-                db: Db::Dual(d), ..
-            }) => serialised(py, d.failures()),
-            _ => serialised(py, Vec::<Value>::new()),
+        match &self.live(py)?.db {
+            Db::Dual(d) => serialised(py, d.failures()),
+            Db::Leaf(_) => serialised(py, Vec::<Value>::new()),
         }
     }
 
