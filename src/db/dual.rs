@@ -411,6 +411,8 @@ mod tests {
         name: &'static str,
         fail: AtomicBool,
         hang: AtomicBool,
+        /// The next write takes this many milliseconds (then back to 0).
+        slow_once_ms: AtomicU64,
         writes: Mutex<Vec<Write>>,
     }
 
@@ -422,6 +424,10 @@ mod tests {
             write.prepare();
             if self.hang.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            let slow = self.slow_once_ms.swap(0, Ordering::SeqCst);
+            if slow > 0 {
+                tokio::time::sleep(Duration::from_millis(slow)).await;
             }
             if self.fail.load(Ordering::SeqCst) {
                 return Err(Error::Unreachable {
@@ -483,6 +489,37 @@ mod tests {
         assert_eq!(s.writes.lock().unwrap().len(), 1);
         assert_eq!(d.stats().mirrored, 1);
         assert_eq!(d.backend(), "dual:p+s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_to_one_row_reach_the_mirror_in_the_primary_order() {
+        let (p, s, d) = pair();
+        // The first mirror write is slow; the second write to the row starts meanwhile.
+        s.slow_once_ms.store(100, Ordering::SeqCst);
+        let (mut v1, mut v2) = (artifact("a"), artifact("a"));
+        v1.status = Some("v1".into());
+        v2.status = Some("v2".into());
+        let second = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            d.add_artifact(v2).await
+        };
+        let (r1, r2) = tokio::join!(d.add_artifact(v1), second);
+        r1.unwrap();
+        r2.unwrap();
+        let statuses = |db: &Double| -> Vec<String> {
+            db.writes
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|w| match w {
+                    Write::AddArtifact { artifact } => artifact.status.clone().unwrap(),
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(statuses(&p), ["v1", "v2"]);
+        assert_eq!(statuses(&s), ["v1", "v2"], "the mirror must end with v2");
+        assert_eq!(d.stats().failed, 0);
     }
 
     #[tokio::test]
