@@ -196,6 +196,11 @@ def test_pre_forked_workers_like_gunicorn_preload(clean_env):
         p.start()
     for p in procs:
         p.join(30)
-        assert p.exitcode == 0, "a worker failed or hung"
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+        p.join()
+    assert not hung, "a worker hung"
+    assert [p.exitcode for p in procs] == [0, 0, 0], "a worker failed"
     con = sqlite3.connect("preload.sqlite3")
     assert con.execute("select count(*) from logentry where document_id like ?", (f"{run}-%",)).fetchone() == (60,)
