@@ -116,3 +116,9 @@ def test_unknown_backend_is_a_config_error(clean_env, monkeypatch):
     monkeypatch.setenv("DB_BACKEND", "oracle")
     with pytest.raises(dualwrite.ConfigError, match="oracle"):
         dualwrite.init_database()
+
+
+def test_get_db_interface_is_init_database_first_item(clean_env, monkeypatch):
+    monkeypatch.setenv("DB_PATH", "iface.sqlite3")
+    db = dualwrite.get_db_interface()
+    assert type(db) is dualwrite.ExtendedDatabase and db.db_path == "iface.sqlite3"
