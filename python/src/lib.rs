@@ -30,7 +30,7 @@ use dualwrite::db::{
 };
 use dualwrite::factory;
 use dualwrite::model::{Call, Write};
-use dualwrite::rest::{RestClient, RestConfig};
+use dualwrite::rest::RestClient;
 use dualwrite::Error as CoreError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
@@ -139,7 +139,7 @@ enum Recipe {
         opts: SqliteOptions,
     },
     Supabase {
-        cfg: RestConfig,
+        settings: Box<Settings>,
     },
     Dual {
         primary: Arc<Inner>,
@@ -203,9 +203,9 @@ impl Inner {
             Recipe::Sqlite { path, opts } => Db::Leaf(Leaf::Sqlite(
                 rt.block_on(SqliteDatabase::open(path, opts.clone()))?,
             )),
-            Recipe::Supabase { cfg } => Db::Leaf(Leaf::Supabase(Arc::new(SupabaseDatabase::new(
-                RestClient::new(cfg)?,
-            )))),
+            Recipe::Supabase { settings } => {
+                Db::Leaf(Leaf::Supabase(Arc::new(build_supabase(settings)?)))
+            }
             Recipe::Dual {
                 primary,
                 secondary,
@@ -259,16 +259,18 @@ fn sqlite_inner(s: &Settings, db: Option<SqliteDatabase>) -> Arc<Inner> {
     )
 }
 
-fn supabase_inner(s: &Settings, db: Option<&SupabaseDatabase>) -> CoreResult<Arc<Inner>> {
+/// The Supabase backend from the settings: the one place this crate builds one.
+fn build_supabase(s: &Settings) -> CoreResult<SupabaseDatabase> {
+    Ok(SupabaseDatabase::new(RestClient::new(&s.rest_config()?)?))
+}
+
+fn supabase_inner(s: &Settings, db: Option<SupabaseDatabase>) -> CoreResult<Arc<Inner>> {
+    s.rest_config()?; // a configuration that cannot work fails here, not on first use
     Ok(Inner::new(
         Recipe::Supabase {
-            cfg: s.rest_config()?,
+            settings: Box::new(s.clone()),
         },
-        db.map(|d| {
-            Db::Leaf(Leaf::Supabase(Arc::new(SupabaseDatabase::new(
-                d.rest().clone(),
-            ))))
-        }),
+        db.map(|d| Db::Leaf(Leaf::Supabase(Arc::new(d)))),
     ))
 }
 
@@ -477,7 +479,7 @@ impl Store {
     #[getter]
     fn url(&self) -> Option<String> {
         match &self.inner.recipe {
-            Recipe::Supabase { cfg } => Some(cfg.url.clone()),
+            Recipe::Supabase { settings } => settings.supabase.url.clone(),
             _ => None,
         }
     }
@@ -540,19 +542,19 @@ fn init_database<'py>(
         let (db, report) = rt.block_on(factory::open(&s))?;
         let (store, sides) = match db {
             AnyDatabase::Sqlite(d) => (sqlite_inner(&s, Some(d)), None),
-            AnyDatabase::Supabase(d) => (supabase_inner(&s, Some(&d))?, None),
+            AnyDatabase::Supabase(d) => (supabase_inner(&s, Some(d))?, None),
             AnyDatabase::SqliteFirst(d) => {
                 let p = sqlite_inner(&s, Some(d.primary().clone()));
-                let q = supabase_inner(&s, Some(d.secondary()))?;
-                // The factory's dual layer is rebuilt over shared sides; drop it first
-                // so the failure log is loaded by one layer only.
+                // The factory's dual layer is rebuilt over sides the Python objects
+                // share; drop it first so the failure log is loaded by one layer only.
                 drop(d);
+                let q = supabase_inner(&s, Some(build_supabase(&s)?))?;
                 (dual_inner(&s, p.clone(), q.clone(), &rt)?, Some((p, q)))
             }
             AnyDatabase::SupabaseFirst(d) => {
-                let p = supabase_inner(&s, Some(d.primary()))?;
                 let q = sqlite_inner(&s, Some(d.secondary().clone()));
                 drop(d);
+                let p = supabase_inner(&s, Some(build_supabase(&s)?))?;
                 (dual_inner(&s, p.clone(), q.clone(), &rt)?, Some((p, q)))
             }
         };
