@@ -102,7 +102,15 @@ pub struct DualDatabase<P, S> {
     mirrored: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
+    /// Writes to one row (same table and key) hold one of these across the
+    /// primary and the mirror, so that both sides apply them in the same order.
+    /// Without it, two threads' read-modify-writes of one row (`set_user_pref`,
+    /// `update_artifact`) could reach the mirror in the other order and leave it
+    /// with the older resolved value. Striped: unrelated rows rarely wait.
+    order: Vec<tokio::sync::Mutex<()>>,
 }
+
+const ORDER_STRIPES: usize = 64;
 
 impl<P: Database, S: Database> DualDatabase<P, S> {
     /// `timeout` bounds how long a mirror write may hold the caller; `capacity`
@@ -120,7 +128,17 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
             mirrored: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            order: (0..ORDER_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    fn order_of(&self, w: &Write) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (w.table(), w.key()).hash(&mut h);
+        &self.order[(h.finish() % ORDER_STRIPES as u64) as usize]
     }
 
     /// Persist failures to `path` (NDJSON, one [`SecondaryFailure`] per line), so
@@ -327,6 +345,7 @@ impl<P: Database, S: Database> Database for DualDatabase<P, S> {
 
     async fn apply(&self, mut write: Write) -> Result<Applied> {
         write.prepare();
+        let _same_row_in_order = self.order_of(&write).lock().await;
         // A primary failure is the caller's error, and the secondary is not touched.
         let applied = self.primary.apply(write).await?;
         let mirror = applied.resolved.clone();
@@ -386,6 +405,8 @@ mod tests {
         name: &'static str,
         fail: AtomicBool,
         hang: AtomicBool,
+        /// The next write takes this many milliseconds (then back to 0).
+        slow_once_ms: AtomicU64,
         writes: Mutex<Vec<Write>>,
     }
 
@@ -397,6 +418,10 @@ mod tests {
             write.prepare();
             if self.hang.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            let slow = self.slow_once_ms.swap(0, Ordering::SeqCst);
+            if slow > 0 {
+                tokio::time::sleep(Duration::from_millis(slow)).await;
             }
             if self.fail.load(Ordering::SeqCst) {
                 return Err(Error::Unreachable {
@@ -458,6 +483,37 @@ mod tests {
         assert_eq!(s.writes.lock().unwrap().len(), 1);
         assert_eq!(d.stats().mirrored, 1);
         assert_eq!(d.backend(), "dual:p+s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_to_one_row_reach_the_mirror_in_the_primary_order() {
+        let (p, s, d) = pair();
+        // The first mirror write is slow; the second write to the row starts meanwhile.
+        s.slow_once_ms.store(100, Ordering::SeqCst);
+        let (mut v1, mut v2) = (artifact("a"), artifact("a"));
+        v1.status = Some("v1".into());
+        v2.status = Some("v2".into());
+        let second = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            d.add_artifact(v2).await
+        };
+        let (r1, r2) = tokio::join!(d.add_artifact(v1), second);
+        r1.unwrap();
+        r2.unwrap();
+        let statuses = |db: &Double| -> Vec<String> {
+            db.writes
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|w| match w {
+                    Write::AddArtifact { artifact } => artifact.status.clone().unwrap(),
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(statuses(&p), ["v1", "v2"]);
+        assert_eq!(statuses(&s), ["v1", "v2"], "the mirror must end with v2");
+        assert_eq!(d.stats().failed, 0);
     }
 
     #[tokio::test]

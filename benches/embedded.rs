@@ -1,0 +1,128 @@
+//! The Rust reference figures for the Python module's benchmark
+//! (`python/bench/bench.py`): a loop of `add_log` calls through `Dox::add_log`,
+//! SQLite alone and `DualDatabase` (SQLite primary, Supabase mirror through
+//! nginx), on the same local stack and with the same rows as the Python loop.
+//!
+//! Run: `scripts/stack.sh up && cargo bench --bench embedded` (prints a table
+//! and one `BENCH_JSON {...}` line that bench.py reads). `WRITES=N` (default
+//! 10,000) and `DUAL_WRITES=N` (default 2,000) change the counts. Under
+//! `cargo test` (no `--bench` argument) it makes a short smoke run.
+
+mod common;
+use common::*;
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use secrecy::SecretString;
+use serde_json::json;
+
+use dualwrite::config::{Settings, Sources};
+use dualwrite::db::{Dox, DualDatabase, SqliteDatabase, SupabaseDatabase};
+use dualwrite::factory;
+use dualwrite::model::LogEntry;
+use dualwrite::rest::{RestClient, RestConfig};
+
+/// The row bench.py writes: an XML-ingestion log entry, as DoX's ingestion makes it.
+fn log(run: &str, i: usize) -> LogEntry {
+    serde_json::from_value(json!({
+        "id": format!("{run}-{i}"), "document_id": format!("doc-{run}"), "ts": "2025-09-18T08:15:02",
+        "level": "ERROR", "code": "E1001", "component": "payment-service",
+        "message": format!("Payment posting failed for account {i}"), "attrs_json": null
+    }))
+    .unwrap()
+}
+
+struct Figures {
+    p50_us: f64,
+    p99_us: f64,
+    mean_us: f64,
+    per_sec: f64,
+}
+
+async fn measure<D: Dox>(db: &D, run: &str, n: usize) -> Figures {
+    let rows: Vec<LogEntry> = (0..n).map(|i| log(run, i)).collect();
+    let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+    let started = Instant::now();
+    for row in rows {
+        let t = Instant::now();
+        db.add_log(row).await.expect("add_log");
+        h.record(t.elapsed().as_nanos().max(1) as u64).unwrap();
+    }
+    let total = started.elapsed().as_secs_f64();
+    Figures {
+        p50_us: h.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_us: h.value_at_quantile(0.99) as f64 / 1000.0,
+        mean_us: h.mean() / 1000.0,
+        per_sec: n as f64 / total,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let count = |var: &str, default: usize| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if bench { default } else { 50 })
+    };
+    let (n, dual_n) = (count("WRITES", 10_000), count("DUAL_WRITES", 2_000));
+    let env = stack_env();
+    let dir = tempfile::tempdir().unwrap();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    // The module's defaults: the configuration's SQLite options (WAL, synchronous=NORMAL).
+    let settings = Settings::load(&Sources {
+        dir: dir.path().into(),
+        ..Sources::default()
+    })
+    .unwrap();
+    let opts = factory::sqlite_options(&settings);
+
+    let lite = SqliteDatabase::open(dir.path().join("alone.sqlite3"), opts.clone())
+        .await
+        .unwrap();
+    measure(&lite, &format!("{run}w"), n / 10 + 1).await; // warm-up
+    let alone = measure(&lite, &format!("{run}a"), n).await;
+
+    let rest = RestClient::new(&RestConfig {
+        url: env["SUPABASE_URL"].clone(),
+        key: SecretString::from(env["SUPABASE_SERVICE_KEY"].clone()),
+        user_jwt: None,
+        schema: "public".into(),
+        timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    let primary = SqliteDatabase::open(dir.path().join("dual.sqlite3"), opts)
+        .await
+        .unwrap();
+    let dual = DualDatabase::new(
+        primary,
+        SupabaseDatabase::new(rest),
+        settings.mirror_timeout,
+        settings.max_recorded_failures,
+    );
+    measure(&dual, &format!("{run}dw"), dual_n / 10 + 1).await; // warm-up
+    let mirrored = measure(&dual, &format!("{run}d"), dual_n).await;
+    assert_eq!(dual.stats().failed, 0, "mirror failures during the bench");
+
+    println!("| Rust, add_log | calls | p50 µs | p99 µs | mean µs | calls/s |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, k, f) in [
+        ("SQLite alone", n, &alone),
+        ("Dual (SQLite + Supabase via nginx)", dual_n, &mirrored),
+    ] {
+        println!(
+            "| {name} | {k} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            f.p50_us, f.p99_us, f.mean_us, f.per_sec
+        );
+    }
+    println!(
+        "BENCH_JSON {}",
+        json!({
+            "sqlite": {"n": n, "p50_us": alone.p50_us, "p99_us": alone.p99_us, "mean_us": alone.mean_us, "per_sec": alone.per_sec},
+            "dual": {"n": dual_n, "p50_us": mirrored.p50_us, "p99_us": mirrored.p99_us, "mean_us": mirrored.mean_us, "per_sec": mirrored.per_sec},
+        })
+    );
+}

@@ -1,0 +1,577 @@
+//! `dualwrite._native`: the Rust half of the Python package `dualwrite`.
+//!
+//! The DoX classes themselves (`ExtendedDatabase`, `SupabaseDatabase`,
+//! `DualDatabase`, `init_database`) are written in Python (`dualwrite/_db.py`),
+//! so that their signatures are real Python signatures. Each holds one [`Store`]
+//! and hands every call to [`Store::call`] as `(method, arguments)`; the call is
+//! parsed by the library's own `model::Call::parse` and run by the library's own
+//! backends. One implementation, two languages.
+//!
+//! * **The GIL** is released for the whole of a call's SQLite and HTTP work
+//!   (`py.detach`); only converting the arguments and the result holds it.
+//! * **Threads**: a `Store` is shared by reference; the backends are already
+//!   safe to use from many tasks at once.
+//! * **Fork**: the tokio runtime and each backend (the SQLite thread, the HTTP
+//!   client's sockets) are created lazily and belong to the process id that made
+//!   them. In a forked child they are rebuilt on first use; the inherited ones are
+//!   leaked, never dropped, because dropping them would wait for threads that do
+//!   not exist in the child, or close the parent's connections.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use dualwrite::catalogue::Table;
+use dualwrite::config::{Settings, Sources};
+use dualwrite::db::{
+    AnyDatabase, Applied, Database, Dox, DualDatabase, Filter, Row, SqliteDatabase, SqliteOptions,
+    SupabaseDatabase,
+};
+use dualwrite::factory;
+use dualwrite::model::{Call, Write};
+use dualwrite::rest::RestClient;
+use dualwrite::Error as CoreError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use serde_json::{Map, Number, Value};
+use tokio::runtime::Runtime;
+
+mod exc {
+    pyo3::import_exception!(dualwrite.errors, Error);
+    pyo3::import_exception!(dualwrite.errors, ConfigError);
+    pyo3::import_exception!(dualwrite.errors, InvalidInputError);
+    pyo3::import_exception!(dualwrite.errors, SQLiteError);
+    pyo3::import_exception!(dualwrite.errors, SupabaseError);
+}
+
+type CoreResult<T> = dualwrite::Result<T>;
+
+/// A library error as the matching Python exception (see `dualwrite/errors.py`),
+/// with `transient` set from [`CoreError::is_transient`]. Messages never hold a key.
+fn py_err(py: Python<'_>, e: CoreError) -> PyErr {
+    let msg = e.to_string();
+    let err = match &e {
+        CoreError::Config(_) => exc::ConfigError::new_err(msg),
+        CoreError::InvalidInput(_) | CoreError::Unrepresentable { .. } => {
+            exc::InvalidInputError::new_err(msg)
+        }
+        CoreError::Sqlite(_) => exc::SQLiteError::new_err(msg),
+        CoreError::Rest { .. }
+        | CoreError::Unreachable { .. }
+        | CoreError::Timeout(_)
+        | CoreError::Protocol(_) => exc::SupabaseError::new_err(msg),
+        CoreError::Io(_) => exc::Error::new_err(msg),
+    };
+    let _ = err.value(py).setattr("transient", e.is_transient());
+    err
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The process's tokio runtime, created on first use in each process.
+fn runtime() -> CoreResult<Arc<Runtime>> {
+    static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut g = lock(&RUNTIME);
+    if let Some((p, rt)) = &*g {
+        if *p == pid {
+            return Ok(Arc::clone(rt));
+        }
+    }
+    // Inherited through fork(): its worker threads do not exist here, so dropping
+    // it could wait for them forever. Leak it.
+    if let Some(old) = g.take() {
+        std::mem::forget(old);
+    }
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("dualwrite-py")
+            .enable_all()
+            .build()?,
+    );
+    *g = Some((pid, Arc::clone(&rt)));
+    Ok(rt)
+}
+
+/// One backend: what `ExtendedDatabase` and `SupabaseDatabase` hold.
+#[derive(Clone)]
+enum Leaf {
+    Sqlite(SqliteDatabase),
+    Supabase(Arc<SupabaseDatabase>),
+}
+
+impl Database for Leaf {
+    fn backend(&self) -> String {
+        match self {
+            Leaf::Sqlite(d) => d.backend(),
+            Leaf::Supabase(d) => d.backend(),
+        }
+    }
+
+    async fn apply(&self, write: Write) -> CoreResult<Applied> {
+        match self {
+            Leaf::Sqlite(d) => d.apply(write).await,
+            Leaf::Supabase(d) => d.apply(write).await,
+        }
+    }
+
+    async fn fetch(&self, table: &'static Table, filters: &[Filter]) -> CoreResult<Vec<Row>> {
+        match self {
+            Leaf::Sqlite(d) => d.fetch(table, filters).await,
+            Leaf::Supabase(d) => d.fetch(table, filters).await,
+        }
+    }
+}
+
+enum Db {
+    Leaf(Leaf),
+    Dual(DualDatabase<Leaf, Leaf>),
+}
+
+/// How to build a backend again in a forked child.
+enum Recipe {
+    Sqlite {
+        path: PathBuf,
+        opts: SqliteOptions,
+    },
+    Supabase {
+        settings: Box<Settings>,
+    },
+    Dual {
+        primary: Arc<Inner>,
+        secondary: Arc<Inner>,
+        settings: Box<Settings>,
+    },
+}
+
+/// A backend as it lives in one process.
+struct Live {
+    pid: u32,
+    db: Db,
+}
+
+struct Inner {
+    recipe: Recipe,
+    live: Mutex<Option<Arc<Live>>>,
+}
+
+impl Inner {
+    fn new(recipe: Recipe, db: Option<Db>) -> Arc<Inner> {
+        let live = db.map(|db| {
+            Arc::new(Live {
+                pid: std::process::id(),
+                db,
+            })
+        });
+        Arc::new(Inner {
+            recipe,
+            live: Mutex::new(live),
+        })
+    }
+
+    fn backend(&self) -> String {
+        match &self.recipe {
+            Recipe::Sqlite { .. } => "sqlite".into(),
+            Recipe::Supabase { .. } => "supabase".into(),
+            Recipe::Dual {
+                primary, secondary, ..
+            } => format!("dual:{}+{}", primary.backend(), secondary.backend()),
+        }
+    }
+
+    /// This process's backend, built on first use in the process.
+    fn live(&self, rt: &Runtime) -> CoreResult<Arc<Live>> {
+        let pid = std::process::id();
+        // Held while building, so that concurrent first calls open one backend.
+        // Lock order is always dual, then its sides.
+        let mut g = lock(&self.live);
+        if let Some(l) = &*g {
+            if l.pid == pid {
+                return Ok(Arc::clone(l));
+            }
+        }
+        // Inherited through fork(): its SQLite thread is gone and its sockets are
+        // the parent's. Leak it rather than drop it.
+        if let Some(old) = g.take() {
+            std::mem::forget(old);
+        }
+        let db = match &self.recipe {
+            Recipe::Sqlite { path, opts } => Db::Leaf(Leaf::Sqlite(
+                rt.block_on(SqliteDatabase::open(path, opts.clone()))?,
+            )),
+            Recipe::Supabase { settings } => {
+                Db::Leaf(Leaf::Supabase(Arc::new(build_supabase(settings)?)))
+            }
+            Recipe::Dual {
+                primary,
+                secondary,
+                settings,
+            } => Db::Dual(factory::dual(
+                settings,
+                primary.leaf(rt)?,
+                secondary.leaf(rt)?,
+            )?),
+        };
+        let l = Arc::new(Live { pid, db });
+        *g = Some(Arc::clone(&l));
+        Ok(l)
+    }
+
+    fn leaf(&self, rt: &Runtime) -> CoreResult<Leaf> {
+        match &self.live(rt)?.db {
+            Db::Leaf(l) => Ok(l.clone()),
+            Db::Dual(_) => Err(CoreError::invalid(
+                "a DualDatabase cannot be a side of another DualDatabase",
+            )),
+        }
+    }
+
+    fn call(&self, call: Call) -> CoreResult<Value> {
+        let rt = runtime()?;
+        let live = self.live(&rt)?;
+        match &live.db {
+            Db::Leaf(d) => rt.block_on(d.call(call)),
+            Db::Dual(d) => rt.block_on(d.call(call)),
+        }
+    }
+}
+
+fn settings(db_path: Option<PathBuf>) -> CoreResult<Settings> {
+    let mut src = Sources::from_process();
+    if let Some(p) = db_path {
+        src.flags
+            .push(("db_path".into(), Value::String(p.to_string_lossy().into())));
+    }
+    Settings::load(&src)
+}
+
+fn sqlite_inner(s: &Settings, db: Option<SqliteDatabase>) -> Arc<Inner> {
+    Inner::new(
+        Recipe::Sqlite {
+            path: s.db_path.clone(),
+            opts: factory::sqlite_options(s),
+        },
+        db.map(|d| Db::Leaf(Leaf::Sqlite(d))),
+    )
+}
+
+/// The Supabase backend from the settings: the one place this crate builds one.
+fn build_supabase(s: &Settings) -> CoreResult<SupabaseDatabase> {
+    Ok(factory::supabase(s, RestClient::new(&s.rest_config()?)?))
+}
+
+fn supabase_inner(s: &Settings, db: Option<SupabaseDatabase>) -> CoreResult<Arc<Inner>> {
+    s.rest_config()?; // a configuration that cannot work fails here, not on first use
+    Ok(Inner::new(
+        Recipe::Supabase {
+            settings: Box::new(s.clone()),
+        },
+        db.map(|d| Db::Leaf(Leaf::Supabase(Arc::new(d)))),
+    ))
+}
+
+fn dual_inner(
+    s: &Settings,
+    primary: Arc<Inner>,
+    secondary: Arc<Inner>,
+    rt: &Runtime,
+) -> CoreResult<Arc<Inner>> {
+    let inner = Inner::new(
+        Recipe::Dual {
+            primary,
+            secondary,
+            settings: Box::new(s.clone()),
+        },
+        None,
+    );
+    inner.live(rt)?;
+    Ok(inner)
+}
+
+/// Python value -> JSON. `NaN` and the infinities become `null`, which is what
+/// Supabase stores for them (spec S14); anything JSON cannot hold is refused.
+fn to_json(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
+    if depth > 256 {
+        return Err(exc::InvalidInputError::new_err(
+            "invalid input: value nested more than 256 levels deep",
+        ));
+    }
+    if obj.is_none() {
+        return Ok(Value::Null);
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(Value::String(s.to_cow()?.into_owned()));
+    }
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Ok(Value::Bool(b.is_true()));
+    }
+    if obj.is_instance_of::<PyInt>() {
+        if let Ok(i) = obj.extract::<i64>() {
+            return Ok(Value::from(i));
+        }
+        if let Ok(u) = obj.extract::<u64>() {
+            return Ok(Value::from(u));
+        }
+        return Err(exc::InvalidInputError::new_err(format!(
+            "invalid input: integer {obj} does not fit in 64 bits"
+        )));
+    }
+    if let Ok(f) = obj.cast::<PyFloat>() {
+        return Ok(Number::from_f64(f.value()).map_or(Value::Null, Value::Number));
+    }
+    if let Ok(d) = obj.cast::<PyDict>() {
+        let mut m = Map::with_capacity(d.len());
+        for (k, v) in d.iter() {
+            let Ok(k) = k.cast::<PyString>() else {
+                return Err(exc::InvalidInputError::new_err(format!(
+                    "invalid input: dictionary keys must be str, got {}",
+                    k.get_type().name()?
+                )));
+            };
+            m.insert(k.to_cow()?.into_owned(), to_json(&v, depth + 1)?);
+        }
+        return Ok(Value::Object(m));
+    }
+    if let Ok(l) = obj.cast::<PyList>() {
+        return l.iter().map(|v| to_json(&v, depth + 1)).collect();
+    }
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        return t.iter().map(|v| to_json(&v, depth + 1)).collect();
+    }
+    Err(exc::InvalidInputError::new_err(format!(
+        "invalid input: a value of type {} cannot be stored (use dict, list, str, int, float, bool or None)",
+        obj.get_type().name()?
+    )))
+}
+
+/// JSON -> Python value.
+fn to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.into_pyobject(py)?.into_any()
+            } else if let Some(u) = n.as_u64() {
+                u.into_pyobject(py)?.into_any()
+            } else {
+                n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any()
+            }
+        }
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Array(a) => {
+            let items = a
+                .iter()
+                .map(|x| to_py(py, x))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyList::new(py, items)?.into_any()
+        }
+        Value::Object(m) => {
+            let d = PyDict::new(py);
+            for (k, x) in m {
+                d.set_item(k, to_py(py, x)?)?;
+            }
+            d.into_any()
+        }
+    })
+}
+
+fn serialised<'py>(py: Python<'py>, v: impl serde::Serialize) -> PyResult<Bound<'py, PyAny>> {
+    let v = serde_json::to_value(v).map_err(|e| exc::Error::new_err(e.to_string()))?;
+    to_py(py, &v)
+}
+
+/// One backend of the DoX storage interface, usable from many threads and
+/// across `fork()`. Built by the classes of `dualwrite`; not meant to be used
+/// directly.
+#[pyclass(frozen, module = "dualwrite._native")]
+struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> CoreResult<T> + Send) -> PyResult<T> {
+        py.detach(f).map_err(|e| py_err(py, e))
+    }
+
+    /// This process's backend (built here first if the store came through fork()).
+    fn live(&self, py: Python<'_>) -> PyResult<Arc<Live>> {
+        let inner = Arc::clone(&self.inner);
+        Self::run(py, move || inner.live(&*runtime()?))
+    }
+}
+
+#[pymethods]
+impl Store {
+    /// The SQLite backend on a DoX file (`DB_PATH` when `db_path` is None).
+    #[staticmethod]
+    #[pyo3(signature = (db_path=None))]
+    fn sqlite(py: Python<'_>, db_path: Option<PathBuf>) -> PyResult<Store> {
+        Self::run(py, || {
+            let s = settings(db_path)?;
+            let rt = runtime()?;
+            let db = rt.block_on(SqliteDatabase::open(
+                &s.db_path,
+                factory::sqlite_options(&s),
+            ))?;
+            Ok(Store {
+                inner: sqlite_inner(&s, Some(db)),
+            })
+        })
+    }
+
+    /// The Supabase backend from the environment. No request is made.
+    #[staticmethod]
+    fn supabase(py: Python<'_>) -> PyResult<Store> {
+        Self::run(py, || {
+            let s = settings(None)?;
+            let inner = supabase_inner(&s, None)?;
+            inner.live(&*runtime()?)?;
+            Ok(Store { inner })
+        })
+    }
+
+    /// The dual layer over two stores, with the configured timeout, breaker and
+    /// failure log (by default next to the SQLite side's file).
+    #[staticmethod]
+    fn dual_of(py: Python<'_>, primary: &Store, secondary: &Store) -> PyResult<Store> {
+        let (p, s) = (Arc::clone(&primary.inner), Arc::clone(&secondary.inner));
+        Self::run(py, move || {
+            for side in [&p, &s] {
+                if matches!(side.recipe, Recipe::Dual { .. }) {
+                    return Err(CoreError::invalid(
+                        "DualDatabase takes an ExtendedDatabase or a SupabaseDatabase on each side, not another DualDatabase",
+                    ));
+                }
+            }
+            let sqlite_path = [&p, &s].into_iter().find_map(|i| match &i.recipe {
+                Recipe::Sqlite { path, .. } => Some(path.clone()),
+                _ => None,
+            });
+            let st = settings(sqlite_path)?;
+            let rt = runtime()?;
+            Ok(Store {
+                inner: dual_inner(&st, p, s, &rt)?,
+            })
+        })
+    }
+
+    /// `sqlite`, `supabase` or `dual:<primary>+<secondary>`.
+    #[getter]
+    fn backend(&self) -> String {
+        self.inner.backend()
+    }
+
+    /// The SQLite file, for a SQLite store.
+    #[getter]
+    fn db_path(&self) -> Option<PathBuf> {
+        match &self.inner.recipe {
+            Recipe::Sqlite { path, .. } => Some(path.clone()),
+            _ => None,
+        }
+    }
+
+    /// The Supabase REST URL, for a Supabase store (never the key).
+    #[getter]
+    fn url(&self) -> Option<String> {
+        match &self.inner.recipe {
+            Recipe::Supabase { settings } => settings.supabase.url.clone(),
+            _ => None,
+        }
+    }
+
+    /// Call the DoX method `method` with its named arguments.
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        method: &str,
+        args: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let args = to_json(args, 0)?;
+        let inner = Arc::clone(&self.inner);
+        let out = Self::run(py, || inner.call(Call::parse(method, args)?))?;
+        to_py(py, &out)
+    }
+
+    /// `{mirrored, failed, dropped, pending}` of a dual store, else None.
+    fn dual_stats<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match &self.live(py)?.db {
+            Db::Dual(d) => Ok(Some(serialised(py, d.stats())?)),
+            Db::Leaf(_) => Ok(None),
+        }
+    }
+
+    /// The recorded mirror failures of a dual store, oldest first.
+    fn failures<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match &self.live(py)?.db {
+            Db::Dual(d) => serialised(py, d.failures()),
+            Db::Leaf(_) => serialised(py, Vec::<Value>::new()),
+        }
+    }
+
+    /// Replay the recorded mirror failures: `{attempted, replayed, still_failing}`.
+    fn replay_failures<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = Arc::clone(&self.inner);
+        let report = Self::run(py, move || {
+            let rt = runtime()?;
+            let live = inner.live(&rt)?;
+            match &live.db {
+                Db::Dual(d) => Ok(Some(rt.block_on(d.replay_failures()))),
+                Db::Leaf(_) => Ok(None),
+            }
+        })?;
+        serialised(py, report)
+    }
+}
+
+/// DoX's `init_database()`, driven by the same settings as the Rust factory.
+/// Returns `(store, primary, secondary, meta)`; `primary`/`secondary` are set
+/// when dual writing.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn init_database<'py>(
+    py: Python<'py>,
+) -> PyResult<(Store, Option<Store>, Option<Store>, Bound<'py, PyAny>)> {
+    let (store, sides, report) = Store::run(py, || {
+        let s = settings(None)?;
+        let rt = runtime()?;
+        let (db, report) = rt.block_on(factory::open(&s))?;
+        let (store, sides) = match db {
+            AnyDatabase::Sqlite(d) => (sqlite_inner(&s, Some(d)), None),
+            AnyDatabase::Supabase(d) => (supabase_inner(&s, Some(d))?, None),
+            AnyDatabase::SqliteFirst(d) => {
+                let p = sqlite_inner(&s, Some(d.primary().clone()));
+                // The factory's dual layer is rebuilt over sides the Python objects
+                // share; drop it first so the failure log is loaded by one layer only.
+                drop(d);
+                let q = supabase_inner(&s, Some(build_supabase(&s)?))?;
+                (dual_inner(&s, p.clone(), q.clone(), &rt)?, Some((p, q)))
+            }
+            AnyDatabase::SupabaseFirst(d) => {
+                let q = sqlite_inner(&s, Some(d.secondary().clone()));
+                drop(d);
+                let p = supabase_inner(&s, Some(build_supabase(&s)?))?;
+                (dual_inner(&s, p.clone(), q.clone(), &rt)?, Some((p, q)))
+            }
+        };
+        Ok((store, sides, report))
+    })?;
+    let (p, q) = match sides {
+        Some((p, q)) => (Some(Store { inner: p }), Some(Store { inner: q })),
+        None => (None, None),
+    };
+    Ok((Store { inner: store }, p, q, serialised(py, report)?))
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Store>()?;
+    m.add_function(wrap_pyfunction!(init_database, m)?)?;
+    m.add("WRITE_METHODS", dualwrite::model::WRITE_METHODS.to_vec())?;
+    m.add("READ_METHODS", dualwrite::model::READ_METHODS.to_vec())?;
+    Ok(())
+}

@@ -1,0 +1,161 @@
+"""Fixtures for the pytest suite: the real local stack (scripts/stack.sh), private
+databases with a PostgREST of their own, and an isolated environment per test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Every variable the Rust settings read; each test starts with none of them set.
+DOX_ENV = [
+    "DB_BACKEND",
+    "DB_PATH",
+    "SUPABASE_URL",
+    "SUPABASE_ANON_KEY",
+    "SUPABASE_SERVICE_KEY",
+    "SUPABASE_JWT_SECRET",
+    "SUPABASE_SCHEMA",
+    "SUPABASE_DUAL_WRITE",
+    "SUPABASE_TIMEOUT",
+]
+
+
+class StackEnv(dict):
+    """The stack's variables; its repr hides them (pytest prints fixtures in failures)."""
+
+    def __repr__(self) -> str:
+        return f"StackEnv({sorted(self)})"
+
+
+def _stack_env() -> dict:
+    out = subprocess.run(
+        [str(REPO / "scripts" / "stack.sh"), "env"], capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        pytest.fail(f"the local stack is not running; run scripts/stack.sh up first:\n{out.stderr}")
+    env = StackEnv()
+    for line in out.stdout.splitlines():
+        if line.startswith("export ") and "=" in line:
+            k, v = line[len("export ") :].split("=", 1)
+            env[k] = v.strip("'").replace("\\", "")
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack() -> dict:
+    """The shared stack's variables (URL through nginx at /rest/v1, keys, admin URLs)."""
+    return _stack_env()
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """No DoX variable set; the working directory is an empty temp dir (no .env, no config/)."""
+    for k in DOX_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def shared_supabase(clean_env, monkeypatch, stack):
+    """The environment of a DoX app pointed at the shared stack (service key)."""
+    monkeypatch.setenv("SUPABASE_URL", stack["SUPABASE_URL"])
+    monkeypatch.setenv("SUPABASE_SERVICE_KEY", stack["SUPABASE_SERVICE_KEY"])
+    return stack
+
+
+def closed_port_url() -> str:
+    """A URL nothing listens on (a port just released by the OS)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def psql(url: str, sql: str) -> str:
+    return subprocess.run(
+        ["psql", url, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql], check=True, capture_output=True, text=True
+    ).stdout
+
+
+class PrivateDb:
+    """A database cloned from the migrated template, served by a PostgREST of its own."""
+
+    def __init__(self, stack: dict):
+        self.stack = stack
+        self.name = f"dw_py_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        admin = stack["DUALWRITE_PG_ADMIN_URL"]
+        psql(admin, f"CREATE DATABASE {self.name} TEMPLATE {stack['DUALWRITE_TEMPLATE_DB']}")
+        self.port, admin_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.conf = tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False)
+        self.conf.write(
+            f'db-uri = "{stack["DUALWRITE_AUTHENTICATOR_URL"]}/{self.name}"\n'
+            'db-schemas = "public"\ndb-anon-role = "anon"\ndb-max-rows = 1000\n'
+            'db-extra-search-path = "public, extensions"\ndb-pool = 5\n'
+            f'jwt-secret = "{stack["SUPABASE_JWT_SECRET"]}"\nserver-host = "127.0.0.1"\n'
+            f"server-port = {self.port}\nadmin-server-port = {admin_port}\n"
+        )
+        self.conf.close()
+        self.log = open(self.conf.name + ".log", "w")
+        self.proc = subprocess.Popen(
+            [stack["DUALWRITE_POSTGREST_BIN"], self.conf.name], stdout=self.log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"private PostgREST not ready: {open(self.conf.name + '.log').read()}")
+            time.sleep(0.05)
+
+    def sql(self, sql: str) -> str:
+        base = self.stack["DUALWRITE_PG_ADMIN_URL"].rsplit("/", 1)[0]
+        return psql(f"{base}/{self.name}", sql)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+        psql(self.stack["DUALWRITE_PG_ADMIN_URL"], f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+        for p in (self.conf.name, self.conf.name + ".log"):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def private_db(stack):
+    db = PrivateDb(stack)
+    yield db
+    db.close()
+
+
+@pytest.fixture(scope="session")
+def dualwrite_bin() -> Path:
+    """The CLI binary (built by `cargo build`; DUALWRITE_BIN overrides)."""
+    p = Path(os.environ.get("DUALWRITE_BIN", REPO / "target" / "debug" / "dualwrite"))
+    if not p.exists():
+        subprocess.run(["cargo", "build", "--bin", "dualwrite"], cwd=REPO, check=True)
+    return p
