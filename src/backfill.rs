@@ -469,7 +469,7 @@ impl RejectLog {
         })
     }
 
-    fn write(&self, rejects: &[Reject]) -> Result<()> {
+    pub fn write(&self, rejects: &[Reject]) -> Result<()> {
         if rejects.is_empty() {
             return Ok(());
         }
@@ -1123,6 +1123,49 @@ impl Lander {
         tracing::warn!(table = self.table.sqlite, "rows kept changing during the copy; the dual-write mirror carries their latest version");
         Ok(resent)
     }
+}
+
+/// Land one table's prepared rows through the backfill's path (batches cut to
+/// `max_rows`, the size halving on 413 or timeouts, retries for up to
+/// `max_wait`, bisection, rows refused for good written to `rejects`). Used by
+/// `serve`. Returns the rows written and the rejects.
+pub async fn land_rows(
+    rest: &RestClient,
+    table: &'static Table,
+    rows: &PreparedRows,
+    max_rows: usize,
+    max_wait: Duration,
+    rejects: &Arc<RejectLog>,
+) -> Result<(u64, Vec<Reject>)> {
+    let lander = Lander {
+        rest: rest.clone(),
+        table,
+        size: Arc::new(AtomicUsize::new(max_rows.max(1))),
+        max_rows: max_rows.max(1),
+        max_wait,
+        rejects: Arc::clone(rejects),
+        source: None,
+    };
+    let mut written = 0;
+    let mut refused = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let end = (start + lander.size.load(Ordering::Relaxed)).min(rows.len());
+        written += lander.land(rows, start..end, &mut refused).await?;
+        start = end;
+    }
+    let out: Vec<Reject> = refused
+        .iter()
+        .map(|(p, e)| Reject {
+            table: table.sqlite.to_owned(),
+            key: p.key.clone(),
+            code: e.code().unwrap_or("error").to_owned(),
+            message: e.to_string(),
+            row: serde_json::from_str(&p.json).unwrap_or(Value::Null),
+        })
+        .collect();
+    rejects.write(&out)?;
+    Ok((written, out))
 }
 
 /// Copies tables from sources into Supabase, with checkpoints, rejects and reports.

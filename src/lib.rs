@@ -14,6 +14,7 @@
 //! See ARCHITECTURE.md for the code map and the invariants.
 
 pub mod backfill;
+pub mod capture;
 pub mod catalogue;
 pub mod config;
 pub mod cutover;
@@ -29,6 +30,7 @@ pub mod normalise;
 pub mod rest;
 pub mod retry;
 pub mod samples;
+pub mod serve;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -10,4 +10,5 @@ mod dual;
 mod fixtures;
 mod generate;
 mod rls;
+mod serve;
 mod verify;

@@ -1,0 +1,407 @@
+//! `capture` + `serve` against the real stack: an app-like writer that is not
+//! dualwrite (plain rusqlite, DoX-shaped writes) writes while the real binary
+//! drains; PostgREST is really stopped and really hung, the daemon is really
+//! killed; at the end `verify` must say EQUAL.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dualwrite::db::{SqliteDatabase, SqliteOptions};
+use dualwrite::verify::{self, Format, KeyInfo, Verdict, VerifyOptions};
+
+use crate::harness::PrivateDb;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dualwrite"));
+    // Only what the test gives: no stack variable or .env can point elsewhere.
+    c.env_clear().env("RUST_LOG", "warn,dualwrite=info");
+    c
+}
+
+fn env_for(c: &mut Command, db: &Path, pg: &PrivateDb) {
+    c.env("DB_PATH", db)
+        .env("SUPABASE_URL", &pg.url)
+        .env("SUPABASE_SERVICE_KEY", pg.service_key())
+        .env("SUPABASE_TIMEOUT", "2");
+}
+
+fn run(db: &Path, pg: &PrivateDb, args: &[&str]) -> Output {
+    let mut c = bin();
+    env_for(&mut c, db, pg);
+    c.current_dir(db.parent().unwrap())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_serve(db: &Path, pg: &PrivateDb, port: u16) -> Child {
+    let mut c = bin();
+    env_for(&mut c, db, pg);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(db.with_extension("serve.log"))
+        .unwrap();
+    c.current_dir(db.parent().unwrap())
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--max-wait-secs",
+            "3",
+            "--batch-rows",
+            "500",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap()
+}
+
+/// A DoX file as DoX's bootstrap makes it, with capture installed.
+async fn captured_file(dir: &Path, pg: &PrivateDb) -> PathBuf {
+    let db = dir.join("app.sqlite3");
+    drop(
+        SqliteDatabase::open(&db, SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let o = run(&db, pg, &["capture", "install"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    db
+}
+
+fn pending(db: &Path) -> i64 {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.query_row("SELECT count(*) FROM _dualwrite_changes", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// The app: its own connection, BEGIN IMMEDIATE transactions, writes shaped
+/// like DoX's. Returns the number of transactions committed.
+fn app_writer(db: PathBuf, stop: Arc<AtomicBool>, seed: u64) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut c = rusqlite::Connection::open(&db).unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+            .unwrap();
+        let mut n = 0u64;
+        let mut artifacts: Vec<String> = Vec::new();
+        let docs: Vec<String> = (0..5).map(|i| format!("doc-{seed}-{i}")).collect();
+        while !stop.load(Ordering::Relaxed) {
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
+            match n % 6 {
+                // add_artifact
+                0 | 3 => {
+                    let id = format!("art-{seed}-{n}");
+                    tx.execute(
+                        "INSERT INTO artifact (id, filename, filepath, filetype, report_week, status, source_url, extra_json) \
+                         VALUES (?1, 'r.pdf', '/data/r.pdf', 'pdf', '2024-W01', 'new', NULL, '{}')",
+                        [&id],
+                    )
+                    .unwrap();
+                    artifacts.push(id);
+                }
+                // status and extras updates
+                1 => {
+                    if let Some(id) = artifacts.get((n as usize * 7) % artifacts.len().max(1)) {
+                        tx.execute(
+                            "UPDATE artifact SET status = ?2, extra_json = ?3 WHERE id = ?1",
+                            rusqlite::params![id, format!("s{n}"), format!("{{\"n\":{n}}}")],
+                        )
+                        .unwrap();
+                    }
+                }
+                // delete-then-insert of a document's entities and metric hits
+                2 | 4 => {
+                    let d = &docs[(n as usize) % docs.len()];
+                    tx.execute("DELETE FROM document_entities WHERE document_id = ?1", [d])
+                        .unwrap();
+                    tx.execute(
+                        "DELETE FROM document_metric_hits WHERE document_id = ?1",
+                        [d],
+                    )
+                    .unwrap();
+                    for i in 0..3 {
+                        tx.execute(
+                            "INSERT INTO document_entities (id, document_id, label, text, start_char, end_char, page, entity_context, source_index) \
+                             VALUES (?1, ?2, 'ORG', ?3, 0, 4, 1, 'ctx', ?4)",
+                            rusqlite::params![format!("ent-{d}-{n}-{i}"), d, format!("Acme {n}"), i],
+                        )
+                        .unwrap();
+                        tx.execute(
+                            "INSERT INTO document_metric_hits (id, document_id, type, value, metric_context, position, page, source_index) \
+                             VALUES (?1, ?2, 'money', ?3, 'ctx', ?4, 1, 0)",
+                            rusqlite::params![format!("hit-{d}-{n}-{i}"), d, format!("${n}"), i],
+                        )
+                        .unwrap();
+                    }
+                    tx.execute(
+                        "INSERT INTO logentry (id, document_id, ts, level, code, component, message, attrs_json) \
+                         VALUES (?1, ?2, '2024-01-01T00:00:00Z', 'INFO', 'C1', 'parser', 'parsed', '{}')",
+                        rusqlite::params![format!("log-{seed}-{n}"), d],
+                    )
+                    .unwrap();
+                }
+                // a whole table emptied now and then
+                _ => {
+                    if n % 60 == 5 {
+                        tx.execute("DELETE FROM logentry", []).unwrap();
+                    }
+                }
+            }
+            tx.commit().unwrap();
+            n += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        n
+    })
+}
+
+async fn wait_drained(db: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    while pending(db) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} changes still pending; serve log:\n{}",
+            pending(db),
+            std::fs::read_to_string(db.with_extension("serve.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn assert_equal(db: &Path, pg: &PrivateDb) {
+    let lite = SqliteDatabase::open_read_only(db).await.unwrap();
+    let opts = VerifyOptions::new(KeyInfo::of("SUPABASE_SERVICE_KEY", &pg.service_key()));
+    let r = verify::run(&lite, &pg.supabase(), &opts).await.unwrap();
+    assert_eq!(
+        r.verdict,
+        Verdict::Equal,
+        "{}\nserve log:\n{}",
+        verify::render(&r, Format::Text),
+        std::fs::read_to_string(db.with_extension("serve.log")).unwrap_or_default()
+    );
+    assert_eq!(r.totals.source_rows, r.totals.target_rows);
+    assert!(r.totals.source_rows > 50, "{}", r.totals.source_rows);
+}
+
+async fn get(port: u16, path: &str) -> (u16, String) {
+    match reqwest::get(format!("http://127.0.0.1:{port}{path}")).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+async fn wait_http(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(port, "/health").await.0 != 200 {
+        assert!(Instant::now() < deadline, "serve did not start listening");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_writer_is_mirrored_through_outages_hangs_and_kill_9() {
+    let mut pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let port = free_port();
+    let mut serve = spawn_serve(&db, &pg, port);
+    wait_http(port).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = app_writer(db.clone(), Arc::clone(&stop), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // PostgREST stopped: the changes wait, /ready says why.
+    pg.stop();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (code, body) = get(port, "/ready").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("supabase is failing"), "{body}");
+    assert!(pending(&db) > 0);
+    pg.start().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // PostgREST hung (SIGSTOP): requests time out, nothing is lost.
+    pg.pause(true);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    pg.pause(false);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    // kill -9, several times, at arbitrary moments.
+    for i in 0..3 {
+        serve.kill().unwrap();
+        serve.wait().unwrap();
+        tokio::time::sleep(Duration::from_millis(300 + 200 * i)).await;
+        serve = spawn_serve(&db, &pg, port);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert!(writes > 100, "the writer made only {writes} transactions");
+
+    wait_drained(&db, Duration::from_secs(30)).await;
+    wait_http(port).await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let metrics = loop {
+        let (code, metrics) = get(port, "/metrics").await;
+        assert_eq!(code, 200);
+        if metrics.contains("dualwrite_pending_changes 0\n") || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        metrics.contains("dualwrite_pending_changes 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dualwrite_mirrored_rows_total{table=\"artifact\"}"),
+        "{metrics}"
+    );
+    assert_equal(&db, &pg).await;
+
+    // `status` reads the file: nothing pending, the daemon running.
+    let o = run(&db, &pg, &["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["pending"], 0, "{st}");
+    assert_eq!(st["daemon_running"], true, "{st}");
+
+    // A second daemon on the same file refuses.
+    let o = run(
+        &db,
+        &pg,
+        &["serve", "--listen", &format!("127.0.0.1:{}", free_port())],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("already running"), "{err}");
+
+    // SIGTERM: not ready at once, then exit 0.
+    let t = Instant::now();
+    let st = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = serve.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_file_without_capture_and_uninstall_restores_the_schema() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.sqlite3");
+    drop(
+        SqliteDatabase::open(&db, SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let schema = |p: &Path| -> Vec<(String, Option<String>)> {
+        let c = rusqlite::Connection::open(p).unwrap();
+        let mut s = c
+            .prepare("SELECT name, sql FROM sqlite_master ORDER BY name")
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap()
+    };
+    let before = schema(&db);
+    let o = run(
+        &db,
+        &pg,
+        &["serve", "--listen", &format!("127.0.0.1:{}", free_port())],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("capture is not installed"), "{err}");
+
+    for _ in 0..2 {
+        let o = run(&db, &pg, &["capture", "install"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = run(&db, &pg, &["capture", "status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["installed"], true, "{st}");
+    assert_eq!(st["tables"].as_array().unwrap().len(), 17, "{st}");
+    let o = run(&db, &pg, &["capture", "uninstall"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(schema(&db), before);
+
+    let o = run(
+        &dir.path().join("missing.sqlite3"),
+        &pg,
+        &["capture", "install"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no such file"));
+}
+
+/// Rows a writer produces with no daemon running are mirrored when one starts
+/// (the log is the only hand-off), and a rejected row is a counted dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_drains_and_a_refused_row_becomes_a_dead_letter() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = app_writer(db.clone(), Arc::clone(&stop), 2);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    // A value PostgreSQL refuses for good: a NUL in a text column is unrepresentable.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute(
+            "INSERT INTO tagrow (id, document_id, tag, score) VALUES ('bad-1', 'd', ?1, 1.0)",
+            ["a\u{0}b"],
+        )
+        .unwrap();
+    }
+    let backlog = pending(&db);
+    assert!(backlog > 50, "{backlog}");
+    let port = free_port();
+    let mut serve = spawn_serve(&db, &pg, port);
+    wait_drained(&db, Duration::from_secs(30)).await;
+    wait_http(port).await;
+    let (_, metrics) = get(port, "/metrics").await;
+    assert!(
+        metrics.contains("dualwrite_rejected_rows_total{table=\"tagrow\"} 1"),
+        "{metrics}"
+    );
+    let rejects = std::fs::read_dir(dir.path().join("dualwrite-state"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("rejects.ndjson"))
+        .find(|p| p.exists())
+        .expect("a rejects file");
+    let text = std::fs::read_to_string(rejects).unwrap();
+    assert!(text.contains("bad-1"), "{text}");
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    // Everything but the dead letter is equal: remove it to compare.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM tagrow WHERE id = 'bad-1'", [])
+        .unwrap();
+    assert_equal(&db, &pg).await;
+}
