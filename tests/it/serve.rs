@@ -158,11 +158,24 @@ fn app_writer(db: PathBuf, stop: Arc<AtomicBool>, seed: u64) -> std::thread::Joi
                     )
                     .unwrap();
                 }
-                // a whole table emptied now and then
+                // a whole table emptied now and then; rows that were there
+                // before capture (a backfill's business) updated and deleted
                 _ => {
                     if n % 60 == 5 {
                         tx.execute("DELETE FROM logentry", []).unwrap();
                     }
+                    tx.execute(
+                        "UPDATE artifact SET status = ?1 WHERE rowid = \
+                         (SELECT abs(random()) % (max(rowid) + 1) FROM artifact)",
+                        [format!("touched-{n}")],
+                    )
+                    .unwrap();
+                    tx.execute(
+                        "DELETE FROM document_entities WHERE rowid = \
+                         (SELECT abs(random()) % (max(rowid) + 1) FROM document_entities)",
+                        [],
+                    )
+                    .unwrap();
                 }
             }
             tx.commit().unwrap();
@@ -231,8 +244,14 @@ async fn a_live_writer_is_mirrored_through_outages_hangs_and_kill_9() {
 
     // PostgREST stopped: the changes wait, /ready says why.
     pg.stop();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (code, body) = get(port, "/ready").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (code, body) = loop {
+        let (code, body) = get(port, "/ready").await;
+        if code == 503 || Instant::now() > deadline {
+            break (code, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("supabase is failing"), "{body}");
     assert!(pending(&db) > 0);
@@ -403,5 +422,56 @@ async fn a_backlog_drains_and_a_refused_row_becomes_a_dead_letter() {
         .unwrap()
         .execute("DELETE FROM tagrow WHERE id = 'bad-1'", [])
         .unwrap();
+    assert_equal(&db, &pg).await;
+}
+
+/// The documented procedure for a live deployment: capture install, serve,
+/// backfill while the app writes (to old rows too), then verify: no stale and
+/// no missing row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_while_serve_drains_and_the_app_writes_leaves_no_stale_row() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.sqlite3");
+    // The app's data from before the migration.
+    let o = run(
+        &db,
+        &pg,
+        &[
+            "fixtures",
+            "generate",
+            "--rows",
+            "20000",
+            "--out",
+            db.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&db, &pg, &["capture", "install"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let port = free_port();
+    let mut serve = spawn_serve(&db, &pg, port);
+    wait_http(port).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = app_writer(db.clone(), Arc::clone(&stop), 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let o = run(
+        &db,
+        &pg,
+        &[
+            "backfill",
+            "--from-sqlite",
+            db.to_str().unwrap(),
+            "--batch-rows",
+            "200",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    wait_drained(&db, Duration::from_secs(30)).await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
     assert_equal(&db, &pg).await;
 }
