@@ -475,3 +475,41 @@ async fn a_backfill_while_serve_drains_and_the_app_writes_leaves_no_stale_row() 
     serve.wait().unwrap();
     assert_equal(&db, &pg).await;
 }
+
+/// `cutover check` counts pending captured changes: equal content is not
+/// enough while a change waits in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_check_is_not_ready_while_changes_are_pending() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute(
+        "INSERT INTO artifact (id, filename, filepath, filetype, status) VALUES ('a1', 'f', '/f', 'pdf', 'new')",
+        [],
+    )
+    .unwrap();
+    let cutover = || {
+        let o = run(&db, &pg, &["cutover", "check", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+        (o.status.code(), v)
+    };
+    let (code, v) = cutover();
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["capture"]["pending"], 1, "{v}");
+    let reasons = v["reasons"].to_string();
+    assert!(
+        reasons.contains("1 captured change(s) not mirrored yet"),
+        "{reasons}"
+    );
+
+    let port = free_port();
+    let mut serve = spawn_serve(&db, &pg, port);
+    wait_drained(&db, Duration::from_secs(20)).await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    let (code, v) = cutover();
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["verdict"], "READY", "{v}");
+}
