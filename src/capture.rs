@@ -230,6 +230,8 @@ pub struct InstallReport {
     /// Tables that carry capture triggers.
     pub tables: Vec<String>,
     pub journal_mode: String,
+    /// The legacy failure log, imported into the change log.
+    pub failure_log: Option<ImportReport>,
 }
 
 /// Install (or complete, or repair) capture on an open connection. Idempotent:
@@ -267,12 +269,18 @@ pub fn install_on(conn: &mut Connection) -> Result<InstallReport> {
         created,
         tables: tables.iter().map(|t| t.sqlite.to_owned()).collect(),
         journal_mode,
+        failure_log: None,
     })
 }
 
-pub fn install(path: &Path) -> Result<InstallReport> {
+/// Install capture; then import the legacy failure log, when there is one.
+pub fn install(path: &Path, failure_log: Option<&Path>) -> Result<InstallReport> {
     let mut conn = open_rw(path)?;
-    install_on(&mut conn)
+    let mut r = install_on(&mut conn)?;
+    if let Some(f) = failure_log {
+        r.failure_log = Some(import_failures(&mut conn, f)?);
+    }
+    Ok(r)
 }
 
 /// Every object in the file whose name starts with the capture prefix.
@@ -331,6 +339,103 @@ pub fn uninstall(path: &Path, force: bool) -> Result<UninstallReport> {
             discarded_changes: pending,
         })
     })
+}
+
+/// What [`import_failures`] did with the legacy NDJSON failure log.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ImportReport {
+    pub file: String,
+    /// Failure records turned into pending changes (their lines leave the file).
+    pub imported: u64,
+    /// Records kept in the file for `dualwrite replay`: deletes by document or of
+    /// whole tables name no row key, so the state-based log cannot express them.
+    pub kept: u64,
+}
+
+/// The row keys a recorded failure touched, when it names them all.
+fn failure_keys(line: &str) -> Option<Vec<(&'static Table, String)>> {
+    let f: crate::db::SecondaryFailure = serde_json::from_str(line).ok()?;
+    match f.write.steps() {
+        // Read-modify-write methods: the record's table and key are the row's.
+        None => {
+            let t = TABLES.iter().copied().find(|t| t.sqlite == f.table)?;
+            (!f.key.is_empty()).then(|| vec![(t, f.key)])
+        }
+        Some(steps) => {
+            let mut keys = Vec::new();
+            for st in steps {
+                match st {
+                    crate::model::Step::Upsert { table, rows } => {
+                        for r in rows {
+                            keys.push((table, r.first()?.display()));
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+            Some(keys)
+        }
+    }
+}
+
+/// Import the legacy failure log (`dual.failure_log`) into the change log,
+/// once: each record that names its rows becomes a pending change (the drainer
+/// then sends those rows as they are now, so an old payload can never
+/// overwrite a newer row) and leaves the file; the others stay for `replay`.
+/// The file is rewritten atomically; with nothing left it is removed.
+pub fn import_failures(conn: &mut Connection, file: &Path) -> Result<ImportReport> {
+    let mut report = ImportReport {
+        file: file.display().to_string(),
+        ..ImportReport::default()
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
+        Err(e) => return Err(e.into()),
+    };
+    let mut keep = String::new();
+    let mut marks = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let replayed = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("replayed").and_then(serde_json::Value::as_bool))
+            .unwrap_or(false);
+        match failure_keys(line) {
+            Some(keys) if !replayed => {
+                marks.extend(keys);
+                report.imported += 1;
+            }
+            _ => {
+                keep.push_str(line);
+                keep.push('\n');
+                report.kept += u64::from(!replayed);
+            }
+        }
+    }
+    if report.imported == 0 {
+        return Ok(report);
+    }
+    immediate(conn, |tx| {
+        let mut stmt = tx.prepare(&format!(
+            "INSERT INTO {LOG} (tbl, key, seq, op, at) VALUES (?1, ?2, \
+             (SELECT coalesce(max(seq), 0) + 1 FROM {LOG}), 'U', {NOW_SQL}) \
+             ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq"
+        ))?;
+        for (t, k) in &marks {
+            stmt.execute(params![t.sqlite, k])?;
+        }
+        Ok(())
+    })?;
+    // After the commit: a crash in between imports the records twice, which
+    // only marks the same keys again.
+    if keep.is_empty() {
+        std::fs::remove_file(file)?;
+    } else {
+        let tmp = file.with_extension("ndjson.tmp");
+        std::fs::write(&tmp, keep)?;
+        std::fs::rename(&tmp, file)?;
+    }
+    Ok(report)
 }
 
 /// Capture's state in a file.
@@ -592,11 +697,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = dox_file(d.path(), true);
         let before = schema(&Connection::open(&p).unwrap());
-        let r = install(&p).unwrap();
+        let r = install(&p, None).unwrap();
         assert_eq!(r.tables, vec!["artifact", "doctable"]);
         assert_eq!(r.created.len(), 2 + 6);
         let once = schema(&Connection::open(&p).unwrap());
-        let again = install(&p).unwrap();
+        let again = install(&p, None).unwrap();
         assert!(again.created.is_empty(), "{:?}", again.created);
         assert_eq!(schema(&Connection::open(&p).unwrap()), once);
         let st = status(&p).unwrap();
@@ -651,7 +756,7 @@ mod tests {
     fn a_recreated_table_shows_as_missing_and_install_repairs_it() {
         let d = tempfile::tempdir().unwrap();
         let p = dox_file(d.path(), false);
-        install(&p).unwrap();
+        install(&p, None).unwrap();
         let app = Connection::open(&p).unwrap();
         app.execute_batch(
             "DROP TABLE artifact; CREATE TABLE artifact (id VARCHAR NOT NULL PRIMARY KEY, filename VARCHAR);",
@@ -660,7 +765,7 @@ mod tests {
         let st = status(&p).unwrap();
         assert!(!st.installed);
         assert_eq!(st.missing, vec!["artifact"]);
-        let r = install(&p).unwrap();
+        let r = install(&p, None).unwrap();
         assert_eq!(r.created.len(), 3, "{:?}", r.created);
         assert!(status(&p).unwrap().installed);
     }
@@ -669,7 +774,7 @@ mod tests {
     fn bad_files_get_clear_errors() {
         let d = tempfile::tempdir().unwrap();
         let missing = d.path().join("nope.sqlite3");
-        let e = install(&missing).unwrap_err().to_string();
+        let e = install(&missing, None).unwrap_err().to_string();
         assert!(e.contains("no such file"), "{e}");
         assert!(!missing.exists(), "a missing file must not be created");
 
@@ -679,7 +784,7 @@ mod tests {
             "hello, this is not a database at all, just some text",
         )
         .unwrap();
-        let e = install(&text).unwrap_err().to_string();
+        let e = install(&text, None).unwrap_err().to_string();
         assert!(e.contains("not a SQLite database"), "{e}");
 
         let other = d.path().join("other.sqlite3");
@@ -687,7 +792,7 @@ mod tests {
             .unwrap()
             .execute_batch("CREATE TABLE t (x)")
             .unwrap();
-        let e = install(&other).unwrap_err().to_string();
+        let e = install(&other, None).unwrap_err().to_string();
         assert!(e.contains("not a DoX database"), "{e}");
 
         let p = dox_file(d.path(), false);
@@ -696,7 +801,7 @@ mod tests {
         std::fs::set_permissions(&p, perms).unwrap();
         // Root ignores file modes; only check where they apply.
         if std::fs::OpenOptions::new().write(true).open(&p).is_err() {
-            let e = install(&p).unwrap_err().to_string();
+            let e = install(&p, None).unwrap_err().to_string();
             assert!(e.contains("read-only"), "{e}");
         }
     }

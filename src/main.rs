@@ -739,7 +739,9 @@ async fn live(cli: &Cli) -> Result<ExitCode> {
     let db = s.db_path.clone();
     match &cli.command {
         Command::Capture(CaptureCommand::Install) => {
-            let r = tokio::task::spawn_blocking(move || capture::install(&db)).await??;
+            let log = s.failure_log.clone();
+            let r = tokio::task::spawn_blocking(move || capture::install(&db, log.as_deref()))
+                .await??;
             print_json(&serde_json::to_value(&r)?);
         }
         Command::Capture(CaptureCommand::Uninstall { force }) => {

@@ -513,3 +513,101 @@ async fn cutover_check_is_not_ready_while_changes_are_pending() {
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(v["verdict"], "READY", "{v}");
 }
+
+fn run_with(db: &Path, pg: &PrivateDb, extra: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = bin();
+    env_for(&mut c, db, pg);
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    c.current_dir(db.parent().unwrap())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The embedded dual write with capture: a mirror that fails loses nothing
+/// (the trigger logged the primary write in its own transaction), and the
+/// legacy failure log is imported into the change log once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_dual_write_with_capture_loses_nothing_and_the_failure_log_is_imported_once() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.sqlite3");
+    drop(
+        SqliteDatabase::open(&db, SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let down = [
+        ("SUPABASE_DUAL_WRITE", "true"),
+        ("SUPABASE_URL", "http://127.0.0.1:9/rest/v1"),
+    ];
+    let tag = |id: &str| {
+        format!("{{\"tag\": {{\"id\": \"{id}\", \"document_id\": \"d\", \"tag\": \"x\"}}}}")
+    };
+    // Before capture: the failure goes to the NDJSON log only.
+    let o = run_with(
+        &db,
+        &pg,
+        &down,
+        &["call", "add_tag", "--json", &tag("t-before")],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let log = dir.path().join("app.sqlite3.failures.ndjson");
+    assert!(log.exists());
+
+    let o = run(&db, &pg, &["capture", "install"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["failure_log"]["imported"], 1, "{r}");
+    assert!(!log.exists(), "an imported log is removed");
+    assert_eq!(pending(&db), 1);
+    let o = run(&db, &pg, &["capture", "install"]);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["failure_log"]["imported"], 0, "{r}");
+
+    // With capture: the failed mirror's write is in the change log too.
+    let o = run_with(
+        &db,
+        &pg,
+        &down,
+        &["call", "add_tag", "--json", &tag("t-during")],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(pending(&db), 2);
+
+    let port = free_port();
+    let mut serve = spawn_serve(&db, &pg, port);
+    wait_drained(&db, Duration::from_secs(20)).await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    let rows = pg
+        .rest(Duration::from_secs(5))
+        .select_page("tags", "*", &[], "id", None, 10)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    // `replay` keeps working on what the log still holds (idempotent).
+    let o = run_with(&db, &pg, &[("SUPABASE_DUAL_WRITE", "true")], &["replay"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_verify_equal(&db, &pg).await;
+}
+
+async fn assert_verify_equal(db: &Path, pg: &PrivateDb) {
+    let lite = SqliteDatabase::open_read_only(db).await.unwrap();
+    let opts = VerifyOptions::new(KeyInfo::of("SUPABASE_SERVICE_KEY", &pg.service_key()));
+    let r = verify::run(&lite, &pg.supabase(), &opts).await.unwrap();
+    assert_eq!(
+        r.verdict,
+        Verdict::Equal,
+        "{}",
+        verify::render(&r, Format::Text)
+    );
+}
