@@ -263,9 +263,16 @@ pub async fn run(
     };
     let conn = {
         let db = db.clone();
-        tokio::task::spawn_blocking(move || capture::open_rw(&db))
-            .await
-            .map_err(|e| Error::Sqlite(e.to_string()))??
+        tokio::task::spawn_blocking(move || {
+            let c = capture::open_rw(&db)?;
+            // Acknowledgements take the file's write lock: keep them short. An
+            // acknowledgement a power loss takes back only sends the row again
+            // (idempotent), so it needs no fsync of its own.
+            c.execute_batch("PRAGMA synchronous=NORMAL")?;
+            Ok::<_, Error>(c)
+        })
+        .await
+        .map_err(|e| Error::Sqlite(e.to_string()))??
     };
     let conn: Conn = Arc::new(Mutex::new(conn));
     let st = blocking(&conn, |c| capture::status_on(c)).await?;
