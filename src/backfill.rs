@@ -1125,8 +1125,8 @@ impl Lander {
     }
 }
 
-/// Land one table's prepared rows through the backfill's path (batches cut to
-/// `max_rows`, the size halving on 413 or timeouts, retries for up to
+/// Land one table's prepared rows through the backfill's path (requests of
+/// `max_rows` rows, `concurrency` in flight, a request halving on 413 or timeouts, retries for up to
 /// `max_wait`, bisection, rows refused for good written to `rejects`). Used by
 /// `serve`. Returns the rows written and the rejects.
 pub async fn land_rows(
@@ -1134,9 +1134,11 @@ pub async fn land_rows(
     table: &'static Table,
     rows: &PreparedRows,
     max_rows: usize,
+    concurrency: usize,
     max_wait: Duration,
     rejects: &Arc<RejectLog>,
 ) -> Result<(u64, Vec<Reject>)> {
+    use futures::{StreamExt, TryStreamExt};
     let lander = Lander {
         rest: rest.clone(),
         table,
@@ -1146,14 +1148,26 @@ pub async fn land_rows(
         rejects: Arc::clone(rejects),
         source: None,
     };
-    let mut written = 0;
-    let mut refused = Vec::new();
-    let mut start = 0;
-    while start < rows.len() {
-        let end = (start + lander.size.load(Ordering::Relaxed)).min(rows.len());
-        written += lander.land(rows, start..end, &mut refused).await?;
-        start = end;
-    }
+    // Requests of `max_rows` rows, `concurrency` in flight (the keys are distinct).
+    let step = max_rows.max(1);
+    let chunks: Vec<Range<usize>> = (0..rows.len())
+        .step_by(step)
+        .map(|s| s..(s + step).min(rows.len()))
+        .collect();
+    let landed: Vec<(u64, Vec<(Prepared, Error)>)> = futures::stream::iter(chunks)
+        .map(|range| {
+            let lander = &lander;
+            async move {
+                let mut refused = Vec::new();
+                let n = lander.land(rows, range, &mut refused).await?;
+                Ok::<_, Error>((n, refused))
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await?;
+    let written = landed.iter().map(|(n, _)| n).sum();
+    let refused: Vec<(Prepared, Error)> = landed.into_iter().flat_map(|(_, r)| r).collect();
     let out: Vec<Reject> = refused
         .iter()
         .map(|(p, e)| Reject {

@@ -144,8 +144,14 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
     listen: std::net::SocketAddr,
     /// Changes read and mirrored per batch.
-    #[arg(long, value_name = "N", default_value_t = 2000)]
+    #[arg(long, value_name = "N", default_value_t = 4000)]
     batch_rows: usize,
+    /// Rows per upsert request.
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    request_rows: usize,
+    /// Upsert requests in flight.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    concurrency: usize,
     /// /ready fails when the oldest pending change is older than this.
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     max_lag_secs: f64,
@@ -783,6 +789,8 @@ async fn live(cli: &Cli) -> Result<ExitCode> {
             let mut o = serve::ServeOptions::new(db, state_dir);
             o.listen = Some(a.listen);
             o.batch_rows = a.batch_rows.max(1);
+            o.request_rows = a.request_rows.max(1);
+            o.concurrency = a.concurrency.max(1);
             o.max_lag = Duration::from_secs_f64(a.max_lag_secs.max(0.0));
             o.poll = Duration::from_millis(a.poll_ms.max(1));
             o.max_wait = Duration::from_secs_f64(a.max_wait_secs.max(0.0));

@@ -45,6 +45,10 @@ pub struct ServeOptions {
     pub listen: Option<SocketAddr>,
     /// Changes read per batch.
     pub batch_rows: usize,
+    /// Rows per upsert request.
+    pub request_rows: usize,
+    /// Upsert requests in flight.
+    pub concurrency: usize,
     /// How often to look for new commits when the log is empty.
     pub poll: Duration,
     /// `/ready` fails when the oldest pending change is older than this.
@@ -66,7 +70,9 @@ impl ServeOptions {
         ServeOptions {
             db_path,
             listen: None,
-            batch_rows: 2000,
+            batch_rows: 4000,
+            request_rows: 500,
+            concurrency: 4,
             poll: Duration::from_millis(50),
             max_lag: Duration::from_secs(60),
             max_wait: Duration::from_secs(20),
@@ -502,7 +508,8 @@ impl Daemon {
                 &self.rest,
                 t,
                 &body,
-                self.opts.batch_rows,
+                self.opts.request_rows,
+                self.opts.concurrency,
                 self.opts.max_wait,
                 &self.rejects,
             )
