@@ -562,6 +562,16 @@ async fn embedded_dual_write_with_capture_loses_nothing_and_the_failure_log_is_i
     );
     let log = dir.path().join("app.sqlite3.failures.ndjson");
     assert!(log.exists());
+    // A newer version of the same row, mirrored inline: replaying the old
+    // payload would overwrite it; the imported key sends the row as it is now.
+    let newer = "{\"tag\": {\"id\": \"t-before\", \"document_id\": \"d\", \"tag\": \"newer\"}}";
+    let o = run_with(
+        &db,
+        &pg,
+        &[("SUPABASE_DUAL_WRITE", "true")],
+        &["call", "add_tag", "--json", newer],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let o = run(&db, &pg, &["capture", "install"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -582,6 +592,11 @@ async fn embedded_dual_write_with_capture_loses_nothing_and_the_failure_log_is_i
     );
     assert_eq!(o.status.code(), Some(3));
     assert_eq!(pending(&db), 2);
+    // ... and only there: a payload recorded for replay could later overwrite a newer row.
+    assert!(
+        !log.exists(),
+        "with capture, failures are not recorded as payloads"
+    );
 
     let port = free_port();
     let mut serve = spawn_serve(&db, &pg, port);
@@ -594,6 +609,11 @@ async fn embedded_dual_write_with_capture_loses_nothing_and_the_failure_log_is_i
         .await
         .unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
+    let before = rows.iter().find(|r| r["id"] == "t-before").unwrap();
+    assert_eq!(
+        before["tag"], "newer",
+        "an old payload overwrote a newer row"
+    );
     // `replay` keeps working on what the log still holds (idempotent).
     let o = run_with(&db, &pg, &[("SUPABASE_DUAL_WRITE", "true")], &["replay"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
