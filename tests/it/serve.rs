@@ -47,6 +47,10 @@ fn free_port() -> u16 {
 }
 
 fn spawn_serve(db: &Path, pg: &PrivateDb, port: u16) -> Child {
+    spawn_serve_with(db, pg, port, &[])
+}
+
+fn spawn_serve_with(db: &Path, pg: &PrivateDb, port: u16, extra: &[&str]) -> Child {
     let mut c = bin();
     env_for(&mut c, db, pg);
     let log = std::fs::OpenOptions::new()
@@ -64,6 +68,7 @@ fn spawn_serve(db: &Path, pg: &PrivateDb, port: u16) -> Child {
             "--batch-rows",
             "500",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
@@ -630,4 +635,57 @@ async fn assert_verify_equal(db: &Path, pg: &PrivateDb) {
         "{}",
         verify::render(&r, Format::Text)
     );
+}
+
+/// The app drops and re-creates a table (its triggers vanish with it): the
+/// daemon's periodic check re-installs them, and later writes are mirrored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_lost_with_a_recreated_table_are_reinstalled_by_serve() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let port = free_port();
+    let mut serve = spawn_serve_with(&db, &pg, port, &["--check-secs", "0.3"]);
+    wait_http(port).await;
+    let app = rusqlite::Connection::open(&db).unwrap();
+    let ddl: String = app
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'tagrow'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    app.execute_batch(&format!("DROP TABLE tagrow; {ddl};"))
+        .unwrap();
+    let st = run(&db, &pg, &["capture", "status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert!(
+        st["missing"] == serde_json::json!(["tagrow"]) || st["installed"] == true,
+        "{st}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = run(&db, &pg, &["capture", "status", "--json"]);
+        let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+        if st["installed"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "triggers not re-installed: {st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.execute(
+        "INSERT INTO tagrow (id, document_id, tag, score) VALUES ('after-recreate', 'd', 'x', 0.5)",
+        [],
+    )
+    .unwrap();
+    wait_drained(&db, Duration::from_secs(10)).await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    let rows = pg
+        .rest(Duration::from_secs(5))
+        .select_page("tags", "*", &[], "id", None, 10)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["id"], "after-recreate");
 }
