@@ -167,14 +167,25 @@ fn dox_tables(conn: &Connection) -> Result<Vec<&'static Table>> {
                 |r| r.get(0),
             )
             .optional()?;
-        if let Some(sql) = sql {
-            if !sql
-                .trim_start()
-                .to_ascii_uppercase()
-                .starts_with("CREATE VIRTUAL")
-            {
-                out.push(t);
-            }
+        let Some(sql) = sql else { continue };
+        if sql
+            .trim_start()
+            .to_ascii_uppercase()
+            .starts_with("CREATE VIRTUAL")
+        {
+            continue;
+        }
+        // A trigger naming a column the table lacks would fail the app's writes.
+        let has_key: bool = conn.query_row(
+            &format!(
+                "SELECT count(*) > 0 FROM pragma_table_info({}) WHERE name = ?1",
+                sql_string(t.sqlite)
+            ),
+            [t.key().sqlite],
+            |r| r.get(0),
+        )?;
+        if has_key {
+            out.push(t);
         }
     }
     Ok(out)
@@ -686,6 +697,7 @@ mod tests {
             "CREATE TABLE artifact (id VARCHAR NOT NULL PRIMARY KEY, filename VARCHAR, status VARCHAR);
              CREATE TABLE doctable (id VARCHAR NOT NULL PRIMARY KEY, document_id VARCHAR NOT NULL, \"order\" INTEGER NOT NULL, {json_col} VARCHAR NOT NULL);
              CREATE TABLE app_other (x INTEGER);
+             CREATE TABLE tagrow (rowname VARCHAR);
              INSERT INTO artifact VALUES ('a1', 'f', 'new');"
         ))
         .unwrap();
