@@ -402,8 +402,15 @@ impl Daemon {
             if full {
                 continue;
             }
-            // Wait for somebody to commit (or the next trigger check).
+            // Wait for somebody to commit (or the next trigger check). The
+            // wait comes first: under a steady write load, batches then come
+            // every `poll` instead of back to back, which keeps the daemon's
+            // acknowledgements (the file's write lock) and fsyncs off the app's path.
             loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.opts.poll) => {}
+                    _ = stop.changed() => {}
+                }
                 if *stop.borrow() {
                     return Ok(());
                 }
@@ -419,10 +426,6 @@ impl Daemon {
                     self.refresh_pending().await?;
                     write_status(&status_path, &self.stats.snapshot());
                     last_status = Instant::now();
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(self.opts.poll) => {}
-                    _ = stop.changed() => {}
                 }
             }
         }
