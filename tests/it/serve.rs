@@ -402,6 +402,15 @@ async fn a_backlog_drains_and_a_refused_row_becomes_a_dead_letter() {
         )
         .unwrap();
     }
+    // A corrupt change row (a table that is not a DoX table): a dead letter
+    // with the reason, never a block for the rows behind it.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "INSERT INTO _dualwrite_changes (tbl, key, seq, op, at) VALUES ('no_such_table', 'k1', 0, 'I', 0)",
+            [],
+        )
+        .unwrap();
     let backlog = pending(&db);
     assert!(backlog > 50, "{backlog}");
     let port = free_port();
@@ -420,6 +429,14 @@ async fn a_backlog_drains_and_a_refused_row_becomes_a_dead_letter() {
         .expect("a rejects file");
     let text = std::fs::read_to_string(rejects).unwrap();
     assert!(text.contains("bad-1"), "{text}");
+    assert!(
+        text.contains("corrupt change row: table `no_such_table`"),
+        "{text}"
+    );
+    assert!(
+        metrics.contains("dualwrite_rejected_rows_total{table=\"no_such_table\"} 1"),
+        "{metrics}"
+    );
     serve.kill().unwrap();
     serve.wait().unwrap();
     // Everything but the dead letter is equal: remove it to compare.
