@@ -606,7 +606,7 @@ impl RejectLog {
         })
     }
 
-    fn write(&self, rejects: &[Reject]) -> Result<()> {
+    pub fn write(&self, rejects: &[Reject]) -> Result<()> {
         if rejects.is_empty() {
             return Ok(());
         }
@@ -1301,6 +1301,67 @@ impl Lander {
         tracing::warn!(table = self.table.sqlite, "rows kept changing during the copy; the dual-write mirror carries their latest version");
         Ok(resent)
     }
+}
+
+/// Land one table's prepared rows through the backfill's path (requests of
+/// `max_rows` rows, `concurrency` in flight, a request halving on 413 or timeouts, retries for up to
+/// `max_wait`, bisection, rows refused for good written to `rejects`). Used by
+/// `serve`. Returns the rows written and the rejects.
+pub async fn land_rows(
+    rest: &RestClient,
+    table: &'static Table,
+    rows: &PreparedRows,
+    max_rows: usize,
+    concurrency: usize,
+    max_wait: Duration,
+    rejects: &Arc<RejectLog>,
+) -> Result<(u64, Vec<Reject>)> {
+    use futures::{StreamExt, TryStreamExt};
+    let lander = Lander {
+        rest: rest.clone(),
+        table,
+        size: Arc::new(AtomicUsize::new(max_rows.max(1))),
+        max_rows: max_rows.max(1),
+        max_wait,
+        rejects: Arc::clone(rejects),
+        // Without a source there is no stale guard, so rows are never
+        // prepared again here: the policy and its log are not used.
+        source: None,
+        policy: UnrepresentablePolicy::Reject,
+        coerced: Arc::new(CoercedLog::new(PathBuf::new())),
+    };
+    // Requests of `max_rows` rows, `concurrency` in flight (the keys are distinct).
+    let step = max_rows.max(1);
+    let chunks: Vec<Range<usize>> = (0..rows.len())
+        .step_by(step)
+        .map(|s| s..(s + step).min(rows.len()))
+        .collect();
+    let landed: Vec<(u64, Vec<(Prepared, Error)>)> = futures::stream::iter(chunks)
+        .map(|range| {
+            let lander = &lander;
+            async move {
+                let mut refused = Vec::new();
+                let n = lander.land(rows, range, &mut refused).await?;
+                Ok::<_, Error>((n, refused))
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await?;
+    let written = landed.iter().map(|(n, _)| n).sum();
+    let refused: Vec<(Prepared, Error)> = landed.into_iter().flat_map(|(_, r)| r).collect();
+    let out: Vec<Reject> = refused
+        .iter()
+        .map(|(p, e)| Reject {
+            table: table.sqlite.to_owned(),
+            key: p.key.clone(),
+            code: e.code().unwrap_or("error").to_owned(),
+            message: e.to_string(),
+            row: serde_json::from_str(&p.json).unwrap_or(Value::Null),
+        })
+        .collect();
+    rejects.write(&out)?;
+    Ok((written, out))
 }
 
 /// Copies tables from sources into Supabase, with checkpoints, rejects and reports.

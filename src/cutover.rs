@@ -14,6 +14,8 @@
 //!
 //! Rows that landed coerced (`--unrepresentable coerce`) verify equal in their
 //! coerced form, but block unless the operator accepts them (`--accept-coerced`).
+//! * when change capture is installed on the source ([`crate::capture`]):
+//!   no captured change left to mirror, and triggers on every table.
 //!
 //! A file not given, or absent, means nothing was recorded; the report says
 //! that it was not checked. The check never writes.
@@ -98,6 +100,10 @@ pub struct CutoverReport {
     pub key: KeyInfo,
     pub failures: RecordCheck,
     pub rejects: RecordCheck,
+    /// Change capture on the source, read after the verification (`None`: not installed).
+    pub capture: Option<crate::capture::CaptureStatus>,
+    /// The `serve` daemon's last error, when changes are pending.
+    pub serve_last_error: Option<String>,
     /// The content verification the verdict rests on.
     pub verify: VerifyReport,
 }
@@ -370,6 +376,40 @@ pub async fn check(
         ));
     }
 
+    // Read after the verification: a change committed during it shows here.
+    let db = source.path().to_path_buf();
+    let capture = tokio::task::spawn_blocking(move || crate::capture::status(&db))
+        .await
+        .map_err(|e| Error::Sqlite(e.to_string()))??;
+    let mut serve_last_error = None;
+    let capture = if capture.log_present {
+        if capture.pending > 0 {
+            serve_last_error = crate::serve::status(source.path())
+                .ok()
+                .and_then(|s| s.last_error);
+            reasons.push(format!(
+                "{} captured change(s) not mirrored yet (the oldest {:.0}s old){}; let `dualwrite serve` drain them",
+                capture.pending,
+                capture.lag_seconds,
+                serve_last_error
+                    .as_deref()
+                    .map(|e| format!("; serve's last error: {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        if !capture.missing.is_empty() {
+            reasons.push(format!(
+                "capture triggers are missing on {}: writes to them are not captured; run `dualwrite capture install`",
+                capture.missing.join(", ")
+            ));
+        }
+        Some(capture)
+    } else {
+        // Not installed: writes since the backfill reach Supabase only through
+        // dual write (the report's `capture` is null).
+        None
+    };
+
     let ready = reasons.is_empty();
     Ok(CutoverReport {
         schema: REPORT_SCHEMA,
@@ -380,6 +420,8 @@ pub async fn check(
         key: opts.key.clone(),
         failures,
         rejects,
+        capture,
+        serve_last_error,
         verify,
     })
 }

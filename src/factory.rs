@@ -122,11 +122,23 @@ pub async fn open(s: &Settings) -> Result<(AnyDatabase, InitReport)> {
         (BackendKind::Sqlite, true, Ok(sb)) => {
             let lite = SqliteDatabase::open(&s.db_path, sqlite_options(s)).await?;
             report.dual_write = true;
-            AnyDatabase::SqliteFirst(dual(s, lite, sb)?)
+            if capture_installed(s).await {
+                // Every write is in the change log, committed with it: a failed
+                // mirror is left to `dualwrite serve`. Recording its payload for
+                // replay as well could later write that old payload over a newer row.
+                let mut s = s.clone();
+                s.failure_log = None;
+                AnyDatabase::SqliteFirst(dual(&s, lite, sb)?)
+            } else {
+                AnyDatabase::SqliteFirst(dual(s, lite, sb)?)
+            }
         }
         (BackendKind::Sqlite, dual, sb) => {
             if dual {
-                let e = sb.err().map(|e| e.to_string()).unwrap_or_default();
+                let mut e = sb.err().map(|e| e.to_string()).unwrap_or_default();
+                if capture_installed(s).await {
+                    e.push_str(" (change capture is installed: every write waits in the change log for `dualwrite serve`)");
+                }
                 tracing::warn!(error = %e, "dual write requested but Supabase is not usable; continuing with SQLite alone");
                 report.supabase_error = Some(e);
             }
@@ -135,4 +147,14 @@ pub async fn open(s: &Settings) -> Result<(AnyDatabase, InitReport)> {
     };
     report.active = crate::db::Database::backend(&db);
     Ok((db, report))
+}
+
+/// Whether change capture is installed on the configured SQLite file.
+async fn capture_installed(s: &Settings) -> bool {
+    let path = s.db_path.clone();
+    tokio::task::spawn_blocking(move || crate::capture::status(&path))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .is_some_and(|st| st.log_present)
 }

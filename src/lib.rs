@@ -15,6 +15,7 @@
 
 pub mod access;
 pub mod backfill;
+pub mod capture;
 pub mod catalogue;
 pub mod coerced;
 pub mod config;
@@ -31,6 +32,7 @@ pub mod normalise;
 pub mod rest;
 pub mod retry;
 pub mod samples;
+pub mod serve;
 pub mod state_file;
 pub mod verify;
 

@@ -17,7 +17,7 @@ use dualwrite::config::{Settings, Sources};
 use dualwrite::db::{Dox, SqliteDatabase, SupabaseDatabase};
 use dualwrite::model::Call;
 use dualwrite::normalise::UnrepresentablePolicy;
-use dualwrite::{catalogue, cutover, demo, export, factory, keys, verify, Error};
+use dualwrite::{capture, catalogue, cutover, demo, export, factory, keys, serve, verify, Error};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -119,6 +119,73 @@ enum Command {
         #[arg(value_parser = ["mirror", "primary", "status"])]
         state: String,
     },
+    /// Change capture on the DoX file (DB_PATH / --db-path): triggers that log every committed change.
+    #[command(subcommand)]
+    Capture(CaptureCommand),
+    /// Mirror every captured change to Supabase, for as long as it runs (the daemon).
+    Serve(ServeArgs),
+    /// Pending changes, lag and the daemon's last error, read from the file.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaptureCommand {
+    /// Add the change log and the triggers (idempotent; also repairs missing triggers).
+    Install,
+    /// Remove every object `install` made, and nothing else.
+    Uninstall {
+        /// Also when changes are still pending (they will never be mirrored).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Installed or not, pending changes, age of the oldest.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Where /health, /ready, /metrics and /status are served.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
+    listen: std::net::SocketAddr,
+    /// Changes read and mirrored per batch.
+    #[arg(long, value_name = "N", default_value_t = 4000)]
+    batch_rows: usize,
+    /// Rows per upsert request.
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    request_rows: usize,
+    /// Upsert requests in flight.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    concurrency: usize,
+    /// /ready fails when the oldest pending change is older than this.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    max_lag_secs: f64,
+    /// How often to look for new commits, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    poll_ms: u64,
+    /// How long one batch is retried before the error is recorded (then it is retried again).
+    #[arg(long, value_name = "SECS", default_value_t = 20.0)]
+    max_wait_secs: f64,
+    /// How often the triggers are checked, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    check_secs: f64,
+    /// Stop with an error when triggers are missing, instead of re-installing them.
+    #[arg(long)]
+    no_repair_triggers: bool,
+    /// Where rejects.ndjson goes (default: the backfill's state directory for the file).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// What to do with a value Supabase cannot hold: reject (a dead letter) or coerce
+    /// (default: the configured dual.unrepresentable, itself reject by default).
+    #[arg(long, value_name = "POLICY", value_parser = ["reject", "coerce"])]
+    unrepresentable: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -466,6 +533,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Config => {
             print_json(&settings(&cli)?.redacted());
         }
+        Command::Capture(_) | Command::Serve(_) | Command::Status { .. } => {
+            return live(&cli).await;
+        }
         Command::Check => {
             let s = settings(&cli)?;
             let (_db, report) = factory::open(&s).await?;
@@ -719,8 +789,7 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     // A repair under `coerce` writes coerced rows, recording the originals where
     // the backfill of this source records them.
     let target = if opts.unrepresentable == UnrepresentablePolicy::Coerce {
-        let log = backfill::default_state_dir(std::path::Path::new("dualwrite-state"), &path)
-            .join("coerced.ndjson");
+        let log = backfill::state_dir_for(&path).join("coerced.ndjson");
         target.with_unrepresentable(
             UnrepresentablePolicy::Coerce,
             Some(std::sync::Arc::new(dualwrite::coerced::CoercedLog::new(
@@ -836,6 +905,96 @@ fn refusal(
         }
     }
     None
+}
+
+/// `capture`, `serve` and `status`: the live migration of a running DoX app.
+async fn live(cli: &Cli) -> Result<ExitCode> {
+    let s = settings(cli)?;
+    let db = s.db_path.clone();
+    match &cli.command {
+        Command::Capture(CaptureCommand::Install) => {
+            let log = s.failure_log.clone();
+            let r = tokio::task::spawn_blocking(move || capture::install(&db, log.as_deref()))
+                .await??;
+            print_json(&serde_json::to_value(&r)?);
+        }
+        Command::Capture(CaptureCommand::Uninstall { force }) => {
+            let force = *force;
+            let r = tokio::task::spawn_blocking(move || capture::uninstall(&db, force)).await??;
+            print_json(&serde_json::to_value(&r)?);
+        }
+        Command::Capture(CaptureCommand::Status { json }) => {
+            let st = tokio::task::spawn_blocking(move || capture::status(&db)).await??;
+            if *json {
+                print_json(&serde_json::to_value(&st)?);
+            } else {
+                println!(
+                    "capture: {}\ntables captured: {}\nmissing triggers: {}\npending changes: {}\noldest pending: {:.1}s",
+                    if st.installed { "installed" } else if st.log_present { "incomplete" } else { "not installed" },
+                    st.tables.join(", "),
+                    if st.missing.is_empty() { "none".to_owned() } else { st.missing.join(", ") },
+                    st.pending,
+                    st.lag_seconds
+                );
+            }
+            if !st.installed {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Status { json } => {
+            let st = tokio::task::spawn_blocking(move || serve::status(&db)).await??;
+            if *json {
+                print_json(&serde_json::to_value(&st)?);
+            } else {
+                print!("{}", st.render());
+            }
+        }
+        Command::Serve(a) => {
+            let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
+            let state_dir = a
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| backfill::state_dir_for(&db));
+            let mut o = serve::ServeOptions::new(db, state_dir);
+            o.listen = Some(a.listen);
+            o.batch_rows = a.batch_rows.max(1);
+            o.request_rows = a.request_rows.max(1);
+            o.concurrency = a.concurrency.max(1);
+            o.max_lag = Duration::from_secs_f64(a.max_lag_secs.max(0.0));
+            o.poll = Duration::from_millis(a.poll_ms.max(1));
+            o.max_wait = Duration::from_secs_f64(a.max_wait_secs.max(0.0));
+            o.check_every = Duration::from_secs_f64(a.check_secs.max(0.1));
+            o.repair_triggers = !a.no_repair_triggers;
+            o.unrepresentable = policy(a.unrepresentable.as_deref(), &s)?;
+            serve::run(rest, o, shutdown_signal()).await?;
+        }
+        _ => unreachable!("live() handles capture, serve and status only"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        tracing::info!("shutdown requested: finishing the batch in flight");
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn main() -> ExitCode {

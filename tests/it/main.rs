@@ -27,4 +27,5 @@ mod generate;
 mod numbers;
 mod rls;
 mod safety;
+mod serve;
 mod verify;

@@ -1,0 +1,396 @@
+//! Change capture and `serve`: what capture costs the writer, the mirror's lag
+//! under a steady write load, the drain rate after an outage against the
+//! backfill's, and the daemon's memory and idle CPU.
+//!
+//! Run: `scripts/stack.sh up && cargo bench --bench capture`
+//! (`SECS` of steady load, default 60; `OUTAGE_SECS` of writing with the daemon
+//! stopped, default 60; `RATE` row-writes/s, default 1000; `COMMITS` for the
+//! overhead part, default 20,000; `POLL_MS`, the daemon's `--poll-ms`, default 50; `BATCH_ROWS`, its
+//! `--batch-rows`, default 4000). In one run it:
+//! 1. times single-row committed inserts (WAL, synchronous=NORMAL) on two fresh
+//!    DoX files, one with capture installed, alternating rounds;
+//! 2. writes RATE rows/s for OUTAGE_SECS with no daemon (the writer's commit
+//!    latency "serve stopped"; the changes pile up in the log);
+//! 3. starts `dualwrite serve` (release binary, its own process) and times the
+//!    drain of that backlog;
+//! 4. writes RATE rows/s for SECS with the daemon running, sampling the lag
+//!    (the age of the oldest change not yet acknowledged, read from the change
+//!    log) every 20 ms, and the writer's commit latency;
+//! 5. measures the idle daemon's CPU over 5 s and its peak RSS (VmHWM);
+//! 6. deletes the rows from Supabase and backfills the same file (release
+//!    binary) for the backfill's rows/s on the same machine in the same run.
+//!
+//! Rows go to the shared stack with ids unique to the run and are deleted at
+//! the end (through DATABASE_URL); nothing else is touched.
+//! Under `cargo test` (no `--bench`) it makes a short smoke run.
+
+mod common;
+use common::*;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dualwrite::capture;
+use dualwrite::db::{SqliteDatabase, SqliteOptions};
+use hdrhistogram::Histogram;
+
+fn env_or(k: &str, d: u64) -> u64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+async fn dox_file(path: &Path, with_capture: bool) {
+    let _ = std::fs::remove_file(path);
+    drop(
+        SqliteDatabase::open(path, SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    if with_capture {
+        capture::install(path, None).unwrap();
+    }
+}
+
+fn app_conn(path: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+        .unwrap();
+    c
+}
+
+const INSERT: &str = "INSERT INTO artifact (id, filename, filepath, filetype, report_week, status, source_url, extra_json) \
+                      VALUES (?1, 'report.pdf', '/data/report.pdf', 'pdf', '2024-W01', 'new', NULL, '{}')";
+
+/// Single-row committed inserts; latency in ns.
+fn commits(c: &rusqlite::Connection, prefix: &str, n: u64, h: &mut Histogram<u64>) {
+    let mut stmt = c.prepare_cached(INSERT).unwrap();
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        let t = Instant::now();
+        stmt.execute([&id]).unwrap();
+        h.record(t.elapsed().as_nanos() as u64).unwrap();
+    }
+}
+
+fn us(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// Write `rate` rows/s for `secs` (3 inserts, then an update of an earlier
+/// row); returns the commit latency histogram (µs) and the rows written.
+fn paced_writer(
+    path: PathBuf,
+    prefix: String,
+    rate: u64,
+    secs: f64,
+    start_at: u64,
+) -> (Histogram<u64>, u64) {
+    let c = app_conn(&path);
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let started = Instant::now();
+    let mut n = 0u64;
+    let mut ins = c.prepare_cached(INSERT).unwrap();
+    let mut upd = c
+        .prepare_cached("UPDATE artifact SET status = ?2, extra_json = ?3 WHERE id = ?1")
+        .unwrap();
+    while started.elapsed().as_secs_f64() < secs {
+        let due = started + period * (n as u32);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let i = start_at + n;
+        let t = Instant::now();
+        if n % 4 == 3 {
+            upd.execute(rusqlite::params![
+                format!("{prefix}-{}", i - 2),
+                format!("s{i}"),
+                format!("{{\"n\":{i}}}")
+            ])
+            .unwrap();
+        } else {
+            ins.execute([format!("{prefix}-{i}")]).unwrap();
+        }
+        h.record(t.elapsed().as_micros() as u64).unwrap();
+        n += 1;
+    }
+    (h, n)
+}
+
+fn pending(path: &Path) -> i64 {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.query_row("SELECT count(*) FROM _dualwrite_changes", [], |r| r.get(0))
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve(env: &HashMap<String, String>, path: &Path, state: &Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_dualwrite"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--state-dir", state.to_str().unwrap()])
+        .args(["--poll-ms", &env_or("POLL_MS", 50).to_string()])
+        .args(["--batch-rows", &env_or("BATCH_ROWS", 4000).to_string()])
+        .envs(env)
+        .env("DB_PATH", path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn proc_status(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+async fn lag_seconds(port: u16) -> Option<f64> {
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("dualwrite_lag_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn delete_rows(env: &HashMap<String, String>, prefix: &str) {
+    let (c, conn) = tokio_postgres::connect(&env["DATABASE_URL"], tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.execute(
+        "DELETE FROM artifacts WHERE id LIKE $1",
+        &[&format!("{prefix}-%")],
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::main]
+async fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let (secs, outage, commits_n) = if bench {
+        (
+            env_or("SECS", 60),
+            env_or("OUTAGE_SECS", 60),
+            env_or("COMMITS", 20_000),
+        )
+    } else {
+        println!("smoke run (cargo test): debug build, a few seconds");
+        (2, 2, 500)
+    };
+    let rate = env_or("RATE", 1000);
+    let env = stack_env();
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("bench-capture-{}", &run_id[..12]);
+    let dir = tempfile::tempdir().unwrap();
+
+    // 1. Capture overhead on the writer.
+    let plain = dir.path().join("plain.sqlite3");
+    let captured = dir.path().join("captured.sqlite3");
+    dox_file(&plain, false).await;
+    dox_file(&captured, true).await;
+    let (cp, cc) = (app_conn(&plain), app_conn(&captured));
+    let mut hp = Histogram::<u64>::new(3).unwrap();
+    let mut hc = Histogram::<u64>::new(3).unwrap();
+    let rounds = 4;
+    for r in 0..rounds {
+        commits(&cp, &format!("p{r}"), commits_n / rounds, &mut hp);
+        commits(&cc, &format!("c{r}"), commits_n / rounds, &mut hc);
+    }
+    println!(
+        "\n1. single-row committed insert, WAL + synchronous=NORMAL, {commits_n} commits each (µs)"
+    );
+    println!("| file | p50 | p99 | mean |\n|---|---:|---:|---:|");
+    for (name, h) in [("no capture", &hp), ("capture installed", &hc)] {
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} |",
+            us(h, 0.5),
+            us(h, 0.99),
+            h.mean() / 1000.0
+        );
+    }
+    println!(
+        "capture overhead at p50: {:.1} µs",
+        us(&hc, 0.5) - us(&hp, 0.5)
+    );
+    drop((cp, cc));
+
+    // 2. An outage: the app writes, no daemon runs.
+    let db = dir.path().join("app.sqlite3");
+    dox_file(&db, true).await;
+    let state = dir.path().join("state");
+    let (h_off, n_off) = {
+        let (db, p) = (db.clone(), prefix.clone());
+        tokio::task::spawn_blocking(move || paced_writer(db, p, rate, outage as f64, 0))
+            .await
+            .unwrap()
+    };
+    let backlog = pending(&db);
+
+    // 3. The daemon starts and drains the backlog.
+    let port = free_port();
+    let mut daemon = serve(&env, &db, &state, port);
+    let pid = daemon.id();
+    let t = Instant::now();
+    while pending(&db) > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "the drain did not finish"
+        );
+    }
+    let drain_secs = t.elapsed().as_secs_f64();
+    let rss_after_drain = proc_status(pid, "VmRSS:");
+
+    // 4. Steady load with the daemon running.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = Arc::clone(&stop);
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || {
+            // The lag read from the change log itself (the age of the oldest
+            // change not yet acknowledged), not from the daemon's gauge.
+            let c = rusqlite::Connection::open_with_flags(
+                &db,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .unwrap();
+            let mut h = Histogram::<u64>::new(3).unwrap();
+            let mut rss = Vec::new();
+            let mut last_rss = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let oldest: Option<f64> = c
+                    .query_row("SELECT min(at) FROM _dualwrite_changes", [], |r| r.get(0))
+                    .unwrap();
+                let lag = oldest.map_or(0.0, |at| (capture::now_secs() - at).max(0.0));
+                h.record((lag * 1000.0) as u64).unwrap();
+                if last_rss.elapsed() >= Duration::from_secs(5) {
+                    rss.push(proc_status(pid, "VmRSS:"));
+                    last_rss = Instant::now();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (h, rss)
+        })
+    };
+    let (h_on, n_on) = {
+        let (db, p) = (db.clone(), prefix.clone());
+        tokio::task::spawn_blocking(move || paced_writer(db, p, rate, secs as f64, n_off + 10))
+            .await
+            .unwrap()
+    };
+    stop.store(true, Ordering::Relaxed);
+    let (lag, rss_samples) = sampler.await.unwrap();
+    while pending(&db) > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let gauge = lag_seconds(port).await;
+    // 5. Idle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c0 = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_cpu = (cpu_ticks(pid) - c0) as f64 / 100.0 / 5.0 * 100.0;
+    let peak_rss = proc_status(pid, "VmHWM:");
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let exit = daemon.wait().unwrap();
+
+    // 6. The backfill of the same rows, on the same machine, in the same run.
+    delete_rows(&env, &prefix).await;
+    let bstate = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_dualwrite"))
+        .args(["backfill", "--from-sqlite", db.to_str().unwrap(), "--json"])
+        .args(["--state-dir", bstate.path().to_str().unwrap()])
+        .args(["--tables", "artifact"])
+        .envs(&env)
+        .output()
+        .unwrap();
+    let backfill_secs = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let backfill_rows = report["rows_written"].as_u64().unwrap_or(0);
+    delete_rows(&env, &prefix).await;
+
+    println!("\n2-3. outage: {n_off} row-writes at {rate}/s with no daemon -> {backlog} pending changes (coalesced by key)");
+    println!(
+        "drain: {backlog} changes in {drain_secs:.2} s = {:.0} rows/s",
+        backlog as f64 / drain_secs
+    );
+    println!(
+        "backfill (release binary, artifact table, {backfill_rows} rows): {backfill_secs:.2} s = {:.0} rows/s (report: {:.0} rows/s)",
+        backfill_rows as f64 / backfill_secs,
+        report["rows_per_second"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "drain / backfill: {:.2}",
+        (backlog as f64 / drain_secs) / (backfill_rows as f64 / backfill_secs)
+    );
+    println!("\n4. {n_on} row-writes at {rate}/s for {secs} s with serve draining (gauge after the load: {gauge:?} s)");
+    println!(
+        "lag (age of the oldest unacknowledged change, read from the log every 20 ms, {} samples): p50 {} ms, p99 {} ms, max {} ms",
+        lag.len(),
+        lag.value_at_quantile(0.5),
+        lag.value_at_quantile(0.99),
+        lag.max()
+    );
+    println!("| writer commit latency (µs) | p50 | p99 | max |\n|---|---:|---:|---:|");
+    for (name, h) in [("serve stopped", &h_off), ("serve draining", &h_on)] {
+        println!(
+            "| {name} | {} | {} | {} |",
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.max()
+        );
+    }
+    println!(
+        "p99 ratio (draining / stopped): {:.2}",
+        h_on.value_at_quantile(0.99) as f64 / h_off.value_at_quantile(0.99).max(1) as f64
+    );
+    println!(
+        "\n5. daemon: peak RSS {:.1} MB; RSS after the drain {:.1} MB; during the load every 5 s (MB): {:?}; idle CPU {idle_cpu:.2}% of a core; exit on SIGTERM: {exit}",
+        peak_rss as f64 / 1024.0,
+        rss_after_drain as f64 / 1024.0,
+        rss_samples
+            .iter()
+            .map(|k| (*k as f64 / 1024.0 * 10.0).round() / 10.0)
+            .collect::<Vec<_>>()
+    );
+}

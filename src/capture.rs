@@ -1,0 +1,847 @@
+//! Change capture: triggers on every DoX table append (table, key, operation)
+//! to a change log inside the writer's own transaction, whoever the writer is
+//! (DoX's Python code, `sqlite3`, another process). The row and its change
+//! record commit or vanish together, so nothing the app commits can escape.
+//!
+//! The log is a dirty-key table, one row per (table, key) with the latest
+//! sequence number: repeated changes to a key coalesce, so the log is bounded
+//! by the number of distinct keys changed. The drainer (`serve`) reads keys,
+//! reads the rows as they are now, mirrors them, and acknowledges with
+//! `DELETE … WHERE tbl = ? AND key = ? AND seq = <seq read>`: a key changed
+//! again during the send keeps its row and goes again.
+//!
+//! Every object this module creates is named `_dualwrite_…` (no DoX table
+//! starts with an underscore); `uninstall` removes exactly those.
+//!
+//! This module and `db/sqlite.rs` are the only ones that touch rusqlite. The
+//! functions here are blocking: async callers run them in `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::Serialize;
+
+use crate::catalogue::{Table, TABLES};
+use crate::error::{Error, Result};
+
+/// The prefix of every object capture creates.
+pub const PREFIX: &str = "_dualwrite_";
+/// The change log.
+pub const LOG: &str = "_dualwrite_changes";
+const LOG_SEQ_INDEX: &str = "_dualwrite_changes_seq";
+
+/// How long a capture command waits for the app's write lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `now` as seconds since the epoch, in any SQLite version (`unixepoch('subsec')`
+/// needs 3.42; the app's own SQLite library, which runs the triggers, may be older).
+const NOW_SQL: &str = "((julianday('now') - 2440587.5) * 86400.0)";
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn sql_string(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn log_sql() -> String {
+    format!(
+        "CREATE TABLE {LOG} (\n\
+         \ttbl TEXT NOT NULL,\n\
+         \tkey TEXT NOT NULL,\n\
+         \tseq INTEGER NOT NULL,\n\
+         \top TEXT NOT NULL,\n\
+         \tat REAL NOT NULL,\n\
+         \tPRIMARY KEY (tbl, key)\n) WITHOUT ROWID"
+    )
+}
+
+fn index_sql() -> String {
+    format!("CREATE INDEX {LOG_SEQ_INDEX} ON {LOG} (seq)")
+}
+
+/// The statement a trigger runs for one key: insert the key, or give the
+/// pending entry a new sequence number. `at` (when the oldest pending change
+/// was made) is kept, so the lag measures the oldest change not yet mirrored.
+fn record(table: &str, key_expr: &str, op: &str) -> String {
+    format!(
+        "INSERT INTO {LOG} (tbl, key, seq, op, at) SELECT {}, {key_expr}, \
+         (SELECT coalesce(max(seq), 0) + 1 FROM {LOG}), '{op}', {NOW_SQL} WHERE {key_expr} IS NOT NULL \
+         ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq, op = excluded.op;",
+        sql_string(table)
+    )
+}
+
+/// The three triggers of a table: (name, SQL as stored in sqlite_master).
+fn triggers_sql(t: &Table) -> [(String, String); 3] {
+    let name = t.sqlite;
+    let key = quote(t.key().sqlite);
+    let q = quote(name);
+    let ins = format!("{PREFIX}{name}_ins");
+    let upd = format!("{PREFIX}{name}_upd");
+    let del = format!("{PREFIX}{name}_del");
+    [
+        (
+            ins.clone(),
+            format!(
+                "CREATE TRIGGER {ins} AFTER INSERT ON {q} BEGIN {} END",
+                record(name, &format!("NEW.{key}"), "I")
+            ),
+        ),
+        (
+            upd.clone(),
+            // A key-changing update records the old key (gone) and the new one.
+            format!(
+                "CREATE TRIGGER {upd} AFTER UPDATE ON {q} BEGIN {} {} END",
+                record(
+                    name,
+                    &format!("(CASE WHEN OLD.{key} IS NOT NEW.{key} THEN OLD.{key} END)"),
+                    "D"
+                ),
+                record(name, &format!("NEW.{key}"), "U")
+            ),
+        ),
+        (
+            del.clone(),
+            format!(
+                "CREATE TRIGGER {del} AFTER DELETE ON {q} BEGIN {} END",
+                record(name, &format!("OLD.{key}"), "D")
+            ),
+        ),
+    ]
+}
+
+/// Open a DoX file for capture's own writes: it must exist, be a SQLite
+/// database, be writable, and hold at least one DoX table.
+pub fn open_rw(path: &Path) -> Result<Connection> {
+    if !path.exists() {
+        return Err(Error::invalid(format!(
+            "{}: no such file (capture works on an existing DoX database; check DB_PATH / --db-path)",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::Sqlite(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    check_dox(&conn, path)?;
+    if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+        return Err(Error::invalid(format!(
+            "{}: the file is read-only for this user; capture needs to write to it",
+            path.display()
+        )));
+    }
+    Ok(conn)
+}
+
+/// Open a DoX file without changing it (status).
+pub fn open_ro(path: &Path) -> Result<Connection> {
+    if !path.exists() {
+        return Err(Error::invalid(format!(
+            "{}: no such file (check DB_PATH / --db-path)",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::Sqlite(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    check_dox(&conn, path)?;
+    Ok(conn)
+}
+
+/// The catalogue tables this file has (real tables, not views or virtual tables).
+fn dox_tables(conn: &Connection) -> Result<Vec<&'static Table>> {
+    let mut out = Vec::new();
+    for t in TABLES {
+        let sql: Option<String> = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [t.sqlite],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(sql) = sql else { continue };
+        if sql
+            .trim_start()
+            .to_ascii_uppercase()
+            .starts_with("CREATE VIRTUAL")
+        {
+            continue;
+        }
+        // A trigger naming a column the table lacks would fail the app's writes.
+        let has_key: bool = conn.query_row(
+            &format!(
+                "SELECT count(*) > 0 FROM pragma_table_info({}) WHERE name = ?1",
+                sql_string(t.sqlite)
+            ),
+            [t.key().sqlite],
+            |r| r.get(0),
+        )?;
+        if has_key {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+fn check_dox(conn: &Connection, path: &Path) -> Result<()> {
+    let tables = match dox_tables(conn) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(Error::invalid(format!(
+                "{} is not a SQLite database ({e})",
+                path.display()
+            )))
+        }
+    };
+    if tables.is_empty() {
+        let names: Vec<&str> = TABLES.iter().map(|t| t.sqlite).collect();
+        return Err(Error::invalid(format!(
+            "{} is not a DoX database: it has none of the DoX tables ({})",
+            path.display(),
+            names.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Run `f` in a `BEGIN IMMEDIATE` transaction: it takes the write lock at once
+/// (waiting up to the busy timeout), so it never fails half-way with
+/// `SQLITE_BUSY_SNAPSHOT` because the app committed meanwhile.
+fn immediate<R>(conn: &mut Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let r = f(&tx)?;
+    tx.commit()?;
+    Ok(r)
+}
+
+fn object_sql(conn: &Connection, kind: &str, name: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = ?1 AND name = ?2",
+            params![kind, name],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// What `install` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallReport {
+    pub path: String,
+    /// Objects created (or replaced because they differed); empty when all were in place.
+    pub created: Vec<String>,
+    /// Tables that carry capture triggers.
+    pub tables: Vec<String>,
+    pub journal_mode: String,
+    /// The legacy failure log, imported into the change log.
+    pub failure_log: Option<ImportReport>,
+}
+
+/// Install (or complete, or repair) capture on an open connection. Idempotent:
+/// objects already in place are left untouched.
+pub fn install_on(conn: &mut Connection) -> Result<InstallReport> {
+    // WAL: the app's readers and writers and the drainer do not block each other.
+    let journal_mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    let path = conn.path().unwrap_or_default().to_owned();
+    let (created, tables) = immediate(conn, |tx| {
+        let mut created = Vec::new();
+        if object_sql(tx, "table", LOG)?.is_none() {
+            tx.execute_batch(&log_sql())?;
+            created.push(LOG.to_owned());
+        }
+        if object_sql(tx, "index", LOG_SEQ_INDEX)?.is_none() {
+            tx.execute_batch(&index_sql())?;
+            created.push(LOG_SEQ_INDEX.to_owned());
+        }
+        let tables = dox_tables(tx)?;
+        for t in &tables {
+            for (name, sql) in triggers_sql(t) {
+                match object_sql(tx, "trigger", &name)? {
+                    Some(existing) if existing == sql => continue,
+                    Some(_) => tx.execute_batch(&format!("DROP TRIGGER {name}"))?,
+                    None => {}
+                }
+                tx.execute_batch(&sql)?;
+                created.push(name);
+            }
+        }
+        Ok((created, tables))
+    })?;
+    Ok(InstallReport {
+        path,
+        created,
+        tables: tables.iter().map(|t| t.sqlite.to_owned()).collect(),
+        journal_mode,
+        failure_log: None,
+    })
+}
+
+/// Install capture; then import the legacy failure log, when there is one.
+pub fn install(path: &Path, failure_log: Option<&Path>) -> Result<InstallReport> {
+    let mut conn = open_rw(path)?;
+    let mut r = install_on(&mut conn)?;
+    if let Some(f) = failure_log {
+        r.failure_log = Some(import_failures(&mut conn, f)?);
+    }
+    Ok(r)
+}
+
+/// Every object in the file whose name starts with the capture prefix.
+fn our_objects(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare(
+        "SELECT type, name FROM sqlite_master WHERE substr(name, 1, 11) = '_dualwrite_' \
+         AND type IN ('trigger', 'table', 'index') ORDER BY type = 'table', name",
+    )?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
+    Ok(rows)
+}
+
+/// What `uninstall` removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct UninstallReport {
+    pub path: String,
+    pub dropped: Vec<String>,
+    /// Pending changes discarded (only with `force`).
+    pub discarded_changes: u64,
+}
+
+/// Remove every object capture made (and nothing else). Refuses while changes
+/// are pending, unless `force`: they would never reach Supabase.
+pub fn uninstall(path: &Path, force: bool) -> Result<UninstallReport> {
+    let mut conn = open_rw(path)?;
+    immediate(&mut conn, |tx| {
+        let pending = if object_sql(tx, "table", LOG)?.is_some() {
+            pending_on(tx)?.0
+        } else {
+            0
+        };
+        if pending > 0 && !force {
+            return Err(Error::invalid(format!(
+                "{}: {pending} captured change(s) are not mirrored yet; let `dualwrite serve` drain them \
+                 (`dualwrite capture status`), or pass --force to discard them",
+                path.display()
+            )));
+        }
+        let objects = our_objects(tx)?;
+        for (kind, name) in &objects {
+            // Dropping the table drops its index with it.
+            if kind == "index" {
+                continue;
+            }
+            tx.execute_batch(&format!(
+                "DROP {} IF EXISTS {}",
+                kind.to_uppercase(),
+                quote(name)
+            ))?;
+        }
+        Ok(UninstallReport {
+            path: path.display().to_string(),
+            dropped: objects.into_iter().map(|(_, n)| n).collect(),
+            discarded_changes: pending,
+        })
+    })
+}
+
+/// What [`import_failures`] did with the legacy NDJSON failure log.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ImportReport {
+    pub file: String,
+    /// Failure records turned into pending changes (their lines leave the file).
+    pub imported: u64,
+    /// Records kept in the file for `dualwrite replay`: deletes by document or of
+    /// whole tables name no row key, so the state-based log cannot express them.
+    pub kept: u64,
+}
+
+/// The row keys a recorded failure touched, when it names them all.
+fn failure_keys(line: &str) -> Option<Vec<(&'static Table, String)>> {
+    let f: crate::db::SecondaryFailure = serde_json::from_str(line).ok()?;
+    match f.write.steps() {
+        // Read-modify-write methods: the record's table and key are the row's.
+        None => {
+            let t = TABLES.iter().copied().find(|t| t.sqlite == f.table)?;
+            (!f.key.is_empty()).then(|| vec![(t, f.key)])
+        }
+        Some(steps) => {
+            let mut keys = Vec::new();
+            for st in steps {
+                match st {
+                    crate::model::Step::Upsert { table, rows } => {
+                        for r in rows {
+                            keys.push((table, r.first()?.display()));
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+            Some(keys)
+        }
+    }
+}
+
+/// Import the legacy failure log (`dual.failure_log`) into the change log,
+/// once: each record that names its rows becomes a pending change (the drainer
+/// then sends those rows as they are now, so an old payload can never
+/// overwrite a newer row) and leaves the file; the others stay for `replay`.
+/// The file is rewritten atomically; with nothing left it is removed.
+pub fn import_failures(conn: &mut Connection, file: &Path) -> Result<ImportReport> {
+    let mut report = ImportReport {
+        file: file.display().to_string(),
+        ..ImportReport::default()
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
+        Err(e) => return Err(e.into()),
+    };
+    let mut keep = String::new();
+    let mut marks = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let replayed = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("replayed").and_then(serde_json::Value::as_bool))
+            .unwrap_or(false);
+        match failure_keys(line) {
+            Some(keys) if !replayed => {
+                marks.extend(keys);
+                report.imported += 1;
+            }
+            _ => {
+                keep.push_str(line);
+                keep.push('\n');
+                report.kept += u64::from(!replayed);
+            }
+        }
+    }
+    if report.imported == 0 {
+        return Ok(report);
+    }
+    immediate(conn, |tx| {
+        let mut stmt = tx.prepare(&format!(
+            "INSERT INTO {LOG} (tbl, key, seq, op, at) VALUES (?1, ?2, \
+             (SELECT coalesce(max(seq), 0) + 1 FROM {LOG}), 'U', {NOW_SQL}) \
+             ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq"
+        ))?;
+        for (t, k) in &marks {
+            stmt.execute(params![t.sqlite, k])?;
+        }
+        Ok(())
+    })?;
+    // After the commit: a crash in between imports the records twice, which
+    // only marks the same keys again.
+    if keep.is_empty() {
+        std::fs::remove_file(file)?;
+    } else {
+        let tmp = file.with_extension("ndjson.tmp");
+        std::fs::write(&tmp, keep)?;
+        std::fs::rename(&tmp, file)?;
+    }
+    Ok(report)
+}
+
+/// Capture's state in a file.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CaptureStatus {
+    /// The change log exists and every DoX table present has its three triggers.
+    pub installed: bool,
+    pub log_present: bool,
+    /// DoX tables that have all their triggers.
+    pub tables: Vec<String>,
+    /// DoX tables present whose triggers are missing or differ (e.g. the app
+    /// dropped and re-created the table): their writes are NOT captured.
+    pub missing: Vec<String>,
+    pub pending: u64,
+    /// Age of the oldest change not yet mirrored (0 when none).
+    pub lag_seconds: f64,
+}
+
+fn pending_on(conn: &Connection) -> Result<(u64, f64)> {
+    let (n, oldest): (i64, Option<f64>) =
+        conn.query_row(&format!("SELECT count(*), min(at) FROM {LOG}"), [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let lag = oldest.map_or(0.0, |at| (now_secs() - at).max(0.0));
+    Ok((u64::try_from(n).unwrap_or(0), lag))
+}
+
+pub fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+pub fn status_on(conn: &Connection) -> Result<CaptureStatus> {
+    let log_present = object_sql(conn, "table", LOG)?.is_some();
+    let mut tables = Vec::new();
+    let mut missing = Vec::new();
+    for t in dox_tables(conn)? {
+        let mut ok = true;
+        for (name, sql) in triggers_sql(t) {
+            ok &= object_sql(conn, "trigger", &name)?.as_deref() == Some(sql.as_str());
+        }
+        if ok {
+            tables.push(t.sqlite.to_owned());
+        } else {
+            missing.push(t.sqlite.to_owned());
+        }
+    }
+    let (pending, lag_seconds) = if log_present {
+        pending_on(conn)?
+    } else {
+        (0, 0.0)
+    };
+    Ok(CaptureStatus {
+        installed: log_present && missing.is_empty(),
+        log_present,
+        tables,
+        missing,
+        pending,
+        lag_seconds,
+    })
+}
+
+pub fn status(path: &Path) -> Result<CaptureStatus> {
+    status_on(&open_ro(path)?)
+}
+
+/// One pending change, as read from the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub tbl: String,
+    pub key: String,
+    pub seq: i64,
+    pub op: String,
+    pub at: f64,
+}
+
+/// A change row that cannot be drained (unknown table, key not text): it is
+/// moved to the rejects file with this reason instead of blocking the log.
+pub fn check_change(c: &Change) -> std::result::Result<&'static Table, String> {
+    TABLES
+        .iter()
+        .copied()
+        .find(|t| t.sqlite == c.tbl)
+        .ok_or_else(|| {
+            format!(
+                "corrupt change row: table `{}` is not a DoX table (seq {})",
+                c.tbl, c.seq
+            )
+        })
+}
+
+/// The oldest `limit` pending changes, in commit order. One statement: the
+/// read transaction ends with it, before anything is sent.
+pub fn read_changes(conn: &Connection, limit: usize) -> Result<Vec<Change>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT tbl, key, seq, op, at FROM {LOG} ORDER BY seq LIMIT ?1"
+    ))?;
+    let rows = stmt
+        .query_map([limit as i64], |r| {
+            // A corrupt row (a key that is not text, say) must not stop the drain:
+            // it is read leniently and reported by check_change.
+            let key = match r.get_ref(1)? {
+                rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+                other => format!("<{:?}>", other.data_type()),
+            };
+            Ok(Change {
+                tbl: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                key,
+                seq: r.get(2)?,
+                op: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                at: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Acknowledge mirrored changes, in one short write transaction. A change
+/// whose key changed again since it was read has a new `seq` and stays.
+pub fn ack(conn: &mut Connection, done: &[Change]) -> Result<usize> {
+    if done.is_empty() {
+        return Ok(0);
+    }
+    immediate(conn, |tx| {
+        let mut stmt = tx.prepare_cached(&format!(
+            "DELETE FROM {LOG} WHERE tbl = ?1 AND key = ?2 AND seq = ?3"
+        ))?;
+        let mut n = 0;
+        for c in done {
+            n += stmt.execute(params![c.tbl, c.key, c.seq])?;
+        }
+        Ok(n)
+    })
+}
+
+/// Pending count and lag.
+pub fn pending(conn: &Connection) -> Result<(u64, f64)> {
+    pending_on(conn)
+}
+
+/// `PRAGMA data_version`: changes whenever another connection commits.
+pub fn data_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}
+
+/// Make every commit read so far durable before it is mirrored: the app may
+/// run with `synchronous=NORMAL`, where a commit in WAL mode reaches the disk
+/// only at the next checkpoint, and Supabase must never hold a row a power
+/// loss could take from SQLite. One fsync of the WAL file covers every frame
+/// written to it, whoever wrote them (see ARCHITECTURE.md, "Durability").
+pub fn make_durable(db: &Path) -> Result<()> {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    for p in [wal.as_path(), db] {
+        match std::fs::File::open(p) {
+            Ok(f) => f.sync_data()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The single-daemon lease: an exclusive SQLite lock on `<db>.dualwrite.lock`,
+/// held for the daemon's life and released by the OS if it dies (even by `kill -9`).
+pub struct Lease {
+    conn: Connection,
+    pub path: PathBuf,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("path", &self.path).finish()
+    }
+}
+
+pub fn lock_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".dualwrite.lock");
+    PathBuf::from(p)
+}
+
+impl Lease {
+    pub fn take(db: &Path) -> Result<Lease> {
+        let path = lock_path(db);
+        let conn = Connection::open(&path).map_err(|e| {
+            Error::Sqlite(format!("cannot open the lock file {}: {e}", path.display()))
+        })?;
+        // Refuse at once rather than wait for the other daemon.
+        conn.busy_timeout(Duration::ZERO)?;
+        // Rollback journal, exclusive locking mode: the lock is held from the
+        // first write until the connection closes.
+        conn.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA locking_mode=EXCLUSIVE;")
+            .ok();
+        let taken = conn.execute_batch(
+            "BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS lease (pid INTEGER); DELETE FROM lease; COMMIT;",
+        );
+        match taken {
+            Ok(()) => {
+                conn.execute("INSERT INTO lease (pid) VALUES (?1)", [std::process::id()])?;
+                Ok(Lease { conn, path })
+            }
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    || e.code == rusqlite::ErrorCode::DatabaseLocked =>
+            {
+                Err(Error::invalid(format!(
+                    "another `dualwrite serve` is already running on {} (it holds {}); only one daemon may drain a file",
+                    db.display(),
+                    path.display()
+                )))
+            }
+            Err(e) => Err(Error::Sqlite(format!(
+                "cannot take the lock {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Whether the lease is still held (the connection is alive).
+    pub fn held(&self) -> bool {
+        self.conn.is_autocommit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema(c: &Connection) -> Vec<(String, String, Option<String>)> {
+        let mut s = c
+            .prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap()
+    }
+
+    fn dox_file(dir: &Path, legacy: bool) -> PathBuf {
+        let p = dir.join("dox.sqlite3");
+        let c = Connection::open(&p).unwrap();
+        let json_col = if legacy { "json" } else { "table_content_json" };
+        c.execute_batch(&format!(
+            "CREATE TABLE artifact (id VARCHAR NOT NULL PRIMARY KEY, filename VARCHAR, status VARCHAR);
+             CREATE TABLE doctable (id VARCHAR NOT NULL PRIMARY KEY, document_id VARCHAR NOT NULL, \"order\" INTEGER NOT NULL, {json_col} VARCHAR NOT NULL);
+             CREATE TABLE app_other (x INTEGER);
+             CREATE TABLE tagrow (rowname VARCHAR);
+             INSERT INTO artifact VALUES ('a1', 'f', 'new');"
+        ))
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn install_is_idempotent_captures_and_uninstall_restores_the_schema() {
+        let d = tempfile::tempdir().unwrap();
+        let p = dox_file(d.path(), true);
+        let before = schema(&Connection::open(&p).unwrap());
+        let r = install(&p, None).unwrap();
+        assert_eq!(r.tables, vec!["artifact", "doctable"]);
+        assert_eq!(r.created.len(), 2 + 6);
+        let once = schema(&Connection::open(&p).unwrap());
+        let again = install(&p, None).unwrap();
+        assert!(again.created.is_empty(), "{:?}", again.created);
+        assert_eq!(schema(&Connection::open(&p).unwrap()), once);
+        let st = status(&p).unwrap();
+        assert!(st.installed && st.missing.is_empty(), "{st:?}");
+
+        let app = Connection::open(&p).unwrap();
+        app.execute_batch(
+            "INSERT INTO doctable VALUES ('t1', 'd1', 0, '{}');
+             UPDATE artifact SET status = 'done' WHERE id = 'a1';
+             UPDATE artifact SET id = 'a2' WHERE id = 'a1';
+             DELETE FROM doctable;
+             INSERT INTO app_other VALUES (1);",
+        )
+        .unwrap();
+        let changes = read_changes(&app, 100).unwrap();
+        let got: Vec<(&str, &str, &str)> = changes
+            .iter()
+            .map(|c| (c.tbl.as_str(), c.key.as_str(), c.op.as_str()))
+            .collect();
+        // Coalesced by key, in the order of each key's last change.
+        assert_eq!(
+            got,
+            vec![
+                ("artifact", "a1", "D"),
+                ("artifact", "a2", "U"),
+                ("doctable", "t1", "D")
+            ]
+        );
+        let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        assert_eq!(status(&p).unwrap().pending, 3);
+
+        // An ack of a seq that has moved on removes nothing.
+        let mut c = open_rw(&p).unwrap();
+        app.execute("UPDATE artifact SET status = 'x' WHERE id = 'a2'", [])
+            .unwrap();
+        assert_eq!(ack(&mut c, &changes).unwrap(), 2);
+        let left = read_changes(&app, 100).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].key, "a2");
+        assert!(left[0].seq > changes[1].seq);
+
+        let e = uninstall(&p, false).unwrap_err().to_string();
+        assert!(e.contains("not mirrored yet"), "{e}");
+        let u = uninstall(&p, true).unwrap();
+        assert_eq!(u.discarded_changes, 1);
+        assert_eq!(schema(&Connection::open(&p).unwrap()), before);
+        assert!(!status(&p).unwrap().log_present);
+    }
+
+    #[test]
+    fn a_recreated_table_shows_as_missing_and_install_repairs_it() {
+        let d = tempfile::tempdir().unwrap();
+        let p = dox_file(d.path(), false);
+        install(&p, None).unwrap();
+        let app = Connection::open(&p).unwrap();
+        app.execute_batch(
+            "DROP TABLE artifact; CREATE TABLE artifact (id VARCHAR NOT NULL PRIMARY KEY, filename VARCHAR);",
+        )
+        .unwrap();
+        let st = status(&p).unwrap();
+        assert!(!st.installed);
+        assert_eq!(st.missing, vec!["artifact"]);
+        let r = install(&p, None).unwrap();
+        assert_eq!(r.created.len(), 3, "{:?}", r.created);
+        assert!(status(&p).unwrap().installed);
+    }
+
+    #[test]
+    fn bad_files_get_clear_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("nope.sqlite3");
+        let e = install(&missing, None).unwrap_err().to_string();
+        assert!(e.contains("no such file"), "{e}");
+        assert!(!missing.exists(), "a missing file must not be created");
+
+        let text = d.path().join("notes.txt");
+        std::fs::write(
+            &text,
+            "hello, this is not a database at all, just some text",
+        )
+        .unwrap();
+        let e = install(&text, None).unwrap_err().to_string();
+        assert!(e.contains("not a SQLite database"), "{e}");
+
+        let other = d.path().join("other.sqlite3");
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let e = install(&other, None).unwrap_err().to_string();
+        assert!(e.contains("not a DoX database"), "{e}");
+
+        let p = dox_file(d.path(), false);
+        let mut perms = std::fs::metadata(&p).unwrap().permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(&p, perms).unwrap();
+        // Root ignores file modes; only check where they apply.
+        if std::fs::OpenOptions::new().write(true).open(&p).is_err() {
+            let e = install(&p, None).unwrap_err().to_string();
+            assert!(e.contains("read-only"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_corrupt_change_row_is_named() {
+        let c = Change {
+            tbl: "bogus".into(),
+            key: "k".into(),
+            seq: 7,
+            op: "I".into(),
+            at: 0.0,
+        };
+        let e = check_change(&c).unwrap_err();
+        assert!(
+            e.contains("corrupt change row") && e.contains("bogus"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_second_lease_is_refused_until_the_first_is_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let db = d.path().join("x.sqlite3");
+        let first = Lease::take(&db).unwrap();
+        let e = Lease::take(&db).unwrap_err().to_string();
+        assert!(e.contains("already running"), "{e}");
+        drop(first);
+        Lease::take(&db).unwrap();
+    }
+}

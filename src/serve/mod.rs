@@ -1,0 +1,652 @@
+//! `dualwrite serve`: the long-running mirror of a captured DoX file.
+//!
+//! It drains the change log (see [`crate::capture`]) in commit order, state
+//! based: the keys of a batch are grouped by table, the rows are read as they
+//! are *now* (one statement per table), then the WAL is made durable, then
+//! rows that exist are upserted and rows that are gone are deleted, through
+//! the backfill's landing path (batches, retries, bisection, rejects file).
+//! A change leaves the log only after Supabase confirmed it, and only if its
+//! key was not changed again meanwhile (`seq`). Nothing is sent while a read
+//! transaction is open.
+//!
+//! * Commits are noticed with `PRAGMA data_version`, polled every `poll`.
+//! * Failures: each batch is retried with backoff (`retry.rs`) for up to
+//!   `max_wait`; then the daemon records the error, waits `pause` and tries
+//!   again, on its own timer, for as long as it takes. Changes wait in the log.
+//! * One daemon per file ([`crate::capture::Lease`]).
+//! * Shutdown: `/ready` turns 503 at once, the batch in flight finishes, `run` returns.
+
+pub mod http;
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::backfill::{self, prepare_row_with, Prepared, PreparedRows, Reject, RejectLog};
+use crate::capture::{self, Change};
+use crate::catalogue::{Table, TABLES};
+use crate::coerced::CoercedLog;
+use crate::db::SqliteDatabase;
+use crate::error::{Error, Result};
+use crate::normalise::UnrepresentablePolicy;
+use crate::rest::{content_range_total, RestClient};
+use crate::retry::{retry, RetryPolicy};
+
+/// How `serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub db_path: PathBuf,
+    /// Where the HTTP endpoint listens (`None`: no endpoint).
+    pub listen: Option<SocketAddr>,
+    /// Changes read per batch.
+    pub batch_rows: usize,
+    /// Rows per upsert request.
+    pub request_rows: usize,
+    /// Upsert requests in flight.
+    pub concurrency: usize,
+    /// How often to look for new commits when the log is empty.
+    pub poll: Duration,
+    /// `/ready` fails when the oldest pending change is older than this.
+    pub max_lag: Duration,
+    /// How long one batch is retried before the error is recorded.
+    pub max_wait: Duration,
+    /// The wait between failed batches.
+    pub pause: Duration,
+    /// How often the triggers are checked.
+    pub check_every: Duration,
+    /// Re-install missing triggers (else stop with an error).
+    pub repair_triggers: bool,
+    /// Where `rejects.ndjson` (dead letters) and `coerced.ndjson` are written.
+    pub state_dir: PathBuf,
+    /// Reject (the default) or coerce values Supabase cannot hold.
+    pub unrepresentable: UnrepresentablePolicy,
+}
+
+impl ServeOptions {
+    pub fn new(db_path: PathBuf, state_dir: PathBuf) -> ServeOptions {
+        ServeOptions {
+            db_path,
+            listen: None,
+            batch_rows: 4000,
+            request_rows: 500,
+            concurrency: 4,
+            poll: Duration::from_millis(50),
+            max_lag: Duration::from_secs(60),
+            max_wait: Duration::from_secs(20),
+            pause: Duration::from_secs(1),
+            check_every: Duration::from_secs(60),
+            repair_triggers: true,
+            state_dir,
+            unrepresentable: UnrepresentablePolicy::Reject,
+        }
+    }
+}
+
+/// The daemon's figures, shared with the HTTP endpoint.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub pending: AtomicU64,
+    /// Lag in milliseconds.
+    lag_ms: AtomicU64,
+    pub mirrored: Mutex<BTreeMap<String, u64>>,
+    pub failures: Mutex<BTreeMap<String, u64>>,
+    pub rejected: Mutex<BTreeMap<String, u64>>,
+    pub last_error: Mutex<Option<String>>,
+    pub last_success: Mutex<Option<f64>>,
+    /// Shutting down: not ready.
+    pub stopping: AtomicBool,
+    /// Why capture is not in place, when it is not.
+    pub capture_problem: Mutex<Option<String>>,
+    /// The last batch failed (Supabase unreachable, refusing the key, ...).
+    pub supabase_failing: AtomicBool,
+    pub max_lag_secs: f64,
+}
+
+fn add(m: &Mutex<BTreeMap<String, u64>>, k: &str, n: u64) {
+    if n > 0 {
+        *m.lock()
+            .expect("stats lock")
+            .entry(k.to_owned())
+            .or_default() += n;
+    }
+}
+
+impl Stats {
+    pub fn lag_seconds(&self) -> f64 {
+        self.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    fn set_pending(&self, pending: u64, lag: f64) {
+        self.pending.store(pending, Ordering::Relaxed);
+        self.lag_ms.store((lag * 1000.0) as u64, Ordering::Relaxed);
+    }
+
+    /// Ready, or the reasons why not.
+    pub fn ready(&self) -> std::result::Result<(), Vec<String>> {
+        let mut why = Vec::new();
+        if self.stopping.load(Ordering::Relaxed) {
+            why.push("shutting down".to_owned());
+        }
+        if let Some(p) = self.capture_problem.lock().expect("stats lock").clone() {
+            why.push(p);
+        }
+        if self.supabase_failing.load(Ordering::Relaxed) {
+            let e = self.last_error.lock().expect("stats lock").clone();
+            why.push(format!(
+                "supabase is failing: {}",
+                e.unwrap_or_else(|| "unknown error".into())
+            ));
+        }
+        if self.lag_seconds() > self.max_lag_secs {
+            why.push(format!(
+                "lag {:.1}s is over the bound of {:.0}s",
+                self.lag_seconds(),
+                self.max_lag_secs
+            ));
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why)
+        }
+    }
+
+    pub fn snapshot(&self) -> StatusFile {
+        StatusFile {
+            pid: std::process::id(),
+            updated_at: capture::now_secs(),
+            pending: self.pending.load(Ordering::Relaxed),
+            lag_seconds: self.lag_seconds(),
+            ready: self.ready().is_ok(),
+            not_ready_because: self.ready().err().unwrap_or_default(),
+            last_error: self.last_error.lock().expect("stats lock").clone(),
+            last_success: *self.last_success.lock().expect("stats lock"),
+            mirrored_rows: self.mirrored.lock().expect("stats lock").clone(),
+            failures: self.failures.lock().expect("stats lock").clone(),
+            rejected_rows: self.rejected.lock().expect("stats lock").clone(),
+        }
+    }
+}
+
+/// What the daemon last reported, as written next to the file
+/// (`<db>.dualwrite-serve.json`) and served on `/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusFile {
+    pub pid: u32,
+    pub updated_at: f64,
+    pub pending: u64,
+    pub lag_seconds: f64,
+    pub ready: bool,
+    pub not_ready_because: Vec<String>,
+    pub last_error: Option<String>,
+    /// Seconds since the epoch of the last batch Supabase confirmed.
+    pub last_success: Option<f64>,
+    pub mirrored_rows: BTreeMap<String, u64>,
+    pub failures: BTreeMap<String, u64>,
+    pub rejected_rows: BTreeMap<String, u64>,
+}
+
+pub fn status_file_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".dualwrite-serve.json");
+    PathBuf::from(p)
+}
+
+fn write_status(path: &Path, s: &StatusFile) {
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(s).expect("status serialises");
+    if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, path)) {
+        tracing::debug!(error = %e, path = %path.display(), "cannot write the status file");
+    }
+}
+
+/// A failure's kind, for `dualwrite_mirror_failures_total{kind}`.
+pub fn failure_kind(e: &Error) -> &'static str {
+    match e {
+        Error::Unreachable { .. } => "unreachable",
+        Error::Timeout(_) => "timeout",
+        Error::Rest {
+            status: 401 | 403, ..
+        } => "auth",
+        Error::Rest { status, .. } if *status >= 500 => "server",
+        Error::Rest { status: 429, .. } => "throttled",
+        Error::Rest { .. } => "refused",
+        Error::Sqlite(_) => "sqlite",
+        _ => "other",
+    }
+}
+
+/// The capture connection, used from `spawn_blocking` only.
+type Conn = Arc<Mutex<rusqlite::Connection>>;
+
+async fn blocking<R: Send + 'static>(
+    conn: &Conn,
+    f: impl FnOnce(&mut rusqlite::Connection) -> Result<R> + Send + 'static,
+) -> Result<R> {
+    let conn = Arc::clone(conn);
+    tokio::task::spawn_blocking(move || f(&mut conn.lock().expect("capture connection")))
+        .await
+        .map_err(|e| Error::Sqlite(format!("the capture task failed: {e}")))?
+}
+
+struct Daemon {
+    opts: ServeOptions,
+    rest: RestClient,
+    conn: Conn,
+    reader: SqliteDatabase,
+    rejects: Arc<RejectLog>,
+    coerced: Arc<CoercedLog>,
+    stats: Arc<Stats>,
+}
+
+/// Run the daemon until `shutdown` completes (then finish the batch in flight).
+pub async fn run(
+    rest: RestClient,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (stop_tx, stop) = watch::channel(false);
+    let stats = Arc::new(Stats {
+        max_lag_secs: opts.max_lag.as_secs_f64(),
+        ..Stats::default()
+    });
+    {
+        let stats = Arc::clone(&stats);
+        tokio::spawn(async move {
+            shutdown.await;
+            // Not ready at once, so a load balancer stops sending first.
+            stats.stopping.store(true, Ordering::SeqCst);
+            let _ = stop_tx.send(true);
+        });
+    }
+    let db = opts.db_path.clone();
+    let lease = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || capture::Lease::take(&db))
+            .await
+            .map_err(|e| Error::Sqlite(e.to_string()))??
+    };
+    let conn = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = capture::open_rw(&db)?;
+            // Acknowledgements take the file's write lock: keep them short. An
+            // acknowledgement a power loss takes back only sends the row again
+            // (idempotent), so it needs no fsync of its own.
+            c.execute_batch("PRAGMA synchronous=NORMAL")?;
+            Ok::<_, Error>(c)
+        })
+        .await
+        .map_err(|e| Error::Sqlite(e.to_string()))??
+    };
+    let conn: Conn = Arc::new(Mutex::new(conn));
+    let st = blocking(&conn, |c| capture::status_on(c)).await?;
+    if !st.log_present {
+        return Err(Error::invalid(format!(
+            "capture is not installed on {}: run `dualwrite capture install` first",
+            db.display()
+        )));
+    }
+    let rejects = Arc::new(RejectLog::open(
+        opts.state_dir.join("rejects.ndjson"),
+        true,
+    )?);
+    let coerced = Arc::new(CoercedLog::new(opts.state_dir.join("coerced.ndjson")));
+    let reader = SqliteDatabase::open_read_only(&db).await?;
+    let mut d = Daemon {
+        opts,
+        rest,
+        conn,
+        reader,
+        rejects,
+        coerced,
+        stats: Arc::clone(&stats),
+    };
+    d.check_triggers().await?;
+    let server = match d.opts.listen {
+        Some(addr) => Some(http::spawn(addr, Arc::clone(&stats), stop.clone())?),
+        None => None,
+    };
+    tracing::info!(db = %db.display(), listen = ?d.opts.listen, lease = %lease.path.display(), "serving");
+    let result = d.drain(stop).await;
+    let status_path = status_file_path(&db);
+    write_status(&status_path, &stats.snapshot());
+    if let Some(s) = server {
+        let _ = s.await;
+    }
+    drop(lease);
+    result
+}
+
+impl Daemon {
+    /// Check the triggers; re-install missing ones or fail.
+    async fn check_triggers(&mut self) -> Result<()> {
+        let st = blocking(&self.conn, |c| capture::status_on(c)).await?;
+        if st.missing.is_empty() && st.log_present {
+            *self.stats.capture_problem.lock().expect("stats lock") = None;
+            return Ok(());
+        }
+        if !self.opts.repair_triggers {
+            let why = format!(
+                "capture triggers are missing on {} (was the table re-created?); writes to it are not captured",
+                st.missing.join(", ")
+            );
+            *self.stats.capture_problem.lock().expect("stats lock") = Some(why.clone());
+            return Err(Error::Sqlite(why));
+        }
+        tracing::warn!(tables = ?st.missing, "capture triggers were missing; re-installing them");
+        let r = blocking(&self.conn, capture::install_on).await?;
+        tracing::info!(created = ?r.created, "capture re-installed");
+        // The tables may have new columns: read them with a fresh layout.
+        self.reader = SqliteDatabase::open_read_only(&self.opts.db_path).await?;
+        *self.stats.capture_problem.lock().expect("stats lock") = None;
+        Ok(())
+    }
+
+    async fn refresh_pending(&self) -> Result<()> {
+        let (n, lag) = blocking(&self.conn, |c| capture::pending(c)).await?;
+        self.stats.set_pending(n, lag);
+        Ok(())
+    }
+
+    async fn drain(&mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
+        let status_path = status_file_path(&self.opts.db_path);
+        let mut last_check = Instant::now();
+        let mut last_status = Instant::now() - Duration::from_secs(10);
+        let mut version = blocking(&self.conn, |c| capture::data_version(c)).await?;
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            if last_check.elapsed() >= self.opts.check_every {
+                last_check = Instant::now();
+                self.check_triggers().await?;
+            }
+            let limit = self.opts.batch_rows.max(1);
+            let changes = blocking(&self.conn, move |c| capture::read_changes(c, limit)).await?;
+            let full = changes.len() >= limit;
+            let failed = if changes.is_empty() {
+                false
+            } else {
+                match self.mirror(changes).await {
+                    Ok(()) => {
+                        self.stats.supabase_failing.store(false, Ordering::Relaxed);
+                        *self.stats.last_success.lock().expect("stats lock") =
+                            Some(capture::now_secs());
+                        false
+                    }
+                    Err(e) => {
+                        add(&self.stats.failures, failure_kind(&e), 1);
+                        tracing::warn!(error = %e, "mirroring failed; the changes stay in the log and are retried");
+                        *self.stats.last_error.lock().expect("stats lock") = Some(e.to_string());
+                        if matches!(e, Error::Sqlite(_) | Error::Io(_)) {
+                            return Err(e);
+                        }
+                        self.stats.supabase_failing.store(true, Ordering::Relaxed);
+                        true
+                    }
+                }
+            };
+            // Refreshed once a second, and whenever the log may have run dry.
+            if last_status.elapsed() >= Duration::from_secs(1) || failed || !full {
+                self.refresh_pending().await?;
+                write_status(&status_path, &self.stats.snapshot());
+                last_status = Instant::now();
+            }
+            if failed {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.opts.pause) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            if full {
+                continue;
+            }
+            // Wait for somebody to commit (or the next trigger check). The
+            // wait comes first: under a steady write load, batches then come
+            // every `poll` instead of back to back, which keeps the daemon's
+            // acknowledgements (the file's write lock) and fsyncs off the app's path.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.opts.poll) => {}
+                    _ = stop.changed() => {}
+                }
+                if *stop.borrow() {
+                    return Ok(());
+                }
+                let v = blocking(&self.conn, |c| capture::data_version(c)).await?;
+                if v != version {
+                    version = v;
+                    break;
+                }
+                if last_check.elapsed() >= self.opts.check_every {
+                    break;
+                }
+                if last_status.elapsed() >= Duration::from_secs(1) {
+                    self.refresh_pending().await?;
+                    write_status(&status_path, &self.stats.snapshot());
+                    last_status = Instant::now();
+                }
+            }
+        }
+    }
+
+    /// Mirror one batch of changes; acknowledge each table's once it landed.
+    async fn mirror(&mut self, changes: Vec<Change>) -> Result<()> {
+        let mut by_table: BTreeMap<usize, Vec<Change>> = BTreeMap::new();
+        let mut corrupt = Vec::new();
+        for c in changes {
+            match capture::check_change(&c) {
+                Ok(t) => {
+                    let i = TABLES
+                        .iter()
+                        .position(|x| x.sqlite == t.sqlite)
+                        .unwrap_or(0);
+                    by_table.entry(i).or_default().push(c);
+                }
+                Err(reason) => corrupt.push((c, reason)),
+            }
+        }
+        if !corrupt.is_empty() {
+            // Dead letters: recorded with the reason, counted, never blocking the rest.
+            let rejects: Vec<Reject> = corrupt
+                .iter()
+                .map(|(c, reason)| Reject {
+                    table: c.tbl.clone(),
+                    key: c.key.clone(),
+                    code: "corrupt_change".into(),
+                    message: reason.clone(),
+                    row: serde_json::Value::Null,
+                })
+                .collect();
+            tracing::error!(
+                count = rejects.len(),
+                "corrupt change rows moved to the rejects file"
+            );
+            self.rejects.write(&rejects)?;
+            for (c, _) in &corrupt {
+                add(&self.stats.rejected, &c.tbl, 1);
+            }
+            let done: Vec<Change> = corrupt.into_iter().map(|(c, _)| c).collect();
+            blocking(&self.conn, move |c| capture::ack(c, &done)).await?;
+        }
+        // Read every row first (short read transactions), then make what was
+        // read durable, then send.
+        let mut work = Vec::new();
+        for (i, cs) in by_table {
+            let t: &'static Table = TABLES[i];
+            if !self.reader.has_table(t) {
+                // A table created after the daemon started: read it with a fresh layout.
+                self.reader = SqliteDatabase::open_read_only(&self.opts.db_path).await?;
+            }
+            let keys: Vec<String> = cs.iter().map(|c| c.key.clone()).collect();
+            let rows = self.reader.rows_by_keys(t, keys).await?;
+            work.push((t, cs, rows));
+        }
+        {
+            let db = self.opts.db_path.clone();
+            tokio::task::spawn_blocking(move || capture::make_durable(&db))
+                .await
+                .map_err(|e| Error::Sqlite(e.to_string()))??;
+        }
+        for (t, cs, rows) in work {
+            let mut present = HashSet::new();
+            let mut prepared: Vec<Prepared> = Vec::with_capacity(rows.len());
+            let mut bad: Vec<Reject> = Vec::new();
+            let (mut lossy, mut coerced) = (Vec::new(), Vec::new());
+            for row in &rows {
+                match prepare_row_with(t, row, &mut lossy, self.opts.unrepresentable, &mut coerced)
+                {
+                    Ok(p) => {
+                        present.insert(p.key.clone());
+                        prepared.push(p);
+                    }
+                    Err(r) => {
+                        present.insert(r.key.clone());
+                        bad.push(*r);
+                    }
+                }
+            }
+            let body = PreparedRows::from_rows(&prepared);
+            let (written, refused) = backfill::land_rows(
+                &self.rest,
+                t,
+                &body,
+                self.opts.request_rows,
+                self.opts.concurrency,
+                self.opts.max_wait,
+                &self.rejects,
+            )
+            .await?;
+            self.rejects.write(&bad)?;
+            self.coerced.write(&coerced)?;
+            let gone: Vec<&str> = cs
+                .iter()
+                .map(|c| c.key.as_str())
+                .filter(|k| !present.contains(*k))
+                .collect();
+            let deleted = self.delete(t, &gone).await?;
+            let n = cs.len();
+            blocking(&self.conn, move |c| capture::ack(c, &cs)).await?;
+            add(&self.stats.mirrored, t.sqlite, written + deleted);
+            add(
+                &self.stats.rejected,
+                t.sqlite,
+                (refused.len() + bad.len()) as u64,
+            );
+            tracing::debug!(
+                table = t.sqlite,
+                changes = n,
+                upserted = written,
+                deleted,
+                "mirrored"
+            );
+        }
+        Ok(())
+    }
+
+    /// Delete rows that are gone from SQLite; returns the keys handled.
+    async fn delete(&self, t: &'static Table, keys: &[&str]) -> Result<u64> {
+        for chunk in crate::verify::key_chunks(keys) {
+            let quoted: Vec<String> = chunk
+                .iter()
+                .map(|k| crate::verify::in_list_value(k))
+                .collect();
+            retry(RetryPolicy::for_up_to(self.opts.max_wait), || async {
+                let req = self
+                    .rest
+                    .from(t.supabase)
+                    .delete()
+                    .in_(t.key().supabase, &quoted)
+                    .build();
+                let resp = self
+                    .rest
+                    .send(req, Some("return=minimal,count=exact"))
+                    .await?;
+                // The row may never have reached Supabase: 0 deleted is fine.
+                Ok(content_range_total(resp.headers()).unwrap_or(0))
+            })
+            .await?;
+        }
+        Ok(keys.len() as u64)
+    }
+}
+
+/// `dualwrite status`: what the file and the daemon's last report say.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub db_path: String,
+    pub capture: capture::CaptureStatus,
+    pub pending: u64,
+    pub lag_seconds: f64,
+    /// The daemon holds the lease right now.
+    pub daemon_running: bool,
+    pub last_error: Option<String>,
+    pub last_success: Option<f64>,
+    pub daemon: Option<StatusFile>,
+}
+
+pub fn status(db: &Path) -> Result<Status> {
+    let capture = capture::status(db)?;
+    let daemon: Option<StatusFile> = std::fs::read(status_file_path(db))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    // Taking the lease for a moment tells whether a daemon holds it.
+    let daemon_running = capture::Lease::take(db).is_err();
+    Ok(Status {
+        db_path: db.display().to_string(),
+        pending: capture.pending,
+        lag_seconds: capture.lag_seconds,
+        daemon_running,
+        last_error: daemon.as_ref().and_then(|d| d.last_error.clone()),
+        last_success: daemon.as_ref().and_then(|d| d.last_success),
+        capture,
+        daemon,
+    })
+}
+
+impl Status {
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "{}\n  capture: {}\n  pending changes: {}\n  lag: {:.1}s\n  daemon: {}\n",
+            self.db_path,
+            if self.capture.installed {
+                "installed".to_owned()
+            } else if self.capture.log_present {
+                format!(
+                    "INCOMPLETE (no triggers on {})",
+                    self.capture.missing.join(", ")
+                )
+            } else {
+                "not installed".to_owned()
+            },
+            self.pending,
+            self.lag_seconds,
+            if self.daemon_running {
+                "running"
+            } else {
+                "not running"
+            },
+        );
+        if let Some(e) = &self.last_error {
+            s.push_str(&format!("  last error: {e}\n"));
+        }
+        if let Some(d) = &self.daemon {
+            if !d.not_ready_because.is_empty() {
+                s.push_str(&format!(
+                    "  not ready because: {}\n",
+                    d.not_ready_because.join("; ")
+                ));
+            }
+        }
+        s
+    }
+}

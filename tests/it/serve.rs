@@ -1,0 +1,708 @@
+//! `capture` + `serve` against the real stack: an app-like writer that is not
+//! dualwrite (plain rusqlite, DoX-shaped writes) writes while the real binary
+//! drains; PostgREST is really stopped and really hung, the daemon is really
+//! killed; at the end `verify` must say EQUAL.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dualwrite::db::{SqliteDatabase, SqliteOptions};
+use dualwrite::verify::{self, Format, KeyInfo, Verdict, VerifyOptions};
+
+use crate::harness::PrivateDb;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dualwrite"));
+    // Only what the test gives: no stack variable or .env can point elsewhere.
+    c.env_clear().env("RUST_LOG", "warn,dualwrite=info");
+    c
+}
+
+fn env_for(c: &mut Command, db: &Path, pg: &PrivateDb) {
+    c.env("DB_PATH", db)
+        .env("SUPABASE_URL", &pg.url)
+        .env("SUPABASE_SERVICE_KEY", pg.service_key())
+        .env("SUPABASE_TIMEOUT", "2");
+}
+
+fn run(db: &Path, pg: &PrivateDb, args: &[&str]) -> Output {
+    let mut c = bin();
+    env_for(&mut c, db, pg);
+    c.current_dir(db.parent().unwrap())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_serve(db: &Path, pg: &PrivateDb, port: u16) -> Child {
+    spawn_serve_with(db, pg, port, &[])
+}
+
+fn spawn_serve_with(db: &Path, pg: &PrivateDb, port: u16, extra: &[&str]) -> Child {
+    let mut c = bin();
+    env_for(&mut c, db, pg);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(db.with_extension("serve.log"))
+        .unwrap();
+    c.current_dir(db.parent().unwrap())
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--max-wait-secs",
+            "3",
+            "--batch-rows",
+            "500",
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap()
+}
+
+/// A DoX file as DoX's bootstrap makes it, with capture installed.
+async fn captured_file(dir: &Path, pg: &PrivateDb) -> PathBuf {
+    let db = dir.join("app.sqlite3");
+    drop(
+        SqliteDatabase::open(&db, SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let o = run(&db, pg, &["capture", "install"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    db
+}
+
+fn pending(db: &Path) -> i64 {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.query_row("SELECT count(*) FROM _dualwrite_changes", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// The app: its own connection, BEGIN IMMEDIATE transactions, writes shaped
+/// like DoX's. Returns the number of transactions committed.
+fn app_writer(db: PathBuf, stop: Arc<AtomicBool>, seed: u64) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut c = rusqlite::Connection::open(&db).unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+            .unwrap();
+        let mut n = 0u64;
+        let mut artifacts: Vec<String> = Vec::new();
+        let docs: Vec<String> = (0..5).map(|i| format!("doc-{seed}-{i}")).collect();
+        while !stop.load(Ordering::Relaxed) {
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
+            match n % 6 {
+                // add_artifact
+                0 | 3 => {
+                    let id = format!("art-{seed}-{n}");
+                    tx.execute(
+                        "INSERT INTO artifact (id, filename, filepath, filetype, report_week, status, source_url, extra_json) \
+                         VALUES (?1, 'r.pdf', '/data/r.pdf', 'pdf', '2024-W01', 'new', NULL, '{}')",
+                        [&id],
+                    )
+                    .unwrap();
+                    artifacts.push(id);
+                }
+                // status and extras updates
+                1 => {
+                    if let Some(id) = artifacts.get((n as usize * 7) % artifacts.len().max(1)) {
+                        tx.execute(
+                            "UPDATE artifact SET status = ?2, extra_json = ?3 WHERE id = ?1",
+                            rusqlite::params![id, format!("s{n}"), format!("{{\"n\":{n}}}")],
+                        )
+                        .unwrap();
+                    }
+                }
+                // delete-then-insert of a document's entities and metric hits
+                2 | 4 => {
+                    let d = &docs[(n as usize) % docs.len()];
+                    tx.execute("DELETE FROM document_entities WHERE document_id = ?1", [d])
+                        .unwrap();
+                    tx.execute(
+                        "DELETE FROM document_metric_hits WHERE document_id = ?1",
+                        [d],
+                    )
+                    .unwrap();
+                    for i in 0..3 {
+                        tx.execute(
+                            "INSERT INTO document_entities (id, document_id, label, text, start_char, end_char, page, entity_context, source_index) \
+                             VALUES (?1, ?2, 'ORG', ?3, 0, 4, 1, 'ctx', ?4)",
+                            rusqlite::params![format!("ent-{d}-{n}-{i}"), d, format!("Acme {n}"), i],
+                        )
+                        .unwrap();
+                        tx.execute(
+                            "INSERT INTO document_metric_hits (id, document_id, type, value, metric_context, position, page, source_index) \
+                             VALUES (?1, ?2, 'money', ?3, 'ctx', ?4, 1, 0)",
+                            rusqlite::params![format!("hit-{d}-{n}-{i}"), d, format!("${n}"), i],
+                        )
+                        .unwrap();
+                    }
+                    tx.execute(
+                        "INSERT INTO logentry (id, document_id, ts, level, code, component, message, attrs_json) \
+                         VALUES (?1, ?2, '2024-01-01T00:00:00Z', 'INFO', 'C1', 'parser', 'parsed', '{}')",
+                        rusqlite::params![format!("log-{seed}-{n}"), d],
+                    )
+                    .unwrap();
+                }
+                // a whole table emptied now and then; rows that were there
+                // before capture (a backfill's business) updated and deleted
+                _ => {
+                    if n % 60 == 5 {
+                        tx.execute("DELETE FROM logentry", []).unwrap();
+                    }
+                    tx.execute(
+                        "UPDATE artifact SET status = ?1 WHERE rowid = \
+                         (SELECT abs(random()) % (max(rowid) + 1) FROM artifact)",
+                        [format!("touched-{n}")],
+                    )
+                    .unwrap();
+                    tx.execute(
+                        "DELETE FROM document_entities WHERE rowid = \
+                         (SELECT abs(random()) % (max(rowid) + 1) FROM document_entities)",
+                        [],
+                    )
+                    .unwrap();
+                }
+            }
+            tx.commit().unwrap();
+            n += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        n
+    })
+}
+
+async fn wait_drained(db: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    while pending(db) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} changes still pending; serve log:\n{}",
+            pending(db),
+            std::fs::read_to_string(db.with_extension("serve.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn assert_equal(db: &Path, pg: &PrivateDb) {
+    let lite = SqliteDatabase::open_read_only(db).await.unwrap();
+    let opts = VerifyOptions::new(KeyInfo::of("SUPABASE_SERVICE_KEY", &pg.service_key()));
+    let r = verify::run(&lite, &pg.supabase(), &opts).await.unwrap();
+    assert_eq!(
+        r.verdict,
+        Verdict::Equal,
+        "{}\nserve log:\n{}",
+        verify::render(&r, Format::Text),
+        std::fs::read_to_string(db.with_extension("serve.log")).unwrap_or_default()
+    );
+    assert_eq!(r.totals.source_rows, r.totals.target_rows);
+    assert!(r.totals.source_rows > 50, "{}", r.totals.source_rows);
+}
+
+async fn get(port: u16, path: &str) -> (u16, String) {
+    match reqwest::get(format!("http://127.0.0.1:{port}{path}")).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+async fn wait_http(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(port, "/health").await.0 != 200 {
+        assert!(Instant::now() < deadline, "serve did not start listening");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_writer_is_mirrored_through_outages_hangs_and_kill_9() {
+    let mut pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let port = free_port();
+    let mut serve = spawn_serve(&db, &pg, port);
+    wait_http(port).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = app_writer(db.clone(), Arc::clone(&stop), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // PostgREST stopped: the changes wait, /ready says why.
+    pg.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (code, body) = loop {
+        let (code, body) = get(port, "/ready").await;
+        if code == 503 || Instant::now() > deadline {
+            break (code, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("supabase is failing"), "{body}");
+    assert!(pending(&db) > 0);
+    pg.start().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // PostgREST hung (SIGSTOP): requests time out, nothing is lost.
+    pg.pause(true);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    pg.pause(false);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    // kill -9, several times, at arbitrary moments.
+    for i in 0..3 {
+        serve.kill().unwrap();
+        serve.wait().unwrap();
+        tokio::time::sleep(Duration::from_millis(300 + 200 * i)).await;
+        serve = spawn_serve(&db, &pg, port);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert!(writes > 100, "the writer made only {writes} transactions");
+
+    wait_drained(&db, Duration::from_secs(30)).await;
+    wait_http(port).await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let metrics = loop {
+        let (code, metrics) = get(port, "/metrics").await;
+        assert_eq!(code, 200);
+        if metrics.contains("dualwrite_pending_changes 0\n") || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        metrics.contains("dualwrite_pending_changes 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dualwrite_mirrored_rows_total{table=\"artifact\"}"),
+        "{metrics}"
+    );
+    assert_equal(&db, &pg).await;
+
+    // `status` reads the file: nothing pending, the daemon running.
+    let o = run(&db, &pg, &["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["pending"], 0, "{st}");
+    assert_eq!(st["daemon_running"], true, "{st}");
+
+    // A second daemon on the same file refuses.
+    let o = run(
+        &db,
+        &pg,
+        &["serve", "--listen", &format!("127.0.0.1:{}", free_port())],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("already running"), "{err}");
+
+    // SIGTERM: not ready at once, then exit 0.
+    let t = Instant::now();
+    let st = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = serve.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_file_without_capture_and_uninstall_restores_the_schema() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.sqlite3");
+    drop(
+        SqliteDatabase::open(&db, SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let schema = |p: &Path| -> Vec<(String, Option<String>)> {
+        let c = rusqlite::Connection::open(p).unwrap();
+        let mut s = c
+            .prepare("SELECT name, sql FROM sqlite_master ORDER BY name")
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap()
+    };
+    let before = schema(&db);
+    let o = run(
+        &db,
+        &pg,
+        &["serve", "--listen", &format!("127.0.0.1:{}", free_port())],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("capture is not installed"), "{err}");
+
+    for _ in 0..2 {
+        let o = run(&db, &pg, &["capture", "install"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = run(&db, &pg, &["capture", "status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["installed"], true, "{st}");
+    assert_eq!(st["tables"].as_array().unwrap().len(), 17, "{st}");
+    let o = run(&db, &pg, &["capture", "uninstall"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(schema(&db), before);
+
+    let o = run(
+        &dir.path().join("missing.sqlite3"),
+        &pg,
+        &["capture", "install"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no such file"));
+}
+
+/// Rows a writer produces with no daemon running are mirrored when one starts
+/// (the log is the only hand-off), and a rejected row is a counted dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_drains_and_a_refused_row_becomes_a_dead_letter() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = app_writer(db.clone(), Arc::clone(&stop), 2);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    // A value PostgreSQL refuses for good: a NUL in a text column is unrepresentable.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute(
+            "INSERT INTO tagrow (id, document_id, tag, score) VALUES ('bad-1', 'd', ?1, 1.0)",
+            ["a\u{0}b"],
+        )
+        .unwrap();
+    }
+    // A corrupt change row (a table that is not a DoX table): a dead letter
+    // with the reason, never a block for the rows behind it.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "INSERT INTO _dualwrite_changes (tbl, key, seq, op, at) VALUES ('no_such_table', 'k1', 0, 'I', 0)",
+            [],
+        )
+        .unwrap();
+    let backlog = pending(&db);
+    assert!(backlog > 50, "{backlog}");
+    let port = free_port();
+    let mut serve = spawn_serve(&db, &pg, port);
+    wait_drained(&db, Duration::from_secs(30)).await;
+    wait_http(port).await;
+    let (_, metrics) = get(port, "/metrics").await;
+    assert!(
+        metrics.contains("dualwrite_rejected_rows_total{table=\"tagrow\"} 1"),
+        "{metrics}"
+    );
+    let rejects = std::fs::read_dir(dir.path().join("dualwrite-state"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("rejects.ndjson"))
+        .find(|p| p.exists())
+        .expect("a rejects file");
+    let text = std::fs::read_to_string(rejects).unwrap();
+    assert!(text.contains("bad-1"), "{text}");
+    assert!(
+        text.contains("corrupt change row: table `no_such_table`"),
+        "{text}"
+    );
+    assert!(
+        metrics.contains("dualwrite_rejected_rows_total{table=\"no_such_table\"} 1"),
+        "{metrics}"
+    );
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    // Everything but the dead letter is equal: remove it to compare.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM tagrow WHERE id = 'bad-1'", [])
+        .unwrap();
+    assert_equal(&db, &pg).await;
+}
+
+/// The documented procedure for a live deployment: capture install, serve,
+/// backfill while the app writes (to old rows too), then verify: no stale and
+/// no missing row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_while_serve_drains_and_the_app_writes_leaves_no_stale_row() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.sqlite3");
+    // The app's data from before the migration.
+    let o = run(
+        &db,
+        &pg,
+        &[
+            "fixtures",
+            "generate",
+            "--rows",
+            "20000",
+            "--out",
+            db.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&db, &pg, &["capture", "install"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let port = free_port();
+    let mut serve = spawn_serve(&db, &pg, port);
+    wait_http(port).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = app_writer(db.clone(), Arc::clone(&stop), 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let o = run(
+        &db,
+        &pg,
+        &[
+            "backfill",
+            "--from-sqlite",
+            db.to_str().unwrap(),
+            "--batch-rows",
+            "200",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    wait_drained(&db, Duration::from_secs(30)).await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    assert_equal(&db, &pg).await;
+}
+
+/// `cutover check` counts pending captured changes: equal content is not
+/// enough while a change waits in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_check_is_not_ready_while_changes_are_pending() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute(
+        "INSERT INTO artifact (id, filename, filepath, filetype, status) VALUES ('a1', 'f', '/f', 'pdf', 'new')",
+        [],
+    )
+    .unwrap();
+    let cutover = || {
+        let o = run(&db, &pg, &["cutover", "check", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+        (o.status.code(), v)
+    };
+    let (code, v) = cutover();
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["capture"]["pending"], 1, "{v}");
+    let reasons = v["reasons"].to_string();
+    assert!(
+        reasons.contains("1 captured change(s) not mirrored yet"),
+        "{reasons}"
+    );
+
+    let port = free_port();
+    let mut serve = spawn_serve(&db, &pg, port);
+    wait_drained(&db, Duration::from_secs(20)).await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    let (code, v) = cutover();
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["verdict"], "READY", "{v}");
+}
+
+fn run_with(db: &Path, pg: &PrivateDb, extra: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = bin();
+    env_for(&mut c, db, pg);
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    c.current_dir(db.parent().unwrap())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The embedded dual write with capture: a mirror that fails loses nothing
+/// (the trigger logged the primary write in its own transaction), and the
+/// legacy failure log is imported into the change log once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_dual_write_with_capture_loses_nothing_and_the_failure_log_is_imported_once() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.sqlite3");
+    drop(
+        SqliteDatabase::open(&db, SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let down = [
+        ("SUPABASE_DUAL_WRITE", "true"),
+        ("SUPABASE_URL", "http://127.0.0.1:9/rest/v1"),
+    ];
+    let tag = |id: &str| {
+        format!("{{\"tag\": {{\"id\": \"{id}\", \"document_id\": \"d\", \"tag\": \"x\"}}}}")
+    };
+    // Before capture: the failure goes to the NDJSON log only.
+    let o = run_with(
+        &db,
+        &pg,
+        &down,
+        &["call", "add_tag", "--json", &tag("t-before")],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let log = dir.path().join("app.sqlite3.failures.ndjson");
+    assert!(log.exists());
+    // A newer version of the same row, mirrored inline: replaying the old
+    // payload would overwrite it; the imported key sends the row as it is now.
+    let newer = "{\"tag\": {\"id\": \"t-before\", \"document_id\": \"d\", \"tag\": \"newer\"}}";
+    let o = run_with(
+        &db,
+        &pg,
+        &[("SUPABASE_DUAL_WRITE", "true")],
+        &["call", "add_tag", "--json", newer],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let o = run(&db, &pg, &["capture", "install"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["failure_log"]["imported"], 1, "{r}");
+    assert!(!log.exists(), "an imported log is removed");
+    assert_eq!(pending(&db), 1);
+    let o = run(&db, &pg, &["capture", "install"]);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["failure_log"]["imported"], 0, "{r}");
+
+    // With capture: the failed mirror's write is in the change log too.
+    let o = run_with(
+        &db,
+        &pg,
+        &down,
+        &["call", "add_tag", "--json", &tag("t-during")],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(pending(&db), 2);
+    // ... and only there: a payload recorded for replay could later overwrite a newer row.
+    assert!(
+        !log.exists(),
+        "with capture, failures are not recorded as payloads"
+    );
+
+    let port = free_port();
+    let mut serve = spawn_serve(&db, &pg, port);
+    wait_drained(&db, Duration::from_secs(20)).await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    let rows = pg
+        .rest(Duration::from_secs(5))
+        .select_page("tags", "*", &[], "id", None, 10)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let before = rows.iter().find(|r| r["id"] == "t-before").unwrap();
+    assert_eq!(
+        before["tag"], "newer",
+        "an old payload overwrote a newer row"
+    );
+    // `replay` keeps working on what the log still holds (idempotent).
+    let o = run_with(&db, &pg, &[("SUPABASE_DUAL_WRITE", "true")], &["replay"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_verify_equal(&db, &pg).await;
+}
+
+async fn assert_verify_equal(db: &Path, pg: &PrivateDb) {
+    let lite = SqliteDatabase::open_read_only(db).await.unwrap();
+    let opts = VerifyOptions::new(KeyInfo::of("SUPABASE_SERVICE_KEY", &pg.service_key()));
+    let r = verify::run(&lite, &pg.supabase(), &opts).await.unwrap();
+    assert_eq!(
+        r.verdict,
+        Verdict::Equal,
+        "{}",
+        verify::render(&r, Format::Text)
+    );
+}
+
+/// The app drops and re-creates a table (its triggers vanish with it): the
+/// daemon's periodic check re-installs them, and later writes are mirrored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_lost_with_a_recreated_table_are_reinstalled_by_serve() {
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let port = free_port();
+    let mut serve = spawn_serve_with(&db, &pg, port, &["--check-secs", "0.3"]);
+    wait_http(port).await;
+    let app = rusqlite::Connection::open(&db).unwrap();
+    let ddl: String = app
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'tagrow'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    app.execute_batch(&format!("DROP TABLE tagrow; {ddl};"))
+        .unwrap();
+    let st = run(&db, &pg, &["capture", "status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert!(
+        st["missing"] == serde_json::json!(["tagrow"]) || st["installed"] == true,
+        "{st}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = run(&db, &pg, &["capture", "status", "--json"]);
+        let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+        if st["installed"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "triggers not re-installed: {st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.execute(
+        "INSERT INTO tagrow (id, document_id, tag, score) VALUES ('after-recreate', 'd', 'x', 0.5)",
+        [],
+    )
+    .unwrap();
+    wait_drained(&db, Duration::from_secs(10)).await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    let rows = pg
+        .rest(Duration::from_secs(5))
+        .select_page("tags", "*", &[], "id", None, 10)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["id"], "after-recreate");
+}
