@@ -263,14 +263,20 @@ async fn main() {
     let mut daemon = serve(&env, &db, &state, port);
     let pid = daemon.id();
     let t = Instant::now();
+    let mut up: Option<f64> = None;
     while pending(&db) > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if up.is_none() && lag_seconds(port).await.is_some() {
+            up = Some(t.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(
             t.elapsed() < Duration::from_secs(600),
             "the drain did not finish"
         );
     }
     let drain_secs = t.elapsed().as_secs_f64();
+    // The daemon answers HTTP once it has opened the file and checked the triggers.
+    let startup = up.unwrap_or(0.0);
     let rss_after_drain = proc_status(pid, "VmRSS:");
 
     // 4. Steady load with the daemon running.
@@ -351,8 +357,10 @@ async fn main() {
 
     println!("\n2-3. outage: {n_off} row-writes at {rate}/s with no daemon -> {backlog} pending changes (coalesced by key)");
     println!(
-        "drain: {backlog} changes in {drain_secs:.2} s = {:.0} rows/s",
-        backlog as f64 / drain_secs
+        "drain: {backlog} changes in {drain_secs:.2} s from the process start = {:.0} rows/s; {:.2} s from its first HTTP answer ({startup:.2} s) = {:.0} rows/s",
+        backlog as f64 / drain_secs,
+        drain_secs - startup,
+        backlog as f64 / (drain_secs - startup).max(1e-3)
     );
     println!(
         "backfill (release binary, artifact table, {backfill_rows} rows): {backfill_secs:.2} s = {:.0} rows/s (report: {:.0} rows/s)",
@@ -360,8 +368,10 @@ async fn main() {
         report["rows_per_second"].as_f64().unwrap_or(0.0)
     );
     println!(
-        "drain / backfill: {:.2}",
-        (backlog as f64 / drain_secs) / (backfill_rows as f64 / backfill_secs)
+        "drain / backfill: {:.2} (from the process start), {:.2} (from the first HTTP answer)",
+        (backlog as f64 / drain_secs) / (backfill_rows as f64 / backfill_secs),
+        (backlog as f64 / (drain_secs - startup).max(1e-3))
+            / (backfill_rows as f64 / backfill_secs)
     );
     println!("\n4. {n_on} row-writes at {rate}/s for {secs} s with serve draining (gauge after the load: {gauge:?} s)");
     println!(
