@@ -135,19 +135,39 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum CaptureCommand {
     /// Add the change log and the triggers (idempotent; also repairs missing triggers).
-    Install,
+    Install {
+        #[command(flatten)]
+        on: CaptureTarget,
+    },
     /// Remove every object `install` made, and nothing else.
     Uninstall {
         /// Also when changes are still pending (they will never be mirrored).
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        on: CaptureTarget,
     },
     /// Installed or not, pending changes, age of the oldest.
     Status {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        on: CaptureTarget,
     },
+}
+
+/// Which side `capture` works on.
+#[derive(clap::Args, Debug, Clone)]
+struct CaptureTarget {
+    /// sqlite (the DoX file, SQLite primary) or supabase (Supabase primary:
+    /// the change log the reverse mirror drains, switched through the Data API).
+    #[arg(long, value_parser = ["sqlite", "supabase"], default_value = "sqlite")]
+    target: String,
+    /// Print the SQL that defines capture on Supabase (for `supabase db push`
+    /// or `psql -f`) and do nothing else; only with --target supabase.
+    #[arg(long)]
+    print_sql: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -533,6 +553,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Config => {
             print_json(&settings(&cli)?.redacted());
         }
+        Command::Capture(c) if capture_on(c).target == "supabase" || capture_on(c).print_sql => {
+            return reverse_capture(&cli, c).await;
+        }
         Command::Capture(_) | Command::Serve(_) | Command::Status { .. } => {
             return live(&cli).await;
         }
@@ -907,23 +930,56 @@ fn refusal(
     None
 }
 
+fn capture_on(c: &CaptureCommand) -> &CaptureTarget {
+    match c {
+        CaptureCommand::Install { on }
+        | CaptureCommand::Uninstall { on, .. }
+        | CaptureCommand::Status { on, .. } => on,
+    }
+}
+
+/// `capture … --target supabase`: the change log the reverse mirror drains.
+async fn reverse_capture(cli: &Cli, c: &CaptureCommand) -> Result<ExitCode> {
+    use dualwrite::reverse::capture as rc;
+    if capture_on(c).target != "supabase" {
+        return Err(Error::invalid("--print-sql goes with --target supabase").into());
+    }
+    if capture_on(c).print_sql {
+        print!("{}", rc::MIGRATION_SQL);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = settings(cli)?;
+    let target = factory::connect_supabase(&s).await?;
+    let (to, force) = match c {
+        CaptureCommand::Install { .. } => (Some(true), false),
+        CaptureCommand::Uninstall { force, .. } => (Some(false), *force),
+        CaptureCommand::Status { .. } => (None, false),
+    };
+    let st = rc::switch(target.rest(), to, force).await?;
+    print_json(&serde_json::to_value(&st)?);
+    if matches!(c, CaptureCommand::Status { .. }) && !st.installed() {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `capture`, `serve` and `status`: the live migration of a running DoX app.
 async fn live(cli: &Cli) -> Result<ExitCode> {
     let s = settings(cli)?;
     let db = s.db_path.clone();
     match &cli.command {
-        Command::Capture(CaptureCommand::Install) => {
+        Command::Capture(CaptureCommand::Install { .. }) => {
             let log = s.failure_log.clone();
             let r = tokio::task::spawn_blocking(move || capture::install(&db, log.as_deref()))
                 .await??;
             print_json(&serde_json::to_value(&r)?);
         }
-        Command::Capture(CaptureCommand::Uninstall { force }) => {
+        Command::Capture(CaptureCommand::Uninstall { force, .. }) => {
             let force = *force;
             let r = tokio::task::spawn_blocking(move || capture::uninstall(&db, force)).await??;
             print_json(&serde_json::to_value(&r)?);
         }
-        Command::Capture(CaptureCommand::Status { json }) => {
+        Command::Capture(CaptureCommand::Status { json, .. }) => {
             let st = tokio::task::spawn_blocking(move || capture::status(&db)).await??;
             if *json {
                 print_json(&serde_json::to_value(&st)?);

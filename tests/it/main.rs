@@ -25,6 +25,7 @@ mod dual;
 mod fixtures;
 mod generate;
 mod numbers;
+mod reverse;
 mod rls;
 mod safety;
 mod serve;

@@ -1,0 +1,7 @@
+//! The reverse direction: Supabase is the primary and the SQLite file is kept
+//! current as the rollback copy. The same engine as `capture` + `serve`, the
+//! sides swapped.
+//!
+//! [`capture`]: the change log on Supabase (triggers, switched through rpc).
+
+pub mod capture;
