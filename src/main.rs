@@ -172,6 +172,11 @@ struct CaptureTarget {
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
+    /// forward: the captured SQLite file to Supabase (SQLite primary); reverse:
+    /// the Supabase change log to the SQLite file (Supabase primary, the file
+    /// kept as the rollback copy; needs `capture install --target supabase`).
+    #[arg(long, value_parser = ["forward", "reverse"], default_value = "forward")]
+    direction: String,
     /// Where /health, /ready, /metrics and /status are served.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
     listen: std::net::SocketAddr,
@@ -1004,6 +1009,16 @@ async fn live(cli: &Cli) -> Result<ExitCode> {
             } else {
                 print!("{}", st.render());
             }
+        }
+        Command::Serve(a) if a.direction == "reverse" => {
+            let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
+            let mut o = dualwrite::reverse::serve::ReverseOptions::new(db);
+            o.listen = Some(a.listen);
+            o.batch_rows = a.batch_rows.max(1);
+            o.max_lag = Duration::from_secs_f64(a.max_lag_secs.max(0.0));
+            o.poll = Duration::from_millis(a.poll_ms.max(1));
+            o.max_wait = Duration::from_secs_f64(a.max_wait_secs.max(0.0));
+            dualwrite::reverse::serve::run(rest, o, shutdown_signal()).await?;
         }
         Command::Serve(a) => {
             let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;

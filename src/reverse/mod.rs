@@ -2,6 +2,9 @@
 //! current as the rollback copy. The same engine as `capture` + `serve`, the
 //! sides swapped.
 //!
-//! [`capture`]: the change log on Supabase (triggers, switched through rpc).
+//! [`capture`]: the change log on Supabase (triggers, switched through rpc);
+//! [`serve`]: the daemon that drains it into the SQLite file ([`apply`]).
 
+pub mod apply;
 pub mod capture;
+pub mod serve;
