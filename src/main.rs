@@ -274,6 +274,10 @@ enum CutoverCommand {
         /// Rows that landed coerced may be READY (implies --unrepresentable coerce).
         #[arg(long)]
         accept_coerced: bool,
+        /// The other way: may the app switch back to the SQLite file (Supabase
+        /// primary, `serve --direction reverse` keeping the file current)?
+        #[arg(long)]
+        rollback: bool,
     },
 }
 
@@ -734,7 +738,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             format,
             unrepresentable,
             accept_coerced,
+            rollback,
         }) => {
+            if *rollback {
+                let check = async {
+                    let s = settings(&cli)?;
+                    let path = from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
+                    let (lite, supa, key) = verify_sides(&s, &path).await?;
+                    let r = dualwrite::reverse::rollback::check(&path, &lite, &supa, key).await?;
+                    match format.as_str() {
+                        "json" => print_json(&serde_json::to_value(&r)?),
+                        _ => print!("{}", r.render_text()),
+                    }
+                    Ok(ExitCode::from(r.exit_code()))
+                };
+                return Ok(check.await.unwrap_or_else(cannot_run));
+            }
             let check = async {
                 let s = settings(&cli)?;
                 let path = from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());

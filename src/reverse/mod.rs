@@ -7,4 +7,5 @@
 
 pub mod apply;
 pub mod capture;
+pub mod rollback;
 pub mod serve;

@@ -566,4 +566,40 @@ async fn reverse_serve_keeps_the_sqlite_file_equal_through_kill_9_and_a_locked_f
         )
         .unwrap();
     assert_eq!(gone, 0);
+    drop(c);
+
+    // cutover check --rollback: READY now; NOT READY once Supabase moves on.
+    let check = |dir: &Path| {
+        run(
+            dir,
+            &pg,
+            &[
+                "cutover",
+                "check",
+                "--rollback",
+                "--from-sqlite",
+                db.to_str().unwrap(),
+            ],
+        )
+    };
+    let o = check(dir.path());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("rollback: READY"), "{out}");
+    sql.batch_execute("update artifacts set status = 'after' where id = 'art-5'")
+        .await
+        .unwrap();
+    let o = check(dir.path());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("NOT READY") && out.contains("1 change(s) on Supabase"),
+        "{out}"
+    );
+    assert!(out.contains("artifact: not equal by content"), "{out}");
 }
