@@ -17,6 +17,7 @@ macro_rules! needs_stack {
 
 mod harness;
 
+mod atomic;
 mod backends;
 mod backfill;
 mod cli;
