@@ -199,6 +199,33 @@ impl SupabaseDatabase {
         }
     }
 
+    /// update_artifact with an extras merge as one statement on the server
+    /// (`rpc/dualwrite_update_artifact`): on success `fields` holds the merged
+    /// extras and `merge_extras` is false (the write as applied). `false` when
+    /// the database predates the function (the caller reads then writes).
+    async fn update_artifact_atomic(
+        &self,
+        artifact_id: &str,
+        fields: &mut Map<String, Value>,
+        merge_extras: &mut bool,
+    ) -> Result<bool> {
+        let args = json!({"p_id": artifact_id, "p_fields": fields, "p_merge_extras": true});
+        match self.rest.rpc("dualwrite_update_artifact", &args).await {
+            // No such artifact: nothing written, as step by step.
+            Ok(Value::Null) => Ok(true),
+            Ok(extras) => {
+                fields.insert("extras".into(), extras);
+                *merge_extras = false;
+                Ok(true)
+            }
+            Err(e) if e.code() == Some("PGRST202") => {
+                tracing::warn!("dualwrite_update_artifact is missing: apply the migration 20261128000200_dox_atomic_writes.sql; read then write (not atomic)");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn first(
         &self,
         table: &'static Table,
@@ -227,6 +254,23 @@ impl Database for SupabaseDatabase {
 
     async fn apply(&self, mut write: Write) -> Result<Applied> {
         write.prepare();
+        if let Write::UpdateArtifact {
+            artifact_id,
+            fields,
+            merge_extras: merge @ true,
+        } = &mut write
+        {
+            if fields.contains_key("extras")
+                && self
+                    .update_artifact_atomic(artifact_id, fields, merge)
+                    .await?
+            {
+                return Ok(Applied {
+                    value: Value::Null,
+                    resolved: write,
+                });
+            }
+        }
         let value = match &mut write {
             Write::SetUserPref {
                 user_id,

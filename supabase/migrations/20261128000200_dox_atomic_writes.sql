@@ -99,3 +99,55 @@ $$;
 revoke all on function public.dualwrite_set_user_pref(text, text, jsonb, timestamptz)
   from public, anon, authenticated;
 grant execute on function public.dualwrite_set_user_pref(text, text, jsonb, timestamptz) to service_role;
+
+-- update_artifact: set the given columns (Supabase names) of one artifact and,
+-- with p_merge_extras, merge `extras` into the stored object, under the row
+-- lock. Returns the stored extras after the change, or null when there is no
+-- such artifact (nothing written).
+create or replace function public.dualwrite_update_artifact(
+  p_id text, p_fields jsonb, p_merge_extras boolean default false)
+returns jsonb
+language plpgsql
+security invoker
+set search_path = ''
+as $$
+declare
+  cur jsonb;
+  f jsonb := coalesce(p_fields, '{}'::jsonb);
+  sets text;
+  out_extras jsonb;
+begin
+  select a.extras into cur from public.artifacts a where a.id = p_id for update;
+  if not found then
+    return null;
+  end if;
+  if p_merge_extras and f ? 'extras' then
+    -- DoX decodes extras stored as a JSON string.
+    if pg_catalog.jsonb_typeof(cur) = 'string' then
+      begin
+        cur := (cur #>> '{}')::jsonb;
+      exception when others then
+        cur := null;
+      end;
+    end if;
+    if pg_catalog.jsonb_typeof(cur) is distinct from 'object' then
+      cur := '{}'::jsonb;
+    end if;
+    f := pg_catalog.jsonb_set(f, '{extras}', cur || coalesce(
+      case when pg_catalog.jsonb_typeof(f->'extras') = 'object' then f->'extras' end, '{}'::jsonb));
+  end if;
+  select pg_catalog.string_agg(pg_catalog.format('%I = r.%I', k, k), ', ')
+    into sets from pg_catalog.jsonb_object_keys(f) as k;
+  if sets is not null then
+    execute pg_catalog.format(
+      'update public.artifacts a set %s from pg_catalog.jsonb_populate_record(null::public.artifacts, $1) r '
+      'where a.id = $2', sets)
+      using f, p_id;
+  end if;
+  select a.extras into out_extras from public.artifacts a where a.id = p_id;
+  return coalesce(out_extras, 'null'::jsonb);
+end;
+$$;
+revoke all on function public.dualwrite_update_artifact(text, jsonb, boolean)
+  from public, anon, authenticated;
+grant execute on function public.dualwrite_update_artifact(text, jsonb, boolean) to service_role;

@@ -79,4 +79,46 @@ async fn a_failing_store_entities_keeps_the_old_rows_and_concurrent_prefs_keep_e
     for k in &keys {
         assert_eq!(prefs[k.as_str()], json!({"v": k}), "{k} lost: {prefs}");
     }
+
+    // Concurrent update_artifact extras merges (and a status) keep every key.
+    db.call(call(
+        "add_artifact",
+        json!({"artifact": {"id": "art-1", "filename": "f", "filepath": "p", "filetype": "pdf", "extras": {"x": 0}}}),
+    ))
+    .await
+    .unwrap();
+    let merges = keys.iter().map(|k| {
+        let db = &db;
+        async move {
+            db.call(call(
+                "update_artifact",
+                json!({"artifact_id": "art-1", "status": k, "extras": {k: 1}}),
+            ))
+            .await
+            .unwrap()
+        }
+    });
+    futures::future::join_all(merges).await;
+    let row = pg
+        .sql()
+        .await
+        .query_one(
+            "select extras::text, status from artifacts where id = 'art-1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let extras: Value = serde_json::from_str(&row.get::<_, String>(0)).unwrap();
+    assert_eq!(extras["x"], json!(0), "{extras}");
+    for k in &keys {
+        assert_eq!(extras[k.as_str()], json!(1), "{k} lost: {extras}");
+    }
+    assert!(keys.contains(&row.get::<_, String>(1)));
+    // No such artifact: nothing written, no error.
+    db.call(call(
+        "update_artifact",
+        json!({"artifact_id": "nope", "extras": {"a": 1}}),
+    ))
+    .await
+    .unwrap();
 }
