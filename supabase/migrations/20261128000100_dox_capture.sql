@@ -79,12 +79,13 @@ begin
       tg_table_name, k, k);
   elsif tg_op = 'UPDATE' then
     -- A key-changing update records the old key (gone) and the new one.
+    -- (EXCEPT hashes: transition tables have no index, a NOT EXISTS would be quadratic.)
     execute format(
       'insert into dualwrite_capture.changes (tbl, key, op) '
-      'select %L, o.%I::text, ''D'' from old_rows o '
-      'where o.%I is not null and not exists (select 1 from new_rows n where n.%I = o.%I) '
+      'select %L, d.k, ''D'' from (select o.%I::text as k from old_rows o where o.%I is not null '
+      'except select n.%I::text from new_rows n) d '
       'union all select %L, n.%I::text, ''U'' from new_rows n where n.%I is not null',
-      tg_table_name, k, k, k, k, tg_table_name, k, k);
+      tg_table_name, k, k, k, tg_table_name, k, k);
   else
     execute format(
       'insert into dualwrite_capture.changes (tbl, key, op) '
