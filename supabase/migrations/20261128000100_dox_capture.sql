@@ -2,8 +2,9 @@
 -- SQLite file kept current as the rollback copy).
 --
 -- Statement-level AFTER INSERT / UPDATE / DELETE triggers on every DoX table
--- append (table, key, operation) to dualwrite_capture.changes inside the
--- writer's own transaction, whoever the writer is (the app through PostgREST,
+-- append (table, keys, operation) to dualwrite_capture.changes inside the
+-- writer's own transaction (one entry per statement, holding every key it
+-- touched), whoever the writer is (the app through PostgREST,
 -- DoX's Supabase code, psql): the row and its change record commit or vanish
 -- together. The drainer (`dualwrite serve --direction reverse`) reads the log in
 -- seq order, reads the rows as they are now, writes them to SQLite, and only
@@ -29,7 +30,7 @@ revoke all on schema dualwrite_capture from public, anon, authenticated;
 create table if not exists dualwrite_capture.changes (
   seq bigint generated always as identity primary key, -- the index draining walks, in order
   tbl text not null,
-  key text not null,
+  keys text[] not null,
   op text not null check (op in ('I', 'U', 'D')),
   at timestamptz not null default clock_timestamp()
 );
@@ -74,22 +75,25 @@ declare
 begin
   if tg_op = 'INSERT' then
     execute format(
-      'insert into dualwrite_capture.changes (tbl, key, op) '
-      'select %L, n.%I::text, ''I'' from new_rows n where n.%I is not null',
+      'insert into dualwrite_capture.changes (tbl, keys, op) '
+      'select %L, pg_catalog.array_agg(n.%I::text), ''I'' from new_rows n where n.%I is not null '
+      'having pg_catalog.count(*) > 0',
       tg_table_name, k, k);
   elsif tg_op = 'UPDATE' then
     -- A key-changing update records the old key (gone) and the new one.
     -- (EXCEPT hashes: transition tables have no index, a NOT EXISTS would be quadratic.)
     execute format(
-      'insert into dualwrite_capture.changes (tbl, key, op) '
-      'select %L, d.k, ''D'' from (select o.%I::text as k from old_rows o where o.%I is not null '
-      'except select n.%I::text from new_rows n) d '
-      'union all select %L, n.%I::text, ''U'' from new_rows n where n.%I is not null',
+      'insert into dualwrite_capture.changes (tbl, keys, op) '
+      'select %L, pg_catalog.array_agg(d.k), ''D'' from (select o.%I::text as k from old_rows o '
+      'where o.%I is not null except select n.%I::text from new_rows n) d having pg_catalog.count(*) > 0 '
+      'union all select %L, pg_catalog.array_agg(n.%I::text), ''U'' from new_rows n '
+      'where n.%I is not null having pg_catalog.count(*) > 0',
       tg_table_name, k, k, k, tg_table_name, k, k);
   else
     execute format(
-      'insert into dualwrite_capture.changes (tbl, key, op) '
-      'select %L, o.%I::text, ''D'' from old_rows o where o.%I is not null',
+      'insert into dualwrite_capture.changes (tbl, keys, op) '
+      'select %L, pg_catalog.array_agg(o.%I::text), ''D'' from old_rows o where o.%I is not null '
+      'having pg_catalog.count(*) > 0',
       tg_table_name, k, k);
   end if;
   return null;
@@ -161,15 +165,17 @@ begin
   return pg_catalog.jsonb_build_object(
     'enabled', on_,
     'missing', missing,
-    'pending', (select count(*) from dualwrite_capture.changes),
+    'pending', (select coalesce(sum(pg_catalog.cardinality(c.keys)), 0) from dualwrite_capture.changes c),
     'oldest_at', (select min(c.at) from dualwrite_capture.changes c));
 end;
 $$;
 revoke all on function public.dualwrite_capture(boolean) from public, anon, authenticated;
 grant execute on function public.dualwrite_capture(boolean) to service_role;
 
--- The oldest pending changes, in seq order (the drainer always reads the head:
--- a transaction that took a lower seq but committed later is still found).
+-- The oldest pending changes, in seq order, one row per key (the drainer
+-- always reads the head: a transaction that took a lower seq but committed
+-- later is still found). Whole entries only, about max_rows keys (at least one
+-- entry): acknowledging a seq removes all of its keys.
 create or replace function public.dualwrite_changes(max_rows integer default 1000)
 returns table (seq bigint, tbl text, key text, op text, at timestamptz)
 language sql
@@ -177,10 +183,14 @@ stable
 security definer
 set search_path = ''
 as $$
-  select c.seq, c.tbl, c.key, c.op, c.at
-    from dualwrite_capture.changes c
-   order by c.seq
-   limit greatest(max_rows, 1)
+  select c.seq, c.tbl, k.key, c.op, c.at
+    from (select h.*, coalesce(sum(pg_catalog.cardinality(h.keys)) over
+                   (order by h.seq rows between unbounded preceding and 1 preceding), 0) as before
+            from (select * from dualwrite_capture.changes e
+                   order by e.seq limit greatest(max_rows, 1)) h) c
+    cross join lateral unnest(c.keys) with ordinality as k(key, i)
+   where c.before < greatest(max_rows, 1)
+   order by c.seq, k.i
 $$;
 revoke all on function public.dualwrite_changes(integer) from public, anon, authenticated;
 grant execute on function public.dualwrite_changes(integer) to service_role;
