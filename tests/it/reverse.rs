@@ -231,6 +231,13 @@ async fn capture_on_supabase_logs_every_writer_and_only_the_service_role_reaches
         .unwrap();
     assert_eq!(n, json!(2));
     assert_eq!(pending(&service).await, expect[2..].to_vec());
+    // A read never splits a statement's entry (an ack by seq takes all its
+    // keys): with room for 4 keys, the two-key entry at the 4th comes whole.
+    let rows = service
+        .rpc("dualwrite_changes", &json!({"max_rows": 4}))
+        .await
+        .unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 5, "{rows}");
 
     // Uninstall refuses while changes are pending, then drops them with --force.
     let o = run(
