@@ -31,6 +31,7 @@ pub mod model;
 pub mod normalise;
 pub mod rest;
 pub mod retry;
+pub mod reverse;
 pub mod samples;
 pub mod serve;
 pub mod state_file;

@@ -135,23 +135,48 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum CaptureCommand {
     /// Add the change log and the triggers (idempotent; also repairs missing triggers).
-    Install,
+    Install {
+        #[command(flatten)]
+        on: CaptureTarget,
+    },
     /// Remove every object `install` made, and nothing else.
     Uninstall {
         /// Also when changes are still pending (they will never be mirrored).
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        on: CaptureTarget,
     },
     /// Installed or not, pending changes, age of the oldest.
     Status {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        on: CaptureTarget,
     },
+}
+
+/// Which side `capture` works on.
+#[derive(clap::Args, Debug, Clone)]
+struct CaptureTarget {
+    /// sqlite (the DoX file, SQLite primary) or supabase (Supabase primary:
+    /// the change log the reverse mirror drains, switched through the Data API).
+    #[arg(long, value_parser = ["sqlite", "supabase"], default_value = "sqlite")]
+    target: String,
+    /// Print the SQL that defines capture on Supabase (for `supabase db push`
+    /// or `psql -f`) and do nothing else; only with --target supabase.
+    #[arg(long)]
+    print_sql: bool,
 }
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
+    /// forward: the captured SQLite file to Supabase (SQLite primary); reverse:
+    /// the Supabase change log to the SQLite file (Supabase primary, the file
+    /// kept as the rollback copy; needs `capture install --target supabase`).
+    #[arg(long, value_parser = ["forward", "reverse"], default_value = "forward")]
+    direction: String,
     /// Where /health, /ready, /metrics and /status are served.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
     listen: std::net::SocketAddr,
@@ -249,6 +274,10 @@ enum CutoverCommand {
         /// Rows that landed coerced may be READY (implies --unrepresentable coerce).
         #[arg(long)]
         accept_coerced: bool,
+        /// The other way: may the app switch back to the SQLite file (Supabase
+        /// primary, `serve --direction reverse` keeping the file current)?
+        #[arg(long)]
+        rollback: bool,
     },
 }
 
@@ -533,6 +562,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Config => {
             print_json(&settings(&cli)?.redacted());
         }
+        Command::Capture(c) if capture_on(c).target == "supabase" || capture_on(c).print_sql => {
+            return reverse_capture(&cli, c).await;
+        }
         Command::Capture(_) | Command::Serve(_) | Command::Status { .. } => {
             return live(&cli).await;
         }
@@ -706,7 +738,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             format,
             unrepresentable,
             accept_coerced,
+            rollback,
         }) => {
+            if *rollback {
+                let check = async {
+                    let s = settings(&cli)?;
+                    let path = from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
+                    let (lite, supa, key) = verify_sides(&s, &path).await?;
+                    let r = dualwrite::reverse::rollback::check(&path, &lite, &supa, key).await?;
+                    match format.as_str() {
+                        "json" => print_json(&serde_json::to_value(&r)?),
+                        _ => print!("{}", r.render_text()),
+                    }
+                    Ok(ExitCode::from(r.exit_code()))
+                };
+                return Ok(check.await.unwrap_or_else(cannot_run));
+            }
             let check = async {
                 let s = settings(&cli)?;
                 let path = from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
@@ -907,23 +954,56 @@ fn refusal(
     None
 }
 
+fn capture_on(c: &CaptureCommand) -> &CaptureTarget {
+    match c {
+        CaptureCommand::Install { on }
+        | CaptureCommand::Uninstall { on, .. }
+        | CaptureCommand::Status { on, .. } => on,
+    }
+}
+
+/// `capture … --target supabase`: the change log the reverse mirror drains.
+async fn reverse_capture(cli: &Cli, c: &CaptureCommand) -> Result<ExitCode> {
+    use dualwrite::reverse::capture as rc;
+    if capture_on(c).target != "supabase" {
+        return Err(Error::invalid("--print-sql goes with --target supabase").into());
+    }
+    if capture_on(c).print_sql {
+        print!("{}", rc::MIGRATION_SQL);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = settings(cli)?;
+    let target = factory::connect_supabase(&s).await?;
+    let (to, force) = match c {
+        CaptureCommand::Install { .. } => (Some(true), false),
+        CaptureCommand::Uninstall { force, .. } => (Some(false), *force),
+        CaptureCommand::Status { .. } => (None, false),
+    };
+    let st = rc::switch(target.rest(), to, force).await?;
+    print_json(&serde_json::to_value(&st)?);
+    if matches!(c, CaptureCommand::Status { .. }) && !st.installed() {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `capture`, `serve` and `status`: the live migration of a running DoX app.
 async fn live(cli: &Cli) -> Result<ExitCode> {
     let s = settings(cli)?;
     let db = s.db_path.clone();
     match &cli.command {
-        Command::Capture(CaptureCommand::Install) => {
+        Command::Capture(CaptureCommand::Install { .. }) => {
             let log = s.failure_log.clone();
             let r = tokio::task::spawn_blocking(move || capture::install(&db, log.as_deref()))
                 .await??;
             print_json(&serde_json::to_value(&r)?);
         }
-        Command::Capture(CaptureCommand::Uninstall { force }) => {
+        Command::Capture(CaptureCommand::Uninstall { force, .. }) => {
             let force = *force;
             let r = tokio::task::spawn_blocking(move || capture::uninstall(&db, force)).await??;
             print_json(&serde_json::to_value(&r)?);
         }
-        Command::Capture(CaptureCommand::Status { json }) => {
+        Command::Capture(CaptureCommand::Status { json, .. }) => {
             let st = tokio::task::spawn_blocking(move || capture::status(&db)).await??;
             if *json {
                 print_json(&serde_json::to_value(&st)?);
@@ -948,6 +1028,16 @@ async fn live(cli: &Cli) -> Result<ExitCode> {
             } else {
                 print!("{}", st.render());
             }
+        }
+        Command::Serve(a) if a.direction == "reverse" => {
+            let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
+            let mut o = dualwrite::reverse::serve::ReverseOptions::new(db);
+            o.listen = Some(a.listen);
+            o.batch_rows = a.batch_rows.max(1);
+            o.max_lag = Duration::from_secs_f64(a.max_lag_secs.max(0.0));
+            o.poll = Duration::from_millis(a.poll_ms.max(1));
+            o.max_wait = Duration::from_secs_f64(a.max_wait_secs.max(0.0));
+            dualwrite::reverse::serve::run(rest, o, shutdown_signal()).await?;
         }
         Command::Serve(a) => {
             let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;

@@ -115,6 +115,16 @@ impl SupabaseDatabase {
     }
 
     async fn exec_steps(&self, steps: &[Step]) -> Result<()> {
+        // Several steps: one transaction on the server (issue 13), unless the
+        // database predates supabase/migrations/20261128000200_dox_atomic_writes.sql.
+        if steps.len() > 1 {
+            match self.exec_steps_atomic(steps).await {
+                Err(e) if e.code() == Some("PGRST202") => {
+                    tracing::warn!("dualwrite_apply_steps is missing: apply the migration 20261128000200_dox_atomic_writes.sql; writing step by step (not atomic)");
+                }
+                done => return done,
+            }
+        }
         for step in steps {
             match step {
                 Step::Upsert { table, rows } => {
@@ -138,6 +148,82 @@ impl SupabaseDatabase {
             }
         }
         Ok(())
+    }
+
+    /// All steps in one call of `rpc/dualwrite_apply_steps` (one transaction).
+    async fn exec_steps_atomic(&self, steps: &[Step]) -> Result<()> {
+        let mut body = Vec::with_capacity(steps.len());
+        for step in steps {
+            body.push(match step {
+                Step::Upsert { table, rows } => {
+                    let cols: Vec<&str> = table.columns.iter().map(|c| c.supabase).collect();
+                    let rows: Value = serde_json::from_str(&self.body(table, rows)?)
+                        .map_err(|e| Error::Protocol(format!("a row body is not JSON: {e}")))?;
+                    json!({"op": "upsert", "table": table.supabase, "columns": cols, "rows": rows})
+                }
+                Step::DeleteWhere {
+                    table,
+                    column,
+                    value,
+                } => json!({"op": "delete_where", "table": table.supabase,
+                            "column": table.columns[table.index_of(column)].supabase, "value": value}),
+                Step::DeleteAll { table } => json!({"op": "delete_all", "table": table.supabase}),
+            });
+        }
+        self.rest
+            .rpc("dualwrite_apply_steps", &json!({ "steps": body }))
+            .await
+            .map(drop)
+    }
+
+    /// set_user_pref as one statement on the server (`rpc/dualwrite_set_user_pref`);
+    /// `None` when the database predates the function.
+    async fn set_user_pref_atomic(
+        &self,
+        user_id: &str,
+        key: &str,
+        value: &Value,
+        updated_at: Option<&str>,
+    ) -> Result<Option<Map<String, Value>>> {
+        let args = json!({"p_user_id": user_id, "p_key": key, "p_value": value, "p_updated_at": updated_at});
+        match self.rest.rpc("dualwrite_set_user_pref", &args).await {
+            Ok(Value::Object(prefs)) => Ok(Some(prefs)),
+            Ok(other) => Err(Error::Protocol(format!(
+                "dualwrite_set_user_pref answered {other} instead of the preferences"
+            ))),
+            Err(e) if e.code() == Some("PGRST202") => {
+                tracing::warn!("dualwrite_set_user_pref is missing: apply the migration 20261128000200_dox_atomic_writes.sql; read then write (not atomic)");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// update_artifact with an extras merge as one statement on the server
+    /// (`rpc/dualwrite_update_artifact`): on success `fields` holds the merged
+    /// extras and `merge_extras` is false (the write as applied). `false` when
+    /// the database predates the function (the caller reads then writes).
+    async fn update_artifact_atomic(
+        &self,
+        artifact_id: &str,
+        fields: &mut Map<String, Value>,
+        merge_extras: &mut bool,
+    ) -> Result<bool> {
+        let args = json!({"p_id": artifact_id, "p_fields": fields, "p_merge_extras": true});
+        match self.rest.rpc("dualwrite_update_artifact", &args).await {
+            // No such artifact: nothing written, as step by step.
+            Ok(Value::Null) => Ok(true),
+            Ok(extras) => {
+                fields.insert("extras".into(), extras);
+                *merge_extras = false;
+                Ok(true)
+            }
+            Err(e) if e.code() == Some("PGRST202") => {
+                tracing::warn!("dualwrite_update_artifact is missing: apply the migration 20261128000200_dox_atomic_writes.sql; read then write (not atomic)");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn first(
@@ -168,6 +254,23 @@ impl Database for SupabaseDatabase {
 
     async fn apply(&self, mut write: Write) -> Result<Applied> {
         write.prepare();
+        if let Write::UpdateArtifact {
+            artifact_id,
+            fields,
+            merge_extras: merge @ true,
+        } = &mut write
+        {
+            if fields.contains_key("extras")
+                && self
+                    .update_artifact_atomic(artifact_id, fields, merge)
+                    .await?
+            {
+                return Ok(Applied {
+                    value: Value::Null,
+                    resolved: write,
+                });
+            }
+        }
         let value = match &mut write {
             Write::SetUserPref {
                 user_id,
@@ -176,6 +279,16 @@ impl Database for SupabaseDatabase {
                 updated_at,
                 preferences,
             } if preferences.is_none() => {
+                if let Some(prefs) = self
+                    .set_user_pref_atomic(user_id, key, value, updated_at.as_deref())
+                    .await?
+                {
+                    *preferences = Some(prefs);
+                    return Ok(Applied {
+                        value: Value::Null,
+                        resolved: write,
+                    });
+                }
                 let current = self.first(&cat::USER_PREFS, "user_id", user_id).await?;
                 let mut prefs = match current.and_then(|r| r.get("preferences").cloned()) {
                     Some(Value::Object(o)) => o,

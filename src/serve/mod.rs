@@ -123,7 +123,7 @@ impl Stats {
         self.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0
     }
 
-    fn set_pending(&self, pending: u64, lag: f64) {
+    pub(crate) fn set_pending(&self, pending: u64, lag: f64) {
         self.pending.store(pending, Ordering::Relaxed);
         self.lag_ms.store((lag * 1000.0) as u64, Ordering::Relaxed);
     }
@@ -199,7 +199,7 @@ pub fn status_file_path(db: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn write_status(path: &Path, s: &StatusFile) {
+pub(crate) fn write_status(path: &Path, s: &StatusFile) {
     let tmp = path.with_extension("json.tmp");
     let body = serde_json::to_vec_pretty(s).expect("status serialises");
     if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, path)) {

@@ -17,6 +17,7 @@ macro_rules! needs_stack {
 
 mod harness;
 
+mod atomic;
 mod backends;
 mod backfill;
 mod cli;
@@ -25,6 +26,7 @@ mod dual;
 mod fixtures;
 mod generate;
 mod numbers;
+mod reverse;
 mod rls;
 mod safety;
 mod serve;

@@ -1,0 +1,82 @@
+//! Change capture on Supabase. The objects (the `dualwrite_capture` schema, its
+//! change log, the statement-level triggers and the rpc functions the service
+//! role calls) are defined by
+//! `supabase/migrations/20261128000100_dox_capture.sql`; the triggers are only
+//! present while the recorded state says capture is on. `install` and
+//! `uninstall` switch that state through `POST /rpc/dualwrite_capture`, which
+//! only the service role may call.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::rest::RestClient;
+
+/// The migration that defines capture on Supabase (`--print-sql`, for
+/// `supabase db push` or `psql -f`).
+pub const MIGRATION_SQL: &str =
+    include_str!("../../supabase/migrations/20261128000100_dox_capture.sql");
+/// Its file name under `supabase/migrations/`.
+pub const MIGRATION_FILE: &str = "20261128000100_dox_capture.sql";
+
+/// What `public.dualwrite_capture` reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaptureState {
+    /// The recorded state: triggers wanted on every DoX table.
+    pub enabled: bool,
+    /// Tables whose three triggers are not all present (empty when disabled).
+    pub missing: Vec<String>,
+    /// Changes in the log not yet drained.
+    pub pending: u64,
+    /// When the oldest pending change was made (RFC 3339), if any.
+    pub oldest_at: Option<String>,
+}
+
+impl CaptureState {
+    /// On, with every trigger in place.
+    pub fn installed(&self) -> bool {
+        self.enabled && self.missing.is_empty()
+    }
+}
+
+/// Read the state, or switch capture on (`Some(true)`) or off (`Some(false)`)
+/// first. Switching off empties the log: it refuses while changes are pending
+/// unless `force` (those changes would never reach the SQLite file).
+pub async fn switch(rest: &RestClient, to: Option<bool>, force: bool) -> Result<CaptureState> {
+    if to == Some(false) && !force {
+        let now = call(rest, None).await?;
+        if now.pending > 0 {
+            return Err(Error::invalid(format!(
+                "{} change(s) on Supabase are not yet in the SQLite file: let \
+                 `dualwrite serve --direction reverse` drain them, or pass --force to drop them",
+                now.pending
+            )));
+        }
+    }
+    call(rest, to).await
+}
+
+async fn call(rest: &RestClient, to: Option<bool>) -> Result<CaptureState> {
+    let args = match to {
+        Some(on) => json!({ "set_enabled": on }),
+        None => json!({}),
+    };
+    let answer = rest
+        .rpc("dualwrite_capture", &args)
+        .await
+        .map_err(|e| match e.code() {
+            Some("PGRST202") => Error::config(format!(
+                "the database has no function dualwrite_capture: apply supabase/migrations/{MIGRATION_FILE} \
+                 (`dualwrite capture install --target supabase --print-sql` prints it)"
+            )),
+            Some("42501") => Error::config(
+                "only the service role may read or switch capture on Supabase: set SUPABASE_SERVICE_KEY",
+            ),
+            _ => e,
+        })?;
+    serde_json::from_value(answer.clone()).map_err(|e| {
+        Error::Protocol(format!(
+            "dualwrite_capture answered {answer} instead of a capture state: {e}"
+        ))
+    })
+}

@@ -1,0 +1,324 @@
+//! `dualwrite serve --direction reverse`: Supabase is the primary, the SQLite
+//! file the rollback copy. The forward daemon with the sides swapped:
+//!
+//! 1. read the oldest pending changes from the Supabase change log
+//!    (`rpc/dualwrite_changes`, service key), in seq order;
+//! 2. coalesce them to distinct keys per table and read those rows as they
+//!    are *now* (`key=in.(…)`), so a batch always writes the newest version;
+//! 3. write them to SQLite in DoX's shape ([`crate::normalise::to_dox`]) and
+//!    delete the keys that are gone, in one `BEGIN IMMEDIATE` transaction;
+//! 4. only after that commit, acknowledge exactly the seqs read
+//!    (`rpc/dualwrite_changes_ack`): a change committed meanwhile keeps its
+//!    entry and goes in the next batch.
+//!
+//! A crash anywhere before 4 leaves the changes in the log (they are applied
+//! again, idempotently); an outage of Supabase or a locked SQLite file only
+//! delays. One daemon per file ([`crate::capture::Lease`], shared with the
+//! forward direction). Metrics, `/ready`, `/status` and the status file are
+//! the forward daemon's ([`crate::serve::Stats`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::sync::watch;
+
+use super::apply::{self, TableBatch};
+use super::capture as rc;
+use crate::capture;
+use crate::catalogue::{Table, TABLES};
+use crate::error::{Error, Result};
+use crate::normalise::from_supabase_owned;
+use crate::rest::RestClient;
+use crate::retry::{retry, RetryPolicy};
+use crate::serve::{failure_kind, http, status_file_path, write_status, Stats};
+
+/// How the reverse daemon runs.
+#[derive(Debug, Clone)]
+pub struct ReverseOptions {
+    pub db_path: PathBuf,
+    /// Where `/health`, `/ready`, `/metrics`, `/status` listen (`None`: nowhere).
+    pub listen: Option<SocketAddr>,
+    /// Changes read per batch.
+    pub batch_rows: usize,
+    /// Keys per row read (`key=in.(…)`).
+    pub request_rows: usize,
+    /// How often to look at the log when it was empty.
+    pub poll: Duration,
+    /// `/ready` fails when the oldest pending change is older than this.
+    pub max_lag: Duration,
+    /// How long one request is retried before the batch fails.
+    pub max_wait: Duration,
+    /// The wait between failed batches.
+    pub pause: Duration,
+    /// How long a write waits for the SQLite file's lock before the batch fails.
+    pub busy_timeout: Duration,
+}
+
+impl ReverseOptions {
+    pub fn new(db_path: PathBuf) -> ReverseOptions {
+        ReverseOptions {
+            db_path,
+            listen: None,
+            batch_rows: 4000,
+            request_rows: 200,
+            poll: Duration::from_millis(50),
+            max_lag: Duration::from_secs(60),
+            max_wait: Duration::from_secs(20),
+            pause: Duration::from_secs(1),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One entry of the change log.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RemoteChange {
+    pub seq: i64,
+    pub tbl: String,
+    pub key: String,
+    pub op: String,
+}
+
+type Conn = Arc<Mutex<rusqlite::Connection>>;
+
+fn add(m: &Mutex<BTreeMap<String, u64>>, k: &str, n: u64) {
+    if n > 0 {
+        *m.lock()
+            .expect("stats lock")
+            .entry(k.to_owned())
+            .or_default() += n;
+    }
+}
+
+/// Quote a key for PostgREST's `in.(…)` list.
+fn in_list(keys: &[&str]) -> String {
+    let quoted: Vec<String> = keys
+        .iter()
+        .map(|k| format!("\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("in.({})", quoted.join(","))
+}
+
+fn lag_of(oldest_at: Option<&str>) -> f64 {
+    oldest_at
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map_or(0.0, |t| {
+            ((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64
+                / 1000.0)
+                .max(0.0)
+        })
+}
+
+struct Daemon {
+    opts: ReverseOptions,
+    rest: RestClient,
+    conn: Conn,
+    stats: Arc<Stats>,
+}
+
+/// Run the reverse mirror until `shutdown` completes (then finish the batch in flight).
+pub async fn run(
+    rest: RestClient,
+    opts: ReverseOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (stop_tx, stop) = watch::channel(false);
+    let mut stats = Stats::default();
+    stats.max_lag_secs = opts.max_lag.as_secs_f64();
+    let stats = Arc::new(stats);
+    {
+        let stats = Arc::clone(&stats);
+        tokio::spawn(async move {
+            shutdown.await;
+            stats.stopping.store(true, Ordering::SeqCst);
+            let _ = stop_tx.send(true);
+        });
+    }
+    let db = opts.db_path.clone();
+    let busy = opts.busy_timeout;
+    let (lease, conn) = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || {
+            let lease = capture::Lease::take(&db)?;
+            let c = capture::open_rw(&db)?;
+            c.busy_timeout(busy)?;
+            if capture::status_on(&c)?.log_present {
+                return Err(Error::invalid(format!(
+                    "forward capture is installed on {}: its triggers would log every row the reverse \
+                     mirror writes; run `dualwrite capture uninstall` first (after its changes are drained)",
+                    db.display()
+                )));
+            }
+            Ok::<_, Error>((lease, c))
+        })
+        .await
+        .map_err(|e| Error::Sqlite(e.to_string()))??
+    };
+    let policy = RetryPolicy::for_up_to(opts.max_wait);
+    let st = retry(policy, || rc::switch(&rest, None, false)).await?;
+    if !st.enabled {
+        return Err(Error::invalid(
+            "capture is off on Supabase: run `dualwrite capture install --target supabase` \
+             (before the app writes to Supabase) first",
+        ));
+    }
+    let server = match opts.listen {
+        Some(addr) => Some(http::spawn(addr, Arc::clone(&stats), stop.clone())?),
+        None => None,
+    };
+    tracing::info!(db = %db.display(), listen = ?opts.listen, "serving the reverse direction");
+    let mut d = Daemon {
+        opts,
+        rest,
+        conn: Arc::new(Mutex::new(conn)),
+        stats: Arc::clone(&stats),
+    };
+    let result = d.drain(stop).await;
+    write_status(&status_file_path(&db), &stats.snapshot());
+    if let Some(s) = server {
+        let _ = s.await;
+    }
+    drop(lease);
+    result
+}
+
+impl Daemon {
+    async fn drain(&mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
+        let status_path = status_file_path(&self.opts.db_path);
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let wait = match self.batch().await {
+                Ok(n) => {
+                    self.stats.supabase_failing.store(false, Ordering::Relaxed);
+                    *self.stats.last_error.lock().expect("stats lock") = None;
+                    (n == 0).then_some(self.opts.poll)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reverse batch failed; the changes stay in the log");
+                    add(&self.stats.failures, failure_kind(&e), 1);
+                    self.stats
+                        .supabase_failing
+                        .store(!matches!(e, Error::Sqlite(_)), Ordering::Relaxed);
+                    *self.stats.last_error.lock().expect("stats lock") = Some(e.to_string());
+                    Some(self.opts.pause)
+                }
+            };
+            write_status(&status_path, &self.stats.snapshot());
+            if let Some(w) = wait {
+                tokio::select! {
+                    _ = tokio::time::sleep(w) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+    }
+
+    /// One batch; returns the number of changes drained.
+    async fn batch(&mut self) -> Result<usize> {
+        let policy = RetryPolicy::for_up_to(self.opts.max_wait);
+        let max = self.opts.batch_rows;
+        let rest = &self.rest;
+        let changes: Vec<RemoteChange> = retry(policy, || async {
+            let v = rest
+                .rpc("dualwrite_changes", &json!({ "max_rows": max }))
+                .await?;
+            serde_json::from_value(v).map_err(|e| {
+                Error::Protocol(format!("dualwrite_changes answered something else: {e}"))
+            })
+        })
+        .await?;
+        if changes.is_empty() {
+            self.stats.set_pending(0, 0.0);
+            return Ok(0);
+        }
+        // Coalesce: the distinct keys of each table.
+        let mut keys: BTreeMap<&'static str, (&'static Table, BTreeSet<&str>)> = BTreeMap::new();
+        for c in &changes {
+            match TABLES.iter().find(|t| t.supabase == c.tbl) {
+                Some(t) => {
+                    keys.entry(t.supabase)
+                        .or_insert((t, BTreeSet::new()))
+                        .1
+                        .insert(c.key.as_str());
+                }
+                None => {
+                    tracing::warn!(seq = c.seq, tbl = %c.tbl, "a change for a table that is not DoX's: dropped")
+                }
+            }
+        }
+        // Read the rows as they are now.
+        let mut batch = Vec::new();
+        for (t, ks) in keys.values() {
+            let ks: Vec<&str> = ks.iter().copied().collect();
+            let mut tb = TableBatch::default();
+            for chunk in ks.chunks(self.opts.request_rows.max(1)) {
+                let rows = self.read_rows(t, chunk).await?;
+                let found: BTreeSet<String> = rows
+                    .iter()
+                    .filter_map(|r| r.get(t.key().supabase).and_then(Value::as_str))
+                    .map(str::to_owned)
+                    .collect();
+                tb.gone.extend(
+                    chunk
+                        .iter()
+                        .filter(|k| !found.contains(**k))
+                        .map(|k| (*k).to_owned()),
+                );
+                tb.rows.extend(rows);
+            }
+            batch.push((*t, tb));
+        }
+        // Write them in one SQLite transaction.
+        let conn = Arc::clone(&self.conn);
+        let applied = tokio::task::spawn_blocking(move || {
+            apply::apply(&mut conn.lock().expect("sqlite connection"), &batch)
+        })
+        .await
+        .map_err(|e| Error::Sqlite(format!("the SQLite task failed: {e}")))??;
+        for (t, a) in &applied {
+            add(&self.stats.mirrored, t, a.written + a.deleted);
+        }
+        // Committed: now, and only now, the changes may leave the log.
+        let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
+        let args = json!({ "seqs": seqs });
+        let policy = RetryPolicy::for_up_to(self.opts.max_wait);
+        retry(policy, || self.rest.rpc("dualwrite_changes_ack", &args)).await?;
+        *self.stats.last_success.lock().expect("stats lock") = Some(capture::now_secs());
+        let st = rc::switch(&self.rest, None, false).await?;
+        self.stats
+            .set_pending(st.pending, lag_of(st.oldest_at.as_deref()));
+        Ok(changes.len())
+    }
+
+    /// The current rows of `keys` (canonical shape).
+    async fn read_rows(&self, t: &'static Table, keys: &[&str]) -> Result<Vec<Map<String, Value>>> {
+        let policy = RetryPolicy::for_up_to(self.opts.max_wait);
+        let filter = in_list(keys);
+        let rows: Vec<Map<String, Value>> = retry(policy, || async {
+            let req = self
+                .rest
+                .from(t.supabase)
+                .select(t.supabase_columns())
+                .build()
+                .query(&[(t.key().supabase, filter.as_str())]);
+            let resp = self.rest.send(req, None).await?;
+            resp.json::<Vec<Map<String, Value>>>().await.map_err(|e| {
+                Error::Protocol(format!("reading {} answered no rows: {e}", t.supabase))
+            })
+        })
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| from_supabase_owned(t, r))
+            .collect())
+    }
+}
