@@ -72,19 +72,30 @@ pub struct BackfillOptions {
     pub unrepresentable: UnrepresentablePolicy,
 }
 
-impl BackfillOptions {
-    pub fn new(state_dir: PathBuf) -> BackfillOptions {
+/// The defaults, which the command line's defaults are read from; the state
+/// directory is empty (every run names one, see [`state_dir_for`]).
+impl Default for BackfillOptions {
+    fn default() -> Self {
         BackfillOptions {
             tables: Vec::new(),
             dry_run: false,
             concurrency: 4,
             batch_rows: 500,
             batch_bytes: 1 << 20,
-            state_dir,
+            state_dir: PathBuf::new(),
             max_wait: Duration::from_secs(300),
             stale_guard: true,
             progress: Progress::Quiet,
             unrepresentable: UnrepresentablePolicy::Reject,
+        }
+    }
+}
+
+impl BackfillOptions {
+    pub fn new(state_dir: PathBuf) -> BackfillOptions {
+        BackfillOptions {
+            state_dir,
+            ..BackfillOptions::default()
         }
     }
 
@@ -1661,6 +1672,44 @@ pub fn forget_progress(state_dir: &Path) -> Result<()> {
 pub async fn reset(target: &SupabaseDatabase, opts: &BackfillOptions) -> Result<u64> {
     forget_progress(&opts.state_dir)?;
     reset_target(target, &opts.selected(), RESET_CHUNK, opts.max_wait).await
+}
+
+/// How a run treats the state a previous run left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Continue from the checkpoint (the default).
+    Resume,
+    /// Forget the checkpoint and copy every table again; the target keeps its rows.
+    Restart,
+    /// Forget the checkpoint, then empty the selected target tables.
+    Reset,
+}
+
+/// The housekeeping before a run (`--restart`, `--reset`): the checkpoint goes
+/// first, so a run killed mid-reset never finds the emptied tables marked done.
+/// A dry run changes nothing. The caller has asked for confirmation of a
+/// reset. Returns how many target rows were deleted.
+pub async fn prepare(
+    target: &SupabaseDatabase,
+    opts: &BackfillOptions,
+    start: Start,
+) -> Result<u64> {
+    if opts.dry_run {
+        return Ok(0);
+    }
+    match start {
+        Start::Resume => Ok(0),
+        Start::Restart => {
+            forget_progress(&opts.state_dir)?;
+            tracing::info!("restart: forgot the checkpoint; copying every table again");
+            Ok(0)
+        }
+        Start::Reset => {
+            let deleted = reset(target, opts).await?;
+            tracing::info!(rows = deleted, "reset: emptied the target tables");
+            Ok(deleted)
+        }
+    }
 }
 
 /// Empty the target tables (children first), `chunk` keys at a time: a single

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What every command says when a change it asked to confirm was not confirmed.
+pub const NOT_CONFIRMED: &str =
+    "nothing was changed: not confirmed (no terminal to ask on and no --yes, or declined)";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Settings that cannot work: an unknown backend, a malformed URL, a missing key.

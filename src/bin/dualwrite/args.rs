@@ -4,7 +4,19 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use dualwrite::backfill::BackfillOptions;
+use dualwrite::serve::ServeOptions;
 use dualwrite::{keys, verify};
+
+/// The defaults of `backfill` and `import`: the library's.
+fn load_defaults() -> BackfillOptions {
+    BackfillOptions::default()
+}
+
+/// The defaults of `serve`: the library's.
+fn serve_defaults() -> ServeOptions {
+    ServeOptions::new(PathBuf::new(), PathBuf::new())
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -143,25 +155,25 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
     pub listen: std::net::SocketAddr,
     /// Changes read and mirrored per batch.
-    #[arg(long, value_name = "N", default_value_t = 4000)]
+    #[arg(long, value_name = "N", default_value_t = serve_defaults().batch_rows)]
     pub batch_rows: usize,
     /// Rows per upsert request.
-    #[arg(long, value_name = "N", default_value_t = 500)]
+    #[arg(long, value_name = "N", default_value_t = serve_defaults().request_rows)]
     pub request_rows: usize,
     /// Upsert requests in flight.
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    #[arg(long, value_name = "N", default_value_t = serve_defaults().concurrency)]
     pub concurrency: usize,
     /// /ready fails when the oldest pending change is older than this.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    #[arg(long, value_name = "SECS", default_value_t = serve_defaults().max_lag.as_secs_f64())]
     pub max_lag_secs: f64,
     /// How often to look for new commits, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 50)]
+    #[arg(long, value_name = "MS", default_value_t = serve_defaults().poll.as_millis() as u64)]
     pub poll_ms: u64,
     /// How long one batch is retried before the error is recorded (then it is retried again).
-    #[arg(long, value_name = "SECS", default_value_t = 20.0)]
+    #[arg(long, value_name = "SECS", default_value_t = serve_defaults().max_wait.as_secs_f64())]
     pub max_wait_secs: f64,
     /// How often the triggers are checked, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    #[arg(long, value_name = "SECS", default_value_t = serve_defaults().check_every.as_secs_f64())]
     pub check_secs: f64,
     /// Stop with an error when triggers are missing, instead of re-installing them.
     #[arg(long)]
@@ -258,19 +270,19 @@ pub struct LoadArgs {
     #[arg(long)]
     pub yes: bool,
     /// Batches in flight at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = load_defaults().concurrency)]
     pub concurrency: usize,
     /// Rows per batch at most (the batch size adapts below it).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = load_defaults().batch_rows)]
     pub batch_rows: usize,
     /// Bytes of JSON per batch at most.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = load_defaults().batch_bytes)]
     pub batch_bytes: usize,
     /// Where the checkpoint and rejects.ndjson live (default: dualwrite-state/<source>-<hash> beside the source).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// How long to keep retrying while Supabase is unreachable, in seconds.
-    #[arg(long, default_value_t = 300.0)]
+    #[arg(long, default_value_t = load_defaults().max_wait.as_secs_f64())]
     pub max_wait_secs: f64,
     /// Do not re-read landed ranges to resend rows the app changed meanwhile.
     #[arg(long)]

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use dualwrite::config::{Settings, Sources};
 use dualwrite::normalise::UnrepresentablePolicy;
-use dualwrite::{catalogue, Error};
+use dualwrite::Error;
 
 use crate::args::Cli;
 
@@ -22,32 +22,25 @@ pub fn policy(flag: Option<&str>, s: &Settings) -> Result<UnrepresentablePolicy>
     })
 }
 
-pub fn tables(names: &[String]) -> Result<Vec<&'static catalogue::Table>> {
-    Ok(names
-        .iter()
-        .filter(|n| !n.trim().is_empty())
-        .map(|n| catalogue::table(n.trim()))
-        .collect::<dualwrite::Result<Vec<_>>>()?)
-}
-
-/// Ask before emptying tables: on a terminal, a typed "yes"; otherwise only `--yes`.
-pub fn confirm(what: &str, yes: bool) -> Result<()> {
+/// The one confirmation prompt of every command: `--yes`, or on a terminal a
+/// typed `y` or `yes`. Returns who confirmed (`--yes` or `terminal`), or `None`
+/// when nobody did (declined, or no terminal to ask on and no `--yes`).
+/// `what` (if any) is printed above the question.
+pub fn confirm(what: &str, yes: bool) -> std::io::Result<Option<&'static str>> {
     if yes {
-        return Ok(());
+        return Ok(Some("--yes"));
     }
     if !std::io::stdin().is_terminal() {
-        return Err(Error::invalid(format!(
-            "{what}: confirm with --yes (there is no terminal to ask); nothing was changed"
-        ))
-        .into());
+        return Ok(None);
     }
-    eprint!("{what}. Type yes to continue: ");
+    if what.is_empty() {
+        eprint!("Continue? [y/N] ");
+    } else {
+        eprint!("{what}\nContinue? [y/N] ");
+    }
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
-    if answer.trim() != "yes" {
-        return Err(Error::invalid("not confirmed; nothing was changed").into());
-    }
-    Ok(())
+    Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes").then_some("terminal"))
 }
 
 pub fn settings(cli: &Cli) -> Result<Settings> {

@@ -14,7 +14,7 @@ use dualwrite::normalise::UnrepresentablePolicy;
 use dualwrite::{cutover, factory, verify};
 
 use crate::args::{Cli, CutoverCommand, VerifyArgs};
-use crate::shell::{cannot_run, policy, print_json, settings};
+use crate::shell::{cannot_run, confirm, policy, print_json, settings};
 
 /// `cutover check`: READY or NOT READY.
 pub async fn cutover(cli: &Cli, c: &CutoverCommand) -> ExitCode {
@@ -92,11 +92,18 @@ fn emit(report: &verify::VerifyReport, format: verify::Format, out: Option<&Path
 }
 
 async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
-    use verify::repair::{self, RepairOptions, RepairOutcome};
+    use verify::repair::{self, RepairOptions};
+    // Parse before opening anything.
+    let tables = (!a.tables.is_empty())
+        .then(|| verify::tables_named(&a.tables))
+        .transpose()?;
     let s = settings(cli)?;
     let path = a.from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
     let (source, target, key) = verify_sides(&s, &path).await?;
     let mut opts = verify::VerifyOptions::new(key);
+    if let Some(tables) = tables {
+        opts.tables = tables;
+    }
     opts.unrepresentable = policy(a.unrepresentable.as_deref(), &s)?;
     // A repair under `coerce` writes coerced rows, recording the originals where
     // the backfill of this source records them.
@@ -111,9 +118,6 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     } else {
         target
     };
-    if !a.tables.is_empty() {
-        opts.tables = verify::tables_named(&a.tables)?;
-    }
     opts.check = match (a.counts_only, a.sample) {
         (true, _) => verify::Check::Counts,
         (false, Some(rows)) => verify::Check::Sample {
@@ -130,91 +134,16 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
         delete_extra: a.delete_extra,
         ..RepairOptions::default()
     };
-    let (mut before, mut plan) = repair::plan(&source, &target, &opts).await?;
-    let mut outcome = RepairOutcome::planned(&before, &plan, &ropts);
-    if let Some(why) = refusal(&before, &plan, &ropts) {
-        outcome.status = repair::RepairStatus::Refused;
-        before.repair = Some(outcome);
-        emit(&before, a.format, a.out.as_deref())?;
-        eprintln!("not repairing: {why}");
-        return Ok(ExitCode::from(2));
+    let yes = a.yes;
+    let run = repair::run(&source, &target, &opts, &ropts, |what| {
+        // The plan is shown even when nobody can confirm it.
+        eprint!("{what}");
+        Ok(confirm("", yes)?.map(str::to_owned))
+    })
+    .await?;
+    emit(&run.report, a.format, a.out.as_deref())?;
+    if let Some(why) = &run.not_changed {
+        eprintln!("{why}");
     }
-    if outcome.status == repair::RepairStatus::NothingToDo {
-        before.repair = Some(outcome);
-        emit(&before, a.format, a.out.as_deref())?;
-        return Ok(ExitCode::from(before.exit_code));
-    }
-    eprint!(
-        "--repair will change {}:\n{}",
-        before.target.location,
-        plan.describe(&ropts)
-    );
-    let asked = std::time::Instant::now();
-    let confirmed_by = if a.yes {
-        Some("--yes")
-    } else if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        eprint!("Apply these changes? [y/N] ");
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes").then_some("terminal")
-    } else {
-        None
-    };
-    let Some(by) = confirmed_by else {
-        before.repair = Some(outcome);
-        emit(&before, a.format, a.out.as_deref())?;
-        eprintln!(
-            "nothing was changed: not confirmed (no terminal to ask on and no --yes, or declined)"
-        );
-        return Ok(ExitCode::from(before.exit_code.max(1)));
-    };
-    // A plan confirmed long ago is stale: make it again, and apply only the
-    // changes both plans hold.
-    if asked.elapsed() > repair::REPLAN_AFTER {
-        eprintln!(
-            "the confirmation took {}s: verifying again before changing anything",
-            asked.elapsed().as_secs()
-        );
-        let (mut again, mut fresh) = repair::plan(&source, &target, &opts).await?;
-        fresh.retain_confirmed(&plan);
-        let mut fresh_outcome = RepairOutcome::planned(&again, &fresh, &ropts);
-        if let Some(why) = refusal(&again, &fresh, &ropts) {
-            fresh_outcome.status = repair::RepairStatus::Refused;
-            again.repair = Some(fresh_outcome);
-            emit(&again, a.format, a.out.as_deref())?;
-            eprintln!("not repairing: {why}");
-            return Ok(ExitCode::from(2));
-        }
-        plan = fresh;
-        outcome = fresh_outcome;
-    }
-    outcome.confirmed_by = Some(by.to_owned());
-    repair::apply(&source, &target, &plan, &ropts, &mut outcome).await?;
-    opts.check = verify::Check::Content;
-    let mut after = verify::run(&source, &target, &opts).await?;
-    after.repair = Some(outcome);
-    emit(&after, a.format, a.out.as_deref())?;
-    Ok(ExitCode::from(after.exit_code))
-}
-
-/// Why a repair must not run on this plan, if it must not: a verification
-/// that could not see everything, or `--delete-extra` while the counts
-/// disagree with what was read.
-fn refusal(
-    report: &verify::VerifyReport,
-    plan: &verify::repair::RepairPlan,
-    opts: &verify::repair::RepairOptions,
-) -> Option<String> {
-    if matches!(
-        report.verdict,
-        verify::Verdict::Incomplete | verify::Verdict::PartialVisibility
-    ) {
-        return Some(report.verdict.as_str().to_lowercase());
-    }
-    if opts.delete_extra {
-        if let Err(e) = verify::repair::check_delete_extra(report, plan) {
-            return Some(e.to_string());
-        }
-    }
-    None
+    Ok(ExitCode::from(run.exit_code))
 }

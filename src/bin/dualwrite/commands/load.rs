@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use dualwrite::backfill::{self, BackfillOptions, BackfillReport, Progress};
-use dualwrite::{export, factory, Error};
+use dualwrite::backfill::{self, BackfillOptions, BackfillReport, Progress, Start};
+use dualwrite::error::NOT_CONFIRMED;
+use dualwrite::{catalogue, export, factory, Error};
 
 use crate::args::{Cli, LoadArgs};
-use crate::shell::{confirm, policy, print_json, settings, tables};
+use crate::shell::{confirm, policy, print_json, settings};
 
 impl LoadArgs {
     fn options(&self, source: &Path) -> Result<BackfillOptions> {
@@ -20,7 +21,7 @@ impl LoadArgs {
             .clone()
             .unwrap_or_else(|| backfill::state_dir_for(source));
         let mut o = BackfillOptions::new(state_dir);
-        o.tables = tables(&self.tables)?;
+        o.tables = catalogue::tables_named(&self.tables)?;
         o.dry_run = self.dry_run;
         o.concurrency = self.concurrency.max(1);
         o.batch_rows = self.batch_rows.max(1);
@@ -52,24 +53,22 @@ async fn load(
     let s = settings(cli)?;
     opts.unrepresentable = policy(args.unrepresentable.as_deref(), &s)?;
     let target = factory::connect_supabase(&s).await?;
-    if args.reset && !args.dry_run {
-        let selected = opts.selected();
-        confirm(
-            &format!(
-                "--reset deletes every row of {} table(s) in {}",
-                selected.len(),
-                target.rest().url()
-            ),
-            args.yes,
-        )?;
-        // The checkpoint goes first: a run killed mid-reset must not find
-        // the emptied tables marked done.
-        let deleted = backfill::reset(&target, &opts).await?;
-        tracing::info!(rows = deleted, "reset: emptied the target tables");
-    } else if args.restart && !args.dry_run {
-        backfill::forget_progress(&opts.state_dir)?;
-        tracing::info!("restart: forgot the checkpoint; copying every table again");
+    let start = match (args.reset, args.restart) {
+        (true, _) => Start::Reset,
+        (false, true) => Start::Restart,
+        (false, false) => Start::Resume,
+    };
+    if start == Start::Reset && !args.dry_run {
+        let what = format!(
+            "--reset deletes every row of {} table(s) in {}",
+            opts.selected().len(),
+            target.rest().url()
+        );
+        if confirm(&what, args.yes)?.is_none() {
+            return Err(Error::invalid(format!("{what}: {NOT_CONFIRMED}")).into());
+        }
     }
+    backfill::prepare(&target, &opts, start).await?;
     let report = run(&target, &opts).await?;
     if args.json {
         print_json(&serde_json::to_value(&report)?);
@@ -109,7 +108,8 @@ pub async fn export(
         Some(p) => p.parse()?,
         None => settings(cli)?.unrepresentable,
     };
-    let m = export::export_with(from_sqlite, out, &tables(names)?, compress, p).await?;
+    let tables = catalogue::tables_named(names)?;
+    let m = export::export_with(from_sqlite, out, &tables, compress, p).await?;
     print_json(&serde_json::to_value(&m)?);
     if m.rejected_rows > 0 {
         eprintln!(
