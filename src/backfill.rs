@@ -133,16 +133,38 @@ pub fn state_dir_for(source: &Path) -> PathBuf {
     default_state_dir(&dir.join("dualwrite-state"), source)
 }
 
-/// The state directory for a source file: `<dir>/<file name>-<hash of its absolute path>`.
+/// The state directory for a source file: `<dir>/<file name>-<digest>`, the
+/// digest the first 16 hex digits of the SHA-256 of its absolute path (stable
+/// across Rust releases). A directory written by an older version under the
+/// name derived with `DefaultHasher` (whose output may change between
+/// releases) is still found and used when it exists and the new one does not,
+/// so an upgrade never silently loses a resume.
 pub fn default_state_dir(base: &Path, source: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
     let abs = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    abs.hash(&mut h);
     let name = source
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "source".into());
-    base.join(format!("{name}-{:08x}", h.finish() as u32))
+    let digest = Sha256::digest(abs.as_os_str().as_encoded_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let dir = base.join(format!("{name}-{hex}"));
+    if !dir.exists() {
+        let legacy = base.join(format!("{name}-{:08x}", legacy_digest(&abs)));
+        if legacy.is_dir() {
+            return legacy;
+        }
+    }
+    dir
+}
+
+/// The digest state directories were named with before SHA-256: only to find
+/// them again.
+fn legacy_digest(abs: &Path) -> u32 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    abs.hash(&mut h);
+    // Only the low 32 bits were ever used.
+    h.finish() as u32
 }
 
 /// A row that did not land, as written to `rejects.ndjson`.
@@ -1840,6 +1862,28 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_dir_is_named_by_sha256_and_an_old_defaulthasher_dir_is_still_found() {
+        use sha2::{Digest, Sha256};
+        let base = tempfile::tempdir().unwrap();
+        let source = base.path().join("app.sqlite3");
+        std::fs::write(&source, b"").unwrap();
+        let abs = std::fs::canonicalize(&source).unwrap();
+        let digest = Sha256::digest(abs.as_os_str().as_encoded_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let states = base.path().join("dualwrite-state");
+        let new = states.join(format!("app.sqlite3-{hex}"));
+        assert_eq!(default_state_dir(&states, &source), new);
+        // A directory an older version wrote is used while no new one exists.
+        let legacy = states.join(format!("app.sqlite3-{:08x}", legacy_digest(&abs)));
+        std::fs::create_dir_all(&legacy).unwrap();
+        assert_eq!(default_state_dir(&states, &source), legacy);
+        assert_eq!(state_dir_for(&source), legacy);
+        // Once the new one exists, it wins.
+        std::fs::create_dir_all(&new).unwrap();
+        assert_eq!(default_state_dir(&states, &source), new);
+    }
 
     fn row(key: &str, json: &str) -> Prepared {
         Prepared {
