@@ -646,7 +646,7 @@ impl RejectLog {
         for r in rejects {
             tracing::warn!(table = %r.table, key = %r.key, code = %r.code, error = %r.message, "row rejected; written to the rejects file");
         }
-        let mut sample = self.sample.lock().expect("rejects lock");
+        let mut sample = crate::sync::lock(&self.sample);
         for r in rejects {
             if sample.len() < 20 {
                 sample.push(r.clone());
@@ -658,7 +658,7 @@ impl RejectLog {
                 serde_json::to_writer(&mut buf, r).expect("a reject serialises");
                 buf.push(b'\n');
             }
-            let mut f = f.lock().expect("rejects lock");
+            let mut f = crate::sync::lock(f);
             f.write_all(&buf)?;
             f.flush()?;
         }
@@ -666,7 +666,7 @@ impl RejectLog {
     }
 
     pub fn sample(&self) -> Vec<Reject> {
-        self.sample.lock().expect("rejects lock").clone()
+        crate::sync::lock(&self.sample).clone()
     }
 }
 

@@ -35,6 +35,15 @@ pub enum Error {
     #[error("sqlite: {0}")]
     Sqlite(String),
 
+    /// A worker thread that owns a resource (the SQLite connection) is gone:
+    /// it panicked or was shut down. Not transient: the handle cannot recover.
+    #[error("the {worker} thread stopped {when}")]
+    WorkerStopped {
+        worker: &'static str,
+        /// `while opening`, `before the call`, `during a call`.
+        when: &'static str,
+    },
+
     /// PostgREST (or the gateway in front of it) answered with an error status.
     #[error("{}", describe_rest(*status, code.as_deref(), message, details.as_deref(), hint.as_deref()))]
     Rest {

@@ -34,6 +34,7 @@ pub mod retry;
 pub mod samples;
 pub mod serve;
 pub mod state_file;
+mod sync;
 pub mod verify;
 
 pub use error::{Error, Result};

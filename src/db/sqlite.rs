@@ -330,6 +330,14 @@ fn canonical_param(v: &Value) -> SqlParam {
     }
 }
 
+/// The SQLite thread is gone.
+fn stopped(when: &'static str) -> Error {
+    Error::WorkerStopped {
+        worker: "SQLite",
+        when,
+    }
+}
+
 /// A row as read from the file, lenient: a value the canonical form cannot hold
 /// is shown as text rather than failing the read.
 fn lenient_canonical(t: &'static Table, row: &SqlRow) -> Row {
@@ -416,9 +424,7 @@ impl SqliteDatabase {
                     job(&mut conn);
                 }
             })?;
-        let layout = ready_rx
-            .await
-            .map_err(|_| Error::Sqlite("the SQLite thread stopped while opening".into()))??;
+        let layout = ready_rx.await.map_err(|_| stopped("while opening"))??;
         Ok(SqliteDatabase {
             jobs,
             path,
@@ -441,9 +447,8 @@ impl SqliteDatabase {
             .send(Box::new(move |conn| {
                 let _ = tx.send(f(conn, &layout));
             }))
-            .map_err(|_| Error::Sqlite("the SQLite thread has stopped".into()))?;
-        rx.await
-            .map_err(|_| Error::Sqlite("the SQLite thread stopped during a call".into()))?
+            .map_err(|_| stopped("before the call"))?;
+        rx.await.map_err(|_| stopped("during a call"))?
     }
 
     /// Rows of a table in the SQLite shape (as stored), in key order. Used by

@@ -64,7 +64,7 @@ impl SupabaseDatabase {
 
     /// Lossy but documented conversions made so far (see [`crate::normalise`]).
     pub fn lossy_counts(&self) -> LossyCounts {
-        self.lossy.lock().expect("lossy counter lock").clone()
+        crate::sync::lock(&self.lossy).clone()
     }
 
     /// Convert SQLite-shaped rows to the Supabase JSON array body, counting lossy
@@ -86,7 +86,7 @@ impl SupabaseDatabase {
             out.push(Value::Object(c.row));
         }
         if !lossy.is_empty() {
-            let mut counts = self.lossy.lock().expect("lossy counter lock");
+            let mut counts = crate::sync::lock(&self.lossy);
             for (col, l) in lossy {
                 *counts.entry((table.sqlite, col, l)).or_default() += 1;
             }
