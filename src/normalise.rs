@@ -340,7 +340,9 @@ pub fn to_json_row_into_with(
                     continue;
                 }
                 if policy == UnrepresentablePolicy::Reject {
-                    return Err(refuse(col.sqlite, check_text(s).unwrap_err()));
+                    // push_json_str refuses exactly what check_text refuses.
+                    let why = check_text(s).err().unwrap_or_default();
+                    return Err(refuse(col.sqlite, why));
                 }
                 // Coerced on the slow path below.
                 out.truncate(mark);
