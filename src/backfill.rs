@@ -1,9 +1,11 @@
 //! Backfill: copy every DoX table into Supabase, fast, resumable, and without
 //! losing or silently dropping a row.
 //!
-//! * The source is read in key order, one keyset page at a time (each page one
-//!   consistent snapshot), so memory stays flat whatever the file's size. The
-//!   source is opened read-only and never changed.
+//! * The source is read in storage (rowid) order where the table has rowids
+//!   (sequential reads; key order for the others), one page at a time (each
+//!   page one consistent snapshot), and read ahead while batches are in flight,
+//!   so memory stays flat whatever the file's size. The source is opened
+//!   read-only and never changed.
 //! * Rows go through the shared normaliser; a row Supabase cannot hold is a
 //!   reject, written to `rejects.ndjson` with its error, and counted.
 //! * Batches are bounded by rows and bytes and sent as idempotent upserts
@@ -15,13 +17,20 @@
 //!   which become rejects; the others land.
 //! * Progress is checkpointed per table outside the source (`checkpoint.json`
 //!   in the state directory), only up to the last batch below which every batch
-//!   has landed. A killed run resumes there; finished tables are not redone.
+//!   has landed (`backfill/watermark.rs`). A killed run resumes there (a storage-order
+//!   position is checked against the key found there, since VACUUM may
+//!   renumber rowids); finished tables are not redone.
 //! * Stale rows: while the app keeps dual-writing, a row read by the backfill
 //!   may be updated (or deleted) by the app and mirrored before the backfill's
-//!   older copy lands. After each batch lands, the backfill reads the same key
-//!   range from the source again and sends the current version of every row
-//!   that changed (or deletes the ones that are gone), until the range is
-//!   stable. See ARCHITECTURE.md, "Backfill while the app dual-writes".
+//!   older copy lands. After a batch lands, if anybody committed to the source
+//!   since it was read (`PRAGMA data_version`), the backfill reads its rows
+//!   again by key and sends the current version of every row that changed (or
+//!   deletes the ones that are gone), until they are stable; when nobody
+//!   committed, nothing is re-read. See ARCHITECTURE.md, "Backfill while the
+//!   app dual-writes".
+
+mod watermark;
+use watermark::Watermark;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -1496,8 +1505,8 @@ impl<'a> Loader<'a> {
         // guard is still running: those hold no request slot.
         let mut tasks: JoinSet<Result<Sent>> = JoinSet::new();
         let mut settling: JoinSet<Result<Landed>> = JoinSet::new();
-        let mut pending: BTreeMap<u64, Landed> = BTreeMap::new();
-        let (mut next_seq, mut seq) = (0u64, 0u64);
+        let mut watermark = Watermark::new();
+        let mut seq = 0u64;
         let mut reading = true;
         let mut last_save = Instant::now();
         let mut last_line = Instant::now();
@@ -1567,10 +1576,8 @@ impl<'a> Loader<'a> {
                     continue;
                 }
             };
-            pending.insert(landed.seq, landed);
             // Advance the checkpoint over every batch below which all have landed.
-            while let Some(l) = pending.remove(&next_seq) {
-                next_seq += 1;
+            for l in watermark.land(landed.seq, landed) {
                 report.rows_read += l.read;
                 report.rows_written += l.written;
                 report.rows_rejected += l.rejects;
