@@ -26,7 +26,7 @@
 //!   since it was read (`PRAGMA data_version`), the backfill reads its rows
 //!   again by key and sends the current version of every row that changed (or
 //!   deletes the ones that are gone), until they are stable; when nobody
-//!   committed, nothing is re-read. See ARCHITECTURE.md, "Backfill while the
+//!   committed, nothing is re-read. See docs/backfill.md, "Backfill while the
 //!   app dual-writes".
 
 mod watermark;

@@ -8,7 +8,7 @@
 //! results; the verifier compares canonical rows. Because there is one
 //! conversion, the three cannot disagree.
 //!
-//! Documented conversions (see ARCHITECTURE.md, "Value conversions"):
+//! Documented conversions (see docs/behaviour.md, "Value conversions"):
 //! * JSON text is parsed into a JSON value. `NaN`, `Infinity` and `-Infinity`
 //!   tokens (Python's `json.dumps` writes them) become `null`: counted as lossy
 //!   `non_finite_json`. Text that is not JSON at all is kept as a JSON string:
