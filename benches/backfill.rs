@@ -17,6 +17,10 @@
 //! taken before each step.
 //! Under `cargo test` (no `--bench`) it makes a small smoke run.
 
+// Test and benchmark helpers fail loudly by design: an unwrap is their assertion
+// (clippy.toml allows it inside #[test] functions only).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 use common::*;
 

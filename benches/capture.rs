@@ -24,6 +24,10 @@
 //! the end (through DATABASE_URL); nothing else is touched.
 //! Under `cargo test` (no `--bench`) it makes a short smoke run.
 
+// Test and benchmark helpers fail loudly by design: an unwrap is their assertion
+// (clippy.toml allows it inside #[test] functions only).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 use common::*;
 

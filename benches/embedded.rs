@@ -8,6 +8,10 @@
 //! 10,000) and `DUAL_WRITES=N` (default 2,000) change the counts. Under
 //! `cargo test` (no `--bench` argument) it makes a short smoke run.
 
+// Test and benchmark helpers fail loudly by design: an unwrap is their assertion
+// (clippy.toml allows it inside #[test] functions only).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 use common::*;
 

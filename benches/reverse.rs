@@ -16,6 +16,9 @@
 //!    until the row is there and records the lag from the write's answer.
 //!
 //! Under `cargo test` (no `--bench`) it makes a short smoke run.
+// Test and benchmark helpers fail loudly by design: an unwrap is their assertion
+// (clippy.toml allows it inside #[test] functions only).
+#![allow(clippy::unwrap_used)]
 
 mod common;
 use common::*;

@@ -7,6 +7,10 @@
 //! Under `cargo test` (no `--bench` argument) it makes a short smoke run, so CI
 //! keeps it working without spending minutes on it.
 
+// Test and benchmark helpers fail loudly by design: an unwrap is their assertion
+// (clippy.toml allows it inside #[test] functions only).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 use common::*;
 

@@ -1,9 +1,11 @@
 //! Backfill: copy every DoX table into Supabase, fast, resumable, and without
 //! losing or silently dropping a row.
 //!
-//! * The source is read in key order, one keyset page at a time (each page one
-//!   consistent snapshot), so memory stays flat whatever the file's size. The
-//!   source is opened read-only and never changed.
+//! * The source is read in storage (rowid) order where the table has rowids
+//!   (sequential reads; key order for the others), one page at a time (each
+//!   page one consistent snapshot), and read ahead while batches are in flight,
+//!   so memory stays flat whatever the file's size. The source is opened
+//!   read-only and never changed.
 //! * Rows go through the shared normaliser; a row Supabase cannot hold is a
 //!   reject, written to `rejects.ndjson` with its error, and counted.
 //! * Batches are bounded by rows and bytes and sent as idempotent upserts
@@ -15,13 +17,20 @@
 //!   which become rejects; the others land.
 //! * Progress is checkpointed per table outside the source (`checkpoint.json`
 //!   in the state directory), only up to the last batch below which every batch
-//!   has landed. A killed run resumes there; finished tables are not redone.
+//!   has landed (`backfill/watermark.rs`). A killed run resumes there (a storage-order
+//!   position is checked against the key found there, since VACUUM may
+//!   renumber rowids); finished tables are not redone.
 //! * Stale rows: while the app keeps dual-writing, a row read by the backfill
 //!   may be updated (or deleted) by the app and mirrored before the backfill's
-//!   older copy lands. After each batch lands, the backfill reads the same key
-//!   range from the source again and sends the current version of every row
-//!   that changed (or deletes the ones that are gone), until the range is
-//!   stable. See ARCHITECTURE.md, "Backfill while the app dual-writes".
+//!   older copy lands. After a batch lands, if anybody committed to the source
+//!   since it was read (`PRAGMA data_version`), the backfill reads its rows
+//!   again by key and sends the current version of every row that changed (or
+//!   deletes the ones that are gone), until they are stable; when nobody
+//!   committed, nothing is re-read. See docs/backfill.md, "Backfill while the
+//!   app dual-writes".
+
+mod watermark;
+use watermark::Watermark;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -72,19 +81,30 @@ pub struct BackfillOptions {
     pub unrepresentable: UnrepresentablePolicy,
 }
 
-impl BackfillOptions {
-    pub fn new(state_dir: PathBuf) -> BackfillOptions {
+/// The defaults, which the command line's defaults are read from; the state
+/// directory is empty (every run names one, see [`state_dir_for`]).
+impl Default for BackfillOptions {
+    fn default() -> Self {
         BackfillOptions {
             tables: Vec::new(),
             dry_run: false,
             concurrency: 4,
             batch_rows: 500,
             batch_bytes: 1 << 20,
-            state_dir,
+            state_dir: PathBuf::new(),
             max_wait: Duration::from_secs(300),
             stale_guard: true,
             progress: Progress::Quiet,
             unrepresentable: UnrepresentablePolicy::Reject,
+        }
+    }
+}
+
+impl BackfillOptions {
+    pub fn new(state_dir: PathBuf) -> BackfillOptions {
+        BackfillOptions {
+            state_dir,
+            ..BackfillOptions::default()
         }
     }
 
@@ -122,16 +142,38 @@ pub fn state_dir_for(source: &Path) -> PathBuf {
     default_state_dir(&dir.join("dualwrite-state"), source)
 }
 
-/// The state directory for a source file: `<dir>/<file name>-<hash of its absolute path>`.
+/// The state directory for a source file: `<dir>/<file name>-<digest>`, the
+/// digest the first 16 hex digits of the SHA-256 of its absolute path (stable
+/// across Rust releases). A directory written by an older version under the
+/// name derived with `DefaultHasher` (whose output may change between
+/// releases) is still found and used when it exists and the new one does not,
+/// so an upgrade never silently loses a resume.
 pub fn default_state_dir(base: &Path, source: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
     let abs = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    abs.hash(&mut h);
     let name = source
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "source".into());
-    base.join(format!("{name}-{:08x}", h.finish() as u32))
+    let digest = Sha256::digest(abs.as_os_str().as_encoded_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let dir = base.join(format!("{name}-{hex}"));
+    if !dir.exists() {
+        let legacy = base.join(format!("{name}-{:08x}", legacy_digest(&abs)));
+        if legacy.is_dir() {
+            return legacy;
+        }
+    }
+    dir
+}
+
+/// The digest state directories were named with before SHA-256: only to find
+/// them again.
+fn legacy_digest(abs: &Path) -> u32 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    abs.hash(&mut h);
+    // Only the low 32 bits were ever used.
+    h.finish() as u32
 }
 
 /// A row that did not land, as written to `rejects.ndjson`.
@@ -613,7 +655,7 @@ impl RejectLog {
         for r in rejects {
             tracing::warn!(table = %r.table, key = %r.key, code = %r.code, error = %r.message, "row rejected; written to the rejects file");
         }
-        let mut sample = self.sample.lock().expect("rejects lock");
+        let mut sample = crate::sync::lock(&self.sample);
         for r in rejects {
             if sample.len() < 20 {
                 sample.push(r.clone());
@@ -625,7 +667,7 @@ impl RejectLog {
                 serde_json::to_writer(&mut buf, r).expect("a reject serialises");
                 buf.push(b'\n');
             }
-            let mut f = f.lock().expect("rejects lock");
+            let mut f = crate::sync::lock(f);
             f.write_all(&buf)?;
             f.flush()?;
         }
@@ -633,7 +675,7 @@ impl RejectLog {
     }
 
     pub fn sample(&self) -> Vec<Reject> {
-        self.sample.lock().expect("rejects lock").clone()
+        crate::sync::lock(&self.sample).clone()
     }
 }
 
@@ -1463,8 +1505,8 @@ impl<'a> Loader<'a> {
         // guard is still running: those hold no request slot.
         let mut tasks: JoinSet<Result<Sent>> = JoinSet::new();
         let mut settling: JoinSet<Result<Landed>> = JoinSet::new();
-        let mut pending: BTreeMap<u64, Landed> = BTreeMap::new();
-        let (mut next_seq, mut seq) = (0u64, 0u64);
+        let mut watermark = Watermark::new();
+        let mut seq = 0u64;
         let mut reading = true;
         let mut last_save = Instant::now();
         let mut last_line = Instant::now();
@@ -1534,10 +1576,8 @@ impl<'a> Loader<'a> {
                     continue;
                 }
             };
-            pending.insert(landed.seq, landed);
             // Advance the checkpoint over every batch below which all have landed.
-            while let Some(l) = pending.remove(&next_seq) {
-                next_seq += 1;
+            for l in watermark.land(landed.seq, landed) {
                 report.rows_read += l.read;
                 report.rows_written += l.written;
                 report.rows_rejected += l.rejects;
@@ -1661,6 +1701,44 @@ pub fn forget_progress(state_dir: &Path) -> Result<()> {
 pub async fn reset(target: &SupabaseDatabase, opts: &BackfillOptions) -> Result<u64> {
     forget_progress(&opts.state_dir)?;
     reset_target(target, &opts.selected(), RESET_CHUNK, opts.max_wait).await
+}
+
+/// How a run treats the state a previous run left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Continue from the checkpoint (the default).
+    Resume,
+    /// Forget the checkpoint and copy every table again; the target keeps its rows.
+    Restart,
+    /// Forget the checkpoint, then empty the selected target tables.
+    Reset,
+}
+
+/// The housekeeping before a run (`--restart`, `--reset`): the checkpoint goes
+/// first, so a run killed mid-reset never finds the emptied tables marked done.
+/// A dry run changes nothing. The caller has asked for confirmation of a
+/// reset. Returns how many target rows were deleted.
+pub async fn prepare(
+    target: &SupabaseDatabase,
+    opts: &BackfillOptions,
+    start: Start,
+) -> Result<u64> {
+    if opts.dry_run {
+        return Ok(0);
+    }
+    match start {
+        Start::Resume => Ok(0),
+        Start::Restart => {
+            forget_progress(&opts.state_dir)?;
+            tracing::info!("restart: forgot the checkpoint; copying every table again");
+            Ok(0)
+        }
+        Start::Reset => {
+            let deleted = reset(target, opts).await?;
+            tracing::info!(rows = deleted, "reset: emptied the target tables");
+            Ok(deleted)
+        }
+    }
 }
 
 /// Empty the target tables (children first), `chunk` keys at a time: a single
@@ -1791,6 +1869,28 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_dir_is_named_by_sha256_and_an_old_defaulthasher_dir_is_still_found() {
+        use sha2::{Digest, Sha256};
+        let base = tempfile::tempdir().unwrap();
+        let source = base.path().join("app.sqlite3");
+        std::fs::write(&source, b"").unwrap();
+        let abs = std::fs::canonicalize(&source).unwrap();
+        let digest = Sha256::digest(abs.as_os_str().as_encoded_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let states = base.path().join("dualwrite-state");
+        let new = states.join(format!("app.sqlite3-{hex}"));
+        assert_eq!(default_state_dir(&states, &source), new);
+        // A directory an older version wrote is used while no new one exists.
+        let legacy = states.join(format!("app.sqlite3-{:08x}", legacy_digest(&abs)));
+        std::fs::create_dir_all(&legacy).unwrap();
+        assert_eq!(default_state_dir(&states, &source), legacy);
+        assert_eq!(state_dir_for(&source), legacy);
+        // Once the new one exists, it wins.
+        std::fs::create_dir_all(&new).unwrap();
+        assert_eq!(default_state_dir(&states, &source), new);
+    }
 
     fn row(key: &str, json: &str) -> Prepared {
         Prepared {

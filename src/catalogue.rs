@@ -398,6 +398,43 @@ pub static TABLES: [&Table; 17] = [
     &SKILLS_REGISTRY,
 ];
 
+/// The copied tables named in a `--tables` list (SQLite or Supabase names,
+/// blanks ignored), in catalogue order: the one parser of table names for every
+/// command. An unknown name, or a table that is not copied (`search_chunks`,
+/// which Supabase derives), is an error listing the valid names. No names gives
+/// an empty list, which the commands read as "every table".
+pub fn tables_named<S: AsRef<str>>(names: &[S]) -> Result<Vec<&'static Table>> {
+    let mut wanted = Vec::new();
+    for n in names
+        .iter()
+        .map(|n| n.as_ref().trim())
+        .filter(|n| !n.is_empty())
+    {
+        let t = table(n)?;
+        if !TABLES.contains(&t) {
+            return Err(Error::invalid(format!(
+                "`{n}` is not copied (Supabase derives it); valid tables: {}",
+                valid_names()
+            )));
+        }
+        wanted.push(t);
+    }
+    Ok(TABLES
+        .iter()
+        .copied()
+        .filter(|t| wanted.contains(t))
+        .collect())
+}
+
+/// The copied tables' SQLite names, for error messages.
+fn valid_names() -> String {
+    TABLES
+        .iter()
+        .map(|t| t.sqlite)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Look a table up by its SQLite or its Supabase name.
 pub fn table(name: &str) -> Result<&'static Table> {
     TABLES
@@ -405,18 +442,26 @@ pub fn table(name: &str) -> Result<&'static Table> {
         .copied()
         .chain(std::iter::once(&SEARCH_CHUNKS))
         .find(|t| t.sqlite == name || t.supabase == name)
-        .ok_or_else(|| {
-            let names: Vec<_> = TABLES.iter().map(|t| t.sqlite).collect();
-            Error::invalid(format!(
-                "unknown table `{name}` (known: {})",
-                names.join(", ")
-            ))
-        })
+        .ok_or_else(|| Error::invalid(format!("unknown table `{name}` (known: {})", valid_names())))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_named_accepts_both_names_in_catalogue_order_and_rejects_the_rest() {
+        let t = tables_named(&["tags", " artifact ", ""]).unwrap();
+        assert_eq!(t, vec![&ARTIFACT, &TAGROW]);
+        assert!(tables_named::<&str>(&[]).unwrap().is_empty());
+        let e = tables_named(&["search_chunks"]).unwrap_err().to_string();
+        assert!(
+            e.contains("search_chunks") && e.contains("skills_registry"),
+            "{e}"
+        );
+        let e = tables_named(&["nope"]).unwrap_err().to_string();
+        assert!(e.contains("nope") && e.contains("artifact"), "{e}");
+    }
 
     #[test]
     fn no_table_has_more_than_max_columns() {

@@ -117,7 +117,7 @@ impl CoercedLog {
             serde_json::to_writer(&mut buf, r).expect("a record serialises");
             buf.push(b'\n');
         }
-        let mut f = self.file.lock().expect("coerced log lock");
+        let mut f = crate::sync::lock(&self.file);
         if f.is_none() {
             *f = Some(open_private(&self.path)?);
         }

@@ -6,9 +6,9 @@
 //!   hide rows from any other key;
 //! * no recorded secondary failure left unreplayed: every line of the failure
 //!   file (NDJSON, one serialised [`crate::db::SecondaryFailure`] per line)
-//!   counts, except lines marked `"replayed": true`;
-//! * no rejected row left: a line of the rejects file (NDJSON
-//!   `{"table","key","code","message","row"}`, as the backfill writes it) is
+//!   counts (`replay` rewrites the file with only what still fails);
+//! * no rejected row left: a line of the rejects file (NDJSON, one
+//!   [`crate::backfill::Reject`] per line, as the backfill writes it) is
 //!   left unless its table now verifies equal, which means the row has landed
 //!   since (or left the source).
 //!
@@ -24,10 +24,10 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::Value;
 
+use crate::backfill::Reject;
 use crate::catalogue::TABLES;
-use crate::db::{SqliteDatabase, SupabaseDatabase};
+use crate::db::{SecondaryFailure, SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
 use crate::normalise::UnrepresentablePolicy;
 use crate::verify::{
@@ -145,16 +145,17 @@ struct Record {
     table: String,
     key: String,
     message: String,
-    done: bool,
 }
 
-/// Read an NDJSON record file line by line (memory stays flat).
-fn read_records(
+/// Read an NDJSON record file line by line (memory stays flat), each line
+/// through the type its writer serialises (`T`: [`SecondaryFailure`] or
+/// [`Reject`]); a line that is not one is counted as malformed.
+fn read_records<T: serde::de::DeserializeOwned>(
     path: Option<&Path>,
     what: &str,
     flag: &str,
     notes: &mut Vec<String>,
-    message: fn(&Value) -> String,
+    record: fn(T) -> Record,
     mut each: impl FnMut(Record),
 ) -> Result<RecordCheck> {
     let mut check = RecordCheck {
@@ -189,23 +190,12 @@ fn read_records(
         if line.trim().is_empty() {
             continue;
         }
-        let v: Option<Value> = serde_json::from_str(&line).ok();
-        let field = |k: &str| {
-            v.as_ref().and_then(|v| v.get(k)).map(|x| match x {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-        };
-        match (field("table"), field("key")) {
-            (Some(table), Some(key)) => {
+        match serde_json::from_str::<T>(&line) {
+            Ok(r) => {
                 check.records += 1;
-                let v = v.as_ref().expect("parsed");
-                each(Record {
-                    table,
-                    key,
-                    message: truncate(&message(v), 160),
-                    done: v.get("replayed") == Some(&Value::Bool(true)),
-                });
+                let mut r = record(r);
+                r.message = truncate(&r.message, 160);
+                each(r);
             }
             _ => {
                 check.malformed += 1;
@@ -218,13 +208,6 @@ fn read_records(
         }
     }
     Ok(check)
-}
-
-fn text_of(v: &Value, k: &str) -> String {
-    v.get(k)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// Decide whether the target may become the primary. `Err` only when the
@@ -251,17 +234,18 @@ pub async fn check(
             }
         }
     }
+    // The failure log holds only failures not yet replayed (replay rewrites it).
     let mut failures = read_records(
         opts.failures.as_deref(),
         "failure",
         "--failures",
         &mut notes,
-        |v| format!("{} failed: {}", text_of(v, "method"), text_of(v, "error")),
-        |r| {
-            if !r.done {
-                failures_left.push(r);
-            }
+        |f: SecondaryFailure| Record {
+            message: format!("{} failed: {}", f.method, f.error),
+            table: f.table,
+            key: f.key,
         },
+        |r| failures_left.push(r),
     )?;
     let mut rejected = Vec::new();
     let mut rejects = read_records(
@@ -269,7 +253,11 @@ pub async fn check(
         "reject",
         "--rejects",
         &mut notes,
-        |v| format!("{} {}", text_of(v, "code"), text_of(v, "message")),
+        |r: Reject| Record {
+            message: format!("{} {}", r.code, r.message),
+            table: r.table,
+            key: r.key,
+        },
         |r| rejected.push(r),
     )?;
 
@@ -424,4 +412,55 @@ pub async fn check(
         serve_last_error,
         verify,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_files_are_read_through_the_writers_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("failures.ndjson");
+        let failure = SecondaryFailure {
+            method: "add_tag".into(),
+            table: "tagrow".into(),
+            key: "t1".into(),
+            error: "unreachable".into(),
+            transient: true,
+            at: "2026-01-01T00:00:00Z".into(),
+            write: crate::model::Write::from_call(
+                "add_tag",
+                serde_json::json!({"tag": {"id": "t1", "document_id": "d", "tag": "x"}}),
+            )
+            .unwrap(),
+        };
+        let mut marked = serde_json::to_value(&failure).unwrap();
+        // No writer produces `replayed`: such a line is a failure like any other.
+        marked["replayed"] = true.into();
+        let lines = [
+            serde_json::to_string(&failure).unwrap(),
+            marked.to_string(),
+            // Has a table and a key, but is not a recorded failure.
+            r#"{"table": "tagrow", "key": "t2"}"#.to_owned(),
+        ];
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let mut left = Vec::new();
+        let mut notes = Vec::new();
+        let check = read_records(
+            Some(&path),
+            "failure",
+            "--failures",
+            &mut notes,
+            |f: SecondaryFailure| Record {
+                message: f.error,
+                table: f.table,
+                key: f.key,
+            },
+            |r| left.push(r.key),
+        )
+        .unwrap();
+        assert_eq!((check.records, check.malformed), (2, 1));
+        assert_eq!(left, ["t1", "t1"]);
+    }
 }

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What every command says when a change it asked to confirm was not confirmed.
+pub const NOT_CONFIRMED: &str =
+    "nothing was changed: not confirmed (no terminal to ask on and no --yes, or declined)";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Settings that cannot work: an unknown backend, a malformed URL, a missing key.
@@ -30,6 +34,15 @@ pub enum Error {
 
     #[error("sqlite: {0}")]
     Sqlite(String),
+
+    /// A worker thread that owns a resource (the SQLite connection) is gone:
+    /// it panicked or was shut down. Not transient: the handle cannot recover.
+    #[error("the {worker} thread stopped {when}")]
+    WorkerStopped {
+        worker: &'static str,
+        /// `while opening`, `before the call`, `during a call`.
+        when: &'static str,
+    },
 
     /// PostgREST (or the gateway in front of it) answered with an error status.
     #[error("{}", describe_rest(*status, code.as_deref(), message, details.as_deref(), hint.as_deref()))]

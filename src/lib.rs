@@ -8,8 +8,18 @@
 //!   normaliser, shared by the writer, the readers and the verifier.
 //! * [`config`] and [`factory`]: layered settings and opening the configured backend.
 //! * [`keys`]: JWT secrets and Supabase-style API keys.
-//! * [`verify`] and [`cutover`]: compare both sides by content; decide whether
-//!   Supabase may become the primary.
+//! * [`rest`] and [`retry`]: the typed PostgREST layer; the one place that retries.
+//! * [`backfill`] and [`export`]: the resumable bulk copy; NDJSON export and import.
+//! * [`verify`] and [`cutover`]: compare both sides by content (and repair);
+//!   decide whether Supabase may become the primary.
+//! * [`capture`] and [`serve`]: change capture on the DoX file and the daemon
+//!   that mirrors every captured change.
+//! * [`coerced`], [`state_file`], [`access`]: the coerced-values record, state
+//!   files with safe permissions, the Data API access state.
+//! * [`generate`], [`samples`], [`demo`]: fixture data, the spec's sample
+//!   records, the dual-write demo.
+//!
+//! The `dualwrite` binary (`src/bin/dualwrite/`) is a thin shell over these.
 //!
 //! See ARCHITECTURE.md for the code map and the invariants.
 
@@ -35,6 +45,7 @@ pub mod reverse;
 pub mod samples;
 pub mod serve;
 pub mod state_file;
+mod sync;
 pub mod verify;
 
 pub use error::{Error, Result};

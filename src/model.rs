@@ -681,10 +681,91 @@ impl Write {
         }
     }
 
+    /// The row a read-modify-write depends on, as `(table, key column (its
+    /// name, the same in SQLite and Supabase), key value)`: the backend reads
+    /// it (in the same transaction where it can) and hands it to
+    /// [`Write::resolve`]. `update_artifact` needs it even once resolved (an
+    /// update of a missing artifact does nothing). `None` for every other write.
+    pub fn current_row(&self) -> Option<(&'static Table, &'static str, &str)> {
+        use catalogue as c;
+        match self {
+            Write::SetUserPref {
+                user_id,
+                preferences: None,
+                ..
+            } => Some((&c::USER_PREFS, "user_id", user_id)),
+            Write::RegisterSkill { name, .. } => Some((&c::SKILLS_REGISTRY, "name", name)),
+            Write::UpdateArtifact { artifact_id, .. } => Some((&c::ARTIFACT, "id", artifact_id)),
+            _ => None,
+        }
+    }
+
+    /// Resolve a read-modify-write against the current row (canonical form,
+    /// keyed by Supabase column names; `None`: there is none). Pure: every
+    /// backend resolves the same way, and the resolved write is what a mirror
+    /// receives. `set_user_pref` gets the merged preferences (after which
+    /// [`Write::steps`] maps it onto a row); `register_skill` keeps an existing
+    /// skill's `id` and `created_at`; `update_artifact` gets its `extras`
+    /// shallow-merged into the stored ones. Other writes are left as they are.
+    pub fn resolve(&mut self, current: Option<&Map<String, Value>>) {
+        match self {
+            Write::SetUserPref {
+                key,
+                value,
+                preferences: preferences @ None,
+                ..
+            } => {
+                let mut prefs = stored_object(current.and_then(|r| r.get("preferences")));
+                prefs.insert(key.clone(), value.clone());
+                *preferences = Some(prefs);
+            }
+            Write::RegisterSkill { id, created_at, .. } => {
+                // Like DoX's SQLite layer: a skill registered again keeps its id and created_at.
+                if let Some(row) = current {
+                    let text = |c: &str| match row.get(c) {
+                        None | Some(Value::Null) => None,
+                        Some(Value::String(s)) => Some(s.clone()),
+                        Some(v) => Some(v.to_string()),
+                    };
+                    *id = text("id");
+                    *created_at = text("created_at");
+                }
+            }
+            Write::UpdateArtifact {
+                fields,
+                merge_extras,
+                ..
+            } if *merge_extras => {
+                if let Some(extras) = fields.get_mut("extras") {
+                    let mut merged = stored_object(current.and_then(|r| r.get("extras")));
+                    if let Value::Object(new) = extras.take() {
+                        merged.extend(new);
+                    }
+                    *extras = Value::Object(merged);
+                }
+                *merge_extras = false;
+            }
+            _ => {}
+        }
+    }
+
+    /// What the method returns to its caller once the write is applied, for
+    /// the writes that map onto rows (spec section 4, "returns").
+    pub fn return_value(&self) -> Value {
+        match self {
+            Write::AddArtifact { artifact } => serde_json::json!(artifact.id),
+            Write::AddDocument { doc } => serde_json::json!(doc.id),
+            Write::SaveTagPrompt { id, .. } | Write::AddMemory { id, .. } => serde_json::json!(id),
+            Write::StoreSummary { summary } => serde_json::json!(summary.id),
+            _ => Value::Null,
+        }
+    }
+
     /// The write as table steps, for every write that maps directly onto rows.
-    /// `None` for the read-modify-write methods (`set_user_pref` without resolved
-    /// preferences, `register_skill`, `update_skill`, `update_artifact`), which each
-    /// backend implements itself. Call [`Write::prepare`] first.
+    /// `None` for the read-modify-write methods (`set_user_pref` before
+    /// [`Write::resolve`], `register_skill`, `update_skill`, `update_artifact`:
+    /// updates of existing rows), which each backend executes itself after
+    /// resolving them the shared way. Call [`Write::prepare`] first.
     pub fn steps(&self) -> Option<Vec<Step>> {
         use catalogue as c;
         let one = |table: &'static Table, row: SqlRow| {
@@ -1270,9 +1351,81 @@ impl Call {
     }
 }
 
+/// A stored JSON object (preferences, extras): an object as is, a JSON string
+/// holding an object decoded (DoX decodes extras stored as a string), anything
+/// else empty.
+fn stored_object(v: Option<&Value>) -> Map<String, Value> {
+    match v {
+        Some(Value::Object(o)) => o.clone(),
+        Some(Value::String(s)) => match crate::normalise::parse_json_text(s) {
+            (Value::Object(o), None) => o,
+            _ => Map::new(),
+        },
+        _ => Map::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolve_merges_preferences_and_extras_and_keeps_an_existing_skill() {
+        let mut w = Write::from_call(
+            "set_user_pref",
+            serde_json::json!({"user_id": "u", "key": "b", "value": 2}),
+        )
+        .unwrap();
+        assert!(w.steps().is_none(), "unresolved: no steps yet");
+        let current = serde_json::json!({"user_id": "u", "preferences": {"a": 1, "b": 0}});
+        w.resolve(current.as_object());
+        let Write::SetUserPref { preferences, .. } = &w else {
+            unreachable!()
+        };
+        assert_eq!(
+            Value::Object(preferences.clone().unwrap()),
+            serde_json::json!({"a": 1, "b": 2})
+        );
+        assert!(w.steps().is_some(), "resolved: a plain upsert");
+        assert!(w.current_row().is_none(), "resolved once");
+
+        let mut w = Write::from_call(
+            "update_artifact",
+            serde_json::json!({"artifact_id": "a1", "fields": {"extras": {"n": 1}}}),
+        )
+        .unwrap();
+        // Extras stored as a JSON string are decoded (DoX does).
+        let current = serde_json::json!({"id": "a1", "extras": "{\"m\": 0, \"n\": 0}"});
+        w.resolve(current.as_object());
+        let Write::UpdateArtifact {
+            fields,
+            merge_extras,
+            ..
+        } = &w
+        else {
+            unreachable!()
+        };
+        assert_eq!(fields["extras"], serde_json::json!({"m": 0, "n": 1}));
+        assert!(!merge_extras, "a mirror writes the merged object as is");
+
+        let args = serde_json::json!({"name": "s", "description": "d", "parameters": {},
+            "workflow_def": {}, "id": "new", "created_at": "2026-01-01T00:00:00Z"});
+        let mut w = Write::from_call("register_skill", args.clone()).unwrap();
+        w.resolve(None);
+        let Write::RegisterSkill { id, .. } = &w else {
+            unreachable!()
+        };
+        assert_eq!(id.as_deref(), Some("new"), "a new skill keeps its own id");
+        let mut w = Write::from_call("register_skill", args).unwrap();
+        let current =
+            serde_json::json!({"id": "old", "name": "s", "created_at": "2020-01-01T00:00:00Z"});
+        w.resolve(current.as_object());
+        let Write::RegisterSkill { id, created_at, .. } = &w else {
+            unreachable!()
+        };
+        assert_eq!(id.as_deref(), Some("old"));
+        assert_eq!(created_at.as_deref(), Some("2020-01-01T00:00:00Z"));
+    }
     use serde_json::json;
 
     #[test]

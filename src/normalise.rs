@@ -8,7 +8,7 @@
 //! results; the verifier compares canonical rows. Because there is one
 //! conversion, the three cannot disagree.
 //!
-//! Documented conversions (see ARCHITECTURE.md, "Value conversions"):
+//! Documented conversions (see docs/behaviour.md, "Value conversions"):
 //! * JSON text is parsed into a JSON value. `NaN`, `Infinity` and `-Infinity`
 //!   tokens (Python's `json.dumps` writes them) become `null`: counted as lossy
 //!   `non_finite_json`. Text that is not JSON at all is kept as a JSON string:
@@ -340,7 +340,9 @@ pub fn to_json_row_into_with(
                     continue;
                 }
                 if policy == UnrepresentablePolicy::Reject {
-                    return Err(refuse(col.sqlite, check_text(s).unwrap_err()));
+                    // push_json_str refuses exactly what check_text refuses.
+                    let why = check_text(s).err().unwrap_or_default();
+                    return Err(refuse(col.sqlite, why));
                 }
                 // Coerced on the slow path below.
                 out.truncate(mark);

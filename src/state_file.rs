@@ -119,6 +119,7 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 }
 
 #[cfg(all(test, unix))]
+#[allow(clippy::unwrap_used)] // a test helper outside #[test]: an unwrap is its assertion
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

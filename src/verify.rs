@@ -102,24 +102,11 @@ impl VerifyOptions {
 
 /// Tables named on the command line (SQLite or Supabase names), in catalogue order.
 pub fn tables_named(names: &[String]) -> Result<Vec<&'static Table>> {
-    let mut wanted = Vec::new();
-    for n in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
-        let t = catalogue::table(n)?;
-        if !TABLES.contains(&t) {
-            return Err(Error::invalid(format!(
-                "`{n}` exists only in Supabase; there is nothing to compare it with"
-            )));
-        }
-        wanted.push(t);
-    }
+    let wanted = catalogue::tables_named(names)?;
     if wanted.is_empty() {
         return Err(Error::invalid("--tables names no table"));
     }
-    Ok(TABLES
-        .iter()
-        .copied()
-        .filter(|t| wanted.contains(t))
-        .collect())
+    Ok(wanted)
 }
 
 /// Which key verification used. Never holds the key itself.

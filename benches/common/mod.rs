@@ -1,6 +1,7 @@
 //! What the benchmarks share: the local stack's variables and the cached
 //! generated data set.
 
+// Each bench uses only part of what is shared here.
 #![allow(dead_code)]
 
 use std::collections::HashMap;

@@ -56,7 +56,7 @@ fn py_err(py: Python<'_>, e: CoreError) -> PyErr {
         CoreError::InvalidInput(_) | CoreError::Unrepresentable { .. } => {
             exc::InvalidInputError::new_err(msg)
         }
-        CoreError::Sqlite(_) => exc::SQLiteError::new_err(msg),
+        CoreError::Sqlite(_) | CoreError::WorkerStopped { .. } => exc::SQLiteError::new_err(msg),
         CoreError::Rest { .. }
         | CoreError::Unreachable { .. }
         | CoreError::Timeout(_)

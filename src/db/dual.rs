@@ -146,7 +146,7 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
     /// file are loaded. After a replay the file holds only what still fails.
     pub fn with_failure_log(mut self, path: std::path::PathBuf) -> Result<Self> {
         let pending = read_failures(&path)?;
-        *self.failures.lock().expect("failure log lock") = pending.into();
+        *crate::sync::lock(&self.failures) = pending.into();
         self.log_path = Some(path);
         Ok(self)
     }
@@ -170,24 +170,19 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
             mirrored: self.mirrored.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
-            pending: self.failures.lock().expect("failure log lock").len() as u64,
+            pending: crate::sync::lock(&self.failures).len() as u64,
         }
     }
 
     /// The recorded secondary failures, oldest first.
     pub fn failures(&self) -> Vec<SecondaryFailure> {
-        self.failures
-            .lock()
-            .expect("failure log lock")
-            .iter()
-            .cloned()
-            .collect()
+        crate::sync::lock(&self.failures).iter().cloned().collect()
     }
 
     /// `Some(until)` while the breaker is open. Once the cooldown is over, one
     /// caller gets through (half-open) and the breaker re-opens if it fails.
     fn open_until(&self) -> Option<tokio::time::Instant> {
-        let mut b = self.breaker_state.lock().expect("breaker lock");
+        let mut b = crate::sync::lock(&self.breaker_state);
         match b.open_until {
             Some(t) if tokio::time::Instant::now() < t => Some(t),
             Some(_) => {
@@ -225,7 +220,7 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
             error = %error,
             "secondary write failed; recorded for replay"
         );
-        let mut log = self.failures.lock().expect("failure log lock");
+        let mut log = crate::sync::lock(&self.failures);
         if log.len() >= self.capacity {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
@@ -249,12 +244,7 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
     /// retrying transient errors with backoff ([`crate::retry`]). Those that
     /// still fail stay recorded, in order.
     pub async fn replay_failures(&self) -> ReplayReport {
-        let pending: Vec<SecondaryFailure> = self
-            .failures
-            .lock()
-            .expect("failure log lock")
-            .drain(..)
-            .collect();
+        let pending: Vec<SecondaryFailure> = crate::sync::lock(&self.failures).drain(..).collect();
         let mut report = ReplayReport::default();
         let mut again = Vec::new();
         for f in pending {
@@ -265,7 +255,7 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
                     report.replayed += 1;
                     self.mirrored.fetch_add(1, Ordering::Relaxed);
                     // The secondary answers again: close the breaker.
-                    *self.breaker_state.lock().expect("breaker lock") = BreakerState::default();
+                    *crate::sync::lock(&self.breaker_state) = BreakerState::default();
                 }
                 Err(e) => {
                     report.still_failing += 1;
@@ -277,7 +267,7 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
                 }
             }
         }
-        let mut log = self.failures.lock().expect("failure log lock");
+        let mut log = crate::sync::lock(&self.failures);
         for (i, f) in again.into_iter().enumerate() {
             log.insert(i, f);
         }
@@ -365,11 +355,11 @@ impl<P: Database, S: Database> Database for DualDatabase<P, S> {
         match self.mirror(mirror).await {
             Ok(()) => {
                 self.mirrored.fetch_add(1, Ordering::Relaxed);
-                self.breaker_state.lock().expect("breaker lock").consecutive = 0;
+                crate::sync::lock(&self.breaker_state).consecutive = 0;
             }
             Err(e) => {
                 if e.is_transient() {
-                    let mut b = self.breaker_state.lock().expect("breaker lock");
+                    let mut b = crate::sync::lock(&self.breaker_state);
                     b.consecutive += 1;
                     if b.consecutive >= self.breaker.failures {
                         b.open_until = Some(tokio::time::Instant::now() + self.breaker.cooldown);

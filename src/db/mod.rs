@@ -96,7 +96,8 @@ fn optional(v: Value) -> Option<Value> {
     (!v.is_null()).then_some(v)
 }
 
-/// The DoX storage interface: every named write and read as a typed method.
+/// The DoX storage interface: every named write and each of the 20 reads as a
+/// typed method.
 /// Implemented for every [`Database`]; each method builds a [`Write`] or
 /// [`Read`] value and hands it over.
 pub trait Dox: Database {
@@ -327,6 +328,94 @@ pub trait Dox: Database {
         };
         async move { self.read(r).await.map(optional) }
     }
+    fn list_summaries(
+        &self,
+        scope: Option<&str>,
+        style: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Value>>> + Send {
+        let r = Read::ListSummaries {
+            scope: scope.map(Into::into),
+            style: style.map(Into::into),
+        };
+        async move { self.read(r).await.map(list) }
+    }
+    fn list_entities(
+        &self,
+        document_id: Option<&str>,
+        label: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Value>>> + Send {
+        let r = Read::ListEntities {
+            document_id: document_id.map(Into::into),
+            label: label.map(Into::into),
+        };
+        async move { self.read(r).await.map(list) }
+    }
+    fn list_metric_hits(
+        &self,
+        document_id: Option<&str>,
+        metric_type: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Value>>> + Send {
+        let r = Read::ListMetricHits {
+            document_id: document_id.map(Into::into),
+            metric_type: metric_type.map(Into::into),
+        };
+        async move { self.read(r).await.map(list) }
+    }
+    /// `list_logs`: every filter optional; `ts_from` / `ts_to` bound the time
+    /// window (rows whose `ts` does not parse are then excluded, B7).
+    fn list_logs(&self, filter: LogFilter<'_>) -> impl Future<Output = Result<Vec<Value>>> + Send {
+        let r = Read::ListLogs {
+            level: filter.level.map(Into::into),
+            code: filter.code.map(Into::into),
+            q: filter.q.map(Into::into),
+            ts_from: filter.ts_from.map(Into::into),
+            ts_to: filter.ts_to.map(Into::into),
+            document_id: filter.document_id.map(Into::into),
+        };
+        async move { self.read(r).await.map(list) }
+    }
+    fn list_apis(
+        &self,
+        tag: Option<&str>,
+        method: Option<&str>,
+        path_like: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Value>>> + Send {
+        let r = Read::ListApis {
+            tag: tag.map(Into::into),
+            method: method.map(Into::into),
+            path_like: path_like.map(Into::into),
+        };
+        async move { self.read(r).await.map(list) }
+    }
+    fn get_latest_tag_prompt(
+        &self,
+        document_id: &str,
+    ) -> impl Future<Output = Result<Option<Value>>> + Send {
+        let r = Read::GetLatestTagPrompt {
+            document_id: document_id.into(),
+        };
+        async move { self.read(r).await.map(optional) }
+    }
+    fn list_tag_prompt_history(
+        &self,
+        document_id: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Value>>> + Send {
+        let r = Read::ListTagPromptHistory {
+            document_id: document_id.into(),
+            limit,
+        };
+        async move { self.read(r).await.map(list) }
+    }
+    fn list_log_messages(
+        &self,
+        document_id: &str,
+    ) -> impl Future<Output = Result<Vec<Value>>> + Send {
+        let r = Read::ListLogMessages {
+            document_id: document_id.into(),
+        };
+        async move { self.read(r).await.map(list) }
+    }
     fn list_documents(
         &self,
         kind: Option<&str>,
@@ -387,6 +476,18 @@ pub trait Dox: Database {
     fn list_skills(&self, enabled_only: bool) -> impl Future<Output = Result<Vec<Value>>> + Send {
         async move { self.read(Read::ListSkills { enabled_only }).await.map(list) }
     }
+}
+
+/// The filters of [`Dox::list_logs`], all optional.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogFilter<'a> {
+    pub level: Option<&'a str>,
+    pub code: Option<&'a str>,
+    /// A substring of the message.
+    pub q: Option<&'a str>,
+    pub ts_from: Option<&'a str>,
+    pub ts_to: Option<&'a str>,
+    pub document_id: Option<&'a str>,
 }
 
 impl<T: Database> Dox for T {}

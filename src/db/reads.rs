@@ -3,7 +3,7 @@
 //! original SQLite layer returned, with JSON decoded.
 //!
 //! Where the original backends disagreed, one behaviour is chosen and documented
-//! in ARCHITECTURE.md: lists come in key order unless "newest first" is part of
+//! in docs/behaviour.md: lists come in key order unless "newest first" is part of
 //! the method; `list_logs` applies its time window (B7); `search_memory` filters
 //! by `q` before applying `limit` (B9); `has_tag` exists everywhere (B5).
 

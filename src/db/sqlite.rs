@@ -25,8 +25,8 @@ use tokio::sync::oneshot;
 use super::{check_filters, reads, Applied, Database, Filter, Row};
 use crate::catalogue::{self as cat, Kind, Table, MAX_COLUMNS, TABLES};
 use crate::error::{Error, Result};
-use crate::model::{skill_row, user_prefs_row, Step, Write};
-use crate::normalise::{self, json_text, parse_json_text, SqlRef, SqlRow, SqlValue};
+use crate::model::{skill_row, Step, Write};
+use crate::normalise::{self, json_text, SqlRef, SqlRow, SqlValue};
 
 /// How to open a SQLite file.
 #[derive(Debug, Clone)]
@@ -330,6 +330,14 @@ fn canonical_param(v: &Value) -> SqlParam {
     }
 }
 
+/// The SQLite thread is gone.
+fn stopped(when: &'static str) -> Error {
+    Error::WorkerStopped {
+        worker: "SQLite",
+        when,
+    }
+}
+
 /// A row as read from the file, lenient: a value the canonical form cannot hold
 /// is shown as text rather than failing the read.
 fn lenient_canonical(t: &'static Table, row: &SqlRow) -> Row {
@@ -416,9 +424,7 @@ impl SqliteDatabase {
                     job(&mut conn);
                 }
             })?;
-        let layout = ready_rx
-            .await
-            .map_err(|_| Error::Sqlite("the SQLite thread stopped while opening".into()))??;
+        let layout = ready_rx.await.map_err(|_| stopped("while opening"))??;
         Ok(SqliteDatabase {
             jobs,
             path,
@@ -441,9 +447,8 @@ impl SqliteDatabase {
             .send(Box::new(move |conn| {
                 let _ = tx.send(f(conn, &layout));
             }))
-            .map_err(|_| Error::Sqlite("the SQLite thread has stopped".into()))?;
-        rx.await
-            .map_err(|_| Error::Sqlite("the SQLite thread stopped during a call".into()))?
+            .map_err(|_| stopped("before the call"))?;
+        rx.await.map_err(|_| stopped("during a call"))?
     }
 
     /// Rows of a table in the SQLite shape (as stored), in key order. Used by
@@ -849,13 +854,6 @@ fn one_row(
         .next())
 }
 
-fn decode_object(v: Option<&SqlValue>) -> Map<String, Value> {
-    match v.and_then(SqlValue::as_str).map(parse_json_text) {
-        Some((Value::Object(o), None)) => o,
-        _ => Map::new(),
-    }
-}
-
 /// Every write transaction takes the write lock at `BEGIN` (`IMMEDIATE`). A
 /// DEFERRED one that reads first (`set_user_pref`, `register_skill`) and then
 /// writes fails at once with `SQLITE_BUSY_SNAPSHOT` ("database is locked",
@@ -868,25 +866,18 @@ fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transa
 fn apply_sync(conn: &mut Connection, layout: &Layout, mut write: Write) -> Result<Applied> {
     write.prepare();
     let tx = write_transaction(conn)?;
-    let value = match &mut write {
-        Write::SetUserPref {
-            user_id,
-            key,
-            value,
-            updated_at,
-            preferences,
-        } if preferences.is_none() => {
-            let row = one_row(&tx, layout, &cat::USER_PREFS, "user_id", user_id)?;
-            let mut prefs = decode_object(row.as_ref().map(|r| &r[1]));
-            prefs.insert(key.clone(), value.clone());
-            let steps = [Step::Upsert {
-                table: &cat::USER_PREFS,
-                rows: vec![user_prefs_row(user_id, &prefs, updated_at.as_deref())],
-            }];
-            exec_steps(&tx, layout, &steps)?;
-            *preferences = Some(prefs);
-            Value::Null
+    // A read-modify-write reads its row in this transaction and resolves on it.
+    let current = match write.current_row() {
+        Some((t, column, key)) => {
+            let key = key.to_owned();
+            one_row(&tx, layout, t, column, &key)?
         }
+        None => None,
+    };
+    if let Some((t, ..)) = write.current_row() {
+        write.resolve(current.as_ref().map(|r| lenient_canonical(t, r)).as_ref());
+    }
+    let value = match &mut write {
         Write::RegisterSkill {
             name,
             description,
@@ -898,8 +889,9 @@ fn apply_sync(conn: &mut Connection, layout: &Layout, mut write: Write) -> Resul
         } => {
             let t = &cat::SKILLS_REGISTRY;
             let l = layout.writable(t)?;
-            // DoX keeps the id and created_at of a skill registered again under the same name.
-            if let Some(existing) = one_row(&tx, layout, t, "name", name)? {
+            // DoX keeps the id and created_at of a skill registered again under
+            // the same name (`resolve` took them from `existing`).
+            if let Some(existing) = &current {
                 let p = |c: &str| quote(l.physical[t.index_of(c)].as_deref().unwrap_or(c));
                 tx.execute(
                     &format!(
@@ -919,11 +911,6 @@ fn apply_sync(conn: &mut Connection, layout: &Layout, mut write: Write) -> Resul
                         to_param(&existing[0]),
                     ],
                 )?;
-                *id = Some(existing[0].display());
-                *created_at = match &existing[6] {
-                    SqlValue::Null => None,
-                    v => Some(v.display()),
-                };
             } else {
                 let row = skill_row(
                     id.as_ref(),
@@ -966,25 +953,15 @@ fn apply_sync(conn: &mut Connection, layout: &Layout, mut write: Write) -> Resul
         Write::UpdateArtifact {
             artifact_id,
             fields,
-            merge_extras,
+            ..
         } => {
             write_validate_fields(fields)?;
             let t = &cat::ARTIFACT;
             let l = layout.writable(t)?;
-            match one_row(&tx, layout, t, "id", artifact_id)? {
+            match &current {
                 // DoX silently ignores an update of a missing artifact.
                 None => Value::Null,
-                Some(row) => {
-                    if let Some(extras) = fields.get_mut("extras") {
-                        if *merge_extras {
-                            let mut merged = decode_object(row.get(7));
-                            if let Value::Object(new) = extras.take() {
-                                merged.extend(new);
-                            }
-                            *extras = Value::Object(merged);
-                        }
-                        *merge_extras = false;
-                    }
+                Some(_) => {
                     let mut sets = Vec::new();
                     let mut params = Vec::new();
                     for (k, v) in fields.iter() {
@@ -1024,7 +1001,7 @@ fn apply_sync(conn: &mut Connection, layout: &Layout, mut write: Write) -> Resul
                 .steps()
                 .expect("every other write maps onto table steps");
             exec_steps(&tx, layout, &steps)?;
-            return_value(other)
+            other.return_value()
         }
     };
     tx.commit()?;
@@ -1041,17 +1018,6 @@ fn write_validate_fields(fields: &Map<String, Value>) -> Result<()> {
         merge_extras: true,
     }
     .validate()
-}
-
-/// The return value of the row-mapped methods (spec section 4, "returns").
-pub(crate) fn return_value(w: &Write) -> Value {
-    match w {
-        Write::AddArtifact { artifact } => json!(artifact.id),
-        Write::AddDocument { doc } => json!(doc.id),
-        Write::SaveTagPrompt { id, .. } | Write::AddMemory { id, .. } => json!(id),
-        Write::StoreSummary { summary } => json!(summary.id),
-        _ => Value::Null,
-    }
 }
 
 impl Database for SqliteDatabase {

@@ -15,7 +15,7 @@ use super::{check_filters, reads, Applied, Database, Filter, Row};
 use crate::catalogue::{self as cat, Table};
 use crate::coerced::CoercedLog;
 use crate::error::{Error, Result};
-use crate::model::{skill_row, user_prefs_row, Step, Write};
+use crate::model::{skill_row, Step, Write};
 use crate::normalise::{self, Lossy, SqlRow, UnrepresentablePolicy};
 use crate::rest::{filter_text, RestClient};
 
@@ -64,7 +64,7 @@ impl SupabaseDatabase {
 
     /// Lossy but documented conversions made so far (see [`crate::normalise`]).
     pub fn lossy_counts(&self) -> LossyCounts {
-        self.lossy.lock().expect("lossy counter lock").clone()
+        crate::sync::lock(&self.lossy).clone()
     }
 
     /// Convert SQLite-shaped rows to the Supabase JSON array body, counting lossy
@@ -86,7 +86,7 @@ impl SupabaseDatabase {
             out.push(Value::Object(c.row));
         }
         if !lossy.is_empty() {
-            let mut counts = self.lossy.lock().expect("lossy counter lock");
+            let mut counts = crate::sync::lock(&self.lossy);
             for (col, l) in lossy {
                 *counts.entry((table.sqlite, col, l)).or_default() += 1;
             }
@@ -254,6 +254,9 @@ impl Database for SupabaseDatabase {
 
     async fn apply(&self, mut write: Write) -> Result<Applied> {
         write.prepare();
+        // Read-modify-writes in one statement on the server, when the database
+        // has the functions (migration 20261128000200_dox_atomic_writes.sql);
+        // otherwise read, resolve and write below.
         if let Write::UpdateArtifact {
             artifact_id,
             fields,
@@ -271,35 +274,39 @@ impl Database for SupabaseDatabase {
                 });
             }
         }
-        let value = match &mut write {
-            Write::SetUserPref {
-                user_id,
-                key,
-                value,
-                updated_at,
-                preferences,
-            } if preferences.is_none() => {
-                if let Some(prefs) = self
-                    .set_user_pref_atomic(user_id, key, value, updated_at.as_deref())
-                    .await?
-                {
-                    *preferences = Some(prefs);
-                    return Ok(Applied {
-                        value: Value::Null,
-                        resolved: write,
-                    });
-                }
-                let current = self.first(&cat::USER_PREFS, "user_id", user_id).await?;
-                let mut prefs = match current.and_then(|r| r.get("preferences").cloned()) {
-                    Some(Value::Object(o)) => o,
-                    _ => Map::new(),
-                };
-                prefs.insert(key.clone(), value.clone());
-                let row = user_prefs_row(user_id, &prefs, updated_at.as_deref());
-                self.upsert_rows(&cat::USER_PREFS, &[row]).await?;
+        if let Write::SetUserPref {
+            user_id,
+            key,
+            value,
+            updated_at,
+            preferences: preferences @ None,
+        } = &mut write
+        {
+            if let Some(prefs) = self
+                .set_user_pref_atomic(user_id, key, value, updated_at.as_deref())
+                .await?
+            {
                 *preferences = Some(prefs);
-                Value::Null
+                return Ok(Applied {
+                    value: Value::Null,
+                    resolved: write,
+                });
             }
+        }
+        // A read-modify-write reads its row and resolves on it; register_skill
+        // resolves on the row its PATCH returns instead (one request, no read).
+        let current = match write.current_row() {
+            Some((t, column, key)) if !std::ptr::eq(t, &cat::SKILLS_REGISTRY) => self
+                .first(t, column, key)
+                .await?
+                .map(|r| normalise::from_supabase(t, &r)),
+            _ => None,
+        };
+        if !matches!(write, Write::RegisterSkill { .. }) {
+            write.resolve(current.as_ref());
+        }
+        let mut resolved_skill = None;
+        let value = match &mut write {
             Write::RegisterSkill {
                 name,
                 description,
@@ -325,11 +332,7 @@ impl Database for SupabaseDatabase {
                     .await?;
                 if let Some(row) = updated.first() {
                     let canon = normalise::from_supabase(&cat::SKILLS_REGISTRY, row);
-                    *id = canon.get("id").and_then(Value::as_str).map(str::to_owned);
-                    *created_at = canon
-                        .get("created_at")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned);
+                    resolved_skill = Some(canon);
                 } else {
                     let row = skill_row(
                         id.as_ref(),
@@ -342,7 +345,7 @@ impl Database for SupabaseDatabase {
                     );
                     self.upsert_rows(&cat::SKILLS_REGISTRY, &[row]).await?;
                 }
-                json!(id)
+                Value::Null
             }
             Write::UpdateSkill { skill_id, enabled } => {
                 let mut patch = Map::new();
@@ -362,50 +365,34 @@ impl Database for SupabaseDatabase {
             Write::UpdateArtifact {
                 artifact_id,
                 fields,
-                merge_extras,
+                ..
             } => {
-                let current = self.first(&cat::ARTIFACT, "id", artifact_id).await?;
-                match current {
-                    None => Value::Null,
-                    Some(row) => {
-                        if let Some(extras) = fields.get_mut("extras") {
-                            if *merge_extras {
-                                let mut merged = match row.get("extras") {
-                                    Some(Value::Object(o)) => o.clone(),
-                                    // DoX decodes extras stored as a JSON string.
-                                    Some(Value::String(s)) => match normalise::parse_json_text(s) {
-                                        (Value::Object(o), None) => o,
-                                        _ => Map::new(),
-                                    },
-                                    _ => Map::new(),
-                                };
-                                if let Value::Object(new) = extras.take() {
-                                    merged.extend(new);
-                                }
-                                *extras = Value::Object(merged);
-                            }
-                            *merge_extras = false;
-                        }
-                        if !fields.is_empty() {
-                            self.rest
-                                .patch(
-                                    cat::ARTIFACT.supabase,
-                                    &[("id", Some(artifact_id.clone()))],
-                                    fields,
-                                )
-                                .await?;
-                        }
-                        Value::Null
-                    }
+                // An update of a missing artifact does nothing (DoX).
+                if current.is_some() && !fields.is_empty() {
+                    self.rest
+                        .patch(
+                            cat::ARTIFACT.supabase,
+                            &[("id", Some(artifact_id.clone()))],
+                            fields,
+                        )
+                        .await?;
                 }
+                Value::Null
             }
             other => {
                 let steps = other
                     .steps()
                     .expect("every other write maps onto table steps");
                 self.exec_steps(&steps).await?;
-                super::sqlite::return_value(other)
+                other.return_value()
             }
+        };
+        if let Some(row) = resolved_skill {
+            write.resolve(Some(&row));
+        }
+        let value = match &write {
+            Write::RegisterSkill { id, .. } => json!(id),
+            _ => value,
         };
         Ok(Applied {
             value,

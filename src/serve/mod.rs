@@ -386,7 +386,10 @@ impl Daemon {
                         add(&self.stats.failures, failure_kind(&e), 1);
                         tracing::warn!(error = %e, "mirroring failed; the changes stay in the log and are retried");
                         *self.stats.last_error.lock().expect("stats lock") = Some(e.to_string());
-                        if matches!(e, Error::Sqlite(_) | Error::Io(_)) {
+                        if matches!(
+                            e,
+                            Error::Sqlite(_) | Error::WorkerStopped { .. } | Error::Io(_)
+                        ) {
                             return Err(e);
                         }
                         self.stats.supabase_failing.store(true, Ordering::Relaxed);

@@ -2,7 +2,7 @@
 //! tolerant value comparison that decides, and the short, redacted samples a
 //! report shows for a difference.
 //!
-//! Rules (ARCHITECTURE.md, "Verification"):
+//! Rules (docs/verify.md, "Verification"):
 //! * rows are compared in their canonical form ([`crate::normalise`]), so 0/1
 //!   against booleans, `Z` against `+00:00` and JSON key order never differ;
 //! * numbers compare by exact decimal value, never by their text: jsonb keeps

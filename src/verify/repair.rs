@@ -4,9 +4,9 @@
 //! on the target when asked to.
 //!
 //! [`plan`] verifies by content and collects every key to change (keys only,
-//! so memory grows with the number of differences, not with the table). The
-//! caller shows the plan and asks for confirmation; only then does [`apply`]
-//! write. Rows are re-read from the source at that moment, so what lands is the
+//! so memory grows with the number of differences, not with the table).
+//! [`run`] is the whole workflow: plan, refuse an untrustworthy plan, show it
+//! to the caller's `confirm`, and only then [`apply`] and verify again. Rows are re-read from the source at that moment, so what lands is the
 //! source's current value; a row that cannot land is never sent.
 
 use std::collections::BTreeSet;
@@ -479,4 +479,117 @@ mod tests {
             "a table not confirmed changes nothing"
         );
     }
+}
+
+/// How [`run`] ended.
+#[derive(Debug)]
+pub struct RepairRun {
+    /// The report to show, its `repair` set: the second verification's when
+    /// the plan was applied, else the first's.
+    pub report: VerifyReport,
+    /// Why nothing was changed, when a change was planned but not made.
+    pub not_changed: Option<String>,
+    /// 0 equal after all, 1 different (or not confirmed), 2 refused.
+    pub exit_code: u8,
+}
+
+/// The whole `verify --repair` workflow: plan (a verification by content),
+/// refuse when that verification cannot be trusted, ask `confirm` (it is shown
+/// what will change and returns who confirmed, `None` for nobody), make the
+/// plan again if the confirmation took longer than [`REPLAN_AFTER`] (keeping
+/// only the changes shown), apply, and verify again.
+pub async fn run(
+    source: &SqliteDatabase,
+    target: &SupabaseDatabase,
+    opts: &VerifyOptions,
+    ropts: &RepairOptions,
+    confirm: impl FnOnce(&str) -> Result<Option<String>>,
+) -> Result<RepairRun> {
+    let (mut before, mut plan) = self::plan(source, target, opts).await?;
+    let mut outcome = RepairOutcome::planned(&before, &plan, ropts);
+    if let Some(why) = refusal(&before, &plan, ropts) {
+        outcome.status = RepairStatus::Refused;
+        before.repair = Some(outcome);
+        return Ok(refused(before, why));
+    }
+    if outcome.status == RepairStatus::NothingToDo {
+        before.repair = Some(outcome);
+        let exit_code = before.exit_code;
+        return Ok(RepairRun {
+            report: before,
+            not_changed: None,
+            exit_code,
+        });
+    }
+    let asked = std::time::Instant::now();
+    let what = format!(
+        "--repair will change {}:\n{}",
+        before.target.location,
+        plan.describe(ropts)
+    );
+    let Some(by) = confirm(&what)? else {
+        before.repair = Some(outcome);
+        let exit_code = before.exit_code.max(1);
+        return Ok(RepairRun {
+            report: before,
+            not_changed: Some(crate::error::NOT_CONFIRMED.into()),
+            exit_code,
+        });
+    };
+    // A plan confirmed long ago is stale: make it again, and apply only the
+    // changes both plans hold.
+    if asked.elapsed() > REPLAN_AFTER {
+        tracing::warn!(
+            "the confirmation took {}s: verifying again before changing anything",
+            asked.elapsed().as_secs()
+        );
+        let (mut again, mut fresh) = self::plan(source, target, opts).await?;
+        fresh.retain_confirmed(&plan);
+        let mut fresh_outcome = RepairOutcome::planned(&again, &fresh, ropts);
+        if let Some(why) = refusal(&again, &fresh, ropts) {
+            fresh_outcome.status = RepairStatus::Refused;
+            again.repair = Some(fresh_outcome);
+            return Ok(refused(again, why));
+        }
+        plan = fresh;
+        outcome = fresh_outcome;
+    }
+    outcome.confirmed_by = Some(by);
+    apply(source, target, &plan, ropts, &mut outcome).await?;
+    let mut opts = opts.clone();
+    opts.check = Check::Content;
+    let mut after = super::run(source, target, &opts).await?;
+    after.repair = Some(outcome);
+    let exit_code = after.exit_code;
+    Ok(RepairRun {
+        report: after,
+        not_changed: None,
+        exit_code,
+    })
+}
+
+fn refused(report: VerifyReport, why: String) -> RepairRun {
+    RepairRun {
+        report,
+        not_changed: Some(format!("not repairing: {why}")),
+        exit_code: 2,
+    }
+}
+
+/// Why a repair must not run on this plan, if it must not: a verification
+/// that could not see everything, or `--delete-extra` while the counts
+/// disagree with what was read.
+fn refusal(report: &VerifyReport, plan: &RepairPlan, opts: &RepairOptions) -> Option<String> {
+    if matches!(
+        report.verdict,
+        Verdict::Incomplete | Verdict::PartialVisibility
+    ) {
+        return Some(report.verdict.as_str().to_lowercase());
+    }
+    if opts.delete_extra {
+        if let Err(e) = check_delete_extra(report, plan) {
+            return Some(e.to_string());
+        }
+    }
+    None
 }

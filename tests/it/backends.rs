@@ -290,3 +290,62 @@ async fn values_supabase_cannot_hold_are_refused_by_row_and_nothing_is_sent() {
     assert!(e.contains("tagrow row nul-tag") && e.contains("NUL"), "{e}");
     assert!(sb.fetch(&catalogue::TAGROW, &[]).await.unwrap().is_empty());
 }
+
+/// The typed `Dox` reads answer exactly what the generic `read` answers, for
+/// the reads that gained a typed method (SQLite only: the backends are compared
+/// above).
+#[tokio::test]
+async fn the_typed_reads_answer_what_the_generic_read_answers() {
+    use dualwrite::db::LogFilter;
+    let (_dir, db) = temp_sqlite().await;
+    for w in script() {
+        db.apply(w).await.unwrap();
+    }
+    let read = |m: &str, a: Value| Read::from_call(m, a).unwrap();
+    let items = |v: Value| v.as_array().cloned().unwrap_or_default();
+    let mut answered = 0;
+    for (typed, generic) in [
+        (
+            db.list_summaries(None, None).await.unwrap(),
+            read("list_summaries", json!({})),
+        ),
+        (
+            db.list_entities(Some(PDF), None).await.unwrap(),
+            read("list_entities", json!({"document_id": PDF})),
+        ),
+        (
+            db.list_metric_hits(Some(XML), None).await.unwrap(),
+            read("list_metric_hits", json!({"document_id": XML})),
+        ),
+        (
+            db.list_logs(LogFilter::default()).await.unwrap(),
+            read("list_logs", json!({})),
+        ),
+        (
+            db.list_apis(None, None, None).await.unwrap(),
+            read("list_apis", json!({})),
+        ),
+        (
+            db.list_tag_prompt_history(PDF, 20).await.unwrap(),
+            read("list_tag_prompt_history", json!({"document_id": PDF})),
+        ),
+        (
+            db.list_log_messages(PDF).await.unwrap(),
+            read("list_log_messages", json!({"document_id": PDF})),
+        ),
+    ] {
+        let expected = items(db.read(generic).await.unwrap());
+        answered += usize::from(!expected.is_empty());
+        assert_eq!(typed, expected);
+    }
+    assert!(
+        answered >= 4,
+        "the samples hold rows for most of these reads"
+    );
+    let latest = db.get_latest_tag_prompt(PDF).await.unwrap();
+    let generic = db
+        .read(read("get_latest_tag_prompt", json!({"document_id": PDF})))
+        .await
+        .unwrap();
+    assert_eq!(latest.unwrap_or(Value::Null), generic);
+}

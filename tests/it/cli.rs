@@ -464,3 +464,38 @@ fn a_missing_source_file_is_named_once_with_what_to_check() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert_eq!(err.matches(out.to_str().unwrap()).count(), 1, "{err}");
 }
+
+/// `--tables` is parsed once for every command: an unknown table, or one that
+/// is not copied (`search_chunks`, which Supabase derives), is an error listing
+/// the valid names, before anything is opened or written.
+#[test]
+fn a_table_that_is_not_copied_is_an_error_listing_the_valid_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    for (cmd, table) in [
+        ("backfill", "search_chunks"),
+        ("backfill", "no_such_table"),
+        ("verify", "search_chunks"),
+        ("export", "search_chunks"),
+    ] {
+        let mut args = vec![cmd, "--from-sqlite", "absent.sqlite3", "--tables", table];
+        match cmd {
+            "backfill" => args.extend(["--state-dir", state.to_str().unwrap()]),
+            "export" => args.extend(["--out", "out"]),
+            _ => {}
+        }
+        let o = dualwrite(dir.path(), &[], &args);
+        assert_eq!(o.status.code(), Some(2), "{cmd} {table}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains(table), "{cmd}: {e}");
+        assert!(
+            e.contains("artifact") && e.contains("skills_registry"),
+            "{cmd}: the valid names are listed: {e}"
+        );
+        assert!(!state.exists(), "{cmd}: nothing was written");
+        assert!(
+            !dir.path().join("out").exists(),
+            "{cmd}: nothing was written"
+        );
+    }
+}

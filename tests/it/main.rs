@@ -6,6 +6,10 @@
 //! once, after one note on stderr. The other tests (SQLite, the generator, the
 //! fixtures) always run.
 
+// Test and benchmark helpers fail loudly by design: an unwrap is their assertion
+// (clippy.toml allows it inside #[test] functions only).
+#![allow(clippy::unwrap_used)]
+
 /// Return from the test unless the local stack is enabled (see `harness::stack_enabled`).
 macro_rules! needs_stack {
     () => {

@@ -832,9 +832,18 @@ async fn cutover_check_says_ready_only_when_everything_holds() {
         "{:?}",
         r.reasons
     );
-    let mut replayed = serde_json::to_value(&failure).unwrap();
-    replayed["replayed"] = json!(true);
-    write_lines(&failures, &[replayed]);
+    // Replayed: `replay` rewrites the log without it (no writer marks a line
+    // "replayed"; such a mark is not honoured).
+    let mut marked = serde_json::to_value(&failure).unwrap();
+    marked["replayed"] = json!(true);
+    write_lines(&failures, &[marked]);
+    assert!(
+        !cutover::check(&lite, &sb, &opts(Some(&failures), None))
+            .await
+            .unwrap()
+            .ready
+    );
+    write_lines(&failures, &[]);
     assert!(
         cutover::check(&lite, &sb, &opts(Some(&failures), None))
             .await

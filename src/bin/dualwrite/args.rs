@@ -1,0 +1,398 @@
+//! The command line: every command, its flags and their defaults.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use dualwrite::backfill::BackfillOptions;
+use dualwrite::serve::ServeOptions;
+use dualwrite::{keys, verify};
+
+/// The defaults of `backfill` and `import`: the library's.
+fn load_defaults() -> BackfillOptions {
+    BackfillOptions::default()
+}
+
+/// The defaults of `serve`: the library's.
+fn serve_defaults() -> ServeOptions {
+    ServeOptions::new(PathBuf::new(), PathBuf::new())
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dualwrite",
+    version,
+    about = "Move DoX data from SQLite to Supabase without downtime"
+)]
+pub struct Cli {
+    /// A TOML settings file layered over config/default.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The SQLite file (overrides DB_PATH).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub db_path: Option<PathBuf>,
+    /// The primary backend: sqlite or supabase (overrides DB_BACKEND).
+    #[arg(long, global = true, value_name = "BACKEND")]
+    pub backend: Option<String>,
+    /// Mirror writes to the other backend (overrides SUPABASE_DUAL_WRITE).
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub dual_write: Option<bool>,
+    /// Log as JSON lines instead of text (logs go to stderr).
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the resolved configuration, secrets redacted.
+    Config,
+    /// Open the configured backend and print the init report.
+    Check,
+    /// Apply one DoX write or read through the configured backend; print the result as JSON.
+    Call {
+        /// The method, e.g. add_artifact, add_memory, list_tags.
+        method: String,
+        /// The method's named arguments as a JSON object.
+        #[arg(long, value_name = "ARGS", default_value = "{}")]
+        json: String,
+    },
+    /// Replay the recorded secondary failures (dual write) to the mirror.
+    Replay,
+    /// Test and benchmark data.
+    #[command(subcommand)]
+    Fixtures(FixturesCommand),
+    /// JWT secrets and API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Copy every DoX table from a SQLite file into Supabase (resumable).
+    Backfill {
+        /// The DoX SQLite file (opened read-only, never changed).
+        #[arg(long, value_name = "PATH")]
+        from_sqlite: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Write every DoX table as NDJSON in the Supabase shape, with a manifest.
+    Export {
+        /// The DoX SQLite file (opened read-only).
+        #[arg(long, value_name = "PATH")]
+        from_sqlite: PathBuf,
+        /// The directory to write (must not hold an export already).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// zstd-compress the table files.
+        #[arg(long)]
+        compress: bool,
+        /// Only these tables (comma-separated SQLite or Supabase names).
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+        /// Values Supabase cannot hold (NUL, invalid UTF-8, \u0000 in JSON, text in an
+        /// integer column): reject the row, or coerce the value and record the original
+        /// (default: the configured dual.unrepresentable, itself reject by default).
+        #[arg(long, value_name = "POLICY", value_parser = ["reject", "coerce"])]
+        unrepresentable: Option<String>,
+    },
+    /// Check an export against its manifest and load it into Supabase (resumable).
+    Import {
+        /// The export directory.
+        dir: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Write the sample DoX records through dual write and show them on both sides.
+    Demo {
+        /// The SQLite file the demo writes (default: dualwrite-demo.sqlite3).
+        #[arg(long, value_name = "PATH", default_value = "dualwrite-demo.sqlite3")]
+        db: PathBuf,
+    },
+    /// Compare Supabase with the SQLite file, row by row (exit 0 equal, 1 different, 2 could not verify).
+    Verify(VerifyArgs),
+    /// Decide whether Supabase may become the primary.
+    #[command(subcommand)]
+    Cutover(CutoverCommand),
+    /// Data API access for clients: mirror (read only, while SQLite is primary) or primary.
+    Access {
+        /// mirror, primary, or status (print the state in force).
+        #[arg(value_parser = ["mirror", "primary", "status"])]
+        state: String,
+    },
+    /// Change capture on the DoX file (DB_PATH / --db-path): triggers that log every committed change.
+    #[command(subcommand)]
+    Capture(CaptureCommand),
+    /// Mirror every captured change to Supabase, for as long as it runs (the daemon).
+    Serve(ServeArgs),
+    /// Pending changes, lag and the daemon's last error, read from the file.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaptureCommand {
+    /// Add the change log and the triggers (idempotent; also repairs missing triggers).
+    Install {
+        #[command(flatten)]
+        on: CaptureTarget,
+    },
+    /// Remove every object `install` made, and nothing else.
+    Uninstall {
+        /// Also when changes are still pending (they will never be mirrored).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        on: CaptureTarget,
+    },
+    /// Installed or not, pending changes, age of the oldest.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        on: CaptureTarget,
+    },
+}
+
+impl CaptureCommand {
+    /// The side the command works on.
+    pub fn on(&self) -> &CaptureTarget {
+        match self {
+            CaptureCommand::Install { on }
+            | CaptureCommand::Uninstall { on, .. }
+            | CaptureCommand::Status { on, .. } => on,
+        }
+    }
+}
+
+/// Which side `capture` works on.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CaptureTarget {
+    /// sqlite (the DoX file, SQLite primary) or supabase (Supabase primary:
+    /// the change log the reverse mirror drains, switched through the Data API).
+    #[arg(long, value_parser = ["sqlite", "supabase"], default_value = "sqlite")]
+    pub target: String,
+    /// Print the SQL that defines capture on Supabase (for `supabase db push`
+    /// or `psql -f`) and do nothing else; only with --target supabase.
+    #[arg(long)]
+    pub print_sql: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// forward: the captured SQLite file to Supabase (SQLite primary); reverse:
+    /// the Supabase change log to the SQLite file (Supabase primary, the file
+    /// kept as the rollback copy; needs `capture install --target supabase`).
+    #[arg(long, value_parser = ["forward", "reverse"], default_value = "forward")]
+    pub direction: String,
+    /// Where /health, /ready, /metrics and /status are served.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
+    pub listen: std::net::SocketAddr,
+    /// Changes read and mirrored per batch.
+    #[arg(long, value_name = "N", default_value_t = serve_defaults().batch_rows)]
+    pub batch_rows: usize,
+    /// Rows per upsert request.
+    #[arg(long, value_name = "N", default_value_t = serve_defaults().request_rows)]
+    pub request_rows: usize,
+    /// Upsert requests in flight.
+    #[arg(long, value_name = "N", default_value_t = serve_defaults().concurrency)]
+    pub concurrency: usize,
+    /// /ready fails when the oldest pending change is older than this.
+    #[arg(long, value_name = "SECS", default_value_t = serve_defaults().max_lag.as_secs_f64())]
+    pub max_lag_secs: f64,
+    /// How often to look for new commits, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = serve_defaults().poll.as_millis() as u64)]
+    pub poll_ms: u64,
+    /// How long one batch is retried before the error is recorded (then it is retried again).
+    #[arg(long, value_name = "SECS", default_value_t = serve_defaults().max_wait.as_secs_f64())]
+    pub max_wait_secs: f64,
+    /// How often the triggers are checked, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = serve_defaults().check_every.as_secs_f64())]
+    pub check_secs: f64,
+    /// Stop with an error when triggers are missing, instead of re-installing them.
+    #[arg(long)]
+    pub no_repair_triggers: bool,
+    /// Where rejects.ndjson goes (default: the backfill's state directory for the file).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// What to do with a value Supabase cannot hold: reject (a dead letter) or coerce
+    /// (default: the configured dual.unrepresentable, itself reject by default).
+    #[arg(long, value_name = "POLICY", value_parser = ["reject", "coerce"])]
+    pub unrepresentable: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// The SQLite file (default: DB_PATH). Opened read-only.
+    #[arg(long, value_name = "PATH")]
+    pub from_sqlite: Option<PathBuf>,
+    /// Only these tables (SQLite or Supabase names).
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    pub tables: Vec<String>,
+    /// Compare exact row counts only (fast; content is not compared).
+    #[arg(long, conflicts_with = "sample")]
+    pub counts_only: bool,
+    /// Compare N random source rows per table, plus exact counts.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample: Option<u64>,
+    /// text, json, md or html.
+    #[arg(long, default_value = "text")]
+    pub format: verify::Format,
+    /// Write the report to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Rewrite the missing and differing rows on Supabase from the source, after confirmation.
+    #[arg(long, conflicts_with_all = ["counts_only", "sample"])]
+    pub repair: bool,
+    /// With --repair: also delete the rows found only on Supabase.
+    #[arg(long, requires = "repair")]
+    pub delete_extra: bool,
+    /// With --repair: do not ask for confirmation.
+    #[arg(long, requires = "repair")]
+    pub yes: bool,
+    /// Values Supabase cannot hold (NUL, invalid UTF-8, \u0000 in JSON, text in an
+    /// integer column): compare as written with this policy: under coerce, rows equal in their
+    /// coerced form are equal and listed as "coerced"
+    /// (default: the configured dual.unrepresentable, itself reject by default).
+    #[arg(long, value_name = "POLICY", value_parser = ["reject", "coerce"])]
+    pub unrepresentable: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CutoverCommand {
+    /// READY or NOT READY, with the reasons (exit 0 only for READY).
+    Check {
+        /// The SQLite file (default: DB_PATH). Opened read-only.
+        #[arg(long, value_name = "PATH")]
+        from_sqlite: Option<PathBuf>,
+        /// NDJSON of recorded secondary failures (default: the configured dual.failure_log).
+        #[arg(long, value_name = "FILE")]
+        failures: Option<PathBuf>,
+        /// NDJSON of rows the backfill rejected (default: the backfill's rejects.ndjson for this source).
+        #[arg(long, value_name = "FILE")]
+        rejects: Option<PathBuf>,
+        /// text or json.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
+        /// Values Supabase cannot hold (NUL, invalid UTF-8, \u0000 in JSON, text in an
+        /// integer column): the policy the rows were written with
+        /// (default: the configured dual.unrepresentable, itself reject by default).
+        #[arg(long, value_name = "POLICY", value_parser = ["reject", "coerce"])]
+        unrepresentable: Option<String>,
+        /// Rows that landed coerced may be READY (implies --unrepresentable coerce).
+        #[arg(long)]
+        accept_coerced: bool,
+        /// The other way: may the app switch back to the SQLite file (Supabase
+        /// primary, `serve --direction reverse` keeping the file current)?
+        #[arg(long)]
+        rollback: bool,
+    },
+}
+
+/// Options shared by `backfill` and `import`.
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Only these tables (comma-separated SQLite or Supabase names).
+    #[arg(long, value_delimiter = ',')]
+    pub tables: Vec<String>,
+    /// Read, convert and validate everything; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Empty the target tables first (asks for confirmation, or --yes).
+    #[arg(long)]
+    pub reset: bool,
+    /// Forget the checkpoint and copy every table again; the target keeps its rows.
+    #[arg(long, conflicts_with = "reset")]
+    pub restart: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// Batches in flight at once.
+    #[arg(long, default_value_t = load_defaults().concurrency)]
+    pub concurrency: usize,
+    /// Rows per batch at most (the batch size adapts below it).
+    #[arg(long, default_value_t = load_defaults().batch_rows)]
+    pub batch_rows: usize,
+    /// Bytes of JSON per batch at most.
+    #[arg(long, default_value_t = load_defaults().batch_bytes)]
+    pub batch_bytes: usize,
+    /// Where the checkpoint and rejects.ndjson live (default: dualwrite-state/<source>-<hash> beside the source).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// How long to keep retrying while Supabase is unreachable, in seconds.
+    #[arg(long, default_value_t = load_defaults().max_wait.as_secs_f64())]
+    pub max_wait_secs: f64,
+    /// Do not re-read landed ranges to resend rows the app changed meanwhile.
+    #[arg(long)]
+    pub no_stale_guard: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Values Supabase cannot hold (NUL, invalid UTF-8, \u0000 in JSON, text in an
+    /// integer column): reject the row, or coerce the value and record the original in
+    /// coerced.ndjson beside rejects.ndjson
+    /// (default: the configured dual.unrepresentable, itself reject by default).
+    #[arg(long, value_name = "POLICY", value_parser = ["reject", "coerce"])]
+    pub unrepresentable: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FixturesCommand {
+    /// Write a new DoX SQLite file of realistic shape (unicode, nulls, JSON, NaN, orphans, odd keys).
+    Generate {
+        /// Rows in all (spread over the 17 tables like real DoX data).
+        #[arg(long)]
+        rows: u64,
+        /// The file to create (must not exist).
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// The same seed and row count give the same file.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Generate a JWT secret and anon / service_role keys signed with it (prints secrets).
+    Generate {
+        /// Validity of the anon key, in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u64,
+        /// Validity of the service_role key, in days (it bypasses RLS: keep it short).
+        #[arg(long, default_value_t = keys::DEFAULT_SERVICE_KEY_DAYS)]
+        service_days: u64,
+        /// Print docker-compose.yml's variables instead (JWT_SECRET, ANON_KEY, SERVICE_ROLE_KEY,
+        /// PUBLISHABLE_KEY, SECRET_KEY, POSTGRES_PASSWORD), for `> .env`.
+        #[arg(long)]
+        compose: bool,
+    },
+    /// Sign a token with SUPABASE_JWT_SECRET.
+    Sign {
+        /// anon, service_role or authenticated.
+        #[arg(long)]
+        role: String,
+        /// The user id (JWT `sub`), required for authenticated.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Check a token's signature, expiry and not-before time against
+    /// SUPABASE_JWT_SECRET; print its claims. Give `-` and the token on stdin.
+    Verify {
+        /// `-` reads the token from standard input (a token in argv shows in `ps`).
+        token: String,
+        /// Also require this audience (`aud` claim), e.g. authenticated.
+        #[arg(long)]
+        aud: Option<String>,
+    },
+    /// Print a token's header and claims without checking them. Give `-` and the token on stdin.
+    Decode {
+        /// `-` reads the token from standard input (a token in argv shows in `ps`).
+        token: String,
+    },
+}

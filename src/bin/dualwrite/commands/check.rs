@@ -1,0 +1,164 @@
+//! `verify` (with `--repair`) and `cutover check`: comparisons of Supabase with
+//! the SQLite file. A comparison that cannot run exits with 2, not 1 (1 means
+//! "they differ").
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use dualwrite::backfill;
+use dualwrite::config::Settings;
+use dualwrite::db::{SqliteDatabase, SupabaseDatabase};
+use dualwrite::normalise::UnrepresentablePolicy;
+use dualwrite::{cutover, factory, verify};
+
+use crate::args::{Cli, CutoverCommand, VerifyArgs};
+use crate::shell::{cannot_run, confirm, policy, print_json, settings};
+
+/// `cutover check`: READY or NOT READY.
+pub async fn cutover(cli: &Cli, c: &CutoverCommand) -> ExitCode {
+    let CutoverCommand::Check {
+        from_sqlite,
+        failures,
+        rejects,
+        format,
+        unrepresentable,
+        accept_coerced,
+        rollback,
+    } = c;
+    if *rollback {
+        let check = async {
+            let s = settings(cli)?;
+            let path = from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
+            let (lite, supa, key) = verify_sides(&s, &path).await?;
+            let r = dualwrite::reverse::rollback::check(&path, &lite, &supa, key).await?;
+            match format.as_str() {
+                "json" => print_json(&serde_json::to_value(&r)?),
+                _ => print!("{}", r.render_text()),
+            }
+            Ok(ExitCode::from(r.exit_code()))
+        };
+        return check.await.unwrap_or_else(cannot_run);
+    }
+    let check = async {
+        let s = settings(cli)?;
+        let path = from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
+        let (source, target, key) = verify_sides(&s, &path).await?;
+        // By default, where dual write and the backfill record them.
+        let default_rejects = || backfill::state_dir_for(&path).join("rejects.ndjson");
+        let mut opts = cutover::CutoverOptions::new(
+            key,
+            // The failure log of the file checked: the configured one,
+            // or the default beside that file (not beside DB_PATH).
+            failures.clone().or_else(|| match from_sqlite {
+                Some(p) if !s.failure_log_configured && s.failure_log.is_some() => {
+                    Some(dualwrite::config::default_failure_log(p))
+                }
+                _ => s.failure_log.clone(),
+            }),
+            Some(rejects.clone().unwrap_or_else(default_rejects)),
+        );
+        opts.failures_required = failures.is_some() || s.failure_log_configured;
+        opts.rejects_required = rejects.is_some();
+        opts.unrepresentable = policy(unrepresentable.as_deref(), &s)?;
+        opts.accept_coerced = *accept_coerced;
+        let report = cutover::check(&source, &target, &opts).await?;
+        match format.as_str() {
+            "json" => print_json(&serde_json::to_value(&report)?),
+            _ => print!("{}", report.render_text()),
+        }
+        Ok(ExitCode::from(report.exit_code()))
+    };
+    check.await.unwrap_or_else(cannot_run)
+}
+
+/// `verify`: compare, and with `--repair` rewrite what differs.
+pub async fn verify(cli: &Cli, a: &VerifyArgs) -> ExitCode {
+    verify_cmd(cli, a).await.unwrap_or_else(cannot_run)
+}
+
+/// The source (read-only) and the target of a verification, and the key used.
+async fn verify_sides(
+    s: &Settings,
+    path: &Path,
+) -> Result<(SqliteDatabase, SupabaseDatabase, verify::KeyInfo)> {
+    let source = SqliteDatabase::open_read_only(path).await?;
+    let target = factory::connect_supabase(s).await?;
+    let key = verify::KeyInfo::from_settings(s).context("no Supabase key is configured")?;
+    Ok((source, target, key))
+}
+
+/// Print the report, or write it to `out` and say where.
+fn emit(report: &verify::VerifyReport, format: verify::Format, out: Option<&Path>) -> Result<()> {
+    let text = verify::render(report, format);
+    match out {
+        None => print!("{text}"),
+        Some(p) => {
+            std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
+            println!(
+                "{}: report written to {}",
+                report.verdict.as_str(),
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
+    use verify::repair::{self, RepairOptions};
+    // Parse before opening anything.
+    let tables = (!a.tables.is_empty())
+        .then(|| verify::tables_named(&a.tables))
+        .transpose()?;
+    let s = settings(cli)?;
+    let path = a.from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
+    let (source, target, key) = verify_sides(&s, &path).await?;
+    let mut opts = verify::VerifyOptions::new(key);
+    if let Some(tables) = tables {
+        opts.tables = tables;
+    }
+    opts.unrepresentable = policy(a.unrepresentable.as_deref(), &s)?;
+    // A repair under `coerce` writes coerced rows, recording the originals where
+    // the backfill of this source records them.
+    let target = if opts.unrepresentable == UnrepresentablePolicy::Coerce {
+        let log = backfill::state_dir_for(&path).join("coerced.ndjson");
+        target.with_unrepresentable(
+            UnrepresentablePolicy::Coerce,
+            Some(std::sync::Arc::new(dualwrite::coerced::CoercedLog::new(
+                log,
+            ))),
+        )
+    } else {
+        target
+    };
+    opts.check = match (a.counts_only, a.sample) {
+        (true, _) => verify::Check::Counts,
+        (false, Some(rows)) => verify::Check::Sample {
+            rows: usize::try_from(rows).unwrap_or(usize::MAX),
+        },
+        (false, None) => verify::Check::Content,
+    };
+    if !a.repair {
+        let report = verify::run(&source, &target, &opts).await?;
+        emit(&report, a.format, a.out.as_deref())?;
+        return Ok(ExitCode::from(report.exit_code));
+    }
+    let ropts = RepairOptions {
+        delete_extra: a.delete_extra,
+        ..RepairOptions::default()
+    };
+    let yes = a.yes;
+    let run = repair::run(&source, &target, &opts, &ropts, |what| {
+        // The plan is shown even when nobody can confirm it.
+        eprint!("{what}");
+        Ok(confirm("", yes)?.map(str::to_owned))
+    })
+    .await?;
+    emit(&run.report, a.format, a.out.as_deref())?;
+    if let Some(why) = &run.not_changed {
+        eprintln!("{why}");
+    }
+    Ok(ExitCode::from(run.exit_code))
+}

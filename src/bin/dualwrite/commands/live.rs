@@ -1,0 +1,141 @@
+//! `capture`, `serve` and `status`: the live migration of a running DoX app.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use dualwrite::{backfill, capture, serve};
+
+use crate::args::{CaptureCommand, Cli, Command};
+use crate::shell::{policy, print_json, settings};
+
+/// `capture`, `serve` and `status`: the live migration of a running DoX app.
+pub async fn live(cli: &Cli) -> Result<ExitCode> {
+    if let Command::Capture(c) = &cli.command {
+        if c.on().target == "supabase" || c.on().print_sql {
+            return reverse_capture(cli, c).await;
+        }
+    }
+    let s = settings(cli)?;
+    let db = s.db_path.clone();
+    match &cli.command {
+        Command::Capture(CaptureCommand::Install { .. }) => {
+            let log = s.failure_log.clone();
+            let r = tokio::task::spawn_blocking(move || capture::install(&db, log.as_deref()))
+                .await??;
+            print_json(&serde_json::to_value(&r)?);
+        }
+        Command::Capture(CaptureCommand::Uninstall { force, .. }) => {
+            let force = *force;
+            let r = tokio::task::spawn_blocking(move || capture::uninstall(&db, force)).await??;
+            print_json(&serde_json::to_value(&r)?);
+        }
+        Command::Capture(CaptureCommand::Status { json, .. }) => {
+            let st = tokio::task::spawn_blocking(move || capture::status(&db)).await??;
+            if *json {
+                print_json(&serde_json::to_value(&st)?);
+            } else {
+                println!(
+                    "capture: {}\ntables captured: {}\nmissing triggers: {}\npending changes: {}\noldest pending: {:.1}s",
+                    if st.installed { "installed" } else if st.log_present { "incomplete" } else { "not installed" },
+                    st.tables.join(", "),
+                    if st.missing.is_empty() { "none".to_owned() } else { st.missing.join(", ") },
+                    st.pending,
+                    st.lag_seconds
+                );
+            }
+            if !st.installed {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Status { json } => {
+            let st = tokio::task::spawn_blocking(move || serve::status(&db)).await??;
+            if *json {
+                print_json(&serde_json::to_value(&st)?);
+            } else {
+                print!("{}", st.render());
+            }
+        }
+        Command::Serve(a) if a.direction == "reverse" => {
+            let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
+            let mut o = dualwrite::reverse::serve::ReverseOptions::new(db);
+            o.listen = Some(a.listen);
+            o.batch_rows = a.batch_rows.max(1);
+            o.max_lag = Duration::from_secs_f64(a.max_lag_secs.max(0.0));
+            o.poll = Duration::from_millis(a.poll_ms.max(1));
+            o.max_wait = Duration::from_secs_f64(a.max_wait_secs.max(0.0));
+            dualwrite::reverse::serve::run(rest, o, shutdown_signal()).await?;
+        }
+        Command::Serve(a) => {
+            let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
+            let state_dir = a
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| backfill::state_dir_for(&db));
+            let mut o = serve::ServeOptions::new(db, state_dir);
+            o.listen = Some(a.listen);
+            o.batch_rows = a.batch_rows.max(1);
+            o.request_rows = a.request_rows.max(1);
+            o.concurrency = a.concurrency.max(1);
+            o.max_lag = Duration::from_secs_f64(a.max_lag_secs.max(0.0));
+            o.poll = Duration::from_millis(a.poll_ms.max(1));
+            o.max_wait = Duration::from_secs_f64(a.max_wait_secs.max(0.0));
+            o.check_every = Duration::from_secs_f64(a.check_secs.max(0.1));
+            o.repair_triggers = !a.no_repair_triggers;
+            o.unrepresentable = policy(a.unrepresentable.as_deref(), &s)?;
+            serve::run(rest, o, shutdown_signal()).await?;
+        }
+        _ => unreachable!("live() handles capture, serve and status only"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `capture … --target supabase`: the change log the reverse mirror drains.
+async fn reverse_capture(cli: &Cli, c: &CaptureCommand) -> Result<ExitCode> {
+    use dualwrite::reverse::capture as rc;
+    if c.on().target != "supabase" {
+        return Err(dualwrite::Error::invalid("--print-sql goes with --target supabase").into());
+    }
+    if c.on().print_sql {
+        print!("{}", rc::MIGRATION_SQL);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = settings(cli)?;
+    let target = dualwrite::factory::connect_supabase(&s).await?;
+    let (to, force) = match c {
+        CaptureCommand::Install { .. } => (Some(true), false),
+        CaptureCommand::Uninstall { force, .. } => (Some(false), *force),
+        CaptureCommand::Status { .. } => (None, false),
+    };
+    let st = rc::switch(target.rest(), to, force).await?;
+    print_json(&serde_json::to_value(&st)?);
+    if matches!(c, CaptureCommand::Status { .. }) && !st.installed() {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        tracing::info!("shutdown requested: finishing the batch in flight");
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,123 @@
+//! `backfill`, `import` and `export`: bulk copies of a SQLite file.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use dualwrite::backfill::{self, BackfillOptions, BackfillReport, Progress, Start};
+use dualwrite::error::NOT_CONFIRMED;
+use dualwrite::{catalogue, export, factory, Error};
+
+use crate::args::{Cli, LoadArgs};
+use crate::shell::{confirm, policy, print_json, settings};
+
+impl LoadArgs {
+    fn options(&self, source: &Path) -> Result<BackfillOptions> {
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| backfill::state_dir_for(source));
+        let mut o = BackfillOptions::new(state_dir);
+        o.tables = catalogue::tables_named(&self.tables)?;
+        o.dry_run = self.dry_run;
+        o.concurrency = self.concurrency.max(1);
+        o.batch_rows = self.batch_rows.max(1);
+        o.batch_bytes = self.batch_bytes.max(1024);
+        o.max_wait = Duration::try_from_secs_f64(self.max_wait_secs)
+            .map_err(|_| Error::invalid("--max-wait-secs must be a positive number"))?;
+        o.stale_guard = !self.no_stale_guard;
+        o.progress = if self.json {
+            Progress::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Progress::Bars
+        } else {
+            Progress::Lines
+        };
+        Ok(o)
+    }
+}
+
+async fn load(
+    cli: &Cli,
+    args: &LoadArgs,
+    source: &Path,
+    run: impl AsyncFnOnce(
+        &dualwrite::db::SupabaseDatabase,
+        &BackfillOptions,
+    ) -> dualwrite::Result<BackfillReport>,
+) -> Result<ExitCode> {
+    let mut opts = args.options(source)?;
+    let s = settings(cli)?;
+    opts.unrepresentable = policy(args.unrepresentable.as_deref(), &s)?;
+    let target = factory::connect_supabase(&s).await?;
+    let start = match (args.reset, args.restart) {
+        (true, _) => Start::Reset,
+        (false, true) => Start::Restart,
+        (false, false) => Start::Resume,
+    };
+    if start == Start::Reset && !args.dry_run {
+        let what = format!(
+            "--reset deletes every row of {} table(s) in {}",
+            opts.selected().len(),
+            target.rest().url()
+        );
+        if confirm(&what, args.yes)?.is_none() {
+            return Err(Error::invalid(format!("{what}: {NOT_CONFIRMED}")).into());
+        }
+    }
+    backfill::prepare(&target, &opts, start).await?;
+    let report = run(&target, &opts).await?;
+    if args.json {
+        print_json(&serde_json::to_value(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(if report.rows_rejected > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `backfill`: copy every table of a SQLite file into Supabase.
+pub async fn backfill(cli: &Cli, from_sqlite: &Path, args: &LoadArgs) -> Result<ExitCode> {
+    load(cli, args, from_sqlite, async |t, o| {
+        backfill::run(from_sqlite, t, o).await
+    })
+    .await
+}
+
+/// `import`: load an export directory into Supabase.
+pub async fn import(cli: &Cli, dir: &Path, args: &LoadArgs) -> Result<ExitCode> {
+    load(cli, args, dir, async |t, o| export::import(dir, t, o).await).await
+}
+
+/// `export`: every table as NDJSON with a manifest; exit 3 when rows were rejected.
+pub async fn export(
+    cli: &Cli,
+    from_sqlite: &Path,
+    out: &Path,
+    compress: bool,
+    names: &[String],
+    unrepresentable: Option<&str>,
+) -> Result<ExitCode> {
+    let p = match unrepresentable {
+        Some(p) => p.parse()?,
+        None => settings(cli)?.unrepresentable,
+    };
+    let tables = catalogue::tables_named(names)?;
+    let m = export::export_with(from_sqlite, out, &tables, compress, p).await?;
+    print_json(&serde_json::to_value(&m)?);
+    if m.rejected_rows > 0 {
+        eprintln!(
+            "{} rows could not be exported; each is in {}",
+            m.rejected_rows,
+            out.join("rejects.ndjson").display()
+        );
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}

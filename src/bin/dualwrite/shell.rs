@@ -1,0 +1,95 @@
+//! What every command shares: settings from the flags, printing, the
+//! `--unrepresentable` policy, table names and the confirmation prompt.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+
+use dualwrite::config::{Settings, Sources};
+use dualwrite::normalise::UnrepresentablePolicy;
+use dualwrite::Error;
+
+use crate::args::Cli;
+
+/// The `--unrepresentable` flag, or the configured `dual.unrepresentable`.
+pub fn policy(flag: Option<&str>, s: &Settings) -> Result<UnrepresentablePolicy> {
+    Ok(match flag {
+        Some(p) => p.parse()?,
+        None => s.unrepresentable,
+    })
+}
+
+/// The one confirmation prompt of every command: `--yes`, or on a terminal a
+/// typed `y` or `yes`. Returns who confirmed (`--yes` or `terminal`), or `None`
+/// when nobody did (declined, or no terminal to ask on and no `--yes`).
+/// `what` (if any) is printed above the question.
+pub fn confirm(what: &str, yes: bool) -> std::io::Result<Option<&'static str>> {
+    if yes {
+        return Ok(Some("--yes"));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    if what.is_empty() {
+        eprint!("Continue? [y/N] ");
+    } else {
+        eprint!("{what}\nContinue? [y/N] ");
+    }
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes").then_some("terminal"))
+}
+
+pub fn settings(cli: &Cli) -> Result<Settings> {
+    let mut src = Sources::from_process();
+    src.config_file = cli.config.clone();
+    if let Some(p) = &cli.db_path {
+        src.flags.push(("db_path".into(), json!(p)));
+    }
+    if let Some(b) = &cli.backend {
+        src.flags.push(("db_backend".into(), json!(b)));
+    }
+    if let Some(d) = cli.dual_write {
+        src.flags.push(("dual_write".into(), json!(d)));
+    }
+    Ok(Settings::load(&src)?)
+}
+
+pub fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON serialises")
+    );
+}
+
+/// A token argument: `-` reads it from standard input, the documented form
+/// (an argument is visible to every local user in `ps`).
+pub fn token_arg(arg: &str) -> Result<String> {
+    if arg != "-" {
+        eprintln!("warning: a token given on the command line is visible in `ps`; pass `-` and the token on standard input");
+        return Ok(arg.to_owned());
+    }
+    let mut token = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(Error::invalid("no token on standard input").into());
+    }
+    Ok(token.to_owned())
+}
+
+pub fn jwt_secret(s: &Settings) -> Result<String> {
+    s.supabase
+        .jwt_secret
+        .as_ref()
+        .map(|k| k.expose_secret().to_owned())
+        .context("SUPABASE_JWT_SECRET is not set")
+}
+
+pub fn cannot_run(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {}", dualwrite::error::chain(e.as_ref()));
+    ExitCode::from(2)
+}
