@@ -14,6 +14,7 @@ use dualwrite::keys;
 use dualwrite::rest::{RestClient, RestConfig};
 use dualwrite::reverse::capture::{self as rc, CaptureState};
 
+use crate::harness::free_port;
 use crate::harness::{stack, unique, PrivateDb};
 
 /// A private database with the capture migration applied (the shared
@@ -319,14 +320,6 @@ fn spawn_reverse(dir: &Path, db: &Path, pg: &PrivateDb, port: u16) -> std::proce
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn wait_drained(service: &RestClient, dir: &Path) {

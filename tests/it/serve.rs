@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use dualwrite::db::{SqliteDatabase, SqliteOptions};
 use dualwrite::verify::{self, Format, KeyInfo, Verdict, VerifyOptions};
 
+use crate::harness::free_port;
 use crate::harness::PrivateDb;
 
 fn bin() -> Command {
@@ -36,14 +37,6 @@ fn run(db: &Path, pg: &PrivateDb, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn spawn_serve(db: &Path, pg: &PrivateDb, port: u16) -> Child {
