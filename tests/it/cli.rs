@@ -470,6 +470,7 @@ fn a_missing_source_file_is_named_once_with_what_to_check() {
 /// the valid names, before anything is opened or written.
 #[test]
 fn a_table_that_is_not_copied_is_an_error_listing_the_valid_names() {
+    needs_stack!();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     for (cmd, table) in [

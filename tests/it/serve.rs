@@ -229,6 +229,7 @@ async fn wait_http(port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_writer_is_mirrored_through_outages_hangs_and_kill_9() {
+    needs_stack!();
     let mut pg = PrivateDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let db = captured_file(dir.path(), &pg).await;
@@ -325,6 +326,7 @@ async fn a_live_writer_is_mirrored_through_outages_hangs_and_kill_9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_refuses_a_file_without_capture_and_uninstall_restores_the_schema() {
+    needs_stack!();
     let pg = PrivateDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.sqlite3");
@@ -378,6 +380,7 @@ async fn serve_refuses_a_file_without_capture_and_uninstall_restores_the_schema(
 /// (the log is the only hand-off), and a rejected row is a counted dead letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_drains_and_a_refused_row_becomes_a_dead_letter() {
+    needs_stack!();
     let pg = PrivateDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let db = captured_file(dir.path(), &pg).await;
@@ -445,6 +448,7 @@ async fn a_backlog_drains_and_a_refused_row_becomes_a_dead_letter() {
 /// no missing row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_while_serve_drains_and_the_app_writes_leaves_no_stale_row() {
+    needs_stack!();
     let pg = PrivateDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.sqlite3");
@@ -495,6 +499,7 @@ async fn a_backfill_while_serve_drains_and_the_app_writes_leaves_no_stale_row() 
 /// enough while a change waits in the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cutover_check_is_not_ready_while_changes_are_pending() {
+    needs_stack!();
     let pg = PrivateDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let db = captured_file(dir.path(), &pg).await;
@@ -547,6 +552,7 @@ fn run_with(db: &Path, pg: &PrivateDb, extra: &[(&str, &str)], args: &[&str]) ->
 /// legacy failure log is imported into the change log once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_dual_write_with_capture_loses_nothing_and_the_failure_log_is_imported_once() {
+    needs_stack!();
     let pg = PrivateDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.sqlite3");
@@ -651,6 +657,7 @@ async fn assert_verify_equal(db: &Path, pg: &PrivateDb) {
 /// daemon's periodic check re-installs them, and later writes are mirrored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triggers_lost_with_a_recreated_table_are_reinstalled_by_serve() {
+    needs_stack!();
     let pg = PrivateDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let db = captured_file(dir.path(), &pg).await;
