@@ -129,18 +129,7 @@ pub async fn run(
     opts: ReverseOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let (stop_tx, stop) = watch::channel(false);
-    let mut stats = Stats::default();
-    stats.max_lag_secs = opts.max_lag.as_secs_f64();
-    let stats = Arc::new(stats);
-    {
-        let stats = Arc::clone(&stats);
-        tokio::spawn(async move {
-            shutdown.await;
-            stats.stopping.store(true, Ordering::SeqCst);
-            let _ = stop_tx.send(true);
-        });
-    }
+    let (stats, stop) = crate::serve::start(opts.max_lag, shutdown);
     let db = opts.db_path.clone();
     let busy = opts.busy_timeout;
     let (lease, conn) = {

@@ -246,26 +246,36 @@ struct Daemon {
     stats: Arc<Stats>,
 }
 
-/// Run the daemon until `shutdown` completes (then finish the batch in flight).
-pub async fn run(
-    rest: RestClient,
-    opts: ServeOptions,
+/// A daemon run's figures and its stop signal. When `shutdown` completes,
+/// `/ready` turns 503 at once (so a load balancer stops sending first) and the
+/// drain loop is told to stop after the batch in flight. Shared by both directions.
+pub(crate) fn start(
+    max_lag: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
+) -> (Arc<Stats>, watch::Receiver<bool>) {
     let (stop_tx, stop) = watch::channel(false);
     let stats = Arc::new(Stats {
-        max_lag_secs: opts.max_lag.as_secs_f64(),
+        max_lag_secs: max_lag.as_secs_f64(),
         ..Stats::default()
     });
     {
         let stats = Arc::clone(&stats);
         tokio::spawn(async move {
             shutdown.await;
-            // Not ready at once, so a load balancer stops sending first.
             stats.stopping.store(true, Ordering::SeqCst);
             let _ = stop_tx.send(true);
         });
     }
+    (stats, stop)
+}
+
+/// Run the daemon until `shutdown` completes (then finish the batch in flight).
+pub async fn run(
+    rest: RestClient,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (stats, stop) = start(opts.max_lag, shutdown);
     let db = opts.db_path.clone();
     let lease = {
         let db = db.clone();
