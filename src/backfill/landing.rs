@@ -1,0 +1,352 @@
+//! Landing: sending a batch (adaptive size, retries, bisection down to the rows
+//! at fault) and the stale guard after it lands; `land_rows` for `serve`.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::catalogue::Table;
+use crate::coerced::CoercedLog;
+use crate::db::SqliteDatabase;
+use crate::error::{Error, Result};
+use crate::normalise::{Lossy, UnrepresentablePolicy};
+use crate::rest::RestClient;
+use crate::retry::{retry_when, RetryPolicy};
+
+use super::checkpoint::Cursor;
+use super::prepare::{prepare_row_with, Prepared, PreparedRows};
+use super::rejects::{Reject, RejectLog};
+use super::source::SourceBatch;
+
+/// A batch whose rows have landed (or been rejected), before the stale guard.
+pub(super) struct Sent {
+    seq: u64,
+    batch: SourceBatch,
+    written: u64,
+    rejects: u64,
+    /// Keys of the rows Supabase refused.
+    refused: Vec<String>,
+}
+
+/// What one landed batch produced.
+pub(super) struct Landed {
+    pub(super) seq: u64,
+    pub(super) cursor: Cursor,
+    pub(super) read: u64,
+    pub(super) written: u64,
+    pub(super) rejects: u64,
+    pub(super) resynced: u64,
+    pub(super) lossy: Vec<(&'static str, Lossy)>,
+}
+
+/// Everything a batch task needs; cheap to clone.
+#[derive(Clone)]
+pub(super) struct Lander {
+    pub(super) rest: RestClient,
+    pub(super) table: &'static Table,
+    pub(super) size: Arc<AtomicUsize>,
+    pub(super) max_rows: usize,
+    pub(super) max_wait: Duration,
+    pub(super) rejects: Arc<RejectLog>,
+    pub(super) source: Option<SqliteDatabase>,
+    pub(super) policy: UnrepresentablePolicy,
+    pub(super) coerced: Arc<CoercedLog>,
+}
+
+pub(super) fn transient_but_not_split(e: &Error) -> bool {
+    !e.must_split()
+}
+
+impl Lander {
+    fn shrink(&self) {
+        let cur = self.size.load(Ordering::Relaxed);
+        self.size.store((cur / 2).max(1), Ordering::Relaxed);
+    }
+
+    fn grow(&self) {
+        let cur = self.size.load(Ordering::Relaxed);
+        self.size
+            .store((cur + cur / 4 + 1).min(self.max_rows), Ordering::Relaxed);
+    }
+
+    /// Land `rows`; returns how many landed. Rows PostgREST refuses for good are
+    /// isolated by bisection and pushed to `rejected`.
+    fn land<'a>(
+        &'a self,
+        all: &'a PreparedRows,
+        range: Range<usize>,
+        rejected: &'a mut Vec<(Prepared, Error)>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64>> + Send + 'a>> {
+        Box::pin(async move {
+            let n_rows = range.len();
+            if n_rows == 0 {
+                return Ok(0);
+            }
+            let body = all.body(range.clone());
+            let started = Instant::now();
+            // A single row is retried for every transient error; a batch is split
+            // instead when it was too large or too slow.
+            let when: fn(&Error) -> bool = if n_rows == 1 {
+                |_| true
+            } else {
+                transient_but_not_split
+            };
+            let res = retry_when(RetryPolicy::for_up_to(self.max_wait), when, || {
+                self.rest.upsert(self.table, body.clone())
+            })
+            .await;
+            match res {
+                Ok(n) if n == n_rows as u64 => {
+                    if started.elapsed() < Duration::from_secs(1)
+                        && n_rows >= self.size.load(Ordering::Relaxed)
+                    {
+                        self.grow();
+                    }
+                    Ok(n)
+                }
+                Ok(n) => Err(Error::Protocol(format!(
+                    "{}: sent {} rows, PostgREST reports {n} written",
+                    self.table.supabase, n_rows
+                ))),
+                Err(e) if n_rows > 1 && e.must_split() => {
+                    self.shrink();
+                    self.split(all, range, rejected).await
+                }
+                Err(e) if e.is_transient() => {
+                    if e.wants_smaller_batch() {
+                        self.shrink();
+                    }
+                    Err(Error::Unreachable {
+                        url: self.rest.url().to_owned(),
+                        reason: format!(
+                            "still failing after retrying for {:?} ({}); progress is checkpointed: run the same command again to resume",
+                            self.max_wait,
+                            e.detail()
+                        ),
+                    })
+                }
+                // Auth, a missing table or column: no subset of the rows would pass.
+                Err(e) if !e.is_data_error() => Err(e),
+                Err(e) if n_rows == 1 => {
+                    rejected.push((all.get(range.start), e));
+                    Ok(0)
+                }
+                // Bisect to find the rows at fault; the others land.
+                Err(_) => self.split(all, range, rejected).await,
+            }
+        })
+    }
+
+    async fn split(
+        &self,
+        all: &PreparedRows,
+        range: Range<usize>,
+        rejected: &mut Vec<(Prepared, Error)>,
+    ) -> Result<u64> {
+        let mid = range.start + range.len() / 2;
+        let n = self.land(all, range.start..mid, rejected).await?;
+        Ok(n + self.land(all, mid..range.end, rejected).await?)
+    }
+
+    /// Send a batch: its rows land or are rejected. What follows (the stale
+    /// guard, [`Lander::settle`]) runs apart, so the next batch can take the
+    /// request slot at once.
+    pub(super) async fn send(self, seq: u64, batch: SourceBatch) -> Result<Sent> {
+        let mut refused = Vec::new();
+        let written = self
+            .land(&batch.rows, 0..batch.rows.len(), &mut refused)
+            .await?;
+        let rejects: Vec<Reject> = refused
+            .iter()
+            .map(|(p, e)| Reject {
+                table: self.table.sqlite.to_owned(),
+                key: p.key.clone(),
+                code: e.code().unwrap_or("error").to_owned(),
+                message: e.to_string(),
+                row: serde_json::from_str(&p.json).unwrap_or(Value::Null),
+            })
+            .collect();
+        self.rejects.write(&rejects)?;
+        Ok(Sent {
+            seq,
+            written,
+            rejects: (batch.rejects.len() + rejects.len()) as u64,
+            refused: refused.into_iter().map(|(p, _)| p.key).collect(),
+            batch,
+        })
+    }
+
+    /// The stale guard for a sent batch, when it is on: if anybody committed
+    /// to the source since the batch was read, read its rows again.
+    pub(super) async fn settle(self, sent: Sent) -> Result<Landed> {
+        let Sent {
+            seq,
+            batch,
+            written,
+            rejects,
+            refused,
+        } = sent;
+        let resynced = match (&self.source, batch.check_stale) {
+            // Nobody committed to the source since the batch was read: nothing can be stale.
+            (Some(db), true)
+                if batch.version.is_some() && db.data_version().await.ok() == batch.version =>
+            {
+                0
+            }
+            (Some(db), true) => {
+                let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
+                self.resync(db, &batch.rows, &refused).await?
+            }
+            _ => 0,
+        };
+        Ok(Landed {
+            seq,
+            cursor: batch.cursor,
+            read: batch.read,
+            written,
+            rejects,
+            resynced,
+            lossy: batch.lossy,
+        })
+    }
+
+    /// The stale guard: read the landed rows again by key; send the current
+    /// version of rows that changed since they were read, delete the ones that
+    /// are gone, and repeat until they are stable.
+    async fn resync(
+        &self,
+        db: &SqliteDatabase,
+        sent: &PreparedRows,
+        refused: &[&str],
+    ) -> Result<u64> {
+        // What was sent, by key: a row changed if it now prepares to other JSON.
+        let mut known: HashMap<String, Vec<u8>> = (0..sent.len())
+            .filter(|&i| !refused.contains(&sent.key(i)))
+            .map(|i| (sent.key(i).to_owned(), sent.json(i).to_vec()))
+            .collect();
+        let mut resent = 0u64;
+        for _round in 0..5 {
+            let now = db
+                .rows_by_keys(self.table, known.keys().cloned().collect())
+                .await?;
+            let mut changed = Vec::new();
+            let mut present = std::collections::HashSet::new();
+            for row in &now {
+                let key = row[0].display();
+                present.insert(key.clone());
+                // Rows the app added in the range are the mirror's business, not ours.
+                if let Some(sent_json) = known.get(&key) {
+                    let (mut lossy, mut coerced) = (Vec::new(), Vec::new());
+                    if let Ok(p) =
+                        prepare_row_with(self.table, row, &mut lossy, self.policy, &mut coerced)
+                    {
+                        if p.json.as_bytes() != sent_json.as_slice() {
+                            // The app changed it: a coerced value is a new original.
+                            self.coerced.write(&coerced)?;
+                            changed.push(p);
+                        }
+                    }
+                }
+            }
+            let gone: Vec<String> = known
+                .keys()
+                .filter(|k| !present.contains(*k))
+                .cloned()
+                .collect();
+            if changed.is_empty() && gone.is_empty() {
+                return Ok(resent);
+            }
+            let mut refused = Vec::new();
+            let rows = PreparedRows::from_rows(&changed);
+            self.land(&rows, 0..rows.len(), &mut refused).await?;
+            for k in &gone {
+                let filter = [(self.table.key().supabase, Some(k.clone()))];
+                retry_when(
+                    RetryPolicy::for_up_to(self.max_wait),
+                    transient_but_not_split,
+                    || self.rest.delete(self.table.supabase, &filter),
+                )
+                .await?;
+                known.remove(k);
+            }
+            for p in changed.iter() {
+                known.insert(p.key.clone(), p.json.clone().into_bytes());
+            }
+            resent += (changed.len() + gone.len()) as u64;
+            tracing::debug!(
+                table = self.table.sqlite,
+                changed = changed.len(),
+                gone = gone.len(),
+                "resent rows changed during the copy"
+            );
+        }
+        tracing::warn!(table = self.table.sqlite, "rows kept changing during the copy; the dual-write mirror carries their latest version");
+        Ok(resent)
+    }
+}
+
+/// Land one table's prepared rows through the backfill's path (requests of
+/// `max_rows` rows, `concurrency` in flight, a request halving on 413 or timeouts, retries for up to
+/// `max_wait`, bisection, rows refused for good written to `rejects`). Used by
+/// `serve`. Returns the rows written and the rejects.
+pub async fn land_rows(
+    rest: &RestClient,
+    table: &'static Table,
+    rows: &PreparedRows,
+    max_rows: usize,
+    concurrency: usize,
+    max_wait: Duration,
+    rejects: &Arc<RejectLog>,
+) -> Result<(u64, Vec<Reject>)> {
+    use futures::{StreamExt, TryStreamExt};
+    let lander = Lander {
+        rest: rest.clone(),
+        table,
+        size: Arc::new(AtomicUsize::new(max_rows.max(1))),
+        max_rows: max_rows.max(1),
+        max_wait,
+        rejects: Arc::clone(rejects),
+        // Without a source there is no stale guard, so rows are never
+        // prepared again here: the policy and its log are not used.
+        source: None,
+        policy: UnrepresentablePolicy::Reject,
+        coerced: Arc::new(CoercedLog::new(PathBuf::new())),
+    };
+    // Requests of `max_rows` rows, `concurrency` in flight (the keys are distinct).
+    let step = max_rows.max(1);
+    let chunks: Vec<Range<usize>> = (0..rows.len())
+        .step_by(step)
+        .map(|s| s..(s + step).min(rows.len()))
+        .collect();
+    let landed: Vec<(u64, Vec<(Prepared, Error)>)> = futures::stream::iter(chunks)
+        .map(|range| {
+            let lander = &lander;
+            async move {
+                let mut refused = Vec::new();
+                let n = lander.land(rows, range, &mut refused).await?;
+                Ok::<_, Error>((n, refused))
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await?;
+    let written = landed.iter().map(|(n, _)| n).sum();
+    let refused: Vec<(Prepared, Error)> = landed.into_iter().flat_map(|(_, r)| r).collect();
+    let out: Vec<Reject> = refused
+        .iter()
+        .map(|(p, e)| Reject {
+            table: table.sqlite.to_owned(),
+            key: p.key.clone(),
+            code: e.code().unwrap_or("error").to_owned(),
+            message: e.to_string(),
+            row: serde_json::from_str(&p.json).unwrap_or(Value::Null),
+        })
+        .collect();
+    rejects.write(&out)?;
+    Ok((written, out))
+}
