@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::catalogue::Table;
-use crate::error::Result;
+use crate::error::{IoContext, Result};
 use crate::normalise::{self, Lossy, SqlRef, SqlValue, UnrepresentablePolicy};
 
 /// One coerced value.
@@ -119,27 +119,18 @@ impl CoercedLog {
         }
         let mut f = crate::sync::lock(&self.file);
         if f.is_none() {
-            *f = Some(open_private(&self.path)?);
+            *f = Some(crate::state_file::append(&self.path)?);
         }
         let file = f.as_mut().expect("opened above");
-        file.write_all(&buf)?;
-        file.flush()?;
+        file.write_all(&buf).at(&self.path)?;
+        file.flush().at(&self.path)?;
         Ok(())
     }
 }
 
-fn open_private(path: &Path) -> Result<std::fs::File> {
-    crate::state_file::append(path).map_err(|e| {
-        crate::Error::Io(std::io::Error::new(
-            e.kind(),
-            format!("cannot open {}: {e}", path.display()),
-        ))
-    })
-}
-
 /// Read a `coerced.ndjson` file (for tests and tools).
 pub fn read(path: &Path) -> Result<Vec<CoercedValue>> {
-    let text = std::fs::read_to_string(path)?;
+    let text = std::fs::read_to_string(path).at(path)?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {

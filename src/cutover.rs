@@ -28,7 +28,7 @@ use serde::Serialize;
 use crate::backfill::Reject;
 use crate::catalogue::TABLES;
 use crate::db::{SecondaryFailure, SqliteDatabase, SupabaseDatabase};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::normalise::UnrepresentablePolicy;
 use crate::verify::{
     self, compare::truncate, Check, KeyInfo, TableStatus, VerifyOptions, VerifyReport,
@@ -186,7 +186,7 @@ fn read_records<T: serde::de::DeserializeOwned>(
     };
     check.checked = true;
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line?;
+        let line = line.at(path)?;
         if line.trim().is_empty() {
             continue;
         }

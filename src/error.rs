@@ -3,6 +3,7 @@
 //! Variants are named by cause. [`Error::is_transient`] is the single place that
 //! decides whether an operation may be retried; adapters never loop on their own.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -69,8 +70,41 @@ pub enum Error {
     #[error("unexpected response from supabase: {0}")]
     Protocol(String),
 
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
+    /// A file or directory could not be opened, created, read, written or
+    /// renamed. `path` names it where there is one (see [`IoContext::at`]), so
+    /// the message says what to check. Not transient.
+    #[error("{}", describe_io(source, path.as_deref()))]
+    Io {
+        source: std::io::Error,
+        path: Option<PathBuf>,
+    },
+}
+
+fn describe_io(source: &std::io::Error, path: Option<&Path>) -> String {
+    match path {
+        Some(p) => format!("{}: {source}", p.display()),
+        None => source.to_string(),
+    }
+}
+
+/// An I/O error that concerns no one file (a worker that stopped, a pipe).
+/// Where there is a file, name it with [`IoContext::at`] / [`Error::io_at`].
+impl From<std::io::Error> for Error {
+    fn from(source: std::io::Error) -> Self {
+        Error::Io { source, path: None }
+    }
+}
+
+/// Names the file an I/O operation concerned in its error:
+/// `std::fs::read(&path).at(&path)?` fails with "PATH: No such file or directory".
+pub trait IoContext<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::result::Result<T, std::io::Error> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io_at(e, path))
+    }
 }
 
 fn describe_rest(
@@ -196,6 +230,14 @@ impl Error {
     pub fn config(msg: impl Into<String>) -> Self {
         Error::Config(msg.into())
     }
+
+    /// An I/O error about the file or directory at `path`.
+    pub fn io_at(source: std::io::Error, path: impl AsRef<Path>) -> Self {
+        Error::Io {
+            source,
+            path: Some(path.as_ref().to_path_buf()),
+        }
+    }
 }
 
 /// An error and its causes as one line, each cause once.
@@ -311,6 +353,23 @@ mod tests {
              Connection refused (os error 111)"
         );
         assert_eq!(line.matches("Connection refused").count(), 1);
+    }
+
+    #[test]
+    fn an_io_error_names_its_file_and_is_not_transient() {
+        let missing = Path::new("/nonexistent/dualwrite-test/rejects.ndjson");
+        let e = std::fs::read(missing).at(missing).unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.starts_with("/nonexistent/dualwrite-test/rejects.ndjson: "),
+            "{s}"
+        );
+        assert!(matches!(&e, Error::Io { path: Some(p), .. } if p == missing));
+        assert!(!e.is_transient());
+        // Without a file, the message is the I/O error's own.
+        let e = Error::from(std::io::Error::other("a pipe broke"));
+        assert_eq!(e.to_string(), "a pipe broke");
+        assert!(!e.is_transient());
     }
 
     #[test]

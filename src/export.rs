@@ -22,7 +22,7 @@ use crate::backfill::{
 use crate::catalogue::{self, Table};
 use crate::coerced::CoercedLog;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::normalise::UnrepresentablePolicy;
 use crate::state_file;
 
@@ -92,7 +92,7 @@ pub async fn export_with(
             out.display()
         )));
     }
-    state_file::create_dir_all(out).map_err(at(out))?;
+    state_file::create_dir_all(out)?;
     let db = SqliteDatabase::open_read_only(source).await?;
     let selected: Vec<&'static Table> = if tables.is_empty() {
         catalogue::TABLES.to_vec()
@@ -100,8 +100,7 @@ pub async fn export_with(
         tables.to_vec()
     };
     let rejects_path = out.join("rejects.ndjson");
-    let mut rejects =
-        std::io::BufWriter::new(state_file::create(&rejects_path).map_err(at(&rejects_path))?);
+    let mut rejects = std::io::BufWriter::new(state_file::create(&rejects_path)?);
     let mut manifest = Manifest {
         format: FORMAT.into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -111,7 +110,7 @@ pub async fn export_with(
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            size_bytes: std::fs::metadata(source)?.len(),
+            size_bytes: std::fs::metadata(source).at(source)?.len(),
         },
         compressed: compress,
         tables: Vec::new(),
@@ -126,9 +125,10 @@ pub async fn export_with(
             continue;
         }
         let file = format!("{}.ndjson{}", t.sqlite, if compress { ".zst" } else { "" });
-        let f = std::io::BufWriter::new(state_file::create(&out.join(&file))?);
+        let path = out.join(&file);
+        let f = std::io::BufWriter::new(state_file::create(&path)?);
         let mut sink: Box<dyn Write> = if compress {
-            Box::new(zstd::Encoder::new(f, 3)?.auto_finish())
+            Box::new(zstd::Encoder::new(f, 3).at(&path)?.auto_finish())
         } else {
             Box::new(f)
         };
@@ -142,13 +142,13 @@ pub async fn export_with(
             for row in &page {
                 match backfill::prepare_row_with(t, row, &mut lossy, policy, &mut coerced) {
                     Ok(p) => {
-                        sink.write_all(p.json.as_bytes())?;
-                        sink.write_all(b"\n")?;
+                        sink.write_all(p.json.as_bytes()).at(&path)?;
+                        sink.write_all(b"\n").at(&path)?;
                         rows += 1;
                     }
                     Err(r) => {
                         serde_json::to_writer(&mut rejects, &*r).expect("a reject serialises");
-                        rejects.write_all(b"\n")?;
+                        rejects.write_all(b"\n").at(&rejects_path)?;
                         manifest.rejected_rows += 1;
                     }
                 }
@@ -162,17 +162,17 @@ pub async fn export_with(
                     .or_default() += 1;
             }
         }
-        sink.flush()?;
+        sink.flush().at(&path)?;
         drop(sink);
         manifest.tables.push(ManifestTable {
             table: t.sqlite.into(),
             supabase_table: t.supabase.into(),
-            sha256: file_sha256(&out.join(&file))?,
+            sha256: file_sha256(&path)?,
             file,
             rows,
         });
     }
-    rejects.flush()?;
+    rejects.flush().at(&rejects_path)?;
     state_file::write_atomically(
         &out.join("manifest.json"),
         &serde_json::to_vec_pretty(&manifest).expect("a manifest serialises"),
@@ -180,22 +180,12 @@ pub async fn export_with(
     Ok(manifest)
 }
 
-/// An I/O error that names the file or directory, and so what to check.
-fn at(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |e| {
-        Error::Io(std::io::Error::new(
-            e.kind(),
-            format!("cannot write {}: {e}", path.display()),
-        ))
-    }
-}
-
 fn file_sha256(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path)?;
+    let mut f = std::fs::File::open(path).at(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = f.read(&mut buf).at(path)?;
         if n == 0 {
             break;
         }
@@ -205,9 +195,9 @@ fn file_sha256(path: &Path) -> Result<String> {
 }
 
 fn open_lines(path: &Path, compressed: bool) -> Result<Box<dyn BufRead + Send>> {
-    let f = std::fs::File::open(path)?;
+    let f = std::fs::File::open(path).at(path)?;
     Ok(if compressed {
-        Box::new(BufReader::new(zstd::Decoder::new(f)?))
+        Box::new(BufReader::new(zstd::Decoder::new(f).at(path)?))
     } else {
         Box::new(BufReader::new(f))
     })
@@ -216,8 +206,18 @@ fn open_lines(path: &Path, compressed: bool) -> Result<Box<dyn BufRead + Send>> 
 /// Read and check an export: the manifest, every file's digest and row count.
 pub fn check(dir: &Path) -> Result<Manifest> {
     let bad = |what: String| Error::invalid(format!("the export in {} is {what}", dir.display()));
-    let bytes = std::fs::read(dir.join("manifest.json"))
-        .map_err(|_| bad("incomplete or not an export: it has no manifest.json".into()))?;
+    // A missing or unreadable directory is named as such, not as a bad export.
+    std::fs::read_dir(dir).at(dir)?;
+    let manifest = dir.join("manifest.json");
+    let bytes = match std::fs::read(&manifest) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad(
+                "incomplete or not an export: it has no manifest.json".into()
+            ))
+        }
+        Err(e) => return Err(Error::io_at(e, &manifest)),
+    };
     let m: Manifest =
         serde_json::from_slice(&bytes).map_err(|e| bad(format!("damaged: manifest.json: {e}")))?;
     if m.format != FORMAT {
@@ -425,4 +425,29 @@ pub async fn import(
         report.tables.push(r);
     }
     Ok(loader.finish(report, started))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_export_directory_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("no-such-export");
+        let e = check(&missing).unwrap_err();
+        assert!(
+            matches!(&e, Error::Io { path: Some(p), source } if *p == missing
+                && source.kind() == std::io::ErrorKind::NotFound),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}: ", missing.display())),
+            "{e}"
+        );
+        // A directory that exists but holds no manifest is told apart.
+        let e = check(d.path()).unwrap_err().to_string();
+        assert!(e.contains("no manifest.json"), "{e}");
+    }
 }

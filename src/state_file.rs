@@ -3,10 +3,15 @@
 //! so they are created owner-only: files 0600, directories 0700, whatever the
 //! umask. A rewrite (temp file, then rename) keeps that mode, and an existing
 //! file that others could read is narrowed when it is opened again.
+//!
+//! Every failure names the file or directory it concerns ([`Error::Io`]'s
+//! `path`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
+
+use crate::error::{Error, IoContext, Result};
 
 /// Mode of the files this module creates.
 pub const FILE_MODE: u32 = 0o600;
@@ -15,7 +20,7 @@ pub const DIR_MODE: u32 = 0o700;
 
 /// Create `dir` and its missing parents, each new one 0700. Existing
 /// directories keep their mode (they may be shared, e.g. the current directory).
-pub fn create_dir_all(dir: &Path) -> io::Result<()> {
+pub fn create_dir_all(dir: &Path) -> Result<()> {
     if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
@@ -23,7 +28,7 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
     b.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut b, DIR_MODE);
-    b.create(dir)
+    b.create(dir).at(dir)
 }
 
 fn options() -> OpenOptions {
@@ -49,17 +54,17 @@ fn restrict(f: &File) -> io::Result<()> {
 }
 
 /// Open `path` for appending (created 0600, with its directory 0700).
-pub fn append(path: &Path) -> io::Result<File> {
+pub fn append(path: &Path) -> Result<File> {
     if let Some(d) = path.parent() {
         create_dir_all(d)?;
     }
-    let f = options().create(true).append(true).open(path)?;
-    restrict(&f)?;
+    let f = options().create(true).append(true).open(path).at(path)?;
+    restrict(&f).at(path)?;
     Ok(f)
 }
 
 /// Create or truncate `path` (0600, with its directory 0700).
-pub fn create(path: &Path) -> io::Result<File> {
+pub fn create(path: &Path) -> Result<File> {
     if let Some(d) = path.parent() {
         create_dir_all(d)?;
     }
@@ -67,51 +72,52 @@ pub fn create(path: &Path) -> io::Result<File> {
         .create(true)
         .write(true)
         .truncate(true)
-        .open(path)?;
-    restrict(&f)?;
+        .open(path)
+        .at(path)?;
+    restrict(&f).at(path)?;
     Ok(f)
 }
 
 /// Replace `path` atomically with `bytes`: a 0600 temp file beside it, fsync,
 /// rename, then fsync of the directory so the rename itself is durable.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
     let mut f = create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
+    f.write_all(bytes).at(&tmp)?;
+    f.sync_all().at(&tmp)?;
     drop(f);
-    std::fs::rename(&tmp, path)?;
+    std::fs::rename(&tmp, path).at(path)?;
     sync_dir(path)
 }
 
 /// Move `from` to `to` (same directory) durably.
-pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
-    std::fs::rename(from, to)?;
+pub fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).at(from)?;
     sync_dir(to)
 }
 
 /// Remove `path` durably; an absent file is fine. Any other failure is an
 /// error: callers rely on the file being gone (a reset must not leave a
 /// checkpoint that says its tables are done).
-pub fn remove(path: &Path) -> io::Result<()> {
+pub fn remove(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => sync_dir(path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+        Err(e) => Err(Error::io_at(e, path)),
     }
 }
 
 /// fsync the directory holding `path`, so a rename or removal survives a crash.
-fn sync_dir(path: &Path) -> io::Result<()> {
+fn sync_dir(path: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        File::open(dir)?.sync_all()?;
+        File::open(dir).and_then(|d| d.sync_all()).at(dir)?;
     }
     #[cfg(not(unix))]
     let _ = path;

@@ -974,7 +974,7 @@ impl Drop for AbortOnDrop {
 }
 
 fn lost_worker(e: tokio::task::JoinError) -> Error {
-    Error::Io(std::io::Error::other(format!(
+    Error::from(std::io::Error::other(format!(
         "a verification worker stopped: {e}"
     )))
 }

@@ -61,7 +61,7 @@ fn py_err(py: Python<'_>, e: CoreError) -> PyErr {
         | CoreError::Unreachable { .. }
         | CoreError::Timeout(_)
         | CoreError::Protocol(_) => exc::SupabaseError::new_err(msg),
-        CoreError::Io(_) => exc::Error::new_err(msg),
+        CoreError::Io { .. } => exc::Error::new_err(msg),
     };
     let _ = err.value(py).setattr("transient", e.is_transient());
     err

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{Table, TABLES};
 use crate::db::SqliteDatabase;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::normalise::SqlValue;
 use crate::state_file;
 
@@ -116,7 +116,7 @@ impl SourceIdentity {
         keys_table: Option<&str>,
     ) -> Result<SourceIdentity> {
         use sha2::{Digest, Sha256};
-        let meta = std::fs::metadata(path)?;
+        let meta = std::fs::metadata(path).at(path)?;
         #[cfg(unix)]
         let (device, inode) = {
             use std::os::unix::fs::MetadataExt;
@@ -226,7 +226,7 @@ impl CheckpointWriter {
                 }
                 if let Some(bytes) = latest {
                     if let Err(e) = state_file::write_atomically(&path, &bytes) {
-                        last_error = Some(format!("cannot write {}: {e}", path.display()));
+                        last_error = Some(format!("cannot save the checkpoint: {e}"));
                     }
                 }
                 for ack in flushes {
@@ -281,7 +281,7 @@ impl Checkpoints {
                 identity: None,
                 tables: BTreeMap::new(),
             },
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::io_at(e, &path)),
         };
         let writer = persist.then(|| CheckpointWriter::start(path.clone()));
         Ok(Checkpoints { path, data, writer })

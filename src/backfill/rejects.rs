@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::Result;
+use crate::error::{IoContext, Result};
 use crate::state_file;
 
 /// A row that did not land, as written to `rejects.ndjson`.
@@ -62,13 +62,45 @@ impl RejectLog {
                 buf.push(b'\n');
             }
             let mut f = crate::sync::lock(f);
-            f.write_all(&buf)?;
-            f.flush()?;
+            f.write_all(&buf).at(&self.path)?;
+            f.flush().at(&self.path)?;
         }
         Ok(())
     }
 
     pub fn sample(&self) -> Vec<Reject> {
         crate::sync::lock(&self.sample).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backfill::Checkpoints;
+    use crate::Error;
+
+    #[test]
+    fn a_rejects_file_or_checkpoint_that_cannot_be_opened_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        // The state "directory" is a regular file: nothing can be created in it.
+        let not_a_dir = d.path().join("state");
+        std::fs::write(&not_a_dir, b"").unwrap();
+        let rejects = not_a_dir.join("rejects.ndjson");
+        let e = RejectLog::open(rejects.clone(), true).err().unwrap();
+        assert!(matches!(&e, Error::Io { path: Some(_), .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}: ", not_a_dir.display())),
+            "{e}"
+        );
+        // A checkpoint that is a directory cannot be read.
+        std::fs::create_dir(d.path().join("checkpoint.json")).unwrap();
+        let e = Checkpoints::open(d.path(), "src", false).err().unwrap();
+        let path = d.path().join("checkpoint.json");
+        assert!(
+            e.to_string().starts_with(&format!("{}: ", path.display())),
+            "{e}"
+        );
+        assert!(!e.is_transient());
     }
 }

@@ -26,14 +26,15 @@ pub const RESET_CHUNK: usize = 10_000;
 /// checkpoint left behind would call the emptied tables "done".
 pub fn forget_progress(state_dir: &Path) -> Result<()> {
     let checkpoint = state_dir.join("checkpoint.json");
-    state_file::remove(&checkpoint).map_err(|e| {
-        Error::Io(std::io::Error::new(
-            e.kind(),
-            format!(
-                "cannot remove {} ({e}); nothing was deleted",
-                checkpoint.display()
+    state_file::remove(&checkpoint).map_err(|e| match e {
+        Error::Io { source, path } => Error::Io {
+            source: std::io::Error::new(
+                source.kind(),
+                format!("cannot remove it ({source}); nothing was deleted"),
             ),
-        ))
+            path,
+        },
+        other => other,
     })?;
     let old = state_dir.join("rejects.ndjson");
     if old.exists() {

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 
 use crate::catalogue::{self as cat, Table};
 use crate::db::{SqliteDatabase, SqliteOptions};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::normalise::SqlRow;
 
 use generator::Generator;
@@ -152,7 +152,7 @@ pub async fn generate(path: &Path, opts: &GenerateOptions) -> Result<GenerateRep
         let owned = path.to_path_buf();
         let _ = blocking(move || {
             let _ = std::fs::remove_file(suffixed(&owned, "-journal"));
-            std::fs::remove_file(&owned).map_err(Error::from)
+            std::fs::remove_file(&owned).at(&owned)
         })
         .await;
     }
@@ -163,7 +163,7 @@ pub async fn generate(path: &Path, opts: &GenerateOptions) -> Result<GenerateRep
 /// `create_new` refuses an existing file atomically.
 fn create_new(path: &Path) -> Result<()> {
     for leftover in [suffixed(path, "-journal"), suffixed(path, "-wal")] {
-        if leftover.try_exists()? {
+        if leftover.try_exists().at(&leftover)? {
             return Err(Error::invalid(format!(
                 "{} exists (left over from another database); remove it first",
                 leftover.display()
@@ -180,10 +180,7 @@ fn create_new(path: &Path) -> Result<()> {
             "{} already exists; fixtures are only generated into a new file",
             path.display()
         ))),
-        Err(e) => Err(Error::Io(std::io::Error::new(
-            e.kind(),
-            format!("cannot create {}: {e}", path.display()),
-        ))),
+        Err(e) => Err(Error::io_at(e, path)),
     }
 }
 
@@ -201,7 +198,7 @@ fn join_error(e: tokio::task::JoinError) -> Error {
     if e.is_panic() {
         std::panic::resume_unwind(e.into_panic());
     }
-    Error::Io(std::io::Error::other(format!(
+    Error::from(std::io::Error::other(format!(
         "fixture generation stopped: {e}"
     )))
 }

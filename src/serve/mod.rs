@@ -398,7 +398,7 @@ impl Daemon {
                         *self.stats.last_error.lock().expect("stats lock") = Some(e.to_string());
                         if matches!(
                             e,
-                            Error::Sqlite(_) | Error::WorkerStopped { .. } | Error::Io(_)
+                            Error::Sqlite(_) | Error::WorkerStopped { .. } | Error::Io { .. }
                         ) {
                             return Err(e);
                         }
