@@ -532,6 +532,7 @@ impl Store {
 /// Returns `(store, primary, secondary, meta)`; `primary`/`secondary` are set
 /// when dual writing.
 #[pyfunction]
+// The tuple is DoX's return shape, spelled out for pyo3; an alias would hide it.
 #[allow(clippy::type_complexity)]
 fn init_database<'py>(
     py: Python<'py>,
