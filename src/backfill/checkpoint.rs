@@ -198,7 +198,36 @@ pub struct Checkpoints {
 
 enum WriterMsg {
     Save(Vec<u8>),
-    Flush(std::sync::mpsc::Sender<std::result::Result<(), String>>),
+    Flush(std::sync::mpsc::Sender<std::result::Result<(), WriteFailure>>),
+}
+
+/// The last checkpoint write that failed, kept by the writer thread and
+/// handed to every flush after it (an `Error` is not `Clone`).
+#[derive(Clone)]
+struct WriteFailure {
+    kind: std::io::ErrorKind,
+    message: String,
+    path: Option<PathBuf>,
+}
+
+impl From<WriteFailure> for Error {
+    fn from(f: WriteFailure) -> Error {
+        Error::Io {
+            source: std::io::Error::new(
+                f.kind,
+                format!("cannot save the checkpoint: {}", f.message),
+            ),
+            path: f.path,
+        }
+    }
+}
+
+/// What every command sees once the writer thread is gone.
+fn writer_stopped() -> Error {
+    Error::WorkerStopped {
+        worker: "checkpoint writer",
+        when: "during a call",
+    }
 }
 
 /// Writes checkpoints on a thread of its own, the latest one only, atomically
@@ -212,7 +241,7 @@ impl CheckpointWriter {
     fn start(path: PathBuf) -> CheckpointWriter {
         let (tx, rx) = std::sync::mpsc::channel::<WriterMsg>();
         std::thread::spawn(move || {
-            let mut last_error: Option<String> = None;
+            let mut last_error: Option<WriteFailure> = None;
             while let Ok(msg) = rx.recv() {
                 let mut latest = None;
                 let mut flushes = Vec::new();
@@ -226,7 +255,18 @@ impl CheckpointWriter {
                 }
                 if let Some(bytes) = latest {
                     if let Err(e) = state_file::write_atomically(&path, &bytes) {
-                        last_error = Some(format!("cannot save the checkpoint: {e}"));
+                        last_error = Some(match e {
+                            Error::Io { source, path } => WriteFailure {
+                                kind: source.kind(),
+                                message: source.to_string(),
+                                path,
+                            },
+                            other => WriteFailure {
+                                kind: std::io::ErrorKind::Other,
+                                message: other.to_string(),
+                                path: Some(path.clone()),
+                            },
+                        });
                     }
                 }
                 for ack in flushes {
@@ -240,11 +280,11 @@ impl CheckpointWriter {
     fn flush(&self) -> Result<()> {
         let (ack, done) = std::sync::mpsc::channel();
         if self.tx.send(WriterMsg::Flush(ack)).is_err() {
-            return Err(Error::Protocol("the checkpoint writer stopped".into()));
+            return Err(writer_stopped());
         }
         done.recv()
-            .map_err(|_| Error::Protocol("the checkpoint writer stopped".into()))?
-            .map_err(Error::Protocol)
+            .map_err(|_| writer_stopped())?
+            .map_err(Error::from)
     }
 }
 
@@ -344,7 +384,7 @@ impl Checkpoints {
         if let Some(w) = &self.writer {
             let bytes = serde_json::to_vec_pretty(&self.data).expect("checkpoint serialises");
             w.tx.send(WriterMsg::Save(bytes))
-                .map_err(|_| Error::Protocol("the checkpoint writer stopped".into()))?;
+                .map_err(|_| writer_stopped())?;
         }
         Ok(())
     }
@@ -359,5 +399,32 @@ impl Checkpoints {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_that_cannot_be_saved_is_an_io_error_naming_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Checkpoints::open(d.path(), "src", true).unwrap();
+        // The temp file the writer renames into place is a directory.
+        let tmp = d.path().join("checkpoint.json.tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        c.set(&crate::catalogue::ARTIFACT, TableCheckpoint::default())
+            .unwrap();
+        let e = c.flush().unwrap_err();
+        assert!(
+            matches!(&e, Error::Io { path: Some(p), .. } if *p == tmp),
+            "{e:?}"
+        );
+        let s = e.to_string();
+        assert!(
+            s.starts_with(&format!("{}: cannot save the checkpoint: ", tmp.display())),
+            "{s}"
+        );
+        assert!(!e.is_transient());
     }
 }
