@@ -13,7 +13,12 @@
 //!
 //! A crash anywhere before 4 leaves the changes in the log (they are applied
 //! again, idempotently); an outage of Supabase or a locked SQLite file only
-//! delays. One daemon per file ([`crate::capture::Lease`], shared with the
+//! delays. A row the file refuses for its data (a constraint, a trigger's
+//! `RAISE`, a value with no DoX form) does not hold up the others: it is set
+//! aside ([`apply::apply`]), written to `reverse-rejects.ndjson` in the state
+//! directory (the forward rejects' format, [`crate::backfill::Reject`]),
+//! counted in `dualwrite_rejected_rows_total{table}`, and its change is
+//! acknowledged with the rest. One daemon per file ([`crate::capture::Lease`], shared with the
 //! forward direction). Metrics, `/ready`, `/status` and the status file are
 //! the forward daemon's ([`crate::serve::Stats`]).
 
@@ -31,6 +36,7 @@ use tokio::sync::watch;
 
 use super::apply::{self, TableBatch};
 use super::capture as rc;
+use crate::backfill::{Reject, RejectLog};
 use crate::capture;
 use crate::catalogue::{Table, TABLES};
 use crate::error::{Error, Result};
@@ -59,11 +65,14 @@ pub struct ReverseOptions {
     pub pause: Duration,
     /// How long a write waits for the SQLite file's lock before the batch fails.
     pub busy_timeout: Duration,
+    /// Where rows the file refused are written (dead letters, NDJSON).
+    pub rejects: PathBuf,
 }
 
 impl ReverseOptions {
     pub fn new(db_path: PathBuf) -> ReverseOptions {
         ReverseOptions {
+            rejects: rejects_path(&crate::backfill::state_dir_for(&db_path)),
             db_path,
             listen: None,
             batch_rows: 4000,
@@ -75,6 +84,13 @@ impl ReverseOptions {
             busy_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// The reverse direction's dead letters in a state directory (by default the
+/// backfill's for the file, [`crate::backfill::state_dir_for`]): beside the
+/// forward `rejects.ndjson`, in the same format.
+pub fn rejects_path(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("reverse-rejects.ndjson")
 }
 
 /// One entry of the change log.
@@ -120,6 +136,7 @@ struct Daemon {
     opts: ReverseOptions,
     rest: RestClient,
     conn: Conn,
+    rejects: RejectLog,
     stats: Arc<Stats>,
 }
 
@@ -158,15 +175,17 @@ pub async fn run(
              (before the app writes to Supabase) first",
         ));
     }
+    let rejects = RejectLog::open(opts.rejects.clone(), true)?;
     let server = match opts.listen {
         Some(addr) => Some(http::spawn(addr, Arc::clone(&stats), stop.clone())?),
         None => None,
     };
-    tracing::info!(db = %db.display(), listen = ?opts.listen, "serving the reverse direction");
+    tracing::info!(db = %db.display(), listen = ?opts.listen, rejects = %opts.rejects.display(), "serving the reverse direction");
     let mut d = Daemon {
         opts,
         rest,
         conn: Arc::new(Mutex::new(conn)),
+        rejects,
         stats: Arc::clone(&stats),
     };
     let result = d.drain(stop).await;
@@ -268,13 +287,28 @@ impl Daemon {
         }
         // Write them in one SQLite transaction.
         let conn = Arc::clone(&self.conn);
-        let applied = tokio::task::spawn_blocking(move || {
+        let (applied, refused) = tokio::task::spawn_blocking(move || {
             apply::apply(&mut conn.lock().expect("sqlite connection"), &batch)
         })
         .await
         .map_err(|e| Error::Sqlite(format!("the SQLite task failed: {e}")))??;
         for (t, a) in &applied {
             add(&self.stats.mirrored, t, a.written + a.deleted);
+        }
+        // Dead letters: recorded before their changes leave the log.
+        let dead: Vec<Reject> = refused
+            .into_iter()
+            .map(|r| Reject {
+                table: r.table.sqlite.to_owned(),
+                key: r.key,
+                code: r.code.to_owned(),
+                message: r.message,
+                row: r.row,
+            })
+            .collect();
+        self.rejects.write(&dead)?;
+        for r in &dead {
+            add(&self.stats.rejected, &r.table, 1);
         }
         // Committed: now, and only now, the changes may leave the log.
         let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();

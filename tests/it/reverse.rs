@@ -291,6 +291,18 @@ fn print_sql_prints_the_migration_and_needs_the_supabase_target() {
 }
 
 fn spawn_reverse(dir: &Path, db: &Path, pg: &PrivateDb, port: u16) -> std::process::Child {
+    spawn_serve(dir, db, pg, port, &[], &["--direction", "reverse"])
+}
+
+/// `dualwrite serve` with `env` added and `args` after `serve`.
+fn spawn_serve(
+    dir: &Path,
+    db: &Path,
+    pg: &PrivateDb,
+    port: u16,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -303,11 +315,11 @@ fn spawn_reverse(dir: &Path, db: &Path, pg: &PrivateDb, port: u16) -> std::proce
         .env("SUPABASE_URL", &pg.url)
         .env("SUPABASE_SERVICE_KEY", pg.service_key())
         .env("SUPABASE_TIMEOUT", "2")
+        .envs(env.iter().copied())
         .current_dir(dir)
+        .arg("serve")
+        .args(args)
         .args([
-            "serve",
-            "--direction",
-            "reverse",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--max-wait-secs",
@@ -489,6 +501,11 @@ async fn reverse_serve_keeps_the_sqlite_file_equal_through_kill_9_and_a_locked_f
         status["failures"]["sqlite"].as_u64() >= Some(1),
         "the locked file made a batch fail: {status}"
     );
+    assert_eq!(
+        status["rejected_rows"],
+        json!({}),
+        "a locked file only delays: {status}"
+    );
     let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .unwrap()
@@ -602,4 +619,152 @@ async fn reverse_serve_keeps_the_sqlite_file_equal_through_kill_9_and_a_locked_f
         "{out}"
     );
     assert!(out.contains("artifact: not equal by content"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_sqlite_file_refuses_become_dead_letters_and_the_rest_flows() {
+    use dualwrite::backfill::Reject;
+    use dualwrite::db::{SqliteDatabase, SqliteOptions};
+
+    needs_stack!();
+    let pg = db_with_capture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.sqlite3");
+    drop(
+        SqliteDatabase::open(&db, SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let service = pg.rest(Duration::from_secs(10));
+    let body = |v: Value| serde_json::to_string(&v).unwrap();
+    let art = |id: &str, filename: &str| json!({"id": id, "filename": filename, "filepath": "/p", "filetype": "pdf"});
+    // The file refuses what Supabase accepts: one filename (insert or update)
+    // and the deletion of one row.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TRIGGER refuse_ins BEFORE INSERT ON artifact WHEN NEW.filename = 'refuse' \
+             BEGIN SELECT RAISE(ABORT, 'the file refuses this filename'); END;
+             CREATE TRIGGER refuse_upd BEFORE UPDATE ON artifact WHEN NEW.filename = 'refuse' \
+             BEGIN SELECT RAISE(ABORT, 'the file refuses this filename'); END;
+             CREATE TRIGGER keep BEFORE DELETE ON artifact WHEN OLD.id = 'kept' \
+             BEGIN SELECT RAISE(ABORT, 'the file keeps this row'); END;
+             INSERT INTO artifact (id, filename, filepath, filetype) VALUES ('kept', 'k', '/p', 'pdf');",
+        )
+        .unwrap();
+    }
+    service
+        .upsert(&catalogue::ARTIFACT, body(json!([art("kept", "k")])))
+        .await
+        .unwrap();
+    let o = run(
+        dir.path(),
+        &pg,
+        &["capture", "install", "--target", "supabase"],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let port = free_port();
+    let state = dir.path().join("state");
+    let mut serve = spawn_serve(
+        dir.path(),
+        &db,
+        &pg,
+        port,
+        &[],
+        &[
+            "--direction",
+            "reverse",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+
+    // One statement (one log entry) with a refused row among good ones, a
+    // refused update, a refused deletion, then more rows behind them.
+    let mut rows: Vec<Value> = (0..10).map(|i| art(&format!("ok-{i}"), "f")).collect();
+    rows.insert(4, art("bad-1", "refuse"));
+    service
+        .upsert(&catalogue::ARTIFACT, body(Value::Array(rows)))
+        .await
+        .unwrap();
+    let sql = pg.sql().await;
+    sql.batch_execute(
+        "update artifacts set filename = 'refuse' where id = 'ok-3';
+         delete from artifacts where id = 'kept';",
+    )
+    .await
+    .unwrap();
+    let rows: Vec<Value> = (10..15).map(|i| art(&format!("ok-{i}"), "f")).collect();
+    service
+        .upsert(&catalogue::ARTIFACT, body(Value::Array(rows)))
+        .await
+        .unwrap();
+    wait_drained(&service, dir.path()).await;
+
+    // Everything else landed; the file kept what it refused to change.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let mut ids: Vec<String> = c
+        .prepare("SELECT id FROM artifact ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    ids.sort();
+    let mut want: Vec<String> = (0..15).map(|i| format!("ok-{i}")).collect();
+    want.push("kept".into());
+    want.sort();
+    assert_eq!(ids, want);
+    let f: String = c
+        .query_row("SELECT filename FROM artifact WHERE id = 'ok-3'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(f, "f");
+    drop(c);
+
+    // Dead letters, in the forward rejects' format, with the reason.
+    let text = std::fs::read_to_string(state.join("reverse-rejects.ndjson")).unwrap();
+    let mut dead: Vec<Reject> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    dead.sort_by(|a, b| a.key.cmp(&b.key));
+    let got: Vec<(&str, &str, &str)> = dead
+        .iter()
+        .map(|r| (r.table.as_str(), r.key.as_str(), r.code.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("artifact", "bad-1", "sqlite_constraint"),
+            ("artifact", "kept", "sqlite_constraint"),
+            ("artifact", "ok-3", "sqlite_constraint"),
+        ],
+        "{text}"
+    );
+    assert!(dead[0].message.contains("refuses this filename"), "{text}");
+    assert_eq!(dead[0].row["filename"], json!("refuse"));
+    assert!(dead[1].message.contains("keeps this row") && dead[1].row.is_null());
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("dualwrite_rejected_rows_total{table=\"artifact\"} 3\n"),
+        "{metrics}"
+    );
+    let status: Value = reqwest::get(format!("http://127.0.0.1:{port}/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["rejected_rows"]["artifact"], json!(3), "{status}");
+    assert_eq!(status["last_error"], Value::Null, "{status}");
+    kill(&serve, "-TERM");
+    let _ = serve.wait();
 }

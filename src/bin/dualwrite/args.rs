@@ -214,7 +214,8 @@ pub struct ServeArgs {
     /// Stop with an error when triggers are missing, instead of re-installing them.
     #[arg(long)]
     pub no_repair_triggers: bool,
-    /// Where rejects.ndjson goes (default: the backfill's state directory for the file).
+    /// Where rejects.ndjson (reverse: reverse-rejects.ndjson) goes (default: the
+    /// backfill's state directory for the file).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// What to do with a value Supabase cannot hold: reject (a dead letter) or coerce

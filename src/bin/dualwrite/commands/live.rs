@@ -65,6 +65,9 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
             o.max_lag = Duration::from_secs_f64(a.max_lag_secs.max(0.0));
             o.poll = Duration::from_millis(a.poll_ms.max(1));
             o.max_wait = Duration::from_secs_f64(a.max_wait_secs.max(0.0));
+            if let Some(dir) = &a.state_dir {
+                o.rejects = dualwrite::reverse::serve::rejects_path(dir);
+            }
             dualwrite::reverse::serve::run(rest, o, shutdown_signal()).await?;
         }
         Command::Serve(a) => {
