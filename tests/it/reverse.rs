@@ -26,6 +26,11 @@ async fn db_with_capture() -> PrivateDb {
 }
 
 fn run(dir: &Path, pg: &PrivateDb, args: &[&str]) -> Output {
+    run_with(dir, pg, &[], args)
+}
+
+/// The binary with `env` added (after DB_PATH=`dir`/dox.sqlite3 and the private stack's URL and key).
+fn run_with(dir: &Path, pg: &PrivateDb, env: &[(&str, &str)], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dualwrite"))
         .env_clear()
         .env("RUST_LOG", "warn")
@@ -33,6 +38,7 @@ fn run(dir: &Path, pg: &PrivateDb, args: &[&str]) -> Output {
         .env("SUPABASE_URL", &pg.url)
         .env("SUPABASE_SERVICE_KEY", pg.service_key())
         .env("SUPABASE_TIMEOUT", "5")
+        .envs(env.iter().copied())
         .current_dir(dir)
         .args(args)
         .stdin(Stdio::null())
@@ -183,6 +189,7 @@ async fn capture_on_supabase_logs_every_writer_and_only_the_service_role_reaches
             ),
             ("dualwrite_capture", json!({"set_enabled": false})),
             ("dualwrite_capture", json!({})),
+            ("dualwrite_changes_backlog", json!({})),
         ] {
             let e = c.rpc(f, &args).await.unwrap_err();
             assert_eq!(e.code(), Some("42501"), "{f}: {e}");
@@ -767,4 +774,197 @@ async fn rows_the_sqlite_file_refuses_become_dead_letters_and_the_rest_flows() {
     assert_eq!(status["last_error"], Value::Null, "{status}");
     kill(&serve, "-TERM");
     let _ = serve.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_backend_supabase_with_dual_write_makes_serve_and_status_reverse() {
+    use dualwrite::db::{SqliteDatabase, SqliteOptions};
+
+    needs_stack!();
+    let pg = db_with_capture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("dox.sqlite3");
+    drop(
+        SqliteDatabase::open(&db, SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let service = pg.rest(Duration::from_secs(10));
+    let supabase_primary = [("DB_BACKEND", "supabase"), ("SUPABASE_DUAL_WRITE", "true")];
+
+    // Supabase primary without dual write: no copy is configured; say so.
+    let o = run_with(
+        dir.path(),
+        &pg,
+        &[("DB_BACKEND", "supabase"), ("SUPABASE_DUAL_WRITE", "false")],
+        &["serve", "--listen", "127.0.0.1:0"],
+    );
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("SUPABASE_DUAL_WRITE=true") && err.contains("--direction reverse"),
+        "{err}"
+    );
+    // An explicit --direction wins, with a warning: forward here, which then
+    // stops because the file has no forward capture.
+    let o = run_with(
+        dir.path(),
+        &pg,
+        &supabase_primary,
+        &["serve", "--direction", "forward", "--listen", "127.0.0.1:0"],
+    );
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--direction forward overrides the configuration (DB_BACKEND=supabase, dual write on: direction reverse)")
+            && err.contains("capture is not installed"),
+        "{err}"
+    );
+
+    // No --direction: the configuration makes it reverse.
+    let o = run(
+        dir.path(),
+        &pg,
+        &["capture", "install", "--target", "supabase"],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let body = |v: Value| serde_json::to_string(&v).unwrap();
+    service
+        .upsert(
+            &catalogue::ARTIFACT,
+            body(json!([{"id": "cfg-1", "filename": "f", "filepath": "/p", "filetype": "pdf"}])),
+        )
+        .await
+        .unwrap();
+    // status, before the daemon: the Supabase log's backlog.
+    let status = |dir: &Path| -> Value {
+        let o = run_with(dir, &pg, &supabase_primary, &["status", "--json"]);
+        assert!(o.status.success(), "{o:?}");
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let st = status(dir.path());
+    assert_eq!(
+        (
+            &st["direction"],
+            &st["pending"],
+            &st["pending_estimated"],
+            &st["daemon_running"]
+        ),
+        (&json!("reverse"), &json!(1), &json!(false), &json!(false)),
+        "{st}"
+    );
+    assert!(st["lag_seconds"].as_f64().unwrap() >= 0.0, "{st}");
+    let o = run_with(dir.path(), &pg, &supabase_primary, &["status"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("capture on Supabase: on") && text.contains("pending changes: 1"),
+        "{text}"
+    );
+
+    let port = free_port();
+    let mut serve = spawn_serve(dir.path(), &db, &pg, port, &supabase_primary, &[]);
+    wait_drained(&service, dir.path()).await;
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = c
+        .query_row(
+            "SELECT count(*) FROM artifact WHERE id = 'cfg-1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1, "the reverse mirror wrote the row");
+    drop(c);
+    let st = status(dir.path());
+    assert_eq!(
+        (&st["pending"], &st["daemon_running"]),
+        (&json!(0), &json!(true)),
+        "{st}"
+    );
+    kill(&serve, "-TERM");
+    let _ = serve.wait();
+    let log = std::fs::read_to_string(dir.path().join("reverse.log")).unwrap_or_default();
+    assert!(!log.contains("overrides"), "{log}");
+}
+
+#[tokio::test]
+async fn the_backlog_is_exact_while_small_and_estimated_from_the_seq_span_beyond() {
+    needs_stack!();
+    let pg = db_with_capture().await;
+    let service = pg.rest(Duration::from_secs(10));
+    rc::switch(&service, Some(true), false).await.unwrap();
+    let backlog = |up_to: i64| {
+        let service = &service;
+        async move {
+            service
+                .rpc(
+                    "dualwrite_changes_backlog",
+                    &json!({ "exact_up_to": up_to }),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        backlog(100).await,
+        json!({"pending": 0, "estimated": false, "oldest_at": null})
+    );
+    // 8 one-row statements, one of three rows: 9 entries, 11 keys.
+    let sql = pg.sql().await;
+    for i in 0..8 {
+        sql.execute(
+            "insert into user_prefs (user_id, preferences) values ($1, '{}')",
+            &[&format!("bk-{i}")],
+        )
+        .await
+        .unwrap();
+    }
+    sql.batch_execute(
+        "insert into user_prefs (user_id, preferences) values ('bk-a', '{}'), ('bk-b', '{}'), ('bk-c', '{}')",
+    )
+    .await
+    .unwrap();
+    let b = backlog(100).await;
+    assert_eq!(
+        (&b["pending"], &b["estimated"]),
+        (&json!(11), &json!(false)),
+        "{b}"
+    );
+    assert!(b["oldest_at"].is_string(), "{b}");
+    // Beyond the bound: the seq span times the keys per entry of the head.
+    let b = backlog(4).await;
+    assert_eq!(
+        (&b["pending"], &b["estimated"]),
+        (&json!(11), &json!(true)),
+        "{b}"
+    );
+    // The capture state and the CLI read the same figures.
+    let st = rc::switch(&service, None, false).await.unwrap();
+    assert_eq!((st.pending, st.estimated), (11, false));
+    assert_eq!(
+        rc::backlog(&service).await.unwrap(),
+        rc::Backlog {
+            pending: 11,
+            estimated: false,
+            oldest_at: st.oldest_at.clone()
+        }
+    );
+    // Acknowledged entries leave the estimate too.
+    let rows = service
+        .rpc("dualwrite_changes", &json!({"max_rows": 8}))
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_i64().unwrap())
+        .collect();
+    service
+        .rpc("dualwrite_changes_ack", &json!({ "seqs": seqs }))
+        .await
+        .unwrap();
+    for up_to in [100, 1] {
+        let b = backlog(up_to).await;
+        assert_eq!(b["pending"], json!(3), "{b}");
+    }
 }
