@@ -463,7 +463,7 @@ mod tests {
     }
 
     #[test]
-    fn a_locked_file_or_a_missing_column_fails_the_batch_and_sets_nothing_aside() {
+    fn a_locked_file_a_reader_or_a_missing_column_fails_the_batch_and_sets_nothing_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.sqlite3");
         let mut c = Connection::open(&path).unwrap();
@@ -487,6 +487,26 @@ mod tests {
         let e = apply(&mut c, &batch).unwrap_err();
         assert!(matches!(e, Error::Sqlite(_)), "{e}");
         other.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(apply(&mut c, &batch).unwrap().1.len(), 0);
+        assert_eq!(ids(&c), vec!["a"]);
+
+        // A rollback-journal file: a reader's shared lock holds up the commit.
+        let path = dir.path().join("journal.sqlite3");
+        let mut c = Connection::open(&path).unwrap();
+        c.execute_batch(&format!(
+            "PRAGMA journal_mode = DELETE; CREATE TABLE artifact ({}, PRIMARY KEY (id));",
+            cols.join(", ")
+        ))
+        .unwrap();
+        let reader = Connection::open(&path).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM artifact;")
+            .unwrap();
+        c.busy_timeout(std::time::Duration::from_millis(50))
+            .unwrap();
+        let e = apply(&mut c, &batch).unwrap_err();
+        assert!(matches!(e, Error::Sqlite(_)), "{e}");
+        reader.execute_batch("COMMIT").unwrap();
         assert_eq!(apply(&mut c, &batch).unwrap().1.len(), 0);
         assert_eq!(ids(&c), vec!["a"]);
 

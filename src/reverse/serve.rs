@@ -18,9 +18,9 @@
 //! aside ([`apply::apply`]), written to `reverse-rejects.ndjson` in the state
 //! directory (the forward rejects' format, [`crate::backfill::Reject`]),
 //! counted in `dualwrite_rejected_rows_total{table}`, and its change is
-//! acknowledged with the rest. One daemon per file ([`crate::capture::Lease`], shared with the
-//! forward direction). Metrics, `/ready`, `/status` and the status file are
-//! the forward daemon's ([`crate::serve::Stats`]).
+//! acknowledged with the rest. One daemon per file ([`crate::capture::Lease`],
+//! shared with the forward direction). Metrics, `/ready`, `/status` and the
+//! status file are the forward daemon's ([`crate::serve::Stats`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -72,7 +72,7 @@ pub struct ReverseOptions {
 impl ReverseOptions {
     pub fn new(db_path: PathBuf) -> ReverseOptions {
         ReverseOptions {
-            rejects: rejects_path(&crate::backfill::state_dir_for(&db_path)),
+            rejects: default_rejects_path(&db_path),
             db_path,
             listen: None,
             batch_rows: 4000,
@@ -89,8 +89,14 @@ impl ReverseOptions {
 /// The reverse direction's dead letters in a state directory (by default the
 /// backfill's for the file, [`crate::backfill::state_dir_for`]): beside the
 /// forward `rejects.ndjson`, in the same format.
-pub fn rejects_path(state_dir: &std::path::Path) -> PathBuf {
+pub fn rejects_path(state_dir: &Path) -> PathBuf {
     state_dir.join("reverse-rejects.ndjson")
+}
+
+/// Where `serve --direction reverse` writes the dead letters of `db` without
+/// `--state-dir`.
+pub fn default_rejects_path(db: &Path) -> PathBuf {
+    rejects_path(&crate::backfill::state_dir_for(db))
 }
 
 /// One entry of the change log.
