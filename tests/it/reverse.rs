@@ -57,7 +57,7 @@ fn state(o: &Output) -> CaptureState {
 }
 
 /// A client of the private PostgREST with a JWT for `role`.
-fn client_as(pg: &PrivateDb, role: &str, sub: Option<&str>, schema: &str) -> RestClient {
+pub(crate) fn client_as(pg: &PrivateDb, role: &str, sub: Option<&str>, schema: &str) -> RestClient {
     let jwt = keys::sign(stack().jwt_secret(), role, sub, Duration::from_secs(600)).unwrap();
     RestClient::new(&RestConfig {
         url: pg.url.clone(),
