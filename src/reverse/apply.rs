@@ -432,6 +432,73 @@ mod tests {
     }
 
     #[test]
+    fn a_value_with_no_dox_form_or_a_row_without_a_text_key_is_set_aside() {
+        use crate::catalogue::SKILLS_REGISTRY as S;
+        let mut c = file("");
+        let cols: Vec<String> = S.columns.iter().map(|c| quote(c.sqlite)).collect();
+        c.execute_batch(&format!(
+            "CREATE TABLE skills_registry ({}, PRIMARY KEY (id))",
+            cols.join(", ")
+        ))
+        .unwrap();
+        let skill = |id: Value, enabled: Value| {
+            json!({"id": id, "name": "n", "description": "d", "parameters": {}, "workflow_def": {},
+                   "enabled": enabled})
+            .as_object()
+            .unwrap()
+            .clone()
+        };
+        let batch = vec![
+            (
+                &S,
+                TableBatch {
+                    rows: vec![
+                        skill(json!("s1"), json!(true)),
+                        skill(json!("s2"), json!("yes")),
+                        skill(json!(7), json!(false)),
+                    ],
+                    gone: vec![],
+                },
+            ),
+            (
+                &ARTIFACT,
+                TableBatch {
+                    rows: vec![row("a", "f")],
+                    gone: vec![],
+                },
+            ),
+        ];
+        let (applied, refused) = apply(&mut c, &batch).unwrap();
+        assert_eq!(
+            (
+                applied["skills_registry"].written,
+                applied["artifact"].written
+            ),
+            (1, 1)
+        );
+        let got: Vec<(&str, &str, &str)> = refused
+            .iter()
+            .map(|r| (r.table.sqlite, r.key.as_str(), r.code))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("skills_registry", "s2", "unconvertible"),
+                ("skills_registry", "7", "bad_key"),
+            ]
+        );
+        assert!(refused[0].message.contains("not a boolean"), "{refused:?}");
+        let enabled: i64 = c
+            .query_row(
+                "SELECT enabled FROM skills_registry WHERE id = 's1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(enabled, 1);
+    }
+
+    #[test]
     fn a_failure_known_only_at_commit_is_found_by_bisection() {
         // A deferred foreign key is checked at COMMIT: which deletion broke it
         // is not known, so the batch is halved until it is.
