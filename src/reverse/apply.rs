@@ -168,7 +168,9 @@ fn data_error(e: &rusqlite::Error) -> Option<&'static str> {
 /// the gone keys deleted in one write transaction; when the file refuses a
 /// row for its data (a constraint, a trigger's `RAISE`, a value with no DoX
 /// form), that row is set aside as [`Refused`] and the others are applied
-/// again without it (a failure only known at commit is found by bisection).
+/// again without it (a failure only known at commit is found by bisection);
+/// the set-aside rows are then tried again while that lands some (a row may
+/// have waited for another to give up a UNIQUE value).
 /// Any other failure (the file locked, a missing table or column) fails the
 /// whole batch: nothing is set aside, the caller retries later.
 pub fn apply(
@@ -189,8 +191,34 @@ pub fn apply(
         }));
     }
     let mut out: HashMap<&'static str, Applied> = HashMap::new();
+    let mut left = settle(conn, units.iter().collect(), &mut out)?;
+    // A row refused only because of another one written after it (a UNIQUE
+    // value that row gave up) passes now: try the set-aside rows again while
+    // that helps.
+    while !left.is_empty() {
+        let before = left.len();
+        let again = settle(conn, left.iter().map(|(u, _, _)| *u).collect(), &mut out)?;
+        let done = again.len() == before;
+        left = again;
+        if done {
+            break;
+        }
+    }
+    let refused = left
+        .into_iter()
+        .map(|(u, code, msg)| u.refused(code, msg))
+        .collect();
+    Ok((out, refused))
+}
+
+/// Apply `units`, isolating the ones the file refuses; returns those, with why.
+fn settle<'u, 'a>(
+    conn: &mut Connection,
+    units: Vec<&'u Unit<'a>>,
+    out: &mut HashMap<&'static str, Applied>,
+) -> Result<Vec<(&'u Unit<'a>, &'static str, String)>> {
     let mut refused = Vec::new();
-    let mut todo: Vec<Vec<&Unit>> = vec![units.iter().collect()];
+    let mut todo: Vec<Vec<&Unit>> = vec![units];
     while let Some(part) = todo.pop() {
         if part.is_empty() {
             continue;
@@ -206,13 +234,12 @@ pub fn apply(
             }
             Err(Failure::Batch(e)) => return Err(e),
             Err(Failure::Unit(i, code, msg)) => {
-                refused.push(part[i].refused(code, msg));
                 let mut rest = part;
-                rest.remove(i);
+                refused.push((rest.remove(i), code, msg));
                 todo.push(rest);
             }
             Err(Failure::AtCommit(code, msg)) if part.len() == 1 => {
-                refused.push(part[0].refused(code, msg));
+                refused.push((part[0], code, msg));
             }
             Err(Failure::AtCommit(..)) => {
                 let mut left = part;
@@ -222,7 +249,7 @@ pub fn apply(
             }
         }
     }
-    Ok((out, refused))
+    Ok(refused)
 }
 
 /// One transaction over `units`: all of them or none.
@@ -496,6 +523,41 @@ mod tests {
             )
             .unwrap();
         assert_eq!(enabled, 1);
+    }
+
+    #[test]
+    fn a_row_that_waits_for_another_to_give_up_a_unique_value_lands() {
+        // Supabase renamed `a` to y, then created `b` as x; the batch reads b first.
+        let mut c = file(
+            "CREATE UNIQUE INDEX one_name ON artifact (filename);
+             INSERT INTO artifact (id, filename) VALUES ('a', 'x');",
+        );
+        let batch = vec![(
+            &ARTIFACT,
+            TableBatch {
+                rows: vec![row("b", "x"), row("a", "y"), row("c", "y")],
+                gone: vec![],
+            },
+        )];
+        let (applied, refused) = apply(&mut c, &batch).unwrap();
+        assert_eq!(applied["artifact"].written, 2);
+        // c really takes a value another row keeps: a dead letter.
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(
+            (refused[0].key.as_str(), refused[0].code),
+            ("c", "sqlite_constraint")
+        );
+        let names: Vec<(String, String)> = c
+            .prepare("SELECT id, filename FROM artifact ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            names,
+            vec![("a".into(), "y".into()), ("b".into(), "x".into())]
+        );
     }
 
     #[test]
