@@ -13,7 +13,10 @@
 //! 2. starts `dualwrite serve --direction reverse` (the bench-profile binary)
 //!    on a fresh DoX file and writes RATE rows/s through PostgREST in batches
 //!    every 20 ms for SECS; for one row of each batch it polls the SQLite file
-//!    until the row is there and records the lag from the write's answer.
+//!    until the row is there and records the lag from the write's answer;
+//! 3. fills the change log with `BACKLOG` entries (default 1,000,000) and
+//!    times reading the backlog: an exact count against
+//!    `rpc/dualwrite_changes_backlog` (what the daemon reads after batches).
 //!
 //! Under `cargo test` (no `--bench`) it makes a short smoke run.
 // Test and benchmark helpers fail loudly by design: an unwrap is their assertion
@@ -313,6 +316,72 @@ async fn main() {
 
     let _ = serve.kill();
     let _ = serve.wait();
+
+    // 3. Reading the backlog of a large log: what the daemon asks after its
+    // batches and `status --direction reverse` shows.
+    let entries = if bench {
+        env_or("BACKLOG", 1_000_000)
+    } else {
+        20_000
+    };
+    db_sql
+        .batch_execute(&format!(
+            "INSERT INTO dualwrite_capture.changes (tbl, keys, op) \
+             SELECT 'artifacts', ARRAY['k-' || g, 'l-' || g], 'U' FROM generate_series(1, {entries}) g; \
+             ANALYZE dualwrite_capture.changes"
+        ))
+        .await
+        .unwrap();
+    let mut timed = Vec::new();
+    for what in ["count", "backlog", "capture"] {
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        let mut answer = String::new();
+        for _ in 0..7 {
+            let t = Instant::now();
+            answer = match what {
+                // What the daemon ran after every batch before: an exact count.
+                "count" => {
+                    let r = db_sql
+                        .query_one(
+                            "SELECT coalesce(sum(cardinality(keys)), 0)::bigint, min(at)::text \
+                             FROM dualwrite_capture.changes",
+                            &[],
+                        )
+                        .await
+                        .unwrap();
+                    format!("pending {}", r.get::<_, i64>(0))
+                }
+                "backlog" => rest
+                    .rpc("dualwrite_changes_backlog", &json!({}))
+                    .await
+                    .unwrap()["pending"]
+                    .to_string(),
+                _ => {
+                    rest.rpc("dualwrite_capture", &json!({})).await.unwrap()["pending"].to_string()
+                }
+            };
+            h.record(t.elapsed().as_micros() as u64).unwrap();
+        }
+        timed.push((what, h, answer));
+    }
+    println!(
+        "\n3. the backlog of a log of {entries} entries ({} keys), 7 reads each (ms)",
+        2 * entries
+    );
+    println!("| read | p50 | max | pending reported |\n|---|---:|---:|---|");
+    for (what, h, answer) in &timed {
+        let label = match *what {
+            "count" => "exact count (SQL, as before)",
+            "backlog" => "rpc/dualwrite_changes_backlog (REST)",
+            _ => "rpc/dualwrite_capture (REST)",
+        };
+        println!(
+            "| {label} | {:.1} | {:.1} | {answer} |",
+            ms(h, 0.5),
+            h.max() as f64 / 1000.0
+        );
+    }
+
     let _ = postgrest.kill();
     let _ = postgrest.wait();
     drop(db_sql);

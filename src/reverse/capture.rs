@@ -26,10 +26,46 @@ pub struct CaptureState {
     pub enabled: bool,
     /// Tables whose three triggers are not all present (empty when disabled).
     pub missing: Vec<String>,
-    /// Changes in the log not yet drained.
+    /// Changes (keys) in the log not yet drained.
     pub pending: u64,
+    /// `pending` is an estimate (a large log is not counted, [`backlog`]);
+    /// it is 0 only when the log is empty.
+    #[serde(default)]
+    pub estimated: bool,
     /// When the oldest pending change was made (RFC 3339), if any.
     pub oldest_at: Option<String>,
+}
+
+/// What `public.dualwrite_changes_backlog` reports: the pending keys, counted
+/// exactly while the log spans fewer than 10,000 entries and estimated from
+/// its seq span beyond (two index lookups, never a scan of the log).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backlog {
+    pub pending: u64,
+    pub estimated: bool,
+    /// When the oldest pending change was made (RFC 3339), if any.
+    pub oldest_at: Option<String>,
+}
+
+/// The backlog of the change log. A database whose capture migration predates
+/// `dualwrite_changes_backlog` answers through `dualwrite_capture` instead.
+pub async fn backlog(rest: &RestClient) -> Result<Backlog> {
+    match rest.rpc("dualwrite_changes_backlog", &json!({})).await {
+        Ok(v) => serde_json::from_value(v.clone()).map_err(|e| {
+            Error::Protocol(format!(
+                "dualwrite_changes_backlog answered {v} instead of a backlog: {e}"
+            ))
+        }),
+        Err(e) if e.code() == Some("PGRST202") => {
+            let st = call(rest, None).await?;
+            Ok(Backlog {
+                pending: st.pending,
+                estimated: st.estimated,
+                oldest_at: st.oldest_at,
+            })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 impl CaptureState {

@@ -13,31 +13,37 @@
 //!
 //! A crash anywhere before 4 leaves the changes in the log (they are applied
 //! again, idempotently); an outage of Supabase or a locked SQLite file only
-//! delays. One daemon per file ([`crate::capture::Lease`], shared with the
-//! forward direction). Metrics, `/ready`, `/status` and the status file are
-//! the forward daemon's ([`crate::serve::Stats`]).
+//! delays. A row the file refuses for its data (a constraint, a trigger's
+//! `RAISE`, a value with no DoX form) does not hold up the others: it is set
+//! aside ([`apply::apply`]), written to `reverse-rejects.ndjson` in the state
+//! directory (the forward rejects' format, [`crate::backfill::Reject`]),
+//! counted in `dualwrite_rejected_rows_total{table}`, and its change is
+//! acknowledged with the rest. One daemon per file ([`crate::capture::Lease`],
+//! shared with the forward direction). Metrics, `/ready`, `/status` and the
+//! status file are the forward daemon's ([`crate::serve::Stats`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
 use super::apply::{self, TableBatch};
 use super::capture as rc;
+use crate::backfill::{Reject, RejectLog};
 use crate::capture;
 use crate::catalogue::{Table, TABLES};
 use crate::error::{Error, Result};
 use crate::normalise::from_supabase_owned;
 use crate::rest::RestClient;
 use crate::retry::{retry, RetryPolicy};
-use crate::serve::{failure_kind, http, status_file_path, write_status, Stats};
+use crate::serve::{failure_kind, http, status_file_path, write_status, Stats, StatusFile};
 
 /// How the reverse daemon runs.
 #[derive(Debug, Clone)]
@@ -59,11 +65,14 @@ pub struct ReverseOptions {
     pub pause: Duration,
     /// How long a write waits for the SQLite file's lock before the batch fails.
     pub busy_timeout: Duration,
+    /// Where rows the file refused are written (dead letters, NDJSON).
+    pub rejects: PathBuf,
 }
 
 impl ReverseOptions {
     pub fn new(db_path: PathBuf) -> ReverseOptions {
         ReverseOptions {
+            rejects: default_rejects_path(&db_path),
             db_path,
             listen: None,
             batch_rows: 4000,
@@ -75,6 +84,19 @@ impl ReverseOptions {
             busy_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// The reverse direction's dead letters in a state directory (by default the
+/// backfill's for the file, [`crate::backfill::state_dir_for`]): beside the
+/// forward `rejects.ndjson`, in the same format.
+pub fn rejects_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("reverse-rejects.ndjson")
+}
+
+/// Where `serve --direction reverse` writes the dead letters of `db` without
+/// `--state-dir`.
+pub fn default_rejects_path(db: &Path) -> PathBuf {
+    rejects_path(&crate::backfill::state_dir_for(db))
 }
 
 /// One entry of the change log.
@@ -120,7 +142,10 @@ struct Daemon {
     opts: ReverseOptions,
     rest: RestClient,
     conn: Conn,
+    rejects: RejectLog,
     stats: Arc<Stats>,
+    /// When the backlog was last read.
+    backlog_at: Instant,
 }
 
 /// Run the reverse mirror until `shutdown` completes (then finish the batch in flight).
@@ -158,16 +183,19 @@ pub async fn run(
              (before the app writes to Supabase) first",
         ));
     }
+    let rejects = RejectLog::open(opts.rejects.clone(), true)?;
     let server = match opts.listen {
         Some(addr) => Some(http::spawn(addr, Arc::clone(&stats), stop.clone())?),
         None => None,
     };
-    tracing::info!(db = %db.display(), listen = ?opts.listen, "serving the reverse direction");
+    tracing::info!(db = %db.display(), listen = ?opts.listen, rejects = %opts.rejects.display(), "serving the reverse direction");
     let mut d = Daemon {
         opts,
         rest,
         conn: Arc::new(Mutex::new(conn)),
+        rejects,
         stats: Arc::clone(&stats),
+        backlog_at: Instant::now(),
     };
     let result = d.drain(stop).await;
     write_status(&status_file_path(&db), &stats.snapshot());
@@ -268,7 +296,7 @@ impl Daemon {
         }
         // Write them in one SQLite transaction.
         let conn = Arc::clone(&self.conn);
-        let applied = tokio::task::spawn_blocking(move || {
+        let (applied, refused) = tokio::task::spawn_blocking(move || {
             apply::apply(&mut conn.lock().expect("sqlite connection"), &batch)
         })
         .await
@@ -276,15 +304,36 @@ impl Daemon {
         for (t, a) in &applied {
             add(&self.stats.mirrored, t, a.written + a.deleted);
         }
+        // Dead letters: recorded before their changes leave the log.
+        let dead: Vec<Reject> = refused
+            .into_iter()
+            .map(|r| Reject {
+                table: r.table.sqlite.to_owned(),
+                key: r.key,
+                code: r.code.to_owned(),
+                message: r.message,
+                row: r.row,
+            })
+            .collect();
+        self.rejects.write(&dead)?;
+        for r in &dead {
+            add(&self.stats.rejected, &r.table, 1);
+        }
         // Committed: now, and only now, the changes may leave the log.
         let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
         let args = json!({ "seqs": seqs });
         let policy = RetryPolicy::for_up_to(self.opts.max_wait);
         retry(policy, || self.rest.rpc("dualwrite_changes_ack", &args)).await?;
         *self.stats.last_success.lock().expect("stats lock") = Some(capture::now_secs());
-        let st = rc::switch(&self.rest, None, false).await?;
-        self.stats
-            .set_pending(st.pending, lag_of(st.oldest_at.as_deref()));
+        // The backlog (cheap: never a count of a large log), once a second
+        // while batches come back to back, and whenever the log may be dry.
+        let full = changes.len() >= max;
+        if !full || self.backlog_at.elapsed() >= Duration::from_secs(1) {
+            let b = rc::backlog(&self.rest).await?;
+            self.stats
+                .set_pending(b.pending, lag_of(b.oldest_at.as_deref()));
+            self.backlog_at = Instant::now();
+        }
         Ok(changes.len())
     }
 
@@ -309,5 +358,100 @@ impl Daemon {
             .into_iter()
             .map(|r| from_supabase_owned(t, r))
             .collect())
+    }
+}
+
+/// `dualwrite status --direction reverse`: the Supabase change log's backlog,
+/// the capture state there, and the daemon's last report (the status file
+/// beside the SQLite file, as forward).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReverseStatus {
+    pub direction: &'static str,
+    pub db_path: String,
+    /// Capture on Supabase: on/off, missing triggers, the backlog.
+    pub capture: rc::CaptureState,
+    pub pending: u64,
+    /// `pending` is an estimate (a large log is not counted).
+    pub pending_estimated: bool,
+    pub lag_seconds: f64,
+    /// A daemon holds the file's lease right now.
+    pub daemon_running: bool,
+    pub last_error: Option<String>,
+    pub last_success: Option<f64>,
+    /// The dead letters recorded so far (lines of `rejects_file`).
+    pub rejected_rows_recorded: u64,
+    pub rejects_file: String,
+    pub daemon: Option<StatusFile>,
+}
+
+/// Read the reverse direction's status (the log through the service key).
+pub async fn status(rest: &RestClient, db: &Path, rejects: &Path) -> Result<ReverseStatus> {
+    let capture = rc::switch(rest, None, false).await?;
+    let (db_path, rejects_path) = (db.to_path_buf(), rejects.to_path_buf());
+    let (daemon, daemon_running, recorded) = tokio::task::spawn_blocking(move || {
+        let daemon: Option<StatusFile> = std::fs::read(status_file_path(&db_path))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        // Taking the lease for a moment tells whether a daemon holds it.
+        let running = db_path.exists() && capture::Lease::take(&db_path).is_err();
+        let recorded = std::fs::read(&rejects_path)
+            .map(|b| b.split(|c| *c == b'\n').filter(|l| !l.is_empty()).count() as u64)
+            .unwrap_or(0);
+        (daemon, running, recorded)
+    })
+    .await
+    .map_err(|e| Error::Sqlite(e.to_string()))?;
+    Ok(ReverseStatus {
+        direction: "reverse",
+        db_path: db.display().to_string(),
+        pending: capture.pending,
+        pending_estimated: capture.estimated,
+        lag_seconds: lag_of(capture.oldest_at.as_deref()),
+        daemon_running,
+        last_error: daemon.as_ref().and_then(|d| d.last_error.clone()),
+        last_success: daemon.as_ref().and_then(|d| d.last_success),
+        rejected_rows_recorded: recorded,
+        rejects_file: rejects.display().to_string(),
+        capture,
+        daemon,
+    })
+}
+
+impl ReverseStatus {
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "{} (reverse: Supabase primary, this file the rollback copy)\n  capture on Supabase: {}\n  \
+             pending changes: {}{}\n  lag: {:.1}s\n  daemon: {}\n  dead letters: {} ({})\n",
+            self.db_path,
+            if self.capture.installed() {
+                "on".to_owned()
+            } else if self.capture.enabled {
+                format!("INCOMPLETE (no triggers on {})", self.capture.missing.join(", "))
+            } else {
+                "off".to_owned()
+            },
+            if self.pending_estimated { "about " } else { "" },
+            self.pending,
+            self.lag_seconds,
+            if self.daemon_running {
+                "running"
+            } else {
+                "not running"
+            },
+            self.rejected_rows_recorded,
+            self.rejects_file,
+        );
+        if let Some(e) = &self.last_error {
+            s.push_str(&format!("  last error: {e}\n"));
+        }
+        if let Some(d) = &self.daemon {
+            if !d.not_ready_because.is_empty() {
+                s.push_str(&format!(
+                    "  not ready because: {}\n",
+                    d.not_ready_because.join("; ")
+                ));
+            }
+        }
+        s
     }
 }

@@ -122,3 +122,83 @@ async fn a_failing_store_entities_keeps_the_old_rows_and_concurrent_prefs_keep_e
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_killed_on_the_server_half_way_keeps_the_old_rows_and_only_the_service_role_calls_the_functions(
+) {
+    needs_stack!();
+    let pg = PrivateDb::new().await;
+    // Inserting the entity 'slow' takes 3 s: the write is caught after its
+    // delete, inside the server's transaction.
+    pg.ddl(&format!(
+        "{ATOMIC_SQL}
+         create or replace function public.test_slow() returns trigger language plpgsql as $$
+         begin if new.text = 'slow' then perform pg_sleep(3); end if; return new; end $$;
+         create trigger test_slow before insert on document_entities
+           for each row execute function public.test_slow();"
+    ))
+    .await;
+    let db = pg.supabase();
+    let ents = |texts: &[&str]| json!({"document_id": "doc-k", "entities": texts.iter().map(|t| json!({"label": "L", "text": t})).collect::<Vec<_>>()});
+    db.call(call("store_entities", ents(&["a", "b"])))
+        .await
+        .unwrap();
+    let write = {
+        let db = pg.supabase();
+        let c = call("store_entities", ents(&["c", "slow"]));
+        tokio::spawn(async move { db.call(c).await })
+    };
+    // Kill the backend running it (as a crash of the server process would).
+    let sql = pg.sql().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let n: i64 = sql
+            .query_one(
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+                 where pid <> pg_backend_pid() and query like '%dualwrite_apply_steps%' \
+                   and wait_event = 'PgSleep'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never reached its slow step"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(write.await.unwrap().is_err(), "the killed write failed");
+    // Step by step, a and b would be gone and c written; here nothing changed.
+    assert_eq!(entity_texts(&pg, "doc-k").await, ["a", "b"]);
+
+    // anon and authenticated cannot call the functions (SECURITY INVOKER:
+    // even granted, RLS would apply; they are not granted at all).
+    let sub = uuid::Uuid::new_v4().to_string();
+    for c in [
+        crate::reverse::client_as(&pg, "anon", None, "public"),
+        crate::reverse::client_as(&pg, "authenticated", Some(&sub), "public"),
+    ] {
+        for (f, args) in [
+            (
+                "dualwrite_apply_steps",
+                json!({"steps": [{"op": "delete_all", "table": "document_entities"}]}),
+            ),
+            (
+                "dualwrite_set_user_pref",
+                json!({"p_user_id": sub, "p_key": "k", "p_value": 1}),
+            ),
+            (
+                "dualwrite_update_artifact",
+                json!({"p_id": "x", "p_fields": {"status": "s"}}),
+            ),
+        ] {
+            let e = c.rpc(f, &args).await.unwrap_err();
+            assert_eq!(e.code(), Some("42501"), "{f}: {e}");
+        }
+    }
+    assert_eq!(entity_texts(&pg, "doc-k").await, ["a", "b"]);
+}

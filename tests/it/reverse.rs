@@ -26,6 +26,11 @@ async fn db_with_capture() -> PrivateDb {
 }
 
 fn run(dir: &Path, pg: &PrivateDb, args: &[&str]) -> Output {
+    run_with(dir, pg, &[], args)
+}
+
+/// The binary with `env` added (after DB_PATH=`dir`/dox.sqlite3 and the private stack's URL and key).
+fn run_with(dir: &Path, pg: &PrivateDb, env: &[(&str, &str)], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dualwrite"))
         .env_clear()
         .env("RUST_LOG", "warn")
@@ -33,6 +38,7 @@ fn run(dir: &Path, pg: &PrivateDb, args: &[&str]) -> Output {
         .env("SUPABASE_URL", &pg.url)
         .env("SUPABASE_SERVICE_KEY", pg.service_key())
         .env("SUPABASE_TIMEOUT", "5")
+        .envs(env.iter().copied())
         .current_dir(dir)
         .args(args)
         .stdin(Stdio::null())
@@ -51,7 +57,7 @@ fn state(o: &Output) -> CaptureState {
 }
 
 /// A client of the private PostgREST with a JWT for `role`.
-fn client_as(pg: &PrivateDb, role: &str, sub: Option<&str>, schema: &str) -> RestClient {
+pub(crate) fn client_as(pg: &PrivateDb, role: &str, sub: Option<&str>, schema: &str) -> RestClient {
     let jwt = keys::sign(stack().jwt_secret(), role, sub, Duration::from_secs(600)).unwrap();
     RestClient::new(&RestConfig {
         url: pg.url.clone(),
@@ -183,6 +189,7 @@ async fn capture_on_supabase_logs_every_writer_and_only_the_service_role_reaches
             ),
             ("dualwrite_capture", json!({"set_enabled": false})),
             ("dualwrite_capture", json!({})),
+            ("dualwrite_changes_backlog", json!({})),
         ] {
             let e = c.rpc(f, &args).await.unwrap_err();
             assert_eq!(e.code(), Some("42501"), "{f}: {e}");
@@ -291,6 +298,18 @@ fn print_sql_prints_the_migration_and_needs_the_supabase_target() {
 }
 
 fn spawn_reverse(dir: &Path, db: &Path, pg: &PrivateDb, port: u16) -> std::process::Child {
+    spawn_serve(dir, db, pg, port, &[], &["--direction", "reverse"])
+}
+
+/// `dualwrite serve` with `env` added and `args` after `serve`.
+fn spawn_serve(
+    dir: &Path,
+    db: &Path,
+    pg: &PrivateDb,
+    port: u16,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -303,11 +322,11 @@ fn spawn_reverse(dir: &Path, db: &Path, pg: &PrivateDb, port: u16) -> std::proce
         .env("SUPABASE_URL", &pg.url)
         .env("SUPABASE_SERVICE_KEY", pg.service_key())
         .env("SUPABASE_TIMEOUT", "2")
+        .envs(env.iter().copied())
         .current_dir(dir)
+        .arg("serve")
+        .args(args)
         .args([
-            "serve",
-            "--direction",
-            "reverse",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--max-wait-secs",
@@ -489,6 +508,11 @@ async fn reverse_serve_keeps_the_sqlite_file_equal_through_kill_9_and_a_locked_f
         status["failures"]["sqlite"].as_u64() >= Some(1),
         "the locked file made a batch fail: {status}"
     );
+    assert_eq!(
+        status["rejected_rows"],
+        json!({}),
+        "a locked file only delays: {status}"
+    );
     let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .unwrap()
@@ -602,4 +626,345 @@ async fn reverse_serve_keeps_the_sqlite_file_equal_through_kill_9_and_a_locked_f
         "{out}"
     );
     assert!(out.contains("artifact: not equal by content"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_sqlite_file_refuses_become_dead_letters_and_the_rest_flows() {
+    use dualwrite::backfill::Reject;
+    use dualwrite::db::{SqliteDatabase, SqliteOptions};
+
+    needs_stack!();
+    let pg = db_with_capture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.sqlite3");
+    drop(
+        SqliteDatabase::open(&db, SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let service = pg.rest(Duration::from_secs(10));
+    let body = |v: Value| serde_json::to_string(&v).unwrap();
+    let art = |id: &str, filename: &str| json!({"id": id, "filename": filename, "filepath": "/p", "filetype": "pdf"});
+    // The file refuses what Supabase accepts: one filename (insert or update)
+    // and the deletion of one row.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TRIGGER refuse_ins BEFORE INSERT ON artifact WHEN NEW.filename = 'refuse' \
+             BEGIN SELECT RAISE(ABORT, 'the file refuses this filename'); END;
+             CREATE TRIGGER refuse_upd BEFORE UPDATE ON artifact WHEN NEW.filename = 'refuse' \
+             BEGIN SELECT RAISE(ABORT, 'the file refuses this filename'); END;
+             CREATE TRIGGER keep BEFORE DELETE ON artifact WHEN OLD.id = 'kept' \
+             BEGIN SELECT RAISE(ABORT, 'the file keeps this row'); END;
+             INSERT INTO artifact (id, filename, filepath, filetype) VALUES ('kept', 'k', '/p', 'pdf');",
+        )
+        .unwrap();
+    }
+    service
+        .upsert(&catalogue::ARTIFACT, body(json!([art("kept", "k")])))
+        .await
+        .unwrap();
+    let o = run(
+        dir.path(),
+        &pg,
+        &["capture", "install", "--target", "supabase"],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let port = free_port();
+    let state = dir.path().join("state");
+    let mut serve = spawn_serve(
+        dir.path(),
+        &db,
+        &pg,
+        port,
+        &[],
+        &[
+            "--direction",
+            "reverse",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+
+    // One statement (one log entry) with a refused row among good ones, a
+    // refused update, a refused deletion, then more rows behind them.
+    let mut rows: Vec<Value> = (0..10).map(|i| art(&format!("ok-{i}"), "f")).collect();
+    rows.insert(4, art("bad-1", "refuse"));
+    service
+        .upsert(&catalogue::ARTIFACT, body(Value::Array(rows)))
+        .await
+        .unwrap();
+    let sql = pg.sql().await;
+    sql.batch_execute(
+        "update artifacts set filename = 'refuse' where id = 'ok-3';
+         delete from artifacts where id = 'kept';",
+    )
+    .await
+    .unwrap();
+    let rows: Vec<Value> = (10..15).map(|i| art(&format!("ok-{i}"), "f")).collect();
+    service
+        .upsert(&catalogue::ARTIFACT, body(Value::Array(rows)))
+        .await
+        .unwrap();
+    wait_drained(&service, dir.path()).await;
+
+    // Everything else landed; the file kept what it refused to change.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let mut ids: Vec<String> = c
+        .prepare("SELECT id FROM artifact ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    ids.sort();
+    let mut want: Vec<String> = (0..15).map(|i| format!("ok-{i}")).collect();
+    want.push("kept".into());
+    want.sort();
+    assert_eq!(ids, want);
+    let f: String = c
+        .query_row("SELECT filename FROM artifact WHERE id = 'ok-3'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(f, "f");
+    drop(c);
+
+    // Dead letters, in the forward rejects' format, with the reason.
+    let text = std::fs::read_to_string(state.join("reverse-rejects.ndjson")).unwrap();
+    let mut dead: Vec<Reject> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    dead.sort_by(|a, b| a.key.cmp(&b.key));
+    let got: Vec<(&str, &str, &str)> = dead
+        .iter()
+        .map(|r| (r.table.as_str(), r.key.as_str(), r.code.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("artifact", "bad-1", "sqlite_constraint"),
+            ("artifact", "kept", "sqlite_constraint"),
+            ("artifact", "ok-3", "sqlite_constraint"),
+        ],
+        "{text}"
+    );
+    assert!(dead[0].message.contains("refuses this filename"), "{text}");
+    assert_eq!(dead[0].row["filename"], json!("refuse"));
+    assert!(dead[1].message.contains("keeps this row") && dead[1].row.is_null());
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("dualwrite_rejected_rows_total{table=\"artifact\"} 3\n"),
+        "{metrics}"
+    );
+    let status: Value = reqwest::get(format!("http://127.0.0.1:{port}/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["rejected_rows"]["artifact"], json!(3), "{status}");
+    assert_eq!(status["last_error"], Value::Null, "{status}");
+    kill(&serve, "-TERM");
+    let _ = serve.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_backend_supabase_with_dual_write_makes_serve_and_status_reverse() {
+    use dualwrite::db::{SqliteDatabase, SqliteOptions};
+
+    needs_stack!();
+    let pg = db_with_capture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("dox.sqlite3");
+    drop(
+        SqliteDatabase::open(&db, SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let service = pg.rest(Duration::from_secs(10));
+    let supabase_primary = [("DB_BACKEND", "supabase"), ("SUPABASE_DUAL_WRITE", "true")];
+
+    // Supabase primary without dual write: no copy is configured; say so.
+    let o = run_with(
+        dir.path(),
+        &pg,
+        &[("DB_BACKEND", "supabase"), ("SUPABASE_DUAL_WRITE", "false")],
+        &["serve", "--listen", "127.0.0.1:0"],
+    );
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("SUPABASE_DUAL_WRITE=true") && err.contains("--direction reverse"),
+        "{err}"
+    );
+    // An explicit --direction wins, with a warning: forward here, which then
+    // stops because the file has no forward capture.
+    let o = run_with(
+        dir.path(),
+        &pg,
+        &supabase_primary,
+        &["serve", "--direction", "forward", "--listen", "127.0.0.1:0"],
+    );
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--direction forward overrides the configuration (DB_BACKEND=supabase, dual write on: direction reverse)")
+            && err.contains("capture is not installed"),
+        "{err}"
+    );
+
+    // No --direction: the configuration makes it reverse.
+    let o = run(
+        dir.path(),
+        &pg,
+        &["capture", "install", "--target", "supabase"],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let body = |v: Value| serde_json::to_string(&v).unwrap();
+    service
+        .upsert(
+            &catalogue::ARTIFACT,
+            body(json!([{"id": "cfg-1", "filename": "f", "filepath": "/p", "filetype": "pdf"}])),
+        )
+        .await
+        .unwrap();
+    // status, before the daemon: the Supabase log's backlog.
+    let status = |dir: &Path| -> Value {
+        let o = run_with(dir, &pg, &supabase_primary, &["status", "--json"]);
+        assert!(o.status.success(), "{o:?}");
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let st = status(dir.path());
+    assert_eq!(
+        (
+            &st["direction"],
+            &st["pending"],
+            &st["pending_estimated"],
+            &st["daemon_running"]
+        ),
+        (&json!("reverse"), &json!(1), &json!(false), &json!(false)),
+        "{st}"
+    );
+    assert!(st["lag_seconds"].as_f64().unwrap() >= 0.0, "{st}");
+    let o = run_with(dir.path(), &pg, &supabase_primary, &["status"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("capture on Supabase: on") && text.contains("pending changes: 1"),
+        "{text}"
+    );
+
+    let port = free_port();
+    let mut serve = spawn_serve(dir.path(), &db, &pg, port, &supabase_primary, &[]);
+    wait_drained(&service, dir.path()).await;
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = c
+        .query_row(
+            "SELECT count(*) FROM artifact WHERE id = 'cfg-1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1, "the reverse mirror wrote the row");
+    drop(c);
+    let st = status(dir.path());
+    assert_eq!(
+        (&st["pending"], &st["daemon_running"]),
+        (&json!(0), &json!(true)),
+        "{st}"
+    );
+    kill(&serve, "-TERM");
+    let _ = serve.wait();
+    let log = std::fs::read_to_string(dir.path().join("reverse.log")).unwrap_or_default();
+    assert!(!log.contains("overrides"), "{log}");
+}
+
+#[tokio::test]
+async fn the_backlog_is_exact_while_small_and_estimated_from_the_seq_span_beyond() {
+    needs_stack!();
+    let pg = db_with_capture().await;
+    let service = pg.rest(Duration::from_secs(10));
+    rc::switch(&service, Some(true), false).await.unwrap();
+    let backlog = |up_to: i64| {
+        let service = &service;
+        async move {
+            service
+                .rpc(
+                    "dualwrite_changes_backlog",
+                    &json!({ "exact_up_to": up_to }),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        backlog(100).await,
+        json!({"pending": 0, "estimated": false, "oldest_at": null})
+    );
+    // 8 one-row statements, one of three rows: 9 entries, 11 keys.
+    let sql = pg.sql().await;
+    for i in 0..8 {
+        sql.execute(
+            "insert into user_prefs (user_id, preferences) values ($1, '{}')",
+            &[&format!("bk-{i}")],
+        )
+        .await
+        .unwrap();
+    }
+    sql.batch_execute(
+        "insert into user_prefs (user_id, preferences) values ('bk-a', '{}'), ('bk-b', '{}'), ('bk-c', '{}')",
+    )
+    .await
+    .unwrap();
+    let b = backlog(100).await;
+    assert_eq!(
+        (&b["pending"], &b["estimated"]),
+        (&json!(11), &json!(false)),
+        "{b}"
+    );
+    assert!(b["oldest_at"].is_string(), "{b}");
+    // Beyond the bound: the seq span times the keys per entry of the head.
+    let b = backlog(4).await;
+    assert_eq!(
+        (&b["pending"], &b["estimated"]),
+        (&json!(11), &json!(true)),
+        "{b}"
+    );
+    // The capture state and the CLI read the same figures.
+    let st = rc::switch(&service, None, false).await.unwrap();
+    assert_eq!((st.pending, st.estimated), (11, false));
+    assert_eq!(
+        rc::backlog(&service).await.unwrap(),
+        rc::Backlog {
+            pending: 11,
+            estimated: false,
+            oldest_at: st.oldest_at.clone()
+        }
+    );
+    // Acknowledged entries leave the estimate too.
+    let rows = service
+        .rpc("dualwrite_changes", &json!({"max_rows": 8}))
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_i64().unwrap())
+        .collect();
+    service
+        .rpc("dualwrite_changes_ack", &json!({ "seqs": seqs }))
+        .await
+        .unwrap();
+    for up_to in [100, 1] {
+        let b = backlog(up_to).await;
+        assert_eq!(b["pending"], json!(3), "{b}");
+    }
 }

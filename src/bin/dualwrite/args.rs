@@ -123,11 +123,19 @@ pub enum Command {
     Capture(CaptureCommand),
     /// Mirror every captured change to Supabase, for as long as it runs (the daemon).
     Serve(ServeArgs),
-    /// Pending changes, lag and the daemon's last error, read from the file.
+    /// Pending changes, lag and the daemon's last error, read from the file
+    /// (reverse: from the Supabase change log).
     Status {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// forward (the file's change log) or reverse (the Supabase change log;
+        /// default: as `serve`, from DB_BACKEND and dual write).
+        #[arg(long, value_parser = ["forward", "reverse"])]
+        direction: Option<String>,
+        /// Reverse: where reverse-rejects.ndjson is (default: as `serve`).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -185,8 +193,11 @@ pub struct ServeArgs {
     /// forward: the captured SQLite file to Supabase (SQLite primary); reverse:
     /// the Supabase change log to the SQLite file (Supabase primary, the file
     /// kept as the rollback copy; needs `capture install --target supabase`).
-    #[arg(long, value_parser = ["forward", "reverse"], default_value = "forward")]
-    pub direction: String,
+    /// Default: reverse when DB_BACKEND=supabase with dual write on, forward
+    /// when DB_BACKEND=sqlite. Given, it wins (a warning says when it
+    /// contradicts the configuration).
+    #[arg(long, value_parser = ["forward", "reverse"])]
+    pub direction: Option<String>,
     /// Where /health, /ready, /metrics and /status are served.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
     pub listen: std::net::SocketAddr,
@@ -214,7 +225,8 @@ pub struct ServeArgs {
     /// Stop with an error when triggers are missing, instead of re-installing them.
     #[arg(long)]
     pub no_repair_triggers: bool,
-    /// Where rejects.ndjson goes (default: the backfill's state directory for the file).
+    /// Where rejects.ndjson (reverse: reverse-rejects.ndjson) goes (default: the
+    /// backfill's state directory for the file).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// What to do with a value Supabase cannot hold: reject (a dead letter) or coerce

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use dualwrite::reverse::serve::rejects_path;
+use dualwrite::reverse::{direction as resolve, Direction};
 use dualwrite::{backfill, capture, serve};
 
 use crate::args::{CaptureCommand, Cli, Command};
@@ -49,7 +51,27 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Status { json } => {
+        Command::Status {
+            json,
+            direction,
+            state_dir,
+        } if resolve(direction.as_deref(), &s)
+            .unwrap_or((Direction::Forward, None))
+            .0
+            == Direction::Reverse =>
+        {
+            let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
+            let dir = state_dir
+                .clone()
+                .unwrap_or_else(|| backfill::state_dir_for(&db));
+            let st = dualwrite::reverse::serve::status(&rest, &db, &rejects_path(&dir)).await?;
+            if *json {
+                print_json(&serde_json::to_value(&st)?);
+            } else {
+                print!("{}", st.render());
+            }
+        }
+        Command::Status { json, .. } => {
             let st = tokio::task::spawn_blocking(move || serve::status(&db)).await??;
             if *json {
                 print_json(&serde_json::to_value(&st)?);
@@ -57,7 +79,7 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
                 print!("{}", st.render());
             }
         }
-        Command::Serve(a) if a.direction == "reverse" => {
+        Command::Serve(a) if serve_direction(a.direction.as_deref(), &s)? == Direction::Reverse => {
             let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
             let mut o = dualwrite::reverse::serve::ReverseOptions::new(db);
             o.listen = Some(a.listen);
@@ -65,6 +87,9 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
             o.max_lag = Duration::from_secs_f64(a.max_lag_secs.max(0.0));
             o.poll = Duration::from_millis(a.poll_ms.max(1));
             o.max_wait = Duration::from_secs_f64(a.max_wait_secs.max(0.0));
+            if let Some(dir) = &a.state_dir {
+                o.rejects = rejects_path(dir);
+            }
             dualwrite::reverse::serve::run(rest, o, shutdown_signal()).await?;
         }
         Command::Serve(a) => {
@@ -89,6 +114,16 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
         _ => unreachable!("live() handles capture, serve and status only"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The direction `serve` runs in ([`dualwrite::reverse::direction`]), the
+/// warning logged when `--direction` overrides the configuration.
+fn serve_direction(explicit: Option<&str>, s: &dualwrite::config::Settings) -> Result<Direction> {
+    let (d, warning) = resolve(explicit, s)?;
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
+    Ok(d)
 }
 
 /// `capture … --target supabase`: the change log the reverse mirror drains.
