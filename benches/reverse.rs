@@ -38,7 +38,7 @@ use hdrhistogram::Histogram;
 use secrecy::SecretString;
 use serde_json::json;
 
-const CAPTURE_SQL: &str = include_str!("../supabase/migrations/20261128000100_dox_capture.sql");
+use dualwrite::reverse::capture::MIGRATION_SQL as CAPTURE_SQL;
 const ATOMIC_SQL: &str =
     include_str!("../supabase/migrations/20261128000200_dox_atomic_writes.sql");
 

@@ -1,7 +1,8 @@
 //! Change capture on Supabase. The objects (the `dualwrite_capture` schema, its
 //! change log, the statement-level triggers and the rpc functions the service
 //! role calls) are defined by
-//! `supabase/migrations/20261128000100_dox_capture.sql`; the triggers are only
+//! `supabase/migrations/20261128000100_dox_capture.sql` (and its backlog
+//! function, `20261128000300_dox_capture_backlog.sql`); the triggers are only
 //! present while the recorded state says capture is on. `install` and
 //! `uninstall` switch that state through `POST /rpc/dualwrite_capture`, which
 //! only the service role may call.
@@ -12,12 +13,17 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::rest::RestClient;
 
-/// The migration that defines capture on Supabase (`--print-sql`, for
-/// `supabase db push` or `psql -f`).
-pub const MIGRATION_SQL: &str =
-    include_str!("../../supabase/migrations/20261128000100_dox_capture.sql");
-/// Its file name under `supabase/migrations/`.
-pub const MIGRATION_FILE: &str = "20261128000100_dox_capture.sql";
+/// The migrations that define capture on Supabase, in order (`--print-sql`,
+/// for `supabase db push` or `psql -f`). A migration already released is never
+/// edited: a later change is a new file.
+pub const MIGRATION_SQL: &str = concat!(
+    include_str!("../../supabase/migrations/20261128000100_dox_capture.sql"),
+    "\n",
+    include_str!("../../supabase/migrations/20261128000300_dox_capture_backlog.sql"),
+);
+/// Their file names under `supabase/migrations/`.
+pub const MIGRATION_FILES: &str =
+    "20261128000100_dox_capture.sql and 20261128000300_dox_capture_backlog.sql";
 
 /// What `public.dualwrite_capture` reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,7 +108,7 @@ async fn call(rest: &RestClient, to: Option<bool>) -> Result<CaptureState> {
         .await
         .map_err(|e| match e.code() {
             Some("PGRST202") => Error::config(format!(
-                "the database has no function dualwrite_capture: apply supabase/migrations/{MIGRATION_FILE} \
+                "the database has no function dualwrite_capture: apply supabase/migrations/{MIGRATION_FILES} \
                  (`dualwrite capture install --target supabase --print-sql` prints it)"
             )),
             Some("42501") => Error::config(

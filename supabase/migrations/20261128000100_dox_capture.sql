@@ -14,8 +14,7 @@
 -- authenticated have no grant on the schema, the table or the functions. The
 -- service role reaches it only through the rpc functions below
 -- (public.dualwrite_capture, public.dualwrite_changes,
--- public.dualwrite_changes_ack, public.dualwrite_changes_backlog), which are
--- executable by service_role only.
+-- public.dualwrite_changes_ack), which are executable by service_role only.
 --
 -- The triggers are installed when the recorded state says so: capture is OFF
 -- after the first run (while SQLite is primary, backfill and the forward mirror
@@ -163,9 +162,11 @@ begin
                    where g.tgrelid = pg_catalog.format('public.%I', t.tbl)::pg_catalog.regclass
                      and g.tgname in ('dualwrite_capture_ins', 'dualwrite_capture_upd',
                                       'dualwrite_capture_del')) < 3;
-  -- pending, estimated, oldest_at: the backlog, cheaply (see below).
-  return pg_catalog.jsonb_build_object('enabled', on_, 'missing', missing)
-         || public.dualwrite_changes_backlog();
+  return pg_catalog.jsonb_build_object(
+    'enabled', on_,
+    'missing', missing,
+    'pending', (select coalesce(sum(pg_catalog.cardinality(c.keys)), 0) from dualwrite_capture.changes c),
+    'oldest_at', (select min(c.at) from dualwrite_capture.changes c));
 end;
 $$;
 revoke all on function public.dualwrite_capture(boolean) from public, anon, authenticated;
@@ -206,45 +207,5 @@ as $$
 $$;
 revoke all on function public.dualwrite_changes_ack(bigint[]) from public, anon, authenticated;
 grant execute on function public.dualwrite_changes_ack(bigint[]) to service_role;
-
--- The backlog, cheaply (the daemon asks after its batches, `dualwrite status
--- --direction reverse` on demand): the oldest entry and the newest seq come
--- from the primary key's index; the keys are summed exactly while the log spans
--- fewer than exact_up_to seqs, and estimated beyond (seqs spanned times the keys
--- per entry of the oldest 1,000 entries; acks remove the head, so the span is
--- about the number of entries). Never a scan of a large log.
-create or replace function public.dualwrite_changes_backlog(exact_up_to integer default 10000)
-returns jsonb
-language plpgsql
-stable
-security definer
-set search_path = ''
-as $$
-declare
-  lo bigint;
-  hi bigint;
-  oldest timestamptz;
-  n numeric;
-  estimated boolean := false;
-begin
-  select c.seq, c.at into lo, oldest from dualwrite_capture.changes c order by c.seq limit 1;
-  if lo is null then
-    return pg_catalog.jsonb_build_object('pending', 0, 'estimated', false, 'oldest_at', null);
-  end if;
-  select c.seq into hi from dualwrite_capture.changes c order by c.seq desc limit 1;
-  if hi - lo < greatest(exact_up_to, 1) then
-    select sum(pg_catalog.cardinality(c.keys)) into n
-      from dualwrite_capture.changes c where c.seq between lo and hi;
-  else
-    select avg(pg_catalog.cardinality(h.keys)) * (hi - lo + 1) into n
-      from (select c.keys from dualwrite_capture.changes c order by c.seq limit 1000) h;
-    estimated := true;
-  end if;
-  return pg_catalog.jsonb_build_object(
-    'pending', pg_catalog.round(n)::bigint, 'estimated', estimated, 'oldest_at', oldest);
-end;
-$$;
-revoke all on function public.dualwrite_changes_backlog(integer) from public, anon, authenticated;
-grant execute on function public.dualwrite_changes_backlog(integer) to service_role;
 
 select dualwrite_capture.apply();
