@@ -6,9 +6,9 @@
 //!
 //! Per table it takes exact counts on both sides (SQLite `count(*)`, PostgREST
 //! `HEAD` with `count=exact`), then, in content mode, reads both sides once in
-//! key order, concurrently: SQLite by keyset pages, PostgREST by keyset pages
-//! (`order=<key>.asc`, `<key>=gt.<last>`; PostgREST silently caps a read at
-//! max-rows, so every read is paginated). Keys sort identically on both sides
+//! key order, concurrently: `SqliteDatabase::page` and `SupabaseDatabase::page`,
+//! both keyset pages (PostgREST silently caps a read at max-rows, so every
+//! read is paginated; the adapters build the requests, verify none). Keys sort identically on both sides
 //! (SQLite BINARY, PostgreSQL `COLLATE "C"`: bytes), which makes a merge join
 //! possible with memory bounded by a few pages whatever the table's size.
 //!
@@ -34,12 +34,13 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use crate::catalogue::{self, Kind, Table, TABLES};
+use crate::catalogue::{self, Table, TABLES};
 use crate::config::Settings;
+use crate::db::supabase::PAGE_ROWS;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
 use crate::normalise::{self, Lossy, SqlRow, SqlValue, UnrepresentablePolicy};
-use crate::rest::{KeyKind, RestClient};
+use crate::rest::KeyKind;
 use crate::retry::{retry, RetryPolicy};
 
 pub mod compare;
@@ -47,13 +48,12 @@ mod render;
 pub mod repair;
 
 pub use compare::FLOAT_RELATIVE_TOLERANCE;
+// Their home is `rest` now; `serve` still reaches them here.
+pub use crate::rest::{in_list_value, key_chunks};
 pub use render::{render, Format};
 
 /// The `schema` field of the JSON report; bumped on any incompatible change.
 pub const REPORT_SCHEMA: &str = "dualwrite.verify/1";
-
-/// Rows per PostgREST page: Supabase's default max-rows.
-const TARGET_PAGE: usize = 1000;
 
 /// Longest key a report shows, in characters.
 const KEY_CHARS: usize = 200;
@@ -515,7 +515,7 @@ pub(crate) async fn run_inner(
     };
     let (source_counts, target_counts) = tokio::join!(
         count_source(source, &opts.tables),
-        count_target(target.rest(), &opts.tables)
+        count_target(target, &opts.tables)
     );
     // One set of random digest keys per run: both sides hash alike, and nobody
     // can craft rows that collide.
@@ -595,12 +595,11 @@ async fn count_source(source: &SqliteDatabase, tables: &[&'static Table]) -> Vec
 }
 
 /// Exact counts of every table at once: each is one `HEAD … count=exact`.
-async fn count_target(rest: &RestClient, tables: &[&'static Table]) -> Vec<Result<u64>> {
+async fn count_target(target: &SupabaseDatabase, tables: &[&'static Table]) -> Vec<Result<u64>> {
     let mut set = tokio::task::JoinSet::new();
-    for (i, t) in tables.iter().enumerate() {
-        let rest = rest.clone();
-        let name = t.supabase;
-        set.spawn(async move { (i, retry(RetryPolicy::default(), || rest.count(name)).await) });
+    for (i, t) in tables.iter().copied().enumerate() {
+        let target = SupabaseDatabase::new(target.rest().clone());
+        set.spawn(async move { (i, retry(RetryPolicy::default(), || target.count(t)).await) });
     }
     let mut out: Vec<Result<u64>> = tables
         .iter()
@@ -996,72 +995,22 @@ async fn canonical_page(
     .map_err(lost_worker)
 }
 
-/// Marks a jsonb value that serde_json cannot hold: it is compared as this
-/// text, so the row is reported as different instead of the table being
-/// unreadable.
-const UNREADABLE_JSON: &str = "(jsonb serde_json cannot read) ";
-
-/// One read of target rows, `select=*` first. serde_json keeps numbers as
-/// exact decimal text (`arbitrary_precision`), so jsonb numbers of any size
-/// parse; an answer that still does not parse (`Error::Protocol`: JSON nested
-/// deeper than serde_json's 128 levels) is read again with the JSON columns
-/// cast to text, and each value is parsed on its own, so that one such value
-/// makes its row differ instead of the table unverifiable.
-async fn read_rows<F, Fut>(t: &'static Table, read: F) -> Result<Vec<Map<String, Value>>>
-where
-    F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<Map<String, Value>>>>,
-{
-    match read("*".to_owned()).await {
-        Err(Error::Protocol(_)) => {}
-        other => return other,
-    }
-    let select: Vec<String> = t
-        .columns
-        .iter()
-        .map(|c| match c.kind {
-            Kind::Json => format!("{}::text", c.supabase),
-            _ => c.supabase.to_owned(),
-        })
-        .collect();
-    let mut rows = read(select.join(",")).await?;
-    for row in &mut rows {
-        for c in t.columns.iter().filter(|c| c.kind == Kind::Json) {
-            if let Some(v) = row.get_mut(c.supabase) {
-                if let Value::String(text) = v.take() {
-                    *v = serde_json::from_str(&text)
-                        .unwrap_or_else(|_| Value::String(format!("{UNREADABLE_JSON}{text}")));
-                }
-            }
-        }
-    }
-    Ok(rows)
-}
-
 /// The target side, as a task of its own: HTTP, JSON parsing and
 /// normalisation run on another core while the caller compares. The request
 /// for page N+1 is in flight while page N is normalised.
 async fn read_target(
-    rest: RestClient,
+    target: SupabaseDatabase,
     t: &'static Table,
     digests: RandomState,
     tx: mpsc::Sender<Result<Vec<TargetRow>>>,
 ) {
     let key = t.key().supabase;
-    let fetch = |after: Option<String>| {
-        let rest = rest.clone();
-        async move {
-            retry(RetryPolicy::default(), || {
-                read_rows(t, |select| {
-                    let (rest, after) = (&rest, after.as_deref());
-                    async move {
-                        rest.select_page(t.supabase, &select, &[], key, after, TARGET_PAGE)
-                            .await
-                    }
-                })
-            })
-            .await
-        }
+    let target = &target;
+    let fetch = |after: Option<String>| async move {
+        retry(RetryPolicy::default(), || {
+            target.page(t, after.as_deref(), PAGE_ROWS)
+        })
+        .await
     };
     let mut page = fetch(None).await;
     loop {
@@ -1116,8 +1065,9 @@ async fn compare_content(
     // Two pages in flight per side: reading overlaps comparing, memory stays bounded.
     let (stx, mut srx) = mpsc::channel::<Result<Vec<SourceItem>>>(2);
     let (ttx, mut trx) = mpsc::channel::<Result<Vec<TargetRow>>>(2);
+    // The reader task owns a handle of its own on the same HTTP client.
     let _target = AbortOnDrop(tokio::spawn(read_target(
-        target.rest().clone(),
+        SupabaseDatabase::new(target.rest().clone()),
         t,
         digests.clone(),
         ttx,
@@ -1222,80 +1172,6 @@ async fn recv<T>(rx: &mut Pages<T>) -> Result<Option<Vec<T>>> {
     rx.recv().await.transpose()
 }
 
-/// A PostgREST `in.(…)` list element: always double-quoted, so that commas,
-/// dots, parentheses and spaces in a key are taken literally; `\` and `"`
-/// escaped with a backslash.
-pub fn in_list_value(key: &str) -> String {
-    format!("\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// Bytes a value takes once percent-encoded in a URL.
-fn encoded_len(s: &str) -> usize {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                1
-            } else {
-                3
-            }
-        })
-        .sum()
-}
-
-/// Keys in chunks small enough for one request line (proxies refuse long ones):
-/// at most 100 keys and about 6 KB of encoded URL each.
-pub(crate) fn key_chunks<'k>(keys: &[&'k str]) -> Vec<Vec<&'k str>> {
-    const MAX_KEYS: usize = 100;
-    const MAX_BYTES: usize = 6000;
-    let mut out: Vec<Vec<&str>> = Vec::new();
-    let mut bytes = 0;
-    for k in keys {
-        let len = encoded_len(&in_list_value(k)) + 3;
-        let start_new = match out.last() {
-            None => true,
-            Some(c) => c.len() >= MAX_KEYS || bytes + len > MAX_BYTES,
-        };
-        if start_new {
-            out.push(Vec::new());
-            bytes = 0;
-        }
-        bytes += len;
-        out.last_mut().expect("a chunk").push(k);
-    }
-    out
-}
-
-/// Target rows with these keys (`<key>=in.(…)`, chunked).
-async fn fetch_by_keys(
-    rest: &RestClient,
-    t: &'static Table,
-    keys: &[&str],
-) -> Result<Vec<Map<String, Value>>> {
-    let mut out = Vec::new();
-    for chunk in key_chunks(keys) {
-        let quoted: Vec<String> = chunk.iter().map(|k| in_list_value(k)).collect();
-        let rows = retry(RetryPolicy::default(), || {
-            read_rows(t, |select| {
-                let quoted = &quoted;
-                async move {
-                    let req = rest
-                        .from(t.supabase)
-                        .select(select)
-                        .in_(t.key().supabase, quoted)
-                        .build();
-                    let resp = rest.send(req, None).await?;
-                    resp.json::<Vec<Map<String, Value>>>().await.map_err(|e| {
-                        Error::Protocol(format!("rows of {} are not a JSON array: {e}", t.supabase))
-                    })
-                }
-            })
-        })
-        .await?;
-        out.extend(rows);
-    }
-    Ok(out)
-}
-
 /// A uniform random sample of source rows (reservoir sampling over one pass of
 /// the local file), each looked up on the target by key.
 async fn compare_sample(
@@ -1339,7 +1215,8 @@ async fn compare_sample(
     items.sort_by(|a, b| a.key().cmp(&b.key()));
     let keys: Vec<&str> = items.iter().filter_map(SourceItem::key).collect();
     let mut found: std::collections::HashMap<String, TargetRow> = std::collections::HashMap::new();
-    for raw in fetch_by_keys(target.rest(), t, &keys).await? {
+    let rows = retry(RetryPolicy::default(), || target.rows_by_keys(t, &keys)).await?;
+    for raw in rows {
         let r = TargetRow::new(t, raw, m.digests)?;
         found.insert(r.key().to_owned(), r);
     }
@@ -1390,19 +1267,6 @@ mod tests {
             KeyInfo::of("X", &service).describe()
         )
         .contains(&service));
-    }
-
-    #[test]
-    fn in_lists_quote_any_key() {
-        assert_eq!(in_list_value("a,b"), r#""a,b""#);
-        assert_eq!(in_list_value(r#"q"u\o"#), r#""q\"u\\o""#);
-        let long = "x".repeat(1000);
-        let keys: Vec<&str> = (0..30).map(|_| long.as_str()).collect();
-        let chunks = key_chunks(&keys);
-        assert!(chunks.len() > 1 && chunks.iter().all(|c| !c.is_empty()));
-        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), 30);
-        let short: Vec<&str> = vec!["k"; 250];
-        assert_eq!(key_chunks(&short).len(), 3);
     }
 
     #[test]
