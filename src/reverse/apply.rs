@@ -96,6 +96,17 @@ fn physical_columns(conn: &Connection, t: &Table) -> Result<Vec<String>> {
         .collect()
 }
 
+/// [`apply`] on a connection of its own to the file at `path` (for callers
+/// other than the reverse daemon: `verify --repair --direction reverse`).
+/// Blocking: call it from `spawn_blocking`.
+pub fn apply_to_file(
+    path: &std::path::Path,
+    batch: &[(&'static Table, TableBatch)],
+) -> Result<HashMap<&'static str, Applied>> {
+    let mut conn = crate::capture::open_rw(path)?;
+    apply(&mut conn, batch)
+}
+
 /// Apply a batch in one write transaction: every row or none.
 pub fn apply(
     conn: &mut Connection,

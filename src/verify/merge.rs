@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::compare;
 use super::repair;
-use super::{LossyCount, RowDiff, RowKind, TableReport, VerifyOptions};
+use super::{Direction, LossyCount, RowDiff, RowKind, TableReport, VerifyOptions};
 use crate::catalogue::Table;
 use crate::error::{Error, Result};
 use crate::normalise::{self, Lossy, SqlRow, UnrepresentablePolicy};
@@ -17,7 +17,7 @@ use crate::normalise::{self, Lossy, SqlRow, UnrepresentablePolicy};
 const KEY_CHARS: usize = 200;
 
 /// A source row, canonical, or the reason it cannot land.
-pub(super) enum SourceItem {
+pub(super) enum SqliteItem {
     Row {
         /// The key is read from the row (`key_column`), not copied: at a
         /// million rows per table every allocation counts.
@@ -35,17 +35,17 @@ pub(super) enum SourceItem {
     },
 }
 
-impl SourceItem {
+impl SqliteItem {
     pub(super) fn new(
         t: &'static Table,
         row: &SqlRow,
         digests: &RandomState,
         policy: UnrepresentablePolicy,
-    ) -> SourceItem {
+    ) -> SqliteItem {
         let key_column = t.key().supabase;
         let reason = match normalise::to_canonical_with(t, row, policy) {
             Ok(c) if c.row.get(key_column).is_some_and(Value::is_string) => {
-                return SourceItem::Row {
+                return SqliteItem::Row {
                     digest: compare::row_digest(digests, &c.row),
                     key_column,
                     row: c.row,
@@ -60,17 +60,17 @@ impl SourceItem {
         };
         let shown = row[0].display();
         match (normalise::value_to_canonical(t.key(), &row[0]), reason) {
-            (Ok((Value::String(k), _)), Some(reason)) => SourceItem::CannotLand {
+            (Ok((Value::String(k), _)), Some(reason)) => SqliteItem::CannotLand {
                 key: Some(k),
                 shown,
                 reason,
             },
-            (Err(why), _) => SourceItem::CannotLand {
+            (Err(why), _) => SqliteItem::CannotLand {
                 key: None,
                 shown,
                 reason: format!("the key {}: {why}", t.key().sqlite),
             },
-            (_, _) => SourceItem::CannotLand {
+            (_, _) => SqliteItem::CannotLand {
                 key: None,
                 shown,
                 reason: format!("the key {} is NULL", t.key().sqlite),
@@ -80,26 +80,30 @@ impl SourceItem {
 
     pub(super) fn key(&self) -> Option<&str> {
         match self {
-            SourceItem::Row {
+            SqliteItem::Row {
                 key_column, row, ..
             } => row.get(*key_column).and_then(Value::as_str),
-            SourceItem::CannotLand { key, .. } => key.as_deref(),
+            SqliteItem::CannotLand { key, .. } => key.as_deref(),
         }
     }
 }
 
-/// A target row, canonical.
-pub(super) struct TargetRow {
+/// A Supabase row, canonical.
+pub(super) struct SupabaseRow {
     pub(super) key_column: &'static str,
     pub(super) row: Map<String, Value>,
     pub(super) digest: u64,
+    /// In reverse: why the row cannot land in the SQLite file (a value
+    /// [`normalise::to_dox`] refuses), if it cannot.
+    pub(super) refused: Option<String>,
 }
 
-impl TargetRow {
+impl SupabaseRow {
     pub(super) fn new(
         t: &'static Table,
         raw: Map<String, Value>,
         digests: &RandomState,
+        direction: Direction,
     ) -> Result<Self> {
         let row = normalise::from_supabase_owned(t, raw);
         let key_column = t.key().supabase;
@@ -109,10 +113,22 @@ impl TargetRow {
                 t.supabase
             )));
         }
-        Ok(TargetRow {
+        // In reverse the row is a source row: it must be writable in DoX's
+        // shape, through the inverse normaliser the reverse mirror uses.
+        let refused = match direction {
+            Direction::Forward => None,
+            Direction::Reverse => t.columns.iter().find_map(|c| {
+                let v = row.get(c.supabase).unwrap_or(&Value::Null);
+                normalise::to_dox(c, v, None)
+                    .err()
+                    .map(|e| compare::truncate(&e.to_string(), KEY_CHARS))
+            }),
+        };
+        Ok(SupabaseRow {
             digest: compare::row_digest(digests, &row),
             key_column,
             row,
+            refused,
         })
     }
 
@@ -133,6 +149,7 @@ pub(super) struct Merger<'a> {
     pub(super) listed: usize,
     pub(super) digests: &'a RandomState,
     pub(super) policy: UnrepresentablePolicy,
+    pub(super) direction: Direction,
 }
 
 impl<'a> Merger<'a> {
@@ -150,6 +167,7 @@ impl<'a> Merger<'a> {
             listed: opts.listed_rows,
             digests,
             policy: opts.unrepresentable,
+            direction: opts.direction,
         }
     }
 
@@ -177,6 +195,19 @@ impl<'a> Merger<'a> {
         columns: Vec<compare::ColumnDiff>,
         reason: Option<String>,
     ) {
+        self.record_as(kind, key, columns, reason, true);
+    }
+
+    /// Like [`Self::record`]; `planned: false` keeps the row out of a repair
+    /// plan (its key is not a text key a repair could address).
+    fn record_as(
+        &mut self,
+        kind: RowKind,
+        key: &str,
+        columns: Vec<compare::ColumnDiff>,
+        reason: Option<String>,
+        planned: bool,
+    ) {
         let c = &mut self.tr.counts;
         match kind {
             RowKind::OnlyInSource => c.only_in_source += 1,
@@ -185,7 +216,7 @@ impl<'a> Merger<'a> {
             RowKind::CannotLand => c.cannot_land += 1,
             RowKind::Coerced => c.coerced += 1,
         }
-        if let Some(p) = self.plan.as_deref_mut() {
+        if let Some(p) = self.plan.as_deref_mut().filter(|_| planned) {
             p.note(kind, key);
         }
         if self.tr.rows.len() < self.listed {
@@ -225,12 +256,15 @@ impl<'a> Merger<'a> {
         }
     }
 
-    /// A source row and the target row with the same key (or none).
-    pub(super) fn pair(&mut self, s: SourceItem, t: Option<TargetRow>) {
+    /// A SQLite row and the Supabase row with the same key (or none).
+    pub(super) fn pair(&mut self, s: SqliteItem, t: Option<SupabaseRow>) {
+        if self.direction == Direction::Reverse {
+            return self.pair_reverse(s, t);
+        }
         self.tr.counts.compared += 1;
         let key = s.key().unwrap_or_default().to_owned();
         match (s, t) {
-            (SourceItem::CannotLand { shown, reason, .. }, t) => {
+            (SqliteItem::CannotLand { shown, reason, .. }, t) => {
                 let reason = if t.is_some() {
                     format!("{reason} (the target holds a row with this key)")
                 } else {
@@ -238,12 +272,12 @@ impl<'a> Merger<'a> {
                 };
                 self.record(RowKind::CannotLand, &shown, Vec::new(), Some(reason));
             }
-            (SourceItem::Row { lossy, .. }, None) => {
+            (SqliteItem::Row { lossy, .. }, None) => {
                 self.count_lossy(&lossy);
                 self.record(RowKind::OnlyInSource, &key, Vec::new(), None);
             }
             (
-                SourceItem::Row {
+                SqliteItem::Row {
                     row, digest, lossy, ..
                 },
                 Some(t),
@@ -266,8 +300,86 @@ impl<'a> Merger<'a> {
         }
     }
 
-    pub(super) fn only_in_target(&mut self, t: TargetRow) {
-        self.record(RowKind::OnlyInTarget, t.key(), Vec::new(), None);
+    /// In reverse (Supabase the source): the same classification, sides
+    /// swapped. Only Supabase rows count as compared; a SQLite row alone is
+    /// extra in SQLite; a SQLite row the normaliser cannot read is different
+    /// from the Supabase row with its key (a repair rewrites it), or extra.
+    fn pair_reverse(&mut self, s: SqliteItem, t: Option<SupabaseRow>) {
+        if let Some(why) = t.as_ref().and_then(|t| t.refused.clone()) {
+            if let SqliteItem::Row { lossy, .. } = &s {
+                self.count_lossy(lossy);
+            }
+            let key = t.as_ref().map(|t| t.key().to_owned()).unwrap_or_default();
+            return self.cannot_land_in_sqlite(&key, Some(why));
+        }
+        match (s, t) {
+            (SqliteItem::CannotLand { reason, .. }, Some(t)) => {
+                self.tr.counts.compared += 1;
+                let why = format!("the SQLite row cannot be read as Supabase holds it: {reason}");
+                self.record(RowKind::Different, t.key(), Vec::new(), Some(why));
+            }
+            (SqliteItem::CannotLand { key, shown, reason }, None) => {
+                let planned = key.is_some();
+                self.record_as(
+                    RowKind::OnlyInTarget,
+                    &shown,
+                    Vec::new(),
+                    Some(reason),
+                    planned,
+                );
+            }
+            (s @ SqliteItem::Row { .. }, None) => {
+                if let SqliteItem::Row { lossy, .. } = &s {
+                    self.count_lossy(lossy);
+                }
+                let key = s.key().unwrap_or_default().to_owned();
+                self.record(RowKind::OnlyInTarget, &key, Vec::new(), None);
+            }
+            (
+                SqliteItem::Row {
+                    row, digest, lossy, ..
+                },
+                Some(t),
+            ) => {
+                self.tr.counts.compared += 1;
+                self.count_lossy(&lossy);
+                if digest == t.digest {
+                    self.tr.counts.equal += 1;
+                    self.note_coerced(t.key(), &lossy);
+                    return;
+                }
+                // Source first: Supabase, then the SQLite file.
+                let columns = compare::diff_row(self.t, &t.row, &row);
+                if columns.is_empty() {
+                    self.tr.counts.equal += 1;
+                    self.note_coerced(t.key(), &lossy);
+                } else {
+                    self.record(RowKind::Different, t.key(), columns, None);
+                }
+            }
+        }
+    }
+
+    /// In reverse: a Supabase row that cannot be written in DoX's shape.
+    fn cannot_land_in_sqlite(&mut self, key: &str, reason: Option<String>) {
+        self.tr.counts.compared += 1;
+        self.record(RowKind::CannotLand, key, Vec::new(), reason);
+    }
+
+    /// A Supabase row with no SQLite row of its key.
+    pub(super) fn only_in_supabase(&mut self, t: SupabaseRow) {
+        match self.direction {
+            Direction::Forward => {
+                self.record(RowKind::OnlyInTarget, t.key(), Vec::new(), None);
+            }
+            Direction::Reverse => match t.refused.clone() {
+                Some(why) => self.cannot_land_in_sqlite(t.key(), Some(why)),
+                None => {
+                    self.tr.counts.compared += 1;
+                    self.record(RowKind::OnlyInSource, t.key(), Vec::new(), None);
+                }
+            },
+        }
     }
 
     pub(super) fn segment_digest<'k>(&self, items: impl Iterator<Item = (&'k str, u64)>) -> u64 {
@@ -280,13 +392,14 @@ impl<'a> Merger<'a> {
     }
 
     /// Compare one segment: both sides' rows of the same key range, in key order.
-    pub(super) fn segment(&mut self, source: Vec<SourceItem>, target: Vec<TargetRow>) {
+    pub(super) fn segment(&mut self, source: Vec<SqliteItem>, target: Vec<SupabaseRow>) {
         self.tr.segments += 1;
-        let all_rows = source.iter().all(|s| matches!(s, SourceItem::Row { .. }));
+        let all_rows = source.iter().all(|s| matches!(s, SqliteItem::Row { .. }))
+            && target.iter().all(|t| t.refused.is_none());
         if all_rows && source.len() == target.len() {
             let sd = self.segment_digest(source.iter().filter_map(|s| match s {
-                SourceItem::Row { digest, .. } => Some((s.key().unwrap_or_default(), *digest)),
-                SourceItem::CannotLand { .. } => None,
+                SqliteItem::Row { digest, .. } => Some((s.key().unwrap_or_default(), *digest)),
+                SqliteItem::CannotLand { .. } => None,
             }));
             let td = self.segment_digest(target.iter().map(|t| (t.key(), t.digest)));
             if sd == td {
@@ -294,7 +407,7 @@ impl<'a> Merger<'a> {
                 self.tr.counts.compared += n;
                 self.tr.counts.equal += n;
                 for s in &source {
-                    if let SourceItem::Row { lossy, .. } = s {
+                    if let SqliteItem::Row { lossy, .. } = s {
                         self.count_lossy(lossy);
                         self.note_coerced(s.key().unwrap_or_default(), lossy);
                     }
@@ -319,7 +432,7 @@ impl<'a> Merger<'a> {
                 }
                 std::cmp::Ordering::Greater => {
                     let b = t.next().expect("peeked");
-                    self.only_in_target(b);
+                    self.only_in_supabase(b);
                 }
                 std::cmp::Ordering::Equal => {
                     let a = s.next().expect("peeked");
@@ -331,7 +444,7 @@ impl<'a> Merger<'a> {
     }
 
     /// A source row whose key cannot exist in Supabase: reported, outside the merge.
-    pub(super) fn unkeyed(&mut self, s: SourceItem) {
+    pub(super) fn unkeyed(&mut self, s: SqliteItem) {
         self.pair(s, None);
     }
 }

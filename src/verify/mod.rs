@@ -1,4 +1,5 @@
-//! `verify`: does Supabase hold what the SQLite file holds?
+//! `verify`: does Supabase hold what the SQLite file holds? Or, after cutover
+//! ([`Direction::Reverse`]), does the SQLite file still hold what Supabase holds?
 //!
 //! [`run`] returns a [`VerifyReport`]; `Err` only when verification cannot run
 //! at all (Supabase unreachable, the key rejected). Differences, tables that
@@ -43,7 +44,7 @@ mod sampling;
 mod streams;
 
 pub use compare::FLOAT_RELATIVE_TOLERANCE;
-pub use options::{tables_named, Check, KeyInfo, VerifyOptions};
+pub use options::{tables_named, Check, Direction, KeyInfo, VerifyOptions};
 pub use render::{render, Format};
 pub use report::{
     Counts, Endpoint, LossyCount, Mode, RowDiff, RowKind, TableReport, TableStatus, Tolerance,
@@ -54,7 +55,7 @@ pub use crate::rest::{in_list_value, key_chunks};
 
 use merge::Merger;
 use report::public_url;
-use sampling::compare_sample;
+use sampling::{compare_sample, compare_sample_reverse};
 use streams::compare_content;
 
 /// Errors after which no other table can be verified either.
@@ -65,13 +66,14 @@ fn fatal(e: &Error) -> bool {
     )
 }
 
-/// Verify `target` against `source`. Never writes.
+/// Verify the target against the source: Supabase against the SQLite file,
+/// or with [`Direction::Reverse`] the file against Supabase. Never writes.
 pub async fn run(
-    source: &SqliteDatabase,
-    target: &SupabaseDatabase,
+    sqlite: &SqliteDatabase,
+    supabase: &SupabaseDatabase,
     opts: &VerifyOptions,
 ) -> Result<VerifyReport> {
-    run_inner(source, target, opts, None).await
+    run_inner(sqlite, supabase, opts, None).await
 }
 
 pub(crate) async fn run_inner(
@@ -86,6 +88,20 @@ pub(crate) async fn run_inner(
         Check::Content => (Mode::Content, None),
         Check::Sample { rows } => (Mode::Sample, Some(rows)),
     };
+    // `source` and `target` below are the SQLite file and Supabase; which one
+    // is the source of truth is `opts.direction`.
+    let sqlite_side = Endpoint {
+        kind: "sqlite",
+        location: source.path().display().to_string(),
+    };
+    let supabase_side = Endpoint {
+        kind: "supabase",
+        location: public_url(target.rest().url()),
+    };
+    let (sqlite_side, supabase_side) = match opts.direction {
+        Direction::Forward => (sqlite_side, supabase_side),
+        Direction::Reverse => (supabase_side, sqlite_side),
+    };
     let mut report = VerifyReport {
         schema: REPORT_SCHEMA,
         tool_version: env!("CARGO_PKG_VERSION"),
@@ -94,14 +110,9 @@ pub(crate) async fn run_inner(
         peak_rss_bytes: None,
         mode,
         sample_rows,
-        source: Endpoint {
-            kind: "sqlite",
-            location: source.path().display().to_string(),
-        },
-        target: Endpoint {
-            kind: "supabase",
-            location: public_url(target.rest().url()),
-        },
+        direction: opts.direction,
+        source: sqlite_side.clone(),
+        target: supabase_side.clone(),
         key: opts.key.clone(),
         tolerance: Tolerance {
             float_relative: FLOAT_RELATIVE_TOLERANCE,
@@ -143,6 +154,10 @@ pub(crate) async fn run_inner(
             Err(e) if fatal(&e) => return Err(e),
             Err(e) => tr.fail(&e),
         }
+        if opts.direction == Direction::Reverse {
+            let c = &mut tr.counts;
+            std::mem::swap(&mut c.source_rows, &mut c.target_rows);
+        }
         if tr.error.is_none() {
             let table_plan = plan.as_deref_mut().map(|p| p.table_mut(t));
             let outcome = match opts.check {
@@ -153,7 +168,12 @@ pub(crate) async fn run_inner(
                 }
                 Check::Sample { rows } => {
                     let merger = Merger::new(t, &mut tr, table_plan, opts, &digests);
-                    compare_sample(source, target, rows, merger).await
+                    match opts.direction {
+                        Direction::Forward => compare_sample(source, target, rows, merger).await,
+                        Direction::Reverse => {
+                            compare_sample_reverse(source, target, rows, merger).await
+                        }
+                    }
                 }
             };
             match outcome {

@@ -8,6 +8,57 @@ use crate::error::{Error, Result};
 use crate::normalise::UnrepresentablePolicy;
 use crate::rest::KeyKind;
 
+/// Which side is the source of truth.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// SQLite is the source, Supabase the target (before cutover).
+    #[default]
+    Forward,
+    /// Supabase is the source, the SQLite file the target: after cutover,
+    /// with `serve --direction reverse` keeping the file as the rollback copy.
+    Reverse,
+}
+
+impl Direction {
+    /// The source's name, as reports show it.
+    pub fn source(self) -> &'static str {
+        match self {
+            Direction::Forward => "SQLite",
+            Direction::Reverse => "Supabase",
+        }
+    }
+
+    /// The target's name, as reports show it.
+    pub fn target(self) -> &'static str {
+        match self {
+            Direction::Forward => "Supabase",
+            Direction::Reverse => "SQLite",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Reverse => "reverse",
+        }
+    }
+}
+
+impl std::str::FromStr for Direction {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "forward" => Ok(Direction::Forward),
+            "reverse" => Ok(Direction::Reverse),
+            other => Err(Error::invalid(format!(
+                "unknown direction `{other}`: forward (SQLite is the source) or reverse (Supabase is the source)"
+            ))),
+        }
+    }
+}
+
 /// What to compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
@@ -34,6 +85,8 @@ pub struct VerifyOptions {
     /// normaliser coerces is compared in its coerced form: equal rows count as
     /// equal, and are listed (and counted) as "coerced".
     pub unrepresentable: UnrepresentablePolicy,
+    /// Which side is the source of truth (forward: SQLite).
+    pub direction: Direction,
 }
 
 impl VerifyOptions {
@@ -46,6 +99,7 @@ impl VerifyOptions {
             segment_rows: 1000,
             listed_rows: 20,
             unrepresentable: UnrepresentablePolicy::Reject,
+            direction: Direction::Forward,
         }
     }
 }
@@ -151,6 +205,15 @@ mod tests {
             KeyInfo::of("X", &service).describe()
         )
         .contains(&service));
+    }
+
+    #[test]
+    fn directions_parse_and_name_their_sides() {
+        let d: Direction = "reverse".parse().unwrap();
+        assert_eq!((d.source(), d.target()), ("Supabase", "SQLite"));
+        assert_eq!(Direction::default(), Direction::Forward);
+        let e = "backwards".parse::<Direction>().unwrap_err().to_string();
+        assert!(e.contains("forward") && e.contains("reverse"), "{e}");
     }
 
     #[test]

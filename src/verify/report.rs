@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::compare;
 use super::repair;
-use super::{Check, KeyInfo};
+use super::{Check, Direction, KeyInfo};
 use crate::catalogue::Table;
 use crate::error::Error;
 use crate::normalise::UnrepresentablePolicy;
@@ -242,6 +242,8 @@ pub struct VerifyReport {
     pub mode: Mode,
     /// Rows sampled per table in sample mode.
     pub sample_rows: Option<usize>,
+    /// `forward` (SQLite is the source) or `reverse` (Supabase is the source).
+    pub direction: Direction,
     pub source: Endpoint,
     pub target: Endpoint,
     pub key: KeyInfo,
@@ -275,6 +277,20 @@ impl VerifyReport {
             Verdict::Equal
         };
         self.exit_code = self.verdict.exit_code();
+    }
+
+    /// How a report names a kind of row: in reverse, "missing in SQLite" and
+    /// "extra in SQLite" (forward keeps the names it always had).
+    pub fn kind_label(&self, kind: RowKind) -> String {
+        match (self.direction, kind) {
+            (Direction::Reverse, RowKind::OnlyInSource) => {
+                format!("missing in {}", self.direction.target())
+            }
+            (Direction::Reverse, RowKind::OnlyInTarget) => {
+                format!("extra in {}", self.direction.target())
+            }
+            (_, k) => k.as_str().to_owned(),
+        }
     }
 
     /// Tables that are not equal (or could not be verified).

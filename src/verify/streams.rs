@@ -7,7 +7,8 @@ use std::collections::VecDeque;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::merge::{check_order, Merger, SourceItem, TargetRow};
+use super::merge::{check_order, Merger, SqliteItem, SupabaseRow};
+use super::Direction;
 use crate::catalogue::Table;
 use crate::db::supabase::PAGE_ROWS;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
@@ -39,10 +40,10 @@ async fn canonical_page(
     page: Vec<SqlRow>,
     digests: RandomState,
     policy: UnrepresentablePolicy,
-) -> Result<Vec<SourceItem>> {
+) -> Result<Vec<SqliteItem>> {
     tokio::task::spawn_blocking(move || {
         page.iter()
-            .map(|r| SourceItem::new(t, r, &digests, policy))
+            .map(|r| SqliteItem::new(t, r, &digests, policy))
             .collect()
     })
     .await
@@ -56,7 +57,8 @@ async fn read_target(
     target: SupabaseDatabase,
     t: &'static Table,
     digests: RandomState,
-    tx: mpsc::Sender<Result<Vec<TargetRow>>>,
+    direction: Direction,
+    tx: mpsc::Sender<Result<Vec<SupabaseRow>>>,
 ) {
     let key = t.key().supabase;
     let target = &target;
@@ -76,7 +78,7 @@ async fn read_target(
             }
         };
         // Only an empty page ends the table: a server whose max-rows is
-        // below TARGET_PAGE returns short pages before the end.
+        // below PAGE_ROWS returns short pages before the end.
         let Some(last) = raw.last() else { return };
         let after = match last.get(key) {
             Some(Value::String(k)) => k.clone(),
@@ -92,7 +94,7 @@ async fn read_target(
         let d = digests.clone();
         let normalise = tokio::task::spawn_blocking(move || {
             raw.into_iter()
-                .map(|r| TargetRow::new(t, r, &d))
+                .map(|r| SupabaseRow::new(t, r, &d, direction))
                 .collect::<Result<Vec<_>>>()
         });
         let (rows, next) = tokio::join!(normalise, fetch(Some(after)));
@@ -117,13 +119,14 @@ pub(super) async fn compare_content(
     let digests = m.digests.clone();
     let policy = m.policy;
     // Two pages in flight per side: reading overlaps comparing, memory stays bounded.
-    let (stx, mut srx) = mpsc::channel::<Result<Vec<SourceItem>>>(2);
-    let (ttx, mut trx) = mpsc::channel::<Result<Vec<TargetRow>>>(2);
+    let (stx, mut srx) = mpsc::channel::<Result<Vec<SqliteItem>>>(2);
+    let (ttx, mut trx) = mpsc::channel::<Result<Vec<SupabaseRow>>>(2);
     // The reader task owns a handle of its own on the same HTTP client.
     let _target = AbortOnDrop(tokio::spawn(read_target(
         SupabaseDatabase::new(target.rest().clone()),
         t,
         digests.clone(),
+        m.direction,
         ttx,
     )));
     let read_source = async move {
@@ -158,8 +161,8 @@ pub(super) async fn compare_content(
         }
     };
     let merge = async move {
-        let mut sbuf: VecDeque<SourceItem> = VecDeque::new();
-        let mut tbuf: VecDeque<TargetRow> = VecDeque::new();
+        let mut sbuf: VecDeque<SqliteItem> = VecDeque::new();
+        let mut tbuf: VecDeque<SupabaseRow> = VecDeque::new();
         let (mut s_open, mut t_open) = (true, true);
         let (mut s_last, mut t_last) = (None::<String>, None::<String>);
         loop {
@@ -174,7 +177,7 @@ pub(super) async fn compare_content(
                                 Some(_) => sbuf.push_back(item),
                             }
                         }
-                        let keys = sbuf.range(from..).filter_map(SourceItem::key);
+                        let keys = sbuf.range(from..).filter_map(SqliteItem::key);
                         check_order(t, "SQLite", &mut s_last, keys)?;
                     }
                 }
@@ -183,7 +186,12 @@ pub(super) async fn compare_content(
                 match recv(&mut trx).await? {
                     None => t_open = false,
                     Some(rows) => {
-                        check_order(t, "Supabase", &mut t_last, rows.iter().map(TargetRow::key))?;
+                        check_order(
+                            t,
+                            "Supabase",
+                            &mut t_last,
+                            rows.iter().map(SupabaseRow::key),
+                        )?;
                         tbuf.extend(rows);
                     }
                 }
@@ -194,12 +202,12 @@ pub(super) async fn compare_content(
             // The segment ends at the smaller last key of a side that may still
             // have rows beyond it, so the segment holds every row of its range.
             let s_bound = if s_open {
-                sbuf.back().and_then(SourceItem::key)
+                sbuf.back().and_then(SqliteItem::key)
             } else {
                 None
             };
             let t_bound = if t_open {
-                tbuf.back().map(TargetRow::key)
+                tbuf.back().map(SupabaseRow::key)
             } else {
                 None
             };
@@ -213,8 +221,8 @@ pub(super) async fn compare_content(
                 .take_while(|i| within(i.key().unwrap_or_default()))
                 .count();
             let nt = tbuf.iter().take_while(|r| within(r.key())).count();
-            let seg_s: Vec<SourceItem> = sbuf.drain(..ns).collect();
-            let seg_t: Vec<TargetRow> = tbuf.drain(..nt).collect();
+            let seg_s: Vec<SqliteItem> = sbuf.drain(..ns).collect();
+            let seg_t: Vec<SupabaseRow> = tbuf.drain(..nt).collect();
             m.segment(seg_s, seg_t);
         }
     };

@@ -128,10 +128,14 @@ pub(super) fn html(r: &VerifyReport) -> String {
         let _ = write!(o, "<tr><td>{k}</td><td>{}</td></tr>", esc(&v));
     }
     o.push_str("</table>\n<h2>Tables</h2>\n<div class=\"legend\">");
+    let (missing, extra) = match r.direction {
+        Direction::Forward => ("missing on target", "extra on target"),
+        Direction::Reverse => ("missing in SQLite", "extra in SQLite"),
+    };
     for (class, label) in [
         ("eq", "equal"),
-        ("mi", "missing on target"),
-        ("ex", "extra on target"),
+        ("mi", missing),
+        ("ex", extra),
         ("di", "different"),
         ("cl", "cannot land"),
     ] {
@@ -217,7 +221,7 @@ pub(super) fn html(r: &VerifyReport) -> String {
             let key = format!(
                 "<td><code>{}</code></td><td>{}</td>",
                 esc(&d.key),
-                d.kind.as_str()
+                r.kind_label(d.kind)
             );
             if d.columns.is_empty() {
                 let _ = writeln!(

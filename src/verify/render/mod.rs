@@ -10,7 +10,7 @@ mod html;
 use html::html;
 
 use super::repair::{RepairOutcome, RepairStatus};
-use super::{Counts, Mode, RowDiff, TableReport, TableStatus, Verdict, VerifyReport};
+use super::{Counts, Direction, Mode, RowDiff, TableReport, TableStatus, Verdict, VerifyReport};
 use crate::error::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +98,18 @@ type Column = (&'static str, fn(&Counts) -> u64);
 
 fn columns(r: &VerifyReport) -> Vec<Column> {
     let mut cols = mode_columns(r.mode);
+    // In reverse the sides are named: the source is Supabase, the target the file.
+    if r.direction == Direction::Reverse {
+        for (h, _) in &mut cols {
+            *h = match *h {
+                "source" => "supabase",
+                "target" => "sqlite",
+                "missing" => "missing in sqlite",
+                "extra" => "extra in sqlite",
+                other => other,
+            };
+        }
+    }
     // Only when there are any, so that the usual report keeps its shape.
     if r.totals.coerced > 0 {
         cols.push(("coerced", |c| c.coerced));
@@ -177,6 +189,12 @@ fn text(r: &VerifyReport) -> String {
     let _ = writeln!(o, "dualwrite verify: {}", mode_text(r));
     let _ = writeln!(o, "  source  {} {}", r.source.kind, r.source.location);
     let _ = writeln!(o, "  target  {} {}", r.target.kind, r.target.location);
+    if r.direction == Direction::Reverse {
+        let _ = writeln!(
+            o,
+            "  reverse Supabase is the source of truth, the SQLite file the copy"
+        );
+    }
     let _ = writeln!(o, "  key     {}", r.key.describe());
     let _ = writeln!(
         o,
@@ -244,7 +262,7 @@ fn text(r: &VerifyReport) -> String {
                 let _ = writeln!(
                     o,
                     "  {:<14} {}{}",
-                    d.kind.as_str(),
+                    r.kind_label(d.kind),
                     d.key,
                     detail.first().map(|x| format!("  {x}")).unwrap_or_default()
                 );
@@ -360,7 +378,7 @@ fn markdown(r: &VerifyReport) -> String {
                         o,
                         "| {} | {} | {} | | |",
                         md_code(&d.key),
-                        d.kind.as_str(),
+                        r.kind_label(d.kind),
                         md_cell(d.reason.as_deref().unwrap_or(""))
                     );
                 }
@@ -373,7 +391,7 @@ fn markdown(r: &VerifyReport) -> String {
                         o,
                         "| {} | {} | {} | {} | {} |",
                         md_code(&d.key),
-                        d.kind.as_str(),
+                        r.kind_label(d.kind),
                         md_cell(&col),
                         md_code(&c.source),
                         md_code(&c.target)

@@ -11,10 +11,12 @@
 
 use std::collections::BTreeSet;
 
+mod reverse;
+
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{run_inner, Check, Counts, RowKind, Verdict, VerifyOptions, VerifyReport};
+use super::{run_inner, Check, Counts, Direction, RowKind, Verdict, VerifyOptions, VerifyReport};
 use crate::catalogue::Table;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
@@ -26,6 +28,8 @@ use crate::retry::{retry, RetryPolicy};
 #[derive(Debug, Default)]
 pub struct RepairPlan {
     pub tables: Vec<TablePlan>,
+    /// Which side is written: Supabase (forward) or the SQLite file (reverse).
+    pub direction: Direction,
 }
 
 #[derive(Debug)]
@@ -238,13 +242,18 @@ pub async fn plan(
 ) -> Result<(VerifyReport, RepairPlan)> {
     let mut opts = opts.clone();
     opts.check = Check::Content;
-    let mut plan = RepairPlan::default();
+    let mut plan = RepairPlan {
+        direction: opts.direction,
+        ..RepairPlan::default()
+    };
     let report = run_inner(source, target, &opts, Some(&mut plan)).await?;
     Ok((report, plan))
 }
 
-/// Apply a confirmed plan. Writes go through [`SupabaseDatabase::upsert_rows`]
-/// in batches; deletes through [`SupabaseDatabase::delete_keys`].
+/// Apply a confirmed plan. Forward, writes go through
+/// [`SupabaseDatabase::upsert_rows`] in batches, deletes through
+/// [`SupabaseDatabase::delete_keys`]; in reverse, through the reverse mirror's
+/// SQLite write ([`crate::reverse::apply`]).
 pub async fn apply(
     source: &SqliteDatabase,
     target: &SupabaseDatabase,
@@ -252,6 +261,9 @@ pub async fn apply(
     opts: &RepairOptions,
     outcome: &mut RepairOutcome,
 ) -> Result<()> {
+    if plan.direction == Direction::Reverse {
+        return reverse::apply(source, target, plan, opts, outcome).await;
+    }
     for p in &plan.tables {
         let Some(done) = outcome
             .tables
