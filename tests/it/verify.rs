@@ -1362,6 +1362,20 @@ async fn reverse_verify_names_sqlite_differences_and_repair_fixes_the_file() {
         "forward"
     );
 
+    // A reverse sample draws Supabase rows and finds them in the file: the
+    // changed and the missing row, never the extra one (only through counts).
+    let mut sample = reverse.clone();
+    sample.check = Check::Sample { rows: 100_000 };
+    sample.tables = vec![&catalogue::ARTIFACT];
+    let r = verify::run(&lite, &sb, &sample).await.unwrap();
+    let c = r.tables[0].counts;
+    assert_eq!(
+        (c.compared, c.different, c.only_in_source, c.only_in_target),
+        (c.source_rows, 1, 1, 0),
+        "{}",
+        verify::render(&r, Format::Text)
+    );
+
     let env = [
         ("SUPABASE_URL", pg.url.as_str()),
         ("SUPABASE_SERVICE_KEY", &pg.service_key()),
