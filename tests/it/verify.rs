@@ -1207,6 +1207,13 @@ async fn supabase_reads_return_every_row_verify_reads() {
         .await
         .unwrap();
     assert_eq!(by_key.len(), 2);
+    // A key range, both ends included, past one max-rows page.
+    let range = sb.range(t, "a00002", "a01004").await.unwrap();
+    assert_eq!(range.len(), 1003);
+    assert_eq!(
+        (&range[0]["id"], &range[1002]["id"]),
+        (&json!("a00002"), &json!("a01004"))
+    );
 
     // What the Supabase backend's reads return: the same rows.
     let dir = tempfile::tempdir().unwrap();
