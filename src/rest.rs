@@ -350,32 +350,64 @@ impl RestClient {
             .map_err(|e| Error::Protocol(format!("rows of {table} are not a JSON array: {e}")))
     }
 
-    /// Every row matching `filters`, paging through PostgREST's max-rows cap.
-    pub async fn select_all(
+    /// Rows whose `key` is in `keys` (`<key>=in.(…)`), at most one request's
+    /// worth: split longer lists with [`key_chunks`].
+    pub async fn select_in(
         &self,
         table: &str,
-        filters: &EqFilters<'_>,
+        select: &str,
         key: &str,
+        keys: &[&str],
     ) -> Result<Vec<Map<String, Value>>> {
-        const PAGE: usize = 1000;
-        let mut out: Vec<Map<String, Value>> = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .select_page(table, "*", filters, key, after.as_deref(), PAGE)
-                .await?;
-            // A server whose max-rows is below PAGE returns short pages before the
-            // end, so only an empty page means the end.
-            let Some(last) = page.last() else { break };
-            after = filter_text(last.get(key).unwrap_or(&Value::Null));
-            if after.is_none() {
-                return Err(Error::Protocol(format!(
-                    "{table}: a row without its key {key}"
-                )));
-            }
-            out.extend(page);
-        }
-        Ok(out)
+        let quoted: Vec<String> = keys.iter().map(|k| in_list_value(k)).collect();
+        let req = self.from(table).select(select).in_(key, &quoted).build();
+        let resp = self.send(req, None).await?;
+        resp.json::<Vec<Map<String, Value>>>()
+            .await
+            .map_err(|e| Error::Protocol(format!("rows of {table} are not a JSON array: {e}")))
+    }
+
+    /// Up to `limit` rows whose `key` is from `first` to `last` (both
+    /// included; `first` excluded when `after_first`), in key order.
+    #[allow(clippy::too_many_arguments)] // a query's parts, each named at the call
+    pub async fn select_between(
+        &self,
+        table: &str,
+        select: &str,
+        key: &str,
+        first: &str,
+        after_first: bool,
+        last: &str,
+        limit: usize,
+    ) -> Result<Vec<Map<String, Value>>> {
+        let b = self.from(table).select(select);
+        let b = if after_first {
+            b.gt(key, first)
+        } else {
+            b.gte(key, first)
+        };
+        let req = b
+            .lte(key, last)
+            .order(format!("{key}.asc"))
+            .build()
+            .query(&[("limit", limit.to_string())]);
+        let resp = self.send(req, None).await?;
+        resp.json::<Vec<Map<String, Value>>>()
+            .await
+            .map_err(|e| Error::Protocol(format!("rows of {table} are not a JSON array: {e}")))
+    }
+
+    /// DELETE the rows whose `key` is in `keys` (one chunk, see
+    /// [`key_chunks`]); returns how many were deleted.
+    pub async fn delete_in(&self, table: &str, key: &str, keys: &[&str]) -> Result<u64> {
+        let quoted: Vec<String> = keys.iter().map(|k| in_list_value(k)).collect();
+        let req = self.from(table).delete().in_(key, &quoted).build();
+        let resp = self.send(req, Some("return=minimal,count=exact")).await?;
+        content_range_total(resp.headers()).ok_or_else(|| {
+            Error::Protocol(format!(
+                "a delete on {table} answered without Content-Range"
+            ))
+        })
     }
 
     /// DELETE with equality filters (never unfiltered: hosted Supabase rejects that).
@@ -438,6 +470,49 @@ impl RestClient {
             .await
             .map(drop)
     }
+}
+
+/// A PostgREST `in.(…)` list element: always double-quoted, so that commas,
+/// dots, parentheses and spaces in a key are taken literally; `\` and `"`
+/// escaped with a backslash.
+pub fn in_list_value(key: &str) -> String {
+    format!("\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Bytes a value takes once percent-encoded in a URL.
+fn encoded_len(s: &str) -> usize {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                1
+            } else {
+                3
+            }
+        })
+        .sum()
+}
+
+/// Keys in chunks small enough for one request line (proxies refuse long ones):
+/// at most 100 keys and about 6 KB of encoded URL each.
+pub fn key_chunks<'k>(keys: &[&'k str]) -> Vec<Vec<&'k str>> {
+    const MAX_KEYS: usize = 100;
+    const MAX_BYTES: usize = 6000;
+    let mut out: Vec<Vec<&str>> = Vec::new();
+    let mut bytes = 0;
+    for k in keys {
+        let len = encoded_len(&in_list_value(k)) + 3;
+        let start_new = match out.last() {
+            None => true,
+            Some(c) => c.len() >= MAX_KEYS || bytes + len > MAX_BYTES,
+        };
+        if start_new {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += len;
+        out.last_mut().expect("a chunk").push(k);
+    }
+    out
 }
 
 fn reason(s: StatusCode) -> String {
@@ -504,6 +579,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("empty"));
+    }
+
+    #[test]
+    fn in_lists_quote_any_key() {
+        assert_eq!(in_list_value("a,b"), r#""a,b""#);
+        assert_eq!(in_list_value(r#"q"u\o"#), r#""q\"u\\o""#);
+        let long = "x".repeat(1000);
+        let keys: Vec<&str> = (0..30).map(|_| long.as_str()).collect();
+        let chunks = key_chunks(&keys);
+        assert!(chunks.len() > 1 && chunks.iter().all(|c| !c.is_empty()));
+        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), 30);
+        let short: Vec<&str> = vec!["k"; 250];
+        assert_eq!(key_chunks(&short).len(), 3);
     }
 
     #[test]

@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Map, Value};
 
 use super::{check_filters, reads, Applied, Database, Filter, Row};
-use crate::catalogue::{self as cat, Table};
+use crate::catalogue::{self as cat, Kind, Table};
 use crate::coerced::CoercedLog;
 use crate::error::{Error, Result};
 use crate::model::{skill_row, Step, Write};
 use crate::normalise::{self, Lossy, SqlRow, UnrepresentablePolicy};
-use crate::rest::{filter_text, RestClient};
+use crate::rest::{filter_text, EqFilters, RestClient};
 
 /// Lossy conversions counted per (table, column, kind).
 pub type LossyCounts = BTreeMap<(&'static str, &'static str, Lossy), u64>;
@@ -247,6 +247,195 @@ impl SupabaseDatabase {
     }
 }
 
+/// Rows per page when reading a table: Supabase's default max-rows.
+pub const PAGE_ROWS: usize = 1000;
+
+/// Marks a jsonb value that serde_json cannot read (nested deeper than its 128
+/// levels) in the rows [`SupabaseDatabase::page`] and
+/// [`SupabaseDatabase::rows_by_keys`] return: the value is this prefix and the
+/// jsonb's text, so that verify reports the row as different instead of the
+/// table as unreadable.
+pub const UNREADABLE_JSON: &str = "(jsonb serde_json cannot read) ";
+
+/// What a JSON column's text becomes when serde_json cannot read it.
+type Unreadable = fn(String) -> Value;
+
+fn marked(text: String) -> Value {
+    Value::String(format!("{UNREADABLE_JSON}{text}"))
+}
+
+/// DoX's own reads see such a value as the SQLite backend does: JSON text it
+/// cannot parse is a JSON string ([`normalise::parse_json_text`]).
+fn as_sqlite_reads(text: String) -> Value {
+    normalise::parse_json_text(&text).0
+}
+
+/// One read of rows, `select=*` first. serde_json keeps numbers as exact
+/// decimal text (`arbitrary_precision`), so jsonb numbers of any size (beyond
+/// double precision too) parse; an answer that still does not parse
+/// (`Error::Protocol`: JSON nested deeper than serde_json's 128 levels) is
+/// read again with the JSON columns cast to text, and each value is parsed on
+/// its own, so that one such value changes its row instead of failing the read.
+async fn read_rows<F, Fut>(
+    t: &'static Table,
+    unreadable: Unreadable,
+    read: F,
+) -> Result<Vec<Map<String, Value>>>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Map<String, Value>>>>,
+{
+    match read("*".to_owned()).await {
+        Err(Error::Protocol(_)) => {}
+        other => return other,
+    }
+    let select: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| match c.kind {
+            Kind::Json => format!("{}::text", c.supabase),
+            _ => c.supabase.to_owned(),
+        })
+        .collect();
+    let mut rows = read(select.join(",")).await?;
+    for row in &mut rows {
+        for c in t.columns.iter().filter(|c| c.kind == Kind::Json) {
+            if let Some(v) = row.get_mut(c.supabase) {
+                if let Value::String(text) = v.take() {
+                    *v = serde_json::from_str(&text).unwrap_or_else(|_| unreadable(text));
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The reads of whole tables that `verify` and `repair` are built on, the
+/// counterparts of `SqliteDatabase`'s `page`, `rows_by_keys` and `range`.
+/// Rows come as PostgREST returns them (turn them canonical with
+/// [`normalise::from_supabase_owned`]); a jsonb value serde_json cannot read
+/// is marked with [`UNREADABLE_JSON`]. Adapters never retry: callers wrap
+/// these in [`crate::retry::retry`].
+impl SupabaseDatabase {
+    /// Exact row count of `table` as this key sees it (`HEAD`, `count=exact`).
+    pub async fn count(&self, table: &'static Table) -> Result<u64> {
+        self.rest.count(table.supabase).await
+    }
+
+    /// Up to `limit` rows of `table` with keys after `after`, in key order
+    /// (bytes: the keys are `COLLATE "C"`, as SQLite's BINARY). PostgREST caps
+    /// a read at its max-rows, which may be below `limit`: a short page is not
+    /// the end of the table, only an empty one is.
+    pub async fn page(
+        &self,
+        table: &'static Table,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Map<String, Value>>> {
+        let key = table.key().supabase;
+        read_rows(table, marked, |select| async move {
+            self.rest
+                .select_page(table.supabase, &select, &[], key, after, limit)
+                .await
+        })
+        .await
+    }
+
+    /// The rows with these keys (those that exist), in requests of
+    /// `<key>=in.(…)` short enough for any proxy ([`crate::rest::key_chunks`]).
+    pub async fn rows_by_keys(
+        &self,
+        table: &'static Table,
+        keys: &[&str],
+    ) -> Result<Vec<Map<String, Value>>> {
+        let key = table.key().supabase;
+        let mut out = Vec::new();
+        for chunk in crate::rest::key_chunks(keys) {
+            let chunk = &chunk;
+            let rows = read_rows(table, marked, |select| async move {
+                self.rest
+                    .select_in(table.supabase, &select, key, chunk)
+                    .await
+            })
+            .await?;
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// The rows with keys from `first` to `last` (both included), in key order.
+    pub async fn range(
+        &self,
+        table: &'static Table,
+        first: &str,
+        last: &str,
+    ) -> Result<Vec<Map<String, Value>>> {
+        let key = table.key().supabase;
+        let mut out: Vec<Map<String, Value>> = Vec::new();
+        let mut from = (first.to_owned(), false);
+        loop {
+            let (start, after) = (&from.0, from.1);
+            let page = read_rows(table, marked, |select| async move {
+                self.rest
+                    .select_between(table.supabase, &select, key, start, after, last, PAGE_ROWS)
+                    .await
+            })
+            .await?;
+            let Some(next) = page.last().and_then(|r| r.get(key)).and_then(Value::as_str) else {
+                return Ok(out);
+            };
+            from = (next.to_owned(), true);
+            out.extend(page);
+        }
+    }
+
+    /// Delete the rows with these keys (chunked like [`Self::rows_by_keys`]);
+    /// returns how many were deleted.
+    pub async fn delete_keys(&self, table: &'static Table, keys: &[&str]) -> Result<u64> {
+        let mut deleted = 0;
+        for chunk in crate::rest::key_chunks(keys) {
+            deleted += self
+                .rest
+                .delete_in(table.supabase, table.key().supabase, &chunk)
+                .await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Every row matching `filters` (Supabase column names), paging through
+    /// max-rows; what [`Database::fetch`] reads.
+    async fn select_where(
+        &self,
+        table: &'static Table,
+        filters: &EqFilters<'_>,
+    ) -> Result<Vec<Map<String, Value>>> {
+        let key = table.key().supabase;
+        let mut out: Vec<Map<String, Value>> = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let from = after.as_deref();
+            let page = read_rows(table, as_sqlite_reads, |select| async move {
+                self.rest
+                    .select_page(table.supabase, &select, filters, key, from, PAGE_ROWS)
+                    .await
+            })
+            .await?;
+            // Only an empty page is the end (max-rows may be below PAGE_ROWS).
+            let Some(last) = page.last() else {
+                return Ok(out);
+            };
+            after = filter_text(last.get(key).unwrap_or(&Value::Null));
+            if after.is_none() {
+                return Err(Error::Protocol(format!(
+                    "{}: a row without its key {key}",
+                    table.supabase
+                )));
+            }
+            out.extend(page);
+        }
+    }
+}
+
 impl Database for SupabaseDatabase {
     fn backend(&self) -> String {
         "supabase".into()
@@ -406,10 +595,7 @@ impl Database for SupabaseDatabase {
             .iter()
             .map(|(c, v)| (table.columns[table.index_of(c)].supabase, filter_text(v)))
             .collect();
-        let rows = self
-            .rest
-            .select_all(table.supabase, &f, table.key().supabase)
-            .await?;
+        let rows = self.select_where(table, &f).await?;
         let key = table.key().supabase;
         let mut out: Vec<Row> = rows
             .iter()

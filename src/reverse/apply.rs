@@ -96,6 +96,17 @@ fn physical_columns(conn: &Connection, t: &Table) -> Result<Vec<String>> {
         .collect()
 }
 
+/// [`apply`] on a connection of its own to the file at `path` (for callers
+/// other than the reverse daemon: `verify --repair --direction reverse`).
+/// Blocking: call it from `spawn_blocking`.
+pub fn apply_to_file(
+    path: &std::path::Path,
+    batch: &[(&'static Table, TableBatch)],
+) -> Result<(HashMap<&'static str, Applied>, Vec<Refused>)> {
+    let mut conn = crate::capture::open_rw(path)?;
+    apply(&mut conn, batch)
+}
+
 /// A row (or the deletion of a key) the SQLite file refused: a dead letter.
 #[derive(Debug, Clone)]
 pub struct Refused {

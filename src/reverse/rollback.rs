@@ -7,8 +7,9 @@
 //!   has drained everything);
 //! * forward capture not installed on the file (its triggers would log the
 //!   reverse mirror's own writes);
-//! * every table verified equal by content ([`crate::verify`]), with a key that
-//!   sees every row (the service role).
+//! * every table verified equal by content, Supabase as the source
+//!   ([`crate::verify`] with [`Direction::Reverse`], what `dualwrite verify
+//!   --direction reverse` runs), with a key that sees every row (the service role).
 //!
 //! The check never writes. Stop the app first: writes in flight show up as
 //! pending changes or differences.
@@ -20,7 +21,7 @@ use crate::capture;
 use crate::catalogue::TABLES;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
-use crate::verify::{self, Check, KeyInfo, VerifyOptions};
+use crate::verify::{self, Check, Direction, KeyInfo, VerifyOptions};
 
 pub const REPORT_SCHEMA: &str = "dualwrite.rollback/1";
 
@@ -115,14 +116,15 @@ pub async fn check(
     vopts.tables = TABLES.to_vec();
     vopts.check = Check::Content;
     vopts.listed_rows = 5;
+    vopts.direction = Direction::Reverse;
     let v = verify::run(sqlite, supabase, &vopts).await?;
     for t in v.unequal_tables() {
         let c = &t.counts;
         reasons.push(match &t.error {
             Some(e) => format!("{}: could not be verified: {e}", t.table),
             None => format!(
-                "{}: not equal by content ({} only in Supabase, {} only in SQLite, {} different)",
-                t.table, c.only_in_target, c.only_in_source, c.different
+                "{}: not equal by content ({} missing in SQLite, {} extra in SQLite, {} different, {} cannot land in SQLite)",
+                t.table, c.only_in_source, c.only_in_target, c.different, c.cannot_land
             ),
         });
     }
@@ -132,7 +134,7 @@ pub async fn check(
         reasons,
         capture: cap,
         verify: v.verdict.as_str().to_owned(),
-        rows_in_sqlite: v.totals.source_rows,
-        rows_in_supabase: v.totals.target_rows,
+        rows_in_sqlite: v.totals.target_rows,
+        rows_in_supabase: v.totals.source_rows,
     })
 }

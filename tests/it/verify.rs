@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use dualwrite::catalogue::{self, Table, TABLES};
 use dualwrite::cutover::{self, CutoverOptions};
-use dualwrite::db::{SecondaryFailure, SqliteDatabase, SupabaseDatabase};
+use dualwrite::db::{Database, SecondaryFailure, SqliteDatabase, SupabaseDatabase};
 use dualwrite::normalise;
 use dualwrite::rest::{RestClient, RestConfig};
 use dualwrite::verify::{self, Check, Format, KeyInfo, Verdict, VerifyOptions, VerifyReport};
@@ -1162,4 +1162,298 @@ async fn the_html_report_renders_in_headless_chromium() {
     );
     assert!(dom.contains("DIFFERENT"));
     assert!(dom.contains("class=\"b\""), "per-table bars");
+}
+
+/// The Supabase backend's reads are built on the same adapter reads as verify
+/// (`SupabaseDatabase::page` / `rows_by_keys`): `dualwrite call get_artifacts`
+/// returns every row verify reads, past PostgREST's max-rows, a number beyond
+/// double precision, and jsonb nested deeper than serde_json parses.
+#[tokio::test]
+async fn supabase_reads_return_every_row_verify_reads() {
+    needs_stack!();
+    let pg = PrivateDb::new().await;
+    let sql = pg.sql().await;
+    sql.batch_execute(
+        "INSERT INTO artifacts (id, filename, filepath, filetype, extras) \
+         SELECT 'a' || lpad(i::text, 5, '0'), 'f' || i, '/p/' || i, 'pdf', \
+                jsonb_build_object('i', i) FROM generate_series(1, 1005) i;
+         UPDATE artifacts SET extras = '{\"big\": 1e400, \"tiny\": 1e-400}' WHERE id = 'a00007';",
+    )
+    .await
+    .unwrap();
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    sql.execute(
+        "UPDATE artifacts SET extras = jsonb_build_object('deep', $1::text::jsonb) WHERE id = 'a01003'",
+        &[&deep],
+    )
+    .await
+    .unwrap();
+
+    // What verify reads: every row, in pages, through the adapter.
+    let sb = pg.supabase();
+    let t = &catalogue::ARTIFACT;
+    let (mut pages, mut after) = (0, None::<String>);
+    let mut read = 0;
+    loop {
+        let page = sb.page(t, after.as_deref(), 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last["id"].as_str().unwrap().to_owned());
+        read += page.len();
+        pages += 1;
+    }
+    assert_eq!((read, pages), (1005, 2));
+    let by_key = sb
+        .rows_by_keys(t, &["a00007", "a01003", "nope"])
+        .await
+        .unwrap();
+    assert_eq!(by_key.len(), 2);
+    // A key range, both ends included, past one max-rows page.
+    let range = sb.range(t, "a00002", "a01004").await.unwrap();
+    assert_eq!(range.len(), 1003);
+    assert_eq!(
+        (&range[0]["id"], &range[1002]["id"]),
+        (&json!("a00002"), &json!("a01004"))
+    );
+
+    // What the Supabase backend's reads return: the same rows.
+    let dir = tempfile::tempdir().unwrap();
+    let key = pg.service_key();
+    let db = dir.path().join("app.sqlite3");
+    let o = dualwrite_bin(
+        dir.path(),
+        &[
+            ("DB_BACKEND", "supabase"),
+            ("DB_PATH", db.to_str().unwrap()),
+            ("SUPABASE_URL", pg.url.as_str()),
+            ("SUPABASE_SERVICE_KEY", key.as_str()),
+        ],
+        &["call", "get_artifacts", "--json", "{}"],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let all: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(all.len(), 1005, "{}", text(&o.stderr));
+    let ids: BTreeSet<&str> = all.iter().map(|a| a["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1005);
+    let extras = |id: &str| all.iter().find(|a| a["id"] == id).unwrap()["extras"].clone();
+    let big = extras("a00007");
+    let big_text = big["big"].to_string();
+    assert!(
+        big_text.len() == 401 && big_text.starts_with("10000"),
+        "1e400 read exactly: {big}"
+    );
+    // jsonb deeper than serde_json's 128 levels: the row is there, its value
+    // read as the SQLite backend reads JSON text it cannot parse (a string).
+    let deep_read = extras("a01003").to_string();
+    assert!(
+        deep_read.contains("[[[[") && deep_read.contains("1]]]]"),
+        "{deep_read}"
+    );
+}
+
+/// An artifact row of the SQLite file, as stored (every column as text).
+fn artifact_row(path: &Path, id: &str) -> Option<Vec<Option<String>>> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.query_row(
+        "SELECT id, filename, filepath, filetype, report_week, status, source_url, extra_json \
+         FROM artifact WHERE id = ?1",
+        [id],
+        |r| (0..8).map(|i| r.get::<_, Option<String>>(i)).collect(),
+    )
+    .ok()
+}
+
+/// After cutover Supabase is the source: `verify --direction reverse` reports
+/// what the SQLite file lacks or holds in excess with the right names, and
+/// `--repair --direction reverse` fixes the file (never Supabase) through the
+/// reverse mirror's write, after confirmation, then the file verifies EQUAL.
+#[tokio::test]
+async fn reverse_verify_names_sqlite_differences_and_repair_fixes_the_file() {
+    needs_stack!();
+    let (dir, path, pg) = loaded("dox-small.sqlite3").await;
+    let (changed, missing) = (
+        nth_key(&path, &catalogue::ARTIFACT, 0),
+        nth_key(&path, &catalogue::ARTIFACT, 1),
+    );
+    let (changed_row, missing_row) = (
+        artifact_row(&path, &changed).unwrap(),
+        artifact_row(&path, &missing).unwrap(),
+    );
+    let key = service_key(&pg);
+    let lite = open_read_only(&path).await;
+    let sb = pg.supabase();
+    let mut reverse = options(key.clone());
+    reverse.direction = verify::Direction::Reverse;
+    let r = verify::run(&lite, &sb, &reverse).await.unwrap();
+    assert_eq!(
+        r.verdict,
+        Verdict::Equal,
+        "{}",
+        verify::render(&r, Format::Text)
+    );
+
+    // Three differences made in the SQLite file.
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute(
+            "UPDATE artifact SET status = 'drifted' WHERE id = ?1",
+            [&changed],
+        )
+        .unwrap();
+        c.execute("DELETE FROM artifact WHERE id = ?1", [&missing])
+            .unwrap();
+        c.execute(
+            "INSERT INTO artifact (id, filename, filepath, filetype) VALUES ('zz-extra', 'x', '/x', 'pdf')",
+            [],
+        )
+        .unwrap();
+    }
+    let supabase_before = sb.fetch(&catalogue::ARTIFACT, &[]).await.unwrap();
+
+    let r = verify::run(&lite, &sb, &reverse).await.unwrap();
+    let shown = verify::render(&r, Format::Text);
+    assert_eq!(r.verdict, Verdict::Different, "{shown}");
+    assert_eq!((r.source.kind, r.target.kind), ("supabase", "sqlite"));
+    let labels: BTreeSet<(String, String)> = r
+        .tables
+        .iter()
+        .flat_map(|t| t.rows.iter().map(|d| (r.kind_label(d.kind), d.key.clone())))
+        .collect();
+    assert_eq!(
+        labels,
+        BTreeSet::from([
+            ("different".to_owned(), changed.clone()),
+            ("missing in SQLite".to_owned(), missing.clone()),
+            ("extra in SQLite".to_owned(), "zz-extra".to_owned()),
+        ]),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("missing in SQLite {missing}")),
+        "{shown}"
+    );
+    assert!(shown.contains("extra in SQLite zz-extra"), "{shown}");
+    // The changed column, Supabase's value first (the source).
+    let art = r.tables.iter().find(|t| t.table == "artifact").unwrap();
+    let diff = art.rows.iter().find(|d| d.key == changed).unwrap();
+    assert_eq!(diff.columns[0].column, "status");
+    assert!(diff.columns[0].target.contains("drifted"), "{shown}");
+    assert_eq!(
+        (art.counts.source_rows, art.counts.target_rows),
+        (art.counts.target_rows, art.counts.target_rows),
+        "one missing and one extra: the same count on both sides"
+    );
+    let json: Value = serde_json::from_str(&verify::render(&r, Format::Json)).unwrap();
+    assert_eq!(json["direction"], "reverse");
+    assert_eq!(json["source"]["kind"], "supabase");
+
+    // A forward verify still names the sides as before.
+    let forward = verify::run(&lite, &sb, &options(key.clone()))
+        .await
+        .unwrap();
+    let labels: BTreeSet<(&str, String)> = forward
+        .tables
+        .iter()
+        .flat_map(|t| t.rows.iter().map(|d| (d.kind.as_str(), d.key.clone())))
+        .collect();
+    assert_eq!(
+        labels,
+        BTreeSet::from([
+            ("different", changed.clone()),
+            ("only in target", missing.clone()),
+            ("only in source", "zz-extra".to_owned()),
+        ])
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&verify::render(&forward, Format::Json)).unwrap()
+            ["direction"],
+        "forward"
+    );
+
+    // A reverse sample draws Supabase rows and finds them in the file: the
+    // changed and the missing row, never the extra one (only through counts).
+    let mut sample = reverse.clone();
+    sample.check = Check::Sample { rows: 100_000 };
+    sample.tables = vec![&catalogue::ARTIFACT];
+    let r = verify::run(&lite, &sb, &sample).await.unwrap();
+    let c = r.tables[0].counts;
+    assert_eq!(
+        (c.compared, c.different, c.only_in_source, c.only_in_target),
+        (c.source_rows, 1, 1, 0),
+        "{}",
+        verify::render(&r, Format::Text)
+    );
+
+    let env = [
+        ("SUPABASE_URL", pg.url.as_str()),
+        ("SUPABASE_SERVICE_KEY", &pg.service_key()),
+    ]
+    .map(|(k, v)| (k, v.to_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let p = path.to_str().unwrap();
+    let repair = |extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "--direction",
+            "reverse",
+            "--from-sqlite",
+            p,
+            "--repair",
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        dualwrite_bin(dir.path(), &env, &args)
+    };
+    // Not confirmed: nothing changes.
+    let o = repair(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("nothing was changed"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(
+        text(&o.stderr).contains(p),
+        "the plan names the file: {}",
+        text(&o.stderr)
+    );
+    assert_eq!(artifact_row(&path, &missing), None);
+
+    // Confirmed, without --delete-extra: the changed and the missing row are
+    // back as DoX stored them; the extra row stays.
+    let o = repair(&["--yes"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let after: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(after["direction"], "reverse");
+    assert_eq!(after["repair"]["status"], "applied");
+    let t = &after["repair"]["tables"][0];
+    assert_eq!(
+        (&t["table"], &t["upserted"], &t["deleted"], &t["extra_kept"]),
+        (&json!("artifact"), &json!(2), &json!(0), &json!(1)),
+        "{after}"
+    );
+    assert_eq!(artifact_row(&path, &changed).unwrap(), changed_row);
+    assert_eq!(artifact_row(&path, &missing).unwrap(), missing_row);
+    assert!(artifact_row(&path, "zz-extra").is_some());
+
+    // With --delete-extra: the file is equal.
+    let o = repair(&["--yes", "--delete-extra"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let after: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(after["verdict"], "equal", "{after}");
+    assert_eq!(after["repair"]["tables"][0]["deleted"], 1, "{after}");
+    assert_eq!(artifact_row(&path, "zz-extra"), None);
+    let o = dualwrite_bin(
+        dir.path(),
+        &env,
+        &["verify", "--direction", "reverse", "--from-sqlite", p],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+    assert!(text(&o.stdout).contains("EQUAL"), "{}", text(&o.stdout));
+
+    // Supabase was only read.
+    assert_eq!(
+        sb.fetch(&catalogue::ARTIFACT, &[]).await.unwrap(),
+        supabase_before
+    );
 }

@@ -255,10 +255,16 @@ pub struct VerifyArgs {
     /// Write the report to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Rewrite the missing and differing rows on Supabase from the source, after confirmation.
+    /// forward: SQLite is the source, Supabase the target (before cutover);
+    /// reverse: Supabase is the source, the SQLite file the target (after
+    /// cutover, with `serve --direction reverse` keeping the file current).
+    #[arg(long, default_value = "forward")]
+    pub direction: verify::Direction,
+    /// Rewrite the missing and differing rows on the target (Supabase; the SQLite
+    /// file with --direction reverse) from the source, after confirmation.
     #[arg(long, conflicts_with_all = ["counts_only", "sample"])]
     pub repair: bool,
-    /// With --repair: also delete the rows found only on Supabase.
+    /// With --repair: also delete the rows found only on the target.
     #[arg(long, requires = "repair")]
     pub delete_extra: bool,
     /// With --repair: do not ask for confirmation.

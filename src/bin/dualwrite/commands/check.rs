@@ -120,6 +120,7 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
         opts.tables = tables;
     }
     opts.unrepresentable = policy(a.unrepresentable.as_deref(), &s)?;
+    opts.direction = a.direction;
     // A repair under `coerce` writes coerced rows, recording the originals where
     // the backfill of this source records them.
     let target = if opts.unrepresentable == UnrepresentablePolicy::Coerce {

@@ -11,24 +11,25 @@
 
 use std::collections::BTreeSet;
 
+mod reverse;
+
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{
-    in_list_value, key_chunks, run_inner, Check, Counts, RowKind, Verdict, VerifyOptions,
-    VerifyReport,
-};
+use super::{run_inner, Check, Counts, Direction, RowKind, Verdict, VerifyOptions, VerifyReport};
 use crate::catalogue::Table;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
 use crate::normalise::{self, SqlRow, SqlValue};
-use crate::rest::content_range_total;
+use crate::rest::key_chunks;
 use crate::retry::{retry, RetryPolicy};
 
 /// What a repair would change, table by table.
 #[derive(Debug, Default)]
 pub struct RepairPlan {
     pub tables: Vec<TablePlan>,
+    /// Which side is written: Supabase (forward) or the SQLite file (reverse).
+    pub direction: Direction,
 }
 
 #[derive(Debug)]
@@ -241,13 +242,18 @@ pub async fn plan(
 ) -> Result<(VerifyReport, RepairPlan)> {
     let mut opts = opts.clone();
     opts.check = Check::Content;
-    let mut plan = RepairPlan::default();
+    let mut plan = RepairPlan {
+        direction: opts.direction,
+        ..RepairPlan::default()
+    };
     let report = run_inner(source, target, &opts, Some(&mut plan)).await?;
     Ok((report, plan))
 }
 
-/// Apply a confirmed plan. Writes go through [`SupabaseDatabase::upsert_rows`]
-/// in batches; deletes are `DELETE … <key>=in.(…)`, chunked.
+/// Apply a confirmed plan. Forward, writes go through
+/// [`SupabaseDatabase::upsert_rows`] in batches, deletes through
+/// [`SupabaseDatabase::delete_keys`]; in reverse, through the reverse mirror's
+/// SQLite write ([`crate::reverse::apply`]).
 pub async fn apply(
     source: &SqliteDatabase,
     target: &SupabaseDatabase,
@@ -255,6 +261,9 @@ pub async fn apply(
     opts: &RepairOptions,
     outcome: &mut RepairOutcome,
 ) -> Result<()> {
+    if plan.direction == Direction::Reverse {
+        return reverse::apply(source, target, plan, opts, outcome).await;
+    }
     for p in &plan.tables {
         let Some(done) = outcome
             .tables
@@ -356,7 +365,6 @@ async fn delete(
     p: &TablePlan,
     done: &mut TableRepair,
 ) -> Result<()> {
-    let rest = target.rest();
     let t = p.table;
     let keys: Vec<&str> = p.delete.iter().map(String::as_str).collect();
     for chunk in key_chunks(&keys) {
@@ -370,29 +378,15 @@ async fn delete(
             })
             .collect();
         done.now_in_source += present.len() as u64;
-        let quoted: Vec<String> = chunk
+        let gone: Vec<&str> = chunk
             .iter()
-            .filter(|k| !present.contains(**k))
-            .map(|k| in_list_value(k))
+            .copied()
+            .filter(|k| !present.contains(*k))
             .collect();
-        if quoted.is_empty() {
+        if gone.is_empty() {
             continue;
         }
-        done.deleted += retry(RetryPolicy::default(), || async {
-            let req = rest
-                .from(t.supabase)
-                .delete()
-                .in_(t.key().supabase, &quoted)
-                .build();
-            let resp = rest.send(req, Some("return=minimal,count=exact")).await?;
-            content_range_total(resp.headers()).ok_or_else(|| {
-                Error::Protocol(format!(
-                    "a delete on {} answered without Content-Range",
-                    t.supabase
-                ))
-            })
-        })
-        .await?;
+        done.deleted += retry(RetryPolicy::default(), || target.delete_keys(t, &gone)).await?;
     }
     Ok(())
 }
