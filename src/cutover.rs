@@ -141,16 +141,16 @@ impl CutoverReport {
 }
 
 /// One record line, reduced to what the check needs.
-struct Record {
-    table: String,
-    key: String,
-    message: String,
+pub(crate) struct Record {
+    pub(crate) table: String,
+    pub(crate) key: String,
+    pub(crate) message: String,
 }
 
 /// Read an NDJSON record file line by line (memory stays flat), each line
 /// through the type its writer serialises (`T`: [`SecondaryFailure`] or
 /// [`Reject`]); a line that is not one is counted as malformed.
-fn read_records<T: serde::de::DeserializeOwned>(
+pub(crate) fn read_records<T: serde::de::DeserializeOwned>(
     path: Option<&Path>,
     what: &str,
     flag: &str,

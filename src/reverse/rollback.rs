@@ -9,7 +9,10 @@
 //!   reverse mirror's own writes);
 //! * every table verified equal by content, Supabase as the source
 //!   ([`crate::verify`] with [`Direction::Reverse`], what `dualwrite verify
-//!   --direction reverse` runs), with a key that sees every row (the service role).
+//!   --direction reverse` runs), with a key that sees every row (the service role);
+//! * no dead letter left (a row the file refused, in the reverse mirror's
+//!   `reverse-rejects.ndjson`, `--rejects` or the default state directory of
+//!   the file) unless its table now verifies equal (the row was repaired since).
 //!
 //! The check never writes. Stop the app first: writes in flight show up as
 //! pending changes or differences.
@@ -17,8 +20,10 @@
 use serde::Serialize;
 
 use super::capture::{self as rc, CaptureState};
+use crate::backfill::Reject;
 use crate::capture;
 use crate::catalogue::TABLES;
+use crate::cutover::{self, Record, RecordCheck};
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
 use crate::verify::{self, Check, Direction, KeyInfo, VerifyOptions};
@@ -36,6 +41,10 @@ pub struct RollbackReport {
     pub verify: String,
     pub rows_in_sqlite: u64,
     pub rows_in_supabase: u64,
+    /// The reverse mirror's dead letters (rows the file refused).
+    pub dead_letters: RecordCheck,
+    /// What was not checked, or settled.
+    pub notes: Vec<String>,
 }
 
 impl RollbackReport {
@@ -60,8 +69,17 @@ impl RollbackReport {
             self.rows_in_sqlite,
             self.rows_in_supabase
         );
+        if self.dead_letters.checked {
+            s.push_str(&format!(
+                "dead letters: {} recorded, {} left\n",
+                self.dead_letters.records, self.dead_letters.left
+            ));
+        }
         for r in &self.reasons {
             s.push_str(&format!("  - {r}\n"));
+        }
+        for n in &self.notes {
+            s.push_str(&format!("  note: {n}\n"));
         }
         s
     }
@@ -73,6 +91,7 @@ pub async fn check(
     sqlite: &SqliteDatabase,
     supabase: &SupabaseDatabase,
     key: KeyInfo,
+    dead_letters: Option<&std::path::Path>,
 ) -> Result<RollbackReport> {
     let mut reasons = Vec::new();
     let cap = rc::switch(supabase.rest(), None, false).await?;
@@ -118,6 +137,65 @@ pub async fn check(
     vopts.listed_rows = 5;
     vopts.direction = Direction::Reverse;
     let v = verify::run(sqlite, supabase, &vopts).await?;
+    let mut notes = Vec::new();
+    let mut refused = Vec::new();
+    let rejects = dead_letters.map_or_else(
+        || super::serve::default_rejects_path(db_path),
+        std::path::Path::to_owned,
+    );
+    let mut dead_letters = cutover::read_records(
+        Some(&rejects),
+        "dead-letter",
+        "--rejects",
+        &mut notes,
+        |r: Reject| Record {
+            message: format!("{} {}", r.code, r.message),
+            table: r.table,
+            key: r.key,
+        },
+        |r| refused.push(r),
+    )?;
+    // A dead letter is settled once its table verifies equal by content.
+    let equal: Vec<&str> = v
+        .tables
+        .iter()
+        .filter(|t| t.status == verify::TableStatus::Equal)
+        .flat_map(|t| [t.table, t.supabase_table])
+        .collect();
+    let left: Vec<&Record> = refused
+        .iter()
+        .filter(|r| !equal.contains(&r.table.as_str()))
+        .collect();
+    dead_letters.left = left.len() as u64;
+    dead_letters.examples.extend(left.iter().take(5).map(|r| {
+        format!(
+            "{} {}: {}",
+            r.table,
+            crate::verify::compare::truncate(&r.key, 80),
+            r.message
+        )
+    }));
+    if !left.is_empty() {
+        reasons.push(format!(
+            "{} row(s) the SQLite file refused ({}) in tables that do not verify equal: fix the \
+             cause, then `dualwrite verify --direction reverse --repair`",
+            left.len(),
+            rejects.display()
+        ));
+    }
+    if dead_letters.malformed > 0 {
+        reasons.push(format!(
+            "{} line(s) of {} are not dead-letter records",
+            dead_letters.malformed,
+            rejects.display()
+        ));
+    }
+    if refused.len() > left.len() {
+        notes.push(format!(
+            "{} dead letter(s) in tables that now verify equal: settled",
+            refused.len() - left.len()
+        ));
+    }
     for t in v.unequal_tables() {
         let c = &t.counts;
         reasons.push(match &t.error {
@@ -136,5 +214,7 @@ pub async fn check(
         verify: v.verdict.as_str().to_owned(),
         rows_in_sqlite: v.totals.target_rows,
         rows_in_supabase: v.totals.source_rows,
+        dead_letters,
+        notes,
     })
 }

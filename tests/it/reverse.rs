@@ -774,6 +774,35 @@ async fn rows_the_sqlite_file_refuses_become_dead_letters_and_the_rest_flows() {
     assert_eq!(status["last_error"], Value::Null, "{status}");
     kill(&serve, "-TERM");
     let _ = serve.wait();
+
+    // The rollback check names the dead letters as the reason.
+    let rejects = state.join("reverse-rejects.ndjson");
+    let o = run(
+        dir.path(),
+        &pg,
+        &[
+            "cutover",
+            "check",
+            "--rollback",
+            "--from-sqlite",
+            db.to_str().unwrap(),
+            "--rejects",
+            rejects.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+    );
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"));
+    assert_eq!(o.status.code(), Some(1), "{report}");
+    assert_eq!(report["dead_letters"]["records"], json!(3), "{report}");
+    assert_eq!(report["dead_letters"]["left"], json!(3), "{report}");
+    assert!(
+        report["reasons"].as_array().unwrap().iter().any(|r| r
+            .as_str()
+            .unwrap()
+            .contains("3 row(s) the SQLite file refused")),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

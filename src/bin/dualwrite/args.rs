@@ -288,7 +288,8 @@ pub enum CutoverCommand {
         /// NDJSON of recorded secondary failures (default: the configured dual.failure_log).
         #[arg(long, value_name = "FILE")]
         failures: Option<PathBuf>,
-        /// NDJSON of rows the backfill rejected (default: the backfill's rejects.ndjson for this source).
+        /// NDJSON of rows the backfill rejected (default: the backfill's rejects.ndjson for this source);
+        /// with --rollback, the reverse mirror's dead letters (default: its reverse-rejects.ndjson).
         #[arg(long, value_name = "FILE")]
         rejects: Option<PathBuf>,
         /// text or json.

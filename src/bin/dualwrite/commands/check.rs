@@ -32,7 +32,9 @@ pub async fn cutover(cli: &Cli, c: &CutoverCommand) -> ExitCode {
             let s = settings(cli)?;
             let path = from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
             let (lite, supa, key) = verify_sides(&s, &path).await?;
-            let r = dualwrite::reverse::rollback::check(&path, &lite, &supa, key).await?;
+            let r =
+                dualwrite::reverse::rollback::check(&path, &lite, &supa, key, rejects.as_deref())
+                    .await?;
             match format.as_str() {
                 "json" => print_json(&serde_json::to_value(&r)?),
                 _ => print!("{}", r.render_text()),
