@@ -694,6 +694,10 @@ async fn rows_the_sqlite_file_refuses_become_dead_letters_and_the_rest_flows() {
         .upsert(&catalogue::ARTIFACT, body(Value::Array(rows)))
         .await
         .unwrap();
+    // Drained before the update: the mirror sends the current state, so an
+    // insert and a refused update of ok-3 drained together would refuse ok-3
+    // whole (and the file would not have it at all).
+    wait_drained(&service, dir.path()).await;
     let sql = pg.sql().await;
     sql.batch_execute(
         "update artifacts set filename = 'refuse' where id = 'ok-3';
