@@ -24,10 +24,11 @@ missing_packages() {
 
 # What `install` would do, in words (empty when nothing is missing).
 install_needed() {
-  local pkgs
-  pkgs=$(missing_packages | tr '\n' ' ')
-  [[ -n $pkgs ]] && printf 'Debian packages %s' "$pkgs"
-  postgrest_bin_ok || printf 'PostgREST %s' "$PGRST_VERSION"
+  local what=() pkgs
+  pkgs=$(missing_packages | paste -sd ' ' -)
+  [[ -z $pkgs ]] || what+=("Debian packages ($pkgs)")
+  postgrest_bin_ok || what+=("PostgREST $PGRST_VERSION")
+  (( ${#what[@]} == 0 )) || printf '%s\n' "$(IFS=,; echo "${what[*]}" | sed 's/,/, /g')"
 }
 
 # Keep Debian maintainer scripts from starting system services (a default postgresql cluster on
