@@ -49,14 +49,6 @@ fn env_or(k: &str, d: u64) -> u64 {
         .unwrap_or(d)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn pg(url: &str) -> tokio_postgres::Client {
     let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -116,37 +108,9 @@ async fn main() {
         .batch_execute(&format!("{CAPTURE_SQL}\n{ATOMIC_SQL}"))
         .await
         .unwrap();
-    let (port, admin_port) = (free_port(), free_port());
+    let postgrest = own_postgrest(&env, &name).await;
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("postgrest.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "db-uri = \"{}/{name}\"\ndb-schemas = \"public\"\ndb-anon-role = \"anon\"\n\
-             db-max-rows = 1000\ndb-extra-search-path = \"public, extensions\"\n\
-             db-pool = 10\njwt-secret = \"{}\"\nserver-host = \"127.0.0.1\"\n\
-             server-port = {port}\nadmin-server-port = {admin_port}\n",
-            env["DUALWRITE_AUTHENTICATOR_URL"], env["SUPABASE_JWT_SECRET"]
-        ),
-    )
-    .unwrap();
-    let mut postgrest = Command::new(&env["DUALWRITE_POSTGREST_BIN"])
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{admin_port}/ready")).await {
-            if r.status().is_success() {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "private PostgREST not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let url = format!("http://127.0.0.1:{port}");
+    let url = postgrest.url.clone();
     let service_key = keys::sign(
         &env["SUPABASE_JWT_SECRET"],
         "service_role",
@@ -382,8 +346,7 @@ async fn main() {
         );
     }
 
-    let _ = postgrest.kill();
-    let _ = postgrest.wait();
+    drop(postgrest);
     drop(db_sql);
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

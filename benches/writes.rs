@@ -14,8 +14,6 @@
 mod common;
 use common::*;
 
-use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -94,75 +92,6 @@ fn rest(url: &str, key: &str, timeout: Duration) -> RestClient {
         connect_timeout: Duration::from_secs(2),
     })
     .unwrap()
-}
-
-/// A PostgREST of the bench's own on the stack's `dox` database, so pausing it
-/// leaves the shared one alone.
-struct OwnPostgrest {
-    child: Child,
-    url: String,
-    _conf: tempfile::NamedTempFile,
-}
-
-impl OwnPostgrest {
-    async fn start(env: &HashMap<String, String>) -> OwnPostgrest {
-        let port = free_port();
-        let admin = free_port();
-        let conf = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(
-            conf.path(),
-            format!(
-                "db-uri = \"{}/dox\"\ndb-schemas = \"public\"\ndb-anon-role = \"anon\"\njwt-secret = \"{}\"\n\
-                 server-host = \"127.0.0.1\"\nserver-port = {port}\nadmin-server-port = {admin}\n",
-                env["DUALWRITE_AUTHENTICATOR_URL"], env["SUPABASE_JWT_SECRET"]
-            ),
-        )
-        .unwrap();
-        let child = Command::new(&env["DUALWRITE_POSTGREST_BIN"])
-            .arg(conf.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let ready = format!("http://127.0.0.1:{admin}/ready");
-        for _ in 0..400 {
-            if reqwest::get(&ready)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        OwnPostgrest {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            _conf: conf,
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-    }
-}
-
-impl Drop for OwnPostgrest {
-    fn drop(&mut self) {
-        self.signal("-CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::main]
@@ -252,7 +181,7 @@ async fn main() {
     );
 
     // A hung secondary: PostgREST paused with SIGSTOP; the configured mirror timeout is 250 ms.
-    let own = OwnPostgrest::start(&env).await;
+    let own = own_postgrest(&env, "dox").await;
     let lite = SqliteDatabase::open(dir.path().join("hung.sqlite3"), SqliteOptions::default())
         .await
         .unwrap();
@@ -266,7 +195,7 @@ async fn main() {
     dual.apply(mixed_writes(1, &format!("{run}e"))[0].clone())
         .await
         .unwrap();
-    own.signal("-STOP");
+    own.pause(true);
     let hung = measure(
         "Dual with the mirror paused (SIGSTOP), mirror timeout 250 ms",
         &dual,
@@ -274,7 +203,7 @@ async fn main() {
         || dual.stats().failed,
     )
     .await;
-    own.signal("-CONT");
+    own.pause(false);
     lines.push(hung);
 
     println!(

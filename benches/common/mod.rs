@@ -1,5 +1,6 @@
-//! What the benchmarks share: the local stack's variables and the cached
-//! generated data set.
+//! What the benchmarks share: the local stack's variables, the cached
+//! generated data set, and the PostgREST launcher of the tests
+//! (`tests/support/postgrest.rs`).
 
 // Each bench uses only part of what is shared here.
 #![allow(dead_code)]
@@ -9,7 +10,14 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use dualwrite::catalogue::TABLES;
+
+#[path = "../../tests/support/postgrest.rs"]
+mod postgrest;
 use dualwrite::generate::{generate, GenerateOptions};
+// Not every bench uses free_port (capture.rs has its own), and an unused re-export is a warning.
+#[allow(unused_imports)]
+pub use postgrest::free_port;
+pub use postgrest::{Postgrest, PostgrestSettings};
 
 /// The variables `scripts/stack.sh env` prints (keys, URLs, DATABASE_URL).
 ///
@@ -76,4 +84,16 @@ pub async fn truncate(env: &HashMap<String, String>) {
         .unwrap();
     c.batch_execute("VACUUM ANALYZE").await.unwrap();
     c.batch_execute("CHECKPOINT").await.unwrap();
+}
+
+/// A PostgREST of the bench's own on `database` of the stack (pool of 10), so
+/// that pausing or stopping it leaves the shared one alone.
+pub async fn own_postgrest(env: &HashMap<String, String>, database: &str) -> Postgrest {
+    Postgrest::launch(PostgrestSettings {
+        bin: env["DUALWRITE_POSTGREST_BIN"].clone().into(),
+        db_uri: format!("{}/{database}", env["DUALWRITE_AUTHENTICATOR_URL"]),
+        jwt_secret: env["SUPABASE_JWT_SECRET"].clone(),
+        pool: 10,
+    })
+    .await
 }

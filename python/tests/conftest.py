@@ -104,18 +104,25 @@ class PrivateDb:
         psql(admin, f"CREATE DATABASE {self.name} TEMPLATE {stack['DUALWRITE_TEMPLATE_DB']}")
         self.port, admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.conf = tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False)
-        self.conf.write(
-            f'db-uri = "{stack["DUALWRITE_AUTHENTICATOR_URL"]}/{self.name}"\n'
-            'db-schemas = "public"\ndb-anon-role = "anon"\ndb-max-rows = 1000\n'
-            'db-extra-search-path = "public, extensions"\ndb-pool = 5\n'
-            f'jwt-secret = "{stack["SUPABASE_JWT_SECRET"]}"\nserver-host = "127.0.0.1"\n'
-            f"server-port = {self.port}\nadmin-server-port = {admin_port}\n"
-        )
-        self.conf.close()
-        self.log = open(self.conf.name + ".log", "w")
+        # The project's one PostgREST configuration (deploy/postgrest/postgrest.conf, also used by
+        # scripts/stack.sh, docker-compose.yml and tests/support/postgrest.rs); PostgREST fills in its
+        # $(DW_PGRST_*) values from this environment, which holds nothing else.
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "DW_PGRST_DB_URI": f"{stack['DUALWRITE_AUTHENTICATOR_URL']}/{self.name}",
+            "DW_PGRST_JWT_SECRET": stack["SUPABASE_JWT_SECRET"],
+            "DW_PGRST_DB_POOL": "5",
+            "DW_PGRST_SERVER_HOST": "127.0.0.1",
+            "DW_PGRST_SERVER_PORT": str(self.port),
+            "DW_PGRST_ADMIN_PORT": str(admin_port),
+        }
+        self.log = tempfile.NamedTemporaryFile("w", suffix=".postgrest.log", delete=False)
         self.proc = subprocess.Popen(
-            [stack["DUALWRITE_POSTGREST_BIN"], self.conf.name], stdout=self.log, stderr=subprocess.STDOUT
+            [stack["DUALWRITE_POSTGREST_BIN"], str(REPO / "deploy" / "postgrest" / "postgrest.conf")],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
         while True:
@@ -126,7 +133,7 @@ class PrivateDb:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"private PostgREST not ready: {open(self.conf.name + '.log').read()}")
+                raise RuntimeError(f"private PostgREST not ready: {open(self.log.name).read()}")
             time.sleep(0.05)
 
     def sql(self, sql: str) -> str:
@@ -138,11 +145,10 @@ class PrivateDb:
         self.proc.wait()
         self.log.close()
         psql(self.stack["DUALWRITE_PG_ADMIN_URL"], f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
-        for p in (self.conf.name, self.conf.name + ".log"):
-            try:
-                os.unlink(p)
-            except OSError:
-                pass
+        try:
+            os.unlink(self.log.name)
+        except OSError:
+            pass
 
 
 @pytest.fixture

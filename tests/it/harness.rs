@@ -5,15 +5,21 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dualwrite::db::{SqliteDatabase, SqliteOptions, SupabaseDatabase};
 use dualwrite::keys;
 use dualwrite::rest::{RestClient, RestConfig};
 use secrecy::SecretString;
+
+// The PostgREST launcher shared with the benchmarks.
+#[path = "../support/postgrest.rs"]
+mod postgrest;
+pub use postgrest::free_port;
+use postgrest::{Postgrest, PostgrestSettings};
 
 /// The stack's variables (from the environment, or from `scripts/stack.sh env`).
 pub struct Stack {
@@ -121,25 +127,12 @@ impl Stack {
     }
 }
 
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A database of its own, cloned from the migrated template, served by a
 /// PostgREST process of its own (no nginx in front).
 pub struct PrivateDb {
     pub name: String,
     pub url: String,
-    port: u16,
-    admin_port: u16,
-    conf: tempfile::NamedTempFile,
-    child: Option<Child>,
-    log: PathBuf,
+    postgrest: Postgrest,
 }
 
 impl PrivateDb {
@@ -163,79 +156,33 @@ impl PrivateDb {
             ))
             .await
             .expect("clone the template database");
-        let port = free_port();
-        let admin_port = free_port();
-        let conf = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(
-            conf.path(),
-            format!(
-                "db-uri = \"{}/{name}\"\ndb-schemas = \"public\"\ndb-anon-role = \"anon\"\n\
-                 db-max-rows = 1000\ndb-extra-search-path = \"public, extensions\"\n\
-                 db-pool = 5\njwt-secret = \"{}\"\nserver-host = \"127.0.0.1\"\n\
-                 server-port = {port}\nadmin-server-port = {admin_port}\n",
-                s.var("DUALWRITE_AUTHENTICATOR_URL"),
-                s.jwt_secret()
-            ),
-        )
-        .unwrap();
-        let log = std::env::temp_dir().join(format!("{name}.postgrest.log"));
-        let mut db = PrivateDb {
-            url: format!("http://127.0.0.1:{port}"),
+        let postgrest = Postgrest::launch(PostgrestSettings {
+            bin: s.var("DUALWRITE_POSTGREST_BIN").into(),
+            db_uri: format!("{}/{name}", s.var("DUALWRITE_AUTHENTICATOR_URL")),
+            jwt_secret: s.jwt_secret().to_owned(),
+            pool: 5,
+        })
+        .await;
+        PrivateDb {
+            url: postgrest.url.clone(),
             name,
-            port,
-            admin_port,
-            conf,
-            child: None,
-            log,
-        };
-        db.start().await;
-        db
+            postgrest,
+        }
     }
 
     /// Start (or restart) PostgREST and wait until it is ready.
     pub async fn start(&mut self) {
-        let log = std::fs::File::create(&self.log).unwrap();
-        let child = Command::new(stack().var("DUALWRITE_POSTGREST_BIN"))
-            .arg(self.conf.path())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start postgrest");
-        self.child = Some(child);
-        let ready = format!("http://127.0.0.1:{}/ready", self.admin_port);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(r) = reqwest::get(&ready).await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "private PostgREST on port {} not ready: {}",
-            self.port,
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
+        self.postgrest.start().await;
     }
 
     /// Stop PostgREST (the API becomes unreachable; the database keeps its rows).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.postgrest.stop();
     }
 
     /// SIGSTOP / SIGCONT: the port still accepts connections but nothing answers.
     pub fn pause(&self, paused: bool) {
-        let pid = self.child.as_ref().expect("running").id();
-        let sig = if paused { "-STOP" } else { "-CONT" };
-        let st = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        self.postgrest.pause(paused);
     }
 
     pub fn service_key(&self) -> String {
@@ -288,12 +235,6 @@ impl PrivateDb {
 
 impl Drop for PrivateDb {
     fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            // A paused process must be resumed to die cleanly.
-            let _ = Command::new("kill")
-                .args(["-CONT", &c.id().to_string()])
-                .status();
-        }
         self.stop();
         let name = self.name.clone();
         let url = stack().var("DUALWRITE_PG_ADMIN_URL").to_owned();
@@ -313,7 +254,6 @@ impl Drop for PrivateDb {
             });
         })
         .join();
-        let _ = std::fs::remove_file(&self.log);
     }
 }
 

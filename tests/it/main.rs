@@ -26,6 +26,7 @@ mod backends;
 mod backfill;
 mod cli;
 mod coerce;
+mod deploy;
 mod dual;
 mod fixtures;
 mod generate;
