@@ -54,6 +54,8 @@ fn log_sql() -> String {
          \tseq INTEGER NOT NULL,\n\
          \top TEXT NOT NULL,\n\
          \tat REAL NOT NULL,\n\
+         \tfirst INTEGER,\n\
+         \tclaimed INTEGER,\n\
          \tPRIMARY KEY (tbl, key)\n) WITHOUT ROWID"
     )
 }
@@ -64,14 +66,46 @@ fn index_sql() -> String {
 
 /// The statement a trigger runs for one key: insert the key, or give the
 /// pending entry a new sequence number. `at` (when the oldest pending change
-/// was made) is kept, so the lag measures the oldest change not yet mirrored.
+/// was made) is kept, so the lag measures the oldest change not yet mirrored;
+/// so are `first` (the `seq` the pending entry was created with: the embedded
+/// dual layer acknowledges only entries its own transaction created) and
+/// `claimed` (set once a drainer has read the entry: see [`claim_changes`]).
 fn record(table: &str, key_expr: &str, op: &str) -> String {
     format!(
-        "INSERT INTO {LOG} (tbl, key, seq, op, at) SELECT {}, {key_expr}, \
-         (SELECT coalesce(max(seq), 0) + 1 FROM {LOG}), '{op}', {NOW_SQL} WHERE {key_expr} IS NOT NULL \
+        "INSERT INTO {LOG} (tbl, key, seq, op, at, first) SELECT {}, {key_expr}, \
+         (SELECT coalesce(max(seq), 0) + 1 FROM {LOG}), '{op}', {NOW_SQL}, \
+         (SELECT coalesce(max(seq), 0) + 1 FROM {LOG}) WHERE {key_expr} IS NOT NULL \
          ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq, op = excluded.op;",
         sql_string(table)
     )
+}
+
+/// Columns added to the change log after its first release: a log created
+/// before gets them on `install` (and when `serve` starts).
+const LATER_COLUMNS: [&str; 2] = ["first", "claimed"];
+
+fn log_columns(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT name FROM pragma_table_info({})",
+        sql_string(LOG)
+    ))?;
+    let cols = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(cols)
+}
+
+/// Add the columns a change log created by an older version lacks.
+fn upgrade_log(conn: &Connection) -> Result<Vec<String>> {
+    let have = log_columns(conn)?;
+    let mut added = Vec::new();
+    for c in LATER_COLUMNS {
+        if !have.iter().any(|h| h == c) {
+            conn.execute_batch(&format!("ALTER TABLE {LOG} ADD COLUMN {c} INTEGER"))?;
+            added.push(format!("{LOG}.{c}"));
+        }
+    }
+    Ok(added)
 }
 
 /// The three triggers of a table: (name, SQL as stored in sqlite_master).
@@ -256,6 +290,8 @@ pub fn install_on(conn: &mut Connection) -> Result<InstallReport> {
         if object_sql(tx, "table", LOG)?.is_none() {
             tx.execute_batch(&log_sql())?;
             created.push(LOG.to_owned());
+        } else {
+            created.extend(upgrade_log(tx)?);
         }
         if object_sql(tx, "index", LOG_SEQ_INDEX)?.is_none() {
             tx.execute_batch(&index_sql())?;
@@ -522,6 +558,9 @@ pub struct Change {
     pub seq: i64,
     pub op: String,
     pub at: f64,
+    /// Created by the transaction that read it and not claimed by a drainer
+    /// (see [`changes_after`]); always false for the drainer's reads.
+    pub fresh: bool,
 }
 
 /// A change row that cannot be drained (unknown table, key not text): it is
@@ -560,10 +599,110 @@ pub fn read_changes(conn: &Connection, limit: usize) -> Result<Vec<Change>> {
                 seq: r.get(2)?,
                 op: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
                 at: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
+                fresh: false,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+/// Where a write transaction's own change rows start: `None` when the file
+/// has no change log (capture not installed), else the highest `seq` so far
+/// and whether the log can tell which entries a transaction created (a log
+/// from an older version cannot until `install` or `serve` upgrades it).
+/// Called inside the write transaction (which holds the file's write lock)
+/// before the write: see [`changes_after`].
+pub fn log_mark(conn: &Connection) -> Result<Option<(i64, bool)>> {
+    let present: bool = conn
+        .prepare_cached(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_dualwrite_changes'",
+        )?
+        .query_row([], |r| r.get(0))?;
+    if !present {
+        return Ok(None);
+    }
+    let max: i64 = conn
+        .prepare_cached(&format!("SELECT coalesce(max(seq), 0) FROM {LOG}"))?
+        .query_row([], |r| r.get(0))?;
+    let cols = log_columns(conn)?;
+    let current = LATER_COLUMNS.iter().all(|c| cols.iter().any(|h| h == c));
+    Ok(Some((max, current)))
+}
+
+/// The change rows with a `seq` above `after`. Read in the same write
+/// transaction as [`log_mark`], after the write and before the commit, these
+/// are exactly the rows the write's triggers recorded: no other connection can
+/// write while the transaction holds the lock, and a trigger gives every key it
+/// touches a new `seq` (max + 1), even a key already pending. `fresh` marks the
+/// entries this transaction created (none was pending for the key before) and
+/// no drainer has claimed: only those may be acknowledged by the writer.
+pub fn changes_after(conn: &Connection, after: i64, current: bool) -> Result<Vec<Change>> {
+    let fresh = if current {
+        "first > ?1 AND claimed IS NULL"
+    } else {
+        "0"
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT tbl, key, seq, op, at, {fresh} FROM {LOG} WHERE seq > ?1 ORDER BY seq"
+    ))?;
+    let rows = stmt
+        .query_map([after], |r| {
+            Ok(Change {
+                tbl: r.get(0)?,
+                key: r.get(1)?,
+                seq: r.get(2)?,
+                op: r.get(3)?,
+                at: r.get(4)?,
+                fresh: r.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The writer's acknowledgement (the embedded dual layer, after its mirror
+/// succeeded): remove its own fresh entries, unless the key changed again
+/// (`seq`), the entry was removed and created anew (`at`), or a drainer has
+/// claimed it since (`claimed`). Entries that stay are sent by the drainer as
+/// the rows are then, so a write mirrored out of order is corrected.
+pub fn ack_own(conn: &mut Connection, done: &[Change]) -> Result<usize> {
+    let fresh: Vec<&Change> = done.iter().filter(|c| c.fresh).collect();
+    if fresh.is_empty() {
+        return Ok(0);
+    }
+    immediate(conn, |tx| {
+        let mut stmt = tx.prepare_cached(&format!(
+            "DELETE FROM {LOG} WHERE tbl = ?1 AND key = ?2 AND seq = ?3 AND at = ?4 AND claimed IS NULL"
+        ))?;
+        let mut n = 0;
+        for c in fresh {
+            n += stmt.execute(params![c.tbl, c.key, c.seq, c.at])?;
+        }
+        Ok(n)
+    })
+}
+
+/// The drainer's read: the oldest `limit` pending changes, in commit order,
+/// marked as claimed in the same short write transaction. From then on a
+/// writer no longer acknowledges these entries itself: its mirror may race
+/// with the drainer's send of the same key, and only the drainer, which sends
+/// the row as it is after the claim, may remove them.
+pub fn claim_changes(conn: &mut Connection, limit: usize) -> Result<Vec<Change>> {
+    immediate(conn, |tx| {
+        let rows = read_changes(tx, limit)?;
+        if let Some(last) = rows.last() {
+            tx.prepare_cached(&format!(
+                "UPDATE {LOG} SET claimed = 1 WHERE seq <= ?1 AND claimed IS NULL"
+            ))?
+            .execute([last.seq])?;
+        }
+        Ok(rows)
+    })
+}
+
+/// Bring a change log created by an older version up to date (`serve` at start).
+pub fn upgrade(conn: &mut Connection) -> Result<Vec<String>> {
+    immediate(conn, upgrade_log)
 }
 
 /// Acknowledge mirrored changes, in one short write transaction. A change
@@ -818,6 +957,127 @@ mod tests {
         }
     }
 
+    /// One app transaction: upsert artifact `id` with `status`, returning the
+    /// change rows it recorded (as `db/sqlite.rs` reads them).
+    fn app_write(c: &mut Connection, id: &str, status: &str) -> Vec<Change> {
+        let tx = c
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        let (mark, current) = log_mark(&tx).unwrap().unwrap();
+        tx.execute(
+            "INSERT INTO artifact (id, filename, status) VALUES (?1, 'f', ?2) \
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status",
+            [id, status],
+        )
+        .unwrap();
+        let got = changes_after(&tx, mark, current).unwrap();
+        tx.commit().unwrap();
+        got
+    }
+
+    #[test]
+    fn a_writer_acknowledges_only_its_own_unclaimed_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let p = dox_file(d.path(), false);
+        install(&p, None).unwrap();
+        let mut a = Connection::open(&p).unwrap();
+        let mut b = Connection::open(&p).unwrap();
+        let keys = |c: &Connection| -> Vec<String> {
+            read_changes(c, 100)
+                .unwrap()
+                .into_iter()
+                .map(|c| c.key)
+                .collect()
+        };
+
+        // Alone: the writer's entry is fresh and its acknowledgement removes it.
+        let w = app_write(&mut a, "k1", "v1");
+        assert_eq!(w.len(), 1);
+        assert!(w[0].fresh);
+        assert_eq!(ack_own(&mut a, &w).unwrap(), 1);
+        assert!(keys(&a).is_empty());
+
+        // Two writers of one key (two processes): the second finds the entry
+        // pending, so neither may remove it; a mirror of v1 landing after v2
+        // is then corrected by the drainer.
+        let w1 = app_write(&mut a, "k2", "v1");
+        let w2 = app_write(&mut b, "k2", "v2");
+        assert!(w1[0].fresh && !w2[0].fresh, "{w1:?} {w2:?}");
+        assert_eq!(ack_own(&mut b, &w2).unwrap(), 0);
+        assert_eq!(ack_own(&mut a, &w1).unwrap(), 0, "the key changed since");
+        assert_eq!(keys(&a), ["k2"]);
+
+        // A drainer's claim: a writer no longer removes the entry, even its own.
+        let claimed = claim_changes(&mut b, 100).unwrap();
+        assert_eq!(claimed.len(), 1);
+        let w3 = app_write(&mut a, "k2", "v3");
+        assert!(!w3[0].fresh);
+        let fresh = app_write(&mut a, "k3", "v1");
+        assert!(fresh[0].fresh);
+        claim_changes(&mut b, 100).unwrap();
+        assert_eq!(
+            ack_own(&mut a, &fresh).unwrap(),
+            0,
+            "claimed by the drainer"
+        );
+        // The drainer's own ack: k2 changed after its first claim and stays.
+        assert_eq!(ack(&mut b, &claimed).unwrap(), 0);
+        let again = claim_changes(&mut b, 100).unwrap();
+        assert_eq!(ack(&mut b, &again).unwrap(), 2);
+        assert!(keys(&a).is_empty());
+
+        // An entry removed and created anew with the same seq is not the writer's.
+        let old = app_write(&mut a, "k4", "v1");
+        let drained = claim_changes(&mut b, 100).unwrap();
+        ack(&mut b, &drained).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let new = app_write(&mut b, "k4", "v2");
+        assert_eq!(
+            new[0].seq, old[0].seq,
+            "max + 1 again once the log is empty"
+        );
+        assert_eq!(ack_own(&mut a, &old).unwrap(), 0);
+        assert_eq!(keys(&a), ["k4"]);
+    }
+
+    #[test]
+    fn an_older_change_log_is_upgraded_and_writes_never_fail_meanwhile() {
+        let d = tempfile::tempdir().unwrap();
+        let p = dox_file(d.path(), false);
+        install(&p, None).unwrap();
+        let mut c = Connection::open(&p).unwrap();
+        // The log as the first release made it, with its triggers.
+        c.execute_batch(&format!(
+            "DROP TABLE {LOG}; CREATE TABLE {LOG} (tbl TEXT NOT NULL, key TEXT NOT NULL, \
+             seq INTEGER NOT NULL, op TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID; \
+             CREATE INDEX {LOG_SEQ_INDEX} ON {LOG} (seq);
+             DROP TRIGGER _dualwrite_artifact_ins; DROP TRIGGER _dualwrite_artifact_upd;
+             DROP TRIGGER _dualwrite_artifact_del; DROP TRIGGER _dualwrite_doctable_upd;
+             DROP TRIGGER _dualwrite_doctable_ins; DROP TRIGGER _dualwrite_doctable_del;
+             CREATE TRIGGER _dualwrite_artifact_ins AFTER INSERT ON artifact BEGIN \
+             INSERT INTO {LOG} (tbl, key, seq, op, at) SELECT 'artifact', NEW.id, \
+             (SELECT coalesce(max(seq), 0) + 1 FROM {LOG}), 'I', 0 ON CONFLICT (tbl, key) \
+             DO UPDATE SET seq = excluded.seq; END;"
+        ))
+        .unwrap();
+        let w = app_write(&mut c, "k1", "v1");
+        assert_eq!(w.len(), 1);
+        assert!(
+            !w[0].fresh,
+            "an old log cannot tell: nothing is acknowledged"
+        );
+        let r = install(&p, None).unwrap();
+        assert!(
+            r.created.contains(&format!("{LOG}.first"))
+                && r.created.contains(&format!("{LOG}.claimed")),
+            "{:?}",
+            r.created
+        );
+        assert!(status(&p).unwrap().installed);
+        let w = app_write(&mut c, "k2", "v1");
+        assert!(w[0].fresh);
+    }
+
     #[test]
     fn a_corrupt_change_row_is_named() {
         let c = Change {
@@ -826,6 +1086,7 @@ mod tests {
             seq: 7,
             op: "I".into(),
             at: 0.0,
+            fresh: false,
         };
         let e = check_change(&c).unwrap_err();
         assert!(

@@ -23,6 +23,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
 use super::{check_filters, reads, Applied, Database, Filter, Row};
+use crate::capture::Change;
 use crate::catalogue::{self as cat, Kind, Table, MAX_COLUMNS, TABLES};
 use crate::error::{Error, Result};
 use crate::model::{skill_row, Step, Write};
@@ -863,9 +864,22 @@ fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transa
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
 }
 
-fn apply_sync(conn: &mut Connection, layout: &Layout, mut write: Write) -> Result<Applied> {
+/// Apply a write in one transaction. With change capture installed, also
+/// returns the change rows its triggers recorded (read inside the transaction,
+/// so never another writer's), for the dual layer to acknowledge once mirrored.
+fn apply_sync(
+    conn: &mut Connection,
+    layout: &Layout,
+    mut write: Write,
+    with_capture: bool,
+) -> Result<(Applied, Vec<Change>)> {
     write.prepare();
     let tx = write_transaction(conn)?;
+    let log_mark = if with_capture {
+        crate::capture::log_mark(&tx)?
+    } else {
+        None
+    };
     // A read-modify-write reads its row in this transaction and resolves on it.
     let current = match write.current_row() {
         Some((t, column, key)) => {
@@ -1004,11 +1018,18 @@ fn apply_sync(conn: &mut Connection, layout: &Layout, mut write: Write) -> Resul
             other.return_value()
         }
     };
+    let captured = match log_mark {
+        Some((seq, current)) => crate::capture::changes_after(&tx, seq, current)?,
+        None => Vec::new(),
+    };
     tx.commit()?;
-    Ok(Applied {
-        value,
-        resolved: write,
-    })
+    Ok((
+        Applied {
+            value,
+            resolved: write,
+        },
+        captured,
+    ))
 }
 
 fn write_validate_fields(fields: &Map<String, Value>) -> Result<()> {
@@ -1026,7 +1047,18 @@ impl Database for SqliteDatabase {
     }
 
     async fn apply(&self, write: Write) -> Result<Applied> {
-        self.run(move |conn, layout| apply_sync(conn, layout, write))
+        self.run(move |conn, layout| apply_sync(conn, layout, write, false))
+            .await
+            .map(|(applied, _)| applied)
+    }
+
+    async fn apply_captured(&self, write: Write) -> Result<(Applied, Vec<Change>)> {
+        self.run(move |conn, layout| apply_sync(conn, layout, write, true))
+            .await
+    }
+
+    async fn acknowledge(&self, changes: Vec<Change>) -> Result<usize> {
+        self.run(move |conn, _| crate::capture::ack_own(conn, &changes))
             .await
     }
 

@@ -269,20 +269,77 @@ pub(crate) fn start(
     (stats, stop)
 }
 
+async fn take_lease(db: &Path) -> Result<capture::Lease> {
+    let db = db.to_path_buf();
+    tokio::task::spawn_blocking(move || capture::Lease::take(&db))
+        .await
+        .map_err(|e| Error::Sqlite(e.to_string()))?
+}
+
 /// Run the daemon until `shutdown` completes (then finish the batch in flight).
+/// Refuses to start while another daemon holds the file's lease.
 pub async fn run(
     rest: RestClient,
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let lease = take_lease(&opts.db_path).await?;
+    run_with_lease(rest, opts, lease, shutdown).await
+}
+
+/// How long the background drainer waits before it tries the lease again.
+const BACKGROUND_RETRY: Duration = Duration::from_secs(10);
+
+/// The background drainer of an embedding process (`dual.drain = "background"`):
+/// the same drain loop as `serve`, under the same lease, so it never runs
+/// alongside a `serve` (or another process's drainer) on the same file. While
+/// another holds the lease it waits and tries again every few seconds; it
+/// stops (after the batch in flight) when `stop` turns true or its sender is
+/// dropped. A failure is logged and the drainer starts again later: the
+/// changes wait in the log meanwhile.
+pub async fn drain_in_background(
+    rest: RestClient,
+    opts: ServeOptions,
+    mut stop: watch::Receiver<bool>,
+) {
+    let stopped = |s: &watch::Receiver<bool>| s.has_changed().is_err() || *s.borrow();
+    loop {
+        if stopped(&stop) {
+            return;
+        }
+        match take_lease(&opts.db_path).await {
+            Ok(lease) => {
+                let mut s = stop.clone();
+                let shutdown = async move {
+                    let _ = s.wait_for(|v| *v).await;
+                };
+                match run_with_lease(rest.clone(), opts.clone(), lease, shutdown).await {
+                    Ok(()) if stopped(&stop) => return,
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, db = %opts.db_path.display(), "the background drainer stopped; it starts again shortly")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "another drainer holds the lease; the background drainer waits")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(BACKGROUND_RETRY) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+async fn run_with_lease(
+    rest: RestClient,
+    opts: ServeOptions,
+    lease: capture::Lease,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let (stats, stop) = start(opts.max_lag, shutdown);
     let db = opts.db_path.clone();
-    let lease = {
-        let db = db.clone();
-        tokio::task::spawn_blocking(move || capture::Lease::take(&db))
-            .await
-            .map_err(|e| Error::Sqlite(e.to_string()))??
-    };
     let conn = {
         let db = db.clone();
         tokio::task::spawn_blocking(move || {
@@ -303,6 +360,10 @@ pub async fn run(
             "capture is not installed on {}: run `dualwrite capture install` first",
             db.display()
         )));
+    }
+    let upgraded = blocking(&conn, capture::upgrade).await?;
+    if !upgraded.is_empty() {
+        tracing::info!(added = ?upgraded, "change log upgraded");
     }
     let rejects = Arc::new(RejectLog::open(
         opts.state_dir.join("rejects.ndjson"),
@@ -380,7 +441,7 @@ impl Daemon {
                 self.check_triggers().await?;
             }
             let limit = self.opts.batch_rows.max(1);
-            let changes = blocking(&self.conn, move |c| capture::read_changes(c, limit)).await?;
+            let changes = blocking(&self.conn, move |c| capture::claim_changes(c, limit)).await?;
             let full = changes.len() >= limit;
             let failed = if changes.is_empty() {
                 false
