@@ -777,8 +777,9 @@ impl Lease {
         let conn = Connection::open(&path).map_err(|e| {
             Error::Sqlite(format!("cannot open the lock file {}: {e}", path.display()))
         })?;
-        // Refuse at once rather than wait for the other daemon.
-        conn.busy_timeout(Duration::ZERO)?;
+        // A daemon holds the lock for its whole life, so a short wait is enough
+        // to refuse; it only rides out a momentary reader (`lease_held`).
+        conn.busy_timeout(Duration::from_millis(500))?;
         // Rollback journal, exclusive locking mode: the lock is held from the
         // first write until the connection closes.
         conn.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA locking_mode=EXCLUSIVE;")
@@ -805,6 +806,34 @@ impl Lease {
                 "cannot take the lock {}: {e}",
                 path.display()
             ))),
+        }
+    }
+
+    /// Whether a daemon (or a background drainer) holds the lease on `db`,
+    /// found without taking it and without writing anything: a read of the
+    /// lock file fails at once while the holder's exclusive lock is on it.
+    /// The read holds a shared lock for an instant; a daemon starting at that
+    /// moment waits for it (`take` waits up to half a second).
+    pub fn held_on(db: &Path) -> bool {
+        let path = lock_path(db);
+        let Ok(conn) = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        ) else {
+            return false;
+        };
+        if conn.busy_timeout(Duration::ZERO).is_err() {
+            return false;
+        }
+        match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
+            Ok(_) => false,
+            Err(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DatabaseBusy
+                    || e.code == rusqlite::ErrorCode::DatabaseLocked
+            }
+            Err(_) => false,
         }
     }
 
@@ -1102,7 +1131,14 @@ mod tests {
         let first = Lease::take(&db).unwrap();
         let e = Lease::take(&db).unwrap_err().to_string();
         assert!(e.contains("already running"), "{e}");
+        assert!(Lease::held_on(&db));
+        let lock_file = std::fs::read(lock_path(&db)).unwrap();
         drop(first);
+        // The probe writes nothing and creates nothing.
+        assert!(!Lease::held_on(&db));
+        assert_eq!(std::fs::read(lock_path(&db)).unwrap(), lock_file);
+        assert!(!Lease::held_on(&d.path().join("never-served.sqlite3")));
+        assert!(!lock_path(&d.path().join("never-served.sqlite3")).exists());
         Lease::take(&db).unwrap();
     }
 }

@@ -111,10 +111,7 @@ pub struct Stats {
 
 fn add(m: &Mutex<BTreeMap<String, u64>>, k: &str, n: u64) {
     if n > 0 {
-        *m.lock()
-            .expect("stats lock")
-            .entry(k.to_owned())
-            .or_default() += n;
+        *crate::sync::lock(m).entry(k.to_owned()).or_default() += n;
     }
 }
 
@@ -134,11 +131,11 @@ impl Stats {
         if self.stopping.load(Ordering::Relaxed) {
             why.push("shutting down".to_owned());
         }
-        if let Some(p) = self.capture_problem.lock().expect("stats lock").clone() {
+        if let Some(p) = crate::sync::lock(&self.capture_problem).clone() {
             why.push(p);
         }
         if self.supabase_failing.load(Ordering::Relaxed) {
-            let e = self.last_error.lock().expect("stats lock").clone();
+            let e = crate::sync::lock(&self.last_error).clone();
             why.push(format!(
                 "supabase is failing: {}",
                 e.unwrap_or_else(|| "unknown error".into())
@@ -166,11 +163,11 @@ impl Stats {
             lag_seconds: self.lag_seconds(),
             ready: self.ready().is_ok(),
             not_ready_because: self.ready().err().unwrap_or_default(),
-            last_error: self.last_error.lock().expect("stats lock").clone(),
-            last_success: *self.last_success.lock().expect("stats lock"),
-            mirrored_rows: self.mirrored.lock().expect("stats lock").clone(),
-            failures: self.failures.lock().expect("stats lock").clone(),
-            rejected_rows: self.rejected.lock().expect("stats lock").clone(),
+            last_error: crate::sync::lock(&self.last_error).clone(),
+            last_success: *crate::sync::lock(&self.last_success),
+            mirrored_rows: crate::sync::lock(&self.mirrored).clone(),
+            failures: crate::sync::lock(&self.failures).clone(),
+            rejected_rows: crate::sync::lock(&self.rejected).clone(),
         }
     }
 }
@@ -231,7 +228,7 @@ async fn blocking<R: Send + 'static>(
     f: impl FnOnce(&mut rusqlite::Connection) -> Result<R> + Send + 'static,
 ) -> Result<R> {
     let conn = Arc::clone(conn);
-    tokio::task::spawn_blocking(move || f(&mut conn.lock().expect("capture connection")))
+    tokio::task::spawn_blocking(move || f(&mut crate::sync::lock(&conn)))
         .await
         .map_err(|e| Error::Sqlite(format!("the capture task failed: {e}")))?
 }
@@ -401,7 +398,7 @@ impl Daemon {
     async fn check_triggers(&mut self) -> Result<()> {
         let st = blocking(&self.conn, |c| capture::status_on(c)).await?;
         if st.missing.is_empty() && st.log_present {
-            *self.stats.capture_problem.lock().expect("stats lock") = None;
+            *crate::sync::lock(&self.stats.capture_problem) = None;
             return Ok(());
         }
         if !self.opts.repair_triggers {
@@ -409,7 +406,7 @@ impl Daemon {
                 "capture triggers are missing on {} (was the table re-created?); writes to it are not captured",
                 st.missing.join(", ")
             );
-            *self.stats.capture_problem.lock().expect("stats lock") = Some(why.clone());
+            *crate::sync::lock(&self.stats.capture_problem) = Some(why.clone());
             return Err(Error::Sqlite(why));
         }
         tracing::warn!(tables = ?st.missing, "capture triggers were missing; re-installing them");
@@ -417,7 +414,7 @@ impl Daemon {
         tracing::info!(created = ?r.created, "capture re-installed");
         // The tables may have new columns: read them with a fresh layout.
         self.reader = SqliteDatabase::open_read_only(&self.opts.db_path).await?;
-        *self.stats.capture_problem.lock().expect("stats lock") = None;
+        *crate::sync::lock(&self.stats.capture_problem) = None;
         Ok(())
     }
 
@@ -449,14 +446,13 @@ impl Daemon {
                 match self.mirror(changes).await {
                     Ok(()) => {
                         self.stats.supabase_failing.store(false, Ordering::Relaxed);
-                        *self.stats.last_success.lock().expect("stats lock") =
-                            Some(capture::now_secs());
+                        *crate::sync::lock(&self.stats.last_success) = Some(capture::now_secs());
                         false
                     }
                     Err(e) => {
                         add(&self.stats.failures, failure_kind(&e), 1);
                         tracing::warn!(error = %e, "mirroring failed; the changes stay in the log and are retried");
-                        *self.stats.last_error.lock().expect("stats lock") = Some(e.to_string());
+                        *crate::sync::lock(&self.stats.last_error) = Some(e.to_string());
                         if matches!(
                             e,
                             Error::Sqlite(_) | Error::WorkerStopped { .. } | Error::Io(_)
@@ -673,8 +669,8 @@ pub fn status(db: &Path) -> Result<Status> {
     let daemon: Option<StatusFile> = std::fs::read(status_file_path(db))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    // Taking the lease for a moment tells whether a daemon holds it.
-    let daemon_running = capture::Lease::take(db).is_err();
+    // Probed without taking the lease: a running daemon is never disturbed.
+    let daemon_running = capture::Lease::held_on(db);
     Ok(Status {
         db_path: db.display().to_string(),
         pending: capture.pending,

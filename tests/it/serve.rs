@@ -1057,3 +1057,89 @@ async fn a_background_drainer_sends_what_the_inline_mirror_could_not() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `serve --unrepresentable`: a NUL in a text value is a dead letter under
+/// `reject` (rejects file, counted) and lands without it under `coerce`
+/// (the original recorded in `coerced.ndjson`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_rejects_or_coerces_a_value_supabase_cannot_hold() {
+    needs_stack!();
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let state = dir.path().join("state");
+    let app = rusqlite::Connection::open(&db).unwrap();
+    let nul_tag = |id: &str| {
+        app.execute(
+            "INSERT INTO tagrow (id, document_id, tag, score) VALUES (?1, 'd', 'a' || char(0) || 'b', 0.5)",
+            [id],
+        )
+        .unwrap();
+    };
+    let serve_once = |policy: &str| {
+        let port = free_port();
+        let state = state.display().to_string();
+        let child = spawn_serve_with(
+            &db,
+            &pg,
+            port,
+            &["--unrepresentable", policy, "--state-dir", &state],
+        );
+        (child, port)
+    };
+    let stop = |mut child: Child| {
+        let st = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(child.wait().unwrap().success(), "serve exits 0 on SIGTERM");
+    };
+
+    nul_tag("nul-reject");
+    app.execute(
+        "INSERT INTO tagrow (id, document_id, tag, score) VALUES ('fine', 'd', 'ok', 0.5)",
+        [],
+    )
+    .unwrap();
+    let (child, port) = serve_once("reject");
+    wait_drained(&db, Duration::from_secs(20)).await;
+    let (_, metrics) = get(port, "/metrics").await;
+    assert!(
+        metrics.contains("dualwrite_rejected_rows_total{table=\"tagrow\"} 1"),
+        "{metrics}"
+    );
+    stop(child);
+    let rejects = std::fs::read_to_string(state.join("rejects.ndjson")).unwrap();
+    assert!(
+        rejects.contains("nul-reject") && rejects.lines().count() == 1,
+        "{rejects}"
+    );
+    let rows = supabase_tags(&pg).await;
+    assert_eq!(tags_in(&rows, "fine").as_deref(), Some("ok"));
+    assert_eq!(
+        tags_in(&rows, "nul-reject"),
+        None,
+        "a rejected row never lands"
+    );
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dualwrite::serve::status_file_path(&db)).unwrap())
+            .unwrap();
+    assert_eq!(st["rejected_rows"]["tagrow"], 1, "{st}");
+
+    nul_tag("nul-coerce");
+    let (child, _) = serve_once("coerce");
+    wait_drained(&db, Duration::from_secs(20)).await;
+    stop(child);
+    let rows = supabase_tags(&pg).await;
+    assert_eq!(
+        tags_in(&rows, "nul-coerce").as_deref(),
+        Some("ab"),
+        "landed with the NUL removed"
+    );
+    let coerced = std::fs::read_to_string(state.join("coerced.ndjson")).unwrap();
+    assert!(
+        coerced.contains("nul-coerce") && coerced.contains("tag"),
+        "{coerced}"
+    );
+}
