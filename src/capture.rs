@@ -738,16 +738,23 @@ pub fn data_version(conn: &Connection) -> Result<i64> {
 /// only at the next checkpoint, and Supabase must never hold a row a power
 /// loss could take from SQLite. One fsync of the WAL file covers every frame
 /// written to it, whoever wrote them (see ARCHITECTURE.md, "Durability").
+/// Commits already copied into the database file by a checkpoint are durable:
+/// SQLite syncs the database file when a checkpoint completes.
+///
+/// Never open (and close) the database file itself here: closing any file
+/// descriptor of a file drops every POSIX lock the process holds on it,
+/// including SQLite's. Another process could then believe it is the last
+/// connection, checkpoint and delete the WAL under this process's open
+/// connections, and this process's later commits would be lost (seen: the
+/// daemon's acknowledgements vanished). SQLite takes no lock on the `-wal`
+/// file, so opening and syncing that one is safe.
 pub fn make_durable(db: &Path) -> Result<()> {
     let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");
-    let wal = PathBuf::from(wal);
-    for p in [wal.as_path(), db] {
-        match std::fs::File::open(p) {
-            Ok(f) => f.sync_data()?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
+    match std::fs::File::open(PathBuf::from(wal)) {
+        Ok(f) => f.sync_data()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
     }
     Ok(())
 }
