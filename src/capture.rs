@@ -687,9 +687,20 @@ pub fn ack_own(conn: &mut Connection, done: &[Change]) -> Result<usize> {
 /// writer no longer acknowledges these entries itself: its mirror may race
 /// with the drainer's send of the same key, and only the drainer, which sends
 /// the row as it is after the claim, may remove them.
-pub fn claim_changes(conn: &mut Connection, limit: usize) -> Result<Vec<Change>> {
+///
+/// `skip`: (table, key) pairs of batches still in flight; their entries are
+/// left for a later claim, so that a key is never in two batches at once.
+pub fn claim_changes(
+    conn: &mut Connection,
+    limit: usize,
+    skip: &std::collections::HashSet<(String, String)>,
+) -> Result<Vec<Change>> {
     immediate(conn, |tx| {
-        let rows = read_changes(tx, limit)?;
+        let mut rows = read_changes(tx, limit + skip.len())?;
+        if !skip.is_empty() {
+            rows.retain(|c| !skip.contains(&(c.tbl.clone(), c.key.clone())));
+        }
+        rows.truncate(limit);
         if let Some(last) = rows.last() {
             tx.prepare_cached(&format!(
                 "UPDATE {LOG} SET claimed = 1 WHERE seq <= ?1 AND claimed IS NULL"
@@ -1044,13 +1055,13 @@ mod tests {
         assert_eq!(keys(&a), ["k2"]);
 
         // A drainer's claim: a writer no longer removes the entry, even its own.
-        let claimed = claim_changes(&mut b, 100).unwrap();
+        let claimed = claim_changes(&mut b, 100, &Default::default()).unwrap();
         assert_eq!(claimed.len(), 1);
         let w3 = app_write(&mut a, "k2", "v3");
         assert!(!w3[0].fresh);
         let fresh = app_write(&mut a, "k3", "v1");
         assert!(fresh[0].fresh);
-        claim_changes(&mut b, 100).unwrap();
+        claim_changes(&mut b, 100, &Default::default()).unwrap();
         assert_eq!(
             ack_own(&mut a, &fresh).unwrap(),
             0,
@@ -1058,13 +1069,13 @@ mod tests {
         );
         // The drainer's own ack: k2 changed after its first claim and stays.
         assert_eq!(ack(&mut b, &claimed).unwrap(), 0);
-        let again = claim_changes(&mut b, 100).unwrap();
+        let again = claim_changes(&mut b, 100, &Default::default()).unwrap();
         assert_eq!(ack(&mut b, &again).unwrap(), 2);
         assert!(keys(&a).is_empty());
 
         // An entry removed and created anew with the same seq is not the writer's.
         let old = app_write(&mut a, "k4", "v1");
-        let drained = claim_changes(&mut b, 100).unwrap();
+        let drained = claim_changes(&mut b, 100, &Default::default()).unwrap();
         ack(&mut b, &drained).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         let new = app_write(&mut b, "k4", "v2");
@@ -1074,6 +1085,28 @@ mod tests {
         );
         assert_eq!(ack_own(&mut a, &old).unwrap(), 0);
         assert_eq!(keys(&a), ["k4"]);
+    }
+
+    #[test]
+    fn a_claim_skips_the_keys_of_batches_in_flight() {
+        let d = tempfile::tempdir().unwrap();
+        let p = dox_file(d.path(), false);
+        install(&p, None).unwrap();
+        let mut c = Connection::open(&p).unwrap();
+        for k in ["k1", "k2", "k3"] {
+            app_write(&mut c, k, "v");
+        }
+        let first = claim_changes(&mut c, 2, &Default::default()).unwrap();
+        assert_eq!(first.len(), 2);
+        // k1 changes again while its batch is out: the next claim leaves it.
+        app_write(&mut c, "k1", "v2");
+        let busy = first
+            .iter()
+            .map(|c| (c.tbl.clone(), c.key.clone()))
+            .collect();
+        let next = claim_changes(&mut c, 10, &busy).unwrap();
+        let keys: Vec<&str> = next.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["k3"]);
     }
 
     #[test]

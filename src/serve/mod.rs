@@ -18,7 +18,7 @@
 
 pub mod http;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -424,13 +424,68 @@ impl Daemon {
         Ok(())
     }
 
+    /// Record how a batch ended. `Ok(true)`: it failed and its changes wait
+    /// in the log; `Err`: a failure that needs an operator (SQLite, I/O).
+    fn settle(&self, r: Result<()>) -> Result<bool> {
+        match r {
+            Ok(()) => {
+                self.stats.supabase_failing.store(false, Ordering::Relaxed);
+                *crate::sync::lock(&self.stats.last_success) = Some(capture::now_secs());
+                Ok(false)
+            }
+            Err(e) => {
+                add(&self.stats.failures, failure_kind(&e), 1);
+                tracing::warn!(error = %e, "mirroring failed; the changes stay in the log and are retried");
+                *crate::sync::lock(&self.stats.last_error) = Some(e.to_string());
+                if matches!(
+                    e,
+                    Error::Sqlite(_) | Error::WorkerStopped { .. } | Error::Io(_)
+                ) {
+                    return Err(e);
+                }
+                self.stats.supabase_failing.store(true, Ordering::Relaxed);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Wait for the oldest batch in flight; `Ok(true)` when it failed.
+    async fn finish_one(&self, inflight: &mut VecDeque<InFlight>) -> Result<bool> {
+        let Some((task, _)) = inflight.pop_front() else {
+            return Ok(false);
+        };
+        let r = task
+            .await
+            .unwrap_or_else(|e| Err(Error::Sqlite(format!("a mirroring task failed: {e}"))));
+        self.settle(r)
+    }
+
+    /// Wait for every batch in flight; `Ok(true)` when one failed.
+    async fn finish_all(&self, inflight: &mut VecDeque<InFlight>) -> Result<bool> {
+        let mut failed = false;
+        while !inflight.is_empty() {
+            failed |= self.finish_one(inflight).await?;
+        }
+        Ok(failed)
+    }
+
+    /// The drain loop. While a backlog drains, the next batch is claimed, read
+    /// and made durable while the previous one is sent (up to [`PIPELINE`]
+    /// batches in flight), so the requests of one batch start while the last
+    /// requests of the previous one are still out. A key is in at most one
+    /// batch in flight: a key changed again while its batch is out is skipped
+    /// by the next claim and read once its batch is acknowledged, so a newer
+    /// version of a row is never sent alongside an older one.
     async fn drain(&mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
         let status_path = status_file_path(&self.opts.db_path);
         let mut last_check = Instant::now();
         let mut last_status = Instant::now() - Duration::from_secs(10);
         let mut version = blocking(&self.conn, |c| capture::data_version(c)).await?;
+        let mut inflight: VecDeque<InFlight> = VecDeque::new();
         loop {
             if *stop.borrow() {
+                // The batches in flight finish; their figures are recorded.
+                self.finish_all(&mut inflight).await?;
                 return Ok(());
             }
             if last_check.elapsed() >= self.opts.check_every {
@@ -438,32 +493,31 @@ impl Daemon {
                 self.check_triggers().await?;
             }
             let limit = self.opts.batch_rows.max(1);
-            let changes = blocking(&self.conn, move |c| capture::claim_changes(c, limit)).await?;
+            let busy: HashSet<(String, String)> = inflight
+                .iter()
+                .flat_map(|(_, k)| k.iter().cloned())
+                .collect();
+            let changes =
+                blocking(&self.conn, move |c| capture::claim_changes(c, limit, &busy)).await?;
             let full = changes.len() >= limit;
-            let failed = if changes.is_empty() {
-                false
-            } else {
-                match self.mirror(changes).await {
-                    Ok(()) => {
-                        self.stats.supabase_failing.store(false, Ordering::Relaxed);
-                        *crate::sync::lock(&self.stats.last_success) = Some(capture::now_secs());
-                        false
-                    }
-                    Err(e) => {
-                        add(&self.stats.failures, failure_kind(&e), 1);
-                        tracing::warn!(error = %e, "mirroring failed; the changes stay in the log and are retried");
-                        *crate::sync::lock(&self.stats.last_error) = Some(e.to_string());
-                        if matches!(
-                            e,
-                            Error::Sqlite(_) | Error::WorkerStopped { .. } | Error::Io(_)
-                        ) {
-                            return Err(e);
-                        }
-                        self.stats.supabase_failing.store(true, Ordering::Relaxed);
-                        true
-                    }
-                }
-            };
+            if !changes.is_empty() {
+                let keys: HashSet<(String, String)> = changes
+                    .iter()
+                    .map(|c| (c.tbl.clone(), c.key.clone()))
+                    .collect();
+                let batch = self.read_batch(changes).await?;
+                let sender = self.sender();
+                inflight.push_back((tokio::spawn(async move { sender.send(batch).await }), keys));
+            }
+            let mut failed = false;
+            // A full pipeline waits for its oldest batch; a batch that emptied
+            // the log (or a failure) waits for them all.
+            while inflight.len() >= PIPELINE {
+                failed |= self.finish_one(&mut inflight).await?;
+            }
+            if !full || failed {
+                failed |= self.finish_all(&mut inflight).await?;
+            }
             // Refreshed once a second, and whenever the log may have run dry.
             if last_status.elapsed() >= Duration::from_secs(1) || failed || !full {
                 self.refresh_pending().await?;
@@ -509,8 +563,20 @@ impl Daemon {
         }
     }
 
-    /// Mirror one batch of changes; acknowledge each table's once it landed.
-    async fn mirror(&mut self, changes: Vec<Change>) -> Result<()> {
+    fn sender(&self) -> Sender {
+        Sender {
+            opts: self.opts.clone(),
+            rest: self.rest.clone(),
+            conn: Arc::clone(&self.conn),
+            rejects: Arc::clone(&self.rejects),
+            coerced: Arc::clone(&self.coerced),
+            stats: Arc::clone(&self.stats),
+        }
+    }
+
+    /// Read one batch: group the changes by table, read the rows as they are
+    /// now (short read transactions), then make what was read durable.
+    async fn read_batch(&mut self, changes: Vec<Change>) -> Result<Batch> {
         let mut by_table: BTreeMap<usize, Vec<Change>> = BTreeMap::new();
         let mut corrupt = Vec::new();
         for c in changes {
@@ -525,6 +591,57 @@ impl Daemon {
                 Err(reason) => corrupt.push((c, reason)),
             }
         }
+        let mut work = Vec::new();
+        for (i, cs) in by_table {
+            let t: &'static Table = TABLES[i];
+            if !self.reader.has_table(t) {
+                // A table created after the daemon started: read it with a fresh layout.
+                self.reader = SqliteDatabase::open_read_only(&self.opts.db_path).await?;
+            }
+            let keys: Vec<String> = cs.iter().map(|c| c.key.clone()).collect();
+            let rows = self.reader.rows_by_keys(t, keys).await?;
+            work.push((t, cs, rows));
+        }
+        {
+            let db = self.opts.db_path.clone();
+            tokio::task::spawn_blocking(move || capture::make_durable(&db))
+                .await
+                .map_err(|e| Error::Sqlite(e.to_string()))??;
+        }
+        Ok(Batch { corrupt, work })
+    }
+}
+
+/// Batches sent at once while a backlog drains.
+const PIPELINE: usize = 2;
+
+/// A batch being sent, and the (table, key) pairs it holds.
+type InFlight = (
+    tokio::task::JoinHandle<Result<()>>,
+    HashSet<(String, String)>,
+);
+
+/// One batch, read and made durable, ready to send.
+struct Batch {
+    /// Change rows that cannot be drained, with the reason.
+    corrupt: Vec<(Change, String)>,
+    work: Vec<(&'static Table, Vec<Change>, Vec<crate::normalise::SqlRow>)>,
+}
+
+/// The sending half of the daemon, moved into a task per batch.
+struct Sender {
+    opts: ServeOptions,
+    rest: RestClient,
+    conn: Conn,
+    rejects: Arc<RejectLog>,
+    coerced: Arc<CoercedLog>,
+    stats: Arc<Stats>,
+}
+
+impl Sender {
+    /// Send one batch; acknowledge each table's changes once they landed.
+    async fn send(self, batch: Batch) -> Result<()> {
+        let Batch { corrupt, work } = batch;
         if !corrupt.is_empty() {
             // Dead letters: recorded with the reason, counted, never blocking the rest.
             let rejects: Vec<Reject> = corrupt
@@ -547,25 +664,6 @@ impl Daemon {
             }
             let done: Vec<Change> = corrupt.into_iter().map(|(c, _)| c).collect();
             blocking(&self.conn, move |c| capture::ack(c, &done)).await?;
-        }
-        // Read every row first (short read transactions), then make what was
-        // read durable, then send.
-        let mut work = Vec::new();
-        for (i, cs) in by_table {
-            let t: &'static Table = TABLES[i];
-            if !self.reader.has_table(t) {
-                // A table created after the daemon started: read it with a fresh layout.
-                self.reader = SqliteDatabase::open_read_only(&self.opts.db_path).await?;
-            }
-            let keys: Vec<String> = cs.iter().map(|c| c.key.clone()).collect();
-            let rows = self.reader.rows_by_keys(t, keys).await?;
-            work.push((t, cs, rows));
-        }
-        {
-            let db = self.opts.db_path.clone();
-            tokio::task::spawn_blocking(move || capture::make_durable(&db))
-                .await
-                .map_err(|e| Error::Sqlite(e.to_string()))??;
         }
         for (t, cs, rows) in work {
             let mut present = HashSet::new();
@@ -622,7 +720,9 @@ impl Daemon {
         }
         Ok(())
     }
+}
 
+impl Sender {
     /// Delete rows that are gone from SQLite; returns the keys handled.
     async fn delete(&self, t: &'static Table, keys: &[&str]) -> Result<u64> {
         for chunk in crate::verify::key_chunks(keys) {
