@@ -17,6 +17,7 @@
 //! * Shutdown: `/ready` turns 503 at once, the batch in flight finishes, `run` returns.
 
 pub mod http;
+pub mod notify;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
@@ -241,6 +242,8 @@ struct Daemon {
     rejects: Arc<RejectLog>,
     coerced: Arc<CoercedLog>,
     stats: Arc<Stats>,
+    /// systemd's `sd_notify` (nothing outside systemd).
+    notifier: notify::Notifier,
 }
 
 /// A daemon run's figures and its stop signal. When `shutdown` completes,
@@ -281,7 +284,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let lease = take_lease(&opts.db_path).await?;
-    run_with_lease(rest, opts, lease, shutdown).await
+    run_with_lease(rest, opts, lease, notify::Notifier::from_env(), shutdown).await
 }
 
 /// How long the background drainer waits before it tries the lease again.
@@ -310,7 +313,9 @@ pub async fn drain_in_background(
                 let shutdown = async move {
                     let _ = s.wait_for(|v| *v).await;
                 };
-                match run_with_lease(rest.clone(), opts.clone(), lease, shutdown).await {
+                // The embedding process's own systemd unit is not ours to notify.
+                let quiet = notify::Notifier::new(None, None);
+                match run_with_lease(rest.clone(), opts.clone(), lease, quiet, shutdown).await {
                     Ok(()) if stopped(&stop) => return,
                     Ok(()) => {}
                     Err(e) => {
@@ -333,6 +338,7 @@ async fn run_with_lease(
     rest: RestClient,
     opts: ServeOptions,
     lease: capture::Lease,
+    notifier: notify::Notifier,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let (stats, stop) = start(opts.max_lag, shutdown);
@@ -376,6 +382,7 @@ async fn run_with_lease(
         rejects,
         coerced,
         stats: Arc::clone(&stats),
+        notifier,
     };
     d.check_triggers().await?;
     let server = match d.opts.listen {
@@ -383,7 +390,9 @@ async fn run_with_lease(
         None => None,
     };
     tracing::info!(db = %db.display(), listen = ?d.opts.listen, lease = %lease.path.display(), "serving");
+    d.notifier.notify("READY=1");
     let result = d.drain(stop).await;
+    d.notifier.notify("STOPPING=1");
     let status_path = status_file_path(&db);
     write_status(&status_path, &stats.snapshot());
     if let Some(s) = server {
@@ -483,6 +492,7 @@ impl Daemon {
         let mut version = blocking(&self.conn, |c| capture::data_version(c)).await?;
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         loop {
+            self.notifier.watchdog();
             if *stop.borrow() {
                 // The batches in flight finish; their figures are recorded.
                 self.finish_all(&mut inflight).await?;
@@ -539,6 +549,7 @@ impl Daemon {
             // every `poll` instead of back to back, which keeps the daemon's
             // acknowledgements (the file's write lock) and fsyncs off the app's path.
             loop {
+                self.notifier.watchdog();
                 tokio::select! {
                     _ = tokio::time::sleep(self.opts.poll) => {}
                     _ = stop.changed() => {}

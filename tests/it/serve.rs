@@ -1143,3 +1143,36 @@ async fn serve_rejects_or_coerces_a_value_supabase_cannot_hold() {
         "{coerced}"
     );
 }
+
+/// Under systemd (`Type=notify`): `READY=1` once serving, `STOPPING=1` on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    needs_stack!();
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let sock = dir.path().join("notify.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut c = bin();
+    env_for(&mut c, &db, &pg);
+    let mut child = c
+        .current_dir(dir.path())
+        .env("NOTIFY_SOCKET", &sock)
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = rx.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let n = rx.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
