@@ -1144,7 +1144,8 @@ async fn serve_rejects_or_coerces_a_value_supabase_cannot_hold() {
     );
 }
 
-/// Under systemd (`Type=notify`): `READY=1` once serving, `STOPPING=1` on SIGTERM.
+/// Under systemd (`Type=notify`): `READY=1` once serving, `STOPPING=1` on
+/// SIGTERM; `dualwrite status` meanwhile finds the daemon without disturbing it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
     needs_stack!();
@@ -1168,6 +1169,16 @@ async fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let mut buf = [0u8; 64];
     let n = rx.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"READY=1");
+    // `dualwrite status` sees the daemon without taking its lease, many times over.
+    for _ in 0..5 {
+        let o = run(&db, &pg, &["status", "--json"]);
+        let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(st["daemon_running"], true, "{st}");
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "status disturbed the daemon"
+    );
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -1175,4 +1186,7 @@ async fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let n = rx.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert!(child.wait().unwrap().success());
+    let o = run(&db, &pg, &["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["daemon_running"], false, "{st}");
 }
