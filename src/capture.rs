@@ -34,6 +34,12 @@ const LOG_SEQ_INDEX: &str = "_dualwrite_changes_seq";
 /// How long a capture command waits for the app's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The next sequence number: above every pending entry and above the drainers'
+/// watermark ([`CLAIM`]), so that `seq` never goes back, even when the log
+/// empties, and an entry created after a claim is never taken for a claimed one.
+const NEXT_SEQ: &str = "(max((SELECT coalesce(max(seq), 0) FROM _dualwrite_changes), \
+     (SELECT coalesce(max(hi), 0) FROM _dualwrite_claim)) + 1)";
+
 /// `now` as seconds since the epoch, in any SQLite version (`unixepoch('subsec')`
 /// needs 3.42; the app's own SQLite library, which runs the triggers, may be older).
 const NOW_SQL: &str = "((julianday('now') - 2440587.5) * 86400.0)";
@@ -55,7 +61,6 @@ fn log_sql() -> String {
          \top TEXT NOT NULL,\n\
          \tat REAL NOT NULL,\n\
          \tfirst INTEGER,\n\
-         \tclaimed INTEGER,\n\
          \tPRIMARY KEY (tbl, key)\n) WITHOUT ROWID"
     )
 }
@@ -69,12 +74,11 @@ fn index_sql() -> String {
 /// was made) is kept, so the lag measures the oldest change not yet mirrored;
 /// so are `first` (the `seq` the pending entry was created with: the embedded
 /// dual layer acknowledges only entries its own transaction created) and
-/// `claimed` (set once a drainer has read the entry: see [`claim_changes`]).
+/// drainers record how far they have read in [`CLAIM`] (see [`claim_changes`]).
 fn record(table: &str, key_expr: &str, op: &str) -> String {
     format!(
         "INSERT INTO {LOG} (tbl, key, seq, op, at, first) SELECT {}, {key_expr}, \
-         (SELECT coalesce(max(seq), 0) + 1 FROM {LOG}), '{op}', {NOW_SQL}, \
-         (SELECT coalesce(max(seq), 0) + 1 FROM {LOG}) WHERE {key_expr} IS NOT NULL \
+         {NEXT_SEQ}, '{op}', {NOW_SQL}, {NEXT_SEQ} WHERE {key_expr} IS NOT NULL \
          ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq, op = excluded.op;",
         sql_string(table)
     )
@@ -82,7 +86,15 @@ fn record(table: &str, key_expr: &str, op: &str) -> String {
 
 /// Columns added to the change log after its first release: a log created
 /// before gets them on `install` (and when `serve` starts).
-const LATER_COLUMNS: [&str; 2] = ["first", "claimed"];
+const LATER_COLUMNS: [&str; 1] = ["first"];
+
+/// How far a drainer has read the log: one row, the highest `seq` it claimed.
+/// An entry created at or below it (`first`) may be in a drainer's hands.
+pub const CLAIM: &str = "_dualwrite_claim";
+
+fn claim_sql() -> String {
+    format!("CREATE TABLE {CLAIM} (hi INTEGER NOT NULL)")
+}
 
 fn log_columns(conn: &Connection) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(&format!(
@@ -95,10 +107,14 @@ fn log_columns(conn: &Connection) -> Result<Vec<String>> {
     Ok(cols)
 }
 
-/// Add the columns a change log created by an older version lacks.
+/// Add what a change log created by an older version lacks.
 fn upgrade_log(conn: &Connection) -> Result<Vec<String>> {
     let have = log_columns(conn)?;
     let mut added = Vec::new();
+    if object_sql(conn, "table", CLAIM)?.is_none() {
+        conn.execute_batch(&claim_sql())?;
+        added.push(CLAIM.to_owned());
+    }
     for c in LATER_COLUMNS {
         if !have.iter().any(|h| h == c) {
             conn.execute_batch(&format!("ALTER TABLE {LOG} ADD COLUMN {c} INTEGER"))?;
@@ -297,6 +313,10 @@ pub fn install_on(conn: &mut Connection) -> Result<InstallReport> {
             tx.execute_batch(&index_sql())?;
             created.push(LOG_SEQ_INDEX.to_owned());
         }
+        if object_sql(tx, "table", CLAIM)?.is_none() {
+            tx.execute_batch(&claim_sql())?;
+            created.push(CLAIM.to_owned());
+        }
         let tables = dox_tables(tx)?;
         for t in &tables {
             for (name, sql) in triggers_sql(t) {
@@ -465,7 +485,7 @@ pub fn import_failures(conn: &mut Connection, file: &Path) -> Result<ImportRepor
     immediate(conn, |tx| {
         let mut stmt = tx.prepare(&format!(
             "INSERT INTO {LOG} (tbl, key, seq, op, at) VALUES (?1, ?2, \
-             (SELECT coalesce(max(seq), 0) + 1 FROM {LOG}), 'U', {NOW_SQL}) \
+             {NEXT_SEQ}, 'U', {NOW_SQL}) \
              ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq"
         ))?;
         for (t, k) in &marks {
@@ -558,7 +578,7 @@ pub struct Change {
     pub seq: i64,
     pub op: String,
     pub at: f64,
-    /// Created by the transaction that read it and not claimed by a drainer
+    /// Created by the transaction that read it, after the drainers' watermark
     /// (see [`changes_after`]); always false for the drainer's reads.
     pub fresh: bool,
 }
@@ -625,7 +645,8 @@ pub fn log_mark(conn: &Connection) -> Result<Option<(i64, bool)>> {
         .prepare_cached(&format!("SELECT coalesce(max(seq), 0) FROM {LOG}"))?
         .query_row([], |r| r.get(0))?;
     let cols = log_columns(conn)?;
-    let current = LATER_COLUMNS.iter().all(|c| cols.iter().any(|h| h == c));
+    let current = LATER_COLUMNS.iter().all(|c| cols.iter().any(|h| h == c))
+        && object_sql(conn, "table", CLAIM)?.is_some();
     Ok(Some((max, current)))
 }
 
@@ -638,7 +659,7 @@ pub fn log_mark(conn: &Connection) -> Result<Option<(i64, bool)>> {
 /// no drainer has claimed: only those may be acknowledged by the writer.
 pub fn changes_after(conn: &Connection, after: i64, current: bool) -> Result<Vec<Change>> {
     let fresh = if current {
-        "first > ?1 AND claimed IS NULL"
+        "first > ?1 AND first > coalesce((SELECT max(hi) FROM _dualwrite_claim), 0)"
     } else {
         "0"
     };
@@ -662,8 +683,8 @@ pub fn changes_after(conn: &Connection, after: i64, current: bool) -> Result<Vec
 
 /// The writer's acknowledgement (the embedded dual layer, after its mirror
 /// succeeded): remove its own fresh entries, unless the key changed again
-/// (`seq`), the entry was removed and created anew (`at`), or a drainer has
-/// claimed it since (`claimed`). Entries that stay are sent by the drainer as
+/// (`seq`, `at`), or a drainer has claimed it since (its `first` is at or
+/// below the [`CLAIM`] watermark). Entries that stay are sent by the drainer as
 /// the rows are then, so a write mirrored out of order is corrected.
 pub fn ack_own(conn: &mut Connection, done: &[Change]) -> Result<usize> {
     let fresh: Vec<&Change> = done.iter().filter(|c| c.fresh).collect();
@@ -672,7 +693,8 @@ pub fn ack_own(conn: &mut Connection, done: &[Change]) -> Result<usize> {
     }
     immediate(conn, |tx| {
         let mut stmt = tx.prepare_cached(&format!(
-            "DELETE FROM {LOG} WHERE tbl = ?1 AND key = ?2 AND seq = ?3 AND at = ?4 AND claimed IS NULL"
+            "DELETE FROM {LOG} WHERE tbl = ?1 AND key = ?2 AND seq = ?3 AND at = ?4 \
+             AND first > coalesce((SELECT max(hi) FROM {CLAIM}), 0)"
         ))?;
         let mut n = 0;
         for c in fresh {
@@ -683,7 +705,8 @@ pub fn ack_own(conn: &mut Connection, done: &[Change]) -> Result<usize> {
 }
 
 /// The drainer's read: the oldest `limit` pending changes, in commit order,
-/// marked as claimed in the same short write transaction. From then on a
+/// claimed in the same short write transaction (the [`CLAIM`] watermark
+/// rises to the highest `seq` read). From then on a
 /// writer no longer acknowledges these entries itself: its mirror may race
 /// with the drainer's send of the same key, and only the drainer, which sends
 /// the row as it is after the claim, may remove them.
@@ -702,8 +725,12 @@ pub fn claim_changes(
         }
         rows.truncate(limit);
         if let Some(last) = rows.last() {
+            // One small row, whatever the batch's size: the watermark. Every
+            // entry read has `first` <= its `seq` <= `last.seq`.
+            tx.prepare_cached(&format!("DELETE FROM {CLAIM} WHERE hi < ?1"))?
+                .execute([last.seq])?;
             tx.prepare_cached(&format!(
-                "UPDATE {LOG} SET claimed = 1 WHERE seq <= ?1 AND claimed IS NULL"
+                "INSERT INTO {CLAIM} (hi) SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM {CLAIM})"
             ))?
             .execute([last.seq])?;
         }
@@ -897,7 +924,7 @@ mod tests {
         let before = schema(&Connection::open(&p).unwrap());
         let r = install(&p, None).unwrap();
         assert_eq!(r.tables, vec!["artifact", "doctable"]);
-        assert_eq!(r.created.len(), 2 + 6);
+        assert_eq!(r.created.len(), 3 + 6);
         let once = schema(&Connection::open(&p).unwrap());
         let again = install(&p, None).unwrap();
         assert!(again.created.is_empty(), "{:?}", again.created);
@@ -1073,18 +1100,19 @@ mod tests {
         assert_eq!(ack(&mut b, &again).unwrap(), 2);
         assert!(keys(&a).is_empty());
 
-        // An entry removed and created anew with the same seq is not the writer's.
+        // An entry drained and created anew is not the old writer's: `seq`
+        // never goes back, even once the log is empty, and a fresh entry made
+        // after a claim is the new writer's to acknowledge.
         let old = app_write(&mut a, "k4", "v1");
         let drained = claim_changes(&mut b, 100, &Default::default()).unwrap();
         ack(&mut b, &drained).unwrap();
-        std::thread::sleep(Duration::from_millis(5));
+        assert!(keys(&a).is_empty());
         let new = app_write(&mut b, "k4", "v2");
-        assert_eq!(
-            new[0].seq, old[0].seq,
-            "max + 1 again once the log is empty"
-        );
+        assert!(new[0].seq > old[0].seq, "{new:?} {old:?}");
+        assert!(new[0].fresh);
         assert_eq!(ack_own(&mut a, &old).unwrap(), 0);
         assert_eq!(keys(&a), ["k4"]);
+        assert_eq!(ack_own(&mut b, &new).unwrap(), 1);
     }
 
     #[test]
@@ -1119,7 +1147,7 @@ mod tests {
         c.execute_batch(&format!(
             "DROP TABLE {LOG}; CREATE TABLE {LOG} (tbl TEXT NOT NULL, key TEXT NOT NULL, \
              seq INTEGER NOT NULL, op TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID; \
-             CREATE INDEX {LOG_SEQ_INDEX} ON {LOG} (seq);
+             CREATE INDEX {LOG_SEQ_INDEX} ON {LOG} (seq); DROP TABLE {CLAIM};
              DROP TRIGGER _dualwrite_artifact_ins; DROP TRIGGER _dualwrite_artifact_upd;
              DROP TRIGGER _dualwrite_artifact_del; DROP TRIGGER _dualwrite_doctable_upd;
              DROP TRIGGER _dualwrite_doctable_ins; DROP TRIGGER _dualwrite_doctable_del;
@@ -1137,8 +1165,7 @@ mod tests {
         );
         let r = install(&p, None).unwrap();
         assert!(
-            r.created.contains(&format!("{LOG}.first"))
-                && r.created.contains(&format!("{LOG}.claimed")),
+            r.created.contains(&format!("{LOG}.first")) && r.created.contains(&CLAIM.to_owned()),
             "{:?}",
             r.created
         );
