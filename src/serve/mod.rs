@@ -75,7 +75,9 @@ impl ServeOptions {
         ServeOptions {
             db_path,
             listen: None,
-            batch_rows: 4000,
+            // Two batches are in flight while a backlog drains (the pipeline):
+            // 2 x 2000 changes keep the peak RSS under 100 MB (BENCHMARKS.md).
+            batch_rows: 2000,
             request_rows: 500,
             concurrency: 4,
             poll: Duration::from_millis(50),
