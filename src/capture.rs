@@ -13,7 +13,7 @@
 //! Every object this module creates is named `_dualwrite_…` (no DoX table
 //! starts with an underscore); `uninstall` removes exactly those.
 //!
-//! This module and `db/sqlite.rs` are the only ones that touch rusqlite. The
+//! This module and `db/sqlite/` are the only ones that touch rusqlite. The
 //! functions here are blocking: async callers run them in `spawn_blocking`.
 
 use std::path::{Path, PathBuf};
@@ -1032,7 +1032,7 @@ mod tests {
     }
 
     /// One app transaction: upsert artifact `id` with `status`, returning the
-    /// change rows it recorded (as `db/sqlite.rs` reads them).
+    /// change rows it recorded (as `db/sqlite/write.rs` reads them).
     fn app_write(c: &mut Connection, id: &str, status: &str) -> Vec<Change> {
         let tx = c
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
