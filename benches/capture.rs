@@ -151,6 +151,10 @@ fn serve(env: &HashMap<String, String>, path: &Path, state: &Path, port: u16) ->
         .envs(env)
         .env("DB_PATH", path)
         .env("RUST_LOG", "warn")
+        // As docs/dualwrite.service and docker-compose.yml run it: the
+        // allocator returns freed memory at once, so a backlog's batches do not
+        // leave the RSS at its peak (BENCHMARKS.md).
+        .env("MIMALLOC_PURGE_DELAY", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
