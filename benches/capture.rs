@@ -6,7 +6,7 @@
 //! (`SECS` of steady load, default 60; `OUTAGE_SECS` of writing with the daemon
 //! stopped, default 60; `RATE` row-writes/s, default 1000; `COMMITS` for the
 //! overhead part, default 20,000; `POLL_MS`, the daemon's `--poll-ms`, default 50; `BATCH_ROWS`, its
-//! `--batch-rows`, default 4000). In one run it:
+//! `--batch-rows`, default 2000, the daemon's own default). In one run it:
 //! 1. times single-row committed inserts (WAL, synchronous=NORMAL) on two fresh
 //!    DoX files, one with capture installed, alternating rounds;
 //! 2. writes RATE rows/s for OUTAGE_SECS with no daemon (the writer's commit
@@ -147,10 +147,14 @@ fn serve(env: &HashMap<String, String>, path: &Path, state: &Path, port: u16) ->
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--state-dir", state.to_str().unwrap()])
         .args(["--poll-ms", &env_or("POLL_MS", 50).to_string()])
-        .args(["--batch-rows", &env_or("BATCH_ROWS", 4000).to_string()])
+        .args(["--batch-rows", &env_or("BATCH_ROWS", 2000).to_string()])
         .envs(env)
         .env("DB_PATH", path)
         .env("RUST_LOG", "warn")
+        // As docs/dualwrite.service and docker-compose.yml run it: the
+        // allocator returns freed memory at once, so a backlog's batches do not
+        // leave the RSS at its peak (BENCHMARKS.md).
+        .env("MIMALLOC_PURGE_DELAY", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()

@@ -13,7 +13,7 @@
 //! Every object this module creates is named `_dualwrite_…` (no DoX table
 //! starts with an underscore); `uninstall` removes exactly those.
 //!
-//! This module and `db/sqlite.rs` are the only ones that touch rusqlite. The
+//! This module and `db/sqlite/` are the only ones that touch rusqlite. The
 //! functions here are blocking: async callers run them in `spawn_blocking`.
 
 use std::path::{Path, PathBuf};
@@ -33,6 +33,12 @@ const LOG_SEQ_INDEX: &str = "_dualwrite_changes_seq";
 
 /// How long a capture command waits for the app's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The next sequence number: above every pending entry and above the drainers'
+/// watermark ([`CLAIM`]), so that `seq` never goes back, even when the log
+/// empties, and an entry created after a claim is never taken for a claimed one.
+const NEXT_SEQ: &str = "(max((SELECT coalesce(max(seq), 0) FROM _dualwrite_changes), \
+     (SELECT coalesce(max(hi), 0) FROM _dualwrite_claim)) + 1)";
 
 /// `now` as seconds since the epoch, in any SQLite version (`unixepoch('subsec')`
 /// needs 3.42; the app's own SQLite library, which runs the triggers, may be older).
@@ -54,6 +60,7 @@ fn log_sql() -> String {
          \tseq INTEGER NOT NULL,\n\
          \top TEXT NOT NULL,\n\
          \tat REAL NOT NULL,\n\
+         \tfirst INTEGER,\n\
          \tPRIMARY KEY (tbl, key)\n) WITHOUT ROWID"
     )
 }
@@ -64,14 +71,57 @@ fn index_sql() -> String {
 
 /// The statement a trigger runs for one key: insert the key, or give the
 /// pending entry a new sequence number. `at` (when the oldest pending change
-/// was made) is kept, so the lag measures the oldest change not yet mirrored.
+/// was made) is kept, so the lag measures the oldest change not yet mirrored;
+/// so are `first` (the `seq` the pending entry was created with: the embedded
+/// dual layer acknowledges only entries its own transaction created) and
+/// drainers record how far they have read in [`CLAIM`] (see [`claim_changes`]).
 fn record(table: &str, key_expr: &str, op: &str) -> String {
     format!(
-        "INSERT INTO {LOG} (tbl, key, seq, op, at) SELECT {}, {key_expr}, \
-         (SELECT coalesce(max(seq), 0) + 1 FROM {LOG}), '{op}', {NOW_SQL} WHERE {key_expr} IS NOT NULL \
+        "INSERT INTO {LOG} (tbl, key, seq, op, at, first) SELECT {}, {key_expr}, \
+         {NEXT_SEQ}, '{op}', {NOW_SQL}, {NEXT_SEQ} WHERE {key_expr} IS NOT NULL \
          ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq, op = excluded.op;",
         sql_string(table)
     )
+}
+
+/// Columns added to the change log after its first release: a log created
+/// before gets them on `install` (and when `serve` starts).
+const LATER_COLUMNS: [&str; 1] = ["first"];
+
+/// How far a drainer has read the log: one row, the highest `seq` it claimed.
+/// An entry created at or below it (`first`) may be in a drainer's hands.
+pub const CLAIM: &str = "_dualwrite_claim";
+
+fn claim_sql() -> String {
+    format!("CREATE TABLE {CLAIM} (hi INTEGER NOT NULL)")
+}
+
+fn log_columns(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT name FROM pragma_table_info({})",
+        sql_string(LOG)
+    ))?;
+    let cols = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(cols)
+}
+
+/// Add what a change log created by an older version lacks.
+fn upgrade_log(conn: &Connection) -> Result<Vec<String>> {
+    let have = log_columns(conn)?;
+    let mut added = Vec::new();
+    if object_sql(conn, "table", CLAIM)?.is_none() {
+        conn.execute_batch(&claim_sql())?;
+        added.push(CLAIM.to_owned());
+    }
+    for c in LATER_COLUMNS {
+        if !have.iter().any(|h| h == c) {
+            conn.execute_batch(&format!("ALTER TABLE {LOG} ADD COLUMN {c} INTEGER"))?;
+            added.push(format!("{LOG}.{c}"));
+        }
+    }
+    Ok(added)
 }
 
 /// The three triggers of a table: (name, SQL as stored in sqlite_master).
@@ -256,10 +306,16 @@ pub fn install_on(conn: &mut Connection) -> Result<InstallReport> {
         if object_sql(tx, "table", LOG)?.is_none() {
             tx.execute_batch(&log_sql())?;
             created.push(LOG.to_owned());
+        } else {
+            created.extend(upgrade_log(tx)?);
         }
         if object_sql(tx, "index", LOG_SEQ_INDEX)?.is_none() {
             tx.execute_batch(&index_sql())?;
             created.push(LOG_SEQ_INDEX.to_owned());
+        }
+        if object_sql(tx, "table", CLAIM)?.is_none() {
+            tx.execute_batch(&claim_sql())?;
+            created.push(CLAIM.to_owned());
         }
         let tables = dox_tables(tx)?;
         for t in &tables {
@@ -429,7 +485,7 @@ pub fn import_failures(conn: &mut Connection, file: &Path) -> Result<ImportRepor
     immediate(conn, |tx| {
         let mut stmt = tx.prepare(&format!(
             "INSERT INTO {LOG} (tbl, key, seq, op, at) VALUES (?1, ?2, \
-             (SELECT coalesce(max(seq), 0) + 1 FROM {LOG}), 'U', {NOW_SQL}) \
+             {NEXT_SEQ}, 'U', {NOW_SQL}) \
              ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq"
         ))?;
         for (t, k) in &marks {
@@ -522,6 +578,9 @@ pub struct Change {
     pub seq: i64,
     pub op: String,
     pub at: f64,
+    /// Created by the transaction that read it, after the drainers' watermark
+    /// (see [`changes_after`]); always false for the drainer's reads.
+    pub fresh: bool,
 }
 
 /// A change row that cannot be drained (unknown table, key not text): it is
@@ -560,10 +619,128 @@ pub fn read_changes(conn: &Connection, limit: usize) -> Result<Vec<Change>> {
                 seq: r.get(2)?,
                 op: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
                 at: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
+                fresh: false,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+/// Where a write transaction's own change rows start: `None` when the file
+/// has no change log (capture not installed), else the highest `seq` so far
+/// and whether the log can tell which entries a transaction created (a log
+/// from an older version cannot until `install` or `serve` upgrades it).
+/// Called inside the write transaction (which holds the file's write lock)
+/// before the write: see [`changes_after`].
+pub fn log_mark(conn: &Connection) -> Result<Option<(i64, bool)>> {
+    let present: bool = conn
+        .prepare_cached(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_dualwrite_changes'",
+        )?
+        .query_row([], |r| r.get(0))?;
+    if !present {
+        return Ok(None);
+    }
+    let max: i64 = conn
+        .prepare_cached(&format!("SELECT coalesce(max(seq), 0) FROM {LOG}"))?
+        .query_row([], |r| r.get(0))?;
+    let cols = log_columns(conn)?;
+    let current = LATER_COLUMNS.iter().all(|c| cols.iter().any(|h| h == c))
+        && object_sql(conn, "table", CLAIM)?.is_some();
+    Ok(Some((max, current)))
+}
+
+/// The change rows with a `seq` above `after`. Read in the same write
+/// transaction as [`log_mark`], after the write and before the commit, these
+/// are exactly the rows the write's triggers recorded: no other connection can
+/// write while the transaction holds the lock, and a trigger gives every key it
+/// touches a new `seq` (max + 1), even a key already pending. `fresh` marks the
+/// entries this transaction created (none was pending for the key before) and
+/// no drainer has claimed: only those may be acknowledged by the writer.
+pub fn changes_after(conn: &Connection, after: i64, current: bool) -> Result<Vec<Change>> {
+    let fresh = if current {
+        "first > ?1 AND first > coalesce((SELECT max(hi) FROM _dualwrite_claim), 0)"
+    } else {
+        "0"
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT tbl, key, seq, op, at, {fresh} FROM {LOG} WHERE seq > ?1 ORDER BY seq"
+    ))?;
+    let rows = stmt
+        .query_map([after], |r| {
+            Ok(Change {
+                tbl: r.get(0)?,
+                key: r.get(1)?,
+                seq: r.get(2)?,
+                op: r.get(3)?,
+                at: r.get(4)?,
+                fresh: r.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The writer's acknowledgement (the embedded dual layer, after its mirror
+/// succeeded): remove its own fresh entries, unless the key changed again
+/// (`seq`, `at`), or a drainer has claimed it since (its `first` is at or
+/// below the [`CLAIM`] watermark). Entries that stay are sent by the drainer as
+/// the rows are then, so a write mirrored out of order is corrected.
+pub fn ack_own(conn: &mut Connection, done: &[Change]) -> Result<usize> {
+    let fresh: Vec<&Change> = done.iter().filter(|c| c.fresh).collect();
+    if fresh.is_empty() {
+        return Ok(0);
+    }
+    immediate(conn, |tx| {
+        let mut stmt = tx.prepare_cached(&format!(
+            "DELETE FROM {LOG} WHERE tbl = ?1 AND key = ?2 AND seq = ?3 AND at = ?4 \
+             AND first > coalesce((SELECT max(hi) FROM {CLAIM}), 0)"
+        ))?;
+        let mut n = 0;
+        for c in fresh {
+            n += stmt.execute(params![c.tbl, c.key, c.seq, c.at])?;
+        }
+        Ok(n)
+    })
+}
+
+/// The drainer's read: the oldest `limit` pending changes, in commit order,
+/// claimed in the same short write transaction (the [`CLAIM`] watermark
+/// rises to the highest `seq` read). From then on a
+/// writer no longer acknowledges these entries itself: its mirror may race
+/// with the drainer's send of the same key, and only the drainer, which sends
+/// the row as it is after the claim, may remove them.
+///
+/// `skip`: (table, key) pairs of batches still in flight; their entries are
+/// left for a later claim, so that a key is never in two batches at once.
+pub fn claim_changes(
+    conn: &mut Connection,
+    limit: usize,
+    skip: &std::collections::HashSet<(String, String)>,
+) -> Result<Vec<Change>> {
+    immediate(conn, |tx| {
+        let mut rows = read_changes(tx, limit + skip.len())?;
+        if !skip.is_empty() {
+            rows.retain(|c| !skip.contains(&(c.tbl.clone(), c.key.clone())));
+        }
+        rows.truncate(limit);
+        if let Some(last) = rows.last() {
+            // One small row, whatever the batch's size: the watermark. Every
+            // entry read has `first` <= its `seq` <= `last.seq`.
+            tx.prepare_cached(&format!("DELETE FROM {CLAIM} WHERE hi < ?1"))?
+                .execute([last.seq])?;
+            tx.prepare_cached(&format!(
+                "INSERT INTO {CLAIM} (hi) SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM {CLAIM})"
+            ))?
+            .execute([last.seq])?;
+        }
+        Ok(rows)
+    })
+}
+
+/// Bring a change log created by an older version up to date (`serve` at start).
+pub fn upgrade(conn: &mut Connection) -> Result<Vec<String>> {
+    immediate(conn, upgrade_log)
 }
 
 /// Acknowledge mirrored changes, in one short write transaction. A change
@@ -599,16 +776,23 @@ pub fn data_version(conn: &Connection) -> Result<i64> {
 /// only at the next checkpoint, and Supabase must never hold a row a power
 /// loss could take from SQLite. One fsync of the WAL file covers every frame
 /// written to it, whoever wrote them (see ARCHITECTURE.md, "Durability").
+/// Commits already copied into the database file by a checkpoint are durable:
+/// SQLite syncs the database file when a checkpoint completes.
+///
+/// Never open (and close) the database file itself here: closing any file
+/// descriptor of a file drops every POSIX lock the process holds on it,
+/// including SQLite's. Another process could then believe it is the last
+/// connection, checkpoint and delete the WAL under this process's open
+/// connections, and this process's later commits would be lost (seen: the
+/// daemon's acknowledgements vanished). SQLite takes no lock on the `-wal`
+/// file, so opening and syncing that one is safe.
 pub fn make_durable(db: &Path) -> Result<()> {
     let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");
-    let wal = PathBuf::from(wal);
-    for p in [wal.as_path(), db] {
-        match std::fs::File::open(p) {
-            Ok(f) => f.sync_data()?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
+    match std::fs::File::open(PathBuf::from(wal)) {
+        Ok(f) => f.sync_data()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
     }
     Ok(())
 }
@@ -638,8 +822,9 @@ impl Lease {
         let conn = Connection::open(&path).map_err(|e| {
             Error::Sqlite(format!("cannot open the lock file {}: {e}", path.display()))
         })?;
-        // Refuse at once rather than wait for the other daemon.
-        conn.busy_timeout(Duration::ZERO)?;
+        // A daemon holds the lock for its whole life, so a short wait is enough
+        // to refuse; it only rides out a momentary reader (`lease_held`).
+        conn.busy_timeout(Duration::from_millis(500))?;
         // Rollback journal, exclusive locking mode: the lock is held from the
         // first write until the connection closes.
         conn.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA locking_mode=EXCLUSIVE;")
@@ -666,6 +851,34 @@ impl Lease {
                 "cannot take the lock {}: {e}",
                 path.display()
             ))),
+        }
+    }
+
+    /// Whether a daemon (or a background drainer) holds the lease on `db`,
+    /// found without taking it and without writing anything: a read of the
+    /// lock file fails at once while the holder's exclusive lock is on it.
+    /// The read holds a shared lock for an instant; a daemon starting at that
+    /// moment waits for it (`take` waits up to half a second).
+    pub fn held_on(db: &Path) -> bool {
+        let path = lock_path(db);
+        let Ok(conn) = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        ) else {
+            return false;
+        };
+        if conn.busy_timeout(Duration::ZERO).is_err() {
+            return false;
+        }
+        match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
+            Ok(_) => false,
+            Err(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DatabaseBusy
+                    || e.code == rusqlite::ErrorCode::DatabaseLocked
+            }
+            Err(_) => false,
         }
     }
 
@@ -711,7 +924,7 @@ mod tests {
         let before = schema(&Connection::open(&p).unwrap());
         let r = install(&p, None).unwrap();
         assert_eq!(r.tables, vec!["artifact", "doctable"]);
-        assert_eq!(r.created.len(), 2 + 6);
+        assert_eq!(r.created.len(), 3 + 6);
         let once = schema(&Connection::open(&p).unwrap());
         let again = install(&p, None).unwrap();
         assert!(again.created.is_empty(), "{:?}", again.created);
@@ -818,6 +1031,149 @@ mod tests {
         }
     }
 
+    /// One app transaction: upsert artifact `id` with `status`, returning the
+    /// change rows it recorded (as `db/sqlite/write.rs` reads them).
+    fn app_write(c: &mut Connection, id: &str, status: &str) -> Vec<Change> {
+        let tx = c
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        let (mark, current) = log_mark(&tx).unwrap().unwrap();
+        tx.execute(
+            "INSERT INTO artifact (id, filename, status) VALUES (?1, 'f', ?2) \
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status",
+            [id, status],
+        )
+        .unwrap();
+        let got = changes_after(&tx, mark, current).unwrap();
+        tx.commit().unwrap();
+        got
+    }
+
+    #[test]
+    fn a_writer_acknowledges_only_its_own_unclaimed_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let p = dox_file(d.path(), false);
+        install(&p, None).unwrap();
+        let mut a = Connection::open(&p).unwrap();
+        let mut b = Connection::open(&p).unwrap();
+        let keys = |c: &Connection| -> Vec<String> {
+            read_changes(c, 100)
+                .unwrap()
+                .into_iter()
+                .map(|c| c.key)
+                .collect()
+        };
+
+        // Alone: the writer's entry is fresh and its acknowledgement removes it.
+        let w = app_write(&mut a, "k1", "v1");
+        assert_eq!(w.len(), 1);
+        assert!(w[0].fresh);
+        assert_eq!(ack_own(&mut a, &w).unwrap(), 1);
+        assert!(keys(&a).is_empty());
+
+        // Two writers of one key (two processes): the second finds the entry
+        // pending, so neither may remove it; a mirror of v1 landing after v2
+        // is then corrected by the drainer.
+        let w1 = app_write(&mut a, "k2", "v1");
+        let w2 = app_write(&mut b, "k2", "v2");
+        assert!(w1[0].fresh && !w2[0].fresh, "{w1:?} {w2:?}");
+        assert_eq!(ack_own(&mut b, &w2).unwrap(), 0);
+        assert_eq!(ack_own(&mut a, &w1).unwrap(), 0, "the key changed since");
+        assert_eq!(keys(&a), ["k2"]);
+
+        // A drainer's claim: a writer no longer removes the entry, even its own.
+        let claimed = claim_changes(&mut b, 100, &Default::default()).unwrap();
+        assert_eq!(claimed.len(), 1);
+        let w3 = app_write(&mut a, "k2", "v3");
+        assert!(!w3[0].fresh);
+        let fresh = app_write(&mut a, "k3", "v1");
+        assert!(fresh[0].fresh);
+        claim_changes(&mut b, 100, &Default::default()).unwrap();
+        assert_eq!(
+            ack_own(&mut a, &fresh).unwrap(),
+            0,
+            "claimed by the drainer"
+        );
+        // The drainer's own ack: k2 changed after its first claim and stays.
+        assert_eq!(ack(&mut b, &claimed).unwrap(), 0);
+        let again = claim_changes(&mut b, 100, &Default::default()).unwrap();
+        assert_eq!(ack(&mut b, &again).unwrap(), 2);
+        assert!(keys(&a).is_empty());
+
+        // An entry drained and created anew is not the old writer's: `seq`
+        // never goes back, even once the log is empty, and a fresh entry made
+        // after a claim is the new writer's to acknowledge.
+        let old = app_write(&mut a, "k4", "v1");
+        let drained = claim_changes(&mut b, 100, &Default::default()).unwrap();
+        ack(&mut b, &drained).unwrap();
+        assert!(keys(&a).is_empty());
+        let new = app_write(&mut b, "k4", "v2");
+        assert!(new[0].seq > old[0].seq, "{new:?} {old:?}");
+        assert!(new[0].fresh);
+        assert_eq!(ack_own(&mut a, &old).unwrap(), 0);
+        assert_eq!(keys(&a), ["k4"]);
+        assert_eq!(ack_own(&mut b, &new).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_claim_skips_the_keys_of_batches_in_flight() {
+        let d = tempfile::tempdir().unwrap();
+        let p = dox_file(d.path(), false);
+        install(&p, None).unwrap();
+        let mut c = Connection::open(&p).unwrap();
+        for k in ["k1", "k2", "k3"] {
+            app_write(&mut c, k, "v");
+        }
+        let first = claim_changes(&mut c, 2, &Default::default()).unwrap();
+        assert_eq!(first.len(), 2);
+        // k1 changes again while its batch is out: the next claim leaves it.
+        app_write(&mut c, "k1", "v2");
+        let busy = first
+            .iter()
+            .map(|c| (c.tbl.clone(), c.key.clone()))
+            .collect();
+        let next = claim_changes(&mut c, 10, &busy).unwrap();
+        let keys: Vec<&str> = next.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["k3"]);
+    }
+
+    #[test]
+    fn an_older_change_log_is_upgraded_and_writes_never_fail_meanwhile() {
+        let d = tempfile::tempdir().unwrap();
+        let p = dox_file(d.path(), false);
+        install(&p, None).unwrap();
+        let mut c = Connection::open(&p).unwrap();
+        // The log as the first release made it, with its triggers.
+        c.execute_batch(&format!(
+            "DROP TABLE {LOG}; CREATE TABLE {LOG} (tbl TEXT NOT NULL, key TEXT NOT NULL, \
+             seq INTEGER NOT NULL, op TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID; \
+             CREATE INDEX {LOG_SEQ_INDEX} ON {LOG} (seq); DROP TABLE {CLAIM};
+             DROP TRIGGER _dualwrite_artifact_ins; DROP TRIGGER _dualwrite_artifact_upd;
+             DROP TRIGGER _dualwrite_artifact_del; DROP TRIGGER _dualwrite_doctable_upd;
+             DROP TRIGGER _dualwrite_doctable_ins; DROP TRIGGER _dualwrite_doctable_del;
+             CREATE TRIGGER _dualwrite_artifact_ins AFTER INSERT ON artifact BEGIN \
+             INSERT INTO {LOG} (tbl, key, seq, op, at) SELECT 'artifact', NEW.id, \
+             (SELECT coalesce(max(seq), 0) + 1 FROM {LOG}), 'I', 0 ON CONFLICT (tbl, key) \
+             DO UPDATE SET seq = excluded.seq; END;"
+        ))
+        .unwrap();
+        let w = app_write(&mut c, "k1", "v1");
+        assert_eq!(w.len(), 1);
+        assert!(
+            !w[0].fresh,
+            "an old log cannot tell: nothing is acknowledged"
+        );
+        let r = install(&p, None).unwrap();
+        assert!(
+            r.created.contains(&format!("{LOG}.first")) && r.created.contains(&CLAIM.to_owned()),
+            "{:?}",
+            r.created
+        );
+        assert!(status(&p).unwrap().installed);
+        let w = app_write(&mut c, "k2", "v1");
+        assert!(w[0].fresh);
+    }
+
     #[test]
     fn a_corrupt_change_row_is_named() {
         let c = Change {
@@ -826,6 +1182,7 @@ mod tests {
             seq: 7,
             op: "I".into(),
             at: 0.0,
+            fresh: false,
         };
         let e = check_change(&c).unwrap_err();
         assert!(
@@ -841,7 +1198,14 @@ mod tests {
         let first = Lease::take(&db).unwrap();
         let e = Lease::take(&db).unwrap_err().to_string();
         assert!(e.contains("already running"), "{e}");
+        assert!(Lease::held_on(&db));
+        let lock_file = std::fs::read(lock_path(&db)).unwrap();
         drop(first);
+        // The probe writes nothing and creates nothing.
+        assert!(!Lease::held_on(&db));
+        assert_eq!(std::fs::read(lock_path(&db)).unwrap(), lock_file);
+        assert!(!Lease::held_on(&d.path().join("never-served.sqlite3")));
+        assert!(!lock_path(&d.path().join("never-served.sqlite3")).exists());
         Lease::take(&db).unwrap();
     }
 }

@@ -83,6 +83,28 @@ pub struct Settings {
     pub unrepresentable: UnrepresentablePolicy,
     /// Where coerced values are recorded with their originals (`dual.coerced_log`).
     pub coerced_log: PathBuf,
+    /// Who sends the captured writes an inline mirror could not (`dual.drain`).
+    pub drain: DrainMode,
+}
+
+/// `dual.drain` (`DUALWRITE_DRAIN`): with change capture installed, who sends
+/// the writes whose inline mirror failed (they wait in the change log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainMode {
+    /// A `dualwrite serve` daemon (the default).
+    Inline,
+    /// Also a drainer task inside the embedding process, under `serve`'s lease:
+    /// it drains only while no `serve` (or other drainer) holds the file.
+    Background,
+}
+
+impl DrainMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrainMode::Inline => "inline",
+            DrainMode::Background => "background",
+        }
+    }
 }
 
 /// The raw shape of the TOML layers; unknown keys are refused.
@@ -126,6 +148,7 @@ struct RawDual {
     max_recorded_failures: usize,
     unrepresentable: String,
     coerced_log: String,
+    drain: String,
 }
 
 /// Where settings come from. `env` is the process environment (injectable for tests).
@@ -152,7 +175,7 @@ impl Sources {
 }
 
 /// DoX environment variables and where they go.
-const ENV_KEYS: [(&str, &str); 10] = [
+const ENV_KEYS: [(&str, &str); 11] = [
     ("DB_BACKEND", "db_backend"),
     ("DB_PATH", "db_path"),
     ("SUPABASE_URL", "supabase.url"),
@@ -164,6 +187,7 @@ const ENV_KEYS: [(&str, &str); 10] = [
     ("SUPABASE_TIMEOUT", "supabase.timeout_secs"),
     // Not a DoX variable: dualwrite's own.
     ("DUALWRITE_UNREPRESENTABLE", "dual.unrepresentable"),
+    ("DUALWRITE_DRAIN", "dual.drain"),
 ];
 
 fn parse_bool(name: &str, v: &str) -> Result<bool> {
@@ -333,6 +357,16 @@ impl Settings {
                     raw.dual.unrepresentable
                 ))
             })?;
+        let drain = match raw.dual.drain.trim().to_ascii_lowercase().as_str() {
+            "" | "inline" => DrainMode::Inline,
+            "background" => DrainMode::Background,
+            _ => {
+                return Err(Error::config(format!(
+                    "dual.drain (DUALWRITE_DRAIN) = `{}` is not a drain mode (use inline or background)",
+                    raw.dual.drain
+                )))
+            }
+        };
         let coerced_log = match raw.dual.coerced_log.trim() {
             "" => {
                 let mut p = db_path.clone().into_os_string();
@@ -389,6 +423,7 @@ impl Settings {
             failure_log_configured: !matches!(failure_log_setting.as_str(), "" | "none"),
             unrepresentable,
             coerced_log,
+            drain,
         })
     }
 
@@ -471,6 +506,7 @@ impl Settings {
                 "failure_log": self.failure_log,
                 "unrepresentable": self.unrepresentable.as_str(),
                 "coerced_log": self.coerced_log,
+                "drain": self.drain.as_str(),
             },
         })
     }

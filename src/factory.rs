@@ -128,7 +128,11 @@ pub async fn open(s: &Settings) -> Result<(AnyDatabase, InitReport)> {
                 // replay as well could later write that old payload over a newer row.
                 let mut s = s.clone();
                 s.failure_log = None;
-                AnyDatabase::SqliteFirst(dual(&s, lite, sb)?)
+                let mut d = dual(&s, lite, sb)?;
+                if s.drain == crate::config::DrainMode::Background {
+                    d = d.with_drainer(background_drainer(&s)?);
+                }
+                AnyDatabase::SqliteFirst(d)
             } else {
                 AnyDatabase::SqliteFirst(dual(s, lite, sb)?)
             }
@@ -147,6 +151,20 @@ pub async fn open(s: &Settings) -> Result<(AnyDatabase, InitReport)> {
     };
     report.active = crate::db::Database::backend(&db);
     Ok((db, report))
+}
+
+/// Start the background drainer of `dual.drain = "background"`; it stops
+/// when the returned sender is dropped.
+fn background_drainer(s: &Settings) -> Result<tokio::sync::watch::Sender<bool>> {
+    let rest = RestClient::new(&s.rest_config()?)?;
+    let mut opts = crate::serve::ServeOptions::new(
+        s.db_path.clone(),
+        crate::backfill::state_dir_for(&s.db_path),
+    );
+    opts.unrepresentable = s.unrepresentable;
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::serve::drain_in_background(rest, opts, rx));
+    Ok(stop)
 }
 
 /// Whether change capture is installed on the configured SQLite file.

@@ -125,6 +125,25 @@ impl Database for Leaf {
             Leaf::Supabase(d) => d.fetch(table, filters).await,
         }
     }
+
+    // With change capture on the SQLite side, the dual layer acknowledges the
+    // change rows of each mirrored write (see `DualDatabase`).
+    async fn apply_captured(
+        &self,
+        write: Write,
+    ) -> CoreResult<(Applied, Vec<dualwrite::capture::Change>)> {
+        match self {
+            Leaf::Sqlite(d) => d.apply_captured(write).await,
+            Leaf::Supabase(d) => d.apply_captured(write).await,
+        }
+    }
+
+    async fn acknowledge(&self, changes: Vec<dualwrite::capture::Change>) -> CoreResult<usize> {
+        match self {
+            Leaf::Sqlite(d) => d.acknowledge(changes).await,
+            Leaf::Supabase(d) => d.acknowledge(changes).await,
+        }
+    }
 }
 
 enum Db {

@@ -27,6 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Applied, Database, Filter, Row};
+use crate::capture::Change;
 use crate::catalogue::Table;
 use crate::error::{Error, Result};
 use crate::model::Write;
@@ -108,6 +109,9 @@ pub struct DualDatabase<P, S> {
     /// `update_artifact`) could reach the mirror in the other order and leave it
     /// with the older resolved value. Striped: unrelated rows rarely wait.
     order: Vec<tokio::sync::Mutex<()>>,
+    /// Stops the background drainer (`dual.drain = "background"`) when the
+    /// dual layer is dropped.
+    drainer: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 const ORDER_STRIPES: usize = 64;
@@ -131,7 +135,15 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
             order: (0..ORDER_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            drainer: None,
         }
+    }
+
+    /// Keep the stop signal of a background drainer: it stops (after its batch
+    /// in flight) when this dual layer is dropped.
+    pub fn with_drainer(mut self, stop: tokio::sync::watch::Sender<bool>) -> Self {
+        self.drainer = Some(stop);
+        self
     }
 
     fn order_of(&self, w: &Write) -> &tokio::sync::Mutex<()> {
@@ -240,6 +252,70 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
         log.push_back(failure);
     }
 
+    /// The mirror of a write whose change rows the primary's transaction
+    /// committed (change capture installed): a failure leaves them in the change
+    /// log for the drainer (`dualwrite serve`, or the background drainer), which
+    /// sends the rows as they are then, so no payload is recorded; a success
+    /// acknowledges exactly these change rows (a key changed again since has a
+    /// new `seq` and stays). The partial writes (`update_artifact`,
+    /// `update_skill`, `register_skill`) are never acknowledged here: their
+    /// mirror changes fields of a row Supabase may lack (then it matches no row
+    /// and still succeeds), so the drainer sends the whole row instead.
+    async fn mirror_captured(&self, applied: Applied, captured: Vec<Change>) -> Applied {
+        let write = applied.resolved.clone();
+        let (method, table, key) = (write.method(), write.table(), write.key());
+        let whole_rows = write.steps().is_some();
+        let attempted = self.open_until().is_none();
+        let result = match attempted {
+            false => Err(Error::Unreachable {
+                url: self.secondary.backend(),
+                reason: format!(
+                    "not attempted: the secondary failed {} times in a row",
+                    self.breaker.failures
+                ),
+            }),
+            true => self.mirror(write).await,
+        };
+        match result {
+            Ok(()) => {
+                self.mirrored.fetch_add(1, Ordering::Relaxed);
+                crate::sync::lock(&self.breaker_state).consecutive = 0;
+                if whole_rows {
+                    if let Err(e) = self.primary.acknowledge(captured).await {
+                        // Harmless: the drainer sends the rows once more.
+                        tracing::warn!(error = %e, method, table, key = %key, "cannot acknowledge a mirrored change; the drainer will send it again");
+                    }
+                }
+            }
+            Err(e) => {
+                if attempted {
+                    self.note_failure(&e);
+                }
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    method,
+                    table,
+                    key = %key,
+                    transient = e.is_transient(),
+                    error = %e,
+                    "secondary write failed; its change stays in the change log for the drainer"
+                );
+            }
+        }
+        applied
+    }
+
+    /// Count a failed mirror for the circuit breaker.
+    fn note_failure(&self, e: &Error) {
+        if e.is_transient() {
+            let mut b = crate::sync::lock(&self.breaker_state);
+            b.consecutive += 1;
+            if b.consecutive >= self.breaker.failures {
+                b.open_until = Some(tokio::time::Instant::now() + self.breaker.cooldown);
+            }
+        }
+    }
+
     /// Apply the recorded failures to the secondary again, oldest first,
     /// retrying transient errors with backoff ([`crate::retry`]). Those that
     /// still fail stay recorded, in order.
@@ -337,7 +413,10 @@ impl<P: Database, S: Database> Database for DualDatabase<P, S> {
         write.prepare();
         let _same_row_in_order = self.order_of(&write).lock().await;
         // A primary failure is the caller's error, and the secondary is not touched.
-        let applied = self.primary.apply(write).await?;
+        let (applied, captured) = self.primary.apply_captured(write).await?;
+        if !captured.is_empty() {
+            return Ok(self.mirror_captured(applied, captured).await);
+        }
         let mirror = applied.resolved.clone();
         if let Some(until) = self.open_until() {
             let e = Error::Unreachable {
@@ -358,13 +437,7 @@ impl<P: Database, S: Database> Database for DualDatabase<P, S> {
                 crate::sync::lock(&self.breaker_state).consecutive = 0;
             }
             Err(e) => {
-                if e.is_transient() {
-                    let mut b = crate::sync::lock(&self.breaker_state);
-                    b.consecutive += 1;
-                    if b.consecutive >= self.breaker.failures {
-                        b.open_until = Some(tokio::time::Instant::now() + self.breaker.cooldown);
-                    }
-                }
+                self.note_failure(&e);
                 self.record(record_copy, &e);
             }
         }

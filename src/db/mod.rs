@@ -58,6 +58,28 @@ pub trait Database: Send + Sync {
         table: &'static Table,
         filters: &[Filter],
     ) -> impl Future<Output = Result<Vec<Row>>> + Send;
+
+    /// [`Database::apply`], plus the change-log rows the write's own
+    /// transaction recorded when change capture is installed on a SQLite file
+    /// (empty otherwise). The dual layer acknowledges them once mirrored.
+    fn apply_captured(
+        &self,
+        write: Write,
+    ) -> impl Future<Output = Result<(Applied, Vec<crate::capture::Change>)>> + Send {
+        async move { Ok((self.apply(write).await?, Vec::new())) }
+    }
+
+    /// Remove change-log rows whose write was mirrored (those whose key was
+    /// not changed again since: see [`crate::capture::ack`]). Returns how many.
+    fn acknowledge(
+        &self,
+        changes: Vec<crate::capture::Change>,
+    ) -> impl Future<Output = Result<usize>> + Send {
+        async move {
+            drop(changes);
+            Ok(0)
+        }
+    }
 }
 
 impl<T: Database> Database for std::sync::Arc<T> {
@@ -75,6 +97,20 @@ impl<T: Database> Database for std::sync::Arc<T> {
         filters: &[Filter],
     ) -> impl Future<Output = Result<Vec<Row>>> + Send {
         (**self).fetch(table, filters)
+    }
+
+    fn apply_captured(
+        &self,
+        write: Write,
+    ) -> impl Future<Output = Result<(Applied, Vec<crate::capture::Change>)>> + Send {
+        (**self).apply_captured(write)
+    }
+
+    fn acknowledge(
+        &self,
+        changes: Vec<crate::capture::Change>,
+    ) -> impl Future<Output = Result<usize>> + Send {
+        (**self).acknowledge(changes)
     }
 }
 
@@ -524,6 +560,14 @@ impl Database for AnyDatabase {
 
     async fn fetch(&self, table: &'static Table, filters: &[Filter]) -> Result<Vec<Row>> {
         delegate!(self, db => db.fetch(table, filters).await)
+    }
+
+    async fn apply_captured(&self, write: Write) -> Result<(Applied, Vec<crate::capture::Change>)> {
+        delegate!(self, db => db.apply_captured(write).await)
+    }
+
+    async fn acknowledge(&self, changes: Vec<crate::capture::Change>) -> Result<usize> {
+        delegate!(self, db => db.acknowledge(changes).await)
     }
 }
 

@@ -127,7 +127,7 @@ pub fn render_metrics(stats: &Stats) -> String {
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (k, v) in map.lock().expect("stats lock").iter() {
+        for (k, v) in crate::sync::lock(map).iter() {
             let _ = writeln!(out, "{name}{{{label_name}=\"{}\"}} {v}", label(k));
         }
     }

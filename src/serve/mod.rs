@@ -17,8 +17,9 @@
 //! * Shutdown: `/ready` turns 503 at once, the batch in flight finishes, `run` returns.
 
 pub mod http;
+pub mod notify;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -74,7 +75,9 @@ impl ServeOptions {
         ServeOptions {
             db_path,
             listen: None,
-            batch_rows: 4000,
+            // Two batches are in flight while a backlog drains (the pipeline):
+            // 2 x 2000 changes keep the peak RSS under 100 MB (BENCHMARKS.md).
+            batch_rows: 2000,
             request_rows: 500,
             concurrency: 4,
             poll: Duration::from_millis(50),
@@ -111,10 +114,7 @@ pub struct Stats {
 
 fn add(m: &Mutex<BTreeMap<String, u64>>, k: &str, n: u64) {
     if n > 0 {
-        *m.lock()
-            .expect("stats lock")
-            .entry(k.to_owned())
-            .or_default() += n;
+        *crate::sync::lock(m).entry(k.to_owned()).or_default() += n;
     }
 }
 
@@ -134,11 +134,11 @@ impl Stats {
         if self.stopping.load(Ordering::Relaxed) {
             why.push("shutting down".to_owned());
         }
-        if let Some(p) = self.capture_problem.lock().expect("stats lock").clone() {
+        if let Some(p) = crate::sync::lock(&self.capture_problem).clone() {
             why.push(p);
         }
         if self.supabase_failing.load(Ordering::Relaxed) {
-            let e = self.last_error.lock().expect("stats lock").clone();
+            let e = crate::sync::lock(&self.last_error).clone();
             why.push(format!(
                 "supabase is failing: {}",
                 e.unwrap_or_else(|| "unknown error".into())
@@ -166,11 +166,11 @@ impl Stats {
             lag_seconds: self.lag_seconds(),
             ready: self.ready().is_ok(),
             not_ready_because: self.ready().err().unwrap_or_default(),
-            last_error: self.last_error.lock().expect("stats lock").clone(),
-            last_success: *self.last_success.lock().expect("stats lock"),
-            mirrored_rows: self.mirrored.lock().expect("stats lock").clone(),
-            failures: self.failures.lock().expect("stats lock").clone(),
-            rejected_rows: self.rejected.lock().expect("stats lock").clone(),
+            last_error: crate::sync::lock(&self.last_error).clone(),
+            last_success: *crate::sync::lock(&self.last_success),
+            mirrored_rows: crate::sync::lock(&self.mirrored).clone(),
+            failures: crate::sync::lock(&self.failures).clone(),
+            rejected_rows: crate::sync::lock(&self.rejected).clone(),
         }
     }
 }
@@ -231,7 +231,7 @@ async fn blocking<R: Send + 'static>(
     f: impl FnOnce(&mut rusqlite::Connection) -> Result<R> + Send + 'static,
 ) -> Result<R> {
     let conn = Arc::clone(conn);
-    tokio::task::spawn_blocking(move || f(&mut conn.lock().expect("capture connection")))
+    tokio::task::spawn_blocking(move || f(&mut crate::sync::lock(&conn)))
         .await
         .map_err(|e| Error::Sqlite(format!("the capture task failed: {e}")))?
 }
@@ -244,6 +244,8 @@ struct Daemon {
     rejects: Arc<RejectLog>,
     coerced: Arc<CoercedLog>,
     stats: Arc<Stats>,
+    /// systemd's `sd_notify` (nothing outside systemd).
+    notifier: notify::Notifier,
 }
 
 /// A daemon run's figures and its stop signal. When `shutdown` completes,
@@ -269,20 +271,80 @@ pub(crate) fn start(
     (stats, stop)
 }
 
+async fn take_lease(db: &Path) -> Result<capture::Lease> {
+    let db = db.to_path_buf();
+    tokio::task::spawn_blocking(move || capture::Lease::take(&db))
+        .await
+        .map_err(|e| Error::Sqlite(e.to_string()))?
+}
+
 /// Run the daemon until `shutdown` completes (then finish the batch in flight).
+/// Refuses to start while another daemon holds the file's lease.
 pub async fn run(
     rest: RestClient,
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let lease = take_lease(&opts.db_path).await?;
+    run_with_lease(rest, opts, lease, notify::Notifier::from_env(), shutdown).await
+}
+
+/// How long the background drainer waits before it tries the lease again.
+const BACKGROUND_RETRY: Duration = Duration::from_secs(10);
+
+/// The background drainer of an embedding process (`dual.drain = "background"`):
+/// the same drain loop as `serve`, under the same lease, so it never runs
+/// alongside a `serve` (or another process's drainer) on the same file. While
+/// another holds the lease it waits and tries again every few seconds; it
+/// stops (after the batch in flight) when `stop` turns true or its sender is
+/// dropped. A failure is logged and the drainer starts again later: the
+/// changes wait in the log meanwhile.
+pub async fn drain_in_background(
+    rest: RestClient,
+    opts: ServeOptions,
+    mut stop: watch::Receiver<bool>,
+) {
+    let stopped = |s: &watch::Receiver<bool>| s.has_changed().is_err() || *s.borrow();
+    loop {
+        if stopped(&stop) {
+            return;
+        }
+        match take_lease(&opts.db_path).await {
+            Ok(lease) => {
+                let mut s = stop.clone();
+                let shutdown = async move {
+                    let _ = s.wait_for(|v| *v).await;
+                };
+                // The embedding process's own systemd unit is not ours to notify.
+                let quiet = notify::Notifier::new(None, None);
+                match run_with_lease(rest.clone(), opts.clone(), lease, quiet, shutdown).await {
+                    Ok(()) if stopped(&stop) => return,
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, db = %opts.db_path.display(), "the background drainer stopped; it starts again shortly")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "another drainer holds the lease; the background drainer waits")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(BACKGROUND_RETRY) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+async fn run_with_lease(
+    rest: RestClient,
+    opts: ServeOptions,
+    lease: capture::Lease,
+    notifier: notify::Notifier,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let (stats, stop) = start(opts.max_lag, shutdown);
     let db = opts.db_path.clone();
-    let lease = {
-        let db = db.clone();
-        tokio::task::spawn_blocking(move || capture::Lease::take(&db))
-            .await
-            .map_err(|e| Error::Sqlite(e.to_string()))??
-    };
     let conn = {
         let db = db.clone();
         tokio::task::spawn_blocking(move || {
@@ -304,6 +366,10 @@ pub async fn run(
             db.display()
         )));
     }
+    let upgraded = blocking(&conn, capture::upgrade).await?;
+    if !upgraded.is_empty() {
+        tracing::info!(added = ?upgraded, "change log upgraded");
+    }
     let rejects = Arc::new(RejectLog::open(
         opts.state_dir.join("rejects.ndjson"),
         true,
@@ -318,6 +384,7 @@ pub async fn run(
         rejects,
         coerced,
         stats: Arc::clone(&stats),
+        notifier,
     };
     d.check_triggers().await?;
     let server = match d.opts.listen {
@@ -325,7 +392,9 @@ pub async fn run(
         None => None,
     };
     tracing::info!(db = %db.display(), listen = ?d.opts.listen, lease = %lease.path.display(), "serving");
+    d.notifier.notify("READY=1");
     let result = d.drain(stop).await;
+    d.notifier.notify("STOPPING=1");
     let status_path = status_file_path(&db);
     write_status(&status_path, &stats.snapshot());
     if let Some(s) = server {
@@ -340,7 +409,7 @@ impl Daemon {
     async fn check_triggers(&mut self) -> Result<()> {
         let st = blocking(&self.conn, |c| capture::status_on(c)).await?;
         if st.missing.is_empty() && st.log_present {
-            *self.stats.capture_problem.lock().expect("stats lock") = None;
+            *crate::sync::lock(&self.stats.capture_problem) = None;
             return Ok(());
         }
         if !self.opts.repair_triggers {
@@ -348,7 +417,7 @@ impl Daemon {
                 "capture triggers are missing on {} (was the table re-created?); writes to it are not captured",
                 st.missing.join(", ")
             );
-            *self.stats.capture_problem.lock().expect("stats lock") = Some(why.clone());
+            *crate::sync::lock(&self.stats.capture_problem) = Some(why.clone());
             return Err(Error::Sqlite(why));
         }
         tracing::warn!(tables = ?st.missing, "capture triggers were missing; re-installing them");
@@ -356,7 +425,7 @@ impl Daemon {
         tracing::info!(created = ?r.created, "capture re-installed");
         // The tables may have new columns: read them with a fresh layout.
         self.reader = SqliteDatabase::open_read_only(&self.opts.db_path).await?;
-        *self.stats.capture_problem.lock().expect("stats lock") = None;
+        *crate::sync::lock(&self.stats.capture_problem) = None;
         Ok(())
     }
 
@@ -366,13 +435,69 @@ impl Daemon {
         Ok(())
     }
 
+    /// Record how a batch ended. `Ok(true)`: it failed and its changes wait
+    /// in the log; `Err`: a failure that needs an operator (SQLite, I/O).
+    fn settle(&self, r: Result<()>) -> Result<bool> {
+        match r {
+            Ok(()) => {
+                self.stats.supabase_failing.store(false, Ordering::Relaxed);
+                *crate::sync::lock(&self.stats.last_success) = Some(capture::now_secs());
+                Ok(false)
+            }
+            Err(e) => {
+                add(&self.stats.failures, failure_kind(&e), 1);
+                tracing::warn!(error = %e, "mirroring failed; the changes stay in the log and are retried");
+                *crate::sync::lock(&self.stats.last_error) = Some(e.to_string());
+                if matches!(
+                    e,
+                    Error::Sqlite(_) | Error::WorkerStopped { .. } | Error::Io { .. }
+                ) {
+                    return Err(e);
+                }
+                self.stats.supabase_failing.store(true, Ordering::Relaxed);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Wait for the oldest batch in flight; `Ok(true)` when it failed.
+    async fn finish_one(&self, inflight: &mut VecDeque<InFlight>) -> Result<bool> {
+        let Some((task, _)) = inflight.pop_front() else {
+            return Ok(false);
+        };
+        let r = task
+            .await
+            .unwrap_or_else(|e| Err(Error::Sqlite(format!("a mirroring task failed: {e}"))));
+        self.settle(r)
+    }
+
+    /// Wait for every batch in flight; `Ok(true)` when one failed.
+    async fn finish_all(&self, inflight: &mut VecDeque<InFlight>) -> Result<bool> {
+        let mut failed = false;
+        while !inflight.is_empty() {
+            failed |= self.finish_one(inflight).await?;
+        }
+        Ok(failed)
+    }
+
+    /// The drain loop. While a backlog drains, the next batch is claimed, read
+    /// and made durable while the previous one is sent (up to [`PIPELINE`]
+    /// batches in flight), so the requests of one batch start while the last
+    /// requests of the previous one are still out. A key is in at most one
+    /// batch in flight: a key changed again while its batch is out is skipped
+    /// by the next claim and read once its batch is acknowledged, so a newer
+    /// version of a row is never sent alongside an older one.
     async fn drain(&mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
         let status_path = status_file_path(&self.opts.db_path);
         let mut last_check = Instant::now();
         let mut last_status = Instant::now() - Duration::from_secs(10);
         let mut version = blocking(&self.conn, |c| capture::data_version(c)).await?;
+        let mut inflight: VecDeque<InFlight> = VecDeque::new();
         loop {
+            self.notifier.watchdog();
             if *stop.borrow() {
+                // The batches in flight finish; their figures are recorded.
+                self.finish_all(&mut inflight).await?;
                 return Ok(());
             }
             if last_check.elapsed() >= self.opts.check_every {
@@ -380,33 +505,31 @@ impl Daemon {
                 self.check_triggers().await?;
             }
             let limit = self.opts.batch_rows.max(1);
-            let changes = blocking(&self.conn, move |c| capture::read_changes(c, limit)).await?;
+            let busy: HashSet<(String, String)> = inflight
+                .iter()
+                .flat_map(|(_, k)| k.iter().cloned())
+                .collect();
+            let changes =
+                blocking(&self.conn, move |c| capture::claim_changes(c, limit, &busy)).await?;
             let full = changes.len() >= limit;
-            let failed = if changes.is_empty() {
-                false
-            } else {
-                match self.mirror(changes).await {
-                    Ok(()) => {
-                        self.stats.supabase_failing.store(false, Ordering::Relaxed);
-                        *self.stats.last_success.lock().expect("stats lock") =
-                            Some(capture::now_secs());
-                        false
-                    }
-                    Err(e) => {
-                        add(&self.stats.failures, failure_kind(&e), 1);
-                        tracing::warn!(error = %e, "mirroring failed; the changes stay in the log and are retried");
-                        *self.stats.last_error.lock().expect("stats lock") = Some(e.to_string());
-                        if matches!(
-                            e,
-                            Error::Sqlite(_) | Error::WorkerStopped { .. } | Error::Io { .. }
-                        ) {
-                            return Err(e);
-                        }
-                        self.stats.supabase_failing.store(true, Ordering::Relaxed);
-                        true
-                    }
-                }
-            };
+            if !changes.is_empty() {
+                let keys: HashSet<(String, String)> = changes
+                    .iter()
+                    .map(|c| (c.tbl.clone(), c.key.clone()))
+                    .collect();
+                let batch = self.read_batch(changes).await?;
+                let sender = self.sender();
+                inflight.push_back((tokio::spawn(async move { sender.send(batch).await }), keys));
+            }
+            let mut failed = false;
+            // A full pipeline waits for its oldest batch; a batch that emptied
+            // the log (or a failure) waits for them all.
+            while inflight.len() >= PIPELINE {
+                failed |= self.finish_one(&mut inflight).await?;
+            }
+            if !full || failed {
+                failed |= self.finish_all(&mut inflight).await?;
+            }
             // Refreshed once a second, and whenever the log may have run dry.
             if last_status.elapsed() >= Duration::from_secs(1) || failed || !full {
                 self.refresh_pending().await?;
@@ -428,6 +551,7 @@ impl Daemon {
             // every `poll` instead of back to back, which keeps the daemon's
             // acknowledgements (the file's write lock) and fsyncs off the app's path.
             loop {
+                self.notifier.watchdog();
                 tokio::select! {
                     _ = tokio::time::sleep(self.opts.poll) => {}
                     _ = stop.changed() => {}
@@ -452,8 +576,20 @@ impl Daemon {
         }
     }
 
-    /// Mirror one batch of changes; acknowledge each table's once it landed.
-    async fn mirror(&mut self, changes: Vec<Change>) -> Result<()> {
+    fn sender(&self) -> Sender {
+        Sender {
+            opts: self.opts.clone(),
+            rest: self.rest.clone(),
+            conn: Arc::clone(&self.conn),
+            rejects: Arc::clone(&self.rejects),
+            coerced: Arc::clone(&self.coerced),
+            stats: Arc::clone(&self.stats),
+        }
+    }
+
+    /// Read one batch: group the changes by table, read the rows as they are
+    /// now (short read transactions), then make what was read durable.
+    async fn read_batch(&mut self, changes: Vec<Change>) -> Result<Batch> {
         let mut by_table: BTreeMap<usize, Vec<Change>> = BTreeMap::new();
         let mut corrupt = Vec::new();
         for c in changes {
@@ -468,6 +604,57 @@ impl Daemon {
                 Err(reason) => corrupt.push((c, reason)),
             }
         }
+        let mut work = Vec::new();
+        for (i, cs) in by_table {
+            let t: &'static Table = TABLES[i];
+            if !self.reader.has_table(t) {
+                // A table created after the daemon started: read it with a fresh layout.
+                self.reader = SqliteDatabase::open_read_only(&self.opts.db_path).await?;
+            }
+            let keys: Vec<String> = cs.iter().map(|c| c.key.clone()).collect();
+            let rows = self.reader.rows_by_keys(t, keys).await?;
+            work.push((t, cs, rows));
+        }
+        {
+            let db = self.opts.db_path.clone();
+            tokio::task::spawn_blocking(move || capture::make_durable(&db))
+                .await
+                .map_err(|e| Error::Sqlite(e.to_string()))??;
+        }
+        Ok(Batch { corrupt, work })
+    }
+}
+
+/// Batches sent at once while a backlog drains.
+const PIPELINE: usize = 2;
+
+/// A batch being sent, and the (table, key) pairs it holds.
+type InFlight = (
+    tokio::task::JoinHandle<Result<()>>,
+    HashSet<(String, String)>,
+);
+
+/// One batch, read and made durable, ready to send.
+struct Batch {
+    /// Change rows that cannot be drained, with the reason.
+    corrupt: Vec<(Change, String)>,
+    work: Vec<(&'static Table, Vec<Change>, Vec<crate::normalise::SqlRow>)>,
+}
+
+/// The sending half of the daemon, moved into a task per batch.
+struct Sender {
+    opts: ServeOptions,
+    rest: RestClient,
+    conn: Conn,
+    rejects: Arc<RejectLog>,
+    coerced: Arc<CoercedLog>,
+    stats: Arc<Stats>,
+}
+
+impl Sender {
+    /// Send one batch; acknowledge each table's changes once they landed.
+    async fn send(self, batch: Batch) -> Result<()> {
+        let Batch { corrupt, work } = batch;
         if !corrupt.is_empty() {
             // Dead letters: recorded with the reason, counted, never blocking the rest.
             let rejects: Vec<Reject> = corrupt
@@ -490,25 +677,6 @@ impl Daemon {
             }
             let done: Vec<Change> = corrupt.into_iter().map(|(c, _)| c).collect();
             blocking(&self.conn, move |c| capture::ack(c, &done)).await?;
-        }
-        // Read every row first (short read transactions), then make what was
-        // read durable, then send.
-        let mut work = Vec::new();
-        for (i, cs) in by_table {
-            let t: &'static Table = TABLES[i];
-            if !self.reader.has_table(t) {
-                // A table created after the daemon started: read it with a fresh layout.
-                self.reader = SqliteDatabase::open_read_only(&self.opts.db_path).await?;
-            }
-            let keys: Vec<String> = cs.iter().map(|c| c.key.clone()).collect();
-            let rows = self.reader.rows_by_keys(t, keys).await?;
-            work.push((t, cs, rows));
-        }
-        {
-            let db = self.opts.db_path.clone();
-            tokio::task::spawn_blocking(move || capture::make_durable(&db))
-                .await
-                .map_err(|e| Error::Sqlite(e.to_string()))??;
         }
         for (t, cs, rows) in work {
             let mut present = HashSet::new();
@@ -565,7 +733,9 @@ impl Daemon {
         }
         Ok(())
     }
+}
 
+impl Sender {
     /// Delete rows that are gone from SQLite; returns the keys handled.
     async fn delete(&self, t: &'static Table, keys: &[&str]) -> Result<u64> {
         for chunk in crate::verify::key_chunks(keys) {
@@ -612,8 +782,8 @@ pub fn status(db: &Path) -> Result<Status> {
     let daemon: Option<StatusFile> = std::fs::read(status_file_path(db))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    // Taking the lease for a moment tells whether a daemon holds it.
-    let daemon_running = capture::Lease::take(db).is_err();
+    // Probed without taking the lease: a running daemon is never disturbed.
+    let daemon_running = capture::Lease::held_on(db);
     Ok(Status {
         db_path: db.display().to_string(),
         pending: capture.pending,

@@ -706,3 +706,487 @@ async fn triggers_lost_with_a_recreated_table_are_reinstalled_by_serve() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["id"], "after-recreate");
 }
+
+// ---- The embedded `DualDatabase` with capture (issue 11, item 5) ----
+
+type JsonRow = serde_json::Map<String, serde_json::Value>;
+
+fn tags_in(rows: &[JsonRow], id: &str) -> Option<String> {
+    rows.iter()
+        .find(|r| r["id"] == id)
+        .map(|r| r["tag"].as_str().unwrap_or_default().to_owned())
+}
+
+async fn supabase_tags(pg: &PrivateDb) -> Vec<JsonRow> {
+    pg.rest(Duration::from_secs(5))
+        .select_page("tags", "*", &[], "id", None, 100)
+        .await
+        .unwrap()
+}
+
+fn tag_write(id: &str, text: &str) -> dualwrite::model::Write {
+    dualwrite::model::Write::AddTag {
+        tag: serde_json::from_value(serde_json::json!({"id": id, "document_id": "d", "tag": text}))
+            .unwrap(),
+    }
+}
+
+fn pending_keys(db: &Path) -> Vec<String> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut s = c
+        .prepare("SELECT key FROM _dualwrite_changes ORDER BY seq")
+        .unwrap();
+    s.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .unwrap()
+}
+
+/// A real Supabase whose writes arrive late: the mirror of one process that
+/// lands after another process's newer write.
+struct Late(dualwrite::db::SupabaseDatabase, Duration);
+
+impl dualwrite::db::Database for Late {
+    fn backend(&self) -> String {
+        self.0.backend()
+    }
+    async fn apply(&self, w: dualwrite::model::Write) -> dualwrite::Result<dualwrite::db::Applied> {
+        tokio::time::sleep(self.1).await;
+        self.0.apply(w).await
+    }
+    async fn fetch(
+        &self,
+        t: &'static dualwrite::catalogue::Table,
+        f: &[dualwrite::db::Filter],
+    ) -> dualwrite::Result<Vec<dualwrite::db::Row>> {
+        self.0.fetch(t, f).await
+    }
+}
+
+/// A mirrored write acknowledges its change; a process killed after the
+/// primary commit and before its mirror loses nothing (the change committed
+/// with the row); an update that matches no row on Supabase is not taken as
+/// mirrored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_dual_write_acknowledges_what_it_mirrored_and_a_kill_before_the_mirror_loses_nothing(
+) {
+    use dualwrite::db::{Database, DualDatabase};
+    needs_stack!();
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let dual = DualDatabase::new(
+        SqliteDatabase::open(&db, SqliteOptions::default())
+            .await
+            .unwrap(),
+        pg.supabase(),
+        Duration::from_secs(5),
+        100,
+    );
+    dual.apply(tag_write("t-inline", "x")).await.unwrap();
+    assert_eq!(pending(&db), 0, "a mirrored write acknowledges its change");
+    assert_eq!(dual.stats().mirrored, 1);
+
+    // An artifact Supabase lacks: the mirror's update matches no row and
+    // succeeds; its change must stay for the drainer.
+    let art: dualwrite::model::Artifact = serde_json::from_value(serde_json::json!(
+        {"id": "a-upd", "filename": "f.pdf", "filepath": "uploads/f.pdf", "filetype": ".pdf"}
+    ))
+    .unwrap();
+    dual.apply(dualwrite::model::Write::AddArtifact { artifact: art })
+        .await
+        .unwrap();
+    assert_eq!(pending(&db), 0);
+    pg.sql()
+        .await
+        .batch_execute("DELETE FROM artifacts WHERE id = 'a-upd'")
+        .await
+        .unwrap();
+    let upd = dualwrite::model::Call::parse(
+        "update_artifact",
+        serde_json::json!({"artifact_id": "a-upd", "status": "done"}),
+    )
+    .unwrap();
+    let dualwrite::model::Call::Write(upd) = upd else {
+        panic!("a write")
+    };
+    dual.apply(upd).await.unwrap();
+    assert_eq!(dual.stats().failed, 0, "the mirror's PATCH succeeded");
+    assert_eq!(
+        pending_keys(&db),
+        ["a-upd"],
+        "an update matching no row is not acknowledged"
+    );
+    drop(dual);
+
+    // A process killed between its primary commit and its mirror: PostgREST
+    // is hung, so the mirror waits; the row is committed; kill -9.
+    pg.pause(true);
+    let mut c = bin();
+    env_for(&mut c, &db, &pg);
+    let mut child = c
+        .current_dir(dir.path())
+        .env("SUPABASE_DUAL_WRITE", "true")
+        .env("SUPABASE_TIMEOUT", "3")
+        .args([
+            "call",
+            "add_tag",
+            "--json",
+            "{\"tag\": {\"id\": \"t-killed\", \"document_id\": \"d\", \"tag\": \"k\"}}",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let committed = || {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM tagrow WHERE id = 't-killed'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+            == 1
+    };
+    while !committed() {
+        assert!(
+            Instant::now() < deadline,
+            "the primary write never committed"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the call ended early");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the mirror should still be waiting"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    pg.pause(false);
+    assert!(pending_keys(&db).contains(&"t-killed".to_owned()));
+    assert!(
+        !dir.path().join("app.sqlite3.failures.ndjson").exists(),
+        "with capture nothing goes to the NDJSON failure log"
+    );
+
+    let port = free_port();
+    let mut serve = spawn_serve(&db, &pg, port);
+    wait_drained(&db, Duration::from_secs(30)).await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    let rows = supabase_tags(&pg).await;
+    assert_eq!(tags_in(&rows, "t-killed").as_deref(), Some("k"));
+    let art = pg
+        .rest(Duration::from_secs(5))
+        .select_page("artifacts", "*", &[], "id", None, 10)
+        .await
+        .unwrap();
+    assert_eq!(art.len(), 1, "{art:?}");
+    assert_eq!(art[0]["status"], "done");
+    assert_verify_equal(&db, &pg).await;
+}
+
+/// The failure log's hazards, against the change log: two processes writing
+/// one key whose mirrors land out of order, an old payload that could be
+/// replayed over a newer mirror state, and processes sharing the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_mirrors_and_late_payloads_never_leave_supabase_older() {
+    use dualwrite::db::{Database, Dox, DualDatabase};
+    needs_stack!();
+    let mut pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let open = || SqliteDatabase::open(&db, SqliteOptions::default());
+
+    // Two processes (two connections, two dual layers), one key: A's mirror
+    // of v1 lands after B's mirror of v2.
+    let a = DualDatabase::new(
+        open().await.unwrap(),
+        Late(pg.supabase(), Duration::from_millis(1500)),
+        Duration::from_secs(10),
+        100,
+    );
+    let b = DualDatabase::new(
+        open().await.unwrap(),
+        pg.supabase(),
+        Duration::from_secs(10),
+        100,
+    );
+    let first = async { a.apply(tag_write("k", "v1")).await.unwrap() };
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.apply(tag_write("k", "v2")).await.unwrap()
+    };
+    tokio::join!(first, second);
+    assert_eq!(
+        tags_in(&supabase_tags(&pg).await, "k").as_deref(),
+        Some("v1"),
+        "the race did not happen: A's mirror should have landed last"
+    );
+    assert_eq!(
+        pending_keys(&db),
+        ["k"],
+        "neither writer may acknowledge a raced key"
+    );
+
+    // A late payload: set_user_pref while Supabase is down, then a newer one.
+    pg.stop();
+    a.set_user_pref("u1", "theme", serde_json::json!("dark"))
+        .await
+        .unwrap();
+    pg.start().await;
+    b.set_user_pref("u1", "lang", serde_json::json!("fr"))
+        .await
+        .unwrap();
+    assert!(a.failures().is_empty(), "no payload is recorded for replay");
+    assert_eq!(a.replay_failures().await.attempted, 0);
+    assert_eq!(pending_keys(&db), ["k", "u1"]);
+    drop((a, b));
+
+    // Processes sharing the log while Supabase is down: every write is in it.
+    pg.stop();
+    let children: Vec<Child> = (0..4)
+        .map(|i| {
+            let mut c = bin();
+            env_for(&mut c, &db, &pg);
+            c.current_dir(dir.path())
+                .env("SUPABASE_DUAL_WRITE", "true")
+                .args([
+                    "call",
+                    "add_tag",
+                    "--json",
+                    &format!(
+                        "{{\"tag\": {{\"id\": \"p{i}\", \"document_id\": \"d\", \"tag\": \"x\"}}}}"
+                    ),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert_eq!(
+            c.wait().unwrap().code(),
+            Some(3),
+            "a mirror failure is exit 3"
+        );
+    }
+    pg.start().await;
+    assert_eq!(pending(&db), 6);
+    assert!(!dir.path().join("app.sqlite3.failures.ndjson").exists());
+
+    let port = free_port();
+    let mut serve = spawn_serve(&db, &pg, port);
+    wait_drained(&db, Duration::from_secs(30)).await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    let rows = supabase_tags(&pg).await;
+    assert_eq!(tags_in(&rows, "k").as_deref(), Some("v2"));
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    let prefs = pg
+        .rest(Duration::from_secs(5))
+        .select_page("user_prefs", "*", &[], "user_id", None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        prefs[0]["preferences"],
+        serde_json::json!({"theme": "dark", "lang": "fr"}),
+        "{prefs:?}"
+    );
+    assert_verify_equal(&db, &pg).await;
+}
+
+/// `dual.drain = "background"`: the embedding process drains what its inline
+/// mirror could not, under serve's lease, and lets it go when dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_drainer_sends_what_the_inline_mirror_could_not() {
+    use dualwrite::db::Database;
+    needs_stack!();
+    let mut pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let env: std::collections::HashMap<String, String> = [
+        ("DB_PATH", db.display().to_string()),
+        ("SUPABASE_URL", pg.url.clone()),
+        ("SUPABASE_SERVICE_KEY", pg.service_key()),
+        ("SUPABASE_DUAL_WRITE", "true".into()),
+        ("SUPABASE_TIMEOUT", "2".into()),
+        ("DUALWRITE_DRAIN", "background".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let settings = dualwrite::config::Settings::load(&dualwrite::config::Sources {
+        dir: dir.path().to_path_buf(),
+        env,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(settings.drain, dualwrite::config::DrainMode::Background);
+    pg.stop();
+    let (app, _) = dualwrite::factory::open(&settings).await.unwrap();
+    app.apply(tag_write("bg1", "x")).await.unwrap();
+    app.apply(tag_write("bg2", "y")).await.unwrap();
+    assert_eq!(pending(&db), 2);
+    // The drainer holds serve's lease: a serve cannot start beside it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dualwrite::capture::Lease::take(&db).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the background drainer never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pg.start().await;
+    wait_drained(&db, Duration::from_secs(60)).await;
+    let rows = supabase_tags(&pg).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    drop(app);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dualwrite::capture::Lease::take(&db).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the drainer kept the lease after the drop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `serve --unrepresentable`: a NUL in a text value is a dead letter under
+/// `reject` (rejects file, counted) and lands without it under `coerce`
+/// (the original recorded in `coerced.ndjson`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_rejects_or_coerces_a_value_supabase_cannot_hold() {
+    needs_stack!();
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let state = dir.path().join("state");
+    let app = rusqlite::Connection::open(&db).unwrap();
+    let nul_tag = |id: &str| {
+        app.execute(
+            "INSERT INTO tagrow (id, document_id, tag, score) VALUES (?1, 'd', 'a' || char(0) || 'b', 0.5)",
+            [id],
+        )
+        .unwrap();
+    };
+    let serve_once = |policy: &str| {
+        let port = free_port();
+        let state = state.display().to_string();
+        let child = spawn_serve_with(
+            &db,
+            &pg,
+            port,
+            &["--unrepresentable", policy, "--state-dir", &state],
+        );
+        (child, port)
+    };
+    let stop = |mut child: Child| {
+        let st = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(child.wait().unwrap().success(), "serve exits 0 on SIGTERM");
+    };
+
+    nul_tag("nul-reject");
+    app.execute(
+        "INSERT INTO tagrow (id, document_id, tag, score) VALUES ('fine', 'd', 'ok', 0.5)",
+        [],
+    )
+    .unwrap();
+    let (child, port) = serve_once("reject");
+    wait_drained(&db, Duration::from_secs(20)).await;
+    let (_, metrics) = get(port, "/metrics").await;
+    assert!(
+        metrics.contains("dualwrite_rejected_rows_total{table=\"tagrow\"} 1"),
+        "{metrics}"
+    );
+    stop(child);
+    let rejects = std::fs::read_to_string(state.join("rejects.ndjson")).unwrap();
+    assert!(
+        rejects.contains("nul-reject") && rejects.lines().count() == 1,
+        "{rejects}"
+    );
+    let rows = supabase_tags(&pg).await;
+    assert_eq!(tags_in(&rows, "fine").as_deref(), Some("ok"));
+    assert_eq!(
+        tags_in(&rows, "nul-reject"),
+        None,
+        "a rejected row never lands"
+    );
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dualwrite::serve::status_file_path(&db)).unwrap())
+            .unwrap();
+    assert_eq!(st["rejected_rows"]["tagrow"], 1, "{st}");
+
+    nul_tag("nul-coerce");
+    let (child, _) = serve_once("coerce");
+    wait_drained(&db, Duration::from_secs(20)).await;
+    stop(child);
+    let rows = supabase_tags(&pg).await;
+    assert_eq!(
+        tags_in(&rows, "nul-coerce").as_deref(),
+        Some("ab"),
+        "landed with the NUL removed"
+    );
+    let coerced = std::fs::read_to_string(state.join("coerced.ndjson")).unwrap();
+    assert!(
+        coerced.contains("nul-coerce") && coerced.contains("tag"),
+        "{coerced}"
+    );
+}
+
+/// Under systemd (`Type=notify`): `READY=1` once serving, `STOPPING=1` on
+/// SIGTERM; `dualwrite status` meanwhile finds the daemon without disturbing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    needs_stack!();
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let sock = dir.path().join("notify.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut c = bin();
+    env_for(&mut c, &db, &pg);
+    let mut child = c
+        .current_dir(dir.path())
+        .env("NOTIFY_SOCKET", &sock)
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = rx.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    // `dualwrite status` sees the daemon without taking its lease, many times over.
+    for _ in 0..5 {
+        let o = run(&db, &pg, &["status", "--json"]);
+        let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(st["daemon_running"], true, "{st}");
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "status disturbed the daemon"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let n = rx.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(child.wait().unwrap().success());
+    let o = run(&db, &pg, &["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["daemon_running"], false, "{st}");
+}

@@ -1,0 +1,227 @@
+//! `SqliteDatabase`: DoX's own SQLite files, read and written as the original
+//! application does (exact table and column names, JSON as text, 0/1 booleans).
+//!
+//! The `rusqlite::Connection` lives on a dedicated thread and is reached over a
+//! channel, so blocking SQLite calls never run on the async runtime. This is the
+//! only module that touches rusqlite.
+//!
+//! Opening a file for writing does what DoX's own bootstrap does and nothing
+//! more: it creates the DoX tables that are missing and adds the three columns
+//! DoX patches in (`fact.evidence_id`, `artifact.source_url`,
+//! `artifact.extra_json`). Existing tables are never altered otherwise; an
+//! Alembic-built file keeps its `doctable.json` column, which is mapped. A file
+//! opened read-only is not changed at all.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::types::{Value as SqlParam, ValueRef};
+use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use serde_json::{json, Map, Value};
+use tokio::sync::oneshot;
+
+use super::{check_filters, reads, Applied, Database, Filter, Row};
+use crate::capture::Change;
+use crate::catalogue::{self as cat, Kind, Table, MAX_COLUMNS, TABLES};
+use crate::error::{Error, Result};
+use crate::model::{skill_row, Step, Write};
+use crate::normalise::{self, json_text, SqlRef, SqlRow, SqlValue};
+
+mod layout;
+mod scan;
+mod write;
+
+pub use layout::create_table_sql;
+use layout::*;
+use scan::*;
+pub use scan::{ScanFrom, ScanPage};
+use write::*;
+
+/// How to open a SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Open without any change to the file (no table creation, no pragmas that write).
+    pub read_only: bool,
+    /// Switch the file to write-ahead logging (persists in the file; readers and the
+    /// writer no longer block each other). DoX's own code leaves the default.
+    pub wal: bool,
+    /// `synchronous=NORMAL`: with WAL, a commit is durable against a process crash
+    /// and needs no fsync per write (an OS crash may lose the last commits).
+    pub synchronous_normal: bool,
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            read_only: false,
+            wal: true,
+            synchronous_normal: true,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+#[derive(Clone)]
+pub struct SqliteDatabase {
+    jobs: std::sync::mpsc::Sender<Job>,
+    path: PathBuf,
+    layout: Arc<Layout>,
+}
+
+impl std::fmt::Debug for SqliteDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteDatabase")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// A value bound as a statement parameter in its own storage class. TEXT
+/// whose bytes are not UTF-8 is bound as TEXT, bytes as they are: bound as a
+/// BLOB, a keyset cursor `key > ?` would be false for every TEXT key (BLOBs
+/// sort after all text), and a scan would end early at such a key.
+#[derive(Debug, Clone)]
+struct Param(SqlValue);
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::ToSqlOutput::{Borrowed, Owned};
+        Ok(match &self.0 {
+            SqlValue::Null => Owned(SqlParam::Null),
+            SqlValue::Integer(i) => Owned(SqlParam::Integer(*i)),
+            SqlValue::Real(f) => Owned(SqlParam::Real(*f)),
+            SqlValue::Text(s) => Borrowed(ValueRef::Text(s.as_bytes())),
+            SqlValue::BadText(b) => Borrowed(ValueRef::Text(b)),
+            SqlValue::Blob(b) => Borrowed(ValueRef::Blob(b)),
+        })
+    }
+}
+
+fn to_param(v: &SqlValue) -> Param {
+    Param(v.clone())
+}
+
+/// The SQLite thread is gone.
+fn stopped(when: &'static str) -> Error {
+    Error::WorkerStopped {
+        worker: "SQLite",
+        when,
+    }
+}
+
+impl SqliteDatabase {
+    /// Open (and, unless read-only, bootstrap) a DoX SQLite file.
+    /// Open a DoX SQLite file without changing it in any way (jobs that copy or compare it).
+    pub async fn open_read_only(path: impl AsRef<Path>) -> Result<SqliteDatabase> {
+        let opts = SqliteOptions {
+            read_only: true,
+            ..SqliteOptions::default()
+        };
+        SqliteDatabase::open(path, opts).await
+    }
+
+    pub async fn open(path: impl AsRef<Path>, opts: SqliteOptions) -> Result<SqliteDatabase> {
+        let path = path.as_ref().to_path_buf();
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<Layout>>();
+        let thread_path = path.clone();
+        std::thread::Builder::new()
+            .name("dualwrite-sqlite".into())
+            .spawn(move || {
+                let opened = open_connection(&thread_path, &opts);
+                let mut conn = match opened {
+                    Ok((conn, layout)) => {
+                        let _ = ready_tx.send(Ok(layout));
+                        conn
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                for job in rx {
+                    job(&mut conn);
+                }
+            })?;
+        let layout = ready_rx.await.map_err(|_| stopped("while opening"))??;
+        Ok(SqliteDatabase {
+            jobs,
+            path,
+            layout: Arc::new(layout),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run `f` on the connection's thread.
+    async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, &Layout) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let (tx, rx) = oneshot::channel();
+        let layout = Arc::clone(&self.layout);
+        self.jobs
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn, &layout));
+            }))
+            .map_err(|_| stopped("before the call"))?;
+        rx.await.map_err(|_| stopped("during a call"))?
+    }
+
+    /// Rows of a table in the SQLite shape (as stored), in key order. Used by
+    /// tests and jobs that need the raw values.
+    pub async fn raw_rows(&self, table: &'static Table) -> Result<Vec<SqlRow>> {
+        self.run(move |conn, layout| match layout.get(table) {
+            None => Ok(Vec::new()),
+            Some(l) => {
+                let mut rows = read_rows(conn, table, l, &[])?;
+                rows.sort_by(|a, b| key_cmp(&a[0], &b[0]));
+                Ok(rows)
+            }
+        })
+        .await
+    }
+}
+
+impl Database for SqliteDatabase {
+    fn backend(&self) -> String {
+        "sqlite".into()
+    }
+
+    async fn apply(&self, write: Write) -> Result<Applied> {
+        self.run(move |conn, layout| apply_sync(conn, layout, write, false))
+            .await
+            .map(|(applied, _)| applied)
+    }
+
+    async fn apply_captured(&self, write: Write) -> Result<(Applied, Vec<Change>)> {
+        self.run(move |conn, layout| apply_sync(conn, layout, write, true))
+            .await
+    }
+
+    async fn acknowledge(&self, changes: Vec<Change>) -> Result<usize> {
+        self.run(move |conn, _| crate::capture::ack_own(conn, &changes))
+            .await
+    }
+
+    async fn fetch(&self, table: &'static Table, filters: &[Filter]) -> Result<Vec<Row>> {
+        check_filters(table, filters)?;
+        let filters = filters.to_vec();
+        self.run(move |conn, layout| {
+            let Some(l) = layout.get(table) else {
+                return Ok(Vec::new());
+            };
+            let mut rows = read_rows(conn, table, l, &filters)?;
+            rows.sort_by(|a, b| key_cmp(&a[0], &b[0]));
+            Ok(rows.iter().map(|r| lenient_canonical(table, r)).collect())
+        })
+        .await
+    }
+}

@@ -1,0 +1,256 @@
+//! Writing: a `Write` applied in one `BEGIN IMMEDIATE` transaction, with the
+//! change rows it recorded when change capture is installed.
+
+use super::*;
+
+pub(super) fn exec_steps(conn: &Connection, layout: &Layout, steps: &[Step]) -> Result<()> {
+    for step in steps {
+        match step {
+            // The search index lives only in Supabase; DoX's SQLite methods are no-ops.
+            Step::Upsert { table, .. }
+            | Step::DeleteAll { table }
+            | Step::DeleteWhere { table, .. }
+                if table.sqlite == cat::SEARCH_CHUNKS.sqlite => {}
+            Step::Upsert { table, rows } => {
+                let l = layout.writable(table)?;
+                let sql = l.upsert.as_deref().expect("writable layout has an upsert");
+                let mut stmt = conn.prepare_cached(sql)?;
+                for row in rows {
+                    if let SqlValue::Null = row[0] {
+                        return Err(Error::invalid(format!(
+                            "{}: the key is missing",
+                            table.sqlite
+                        )));
+                    }
+                    stmt.execute(params_from_iter(row.iter().map(to_param)))?;
+                }
+            }
+            Step::DeleteWhere {
+                table,
+                column,
+                value,
+            } => {
+                if let Some(l) = layout.get(table) {
+                    let idx = table.index_of(column);
+                    if let Some(p) = &l.physical[idx] {
+                        conn.prepare_cached(&format!(
+                            "DELETE FROM {} WHERE {} = ?",
+                            quote(table.sqlite),
+                            quote(p)
+                        ))?
+                        .execute([value])?;
+                    }
+                }
+            }
+            Step::DeleteAll { table } => {
+                if layout.get(table).is_some() {
+                    conn.execute(&format!("DELETE FROM {}", quote(table.sqlite)), [])?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn one_row(
+    conn: &Connection,
+    layout: &Layout,
+    t: &'static Table,
+    column: &'static str,
+    value: &str,
+) -> Result<Option<SqlRow>> {
+    let Some(l) = layout.get(t) else {
+        return Ok(None);
+    };
+    Ok(read_rows(conn, t, l, &[(column, json!(value))])?
+        .into_iter()
+        .next())
+}
+
+/// Every write transaction takes the write lock at `BEGIN` (`IMMEDIATE`). A
+/// DEFERRED one that reads first (`set_user_pref`, `register_skill`) and then
+/// writes fails at once with `SQLITE_BUSY_SNAPSHOT` ("database is locked",
+/// no busy wait) when the app committed in between; `BEGIN IMMEDIATE` waits
+/// for the busy timeout instead.
+pub(super) fn write_transaction(
+    conn: &mut Connection,
+) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+}
+
+/// Apply a write in one transaction. With change capture installed, also
+/// returns the change rows its triggers recorded (read inside the transaction,
+/// so never another writer's), for the dual layer to acknowledge once mirrored.
+pub(super) fn apply_sync(
+    conn: &mut Connection,
+    layout: &Layout,
+    mut write: Write,
+    with_capture: bool,
+) -> Result<(Applied, Vec<Change>)> {
+    write.prepare();
+    let tx = write_transaction(conn)?;
+    let log_mark = if with_capture {
+        crate::capture::log_mark(&tx)?
+    } else {
+        None
+    };
+    // A read-modify-write reads its row in this transaction and resolves on it.
+    let current = match write.current_row() {
+        Some((t, column, key)) => {
+            let key = key.to_owned();
+            one_row(&tx, layout, t, column, &key)?
+        }
+        None => None,
+    };
+    if let Some((t, ..)) = write.current_row() {
+        write.resolve(current.as_ref().map(|r| lenient_canonical(t, r)).as_ref());
+    }
+    let value = match &mut write {
+        Write::RegisterSkill {
+            name,
+            description,
+            parameters,
+            workflow_def,
+            enabled,
+            id,
+            created_at,
+        } => {
+            let t = &cat::SKILLS_REGISTRY;
+            let l = layout.writable(t)?;
+            // DoX keeps the id and created_at of a skill registered again under
+            // the same name (`resolve` took them from `existing`).
+            if let Some(existing) = &current {
+                let p = |c: &str| quote(l.physical[t.index_of(c)].as_deref().unwrap_or(c));
+                tx.execute(
+                    &format!(
+                        "UPDATE {} SET {} = ?, {} = ?, {} = ?, {} = ? WHERE {} = ?",
+                        quote(t.sqlite),
+                        p("description"),
+                        p("parameters_json"),
+                        p("workflow_def_json"),
+                        p("enabled"),
+                        p("id")
+                    ),
+                    rusqlite::params![
+                        description.as_str(),
+                        json_text(parameters),
+                        json_text(workflow_def),
+                        i64::from(*enabled),
+                        to_param(&existing[0]),
+                    ],
+                )?;
+            } else {
+                let row = skill_row(
+                    id.as_ref(),
+                    name,
+                    description,
+                    parameters,
+                    workflow_def,
+                    *enabled,
+                    created_at.as_ref(),
+                );
+                exec_steps(
+                    &tx,
+                    layout,
+                    &[Step::Upsert {
+                        table: t,
+                        rows: vec![row],
+                    }],
+                )?;
+            }
+            json!(id)
+        }
+        Write::UpdateSkill { skill_id, enabled } => {
+            let t = &cat::SKILLS_REGISTRY;
+            let l = layout.writable(t)?;
+            let p = |c: &str| quote(l.physical[t.index_of(c)].as_deref().unwrap_or(c));
+            tx.execute(
+                &format!(
+                    "UPDATE {} SET {} = ? WHERE {} = ?",
+                    quote(t.sqlite),
+                    p("enabled"),
+                    p("id")
+                ),
+                rusqlite::params![i64::from(*enabled), skill_id.as_str()],
+            )?;
+            match one_row(&tx, layout, t, "id", skill_id)? {
+                Some(row) => reads::skill(&lenient_canonical(t, &row)),
+                None => Value::Null,
+            }
+        }
+        Write::UpdateArtifact {
+            artifact_id,
+            fields,
+            ..
+        } => {
+            write_validate_fields(fields)?;
+            let t = &cat::ARTIFACT;
+            let l = layout.writable(t)?;
+            match &current {
+                // DoX silently ignores an update of a missing artifact.
+                None => Value::Null,
+                Some(_) => {
+                    let mut sets = Vec::new();
+                    let mut params = Vec::new();
+                    for (k, v) in fields.iter() {
+                        let col = if k == "extras" {
+                            "extra_json"
+                        } else {
+                            k.as_str()
+                        };
+                        let idx = t.index_of(col);
+                        let phys = l.physical[idx].as_deref().unwrap_or(col);
+                        sets.push(format!("{} = ?", quote(phys)));
+                        params.push(match (k.as_str(), v) {
+                            (_, Value::Null) => SqlParam::Null,
+                            ("extras", v) => SqlParam::Text(json_text(v)),
+                            (_, Value::String(s)) => SqlParam::Text(s.clone()),
+                            (_, v) => SqlParam::Text(json_text(v)),
+                        });
+                    }
+                    if !sets.is_empty() {
+                        params.push(SqlParam::Text(artifact_id.clone()));
+                        tx.execute(
+                            &format!(
+                                "UPDATE {} SET {} WHERE {} = ?",
+                                quote(t.sqlite),
+                                sets.join(", "),
+                                quote(l.physical[0].as_deref().unwrap_or("id"))
+                            ),
+                            params_from_iter(params),
+                        )?;
+                    }
+                    Value::Null
+                }
+            }
+        }
+        other => {
+            let steps = other
+                .steps()
+                .expect("every other write maps onto table steps");
+            exec_steps(&tx, layout, &steps)?;
+            other.return_value()
+        }
+    };
+    let captured = match log_mark {
+        Some((seq, current)) => crate::capture::changes_after(&tx, seq, current)?,
+        None => Vec::new(),
+    };
+    tx.commit()?;
+    Ok((
+        Applied {
+            value,
+            resolved: write,
+        },
+        captured,
+    ))
+}
+
+pub(super) fn write_validate_fields(fields: &Map<String, Value>) -> Result<()> {
+    Write::UpdateArtifact {
+        artifact_id: String::new(),
+        fields: fields.clone(),
+        merge_extras: true,
+    }
+    .validate()
+}
