@@ -261,9 +261,7 @@ pub async fn apply(
     opts: &RepairOptions,
     outcome: &mut RepairOutcome,
 ) -> Result<()> {
-    if plan.direction == Direction::Reverse {
-        return reverse::apply(source, target, plan, opts, outcome).await;
-    }
+    let reverse = plan.direction == Direction::Reverse;
     for p in &plan.tables {
         let Some(done) = outcome
             .tables
@@ -273,10 +271,18 @@ pub async fn apply(
             continue;
         };
         if !p.upsert.is_empty() {
-            rewrite(source, target, p, opts, done).await?;
+            if reverse {
+                reverse::rewrite(source, target, p, opts, done).await?;
+            } else {
+                rewrite(source, target, p, opts, done).await?;
+            }
         }
         if opts.delete_extra && !p.delete.is_empty() {
-            delete(source, target, p, done).await?;
+            if reverse {
+                reverse::delete(source, target, p, opts, done).await?;
+            } else {
+                delete(source, target, p, done).await?;
+            }
         }
     }
     outcome.status = RepairStatus::Applied;

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::{RepairOptions, RepairOutcome, RepairPlan, RepairStatus, TablePlan, TableRepair};
+use super::{RepairOptions, TablePlan, TableRepair};
 use crate::catalogue::Table;
 use crate::db::supabase::UNREADABLE_JSON;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
@@ -16,32 +16,6 @@ use crate::error::{Error, Result};
 use crate::normalise;
 use crate::retry::{retry, RetryPolicy};
 use crate::reverse::apply::{self as file, Applied, TableBatch};
-
-pub(super) async fn apply(
-    sqlite: &SqliteDatabase,
-    supabase: &SupabaseDatabase,
-    plan: &RepairPlan,
-    opts: &RepairOptions,
-    outcome: &mut RepairOutcome,
-) -> Result<()> {
-    for p in &plan.tables {
-        let Some(done) = outcome
-            .tables
-            .iter_mut()
-            .find(|d| d.table == p.table.sqlite)
-        else {
-            continue;
-        };
-        if !p.upsert.is_empty() {
-            rewrite(sqlite, supabase, p, opts, done).await?;
-        }
-        if opts.delete_extra && !p.delete.is_empty() {
-            delete(sqlite, supabase, p, opts, done).await?;
-        }
-    }
-    outcome.status = RepairStatus::Applied;
-    Ok(())
-}
 
 /// Whether a canonical Supabase row can be written in DoX's shape: every
 /// value passes the inverse normaliser, and no jsonb was unreadable.
@@ -54,7 +28,7 @@ fn lands(t: &'static Table, row: &serde_json::Map<String, Value>) -> bool {
 }
 
 /// Read the planned rows from Supabase now and write them to the file.
-async fn rewrite(
+pub(super) async fn rewrite(
     sqlite: &SqliteDatabase,
     supabase: &SupabaseDatabase,
     p: &TablePlan,
@@ -84,7 +58,7 @@ async fn rewrite(
 /// chunk's keys are read from Supabase again just before, and the rows
 /// Supabase holds now are kept (written meanwhile: the two scans of the plan
 /// are not one snapshot).
-async fn delete(
+pub(super) async fn delete(
     sqlite: &SqliteDatabase,
     supabase: &SupabaseDatabase,
     p: &TablePlan,
