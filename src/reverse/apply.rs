@@ -1,7 +1,7 @@
 //! Writing rows read from Supabase into the SQLite file, in DoX's own shape
 //! (the inverse of the normaliser, [`crate::normalise::to_dox`]), in one
 //! `BEGIN IMMEDIATE` transaction. Blocking: the daemon calls it from
-//! `spawn_blocking`. With `capture.rs` and `db/sqlite.rs`, the only module
+//! `spawn_blocking`. With `capture/` and `db/sqlite/`, the only module
 //! that touches rusqlite.
 
 use std::collections::HashMap;

@@ -1,0 +1,294 @@
+//! Capture's status, and the changes: reading, claiming and acknowledging them.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection};
+use serde::Serialize;
+
+use super::schema::{log_columns, triggers_sql};
+use super::{dox_tables, immediate, object_sql, open_ro, CLAIM, LATER_COLUMNS, LOG};
+use crate::catalogue::{Table, TABLES};
+use crate::error::Result;
+
+/// Capture's state in a file.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CaptureStatus {
+    /// The change log exists and every DoX table present has its three triggers.
+    pub installed: bool,
+    pub log_present: bool,
+    /// DoX tables that have all their triggers.
+    pub tables: Vec<String>,
+    /// DoX tables present whose triggers are missing or differ (e.g. the app
+    /// dropped and re-created the table): their writes are NOT captured.
+    pub missing: Vec<String>,
+    pub pending: u64,
+    /// Age of the oldest change not yet mirrored (0 when none).
+    pub lag_seconds: f64,
+}
+
+pub(super) fn pending_on(conn: &Connection) -> Result<(u64, f64)> {
+    let (n, oldest): (i64, Option<f64>) =
+        conn.query_row(&format!("SELECT count(*), min(at) FROM {LOG}"), [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let lag = oldest.map_or(0.0, |at| (now_secs() - at).max(0.0));
+    Ok((u64::try_from(n).unwrap_or(0), lag))
+}
+
+pub fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+pub fn status_on(conn: &Connection) -> Result<CaptureStatus> {
+    let log_present = object_sql(conn, "table", LOG)?.is_some();
+    let mut tables = Vec::new();
+    let mut missing = Vec::new();
+    for t in dox_tables(conn)? {
+        let mut ok = true;
+        for (name, sql) in triggers_sql(t) {
+            ok &= object_sql(conn, "trigger", &name)?.as_deref() == Some(sql.as_str());
+        }
+        if ok {
+            tables.push(t.sqlite.to_owned());
+        } else {
+            missing.push(t.sqlite.to_owned());
+        }
+    }
+    let (pending, lag_seconds) = if log_present {
+        pending_on(conn)?
+    } else {
+        (0, 0.0)
+    };
+    Ok(CaptureStatus {
+        installed: log_present && missing.is_empty(),
+        log_present,
+        tables,
+        missing,
+        pending,
+        lag_seconds,
+    })
+}
+
+pub fn status(path: &Path) -> Result<CaptureStatus> {
+    status_on(&open_ro(path)?)
+}
+
+/// One pending change, as read from the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub tbl: String,
+    pub key: String,
+    pub seq: i64,
+    pub op: String,
+    pub at: f64,
+    /// Created by the transaction that read it, after the drainers' watermark
+    /// (see [`changes_after`]); always false for the drainer's reads.
+    pub fresh: bool,
+}
+
+/// A change row that cannot be drained (unknown table, key not text): it is
+/// moved to the rejects file with this reason instead of blocking the log.
+pub fn check_change(c: &Change) -> std::result::Result<&'static Table, String> {
+    TABLES
+        .iter()
+        .copied()
+        .find(|t| t.sqlite == c.tbl)
+        .ok_or_else(|| {
+            format!(
+                "corrupt change row: table `{}` is not a DoX table (seq {})",
+                c.tbl, c.seq
+            )
+        })
+}
+
+/// The oldest `limit` pending changes, in commit order. One statement: the
+/// read transaction ends with it, before anything is sent.
+pub fn read_changes(conn: &Connection, limit: usize) -> Result<Vec<Change>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT tbl, key, seq, op, at FROM {LOG} ORDER BY seq LIMIT ?1"
+    ))?;
+    let rows = stmt
+        .query_map([limit as i64], |r| {
+            // A corrupt row (a key that is not text, say) must not stop the drain:
+            // it is read leniently and reported by check_change.
+            let key = match r.get_ref(1)? {
+                rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+                other => format!("<{:?}>", other.data_type()),
+            };
+            Ok(Change {
+                tbl: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                key,
+                seq: r.get(2)?,
+                op: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                at: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
+                fresh: false,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Where a write transaction's own change rows start: `None` when the file
+/// has no change log (capture not installed), else the highest `seq` so far
+/// and whether the log can tell which entries a transaction created (a log
+/// from an older version cannot until `install` or `serve` upgrades it).
+/// Called inside the write transaction (which holds the file's write lock)
+/// before the write: see [`changes_after`].
+pub fn log_mark(conn: &Connection) -> Result<Option<(i64, bool)>> {
+    let present: bool = conn
+        .prepare_cached(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_dualwrite_changes'",
+        )?
+        .query_row([], |r| r.get(0))?;
+    if !present {
+        return Ok(None);
+    }
+    let max: i64 = conn
+        .prepare_cached(&format!("SELECT coalesce(max(seq), 0) FROM {LOG}"))?
+        .query_row([], |r| r.get(0))?;
+    let cols = log_columns(conn)?;
+    let current = LATER_COLUMNS.iter().all(|c| cols.iter().any(|h| h == c))
+        && object_sql(conn, "table", CLAIM)?.is_some();
+    Ok(Some((max, current)))
+}
+
+/// The change rows with a `seq` above `after`. Read in the same write
+/// transaction as [`log_mark`], after the write and before the commit, these
+/// are exactly the rows the write's triggers recorded: no other connection can
+/// write while the transaction holds the lock, and a trigger gives every key it
+/// touches a new `seq` (max + 1), even a key already pending. `fresh` marks the
+/// entries this transaction created (none was pending for the key before) and
+/// no drainer has claimed: only those may be acknowledged by the writer.
+pub fn changes_after(conn: &Connection, after: i64, current: bool) -> Result<Vec<Change>> {
+    let fresh = if current {
+        "first > ?1 AND first > coalesce((SELECT max(hi) FROM _dualwrite_claim), 0)"
+    } else {
+        "0"
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT tbl, key, seq, op, at, {fresh} FROM {LOG} WHERE seq > ?1 ORDER BY seq"
+    ))?;
+    let rows = stmt
+        .query_map([after], |r| {
+            Ok(Change {
+                tbl: r.get(0)?,
+                key: r.get(1)?,
+                seq: r.get(2)?,
+                op: r.get(3)?,
+                at: r.get(4)?,
+                fresh: r.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The writer's acknowledgement (the embedded dual layer, after its mirror
+/// succeeded): remove its own fresh entries, unless the key changed again
+/// (`seq`, `at`), or a drainer has claimed it since (its `first` is at or
+/// below the [`CLAIM`] watermark). Entries that stay are sent by the drainer as
+/// the rows are then, so a write mirrored out of order is corrected.
+pub fn ack_own(conn: &mut Connection, done: &[Change]) -> Result<usize> {
+    let fresh: Vec<&Change> = done.iter().filter(|c| c.fresh).collect();
+    if fresh.is_empty() {
+        return Ok(0);
+    }
+    immediate(conn, |tx| {
+        let mut stmt = tx.prepare_cached(&format!(
+            "DELETE FROM {LOG} WHERE tbl = ?1 AND key = ?2 AND seq = ?3 AND at = ?4 \
+             AND first > coalesce((SELECT max(hi) FROM {CLAIM}), 0)"
+        ))?;
+        let mut n = 0;
+        for c in fresh {
+            n += stmt.execute(params![c.tbl, c.key, c.seq, c.at])?;
+        }
+        Ok(n)
+    })
+}
+
+/// The drainer's read: the oldest `limit` pending changes, in commit order,
+/// claimed in the same short write transaction (the [`CLAIM`] watermark
+/// rises to the highest `seq` read). From then on a
+/// writer no longer acknowledges these entries itself: its mirror may race
+/// with the drainer's send of the same key, and only the drainer, which sends
+/// the row as it is after the claim, may remove them.
+///
+/// `skip`: (table, key) pairs of batches still in flight; their entries are
+/// left for a later claim, so that a key is never in two batches at once.
+pub fn claim_changes(
+    conn: &mut Connection,
+    limit: usize,
+    skip: &std::collections::HashSet<(String, String)>,
+) -> Result<Vec<Change>> {
+    immediate(conn, |tx| {
+        let mut rows = read_changes(tx, limit + skip.len())?;
+        if !skip.is_empty() {
+            rows.retain(|c| !skip.contains(&(c.tbl.clone(), c.key.clone())));
+        }
+        rows.truncate(limit);
+        if let Some(last) = rows.last() {
+            // One small row, whatever the batch's size: the watermark. Every
+            // entry read has `first` <= its `seq` <= `last.seq`.
+            tx.prepare_cached(&format!("DELETE FROM {CLAIM} WHERE hi < ?1"))?
+                .execute([last.seq])?;
+            tx.prepare_cached(&format!(
+                "INSERT INTO {CLAIM} (hi) SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM {CLAIM})"
+            ))?
+            .execute([last.seq])?;
+        }
+        Ok(rows)
+    })
+}
+
+/// Acknowledge mirrored changes, in one short write transaction. A change
+/// whose key changed again since it was read has a new `seq` and stays.
+pub fn ack(conn: &mut Connection, done: &[Change]) -> Result<usize> {
+    if done.is_empty() {
+        return Ok(0);
+    }
+    immediate(conn, |tx| {
+        let mut stmt = tx.prepare_cached(&format!(
+            "DELETE FROM {LOG} WHERE tbl = ?1 AND key = ?2 AND seq = ?3"
+        ))?;
+        let mut n = 0;
+        for c in done {
+            n += stmt.execute(params![c.tbl, c.key, c.seq])?;
+        }
+        Ok(n)
+    })
+}
+
+/// Pending count and lag.
+pub fn pending(conn: &Connection) -> Result<(u64, f64)> {
+    pending_on(conn)
+}
+
+/// `PRAGMA data_version`: changes whenever another connection commits.
+pub fn data_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_change_row_is_named() {
+        let c = Change {
+            tbl: "bogus".into(),
+            key: "k".into(),
+            seq: 7,
+            op: "I".into(),
+            at: 0.0,
+            fresh: false,
+        };
+        let e = check_change(&c).unwrap_err();
+        assert!(
+            e.contains("corrupt change row") && e.contains("bogus"),
+            "{e}"
+        );
+    }
+}

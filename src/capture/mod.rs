@@ -1,0 +1,200 @@
+//! Change capture: triggers on every DoX table append (table, key, operation)
+//! to a change log inside the writer's own transaction, whoever the writer is
+//! (DoX's Python code, `sqlite3`, another process). The row and its change
+//! record commit or vanish together, so nothing the app commits can escape.
+//!
+//! The log is a dirty-key table, one row per (table, key) with the latest
+//! sequence number: repeated changes to a key coalesce, so the log is bounded
+//! by the number of distinct keys changed. The drainer (`serve`) reads keys,
+//! reads the rows as they are now, mirrors them, and acknowledges with
+//! `DELETE … WHERE tbl = ? AND key = ? AND seq = <seq read>`: a key changed
+//! again during the send keeps its row and goes again.
+//!
+//! Every object this module creates is named `_dualwrite_…` (no DoX table
+//! starts with an underscore); `uninstall` removes exactly those.
+//!
+//! This module and `db/sqlite/` are the only ones that touch rusqlite. The
+//! functions here are blocking: async callers run them in `spawn_blocking`.
+//!
+//! The files: `schema.rs` the log, claim and trigger SQL and install /
+//! uninstall / upgrade; `log.rs` status and the changes (reading, claiming,
+//! acknowledging); `import.rs` the legacy failure-log import; `lease.rs` the
+//! single-daemon lease and durability. This file holds the names and opens
+//! the file.
+
+mod import;
+mod lease;
+mod log;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+pub use import::{import_failures, ImportReport};
+pub use lease::{lock_path, make_durable, Lease};
+pub use log::{
+    ack, ack_own, changes_after, check_change, claim_changes, data_version, log_mark, now_secs,
+    pending, read_changes, status, status_on, CaptureStatus, Change,
+};
+pub use schema::{install, install_on, uninstall, upgrade, InstallReport, UninstallReport};
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::catalogue::{Table, TABLES};
+use crate::error::{Error, Result};
+
+/// The prefix of every object capture creates.
+pub const PREFIX: &str = "_dualwrite_";
+/// The change log.
+pub const LOG: &str = "_dualwrite_changes";
+const LOG_SEQ_INDEX: &str = "_dualwrite_changes_seq";
+
+/// How long a capture command waits for the app's write lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The next sequence number: above every pending entry and above the drainers'
+/// watermark ([`CLAIM`]), so that `seq` never goes back, even when the log
+/// empties, and an entry created after a claim is never taken for a claimed one.
+const NEXT_SEQ: &str = "(max((SELECT coalesce(max(seq), 0) FROM _dualwrite_changes), \
+     (SELECT coalesce(max(hi), 0) FROM _dualwrite_claim)) + 1)";
+
+/// `now` as seconds since the epoch, in any SQLite version (`unixepoch('subsec')`
+/// needs 3.42; the app's own SQLite library, which runs the triggers, may be older).
+const NOW_SQL: &str = "((julianday('now') - 2440587.5) * 86400.0)";
+
+/// Columns added to the change log after its first release: a log created
+/// before gets them on `install` (and when `serve` starts).
+const LATER_COLUMNS: [&str; 1] = ["first"];
+
+/// How far a drainer has read the log: one row, the highest `seq` it claimed.
+/// An entry created at or below it (`first`) may be in a drainer's hands.
+pub const CLAIM: &str = "_dualwrite_claim";
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn sql_string(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Open a DoX file for capture's own writes: it must exist, be a SQLite
+/// database, be writable, and hold at least one DoX table.
+pub fn open_rw(path: &Path) -> Result<Connection> {
+    if !path.exists() {
+        return Err(Error::invalid(format!(
+            "{}: no such file (capture works on an existing DoX database; check DB_PATH / --db-path)",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::Sqlite(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    check_dox(&conn, path)?;
+    if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+        return Err(Error::invalid(format!(
+            "{}: the file is read-only for this user; capture needs to write to it",
+            path.display()
+        )));
+    }
+    Ok(conn)
+}
+
+/// Open a DoX file without changing it (status).
+pub fn open_ro(path: &Path) -> Result<Connection> {
+    if !path.exists() {
+        return Err(Error::invalid(format!(
+            "{}: no such file (check DB_PATH / --db-path)",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::Sqlite(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    check_dox(&conn, path)?;
+    Ok(conn)
+}
+
+/// The catalogue tables this file has (real tables, not views or virtual tables).
+fn dox_tables(conn: &Connection) -> Result<Vec<&'static Table>> {
+    let mut out = Vec::new();
+    for t in TABLES {
+        let sql: Option<String> = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [t.sqlite],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(sql) = sql else { continue };
+        if sql
+            .trim_start()
+            .to_ascii_uppercase()
+            .starts_with("CREATE VIRTUAL")
+        {
+            continue;
+        }
+        // A trigger naming a column the table lacks would fail the app's writes.
+        let has_key: bool = conn.query_row(
+            &format!(
+                "SELECT count(*) > 0 FROM pragma_table_info({}) WHERE name = ?1",
+                sql_string(t.sqlite)
+            ),
+            [t.key().sqlite],
+            |r| r.get(0),
+        )?;
+        if has_key {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+fn check_dox(conn: &Connection, path: &Path) -> Result<()> {
+    let tables = match dox_tables(conn) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(Error::invalid(format!(
+                "{} is not a SQLite database ({e})",
+                path.display()
+            )))
+        }
+    };
+    if tables.is_empty() {
+        let names: Vec<&str> = TABLES.iter().map(|t| t.sqlite).collect();
+        return Err(Error::invalid(format!(
+            "{} is not a DoX database: it has none of the DoX tables ({})",
+            path.display(),
+            names.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Run `f` in a `BEGIN IMMEDIATE` transaction: it takes the write lock at once
+/// (waiting up to the busy timeout), so it never fails half-way with
+/// `SQLITE_BUSY_SNAPSHOT` because the app committed meanwhile.
+fn immediate<R>(conn: &mut Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let r = f(&tx)?;
+    tx.commit()?;
+    Ok(r)
+}
+
+fn object_sql(conn: &Connection, kind: &str, name: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = ?1 AND name = ?2",
+            params![kind, name],
+            |r| r.get(0),
+        )
+        .optional()?)
+}

@@ -1,0 +1,250 @@
+//! The change log, the claim table and the triggers: their SQL, and
+//! install / uninstall / upgrade.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::log::pending_on;
+use super::{
+    dox_tables, immediate, import_failures, object_sql, open_rw, quote, sql_string, ImportReport,
+    CLAIM, LATER_COLUMNS, LOG, LOG_SEQ_INDEX, NEXT_SEQ, NOW_SQL, PREFIX,
+};
+use crate::catalogue::Table;
+use crate::error::{Error, Result};
+
+fn log_sql() -> String {
+    format!(
+        "CREATE TABLE {LOG} (\n\
+         \ttbl TEXT NOT NULL,\n\
+         \tkey TEXT NOT NULL,\n\
+         \tseq INTEGER NOT NULL,\n\
+         \top TEXT NOT NULL,\n\
+         \tat REAL NOT NULL,\n\
+         \tfirst INTEGER,\n\
+         \tPRIMARY KEY (tbl, key)\n) WITHOUT ROWID"
+    )
+}
+
+fn index_sql() -> String {
+    format!("CREATE INDEX {LOG_SEQ_INDEX} ON {LOG} (seq)")
+}
+
+/// The statement a trigger runs for one key: insert the key, or give the
+/// pending entry a new sequence number. `at` (when the oldest pending change
+/// was made) is kept, so the lag measures the oldest change not yet mirrored;
+/// so are `first` (the `seq` the pending entry was created with: the embedded
+/// dual layer acknowledges only entries its own transaction created) and
+/// drainers record how far they have read in [`CLAIM`] (see
+/// [`claim_changes`](super::claim_changes)).
+fn record(table: &str, key_expr: &str, op: &str) -> String {
+    format!(
+        "INSERT INTO {LOG} (tbl, key, seq, op, at, first) SELECT {}, {key_expr}, \
+         {NEXT_SEQ}, '{op}', {NOW_SQL}, {NEXT_SEQ} WHERE {key_expr} IS NOT NULL \
+         ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq, op = excluded.op;",
+        sql_string(table)
+    )
+}
+
+fn claim_sql() -> String {
+    format!("CREATE TABLE {CLAIM} (hi INTEGER NOT NULL)")
+}
+
+pub(super) fn log_columns(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT name FROM pragma_table_info({})",
+        sql_string(LOG)
+    ))?;
+    let cols = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(cols)
+}
+
+/// Add what a change log created by an older version lacks.
+fn upgrade_log(conn: &Connection) -> Result<Vec<String>> {
+    let have = log_columns(conn)?;
+    let mut added = Vec::new();
+    if object_sql(conn, "table", CLAIM)?.is_none() {
+        conn.execute_batch(&claim_sql())?;
+        added.push(CLAIM.to_owned());
+    }
+    for c in LATER_COLUMNS {
+        if !have.iter().any(|h| h == c) {
+            conn.execute_batch(&format!("ALTER TABLE {LOG} ADD COLUMN {c} INTEGER"))?;
+            added.push(format!("{LOG}.{c}"));
+        }
+    }
+    Ok(added)
+}
+
+/// The three triggers of a table: (name, SQL as stored in sqlite_master).
+pub(super) fn triggers_sql(t: &Table) -> [(String, String); 3] {
+    let name = t.sqlite;
+    let key = quote(t.key().sqlite);
+    let q = quote(name);
+    let ins = format!("{PREFIX}{name}_ins");
+    let upd = format!("{PREFIX}{name}_upd");
+    let del = format!("{PREFIX}{name}_del");
+    [
+        (
+            ins.clone(),
+            format!(
+                "CREATE TRIGGER {ins} AFTER INSERT ON {q} BEGIN {} END",
+                record(name, &format!("NEW.{key}"), "I")
+            ),
+        ),
+        (
+            upd.clone(),
+            // A key-changing update records the old key (gone) and the new one.
+            format!(
+                "CREATE TRIGGER {upd} AFTER UPDATE ON {q} BEGIN {} {} END",
+                record(
+                    name,
+                    &format!("(CASE WHEN OLD.{key} IS NOT NEW.{key} THEN OLD.{key} END)"),
+                    "D"
+                ),
+                record(name, &format!("NEW.{key}"), "U")
+            ),
+        ),
+        (
+            del.clone(),
+            format!(
+                "CREATE TRIGGER {del} AFTER DELETE ON {q} BEGIN {} END",
+                record(name, &format!("OLD.{key}"), "D")
+            ),
+        ),
+    ]
+}
+
+/// What `install` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallReport {
+    pub path: String,
+    /// Objects created (or replaced because they differed); empty when all were in place.
+    pub created: Vec<String>,
+    /// Tables that carry capture triggers.
+    pub tables: Vec<String>,
+    pub journal_mode: String,
+    /// The legacy failure log, imported into the change log.
+    pub failure_log: Option<ImportReport>,
+}
+
+/// Install (or complete, or repair) capture on an open connection. Idempotent:
+/// objects already in place are left untouched.
+pub fn install_on(conn: &mut Connection) -> Result<InstallReport> {
+    // WAL: the app's readers and writers and the drainer do not block each other.
+    let journal_mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    let path = conn.path().unwrap_or_default().to_owned();
+    let (created, tables) = immediate(conn, |tx| {
+        let mut created = Vec::new();
+        if object_sql(tx, "table", LOG)?.is_none() {
+            tx.execute_batch(&log_sql())?;
+            created.push(LOG.to_owned());
+        } else {
+            created.extend(upgrade_log(tx)?);
+        }
+        if object_sql(tx, "index", LOG_SEQ_INDEX)?.is_none() {
+            tx.execute_batch(&index_sql())?;
+            created.push(LOG_SEQ_INDEX.to_owned());
+        }
+        if object_sql(tx, "table", CLAIM)?.is_none() {
+            tx.execute_batch(&claim_sql())?;
+            created.push(CLAIM.to_owned());
+        }
+        let tables = dox_tables(tx)?;
+        for t in &tables {
+            for (name, sql) in triggers_sql(t) {
+                match object_sql(tx, "trigger", &name)? {
+                    Some(existing) if existing == sql => continue,
+                    Some(_) => tx.execute_batch(&format!("DROP TRIGGER {name}"))?,
+                    None => {}
+                }
+                tx.execute_batch(&sql)?;
+                created.push(name);
+            }
+        }
+        Ok((created, tables))
+    })?;
+    Ok(InstallReport {
+        path,
+        created,
+        tables: tables.iter().map(|t| t.sqlite.to_owned()).collect(),
+        journal_mode,
+        failure_log: None,
+    })
+}
+
+/// Install capture; then import the legacy failure log, when there is one.
+pub fn install(path: &Path, failure_log: Option<&Path>) -> Result<InstallReport> {
+    let mut conn = open_rw(path)?;
+    let mut r = install_on(&mut conn)?;
+    if let Some(f) = failure_log {
+        r.failure_log = Some(import_failures(&mut conn, f)?);
+    }
+    Ok(r)
+}
+
+/// Every object in the file whose name starts with the capture prefix.
+fn our_objects(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare(
+        "SELECT type, name FROM sqlite_master WHERE substr(name, 1, 11) = '_dualwrite_' \
+         AND type IN ('trigger', 'table', 'index') ORDER BY type = 'table', name",
+    )?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
+    Ok(rows)
+}
+
+/// What `uninstall` removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct UninstallReport {
+    pub path: String,
+    pub dropped: Vec<String>,
+    /// Pending changes discarded (only with `force`).
+    pub discarded_changes: u64,
+}
+
+/// Remove every object capture made (and nothing else). Refuses while changes
+/// are pending, unless `force`: they would never reach Supabase.
+pub fn uninstall(path: &Path, force: bool) -> Result<UninstallReport> {
+    let mut conn = open_rw(path)?;
+    immediate(&mut conn, |tx| {
+        let pending = if object_sql(tx, "table", LOG)?.is_some() {
+            pending_on(tx)?.0
+        } else {
+            0
+        };
+        if pending > 0 && !force {
+            return Err(Error::invalid(format!(
+                "{}: {pending} captured change(s) are not mirrored yet; let `dualwrite serve` drain them \
+                 (`dualwrite capture status`), or pass --force to discard them",
+                path.display()
+            )));
+        }
+        let objects = our_objects(tx)?;
+        for (kind, name) in &objects {
+            // Dropping the table drops its index with it.
+            if kind == "index" {
+                continue;
+            }
+            tx.execute_batch(&format!(
+                "DROP {} IF EXISTS {}",
+                kind.to_uppercase(),
+                quote(name)
+            ))?;
+        }
+        Ok(UninstallReport {
+            path: path.display().to_string(),
+            dropped: objects.into_iter().map(|(_, n)| n).collect(),
+            discarded_changes: pending,
+        })
+    })
+}
+
+/// Bring a change log created by an older version up to date (`serve` at start).
+pub fn upgrade(conn: &mut Connection) -> Result<Vec<String>> {
+    immediate(conn, upgrade_log)
+}
