@@ -43,6 +43,7 @@ use crate::error::{Error, Result};
 use crate::normalise::from_supabase_owned;
 use crate::rest::RestClient;
 use crate::retry::{retry, RetryPolicy};
+use crate::serve::add;
 use crate::serve::{failure_kind, http, status_file_path, write_status, Stats, StatusFile};
 
 /// How the reverse daemon runs.
@@ -109,15 +110,6 @@ pub struct RemoteChange {
 }
 
 type Conn = Arc<Mutex<rusqlite::Connection>>;
-
-fn add(m: &Mutex<BTreeMap<String, u64>>, k: &str, n: u64) {
-    if n > 0 {
-        *m.lock()
-            .expect("stats lock")
-            .entry(k.to_owned())
-            .or_default() += n;
-    }
-}
 
 /// Quote a key for PostgREST's `in.(…)` list.
 fn in_list(keys: &[&str]) -> String {
@@ -216,7 +208,7 @@ impl Daemon {
             let wait = match self.batch().await {
                 Ok(n) => {
                     self.stats.supabase_failing.store(false, Ordering::Relaxed);
-                    *self.stats.last_error.lock().expect("stats lock") = None;
+                    *crate::sync::lock(&self.stats.last_error) = None;
                     (n == 0).then_some(self.opts.poll)
                 }
                 Err(e) => {
@@ -225,7 +217,7 @@ impl Daemon {
                     self.stats
                         .supabase_failing
                         .store(!matches!(e, Error::Sqlite(_)), Ordering::Relaxed);
-                    *self.stats.last_error.lock().expect("stats lock") = Some(e.to_string());
+                    *crate::sync::lock(&self.stats.last_error) = Some(e.to_string());
                     Some(self.opts.pause)
                 }
             };
@@ -297,7 +289,7 @@ impl Daemon {
         // Write them in one SQLite transaction.
         let conn = Arc::clone(&self.conn);
         let (applied, refused) = tokio::task::spawn_blocking(move || {
-            apply::apply(&mut conn.lock().expect("sqlite connection"), &batch)
+            apply::apply(&mut crate::sync::lock(&conn), &batch)
         })
         .await
         .map_err(|e| Error::Sqlite(format!("the SQLite task failed: {e}")))??;
@@ -324,7 +316,7 @@ impl Daemon {
         let args = json!({ "seqs": seqs });
         let policy = RetryPolicy::for_up_to(self.opts.max_wait);
         retry(policy, || self.rest.rpc("dualwrite_changes_ack", &args)).await?;
-        *self.stats.last_success.lock().expect("stats lock") = Some(capture::now_secs());
+        *crate::sync::lock(&self.stats.last_success) = Some(capture::now_secs());
         // The backlog (cheap: never a count of a large log), once a second
         // while batches come back to back, and whenever the log may be dry.
         let full = changes.len() >= max;

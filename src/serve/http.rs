@@ -144,8 +144,8 @@ mod tests {
             max_lag_secs: 60.0,
             ..Stats::default()
         };
-        super::super::add(&s.mirrored, "artifact", 3);
-        super::super::add(&s.failures, "unreachable", 1);
+        super::super::stats::add(&s.mirrored, "artifact", 3);
+        super::super::stats::add(&s.failures, "unreachable", 1);
         s.set_pending(7, 1.5);
         let m = render_metrics(&s);
         assert!(m.contains("dualwrite_pending_changes 7\n"), "{m}");

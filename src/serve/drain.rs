@@ -1,0 +1,391 @@
+//! The drain loop: claim a batch, read the rows as they are now, make them durable, send (pipelined), acknowledge.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::backfill::{self, prepare_row_with, Prepared, PreparedRows, Reject, RejectLog};
+use crate::capture::{self, Change};
+use crate::catalogue::{Table, TABLES};
+use crate::coerced::CoercedLog;
+use crate::db::SqliteDatabase;
+use crate::error::{Error, Result};
+use crate::rest::{content_range_total, RestClient};
+use crate::retry::{retry, RetryPolicy};
+
+use super::stats::{add, failure_kind, status_file_path, write_status, Stats};
+use super::{blocking, notify, Conn, ServeOptions};
+
+pub(super) struct Daemon {
+    pub(super) opts: ServeOptions,
+    pub(super) rest: RestClient,
+    pub(super) conn: Conn,
+    pub(super) reader: SqliteDatabase,
+    pub(super) rejects: Arc<RejectLog>,
+    pub(super) coerced: Arc<CoercedLog>,
+    pub(super) stats: Arc<Stats>,
+    /// systemd's `sd_notify` (nothing outside systemd).
+    pub(super) notifier: notify::Notifier,
+}
+
+impl Daemon {
+    /// Check the triggers; re-install missing ones or fail.
+    pub(super) async fn check_triggers(&mut self) -> Result<()> {
+        let st = blocking(&self.conn, |c| capture::status_on(c)).await?;
+        if st.missing.is_empty() && st.log_present {
+            *crate::sync::lock(&self.stats.capture_problem) = None;
+            return Ok(());
+        }
+        if !self.opts.repair_triggers {
+            let why = format!(
+                "capture triggers are missing on {} (was the table re-created?); writes to it are not captured",
+                st.missing.join(", ")
+            );
+            *crate::sync::lock(&self.stats.capture_problem) = Some(why.clone());
+            return Err(Error::Sqlite(why));
+        }
+        tracing::warn!(tables = ?st.missing, "capture triggers were missing; re-installing them");
+        let r = blocking(&self.conn, capture::install_on).await?;
+        tracing::info!(created = ?r.created, "capture re-installed");
+        // The tables may have new columns: read them with a fresh layout.
+        self.reader = SqliteDatabase::open_read_only(&self.opts.db_path).await?;
+        *crate::sync::lock(&self.stats.capture_problem) = None;
+        Ok(())
+    }
+
+    async fn refresh_pending(&self) -> Result<()> {
+        let (n, lag) = blocking(&self.conn, |c| capture::pending(c)).await?;
+        self.stats.set_pending(n, lag);
+        Ok(())
+    }
+
+    /// Record how a batch ended. `Ok(true)`: it failed and its changes wait
+    /// in the log; `Err`: a failure that needs an operator (SQLite, I/O).
+    fn settle(&self, r: Result<()>) -> Result<bool> {
+        match r {
+            Ok(()) => {
+                self.stats.supabase_failing.store(false, Ordering::Relaxed);
+                *crate::sync::lock(&self.stats.last_success) = Some(capture::now_secs());
+                Ok(false)
+            }
+            Err(e) => {
+                add(&self.stats.failures, failure_kind(&e), 1);
+                tracing::warn!(error = %e, "mirroring failed; the changes stay in the log and are retried");
+                *crate::sync::lock(&self.stats.last_error) = Some(e.to_string());
+                if matches!(
+                    e,
+                    Error::Sqlite(_) | Error::WorkerStopped { .. } | Error::Io { .. }
+                ) {
+                    return Err(e);
+                }
+                self.stats.supabase_failing.store(true, Ordering::Relaxed);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Wait for the oldest batch in flight; `Ok(true)` when it failed.
+    async fn finish_one(&self, inflight: &mut VecDeque<InFlight>) -> Result<bool> {
+        let Some((task, _)) = inflight.pop_front() else {
+            return Ok(false);
+        };
+        let r = task
+            .await
+            .unwrap_or_else(|e| Err(Error::Sqlite(format!("a mirroring task failed: {e}"))));
+        self.settle(r)
+    }
+
+    /// Wait for every batch in flight; `Ok(true)` when one failed.
+    async fn finish_all(&self, inflight: &mut VecDeque<InFlight>) -> Result<bool> {
+        let mut failed = false;
+        while !inflight.is_empty() {
+            failed |= self.finish_one(inflight).await?;
+        }
+        Ok(failed)
+    }
+
+    /// The drain loop. While a backlog drains, the next batch is claimed, read
+    /// and made durable while the previous one is sent (up to [`PIPELINE`]
+    /// batches in flight), so the requests of one batch start while the last
+    /// requests of the previous one are still out. A key is in at most one
+    /// batch in flight: a key changed again while its batch is out is skipped
+    /// by the next claim and read once its batch is acknowledged, so a newer
+    /// version of a row is never sent alongside an older one.
+    pub(super) async fn drain(&mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
+        let status_path = status_file_path(&self.opts.db_path);
+        let mut last_check = Instant::now();
+        let mut last_status = Instant::now() - Duration::from_secs(10);
+        let mut version = blocking(&self.conn, |c| capture::data_version(c)).await?;
+        let mut inflight: VecDeque<InFlight> = VecDeque::new();
+        loop {
+            self.notifier.watchdog();
+            if *stop.borrow() {
+                // The batches in flight finish; their figures are recorded.
+                self.finish_all(&mut inflight).await?;
+                return Ok(());
+            }
+            if last_check.elapsed() >= self.opts.check_every {
+                last_check = Instant::now();
+                self.check_triggers().await?;
+            }
+            let limit = self.opts.batch_rows.max(1);
+            let busy: HashSet<(String, String)> = inflight
+                .iter()
+                .flat_map(|(_, k)| k.iter().cloned())
+                .collect();
+            let changes =
+                blocking(&self.conn, move |c| capture::claim_changes(c, limit, &busy)).await?;
+            let full = changes.len() >= limit;
+            if !changes.is_empty() {
+                let keys: HashSet<(String, String)> = changes
+                    .iter()
+                    .map(|c| (c.tbl.clone(), c.key.clone()))
+                    .collect();
+                let batch = self.read_batch(changes).await?;
+                let sender = self.sender();
+                inflight.push_back((tokio::spawn(async move { sender.send(batch).await }), keys));
+            }
+            let mut failed = false;
+            // A full pipeline waits for its oldest batch; a batch that emptied
+            // the log (or a failure) waits for them all.
+            while inflight.len() >= PIPELINE {
+                failed |= self.finish_one(&mut inflight).await?;
+            }
+            if !full || failed {
+                failed |= self.finish_all(&mut inflight).await?;
+            }
+            // Refreshed once a second, and whenever the log may have run dry.
+            if last_status.elapsed() >= Duration::from_secs(1) || failed || !full {
+                self.refresh_pending().await?;
+                write_status(&status_path, &self.stats.snapshot());
+                last_status = Instant::now();
+            }
+            if failed {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.opts.pause) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            if full {
+                continue;
+            }
+            // Wait for somebody to commit (or the next trigger check). The
+            // wait comes first: under a steady write load, batches then come
+            // every `poll` instead of back to back, which keeps the daemon's
+            // acknowledgements (the file's write lock) and fsyncs off the app's path.
+            loop {
+                self.notifier.watchdog();
+                tokio::select! {
+                    _ = tokio::time::sleep(self.opts.poll) => {}
+                    _ = stop.changed() => {}
+                }
+                if *stop.borrow() {
+                    return Ok(());
+                }
+                let v = blocking(&self.conn, |c| capture::data_version(c)).await?;
+                if v != version {
+                    version = v;
+                    break;
+                }
+                if last_check.elapsed() >= self.opts.check_every {
+                    break;
+                }
+                if last_status.elapsed() >= Duration::from_secs(1) {
+                    self.refresh_pending().await?;
+                    write_status(&status_path, &self.stats.snapshot());
+                    last_status = Instant::now();
+                }
+            }
+        }
+    }
+
+    fn sender(&self) -> Sender {
+        Sender {
+            opts: self.opts.clone(),
+            rest: self.rest.clone(),
+            conn: Arc::clone(&self.conn),
+            rejects: Arc::clone(&self.rejects),
+            coerced: Arc::clone(&self.coerced),
+            stats: Arc::clone(&self.stats),
+        }
+    }
+
+    /// Read one batch: group the changes by table, read the rows as they are
+    /// now (short read transactions), then make what was read durable.
+    async fn read_batch(&mut self, changes: Vec<Change>) -> Result<Batch> {
+        let mut by_table: BTreeMap<usize, Vec<Change>> = BTreeMap::new();
+        let mut corrupt = Vec::new();
+        for c in changes {
+            match capture::check_change(&c) {
+                Ok(t) => {
+                    let i = TABLES
+                        .iter()
+                        .position(|x| x.sqlite == t.sqlite)
+                        .unwrap_or(0);
+                    by_table.entry(i).or_default().push(c);
+                }
+                Err(reason) => corrupt.push((c, reason)),
+            }
+        }
+        let mut work = Vec::new();
+        for (i, cs) in by_table {
+            let t: &'static Table = TABLES[i];
+            if !self.reader.has_table(t) {
+                // A table created after the daemon started: read it with a fresh layout.
+                self.reader = SqliteDatabase::open_read_only(&self.opts.db_path).await?;
+            }
+            let keys: Vec<String> = cs.iter().map(|c| c.key.clone()).collect();
+            let rows = self.reader.rows_by_keys(t, keys).await?;
+            work.push((t, cs, rows));
+        }
+        {
+            let db = self.opts.db_path.clone();
+            tokio::task::spawn_blocking(move || capture::make_durable(&db))
+                .await
+                .map_err(|e| Error::Sqlite(e.to_string()))??;
+        }
+        Ok(Batch { corrupt, work })
+    }
+}
+
+/// Batches sent at once while a backlog drains.
+const PIPELINE: usize = 2;
+
+/// A batch being sent, and the (table, key) pairs it holds.
+type InFlight = (
+    tokio::task::JoinHandle<Result<()>>,
+    HashSet<(String, String)>,
+);
+
+/// One batch, read and made durable, ready to send.
+struct Batch {
+    /// Change rows that cannot be drained, with the reason.
+    corrupt: Vec<(Change, String)>,
+    work: Vec<(&'static Table, Vec<Change>, Vec<crate::normalise::SqlRow>)>,
+}
+
+/// The sending half of the daemon, moved into a task per batch.
+struct Sender {
+    opts: ServeOptions,
+    rest: RestClient,
+    conn: Conn,
+    rejects: Arc<RejectLog>,
+    coerced: Arc<CoercedLog>,
+    stats: Arc<Stats>,
+}
+
+impl Sender {
+    /// Send one batch; acknowledge each table's changes once they landed.
+    async fn send(self, batch: Batch) -> Result<()> {
+        let Batch { corrupt, work } = batch;
+        if !corrupt.is_empty() {
+            // Dead letters: recorded with the reason, counted, never blocking the rest.
+            let rejects: Vec<Reject> = corrupt
+                .iter()
+                .map(|(c, reason)| Reject {
+                    table: c.tbl.clone(),
+                    key: c.key.clone(),
+                    code: "corrupt_change".into(),
+                    message: reason.clone(),
+                    row: serde_json::Value::Null,
+                })
+                .collect();
+            tracing::error!(
+                count = rejects.len(),
+                "corrupt change rows moved to the rejects file"
+            );
+            self.rejects.write(&rejects)?;
+            for (c, _) in &corrupt {
+                add(&self.stats.rejected, &c.tbl, 1);
+            }
+            let done: Vec<Change> = corrupt.into_iter().map(|(c, _)| c).collect();
+            blocking(&self.conn, move |c| capture::ack(c, &done)).await?;
+        }
+        for (t, cs, rows) in work {
+            let mut present = HashSet::new();
+            let mut prepared: Vec<Prepared> = Vec::with_capacity(rows.len());
+            let mut bad: Vec<Reject> = Vec::new();
+            let (mut lossy, mut coerced) = (Vec::new(), Vec::new());
+            for row in &rows {
+                match prepare_row_with(t, row, &mut lossy, self.opts.unrepresentable, &mut coerced)
+                {
+                    Ok(p) => {
+                        present.insert(p.key.clone());
+                        prepared.push(p);
+                    }
+                    Err(r) => {
+                        present.insert(r.key.clone());
+                        bad.push(*r);
+                    }
+                }
+            }
+            let body = PreparedRows::from_rows(&prepared);
+            let (written, refused) = backfill::land_rows(
+                &self.rest,
+                t,
+                &body,
+                self.opts.request_rows,
+                self.opts.concurrency,
+                self.opts.max_wait,
+                &self.rejects,
+            )
+            .await?;
+            self.rejects.write(&bad)?;
+            self.coerced.write(&coerced)?;
+            let gone: Vec<&str> = cs
+                .iter()
+                .map(|c| c.key.as_str())
+                .filter(|k| !present.contains(*k))
+                .collect();
+            let deleted = self.delete(t, &gone).await?;
+            let n = cs.len();
+            blocking(&self.conn, move |c| capture::ack(c, &cs)).await?;
+            add(&self.stats.mirrored, t.sqlite, written + deleted);
+            add(
+                &self.stats.rejected,
+                t.sqlite,
+                (refused.len() + bad.len()) as u64,
+            );
+            tracing::debug!(
+                table = t.sqlite,
+                changes = n,
+                upserted = written,
+                deleted,
+                "mirrored"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Sender {
+    /// Delete rows that are gone from SQLite; returns the keys handled.
+    async fn delete(&self, t: &'static Table, keys: &[&str]) -> Result<u64> {
+        for chunk in crate::verify::key_chunks(keys) {
+            let quoted: Vec<String> = chunk
+                .iter()
+                .map(|k| crate::verify::in_list_value(k))
+                .collect();
+            retry(RetryPolicy::for_up_to(self.opts.max_wait), || async {
+                let req = self
+                    .rest
+                    .from(t.supabase)
+                    .delete()
+                    .in_(t.key().supabase, &quoted)
+                    .build();
+                let resp = self
+                    .rest
+                    .send(req, Some("return=minimal,count=exact"))
+                    .await?;
+                // The row may never have reached Supabase: 0 deleted is fine.
+                Ok(content_range_total(resp.headers()).unwrap_or(0))
+            })
+            .await?;
+        }
+        Ok(keys.len() as u64)
+    }
+}
