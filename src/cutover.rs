@@ -366,9 +366,7 @@ pub async fn check(
 
     // Read after the verification: a change committed during it shows here.
     let db = source.path().to_path_buf();
-    let capture = tokio::task::spawn_blocking(move || crate::capture::status(&db))
-        .await
-        .map_err(|e| Error::Sqlite(e.to_string()))??;
+    let capture = crate::sync::blocking("capture", move || crate::capture::status(&db)).await?;
     let mut serve_last_error = None;
     let capture = if capture.log_present {
         if capture.pending > 0 {

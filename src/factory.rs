@@ -170,9 +170,7 @@ fn background_drainer(s: &Settings) -> Result<tokio::sync::watch::Sender<bool>> 
 /// Whether change capture is installed on the configured SQLite file.
 async fn capture_installed(s: &Settings) -> bool {
     let path = s.db_path.clone();
-    tokio::task::spawn_blocking(move || crate::capture::status(&path))
+    crate::sync::blocking("capture", move || crate::capture::status(&path))
         .await
-        .ok()
-        .and_then(|r| r.ok())
-        .is_some_and(|st| st.log_present)
+        .is_ok_and(|st| st.log_present)
 }

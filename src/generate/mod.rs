@@ -145,12 +145,12 @@ const BATCH_BYTES: usize = 8 << 20;
 /// removed.
 pub async fn generate(path: &Path, opts: &GenerateOptions) -> Result<GenerateReport> {
     let owned = path.to_path_buf();
-    blocking(move || create_new(&owned)).await?;
+    crate::sync::blocking("fixture generation", move || create_new(&owned)).await?;
     let result = write_rows(path, opts).await;
     if result.is_err() {
         // Best effort: a half-written fixture must not pass for a whole one.
         let owned = path.to_path_buf();
-        let _ = blocking(move || {
+        let _ = crate::sync::blocking("fixture generation", move || {
             let _ = std::fs::remove_file(suffixed(&owned, "-journal"));
             std::fs::remove_file(&owned).at(&owned)
         })
@@ -181,14 +181,6 @@ fn create_new(path: &Path) -> Result<()> {
             path.display()
         ))),
         Err(e) => Err(Error::io_at(e, path)),
-    }
-}
-
-/// Run a blocking file-system call off the async runtime.
-async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => Err(join_error(e)),
     }
 }
 

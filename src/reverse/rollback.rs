@@ -25,7 +25,7 @@ use crate::capture;
 use crate::catalogue::TABLES;
 use crate::cutover::{self, Record, RecordCheck};
 use crate::db::{SqliteDatabase, SupabaseDatabase};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::verify::{self, Check, Direction, KeyInfo, VerifyOptions};
 
 pub const REPORT_SCHEMA: &str = "dualwrite.rollback/1";
@@ -115,9 +115,7 @@ pub async fn check(
         ));
     }
     let path = db_path.to_owned();
-    let forward = tokio::task::spawn_blocking(move || capture::status(&path))
-        .await
-        .map_err(|e| Error::Sqlite(e.to_string()))??;
+    let forward = crate::sync::blocking("capture", move || capture::status(&path)).await?;
     if forward.log_present {
         reasons.push(
             "forward capture is installed on the file: `dualwrite capture uninstall` it before \

@@ -44,7 +44,9 @@ use crate::normalise::from_supabase_owned;
 use crate::rest::RestClient;
 use crate::retry::{retry, RetryPolicy};
 use crate::serve::add;
-use crate::serve::{failure_kind, http, status_file_path, write_status, Stats, StatusFile};
+use crate::serve::{
+    failure_kind, http, read_status_file, status_file_path, write_status, Stats, StatusFile,
+};
 
 /// How the reverse daemon runs.
 #[derive(Debug, Clone)]
@@ -151,7 +153,7 @@ pub async fn run(
     let busy = opts.busy_timeout;
     let (lease, conn) = {
         let db = db.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::sync::blocking("SQLite", move || {
             let lease = capture::Lease::take(&db)?;
             let c = capture::open_rw(&db)?;
             c.busy_timeout(busy)?;
@@ -162,10 +164,9 @@ pub async fn run(
                     db.display()
                 )));
             }
-            Ok::<_, Error>((lease, c))
+            Ok((lease, c))
         })
-        .await
-        .map_err(|e| Error::Sqlite(e.to_string()))??
+        .await?
     };
     let policy = RetryPolicy::for_up_to(opts.max_wait);
     let st = retry(policy, || rc::switch(&rest, None, false)).await?;
@@ -288,11 +289,10 @@ impl Daemon {
         }
         // Write them in one SQLite transaction.
         let conn = Arc::clone(&self.conn);
-        let (applied, refused) = tokio::task::spawn_blocking(move || {
+        let (applied, refused) = crate::sync::blocking("SQLite", move || {
             apply::apply(&mut crate::sync::lock(&conn), &batch)
         })
-        .await
-        .map_err(|e| Error::Sqlite(format!("the SQLite task failed: {e}")))??;
+        .await?;
         for (t, a) in &applied {
             add(&self.stats.mirrored, t, a.written + a.deleted);
         }
@@ -380,19 +380,16 @@ pub struct ReverseStatus {
 pub async fn status(rest: &RestClient, db: &Path, rejects: &Path) -> Result<ReverseStatus> {
     let capture = rc::switch(rest, None, false).await?;
     let (db_path, rejects_path) = (db.to_path_buf(), rejects.to_path_buf());
-    let (daemon, daemon_running, recorded) = tokio::task::spawn_blocking(move || {
-        let daemon: Option<StatusFile> = std::fs::read(status_file_path(&db_path))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        // Taking the lease for a moment tells whether a daemon holds it.
-        let running = db_path.exists() && capture::Lease::take(&db_path).is_err();
+    let (daemon, daemon_running, recorded) = crate::sync::blocking("status", move || {
+        let daemon = read_status_file(&db_path);
+        // Probed without taking the lease: a running daemon is never disturbed.
+        let running = capture::Lease::held_on(&db_path);
         let recorded = std::fs::read(&rejects_path)
             .map(|b| b.split(|c| *c == b'\n').filter(|l| !l.is_empty()).count() as u64)
             .unwrap_or(0);
-        (daemon, running, recorded)
+        Ok((daemon, running, recorded))
     })
-    .await
-    .map_err(|e| Error::Sqlite(e.to_string()))?;
+    .await?;
     Ok(ReverseStatus {
         direction: "reverse",
         db_path: db.display().to_string(),

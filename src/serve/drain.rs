@@ -244,9 +244,7 @@ impl Daemon {
         }
         {
             let db = self.opts.db_path.clone();
-            tokio::task::spawn_blocking(move || capture::make_durable(&db))
-                .await
-                .map_err(|e| Error::Sqlite(e.to_string()))??;
+            crate::sync::blocking("capture", move || capture::make_durable(&db)).await?;
         }
         Ok(Batch { corrupt, work })
     }

@@ -26,7 +26,7 @@ mod status;
 use drain::Daemon;
 pub(crate) use stats::add;
 pub(crate) use stats::write_status;
-pub use stats::{failure_kind, status_file_path, Stats, StatusFile};
+pub use stats::{failure_kind, read_status_file, status_file_path, Stats, StatusFile};
 pub use status::{status, Status};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -105,9 +105,7 @@ async fn blocking<R: Send + 'static>(
     f: impl FnOnce(&mut rusqlite::Connection) -> Result<R> + Send + 'static,
 ) -> Result<R> {
     let conn = Arc::clone(conn);
-    tokio::task::spawn_blocking(move || f(&mut crate::sync::lock(&conn)))
-        .await
-        .map_err(|e| Error::Sqlite(format!("the capture task failed: {e}")))?
+    crate::sync::blocking("capture", move || f(&mut crate::sync::lock(&conn))).await
 }
 
 /// A daemon run's figures and its stop signal. When `shutdown` completes,
@@ -135,9 +133,7 @@ pub(crate) fn start(
 
 async fn take_lease(db: &Path) -> Result<capture::Lease> {
     let db = db.to_path_buf();
-    tokio::task::spawn_blocking(move || capture::Lease::take(&db))
-        .await
-        .map_err(|e| Error::Sqlite(e.to_string()))?
+    crate::sync::blocking("capture", move || capture::Lease::take(&db)).await
 }
 
 /// Run the daemon until `shutdown` completes (then finish the batch in flight).
@@ -209,16 +205,15 @@ async fn run_with_lease(
     let db = opts.db_path.clone();
     let conn = {
         let db = db.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::sync::blocking("capture", move || {
             let c = capture::open_rw(&db)?;
             // Acknowledgements take the file's write lock: keep them short. An
             // acknowledgement a power loss takes back only sends the row again
             // (idempotent), so it needs no fsync of its own.
             c.execute_batch("PRAGMA synchronous=NORMAL")?;
-            Ok::<_, Error>(c)
+            Ok(c)
         })
-        .await
-        .map_err(|e| Error::Sqlite(e.to_string()))??
+        .await?
     };
     let conn: Conn = Arc::new(Mutex::new(conn));
     let st = blocking(&conn, |c| capture::status_on(c)).await?;

@@ -112,6 +112,13 @@ pub struct StatusFile {
     pub rejected_rows: BTreeMap<String, u64>,
 }
 
+/// The daemon's last report on `db`, if there is a readable one.
+pub fn read_status_file(db: &Path) -> Option<StatusFile> {
+    std::fs::read(status_file_path(db))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
 pub fn status_file_path(db: &Path) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
     p.push(".dualwrite-serve.json");

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::capture;
 use crate::error::Result;
 
-use super::stats::{status_file_path, StatusFile};
+use super::stats::{read_status_file, StatusFile};
 
 /// `dualwrite status`: what the file and the daemon's last report say.
 #[derive(Debug, Clone, Serialize)]
@@ -25,9 +25,7 @@ pub struct Status {
 
 pub fn status(db: &Path) -> Result<Status> {
     let capture = capture::status(db)?;
-    let daemon: Option<StatusFile> = std::fs::read(status_file_path(db))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let daemon = read_status_file(db);
     // Probed without taking the lease: a running daemon is never disturbed.
     let daemon_running = capture::Lease::held_on(db);
     Ok(Status {

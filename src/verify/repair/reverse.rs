@@ -97,13 +97,7 @@ pub(super) async fn delete(
 async fn write(sqlite: &SqliteDatabase, t: &'static Table, batch: TableBatch) -> Result<Applied> {
     let path = sqlite.path().to_owned();
     let (applied, refused) =
-        tokio::task::spawn_blocking(move || file::apply_to_file(&path, &[(t, batch)]))
-            .await
-            .map_err(|e| {
-                Error::from(std::io::Error::other(format!(
-                    "the SQLite write stopped: {e}"
-                )))
-            })??;
+        crate::sync::blocking("SQLite", move || file::apply_to_file(&path, &[(t, batch)])).await?;
     // The rows the file accepted are written; a refused one is no repair.
     if let Some(r) = refused.first() {
         return Err(Error::invalid(format!(
