@@ -106,11 +106,22 @@ pub fn check_change(c: &Change) -> std::result::Result<&'static Table, String> {
 /// The oldest `limit` pending changes, in commit order. One statement: the
 /// read transaction ends with it, before anything is sent.
 pub fn read_changes(conn: &Connection, limit: usize) -> Result<Vec<Change>> {
+    read_changes_after(conn, None, limit)
+}
+
+/// The oldest `limit` pending changes with a `seq` above `after` (all of
+/// them: `None`), in commit order.
+fn read_changes_after(conn: &Connection, after: Option<i64>, limit: usize) -> Result<Vec<Change>> {
+    let bound = if after.is_some() {
+        "seq > ?1"
+    } else {
+        "?1 IS NULL"
+    };
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT tbl, key, seq, op, at FROM {LOG} ORDER BY seq LIMIT ?1"
+        "SELECT tbl, key, seq, op, at FROM {LOG} WHERE {bound} ORDER BY seq LIMIT ?2"
     ))?;
     let rows = stmt
-        .query_map([limit as i64], |r| {
+        .query_map(params![after, limit as i64], |r| {
             // A corrupt row (a key that is not text, say) must not stop the drain:
             // it is read leniently and reported by check_change.
             let key = match r.get_ref(1)? {
@@ -129,6 +140,16 @@ pub fn read_changes(conn: &Connection, limit: usize) -> Result<Vec<Change>> {
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+/// A (table, key) pair as a number, for the set of keys in flight
+/// ([`claim_changes`]). Two pairs with the same hash only hold one of them
+/// back for a later claim.
+pub fn key_hash(tbl: &str, key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (tbl, key).hash(&mut h);
+    h.finish()
 }
 
 /// Where a write transaction's own change rows start: `None` when the file
@@ -209,27 +230,45 @@ pub fn ack_own(conn: &mut Connection, done: &[Change]) -> Result<usize> {
     })
 }
 
-/// The drainer's read: the oldest `limit` pending changes, in commit order,
-/// claimed in the same short write transaction (the [`CLAIM`] watermark
-/// rises to the highest `seq` read). From then on a
+/// The drainer's read: the oldest `limit` pending changes with a `seq` above
+/// `after`, in commit order, claimed in the same short write transaction (the
+/// [`CLAIM`] watermark rises to the highest `seq` read). From then on a
 /// writer no longer acknowledges these entries itself: its mirror may race
 /// with the drainer's send of the same key, and only the drainer, which sends
 /// the row as it is after the claim, may remove them.
 ///
-/// `skip`: (table, key) pairs of batches still in flight; their entries are
-/// left for a later claim, so that a key is never in two batches at once.
+/// `busy`: the [`key_hash`]es of the keys in batches still in flight; their
+/// entries are left for a later claim, so that a key is never in two batches
+/// at once. `after`: `None` (from the first entry), or a `seq` at or below
+/// which every pending entry is in flight or busy (the drainer reads on from
+/// its last claim instead of reading its batches in flight again).
 pub fn claim_changes(
     conn: &mut Connection,
     limit: usize,
-    skip: &std::collections::HashSet<(String, String)>,
-) -> Result<Vec<Change>> {
+    after: Option<i64>,
+    busy: &std::collections::HashSet<u64>,
+) -> Result<Claim> {
     immediate(conn, |tx| {
-        let mut rows = read_changes(tx, limit + skip.len())?;
-        if !skip.is_empty() {
-            rows.retain(|c| !skip.contains(&(c.tbl.clone(), c.key.clone())));
+        let mut claim = Claim::default();
+        let mut from = after;
+        while claim.changes.len() < limit {
+            let want = limit - claim.changes.len();
+            let read = read_changes_after(tx, from, want)?;
+            let Some(last) = read.last() else { break };
+            from = Some(last.seq);
+            let exhausted = read.len() < want;
+            for c in read {
+                if busy.is_empty() || !busy.contains(&key_hash(&c.tbl, &c.key)) {
+                    claim.changes.push(c);
+                } else {
+                    claim.skipped_from.get_or_insert(c.seq);
+                }
+            }
+            if exhausted {
+                break;
+            }
         }
-        rows.truncate(limit);
-        if let Some(last) = rows.last() {
+        if let Some(last) = claim.changes.last() {
             // One small row, whatever the batch's size: the watermark. Every
             // entry read has `first` <= its `seq` <= `last.seq`.
             tx.prepare_cached(&format!("DELETE FROM {CLAIM} WHERE hi < ?1"))?
@@ -239,8 +278,16 @@ pub fn claim_changes(
             ))?
             .execute([last.seq])?;
         }
-        Ok(rows)
+        Ok(claim)
     })
+}
+
+/// What [`claim_changes`] took, in commit order, and the lowest `seq` it left
+/// because its key was busy.
+#[derive(Debug, Default)]
+pub struct Claim {
+    pub changes: Vec<Change>,
+    pub skipped_from: Option<i64>,
 }
 
 /// Acknowledge mirrored changes, in one short write transaction. A change

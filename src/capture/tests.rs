@@ -196,13 +196,15 @@ fn a_writer_acknowledges_only_its_own_unclaimed_entries() {
     assert_eq!(keys(&a), ["k2"]);
 
     // A drainer's claim: a writer no longer removes the entry, even its own.
-    let claimed = claim_changes(&mut b, 100, &Default::default()).unwrap();
+    let claimed = claim_changes(&mut b, 100, None, &Default::default())
+        .unwrap()
+        .changes;
     assert_eq!(claimed.len(), 1);
     let w3 = app_write(&mut a, "k2", "v3");
     assert!(!w3[0].fresh);
     let fresh = app_write(&mut a, "k3", "v1");
     assert!(fresh[0].fresh);
-    claim_changes(&mut b, 100, &Default::default()).unwrap();
+    claim_changes(&mut b, 100, None, &Default::default()).unwrap();
     assert_eq!(
         ack_own(&mut a, &fresh).unwrap(),
         0,
@@ -210,7 +212,9 @@ fn a_writer_acknowledges_only_its_own_unclaimed_entries() {
     );
     // The drainer's own ack: k2 changed after its first claim and stays.
     assert_eq!(ack(&mut b, &claimed).unwrap(), 0);
-    let again = claim_changes(&mut b, 100, &Default::default()).unwrap();
+    let again = claim_changes(&mut b, 100, None, &Default::default())
+        .unwrap()
+        .changes;
     assert_eq!(ack(&mut b, &again).unwrap(), 2);
     assert!(keys(&a).is_empty());
 
@@ -218,7 +222,9 @@ fn a_writer_acknowledges_only_its_own_unclaimed_entries() {
     // never goes back, even once the log is empty, and a fresh entry made
     // after a claim is the new writer's to acknowledge.
     let old = app_write(&mut a, "k4", "v1");
-    let drained = claim_changes(&mut b, 100, &Default::default()).unwrap();
+    let drained = claim_changes(&mut b, 100, None, &Default::default())
+        .unwrap()
+        .changes;
     ack(&mut b, &drained).unwrap();
     assert!(keys(&a).is_empty());
     let new = app_write(&mut b, "k4", "v2");
@@ -238,17 +244,30 @@ fn a_claim_skips_the_keys_of_batches_in_flight() {
     for k in ["k1", "k2", "k3"] {
         app_write(&mut c, k, "v");
     }
-    let first = claim_changes(&mut c, 2, &Default::default()).unwrap();
+    let first = claim_changes(&mut c, 2, None, &Default::default())
+        .unwrap()
+        .changes;
     assert_eq!(first.len(), 2);
     // k1 changes again while its batch is out: the next claim leaves it.
     app_write(&mut c, "k1", "v2");
-    let busy = first
-        .iter()
-        .map(|c| (c.tbl.clone(), c.key.clone()))
-        .collect();
-    let next = claim_changes(&mut c, 10, &busy).unwrap();
-    let keys: Vec<&str> = next.iter().map(|c| c.key.as_str()).collect();
+    let busy = first.iter().map(|c| key_hash(&c.tbl, &c.key)).collect();
+    let next = claim_changes(&mut c, 10, None, &busy).unwrap();
+    let keys: Vec<&str> = next.changes.iter().map(|c| c.key.as_str()).collect();
     assert_eq!(keys, ["k3"]);
+    // k2 (still in flight) is the first entry left.
+    assert_eq!(next.skipped_from, Some(first[1].seq));
+    // Read on from the last claim: the entries in flight are not read again,
+    // and k1 (changed again, a new seq) is still left while busy.
+    let last = first[1].seq;
+    app_write(&mut c, "k4", "v");
+    let on = claim_changes(&mut c, 10, Some(last.max(next.changes[0].seq)), &busy).unwrap();
+    let keys: Vec<&str> = on.changes.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["k4"]);
+    assert!(on.skipped_from.is_some());
+    // Once k1's batch is back, k1 is claimed again.
+    let free = claim_changes(&mut c, 10, None, &Default::default()).unwrap();
+    let keys: Vec<&str> = free.changes.iter().map(|c| c.key.as_str()).collect();
+    assert!(keys.contains(&"k1"), "{keys:?}");
 }
 
 #[test]

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::backfill::{self, prepare_row_with, Prepared, PreparedRows, Reject, RejectLog};
+use crate::backfill::{self, prepare_row_into, PreparedRows, Reject, RejectLog, RowsBuilder};
 use crate::capture::{self, Change};
 use crate::catalogue::{Table, TABLES};
-use crate::coerced::CoercedLog;
+use crate::coerced::{CoercedLog, CoercedValue};
 use crate::db::SqliteDatabase;
 use crate::error::{Error, Result};
 use crate::rest::{content_range_total, RestClient};
@@ -29,6 +29,9 @@ pub(super) struct Daemon {
     pub(super) stats: Arc<Stats>,
     /// systemd's `sd_notify` (nothing outside systemd).
     pub(super) notifier: notify::Notifier,
+    /// The request body's bytes per row in the last batch read, to size the
+    /// next one's (a body that grows is copied).
+    pub(super) row_bytes: usize,
 }
 
 impl Daemon {
@@ -120,6 +123,9 @@ impl Daemon {
         let mut last_status = Instant::now() - Duration::from_secs(10);
         let mut version = blocking(&self.conn, |c| capture::data_version(c)).await?;
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
+        // Every pending entry at or below this `seq` is in a batch in flight
+        // or was left because its key is (see `claim_changes`).
+        let mut resume_after: Option<i64> = None;
         loop {
             self.notifier.watchdog();
             if *stop.borrow() {
@@ -132,17 +138,32 @@ impl Daemon {
                 self.check_triggers().await?;
             }
             let limit = self.opts.batch_rows.max(1);
-            let busy: HashSet<(String, String)> = inflight
+            // With nothing in flight every pending entry may be claimed: read
+            // from the start. Otherwise read on from the last claim (or from
+            // the first entry it left because its key was busy).
+            if inflight.is_empty() {
+                resume_after = None;
+            }
+            let busy: HashSet<u64> = inflight
                 .iter()
-                .flat_map(|(_, k)| k.iter().cloned())
+                .flat_map(|(_, k)| k.iter().copied())
                 .collect();
-            let changes =
-                blocking(&self.conn, move |c| capture::claim_changes(c, limit, &busy)).await?;
+            let after = resume_after;
+            let claim = blocking(&self.conn, move |c| {
+                capture::claim_changes(c, limit, after, &busy)
+            })
+            .await?;
+            let changes = claim.changes;
+            resume_after = match (claim.skipped_from, changes.last()) {
+                (Some(s), _) => s.checked_sub(1),
+                (None, Some(last)) => Some(last.seq),
+                (None, None) => after,
+            };
             let full = changes.len() >= limit;
             if !changes.is_empty() {
-                let keys: HashSet<(String, String)> = changes
+                let keys: Vec<u64> = changes
                     .iter()
-                    .map(|c| (c.tbl.clone(), c.key.clone()))
+                    .map(|c| capture::key_hash(&c.tbl, &c.key))
                     .collect();
                 let batch = self.read_batch(changes).await?;
                 let sender = self.sender();
@@ -215,7 +236,8 @@ impl Daemon {
     }
 
     /// Read one batch: group the changes by table, read the rows as they are
-    /// now (short read transactions), then make what was read durable.
+    /// now (short read transactions) and prepare them on the reader's thread,
+    /// straight into the request body; then make what was read durable.
     async fn read_batch(&mut self, changes: Vec<Change>) -> Result<Batch> {
         let mut by_table: BTreeMap<usize, Vec<Change>> = BTreeMap::new();
         let mut corrupt = Vec::new();
@@ -232,15 +254,41 @@ impl Daemon {
             }
         }
         let mut work = Vec::new();
-        for (i, cs) in by_table {
+        for (i, changes) in by_table {
             let t: &'static Table = TABLES[i];
             if !self.reader.has_table(t) {
                 // A table created after the daemon started: read it with a fresh layout.
                 self.reader = SqliteDatabase::open_read_only(&self.opts.db_path).await?;
             }
-            let keys: Vec<String> = cs.iter().map(|c| c.key.clone()).collect();
-            let rows = self.reader.rows_by_keys(t, keys).await?;
-            work.push((t, cs, rows));
+            let keys: Vec<String> = changes.iter().map(|c| c.key.clone()).collect();
+            let n = keys.len();
+            let start = Prepare {
+                rows: RowsBuilder::with_capacity(n * self.row_bytes + n * self.row_bytes / 8, n),
+                bad: Vec::new(),
+                lossy: Vec::new(),
+                coerced: Vec::new(),
+            };
+            let policy = self.opts.unrepresentable;
+            let p = self
+                .reader
+                .visit_by_keys(t, keys, start, move |p, row| {
+                    if let Err(r) =
+                        prepare_row_into(t, row, &mut p.lossy, &mut p.rows, policy, &mut p.coerced)
+                    {
+                        p.bad.push(*r);
+                    }
+                })
+                .await?;
+            if !p.rows.is_empty() {
+                self.row_bytes = p.rows.bytes() / p.rows.len();
+            }
+            work.push(TableWork {
+                t,
+                changes,
+                rows: p.rows.finish(),
+                bad: p.bad,
+                coerced: p.coerced,
+            });
         }
         {
             let db = self.opts.db_path.clone();
@@ -253,17 +301,33 @@ impl Daemon {
 /// Batches sent at once while a backlog drains.
 const PIPELINE: usize = 2;
 
-/// A batch being sent, and the (table, key) pairs it holds.
-type InFlight = (
-    tokio::task::JoinHandle<Result<()>>,
-    HashSet<(String, String)>,
-);
+/// A batch being sent, and the [`capture::key_hash`]es of the keys it holds.
+type InFlight = (tokio::task::JoinHandle<Result<()>>, Vec<u64>);
+
+/// One table's rows, being prepared on the reader's thread.
+struct Prepare {
+    rows: RowsBuilder,
+    bad: Vec<Reject>,
+    lossy: Vec<(&'static str, crate::normalise::Lossy)>,
+    coerced: Vec<CoercedValue>,
+}
+
+/// One table's part of a batch: its changes, and the rows as they were read.
+struct TableWork {
+    t: &'static Table,
+    changes: Vec<Change>,
+    /// The rows that exist, ready to send.
+    rows: PreparedRows,
+    /// Rows Supabase cannot hold (dead letters).
+    bad: Vec<Reject>,
+    coerced: Vec<CoercedValue>,
+}
 
 /// One batch, read and made durable, ready to send.
 struct Batch {
     /// Change rows that cannot be drained, with the reason.
     corrupt: Vec<(Change, String)>,
-    work: Vec<(&'static Table, Vec<Change>, Vec<crate::normalise::SqlRow>)>,
+    work: Vec<TableWork>,
 }
 
 /// The sending half of the daemon, moved into a task per batch.
@@ -303,29 +367,18 @@ impl Sender {
             let done: Vec<Change> = corrupt.into_iter().map(|(c, _)| c).collect();
             blocking(&self.conn, move |c| capture::ack(c, &done)).await?;
         }
-        for (t, cs, rows) in work {
-            let mut present = HashSet::new();
-            let mut prepared: Vec<Prepared> = Vec::with_capacity(rows.len());
-            let mut bad: Vec<Reject> = Vec::new();
-            let (mut lossy, mut coerced) = (Vec::new(), Vec::new());
-            for row in &rows {
-                match prepare_row_with(t, row, &mut lossy, self.opts.unrepresentable, &mut coerced)
-                {
-                    Ok(p) => {
-                        present.insert(p.key.clone());
-                        prepared.push(p);
-                    }
-                    Err(r) => {
-                        present.insert(r.key.clone());
-                        bad.push(*r);
-                    }
-                }
-            }
-            let body = PreparedRows::from_rows(&prepared);
+        for w in work {
+            let TableWork {
+                t,
+                changes,
+                rows,
+                bad,
+                coerced,
+            } = w;
             let (written, refused) = backfill::land_rows(
                 &self.rest,
                 t,
-                &body,
+                &rows,
                 self.opts.request_rows,
                 self.opts.concurrency,
                 self.opts.max_wait,
@@ -334,14 +387,19 @@ impl Sender {
             .await?;
             self.rejects.write(&bad)?;
             self.coerced.write(&coerced)?;
-            let gone: Vec<&str> = cs
+            // The keys read (landed or refused) exist; the others are gone from SQLite.
+            let present: HashSet<&str> = (0..rows.len())
+                .map(|i| rows.key(i))
+                .chain(bad.iter().map(|r| r.key.as_str()))
+                .collect();
+            let gone: Vec<&str> = changes
                 .iter()
                 .map(|c| c.key.as_str())
                 .filter(|k| !present.contains(*k))
                 .collect();
             let deleted = self.delete(t, &gone).await?;
-            let n = cs.len();
-            blocking(&self.conn, move |c| capture::ack(c, &cs)).await?;
+            let n = changes.len();
+            blocking(&self.conn, move |c| capture::ack(c, &changes)).await?;
             add(&self.stats.mirrored, t.sqlite, written + deleted);
             add(
                 &self.stats.rejected,

@@ -242,6 +242,7 @@ async fn run_with_lease(
         coerced,
         stats: Arc::clone(&stats),
         notifier,
+        row_bytes: 256,
     };
     d.check_triggers().await?;
     let server = match d.opts.listen {

@@ -76,9 +76,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The daemon runs without transparent huge pages. mimalloc asks for them, and
+/// the kernel then backs each fresh allocation region with a 2 MiB page it
+/// zeroes first: a third of the drain's CPU, and a resident size twice what the
+/// daemon uses (BENCHMARKS.md, "Change capture and `serve`"). The short jobs
+/// (backfill, verify) keep them.
+fn without_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::debug!(error = %e, "cannot turn transparent huge pages off; running with them");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_json);
+    if matches!(cli.command, Command::Serve(_)) {
+        without_huge_pages();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -285,25 +285,43 @@ impl SqliteDatabase {
         table: &'static Table,
         keys: Vec<String>,
     ) -> Result<Vec<SqlRow>> {
+        self.visit_by_keys(table, keys, Vec::new(), |rows, row| {
+            rows.push(row.iter().map(|v| v.to_value()).collect());
+        })
+        .await
+    }
+
+    /// Like [`SqliteDatabase::rows_by_keys`], but each row is handed to `f` on
+    /// the connection's thread as borrowed values, without copying them out
+    /// (as [`SqliteDatabase::scan_page`] does); `f` folds it into `state`.
+    pub async fn visit_by_keys<S: Send + 'static>(
+        &self,
+        table: &'static Table,
+        keys: Vec<String>,
+        mut state: S,
+        mut f: impl FnMut(&mut S, &[SqlRef<'_>]) + Send + 'static,
+    ) -> Result<S> {
         self.run(move |conn, layout| {
             let Some(l) = layout.get(table) else {
-                return Ok(Vec::new());
+                return Ok(state);
             };
             let key = quote(l.physical[0].as_deref().unwrap_or(table.key().sqlite));
             let n = table.columns.len();
-            let mut out = Vec::new();
             for chunk in keys.chunks(500) {
                 let marks = vec!["?"; chunk.len()].join(", ");
                 let sql = format!("{} WHERE {key} IN ({marks})", l.select);
-                let mut stmt = conn.prepare(&sql)?;
-                let rows = stmt
-                    .query_map(params_from_iter(chunk.iter()), |r| {
-                        (0..n).map(|i| r.get_ref(i).map(from_ref)).collect()
-                    })?
-                    .collect::<rusqlite::Result<Vec<SqlRow>>>()?;
-                out.extend(rows);
+                // Cached: every chunk but a batch's last has the same statement.
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let mut rows = stmt.query(params_from_iter(chunk.iter()))?;
+                while let Some(row) = rows.next()? {
+                    let mut refs = [SqlRef::Null; MAX_COLUMNS];
+                    for (i, r) in refs[..n].iter_mut().enumerate() {
+                        *r = ref_of(row.get_ref(i)?);
+                    }
+                    f(&mut state, &refs[..n]);
+                }
             }
-            Ok(out)
+            Ok(state)
         })
         .await
     }
