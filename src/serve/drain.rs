@@ -111,9 +111,9 @@ impl Daemon {
     }
 
     /// The drain loop. While a backlog drains, the next batch is claimed, read
-    /// and made durable while the previous one is sent (up to [`PIPELINE`]
-    /// batches in flight), so the requests of one batch start while the last
-    /// requests of the previous one are still out. A key is in at most one
+    /// and made durable while the previous ones are sent (up to [`PIPELINE`]
+    /// batches in flight, and one read ahead), so the requests of one batch
+    /// start as soon as the oldest batch is done. A key is in at most one
     /// batch in flight: a key changed again while its batch is out is skipped
     /// by the next claim and read once its batch is acknowledged, so a newer
     /// version of a row is never sent alongside an older one.
@@ -160,21 +160,26 @@ impl Daemon {
                 (None, None) => after,
             };
             let full = changes.len() >= limit;
+            let mut failed = false;
             if !changes.is_empty() {
                 let keys: Vec<u64> = changes
                     .iter()
                     .map(|c| capture::key_hash(&c.tbl, &c.key))
                     .collect();
                 let batch = self.read_batch(changes).await?;
-                let sender = self.sender();
-                inflight.push_back((tokio::spawn(async move { sender.send(batch).await }), keys));
+                // Read ahead: this batch was claimed and read while the
+                // pipeline was full; now it waits for the oldest to finish.
+                while inflight.len() >= PIPELINE && !failed {
+                    failed |= self.finish_one(&mut inflight).await?;
+                }
+                if !failed {
+                    let sender = self.sender();
+                    inflight
+                        .push_back((tokio::spawn(async move { sender.send(batch).await }), keys));
+                }
+                // After a failure it is not sent: its changes stay in the log.
             }
-            let mut failed = false;
-            // A full pipeline waits for its oldest batch; a batch that emptied
-            // the log (or a failure) waits for them all.
-            while inflight.len() >= PIPELINE {
-                failed |= self.finish_one(&mut inflight).await?;
-            }
+            // A batch that emptied the log (or a failure) waits for them all.
             if !full || failed {
                 failed |= self.finish_all(&mut inflight).await?;
             }

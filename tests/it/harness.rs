@@ -359,3 +359,28 @@ pub fn materialise_fixture(root: &Path, cache: &Path, name: &str) -> Result<Path
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4())
 }
+
+/// A daemon started by a test: killed (and reaped) when dropped, so a test
+/// that fails half-way leaves no `serve` running against its database.
+pub struct Spawned(pub std::process::Child);
+
+impl std::ops::Deref for Spawned {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        // Already gone (the test stopped it) makes both of these no-ops.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

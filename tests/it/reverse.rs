@@ -15,7 +15,7 @@ use dualwrite::rest::{RestClient, RestConfig};
 use dualwrite::reverse::capture::{self as rc, CaptureState};
 
 use crate::harness::free_port;
-use crate::harness::{stack, unique, PrivateDb};
+use crate::harness::{stack, unique, PrivateDb, Spawned};
 
 /// A private database with the capture migration applied (the shared
 /// template may predate it; the migration is re-runnable).
@@ -297,7 +297,7 @@ fn print_sql_prints_the_migration_and_needs_the_supabase_target() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--target supabase"));
 }
 
-fn spawn_reverse(dir: &Path, db: &Path, pg: &PrivateDb, port: u16) -> std::process::Child {
+fn spawn_reverse(dir: &Path, db: &Path, pg: &PrivateDb, port: u16) -> Spawned {
     spawn_serve(dir, db, pg, port, &[], &["--direction", "reverse"])
 }
 
@@ -309,7 +309,7 @@ fn spawn_serve(
     port: u16,
     env: &[(&str, &str)],
     args: &[&str],
-) -> std::process::Child {
+) -> Spawned {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -338,6 +338,7 @@ fn spawn_serve(
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
+        .map(Spawned)
         .unwrap()
 }
 

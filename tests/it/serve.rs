@@ -13,7 +13,7 @@ use dualwrite::db::{SqliteDatabase, SqliteOptions};
 use dualwrite::verify::{self, Format, KeyInfo, Verdict, VerifyOptions};
 
 use crate::harness::free_port;
-use crate::harness::PrivateDb;
+use crate::harness::{PrivateDb, Spawned};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dualwrite"));
@@ -39,11 +39,11 @@ fn run(db: &Path, pg: &PrivateDb, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn spawn_serve(db: &Path, pg: &PrivateDb, port: u16) -> Child {
+fn spawn_serve(db: &Path, pg: &PrivateDb, port: u16) -> Spawned {
     spawn_serve_with(db, pg, port, &[])
 }
 
-fn spawn_serve_with(db: &Path, pg: &PrivateDb, port: u16, extra: &[&str]) -> Child {
+fn spawn_serve_with(db: &Path, pg: &PrivateDb, port: u16, extra: &[&str]) -> Spawned {
     let mut c = bin();
     env_for(&mut c, db, pg);
     let log = std::fs::OpenOptions::new()
@@ -66,6 +66,7 @@ fn spawn_serve_with(db: &Path, pg: &PrivateDb, port: u16, extra: &[&str]) -> Chi
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
+        .map(Spawned)
         .unwrap()
 }
 
@@ -1087,7 +1088,7 @@ async fn serve_rejects_or_coerces_a_value_supabase_cannot_hold() {
         );
         (child, port)
     };
-    let stop = |mut child: Child| {
+    let stop = |mut child: Spawned| {
         let st = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
