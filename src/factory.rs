@@ -182,6 +182,10 @@ pub fn background_drainer(s: &Settings) -> Result<tokio::sync::watch::Sender<boo
         crate::backfill::state_dir_for(&s.db_path),
     );
     opts.unrepresentable = s.unrepresentable;
+    // Stopping (the app closes or drops its dual layer, or forks) waits for the
+    // batch in flight: while Supabase is down, a batch gives up after the
+    // inline mirror's own bound rather than serve's 20 s, pauses and tries again.
+    opts.max_wait = s.mirror_timeout;
     let (stop, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(crate::serve::drain_in_background(rest, opts, rx));
     Ok(stop)

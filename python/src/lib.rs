@@ -342,6 +342,23 @@ fn dual_inner(
 
 /// The dual stores that may run a background drainer, for the fork hooks.
 static DRAINING: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+/// The drainers of dropped stores, stopping in the background: a fork waits for them.
+static STOPPING: Mutex<Vec<tokio::sync::watch::Sender<bool>>> = Mutex::new(Vec::new());
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping a dual layer stops its drainer without waiting for it; a
+        // fork() made meanwhile waits for it in `before_fork`.
+        let Some(live) = built_dual(self) else { return };
+        if let Db::Dual(d) = &live.db {
+            if let Some(stop) = d.take_drainer() {
+                let mut stopping = lock(&STOPPING);
+                stopping.retain(|s| !s.is_closed());
+                stopping.push(stop);
+            }
+        }
+    }
+}
 /// Those whose drainer [`before_fork`] stopped, restarted after the fork.
 static PAUSED: Mutex<Vec<Arc<Inner>>> = Mutex::new(Vec::new());
 
@@ -358,6 +375,16 @@ fn built_dual(inner: &Inner) -> Option<Arc<Live>> {
 #[pyfunction]
 fn before_fork(py: Python<'_>) {
     py.detach(|| {
+        let stopping: Vec<_> = lock(&STOPPING).drain(..).collect();
+        if !stopping.is_empty() {
+            if let Ok(rt) = runtime() {
+                rt.block_on(async {
+                    for s in &stopping {
+                        s.closed().await;
+                    }
+                });
+            }
+        }
         let duals: Vec<Arc<Inner>> = lock(&DRAINING).iter().filter_map(Weak::upgrade).collect();
         let mut paused = Vec::new();
         for inner in duals {

@@ -96,8 +96,10 @@ def test_no_failure_log_with_capture(clean_env, monkeypatch, stack, dualwrite_bi
     monkeypatch.setenv("SUPABASE_SERVICE_KEY", stack["SUPABASE_SERVICE_KEY"])
     monkeypatch.setenv("SUPABASE_DUAL_WRITE", "true")
     hand = dualwrite.DualDatabase(dualwrite.ExtendedDatabase(str(path)), dualwrite.SupabaseDatabase())
+    monkeypatch.setenv("DUALWRITE_DRAIN", "background")
     made, meta = dualwrite.init_database()
     assert meta["dual_write"], meta
+    assert made.draining and not hand.draining
     for db in (hand, made):
         aid = str(uuid.uuid4())
         db.add_artifact(_artifact(aid))  # a change row, its mirror fails
@@ -105,6 +107,9 @@ def test_no_failure_log_with_capture(clean_env, monkeypatch, stack, dualwrite_bi
         assert db.dual_stats()["failed"] == 2
     assert _status(dualwrite_bin, path)["pending"] == 2
     assert not list(clean_env.glob("*.failures.ndjson"))
+    # Supabase down: stopping waits for the batch in flight, which gives up after the mirror's timeout.
+    made.close()
+    assert not made.draining and _status(dualwrite_bin, path)["pending"] == 2
 
 
 def test_a_drain_request_needs_capture_and_a_sqlite_primary(clean_env, monkeypatch, stack):

@@ -156,11 +156,17 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
     /// finished its batch in flight and let the lease go (every receiver of
     /// its stop signal is gone then). Idempotent; writes still mirror inline.
     pub async fn stop_drainer(&self) {
-        let stop = crate::sync::lock(&self.drainer).take();
-        if let Some(stop) = stop {
-            stop.send_replace(true);
+        if let Some(stop) = self.take_drainer() {
             stop.closed().await;
         }
+    }
+
+    /// Tell the background drainer, if there is one, to stop, without waiting:
+    /// its stop signal is returned, closed once it has stopped.
+    pub fn take_drainer(&self) -> Option<tokio::sync::watch::Sender<bool>> {
+        let stop = crate::sync::lock(&self.drainer).take()?;
+        stop.send_replace(true);
+        Some(stop)
     }
 
     /// Whether a background drainer was started and has not stopped.
