@@ -345,6 +345,9 @@ static DRAINING: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
 /// The drainers of dropped stores, stopping in the background: a fork waits for them.
 static STOPPING: Mutex<Vec<tokio::sync::watch::Sender<bool>>> = Mutex::new(Vec::new());
 
+/// Those whose drainer [`before_fork`] stopped, restarted after the fork.
+static PAUSED: Mutex<Vec<Arc<Inner>>> = Mutex::new(Vec::new());
+
 impl Drop for Inner {
     fn drop(&mut self) {
         // Dropping a dual layer stops its drainer without waiting for it; a
@@ -359,8 +362,6 @@ impl Drop for Inner {
         }
     }
 }
-/// Those whose drainer [`before_fork`] stopped, restarted after the fork.
-static PAUSED: Mutex<Vec<Arc<Inner>>> = Mutex::new(Vec::new());
 
 /// This process's dual layer of `inner`, if it is built (never builds it).
 fn built_dual(inner: &Inner) -> Option<Arc<Live>> {
