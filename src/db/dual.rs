@@ -726,6 +726,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stop_drainer_returns_once_the_drainer_has_ended() {
+        let (_p, _s, d) = pair();
+        d.stop_drainer().await; // none: nothing to wait for
+        let (stop, mut rx) = tokio::sync::watch::channel(false);
+        let ended = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&ended);
+        tokio::spawn(async move {
+            let _ = rx.wait_for(|v| *v).await;
+            // The batch in flight finishes, then the drainer lets go.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        let d = d.with_drainer(stop);
+        assert!(d.drainer_running());
+        d.stop_drainer().await;
+        assert!(
+            ended.load(Ordering::SeqCst),
+            "returned before the drainer ended"
+        );
+        assert!(!d.drainer_running());
+        d.stop_drainer().await; // idempotent
+    }
+
+    #[tokio::test]
     async fn reads_come_from_the_primary() {
         let (_p, _s, d) = pair();
         let rows = d.fetch(&crate::catalogue::ARTIFACT, &[]).await.unwrap();
