@@ -107,6 +107,21 @@ impl DrainMode {
     }
 }
 
+/// `inline` or `background`, in any case.
+impl std::str::FromStr for DrainMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "inline" => Ok(DrainMode::Inline),
+            "background" => Ok(DrainMode::Background),
+            other => Err(Error::invalid(format!(
+                "unknown drain mode `{other}`: use `inline` or `background`"
+            ))),
+        }
+    }
+}
+
 /// The raw shape of the TOML layers; unknown keys are refused.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -357,15 +372,14 @@ impl Settings {
                     raw.dual.unrepresentable
                 ))
             })?;
-        let drain = match raw.dual.drain.trim().to_ascii_lowercase().as_str() {
-            "" | "inline" => DrainMode::Inline,
-            "background" => DrainMode::Background,
-            _ => {
-                return Err(Error::config(format!(
+        let drain = match raw.dual.drain.trim() {
+            "" => DrainMode::Inline,
+            other => other.parse().map_err(|_| {
+                Error::config(format!(
                     "dual.drain (DUALWRITE_DRAIN) = `{}` is not a drain mode (use inline or background)",
                     raw.dual.drain
-                )))
-            }
+                ))
+            })?,
         };
         let coerced_log = match raw.dual.coerced_log.trim() {
             "" => {

@@ -122,20 +122,7 @@ pub async fn open(s: &Settings) -> Result<(AnyDatabase, InitReport)> {
         (BackendKind::Sqlite, true, Ok(sb)) => {
             let lite = SqliteDatabase::open(&s.db_path, sqlite_options(s)).await?;
             report.dual_write = true;
-            if capture_installed(s).await {
-                // Every write is in the change log, committed with it: a failed
-                // mirror is left to `dualwrite serve`. Recording its payload for
-                // replay as well could later write that old payload over a newer row.
-                let mut s = s.clone();
-                s.failure_log = None;
-                let mut d = dual(&s, lite, sb)?;
-                if s.drain == crate::config::DrainMode::Background {
-                    d = d.with_drainer(background_drainer(&s)?);
-                }
-                AnyDatabase::SqliteFirst(d)
-            } else {
-                AnyDatabase::SqliteFirst(dual(s, lite, sb)?)
-            }
+            AnyDatabase::SqliteFirst(dual_sqlite_first(s, lite, sb).await?)
         }
         (BackendKind::Sqlite, dual, sb) => {
             if dual {
@@ -153,15 +140,52 @@ pub async fn open(s: &Settings) -> Result<(AnyDatabase, InitReport)> {
     Ok((db, report))
 }
 
-/// Start the background drainer of `dual.drain = "background"`; it stops
-/// when the returned sender is dropped.
-fn background_drainer(s: &Settings) -> Result<tokio::sync::watch::Sender<bool>> {
+/// The dual layer of a SQLite primary (the file `s.db_path`) mirrored to
+/// Supabase: [`dual`], plus what change capture on the file changes. With
+/// capture installed, every write is in the change log, committed with it, and
+/// a failed mirror is left there for the drainer: no payload failure log
+/// (replaying an old payload could later write it over a newer row), and with
+/// `dual.drain = "background"` a drainer task in this process (see
+/// [`crate::serve::drain_in_background`]), stopped when the layer is dropped.
+/// A background drain without capture is a configuration error. Used by
+/// [`open`] and by the Python module's `DualDatabase`.
+pub async fn dual_sqlite_first<P: crate::db::Database, S: crate::db::Database>(
+    s: &Settings,
+    primary: P,
+    secondary: S,
+) -> Result<DualDatabase<P, S>> {
+    let background = s.drain == crate::config::DrainMode::Background;
+    if !capture_installed(s).await {
+        if background {
+            return Err(Error::config(format!(
+                "dual.drain (DUALWRITE_DRAIN) = background needs change capture on {}: run `dualwrite capture install` first",
+                s.db_path.display()
+            )));
+        }
+        return dual(s, primary, secondary);
+    }
+    let mut s = s.clone();
+    s.failure_log = None;
+    let d = dual(&s, primary, secondary)?;
+    Ok(match background {
+        true => d.with_drainer(background_drainer(&s)?),
+        false => d,
+    })
+}
+
+/// Start the background drainer of `dual.drain = "background"` on the
+/// current tokio runtime; it stops when the returned sender is dropped.
+pub fn background_drainer(s: &Settings) -> Result<tokio::sync::watch::Sender<bool>> {
     let rest = RestClient::new(&s.rest_config()?)?;
     let mut opts = crate::serve::ServeOptions::new(
         s.db_path.clone(),
         crate::backfill::state_dir_for(&s.db_path),
     );
     opts.unrepresentable = s.unrepresentable;
+    // Stopping (the app closes or drops its dual layer, or forks) waits for the
+    // batch in flight: while Supabase is down, a batch gives up after the
+    // inline mirror's own bound rather than serve's 20 s, pauses and tries again.
+    opts.max_wait = s.mirror_timeout;
     let (stop, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(crate::serve::drain_in_background(rest, opts, rx));
     Ok(stop)

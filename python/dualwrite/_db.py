@@ -333,22 +333,36 @@ class DualDatabase(_Storage):
     """Writes go to ``primary``, then are mirrored to ``secondary``; reads come from ``primary``.
 
     A primary failure raises and the secondary is not touched. A secondary failure
-    never raises: it is logged, counted (:meth:`dual_stats`) and recorded for
-    replay (:meth:`replay_failures`, or ``dualwrite replay``), in memory and in the
-    failure log (``<DB_PATH>.failures.ndjson`` by default).
+    never raises: it is logged and counted (:meth:`dual_stats`). Without change
+    capture it is recorded for replay (:meth:`replay_failures`, or ``dualwrite
+    replay``), in memory and in the failure log (``<DB_PATH>.failures.ndjson`` by
+    default).
+
+    With change capture installed on an ``ExtendedDatabase`` primary's file
+    (``dualwrite capture install``), each write's change row commits with it: a
+    mirror that succeeds removes it, one that fails leaves it in the change log
+    for a drainer, and no failure log is written. The drainer is ``dualwrite
+    serve``, or with ``drain="background"`` (default: ``dual.drain`` /
+    ``DUALWRITE_DRAIN``, else ``"inline"``) a task of this process under serve's
+    lease (it drains only while no ``serve`` or other drainer holds the file),
+    stopped by :meth:`close` or when the object is dropped. A background drain
+    without capture raises :class:`ConfigError`. After ``fork()`` the child starts
+    its own drainer on first use; it waits for the lease like any second one.
     """
 
     primary: _Storage
     secondary: _Storage
 
-    def __init__(self, primary: _Storage, secondary: _Storage) -> None:
+    def __init__(self, primary: _Storage, secondary: _Storage, *, drain: Optional[str] = None) -> None:
         for name, side in (("primary", primary), ("secondary", secondary)):
             if not isinstance(side, (ExtendedDatabase, SupabaseDatabase)):
                 raise InvalidInputError(
                     f"DualDatabase: {name} must be an ExtendedDatabase or a SupabaseDatabase, "
                     f"not {type(side).__name__}"
                 )
-        self._store = _native.Store.dual_of(primary._store, secondary._store)
+        if drain is not None and not isinstance(drain, str):
+            raise InvalidInputError(f"DualDatabase: drain must be 'inline' or 'background', not {drain!r}")
+        self._store = _native.Store.dual_of(primary._store, secondary._store, drain)
         self.primary = primary
         self.secondary = secondary
         self.backend = self._store.backend
@@ -371,8 +385,34 @@ class DualDatabase(_Storage):
         """Apply the recorded failures to the secondary again: ``{attempted, replayed, still_failing}``."""
         return self._store.replay_failures()
 
+    @property
+    def draining(self) -> bool:
+        """Whether a background drainer runs in this process (``drain="background"``, not closed)."""
+        return self._store.draining
+
+    def close(self) -> None:
+        """Stop the background drainer, if any: returns once its batch in flight is done and it let the
+        lease go. Idempotent; writes keep working (their mirror failures wait in the change log)."""
+        self._store.close()
+
+    def __enter__(self) -> "DualDatabase":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"DualDatabase({self.primary!r}, {self.secondary!r})"
+
+
+# fork(): stop the background drainers first (no drainer thread inside SQLite, no lease
+# inherited), restart them in the parent; a child's DualDatabase starts its own on first use.
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(
+        before=_native.before_fork,
+        after_in_parent=_native.after_fork_in_parent,
+        after_in_child=_native.after_fork_in_child,
+    )
 
 
 def init_database() -> Tuple[_Storage, Dict[str, Any]]:

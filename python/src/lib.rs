@@ -16,14 +16,24 @@
 //!   them. In a forked child they are rebuilt on first use; the inherited ones are
 //!   leaked, never dropped, because dropping them would wait for threads that do
 //!   not exist in the child, or close the parent's connections.
+//! * **Fork and the background drainer** (`drain="background"`): `os.fork()`
+//!   first stops every drainer of the process ([`before_fork`], registered
+//!   with `os.register_at_fork` by `dualwrite/_db.py`), so that no drainer
+//!   thread is inside SQLite and no lease is held at the fork (SQLite keeps its
+//!   locks' state in process memory: a child inheriting a held lease could never
+//!   take it), then restarts them in the parent ([`after_fork_in_parent`]). A
+//!   child's dual layer, rebuilt on first use, starts its own drainer, which
+//!   waits for the lease like any second drainer: one process drains at a time,
+//!   and another takes over within seconds when it stops.
 
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use dualwrite::catalogue::Table;
-use dualwrite::config::{Settings, Sources};
+use dualwrite::config::{DrainMode, Settings, Sources};
 use dualwrite::db::{
     AnyDatabase, Applied, Database, Dox, DualDatabase, Filter, Row, SqliteDatabase, SqliteOptions,
     SupabaseDatabase,
@@ -176,6 +186,8 @@ struct Live {
 struct Inner {
     recipe: Recipe,
     live: Mutex<Option<Arc<Live>>>,
+    /// `close()` was called: a dual layer rebuilt after fork() starts no drainer.
+    closed: AtomicBool,
 }
 
 impl Inner {
@@ -189,6 +201,7 @@ impl Inner {
         Arc::new(Inner {
             recipe,
             live: Mutex::new(live),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -229,11 +242,22 @@ impl Inner {
                 primary,
                 secondary,
                 settings,
-            } => Db::Dual(factory::dual(
-                settings,
-                primary.leaf(rt)?,
-                secondary.leaf(rt)?,
-            )?),
+            } => {
+                let (p, q) = (primary.leaf(rt)?, secondary.leaf(rt)?);
+                match (&p, &q) {
+                    // The factory's own dual layer: change capture on the file
+                    // turns the failure log off and may start the drainer
+                    // (in each process: a forked child starts its own).
+                    (Leaf::Sqlite(_), Leaf::Supabase(_)) => {
+                        let mut s = settings.as_ref().clone();
+                        if self.closed.load(Ordering::SeqCst) {
+                            s.drain = DrainMode::Inline;
+                        }
+                        Db::Dual(rt.block_on(factory::dual_sqlite_first(&s, p, q))?)
+                    }
+                    _ => Db::Dual(factory::dual(settings, p, q)?),
+                }
+            }
         };
         let l = Arc::new(Live { pid, db });
         *g = Some(Arc::clone(&l));
@@ -308,7 +332,114 @@ fn dual_inner(
         None,
     );
     inner.live(rt)?;
+    if s.drain == DrainMode::Background {
+        let mut duals = lock(&DRAINING);
+        duals.retain(|w| w.strong_count() > 0);
+        duals.push(Arc::downgrade(&inner));
+    }
     Ok(inner)
+}
+
+/// The dual stores that may run a background drainer, for the fork hooks.
+static DRAINING: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+/// The drainers of dropped stores, stopping in the background: a fork waits for them.
+static STOPPING: Mutex<Vec<tokio::sync::watch::Sender<bool>>> = Mutex::new(Vec::new());
+
+/// Those whose drainer [`before_fork`] stopped, restarted after the fork.
+static PAUSED: Mutex<Vec<Arc<Inner>>> = Mutex::new(Vec::new());
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping a dual layer stops its drainer without waiting for it; a
+        // fork() made meanwhile waits for it in `before_fork`.
+        let Some(live) = built_dual(self) else { return };
+        if let Db::Dual(d) = &live.db {
+            if let Some(stop) = d.take_drainer() {
+                let mut stopping = lock(&STOPPING);
+                stopping.retain(|s| !s.is_closed());
+                stopping.push(stop);
+            }
+        }
+    }
+}
+
+/// This process's dual layer of `inner`, if it is built (never builds it).
+fn built_dual(inner: &Inner) -> Option<Arc<Live>> {
+    lock(&inner.live)
+        .as_ref()
+        .filter(|l| l.pid == std::process::id() && matches!(l.db, Db::Dual(_)))
+        .map(Arc::clone)
+}
+
+/// `os.register_at_fork(before=...)`: stop every background drainer of this
+/// process and wait until each has let its lease go.
+#[pyfunction]
+fn before_fork(py: Python<'_>) {
+    py.detach(|| {
+        let stopping: Vec<_> = lock(&STOPPING).drain(..).collect();
+        if !stopping.is_empty() {
+            if let Ok(rt) = runtime() {
+                rt.block_on(async {
+                    for s in &stopping {
+                        s.closed().await;
+                    }
+                });
+            }
+        }
+        let duals: Vec<Arc<Inner>> = lock(&DRAINING).iter().filter_map(Weak::upgrade).collect();
+        let mut paused = Vec::new();
+        for inner in duals {
+            let Some(live) = built_dual(&inner) else {
+                continue;
+            };
+            let Db::Dual(d) = &live.db else { continue };
+            if d.drainer_running() {
+                match runtime() {
+                    Ok(rt) => rt.block_on(d.stop_drainer()),
+                    Err(_) => continue,
+                }
+                paused.push(inner);
+            }
+        }
+        lock(&PAUSED).extend(paused);
+    })
+}
+
+/// `os.register_at_fork(after_in_parent=...)`: restart the drainers
+/// [`before_fork`] stopped (unless `close()` came meanwhile).
+#[pyfunction]
+fn after_fork_in_parent(py: Python<'_>) {
+    py.detach(|| {
+        let paused: Vec<Arc<Inner>> = lock(&PAUSED).drain(..).collect();
+        for inner in paused {
+            let (Some(live), Recipe::Dual { settings, .. }) = (built_dual(&inner), &inner.recipe)
+            else {
+                continue;
+            };
+            let Db::Dual(d) = &live.db else { continue };
+            if inner.closed.load(Ordering::SeqCst) {
+                continue;
+            }
+            let started = runtime().and_then(|rt| {
+                let _in_runtime = rt.enter();
+                factory::background_drainer(settings)
+            });
+            match started {
+                Ok(stop) => d.set_drainer(stop),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot restart the background drainer after fork(); changes wait in the change log")
+                }
+            }
+        }
+    })
+}
+
+/// `os.register_at_fork(after_in_child=...)`: the parent's paused stores are
+/// not this process's to restart (the child's dual layers start their own
+/// drainers when rebuilt); leak the references, as every inherited backend.
+#[pyfunction]
+fn after_fork_in_child() {
+    std::mem::forget(std::mem::take(&mut *lock(&PAUSED)));
 }
 
 /// Python value -> JSON. `NaN` and the infinities become `null`, which is what
@@ -455,11 +586,21 @@ impl Store {
     }
 
     /// The dual layer over two stores, with the configured timeout, breaker and
-    /// failure log (by default next to the SQLite side's file).
+    /// failure log (by default next to the SQLite side's file), as the factory
+    /// builds it: with change capture on a SQLite primary's file, no failure
+    /// log, and with `drain` `background` (default: `dual.drain`,
+    /// `DUALWRITE_DRAIN`) a drainer task in this process.
     #[staticmethod]
-    fn dual_of(py: Python<'_>, primary: &Store, secondary: &Store) -> PyResult<Store> {
+    #[pyo3(signature = (primary, secondary, drain=None))]
+    fn dual_of(
+        py: Python<'_>,
+        primary: &Store,
+        secondary: &Store,
+        drain: Option<String>,
+    ) -> PyResult<Store> {
         let (p, s) = (Arc::clone(&primary.inner), Arc::clone(&secondary.inner));
         Self::run(py, move || {
+            let drain = drain.map(|d| d.parse::<DrainMode>()).transpose()?;
             for side in [&p, &s] {
                 if matches!(side.recipe, Recipe::Dual { .. }) {
                     return Err(CoreError::invalid(
@@ -471,7 +612,19 @@ impl Store {
                 Recipe::Sqlite { path, .. } => Some(path.clone()),
                 _ => None,
             });
-            let st = settings(sqlite_path)?;
+            let mut st = settings(sqlite_path)?;
+            if let Some(d) = drain {
+                let sqlite_first = matches!(
+                    (&p.recipe, &s.recipe),
+                    (Recipe::Sqlite { .. }, Recipe::Supabase { .. })
+                );
+                if d == DrainMode::Background && !sqlite_first {
+                    return Err(CoreError::invalid(
+                        "drain=\"background\" needs an ExtendedDatabase primary (with change capture installed: `dualwrite capture install`) and a SupabaseDatabase secondary",
+                    ));
+                }
+                st.drain = d;
+            }
             let rt = runtime()?;
             Ok(Store {
                 inner: dual_inner(&st, p, s, &rt)?,
@@ -532,6 +685,39 @@ impl Store {
         }
     }
 
+    /// Whether a background drainer runs in this process (a dual store with
+    /// `drain="background"`, not closed).
+    #[getter]
+    fn draining(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(match &self.live(py)?.db {
+            Db::Dual(d) => d.drainer_running(),
+            Db::Leaf(_) => false,
+        })
+    }
+
+    /// Stop the background drainer of a dual store, once its batch in flight
+    /// is done and the lease is let go. Idempotent; writes keep working.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = Arc::clone(&self.inner);
+        Self::run(py, move || {
+            inner.closed.store(true, Ordering::SeqCst);
+            let rt = runtime()?;
+            let live = {
+                let g = lock(&inner.live);
+                g.as_ref()
+                    .filter(|l| l.pid == std::process::id())
+                    .map(Arc::clone)
+            };
+            if let Some(Live {
+                db: Db::Dual(d), ..
+            }) = live.as_deref()
+            {
+                rt.block_on(d.stop_drainer());
+            }
+            Ok(())
+        })
+    }
+
     /// Replay the recorded mirror failures: `{attempted, replayed, still_failing}`.
     fn replay_failures<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = Arc::clone(&self.inner);
@@ -559,7 +745,13 @@ fn init_database<'py>(
     let (store, sides, report) = Store::run(py, || {
         let s = settings(None)?;
         let rt = runtime()?;
-        let (db, report) = rt.block_on(factory::open(&s))?;
+        // The factory's dual layer is dropped below and rebuilt over sides the
+        // Python objects share: only the rebuilt one may start the drainer.
+        let inline = Settings {
+            drain: DrainMode::Inline,
+            ..s.clone()
+        };
+        let (db, report) = rt.block_on(factory::open(&inline))?;
         let (store, sides) = match db {
             AnyDatabase::Sqlite(d) => (sqlite_inner(&s, Some(d)), None),
             AnyDatabase::Supabase(d) => (supabase_inner(&s, Some(d))?, None),
@@ -591,6 +783,9 @@ fn init_database<'py>(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Store>()?;
     m.add_function(wrap_pyfunction!(init_database, m)?)?;
+    m.add_function(wrap_pyfunction!(before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(after_fork_in_parent, m)?)?;
+    m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
     m.add("WRITE_METHODS", dualwrite::model::WRITE_METHODS.to_vec())?;
     m.add("READ_METHODS", dualwrite::model::READ_METHODS.to_vec())?;
     Ok(())

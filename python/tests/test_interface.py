@@ -83,7 +83,8 @@ def test_signatures_are_doxs(cls):
 def test_constructors_and_factory_have_doxs_signatures():
     assert plain(inspect.signature(dualwrite.ExtendedDatabase)) == "(db_path=None)"
     assert plain(inspect.signature(dualwrite.SupabaseDatabase)) == "()"
-    assert plain(inspect.signature(dualwrite.DualDatabase)) == "(primary, secondary)"
+    # DoX's positional parameters; `drain` is this package's, keyword-only (README, "Python").
+    assert plain(inspect.signature(dualwrite.DualDatabase)) == "(primary, secondary, *, drain=None)"
     assert plain(inspect.signature(dualwrite.init_database)) == "()"
 
 

@@ -111,7 +111,7 @@ pub struct DualDatabase<P, S> {
     order: Vec<tokio::sync::Mutex<()>>,
     /// Stops the background drainer (`dual.drain = "background"`) when the
     /// dual layer is dropped.
-    drainer: Option<tokio::sync::watch::Sender<bool>>,
+    drainer: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
 }
 
 const ORDER_STRIPES: usize = 64;
@@ -135,15 +135,45 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
             order: (0..ORDER_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
-            drainer: None,
+            drainer: Mutex::new(None),
         }
     }
 
     /// Keep the stop signal of a background drainer: it stops (after its batch
     /// in flight) when this dual layer is dropped.
-    pub fn with_drainer(mut self, stop: tokio::sync::watch::Sender<bool>) -> Self {
-        self.drainer = Some(stop);
+    pub fn with_drainer(self, stop: tokio::sync::watch::Sender<bool>) -> Self {
+        self.set_drainer(stop);
         self
+    }
+
+    /// Keep the stop signal of a (re)started background drainer; the one kept
+    /// before, if any, is told to stop.
+    pub fn set_drainer(&self, stop: tokio::sync::watch::Sender<bool>) {
+        crate::sync::lock(&self.drainer).replace(stop);
+    }
+
+    /// Stop the background drainer, if there is one, and wait until it has
+    /// finished its batch in flight and let the lease go (every receiver of
+    /// its stop signal is gone then). Idempotent; writes still mirror inline.
+    pub async fn stop_drainer(&self) {
+        if let Some(stop) = self.take_drainer() {
+            stop.closed().await;
+        }
+    }
+
+    /// Tell the background drainer, if there is one, to stop, without waiting:
+    /// its stop signal is returned, closed once it has stopped.
+    pub fn take_drainer(&self) -> Option<tokio::sync::watch::Sender<bool>> {
+        let stop = crate::sync::lock(&self.drainer).take()?;
+        stop.send_replace(true);
+        Some(stop)
+    }
+
+    /// Whether a background drainer was started and has not stopped.
+    pub fn drainer_running(&self) -> bool {
+        crate::sync::lock(&self.drainer)
+            .as_ref()
+            .is_some_and(|s| !s.is_closed())
     }
 
     fn order_of(&self, w: &Write) -> &tokio::sync::Mutex<()> {
@@ -693,6 +723,30 @@ mod tests {
         let sw = s.writes.lock().unwrap()[0].clone();
         assert_eq!(pw, sw);
         assert_eq!(pw.key(), id);
+    }
+
+    #[tokio::test]
+    async fn stop_drainer_returns_once_the_drainer_has_ended() {
+        let (_p, _s, d) = pair();
+        d.stop_drainer().await; // none: nothing to wait for
+        let (stop, mut rx) = tokio::sync::watch::channel(false);
+        let ended = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&ended);
+        tokio::spawn(async move {
+            let _ = rx.wait_for(|v| *v).await;
+            // The batch in flight finishes, then the drainer lets go.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        let d = d.with_drainer(stop);
+        assert!(d.drainer_running());
+        d.stop_drainer().await;
+        assert!(
+            ended.load(Ordering::SeqCst),
+            "returned before the drainer ended"
+        );
+        assert!(!d.drainer_running());
+        d.stop_drainer().await; // idempotent
     }
 
     #[tokio::test]

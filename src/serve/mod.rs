@@ -258,6 +258,12 @@ async fn run_with_lease(
     if let Some(s) = server {
         let _ = s.await;
     }
+    // The file's connections are closed before the lease goes: an embedding
+    // process may fork() once its background drainer stopped, and a thread
+    // still inside SQLite at a fork deadlocks the child.
+    let Daemon { conn, reader, .. } = d;
+    drop(conn);
+    reader.close().await;
     drop(lease);
     result
 }

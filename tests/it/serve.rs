@@ -1059,6 +1059,37 @@ async fn a_background_drainer_sends_what_the_inline_mirror_could_not() {
     }
 }
 
+/// `dual.drain = "background"` on a file without change capture: the factory
+/// refuses with the fix, instead of running a dual layer nobody drains.
+#[tokio::test]
+async fn a_background_drain_without_capture_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("plain.sqlite3");
+    let env: std::collections::HashMap<String, String> = [
+        ("DB_PATH", db.display().to_string()),
+        // Nothing listens there: an unreachable mirror still makes a dual layer.
+        ("SUPABASE_URL", "http://127.0.0.1:9".to_owned()),
+        ("SUPABASE_SERVICE_KEY", "k".to_owned()),
+        ("SUPABASE_DUAL_WRITE", "true".into()),
+        ("DUALWRITE_DRAIN", "background".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let settings = dualwrite::config::Settings::load(&dualwrite::config::Sources {
+        dir: dir.path().to_path_buf(),
+        env,
+        ..Default::default()
+    })
+    .unwrap();
+    let e = match dualwrite::factory::open(&settings).await {
+        Ok(_) => panic!("a background drain without capture was accepted"),
+        Err(e) => e,
+    };
+    assert!(matches!(e, dualwrite::Error::Config(_)), "{e:?}");
+    assert!(e.to_string().contains("dualwrite capture install"), "{e}");
+}
+
 /// `serve --unrepresentable`: a NUL in a text value is a dead letter under
 /// `reject` (rejects file, counted) and lands without it under `coerce`
 /// (the original recorded in `coerced.ndjson`).

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::types::{Value as SqlParam, ValueRef};
@@ -71,6 +71,8 @@ pub struct SqliteDatabase {
     jobs: std::sync::mpsc::Sender<Job>,
     path: PathBuf,
     layout: Arc<Layout>,
+    /// The connection's thread, for [`SqliteDatabase::close`].
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for SqliteDatabase {
@@ -130,7 +132,7 @@ impl SqliteDatabase {
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel::<Result<Layout>>();
         let thread_path = path.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("dualwrite-sqlite".into())
             .spawn(move || {
                 let opened = open_connection(&thread_path, &opts);
@@ -153,7 +155,26 @@ impl SqliteDatabase {
             jobs,
             path,
             layout: Arc::new(layout),
+            thread: Arc::new(Mutex::new(Some(thread))),
         })
+    }
+
+    /// Drop this handle; when it is the last one, wait until the connection is
+    /// closed and its thread has ended (dropping only starts that). For callers
+    /// that must know no thread of theirs is inside SQLite any more, e.g. before
+    /// an embedding process forks.
+    pub async fn close(self) {
+        let SqliteDatabase { jobs, thread, .. } = self;
+        drop(jobs);
+        let Some(handle) = Arc::into_inner(thread).and_then(|m| crate::sync::lock(&m).take())
+        else {
+            return;
+        };
+        let _ = crate::sync::blocking("SQLite", move || {
+            let _ = handle.join();
+            Ok(())
+        })
+        .await;
     }
 
     pub fn path(&self) -> &Path {
