@@ -110,10 +110,10 @@ impl Daemon {
         Ok(failed)
     }
 
-    /// The drain loop. While a backlog drains, the next batch is claimed, read
-    /// and made durable while the previous ones are sent (up to [`PIPELINE`]
-    /// batches in flight, and one read ahead), so the requests of one batch
-    /// start as soon as the oldest batch is done. A key is in at most one
+    /// The drain loop. While a backlog drains, the next batch is claimed and
+    /// read while the previous ones are sent (up to [`PIPELINE`] batches in
+    /// flight, and one read ahead), so the requests of one batch start as soon
+    /// as the oldest batch is done. A key is in at most one
     /// batch in flight: a key changed again while its batch is out is skipped
     /// by the next claim and read once its batch is acknowledged, so a newer
     /// version of a row is never sent alongside an older one.
@@ -242,7 +242,7 @@ impl Daemon {
 
     /// Read one batch: group the changes by table, read the rows as they are
     /// now (short read transactions) and prepare them on the reader's thread,
-    /// straight into the request body; then make what was read durable.
+    /// straight into the request body. The sender makes them durable first.
     async fn read_batch(&mut self, changes: Vec<Change>) -> Result<Batch> {
         let mut by_table: BTreeMap<usize, Vec<Change>> = BTreeMap::new();
         let mut corrupt = Vec::new();
@@ -295,10 +295,6 @@ impl Daemon {
                 coerced: p.coerced,
             });
         }
-        {
-            let db = self.opts.db_path.clone();
-            crate::sync::blocking("capture", move || capture::make_durable(&db)).await?;
-        }
         Ok(Batch { corrupt, work })
     }
 }
@@ -328,7 +324,7 @@ struct TableWork {
     coerced: Vec<CoercedValue>,
 }
 
-/// One batch, read and made durable, ready to send.
+/// One batch, read, ready to make durable and send.
 struct Batch {
     /// Change rows that cannot be drained, with the reason.
     corrupt: Vec<(Change, String)>,
@@ -346,8 +342,14 @@ struct Sender {
 }
 
 impl Sender {
-    /// Send one batch; acknowledge each table's changes once they landed.
+    /// Make what was read durable, then send the batch; acknowledge each
+    /// table's changes once they landed. (The fsync is here, not in the read:
+    /// it overlaps the next batch's claim and read.)
     async fn send(self, batch: Batch) -> Result<()> {
+        {
+            let db = self.opts.db_path.clone();
+            crate::sync::blocking("capture", move || capture::make_durable(&db)).await?;
+        }
         let Batch { corrupt, work } = batch;
         if !corrupt.is_empty() {
             // Dead letters: recorded with the reason, counted, never blocking the rest.
@@ -385,7 +387,8 @@ impl Sender {
                 t,
                 &rows,
                 self.opts.request_rows,
-                self.opts.concurrency,
+                // `--concurrency` counts the requests of all the batches in flight.
+                (self.opts.concurrency / PIPELINE).max(1),
                 self.opts.max_wait,
                 &self.rejects,
             )

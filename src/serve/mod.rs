@@ -55,7 +55,8 @@ pub struct ServeOptions {
     pub batch_rows: usize,
     /// Rows per upsert request.
     pub request_rows: usize,
-    /// Upsert requests in flight.
+    /// Upsert requests in flight, over all the batches in flight (shared
+    /// evenly between them, at least one each).
     pub concurrency: usize,
     /// How often to look for new commits when the log is empty.
     pub poll: Duration,

@@ -207,7 +207,7 @@ pub struct ServeArgs {
     /// Rows per upsert request.
     #[arg(long, value_name = "N", default_value_t = serve_defaults().request_rows)]
     pub request_rows: usize,
-    /// Upsert requests in flight.
+    /// Upsert requests in flight (over the batches in flight together).
     #[arg(long, value_name = "N", default_value_t = serve_defaults().concurrency)]
     pub concurrency: usize,
     /// /ready fails when the oldest pending change is older than this.
