@@ -191,22 +191,30 @@ pub fn changes_after(conn: &Connection, after: i64, current: bool) -> Result<Vec
 /// (`seq`, `at`), or a drainer has claimed it since (its `first` is at or
 /// below the [`CLAIM`] watermark). Entries that stay are sent by the drainer as
 /// the rows are then, so a write mirrored out of order is corrected.
+///
+/// In its own short write transaction; `SqliteDatabase` folds its
+/// acknowledgements into its next write's transaction instead
+/// ([`ack_own_in`]).
 pub fn ack_own(conn: &mut Connection, done: &[Change]) -> Result<usize> {
-    let fresh: Vec<&Change> = done.iter().filter(|c| c.fresh).collect();
-    if fresh.is_empty() {
+    if !done.iter().any(|c| c.fresh) {
         return Ok(0);
     }
-    immediate(conn, |tx| {
-        let mut stmt = tx.prepare_cached(&format!(
-            "DELETE FROM {LOG} WHERE tbl = ?1 AND key = ?2 AND seq = ?3 AND at = ?4 \
-             AND first > coalesce((SELECT max(hi) FROM {CLAIM}), 0)"
-        ))?;
-        let mut n = 0;
-        for c in fresh {
-            n += stmt.execute(params![c.tbl, c.key, c.seq, c.at])?;
-        }
-        Ok(n)
-    })
+    immediate(conn, |tx| ack_own_in(tx, done))
+}
+
+/// [`ack_own`]'s statements, inside a write transaction the caller holds (it
+/// must hold the write lock: the conditions are evaluated on the log as that
+/// transaction sees it).
+pub fn ack_own_in(tx: &Connection, done: &[Change]) -> Result<usize> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "DELETE FROM {LOG} WHERE tbl = ?1 AND key = ?2 AND seq = ?3 AND at = ?4 \
+         AND first > coalesce((SELECT max(hi) FROM {CLAIM}), 0)"
+    ))?;
+    let mut n = 0;
+    for c in done.iter().filter(|c| c.fresh) {
+        n += stmt.execute(params![c.tbl, c.key, c.seq, c.at])?;
+    }
+    Ok(n)
 }
 
 /// The drainer's read: the oldest `limit` pending changes, in commit order,

@@ -32,8 +32,8 @@ mod tests;
 pub use import::{import_failures, ImportReport};
 pub use lease::{lock_path, make_durable, Lease};
 pub use log::{
-    ack, ack_own, changes_after, check_change, claim_changes, data_version, log_mark, now_secs,
-    pending, read_changes, status, status_on, CaptureStatus, Change,
+    ack, ack_own, ack_own_in, changes_after, check_change, claim_changes, data_version, log_mark,
+    now_secs, pending, read_changes, status, status_on, CaptureStatus, Change,
 };
 pub use schema::{install, install_on, uninstall, upgrade, InstallReport, UninstallReport};
 

@@ -70,7 +70,9 @@ pub trait Database: Send + Sync {
     }
 
     /// Remove change-log rows whose write was mirrored (those whose key was
-    /// not changed again since: see [`crate::capture::ack`]). Returns how many.
+    /// not changed again since: see [`crate::capture::ack_own`]). Returns how
+    /// many. `SqliteDatabase` queues them and applies them with its next write
+    /// (or shortly after, or when it is dropped): it returns how many it queued.
     fn acknowledge(
         &self,
         changes: Vec<crate::capture::Change>,
