@@ -33,7 +33,8 @@ pub use import::{import_failures, ImportReport};
 pub use lease::{lock_path, make_durable, Lease};
 pub use log::{
     ack, ack_own, ack_own_in, changes_after, check_change, claim_changes, data_version, log_mark,
-    now_secs, pending, read_changes, status, status_on, CaptureStatus, Change,
+    log_mark_cached, now_secs, pending, read_changes, status, status_on, CaptureStatus, Change,
+    LogShape,
 };
 pub use schema::{install, install_on, uninstall, upgrade, InstallReport, UninstallReport};
 

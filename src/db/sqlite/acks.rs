@@ -422,6 +422,29 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn capture_installed_or_removed_while_open_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sqlite3");
+        let lite = SqliteDatabase::open(&path, SqliteOptions::default())
+            .await
+            .unwrap();
+        lite.acks.set_delay(NEVER);
+        let dual = DualDatabase::new(lite, Accepts, Duration::from_secs(5), 100);
+        dual.apply(tag("k0", "v")).await.unwrap();
+        crate::capture::install(&path, None).unwrap();
+        dual.apply(tag("k1", "v")).await.unwrap();
+        dual.apply(tag("k2", "v")).await.unwrap();
+        assert_eq!(pending_keys(&path), ["k2"], "captured and acknowledged");
+        crate::capture::uninstall(&path, true).unwrap();
+        dual.apply(tag("k3", "v")).await.unwrap();
+        let app = Connection::open(&path).unwrap();
+        let n: i64 = app
+            .query_row("SELECT count(*) FROM tagrow", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 4);
+    }
+
     #[test]
     fn the_thread_is_woken_once_then_times_its_waits() {
         let acks = Acks::default();

@@ -75,6 +75,8 @@ pub struct SqliteDatabase {
     layout: Arc<Layout>,
     /// Acknowledgements waiting for the next write ([`acks`]).
     acks: Arc<Acks>,
+    /// Whether the file has a change log, remembered while its schema stays.
+    shape: Arc<std::sync::Mutex<crate::capture::LogShape>>,
 }
 
 /// The connection's thread. When the last handle is dropped, the thread runs
@@ -207,6 +209,7 @@ impl SqliteDatabase {
             path,
             layout: Arc::new(layout),
             acks,
+            shape: Arc::default(),
         })
     }
 
@@ -232,9 +235,11 @@ impl SqliteDatabase {
     /// A write, with the queued acknowledgements folded into its transaction.
     async fn write(&self, write: Write, with_capture: bool) -> Result<(Applied, Vec<Change>)> {
         let acks = Arc::clone(&self.acks);
+        let shape = Arc::clone(&self.shape);
         self.run(move |conn, layout| {
             let (mut queued, since) = acks.take();
-            let r = apply_sync(conn, layout, write, with_capture, &mut queued);
+            let mut shape = crate::sync::lock(&shape);
+            let r = apply_sync(conn, layout, write, with_capture, &mut queued, &mut shape);
             if r.is_err() {
                 // Rolled back with the write: they wait for the next one.
                 acks.put_back(queued, since);

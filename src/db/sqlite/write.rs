@@ -93,6 +93,7 @@ pub(super) fn apply_sync(
     mut write: Write,
     with_capture: bool,
     acks: &mut Vec<Change>,
+    shape: &mut crate::capture::LogShape,
 ) -> Result<(Applied, Vec<Change>)> {
     write.prepare();
     // Before `log_mark`: a key acknowledged here and written again by this
@@ -104,7 +105,7 @@ pub(super) fn apply_sync(
         }
     };
     let log_mark = if with_capture {
-        crate::capture::log_mark(&tx)?
+        crate::capture::log_mark_cached(&tx, shape)?
     } else {
         None
     };
