@@ -26,7 +26,7 @@ use rusqlite::Connection;
 use crate::capture::Change;
 
 /// How long a queued acknowledgement waits for a write to carry it.
-pub(super) const ACK_DELAY: Duration = Duration::from_millis(100);
+pub(super) const ACK_DELAY: Duration = Duration::from_millis(50);
 /// Beyond this many queued acknowledgements they are applied at once.
 pub(super) const ACK_MAX: usize = 1000;
 
