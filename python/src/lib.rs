@@ -144,6 +144,13 @@ impl Database for Leaf {
             Leaf::Supabase(d) => d.acknowledge(changes).await,
         }
     }
+
+    async fn flush_acknowledgements(&self) {
+        match self {
+            Leaf::Sqlite(d) => d.flush_acknowledgements().await,
+            Leaf::Supabase(d) => d.flush_acknowledgements().await,
+        }
+    }
 }
 
 enum Db {

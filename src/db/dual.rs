@@ -453,6 +453,11 @@ impl<P: Database, S: Database> Database for DualDatabase<P, S> {
     ) -> impl std::future::Future<Output = Result<Vec<Row>>> + Send {
         self.primary.fetch(table, filters)
     }
+
+    /// The primary's queued acknowledgements (of this layer's mirrors).
+    fn flush_acknowledgements(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.primary.flush_acknowledgements()
+    }
 }
 
 #[cfg(test)]

@@ -82,6 +82,13 @@ pub trait Database: Send + Sync {
             Ok(0)
         }
     }
+
+    /// Apply now what [`Database::acknowledge`] queued (nothing by default).
+    /// Afterwards `SqliteDatabase`'s thread does nothing in SQLite on its own
+    /// until the next call: for callers about to `fork()`.
+    fn flush_acknowledgements(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 impl<T: Database> Database for std::sync::Arc<T> {
@@ -113,6 +120,10 @@ impl<T: Database> Database for std::sync::Arc<T> {
         changes: Vec<crate::capture::Change>,
     ) -> impl Future<Output = Result<usize>> + Send {
         (**self).acknowledge(changes)
+    }
+
+    fn flush_acknowledgements(&self) -> impl Future<Output = ()> + Send {
+        (**self).flush_acknowledgements()
     }
 }
 
@@ -570,6 +581,10 @@ impl Database for AnyDatabase {
 
     async fn acknowledge(&self, changes: Vec<crate::capture::Change>) -> Result<usize> {
         delegate!(self, db => db.acknowledge(changes).await)
+    }
+
+    async fn flush_acknowledgements(&self) {
+        delegate!(self, db => db.flush_acknowledgements().await)
     }
 }
 

@@ -213,6 +213,22 @@ impl SqliteDatabase {
         })
     }
 
+    /// Drop this handle; when it is the last one, wait until the queued
+    /// acknowledgements are applied, the connection is closed and its thread
+    /// has ended (on a blocking thread: dropping the last handle waits too,
+    /// where it is dropped). For callers that must know no thread of theirs
+    /// is inside SQLite any more, e.g. before an embedding process forks.
+    pub async fn close(self) {
+        let SqliteDatabase { jobs, .. } = self;
+        if let Some(thread) = Arc::into_inner(jobs) {
+            let _ = crate::sync::blocking("SQLite", move || {
+                drop(thread);
+                Ok(())
+            })
+            .await;
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -295,6 +311,16 @@ impl Database for SqliteDatabase {
             }
         }
         Ok(n)
+    }
+
+    async fn flush_acknowledgements(&self) {
+        let acks = Arc::clone(&self.acks);
+        let _ = self
+            .run(move |conn, _| {
+                acks::flush(conn, &acks.take().0, "asked");
+                Ok(())
+            })
+            .await;
     }
 
     async fn fetch(&self, table: &'static Table, filters: &[Filter]) -> Result<Vec<Row>> {
