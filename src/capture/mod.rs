@@ -32,10 +32,10 @@ mod tests;
 pub use import::{import_failures, ImportReport};
 pub use lease::{lock_path, make_durable, Lease};
 pub use log::{
-    ack, ack_own, ack_own_in, changes_after, check_change, claim_changes, data_version, log_mark,
-    log_mark_cached, now_secs, pending, read_changes, status, status_on, CaptureStatus, Change,
-    LogShape,
+    ack, ack_own, changes_after, check_change, claim_changes, data_version, log_mark, now_secs,
+    pending, read_changes, status, status_on, CaptureStatus, Change,
 };
+pub use log::{ack_own_in, log_mark_cached, LogShape};
 pub use schema::{install, install_on, uninstall, upgrade, InstallReport, UninstallReport};
 
 use std::path::Path;
