@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::types::{Value as SqlParam, ValueRef};
@@ -76,7 +76,7 @@ pub struct SqliteDatabase {
     /// Acknowledgements waiting for the next write ([`acks`]).
     acks: Arc<Acks>,
     /// Whether the file has a change log, remembered while its schema stays.
-    shape: Arc<std::sync::Mutex<crate::capture::LogShape>>,
+    shape: Arc<Mutex<crate::capture::LogShape>>,
 }
 
 /// The connection's thread. When the last handle is dropped, the thread runs
