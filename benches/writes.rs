@@ -1,7 +1,8 @@
 //! Per-write latency of 10,000 mixed DoX writes: SQLite alone, Supabase alone,
 //! and DualDatabase (SQLite primary, Supabase mirror inline), also on a file
 //! with change capture installed, against the local stack; then a hung
-//! secondary (its PostgREST paused with SIGSTOP).
+//! secondary (its PostgREST paused with SIGSTOP); last, the dual layer's local
+//! cost with and without capture (a mirror that answers at once).
 //!
 //! Run: `scripts/stack.sh up && cargo bench --bench writes` (prints a Markdown
 //! table; BENCHMARKS.md records the figures). `WRITES=N` changes the count.
@@ -21,7 +22,10 @@ use hdrhistogram::Histogram;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
-use dualwrite::db::{Database, DualDatabase, SqliteDatabase, SqliteOptions, SupabaseDatabase};
+use dualwrite::catalogue::Table;
+use dualwrite::db::{
+    Applied, Database, DualDatabase, Filter, Row, SqliteDatabase, SqliteOptions, SupabaseDatabase,
+};
 use dualwrite::model::Write;
 use dualwrite::rest::{RestClient, RestConfig};
 
@@ -49,6 +53,26 @@ fn mixed_writes(n: usize, run: &str) -> Vec<Write> {
             }
         })
         .collect()
+}
+
+/// A mirror that accepts every write at once: a dual layer over it costs
+/// only its local work (the SQLite write, capture, acknowledgements).
+struct Accepts;
+
+impl Database for Accepts {
+    fn backend(&self) -> String {
+        "accepts".into()
+    }
+    async fn apply(&self, mut write: Write) -> dualwrite::Result<Applied> {
+        write.prepare();
+        Ok(Applied {
+            value: Value::Null,
+            resolved: write,
+        })
+    }
+    async fn fetch(&self, _t: &'static Table, _f: &[Filter]) -> dualwrite::Result<Vec<Row>> {
+        Ok(Vec::new())
+    }
 }
 
 struct Line {
@@ -271,6 +295,38 @@ async fn main() {
     own.pause(false);
     lines.push(hung);
 
+    // The dual layer's local cost, with and without capture: a mirror that
+    // answers at once, so the figures are the SQLite side only.
+    let local = |name: &str| {
+        let path = dir.path().join(name);
+        async move {
+            let lite = SqliteDatabase::open(&path, SqliteOptions::default())
+                .await
+                .unwrap();
+            (path, lite)
+        }
+    };
+    let (_, lite) = local("local.sqlite3").await;
+    let plain = DualDatabase::new(lite, Accepts, Duration::from_secs(2), 100_000);
+    let (path, lite) = local("local-capture.sqlite3").await;
+    dualwrite::capture::install(&path, None).unwrap();
+    let with_capture = DualDatabase::new(lite, Accepts, Duration::from_secs(2), 100_000);
+    let (a, b) = measure_pair(
+        (
+            "Dual, mirror answering at once (the local cost)",
+            &plain,
+            mixed_writes(n, &format!("{run}h")),
+        ),
+        (
+            "Dual with change capture, mirror answering at once, alternating",
+            &with_capture,
+            mixed_writes(n, &format!("{run}i")),
+        ),
+    )
+    .await;
+    lines.push(a);
+    lines.push(b);
+
     println!(
         "{n} mixed DoX writes per line ({} kinds), one at a time, latency per write in ms:\n",
         12
@@ -294,6 +350,11 @@ async fn main() {
          (update_artifact is never acknowledged inline)",
         lines[3].p50 / lines[2].p50,
         lines[3].p99 / lines[2].p99
+    );
+    println!(
+        "local cost of capture (mirror answering at once): p50 +{:.1} µs, p99 +{:.1} µs",
+        (lines[7].p50 - lines[6].p50) * 1000.0,
+        (lines[7].p99 - lines[6].p99) * 1000.0
     );
     println!("targets: SQLite alone p99 < 1 ms: {}; dual p50 < 1.5 ms: {}; dual with capture p50 <= 1.2x dual: {}; hung mirror max <= timeout + 50 ms: {}",
         ok(base.p99 < 1.0), ok(lines[2].p50 < 1.5), ok(lines[3].p50 <= 1.2 * lines[2].p50),

@@ -24,7 +24,9 @@
 //!   take it), then restarts them in the parent ([`after_fork_in_parent`]). A
 //!   child's dual layer, rebuilt on first use, starts its own drainer, which
 //!   waits for the lease like any second drainer: one process drains at a time,
-//!   and another takes over within seconds when it stops.
+//!   and another takes over within seconds when it stops. [`before_fork`] also
+//!   applies every dual store's queued acknowledgements first, which the SQLite
+//!   thread would otherwise apply by itself shortly after a mirrored write.
 
 #![forbid(unsafe_code)]
 
@@ -152,6 +154,13 @@ impl Database for Leaf {
         match self {
             Leaf::Sqlite(d) => d.acknowledge(changes).await,
             Leaf::Supabase(d) => d.acknowledge(changes).await,
+        }
+    }
+
+    async fn flush_acknowledgements(&self) {
+        match self {
+            Leaf::Sqlite(d) => d.flush_acknowledgements().await,
+            Leaf::Supabase(d) => d.flush_acknowledgements().await,
         }
     }
 }
@@ -332,16 +341,16 @@ fn dual_inner(
         None,
     );
     inner.live(rt)?;
-    if s.drain == DrainMode::Background {
-        let mut duals = lock(&DRAINING);
-        duals.retain(|w| w.strong_count() > 0);
-        duals.push(Arc::downgrade(&inner));
-    }
+    let mut duals = lock(&DUALS);
+    duals.retain(|w| w.strong_count() > 0);
+    duals.push(Arc::downgrade(&inner));
+    drop(duals);
     Ok(inner)
 }
 
-/// The dual stores that may run a background drainer, for the fork hooks.
-static DRAINING: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+/// The dual stores of the process (they may queue acknowledgements and run a
+/// background drainer), for the fork hooks.
+static DUALS: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
 /// The drainers of dropped stores, stopping in the background: a fork waits for them.
 static STOPPING: Mutex<Vec<tokio::sync::watch::Sender<bool>>> = Mutex::new(Vec::new());
 
@@ -386,18 +395,20 @@ fn before_fork(py: Python<'_>) {
                 });
             }
         }
-        let duals: Vec<Arc<Inner>> = lock(&DRAINING).iter().filter_map(Weak::upgrade).collect();
+        let duals: Vec<Arc<Inner>> = lock(&DUALS).iter().filter_map(Weak::upgrade).collect();
         let mut paused = Vec::new();
         for inner in duals {
             let Some(live) = built_dual(&inner) else {
                 continue;
             };
             let Db::Dual(d) = &live.db else { continue };
+            let Ok(rt) = runtime() else { continue };
+            // The SQLite thread applies queued acknowledgements by itself
+            // shortly after a mirrored write: apply them now, so that it is
+            // not inside SQLite when the process forks.
+            rt.block_on(d.flush_acknowledgements());
             if d.drainer_running() {
-                match runtime() {
-                    Ok(rt) => rt.block_on(d.stop_drainer()),
-                    Err(_) => continue,
-                }
+                rt.block_on(d.stop_drainer());
                 paused.push(inner);
             }
         }

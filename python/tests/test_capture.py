@@ -33,6 +33,14 @@ CHILD = textwrap.dedent(
     assert meta["dual_write"], meta
     mode = sys.argv[2]
     art = os.environ.get("ART")
+    if mode == "exit":
+        # One mirrored write, then a normal exit: its acknowledgement (queued
+        # for the next write) must be applied before the process ends.
+        db.add_log({"id": str(uuid.uuid4()), "document_id": "exit", "ts": "2025-09-18T08:15:00",
+                    "level": "INFO", "code": "C0", "component": "svc", "message": "last",
+                    "attrs_json": None})
+        print("written", flush=True)
+        sys.exit(0)
     if mode == "down":
         ingest(db, 3)
         print("written", flush=True)
@@ -117,3 +125,24 @@ def test_a_killed_app_process_loses_nothing_with_capture(clean_env, monkeypatch,
     # Rows of both crashed runs are on Supabase: the unreachable run's documents and the stream's logs.
     assert int(private_db.sql("SELECT count(*) FROM documents")) >= 6
     assert int(private_db.sql("SELECT count(*) FROM log_entries WHERE document_id = 'stream'")) > 0
+
+
+def test_a_process_that_exits_after_a_mirrored_write_leaves_nothing_pending(clean_env, private_db, stack,
+                                                                            dualwrite_bin):
+    path = clean_env / "dox.sqlite3"
+    dualwrite.ExtendedDatabase(str(path))
+    env = dict(os.environ, DB_PATH=str(path))
+    out = subprocess.run([str(dualwrite_bin), "capture", "install"], capture_output=True, text=True, env=env,
+                         cwd=clean_env)
+    assert out.returncode == 0, out.stderr
+    child = clean_env / "child.py"
+    child.write_text(CHILD)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    run = subprocess.run([sys.executable, str(child), tests_dir, "exit"], capture_output=True, text=True,
+                         cwd=clean_env, timeout=120,
+                         env=dict(env, SUPABASE_DUAL_WRITE="true", SUPABASE_URL=private_db.url,
+                                  SUPABASE_SERVICE_KEY=stack["SUPABASE_SERVICE_KEY"]))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "written" in run.stdout
+    assert int(private_db.sql("SELECT count(*) FROM log_entries WHERE document_id = 'exit'")) == 1
+    assert _pending(path) == 0, "the mirrored write's acknowledgement was lost at exit"

@@ -159,6 +159,42 @@ pub fn key_hash(tbl: &str, key: &str) -> u64 {
 /// Called inside the write transaction (which holds the file's write lock)
 /// before the write: see [`changes_after`].
 pub fn log_mark(conn: &Connection) -> Result<Option<(i64, bool)>> {
+    log_mark_cached(conn, &mut LogShape::default())
+}
+
+/// What [`log_mark`] learnt of a file's schema (whether it has a change log,
+/// and of which version), valid while the file's `schema_version` stays the
+/// same: a writer that marks every write (`SqliteDatabase`) keeps one per
+/// connection and spares itself three reads of `sqlite_master` per write.
+#[derive(Debug, Default)]
+pub struct LogShape(Option<(i64, Option<bool>)>);
+
+/// [`log_mark`], with the schema checks remembered in `shape`.
+pub fn log_mark_cached(conn: &Connection, shape: &mut LogShape) -> Result<Option<(i64, bool)>> {
+    // The schema cookie: any connection's schema change (install, uninstall,
+    // upgrade, the app re-creating a table) changes it.
+    let version: i64 = conn
+        .prepare_cached("PRAGMA schema_version")?
+        .query_row([], |r| r.get(0))?;
+    let current = match shape.0 {
+        Some((v, current)) if v == version => current,
+        _ => {
+            let current = log_shape(conn)?;
+            shape.0 = Some((version, current));
+            current
+        }
+    };
+    let Some(current) = current else {
+        return Ok(None);
+    };
+    let max: i64 = conn
+        .prepare_cached(&format!("SELECT coalesce(max(seq), 0) FROM {LOG}"))?
+        .query_row([], |r| r.get(0))?;
+    Ok(Some((max, current)))
+}
+
+/// `None`: no change log; else whether it is of the current version.
+fn log_shape(conn: &Connection) -> Result<Option<bool>> {
     let present: bool = conn
         .prepare_cached(
             "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_dualwrite_changes'",
@@ -167,13 +203,11 @@ pub fn log_mark(conn: &Connection) -> Result<Option<(i64, bool)>> {
     if !present {
         return Ok(None);
     }
-    let max: i64 = conn
-        .prepare_cached(&format!("SELECT coalesce(max(seq), 0) FROM {LOG}"))?
-        .query_row([], |r| r.get(0))?;
     let cols = log_columns(conn)?;
-    let current = LATER_COLUMNS.iter().all(|c| cols.iter().any(|h| h == c))
-        && object_sql(conn, "table", CLAIM)?.is_some();
-    Ok(Some((max, current)))
+    Ok(Some(
+        LATER_COLUMNS.iter().all(|c| cols.iter().any(|h| h == c))
+            && object_sql(conn, "table", CLAIM)?.is_some(),
+    ))
 }
 
 /// The change rows with a `seq` above `after`. Read in the same write
@@ -212,22 +246,30 @@ pub fn changes_after(conn: &Connection, after: i64, current: bool) -> Result<Vec
 /// (`seq`, `at`), or a drainer has claimed it since (its `first` is at or
 /// below the [`CLAIM`] watermark). Entries that stay are sent by the drainer as
 /// the rows are then, so a write mirrored out of order is corrected.
+///
+/// In its own short write transaction; `SqliteDatabase` folds its
+/// acknowledgements into its next write's transaction instead
+/// ([`ack_own_in`]).
 pub fn ack_own(conn: &mut Connection, done: &[Change]) -> Result<usize> {
-    let fresh: Vec<&Change> = done.iter().filter(|c| c.fresh).collect();
-    if fresh.is_empty() {
+    if !done.iter().any(|c| c.fresh) {
         return Ok(0);
     }
-    immediate(conn, |tx| {
-        let mut stmt = tx.prepare_cached(&format!(
-            "DELETE FROM {LOG} WHERE tbl = ?1 AND key = ?2 AND seq = ?3 AND at = ?4 \
-             AND first > coalesce((SELECT max(hi) FROM {CLAIM}), 0)"
-        ))?;
-        let mut n = 0;
-        for c in fresh {
-            n += stmt.execute(params![c.tbl, c.key, c.seq, c.at])?;
-        }
-        Ok(n)
-    })
+    immediate(conn, |tx| ack_own_in(tx, done))
+}
+
+/// [`ack_own`]'s statements, inside a write transaction the caller holds (it
+/// must hold the write lock: the conditions are evaluated on the log as that
+/// transaction sees it).
+pub fn ack_own_in(tx: &Connection, done: &[Change]) -> Result<usize> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "DELETE FROM {LOG} WHERE tbl = ?1 AND key = ?2 AND seq = ?3 AND at = ?4 \
+         AND first > coalesce((SELECT max(hi) FROM {CLAIM}), 0)"
+    ))?;
+    let mut n = 0;
+    for c in done.iter().filter(|c| c.fresh) {
+        n += stmt.execute(params![c.tbl, c.key, c.seq, c.at])?;
+    }
+    Ok(n)
 }
 
 /// The drainer's read: the oldest `limit` pending changes with a `seq` above

@@ -35,6 +35,7 @@ pub use log::{
     ack, ack_own, changes_after, check_change, claim_changes, data_version, key_hash, log_mark,
     now_secs, pending, read_changes, status, status_on, CaptureStatus, Change, Claim,
 };
+pub use log::{ack_own_in, log_mark_cached, LogShape};
 pub use schema::{install, install_on, uninstall, upgrade, InstallReport, UninstallReport};
 
 use std::path::Path;

@@ -287,7 +287,9 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
     /// log for the drainer (`dualwrite serve`, or the background drainer), which
     /// sends the rows as they are then, so no payload is recorded; a success
     /// acknowledges exactly these change rows (a key changed again since has a
-    /// new `seq` and stays). The partial writes (`update_artifact`,
+    /// new `seq` and stays). The SQLite primary only queues the
+    /// acknowledgement and applies it with its next write (or shortly after),
+    /// so the caller does not wait for a second transaction. The partial writes (`update_artifact`,
     /// `update_skill`, `register_skill`) are never acknowledged here: their
     /// mirror changes fields of a row Supabase may lack (then it matches no row
     /// and still succeeds), so the drainer sends the whole row instead.
@@ -480,6 +482,11 @@ impl<P: Database, S: Database> Database for DualDatabase<P, S> {
         filters: &[Filter],
     ) -> impl std::future::Future<Output = Result<Vec<Row>>> + Send {
         self.primary.fetch(table, filters)
+    }
+
+    /// The primary's queued acknowledgements (of this layer's mirrors).
+    fn flush_acknowledgements(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.primary.flush_acknowledgements()
     }
 }
 

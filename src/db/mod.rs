@@ -70,7 +70,9 @@ pub trait Database: Send + Sync {
     }
 
     /// Remove change-log rows whose write was mirrored (those whose key was
-    /// not changed again since: see [`crate::capture::ack`]). Returns how many.
+    /// not changed again since: see [`crate::capture::ack_own`]). Returns how
+    /// many. `SqliteDatabase` queues them and applies them with its next write
+    /// (or shortly after, or when it is dropped): it returns how many it queued.
     fn acknowledge(
         &self,
         changes: Vec<crate::capture::Change>,
@@ -79,6 +81,13 @@ pub trait Database: Send + Sync {
             drop(changes);
             Ok(0)
         }
+    }
+
+    /// Apply now what [`Database::acknowledge`] queued (nothing by default).
+    /// Afterwards `SqliteDatabase`'s thread does nothing in SQLite on its own
+    /// until the next call: for callers about to `fork()`.
+    fn flush_acknowledgements(&self) -> impl Future<Output = ()> + Send {
+        async {}
     }
 }
 
@@ -111,6 +120,10 @@ impl<T: Database> Database for std::sync::Arc<T> {
         changes: Vec<crate::capture::Change>,
     ) -> impl Future<Output = Result<usize>> + Send {
         (**self).acknowledge(changes)
+    }
+
+    fn flush_acknowledgements(&self) -> impl Future<Output = ()> + Send {
+        (**self).flush_acknowledgements()
     }
 }
 
@@ -568,6 +581,10 @@ impl Database for AnyDatabase {
 
     async fn acknowledge(&self, changes: Vec<crate::capture::Change>) -> Result<usize> {
         delegate!(self, db => db.acknowledge(changes).await)
+    }
+
+    async fn flush_acknowledgements(&self) {
+        delegate!(self, db => db.flush_acknowledgements().await)
     }
 }
 

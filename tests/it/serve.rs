@@ -743,6 +743,20 @@ fn pending_keys(db: &Path) -> Vec<String> {
         .unwrap()
 }
 
+/// A mirrored write's acknowledgement waits for the next write; with none,
+/// it is applied on its own shortly after.
+async fn wait_acknowledged(db: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while pending(db) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a mirrored write acknowledges its change: {:?} still pending",
+            pending_keys(db)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A real Supabase whose writes arrive late: the mirror of one process that
 /// lands after another process's newer write.
 struct Late(dualwrite::db::SupabaseDatabase, Duration);
@@ -764,10 +778,10 @@ impl dualwrite::db::Database for Late {
     }
 }
 
-/// A mirrored write acknowledges its change; a process killed after the
-/// primary commit and before its mirror loses nothing (the change committed
-/// with the row); an update that matches no row on Supabase is not taken as
-/// mirrored.
+/// A mirrored write acknowledges its change (with the next write, or soon
+/// after, or when the process ends); a process killed after the primary
+/// commit and before its mirror loses nothing (the change committed with the
+/// row); an update that matches no row on Supabase is not taken as mirrored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_dual_write_acknowledges_what_it_mirrored_and_a_kill_before_the_mirror_loses_nothing(
 ) {
@@ -785,8 +799,8 @@ async fn embedded_dual_write_acknowledges_what_it_mirrored_and_a_kill_before_the
         100,
     );
     dual.apply(tag_write("t-inline", "x")).await.unwrap();
-    assert_eq!(pending(&db), 0, "a mirrored write acknowledges its change");
     assert_eq!(dual.stats().mirrored, 1);
+    wait_acknowledged(&db).await;
 
     // An artifact Supabase lacks: the mirror's update matches no row and
     // succeeds; its change must stay for the drainer.
@@ -797,7 +811,26 @@ async fn embedded_dual_write_acknowledges_what_it_mirrored_and_a_kill_before_the
     dual.apply(dualwrite::model::Write::AddArtifact { artifact: art })
         .await
         .unwrap();
-    assert_eq!(pending(&db), 0);
+    wait_acknowledged(&db).await;
+    // `dualwrite call`: one process per write, which exits right after it;
+    // its acknowledgement is applied before the exit.
+    let o = run_with(
+        &db,
+        &pg,
+        &[("SUPABASE_DUAL_WRITE", "true")],
+        &[
+            "call",
+            "add_tag",
+            "--json",
+            "{\"tag\": {\"id\": \"t-call\", \"document_id\": \"d\", \"tag\": \"c\"}}",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        pending(&db),
+        0,
+        "`call` applies its acknowledgement before it exits"
+    );
     pg.sql()
         .await
         .batch_execute("DELETE FROM artifacts WHERE id = 'a-upd'")

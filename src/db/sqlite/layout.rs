@@ -203,6 +203,12 @@ pub(super) fn open_connection_inner(
         Error::Sqlite(format!("cannot open {p}: {m}{hint}"))
     })?;
     conn.busy_timeout(opts.busy_timeout)?;
+    // Every DoX table's upsert and reads, and change capture's statements
+    // (mark, own changes, acknowledgements): more than rusqlite's default of
+    // 16, and an LRU cache smaller than the statements used in turn misses
+    // every time (preparing a write to a table with capture's triggers
+    // compiles the triggers too: tens of µs).
+    conn.set_prepared_statement_cache_capacity(64);
     if !opts.read_only {
         if opts.wal {
             let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;

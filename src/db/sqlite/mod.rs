@@ -29,10 +29,12 @@ use crate::error::{Error, Result};
 use crate::model::{skill_row, Step, Write};
 use crate::normalise::{self, json_text, SqlRef, SqlRow, SqlValue};
 
+mod acks;
 mod layout;
 mod scan;
 mod write;
 
+use acks::{Acks, Push};
 pub use layout::create_table_sql;
 use layout::*;
 use scan::*;
@@ -68,11 +70,58 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 #[derive(Clone)]
 pub struct SqliteDatabase {
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: Arc<Thread>,
     path: PathBuf,
     layout: Arc<Layout>,
-    /// The connection's thread, for [`SqliteDatabase::close`].
-    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Acknowledgements waiting for the next write ([`acks`]).
+    acks: Arc<Acks>,
+    /// Whether the file has a change log, remembered while its schema stays.
+    shape: Arc<Mutex<crate::capture::LogShape>>,
+}
+
+/// The connection's thread. When the last handle is dropped, the thread runs
+/// the jobs already sent, applies the queued acknowledgements and closes the
+/// connection; the drop waits for that (a process that exits right after,
+/// like `dualwrite call`, does not lose its acknowledgements).
+struct Thread {
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Thread {
+    fn send(&self, job: Job) -> bool {
+        self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok())
+    }
+}
+
+impl Drop for Thread {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            // Dropped by one of its own jobs: it ends by itself.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// The connection's thread: jobs in order; queued acknowledgements when no
+/// write carried them in time, and at the end.
+fn worker(mut conn: Connection, rx: std::sync::mpsc::Receiver<Job>, acks: &Acks) {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        let next = match acks.wait() {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(d) => rx.recv_timeout(d),
+        };
+        match next {
+            Ok(job) => job(&mut conn),
+            Err(RecvTimeoutError::Timeout) => acks::flush(&mut conn, &acks.due(), "idle"),
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    acks::flush(&mut conn, &acks.take().0, "close");
 }
 
 impl std::fmt::Debug for SqliteDatabase {
@@ -132,11 +181,13 @@ impl SqliteDatabase {
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel::<Result<Layout>>();
         let thread_path = path.clone();
+        let acks = Arc::new(Acks::default());
+        let thread_acks = Arc::clone(&acks);
         let thread = std::thread::Builder::new()
             .name("dualwrite-sqlite".into())
             .spawn(move || {
                 let opened = open_connection(&thread_path, &opts);
-                let mut conn = match opened {
+                let conn = match opened {
                     Ok((conn, layout)) => {
                         let _ = ready_tx.send(Ok(layout));
                         conn
@@ -146,35 +197,36 @@ impl SqliteDatabase {
                         return;
                     }
                 };
-                for job in rx {
-                    job(&mut conn);
-                }
+                worker(conn, rx, &thread_acks);
             })?;
+        let jobs = Arc::new(Thread {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        });
         let layout = ready_rx.await.map_err(|_| stopped("while opening"))??;
         Ok(SqliteDatabase {
             jobs,
             path,
             layout: Arc::new(layout),
-            thread: Arc::new(Mutex::new(Some(thread))),
+            acks,
+            shape: Arc::default(),
         })
     }
 
-    /// Drop this handle; when it is the last one, wait until the connection is
-    /// closed and its thread has ended (dropping only starts that). For callers
-    /// that must know no thread of theirs is inside SQLite any more, e.g. before
-    /// an embedding process forks.
+    /// Drop this handle; when it is the last one, wait until the queued
+    /// acknowledgements are applied, the connection is closed and its thread
+    /// has ended (on a blocking thread: dropping the last handle waits too,
+    /// where it is dropped). For callers that must know no thread of theirs
+    /// is inside SQLite any more, e.g. before an embedding process forks.
     pub async fn close(self) {
-        let SqliteDatabase { jobs, thread, .. } = self;
-        drop(jobs);
-        let Some(handle) = Arc::into_inner(thread).and_then(|m| crate::sync::lock(&m).take())
-        else {
-            return;
-        };
-        let _ = crate::sync::blocking("SQLite", move || {
-            let _ = handle.join();
-            Ok(())
-        })
-        .await;
+        let SqliteDatabase { jobs, .. } = self;
+        if let Some(thread) = Arc::into_inner(jobs) {
+            let _ = crate::sync::blocking("SQLite", move || {
+                drop(thread);
+                Ok(())
+            })
+            .await;
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -188,12 +240,29 @@ impl SqliteDatabase {
     ) -> Result<R> {
         let (tx, rx) = oneshot::channel();
         let layout = Arc::clone(&self.layout);
-        self.jobs
-            .send(Box::new(move |conn| {
-                let _ = tx.send(f(conn, &layout));
-            }))
-            .map_err(|_| stopped("before the call"))?;
+        if !self.jobs.send(Box::new(move |conn| {
+            let _ = tx.send(f(conn, &layout));
+        })) {
+            return Err(stopped("before the call"));
+        }
         rx.await.map_err(|_| stopped("during a call"))?
+    }
+
+    /// A write, with the queued acknowledgements folded into its transaction.
+    async fn write(&self, write: Write, with_capture: bool) -> Result<(Applied, Vec<Change>)> {
+        let acks = Arc::clone(&self.acks);
+        let shape = Arc::clone(&self.shape);
+        self.run(move |conn, layout| {
+            let (mut queued, since) = acks.take();
+            let mut shape = crate::sync::lock(&shape);
+            let r = apply_sync(conn, layout, write, with_capture, &mut queued, &mut shape);
+            if r.is_err() {
+                // Rolled back with the write: they wait for the next one.
+                acks.put_back(queued, since);
+            }
+            r
+        })
+        .await
     }
 
     /// Rows of a table in the SQLite shape (as stored), in key order. Used by
@@ -217,19 +286,41 @@ impl Database for SqliteDatabase {
     }
 
     async fn apply(&self, write: Write) -> Result<Applied> {
-        self.run(move |conn, layout| apply_sync(conn, layout, write, false))
-            .await
-            .map(|(applied, _)| applied)
+        self.write(write, false).await.map(|(applied, _)| applied)
     }
 
     async fn apply_captured(&self, write: Write) -> Result<(Applied, Vec<Change>)> {
-        self.run(move |conn, layout| apply_sync(conn, layout, write, true))
-            .await
+        self.write(write, true).await
     }
 
+    /// Queues the acknowledgement ([`acks`]): it is applied with the next
+    /// write, or by the connection's thread shortly after. Returns how many
+    /// changes were queued (the fresh ones).
     async fn acknowledge(&self, changes: Vec<Change>) -> Result<usize> {
-        self.run(move |conn, _| crate::capture::ack_own(conn, &changes))
-            .await
+        let (n, next) = self.acks.push(changes);
+        match next {
+            Push::Queued => {}
+            Push::Wake => {
+                self.jobs.send(Box::new(|_| {}));
+            }
+            Push::Flush => {
+                let acks = Arc::clone(&self.acks);
+                self.jobs.send(Box::new(move |conn| {
+                    acks::flush(conn, &acks.take().0, "bound");
+                }));
+            }
+        }
+        Ok(n)
+    }
+
+    async fn flush_acknowledgements(&self) {
+        let acks = Arc::clone(&self.acks);
+        let _ = self
+            .run(move |conn, _| {
+                acks::flush(conn, &acks.take().0, "asked");
+                Ok(())
+            })
+            .await;
     }
 
     async fn fetch(&self, table: &'static Table, filters: &[Filter]) -> Result<Vec<Row>> {

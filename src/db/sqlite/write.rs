@@ -1,6 +1,7 @@
 //! Writing: a `Write` applied in one `BEGIN IMMEDIATE` transaction, with the
 //! change rows it recorded when change capture is installed.
 
+use super::acks::fold;
 use super::*;
 
 pub(super) fn exec_steps(conn: &Connection, layout: &Layout, steps: &[Step]) -> Result<()> {
@@ -81,16 +82,30 @@ pub(super) fn write_transaction(
 /// Apply a write in one transaction. With change capture installed, also
 /// returns the change rows its triggers recorded (read inside the transaction,
 /// so never another writer's), for the dual layer to acknowledge once mirrored.
+///
+/// `acks`: queued acknowledgements of earlier mirrored writes, applied first in
+/// the same transaction ([`super::acks`]); they took effect if this returns
+/// `Ok`. If applying them fails, they are dropped and the write goes on in a
+/// new transaction.
 pub(super) fn apply_sync(
     conn: &mut Connection,
     layout: &Layout,
     mut write: Write,
     with_capture: bool,
+    acks: &mut Vec<Change>,
+    shape: &mut crate::capture::LogShape,
 ) -> Result<(Applied, Vec<Change>)> {
     write.prepare();
-    let tx = write_transaction(conn)?;
+    // Before `log_mark`: a key acknowledged here and written again by this
+    // write gets a fresh entry, which this write's mirror may acknowledge.
+    let tx = loop {
+        let tx = write_transaction(conn)?;
+        if fold(&tx, acks) {
+            break tx;
+        }
+    };
     let log_mark = if with_capture {
-        crate::capture::log_mark(&tx)?
+        crate::capture::log_mark_cached(&tx, shape)?
     } else {
         None
     };
