@@ -70,6 +70,21 @@ fn spawn_serve_with(db: &Path, pg: &PrivateDb, port: u16, extra: &[&str]) -> Spa
         .unwrap()
 }
 
+/// The settings `dir` and these environment variables give (nothing else of
+/// the test process's environment).
+fn settings_from<const N: usize>(
+    dir: &Path,
+    vars: [(&str, String); N],
+) -> dualwrite::config::Settings {
+    let env = vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    dualwrite::config::Settings::load(&dualwrite::config::Sources {
+        dir: dir.to_path_buf(),
+        env,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 /// A DoX file as DoX's bootstrap makes it, with capture installed.
 async fn captured_file(dir: &Path, pg: &PrivateDb) -> PathBuf {
     let db = dir.join("app.sqlite3");
@@ -1045,23 +1060,17 @@ async fn a_background_drainer_sends_what_the_inline_mirror_could_not() {
     let mut pg = PrivateDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let db = captured_file(dir.path(), &pg).await;
-    let env: std::collections::HashMap<String, String> = [
-        ("DB_PATH", db.display().to_string()),
-        ("SUPABASE_URL", pg.url.clone()),
-        ("SUPABASE_SERVICE_KEY", pg.service_key()),
-        ("SUPABASE_DUAL_WRITE", "true".into()),
-        ("SUPABASE_TIMEOUT", "2".into()),
-        ("DUALWRITE_DRAIN", "background".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let settings = dualwrite::config::Settings::load(&dualwrite::config::Sources {
-        dir: dir.path().to_path_buf(),
-        env,
-        ..Default::default()
-    })
-    .unwrap();
+    let settings = settings_from(
+        dir.path(),
+        [
+            ("DB_PATH", db.display().to_string()),
+            ("SUPABASE_URL", pg.url.clone()),
+            ("SUPABASE_SERVICE_KEY", pg.service_key()),
+            ("SUPABASE_DUAL_WRITE", "true".into()),
+            ("SUPABASE_TIMEOUT", "2".into()),
+            ("DUALWRITE_DRAIN", "background".into()),
+        ],
+    );
     assert_eq!(settings.drain, dualwrite::config::DrainMode::Background);
     pg.stop();
     let (app, _) = dualwrite::factory::open(&settings).await.unwrap();
@@ -1098,23 +1107,17 @@ async fn a_background_drainer_sends_what_the_inline_mirror_could_not() {
 async fn a_background_drain_without_capture_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("plain.sqlite3");
-    let env: std::collections::HashMap<String, String> = [
-        ("DB_PATH", db.display().to_string()),
-        // Nothing listens there: an unreachable mirror still makes a dual layer.
-        ("SUPABASE_URL", "http://127.0.0.1:9".to_owned()),
-        ("SUPABASE_SERVICE_KEY", "k".to_owned()),
-        ("SUPABASE_DUAL_WRITE", "true".into()),
-        ("DUALWRITE_DRAIN", "background".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let settings = dualwrite::config::Settings::load(&dualwrite::config::Sources {
-        dir: dir.path().to_path_buf(),
-        env,
-        ..Default::default()
-    })
-    .unwrap();
+    let settings = settings_from(
+        dir.path(),
+        [
+            ("DB_PATH", db.display().to_string()),
+            // Nothing listens there: an unreachable mirror still makes a dual layer.
+            ("SUPABASE_URL", "http://127.0.0.1:9".to_owned()),
+            ("SUPABASE_SERVICE_KEY", "k".to_owned()),
+            ("SUPABASE_DUAL_WRITE", "true".into()),
+            ("DUALWRITE_DRAIN", "background".into()),
+        ],
+    );
     let e = match dualwrite::factory::open(&settings).await {
         Ok(_) => panic!("a background drain without capture was accepted"),
         Err(e) => e,
