@@ -4,6 +4,7 @@ databases with a PostgREST of their own, and an isolated environment per test.""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -86,6 +87,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_child(pid: int, timeout: float) -> int:
+    """The exit code of the forked child ``pid``; a child still running after ``timeout`` s is killed
+    and the test fails."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung")
 
 
 def psql(url: str, sql: str) -> str:

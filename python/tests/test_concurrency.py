@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
-import signal
 import sqlite3
 import threading
 import time
@@ -14,6 +13,7 @@ import uuid
 import pytest
 
 import dualwrite
+from conftest import wait_child
 
 
 def log(doc: str, i: int) -> dict:
@@ -128,18 +128,6 @@ def _quiet() -> None:
     time.sleep(0.2)
 
 
-def _wait(pid: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.02)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail("the forked child hung")
-
-
 def _child(db, doc: str) -> None:
     try:
         # The child's dual layer is its own: counters start at zero.
@@ -169,7 +157,7 @@ def test_an_object_made_before_fork_works_in_the_child(kind, clean_env, monkeypa
     pid = os.fork()
     if pid == 0:
         _child(db, f"{run}-child")
-    assert _wait(pid, 30) == 0
+    assert wait_child(pid, 30) == 0
     # The parent's object still works, and sees the child's row (same file).
     db.add_log(log(f"{run}-parent", 1))
     assert len(db.list_logs(document_id=f"{run}-parent")) == 2

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import signal
 import subprocess
 import time
 import uuid
@@ -19,7 +18,7 @@ import uuid
 import pytest
 
 import dualwrite
-from conftest import closed_port_url
+from conftest import closed_port_url, wait_child
 
 
 def _installed(dualwrite_bin, path) -> None:
@@ -129,18 +128,6 @@ def test_a_drain_request_needs_capture_and_a_sqlite_primary(clean_env, monkeypat
         dualwrite.DualDatabase(sb, lite, drain="background")
 
 
-def _wait(pid: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail("the forked child hung")
-
-
 def test_fork_pauses_the_drainer_and_a_child_takes_over(clean_env, monkeypatch, private_db, stack, dualwrite_bin):
     """A pre-forking server: fork() stops the parent's drainer (no lease inherited) and restarts it in
     the parent; the child starts its own on first use, which drains once the parent's stops."""
@@ -189,5 +176,5 @@ def test_fork_pauses_the_drainer_and_a_child_takes_over(clean_env, monkeypatch, 
         assert _status(dualwrite_bin, path)["daemon_running"], "the child's drainer holds the lease"
     finally:
         os.write(go_w, b"1")
-        assert _wait(pid, 30) == 0
+        assert wait_child(pid, 30) == 0
     assert not _status(dualwrite_bin, path)["daemon_running"]
