@@ -163,14 +163,7 @@ fn serve(env: &HashMap<String, String>, path: &Path, state: &Path, port: u16) ->
         // As docs/dualwrite.service and docker-compose.yml run it: the
         // allocator returns freed memory at once, so a backlog's batches do not
         // leave the RSS at its peak (BENCHMARKS.md).
-        .env(
-            "MIMALLOC_PURGE_DELAY",
-            std::env::var("XPD").unwrap_or("0".into()),
-        )
-        .env(
-            "MIMALLOC_ALLOW_THP",
-            std::env::var("XTHP").unwrap_or("1".into()),
-        )
+        .env("MIMALLOC_PURGE_DELAY", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
