@@ -291,7 +291,7 @@ impl Lander {
 }
 
 /// Land one table's prepared rows through the backfill's path (requests of
-/// `max_rows` rows, `concurrency` in flight, a request halving on 413 or timeouts, retries for up to
+/// `max_rows` rows, as many in flight as `slots` allows, a request halving on 413 or timeouts, retries for up to
 /// `max_wait`, bisection, rows refused for good written to `rejects`). Used by
 /// `serve`. Returns the rows written and the rejects.
 pub async fn land_rows(
@@ -299,7 +299,7 @@ pub async fn land_rows(
     table: &'static Table,
     rows: &PreparedRows,
     max_rows: usize,
-    concurrency: usize,
+    slots: &tokio::sync::Semaphore,
     max_wait: Duration,
     rejects: &Arc<RejectLog>,
 ) -> Result<(u64, Vec<Reject>)> {
@@ -317,7 +317,8 @@ pub async fn land_rows(
         policy: UnrepresentablePolicy::Reject,
         coerced: Arc::new(CoercedLog::new(PathBuf::new())),
     };
-    // Requests of `max_rows` rows, `concurrency` in flight (the keys are distinct).
+    // Requests of `max_rows` rows, each holding one of `slots` while it is out
+    // (the keys are distinct; the slots may be shared with other batches).
     let step = max_rows.max(1);
     let chunks: Vec<Range<usize>> = (0..rows.len())
         .step_by(step)
@@ -327,12 +328,16 @@ pub async fn land_rows(
         .map(|range| {
             let lander = &lander;
             async move {
+                let _slot = slots
+                    .acquire()
+                    .await
+                    .map_err(|_| Error::Protocol("the request slots were closed".into()))?;
                 let mut refused = Vec::new();
                 let n = lander.land(rows, range, &mut refused).await?;
                 Ok::<_, Error>((n, refused))
             }
         })
-        .buffer_unordered(concurrency.max(1))
+        .buffer_unordered(usize::MAX)
         .try_collect()
         .await?;
     let written = landed.iter().map(|(n, _)| n).sum();

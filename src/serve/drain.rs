@@ -32,6 +32,8 @@ pub(super) struct Daemon {
     /// The request body's bytes per row in the last batch read, to size the
     /// next one's (a body that grows is copied).
     pub(super) row_bytes: usize,
+    /// `--concurrency` upsert requests in flight, over all the batches in flight.
+    pub(super) slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Daemon {
@@ -237,6 +239,7 @@ impl Daemon {
             rejects: Arc::clone(&self.rejects),
             coerced: Arc::clone(&self.coerced),
             stats: Arc::clone(&self.stats),
+            slots: Arc::clone(&self.slots),
         }
     }
 
@@ -333,6 +336,8 @@ struct Batch {
 
 /// The sending half of the daemon, moved into a task per batch.
 struct Sender {
+    /// One per upsert request in flight, shared by the batches in flight.
+    slots: Arc<tokio::sync::Semaphore>,
     opts: ServeOptions,
     rest: RestClient,
     conn: Conn,
@@ -387,8 +392,9 @@ impl Sender {
                 t,
                 &rows,
                 self.opts.request_rows,
-                // `--concurrency` counts the requests of all the batches in flight.
-                (self.opts.concurrency / PIPELINE).max(1),
+                // `--concurrency` counts the requests of all the batches in
+                // flight: a batch's last request leaves room for the next one's.
+                &self.slots,
                 self.opts.max_wait,
                 &self.rejects,
             )

@@ -55,8 +55,8 @@ pub struct ServeOptions {
     pub batch_rows: usize,
     /// Rows per upsert request.
     pub request_rows: usize,
-    /// Upsert requests in flight, over all the batches in flight (shared
-    /// evenly between them, at least one each).
+    /// Upsert requests in flight, over all the batches in flight (a request
+    /// of the next batch starts as soon as one of the previous ends).
     pub concurrency: usize,
     /// How often to look for new commits when the log is empty.
     pub poll: Duration,
@@ -234,6 +234,7 @@ async fn run_with_lease(
     )?);
     let coerced = Arc::new(CoercedLog::new(opts.state_dir.join("coerced.ndjson")));
     let reader = SqliteDatabase::open_read_only(&db).await?;
+    let d_concurrency = opts.concurrency;
     let mut d = Daemon {
         opts,
         rest,
@@ -244,6 +245,7 @@ async fn run_with_lease(
         stats: Arc::clone(&stats),
         notifier,
         row_bytes: 256,
+        slots: Arc::new(tokio::sync::Semaphore::new(d_concurrency.max(1))),
     };
     d.check_triggers().await?;
     let server = match d.opts.listen {
