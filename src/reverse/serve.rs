@@ -430,17 +430,7 @@ impl ReverseStatus {
             self.rejected_rows_recorded,
             self.rejects_file,
         );
-        if let Some(e) = &self.last_error {
-            s.push_str(&format!("  last error: {e}\n"));
-        }
-        if let Some(d) = &self.daemon {
-            if !d.not_ready_because.is_empty() {
-                s.push_str(&format!(
-                    "  not ready because: {}\n",
-                    d.not_ready_because.join("; ")
-                ));
-            }
-        }
+        crate::serve::render_problems(&mut s, self.last_error.as_deref(), self.daemon.as_ref());
         s
     }
 }

@@ -27,6 +27,7 @@ use drain::Daemon;
 pub(crate) use stats::add;
 pub(crate) use stats::write_status;
 pub use stats::{failure_kind, read_status_file, status_file_path, Stats, StatusFile};
+pub(crate) use status::render_problems;
 pub use status::{status, Status};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -234,7 +235,7 @@ async fn run_with_lease(
     )?);
     let coerced = Arc::new(CoercedLog::new(opts.state_dir.join("coerced.ndjson")));
     let reader = SqliteDatabase::open_read_only(&db).await?;
-    let d_concurrency = opts.concurrency;
+    let slots = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
     let mut d = Daemon {
         opts,
         rest,
@@ -245,7 +246,7 @@ async fn run_with_lease(
         stats: Arc::clone(&stats),
         notifier,
         row_bytes: 256,
-        slots: Arc::new(tokio::sync::Semaphore::new(d_concurrency.max(1))),
+        slots,
     };
     d.check_triggers().await?;
     let server = match d.opts.listen {

@@ -63,17 +63,25 @@ impl Status {
                 "not running"
             },
         );
-        if let Some(e) = &self.last_error {
-            s.push_str(&format!("  last error: {e}\n"));
-        }
-        if let Some(d) = &self.daemon {
-            if !d.not_ready_because.is_empty() {
-                s.push_str(&format!(
-                    "  not ready because: {}\n",
-                    d.not_ready_because.join("; ")
-                ));
-            }
-        }
+        render_problems(&mut s, self.last_error.as_deref(), self.daemon.as_ref());
         s
+    }
+}
+
+/// The last error and why the daemon is not ready, as `status` shows them
+/// (forward and reverse).
+pub(crate) fn render_problems(
+    s: &mut String,
+    last_error: Option<&str>,
+    daemon: Option<&StatusFile>,
+) {
+    if let Some(e) = last_error {
+        s.push_str(&format!("  last error: {e}\n"));
+    }
+    if let Some(d) = daemon.filter(|d| !d.not_ready_because.is_empty()) {
+        s.push_str(&format!(
+            "  not ready because: {}\n",
+            d.not_ready_because.join("; ")
+        ));
     }
 }
