@@ -41,7 +41,18 @@ pub fn now_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-pub fn status_on(conn: &Connection) -> Result<CaptureStatus> {
+/// Which DoX tables have their triggers: [`CaptureStatus`] without the
+/// pending changes (no scan of the log, so cheap whatever the backlog).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Triggers {
+    pub log_present: bool,
+    /// DoX tables that have all their triggers.
+    pub tables: Vec<String>,
+    /// DoX tables present whose triggers are missing or differ.
+    pub missing: Vec<String>,
+}
+
+pub fn triggers_on(conn: &Connection) -> Result<Triggers> {
     let log_present = object_sql(conn, "table", LOG)?.is_some();
     let mut tables = Vec::new();
     let mut missing = Vec::new();
@@ -56,6 +67,19 @@ pub fn status_on(conn: &Connection) -> Result<CaptureStatus> {
             missing.push(t.sqlite.to_owned());
         }
     }
+    Ok(Triggers {
+        log_present,
+        tables,
+        missing,
+    })
+}
+
+pub fn status_on(conn: &Connection) -> Result<CaptureStatus> {
+    let Triggers {
+        log_present,
+        tables,
+        missing,
+    } = triggers_on(conn)?;
     let (pending, lag_seconds) = if log_present {
         pending_on(conn)?
     } else {
@@ -88,9 +112,19 @@ pub struct Change {
     pub fresh: bool,
 }
 
+/// A pending change as the drainer claims it: the row it names, and the `seq`
+/// its acknowledgement must match (the entry's other columns are not read:
+/// the claim is then a scan of the `seq` index alone).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub tbl: String,
+    pub key: String,
+    pub seq: i64,
+}
+
 /// A change row that cannot be drained (unknown table, key not text): it is
 /// moved to the rejects file with this reason instead of blocking the log.
-pub fn check_change(c: &Change) -> std::result::Result<&'static Table, String> {
+pub fn check_change(c: &Claimed) -> std::result::Result<&'static Table, String> {
     TABLES
         .iter()
         .copied()
@@ -103,35 +137,18 @@ pub fn check_change(c: &Change) -> std::result::Result<&'static Table, String> {
         })
 }
 
-/// The oldest `limit` pending changes, in commit order. One statement: the
-/// read transaction ends with it, before anything is sent.
+/// The oldest `limit` pending changes, in commit order, with what the
+/// triggers recorded (`op`, `at`). One statement: the read transaction ends
+/// with it.
 pub fn read_changes(conn: &Connection, limit: usize) -> Result<Vec<Change>> {
-    read_changes_after(conn, None, limit)
-}
-
-/// The oldest `limit` pending changes with a `seq` above `after` (all of
-/// them: `None`), in commit order.
-fn read_changes_after(conn: &Connection, after: Option<i64>, limit: usize) -> Result<Vec<Change>> {
-    let bound = if after.is_some() {
-        "seq > ?1"
-    } else {
-        "?1 IS NULL"
-    };
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT tbl, key, seq, op, at FROM {LOG} WHERE {bound} ORDER BY seq LIMIT ?2"
+        "SELECT tbl, key, seq, op, at FROM {LOG} ORDER BY seq LIMIT ?1"
     ))?;
     let rows = stmt
-        .query_map(params![after, limit as i64], |r| {
-            // A corrupt row (a key that is not text, say) must not stop the drain:
-            // it is read leniently and reported by check_change.
-            let key = match r.get_ref(1)? {
-                rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                rusqlite::types::ValueRef::Integer(i) => i.to_string(),
-                other => format!("<{:?}>", other.data_type()),
-            };
+        .query_map([limit as i64], |r| {
             Ok(Change {
                 tbl: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
-                key,
+                key: lenient_key(r.get_ref(1)?),
                 seq: r.get(2)?,
                 op: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
                 at: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
@@ -140,6 +157,41 @@ fn read_changes_after(conn: &Connection, after: Option<i64>, limit: usize) -> Re
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+/// The oldest `limit` pending changes with a `seq` above `after` (all of
+/// them: `None`), in commit order, as a claim reads them: the index on `seq`
+/// holds every column read (`tbl` and `key` are the table's primary key), so
+/// SQLite never visits the table itself.
+fn read_claimable(conn: &Connection, after: Option<i64>, limit: usize) -> Result<Vec<Claimed>> {
+    let bound = if after.is_some() {
+        "seq > ?1"
+    } else {
+        "?1 IS NULL"
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT tbl, key, seq FROM {LOG} WHERE {bound} ORDER BY seq LIMIT ?2"
+    ))?;
+    let rows = stmt
+        .query_map(params![after, limit as i64], |r| {
+            Ok(Claimed {
+                tbl: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                key: lenient_key(r.get_ref(1)?),
+                seq: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// A corrupt row (a key that is not text, say) must not stop the drain: it is
+/// read leniently and reported by [`check_change`].
+fn lenient_key(v: rusqlite::types::ValueRef<'_>) -> String {
+    match v {
+        rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+        other => format!("<{:?}>", other.data_type()),
+    }
 }
 
 /// A (table, key) pair as a number, for the set of keys in flight
@@ -293,23 +345,28 @@ pub fn claim_changes(
     immediate(conn, |tx| {
         let mut claim = Claim::default();
         let mut from = after;
+        // The run of entries claimed since the last one left (or the start).
+        let mut run: Option<(i64, i64)> = None;
         while claim.changes.len() < limit {
             let want = limit - claim.changes.len();
-            let read = read_changes_after(tx, from, want)?;
+            let read = read_claimable(tx, from, want)?;
             let Some(last) = read.last() else { break };
             from = Some(last.seq);
             let exhausted = read.len() < want;
             for c in read {
                 if busy.is_empty() || !busy.contains(&key_hash(&c.tbl, &c.key)) {
+                    run = Some((run.map_or(c.seq, |(lo, _)| lo), c.seq));
                     claim.changes.push(c);
                 } else {
                     claim.skipped_from.get_or_insert(c.seq);
+                    claim.runs.extend(run.take());
                 }
             }
             if exhausted {
                 break;
             }
         }
+        claim.runs.extend(run);
         if let Some(last) = claim.changes.last() {
             // One small row, whatever the batch's size: the watermark. Every
             // entry read has `first` <= its `seq` <= `last.seq`.
@@ -328,13 +385,44 @@ pub fn claim_changes(
 /// because its key was busy.
 #[derive(Debug, Default)]
 pub struct Claim {
-    pub changes: Vec<Change>,
+    pub changes: Vec<Claimed>,
     pub skipped_from: Option<i64>,
+    /// The `seq` ranges (both ends included) the claimed entries fill: every
+    /// entry pending in a range when the claim ran was claimed by it. One range
+    /// unless a busy key's entry was left in between (see [`ack_runs`]).
+    pub runs: Vec<(i64, i64)>,
 }
 
-/// Acknowledge mirrored changes, in one short write transaction. A change
-/// whose key changed again since it was read has a new `seq` and stays.
-pub fn ack(conn: &mut Connection, done: &[Change]) -> Result<usize> {
+/// Acknowledge the mirrored changes of table `tbl` that a claim took, by the
+/// ranges of `seq` they fill ([`Claim::runs`]), in one short write transaction:
+/// a range scan of the `seq` index instead of a look-up per change.
+///
+/// Exact: an entry in a range when the claim ran was claimed by it (the claim
+/// reads the log in `seq` order, and every entry it read and left ends a
+/// range), and no entry enters a range later. A key that changes again gets a
+/// new `seq` above the [`CLAIM`] watermark, which is at or above every range's
+/// end, so it leaves the range and stays; so does an entry created anew.
+pub fn ack_runs(conn: &mut Connection, tbl: &str, runs: &[(i64, i64)]) -> Result<usize> {
+    if runs.is_empty() {
+        return Ok(0);
+    }
+    immediate(conn, |tx| {
+        // `+tbl`: the index on `seq`, not the primary key's `tbl` prefix (all
+        // of a table's pending entries), is the one to walk.
+        let mut stmt = tx.prepare_cached(&format!(
+            "DELETE FROM {LOG} WHERE +tbl = ?1 AND seq BETWEEN ?2 AND ?3"
+        ))?;
+        let mut n = 0;
+        for (lo, hi) in runs {
+            n += stmt.execute(params![tbl, lo, hi])?;
+        }
+        Ok(n)
+    })
+}
+
+/// Acknowledge mirrored changes one by one, in one short write transaction. A
+/// change whose key changed again since it was read has a new `seq` and stays.
+pub fn ack(conn: &mut Connection, done: &[Claimed]) -> Result<usize> {
     if done.is_empty() {
         return Ok(0);
     }
@@ -366,13 +454,10 @@ mod tests {
 
     #[test]
     fn a_corrupt_change_row_is_named() {
-        let c = Change {
+        let c = Claimed {
             tbl: "bogus".into(),
             key: "k".into(),
             seq: 7,
-            op: "I".into(),
-            at: 0.0,
-            fresh: false,
         };
         let e = check_change(&c).unwrap_err();
         assert!(

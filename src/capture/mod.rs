@@ -32,8 +32,9 @@ mod tests;
 pub use import::{import_failures, ImportReport};
 pub use lease::{lock_path, make_durable, Lease};
 pub use log::{
-    ack, ack_own, changes_after, check_change, claim_changes, data_version, key_hash, log_mark,
-    now_secs, pending, read_changes, status, status_on, CaptureStatus, Change, Claim,
+    ack, ack_own, ack_runs, changes_after, check_change, claim_changes, data_version, key_hash,
+    log_mark, now_secs, pending, read_changes, status, status_on, triggers_on, CaptureStatus,
+    Change, Claim, Claimed, Triggers,
 };
 pub use log::{ack_own_in, log_mark_cached, LogShape};
 pub use schema::{install, install_on, uninstall, upgrade, InstallReport, UninstallReport};

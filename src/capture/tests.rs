@@ -77,7 +77,15 @@ fn install_is_idempotent_captures_and_uninstall_restores_the_schema() {
     let mut c = open_rw(&p).unwrap();
     app.execute("UPDATE artifact SET status = 'x' WHERE id = 'a2'", [])
         .unwrap();
-    assert_eq!(ack(&mut c, &changes).unwrap(), 2);
+    let claimed: Vec<Claimed> = changes
+        .iter()
+        .map(|c| Claimed {
+            tbl: c.tbl.clone(),
+            key: c.key.clone(),
+            seq: c.seq,
+        })
+        .collect();
+    assert_eq!(ack(&mut c, &claimed).unwrap(), 2);
     let left = read_changes(&app, 100).unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].key, "a2");
@@ -268,6 +276,51 @@ fn a_claim_skips_the_keys_of_batches_in_flight() {
     let free = claim_changes(&mut c, 10, None, &Default::default()).unwrap();
     let keys: Vec<&str> = free.changes.iter().map(|c| c.key.as_str()).collect();
     assert!(keys.contains(&"k1"), "{keys:?}");
+}
+
+#[test]
+fn a_claim_is_acknowledged_by_its_ranges_and_nothing_else() {
+    let d = tempfile::tempdir().unwrap();
+    let p = dox_file(d.path(), false);
+    install(&p, None).unwrap();
+    let mut c = Connection::open(&p).unwrap();
+    let pending = |c: &Connection| -> Vec<(String, i64)> {
+        let mut v: Vec<(String, i64)> = read_changes(c, 100)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.key, c.seq))
+            .collect();
+        v.sort();
+        v
+    };
+    for k in ["k1", "k2", "k3"] {
+        app_write(&mut c, k, "v");
+    }
+    // Batch A takes k1; k1 changes again while A is out, then k4 is written.
+    let a = claim_changes(&mut c, 1, None, &Default::default()).unwrap();
+    assert_eq!(a.runs.len(), 1);
+    app_write(&mut c, "k1", "v2");
+    app_write(&mut c, "k4", "v");
+    // Batch B leaves k1 (busy), which now sits between k3 and k4: two ranges.
+    let busy = a.changes.iter().map(|c| key_hash(&c.tbl, &c.key)).collect();
+    let b = claim_changes(&mut c, 10, None, &busy).unwrap();
+    let keys: Vec<&str> = b.changes.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["k2", "k3", "k4"]);
+    assert_eq!(b.runs.len(), 2, "{:?}", b.runs);
+    assert_eq!(b.runs[0], (b.changes[0].seq, b.changes[1].seq));
+    assert_eq!(b.runs[1], (b.changes[2].seq, b.changes[2].seq));
+    // k3 changes after B's claim: its entry leaves B's ranges.
+    app_write(&mut c, "k3", "v2");
+    let k1_now = pending(&c).into_iter().find(|(k, _)| k == "k1").unwrap();
+    let k3_now = pending(&c).into_iter().find(|(k, _)| k == "k3").unwrap();
+
+    // Another table's name removes nothing; B's own removes k2 and k4 only.
+    assert_eq!(ack_runs(&mut c, "document", &b.runs).unwrap(), 0);
+    assert_eq!(ack_runs(&mut c, "artifact", &b.runs).unwrap(), 2);
+    assert_eq!(pending(&c), [k1_now, k3_now]);
+    // A's range no longer holds k1's entry (its key changed): it stays too.
+    assert_eq!(ack_runs(&mut c, "artifact", &a.runs).unwrap(), 0);
+    assert_eq!(pending(&c).len(), 2);
 }
 
 #[test]

@@ -157,7 +157,7 @@ pub async fn run(
             let lease = capture::Lease::take(&db)?;
             let c = capture::open_rw(&db)?;
             c.busy_timeout(busy)?;
-            if capture::status_on(&c)?.log_present {
+            if capture::triggers_on(&c)?.log_present {
                 return Err(Error::invalid(format!(
                     "forward capture is installed on {}: its triggers would log every row the reverse \
                      mirror writes; run `dualwrite capture uninstall` first (after its changes are drained)",

@@ -1,14 +1,13 @@
 //! The drain loop: claim a batch, read the rows as they are now, make them durable, send (pipelined), acknowledge.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use crate::backfill::{self, prepare_row_into, PreparedRows, Reject, RejectLog, RowsBuilder};
-use crate::capture::{self, Change};
+use crate::capture::{self, Claimed};
 use crate::catalogue::{Table, TABLES};
 use crate::coerced::{CoercedLog, CoercedValue};
 use crate::db::SqliteDatabase;
@@ -34,12 +33,15 @@ pub(super) struct Daemon {
     pub(super) row_bytes: usize,
     /// `--concurrency` upsert requests in flight, over all the batches in flight.
     pub(super) slots: Arc<tokio::sync::Semaphore>,
+    /// The change log connection's `PRAGMA data_version` read just before the
+    /// last fsync of the WAL (see [`Sender::make_durable`]).
+    pub(super) synced: Arc<tokio::sync::Mutex<Option<i64>>>,
 }
 
 impl Daemon {
     /// Check the triggers; re-install missing ones or fail.
     pub(super) async fn check_triggers(&mut self) -> Result<()> {
-        let st = blocking(&self.conn, |c| capture::status_on(c)).await?;
+        let st = blocking(&self.conn, |c| capture::triggers_on(c)).await?;
         if st.missing.is_empty() && st.log_present {
             *crate::sync::lock(&self.stats.capture_problem) = None;
             return Ok(());
@@ -61,6 +63,24 @@ impl Daemon {
         Ok(())
     }
 
+    /// Probe Supabase in the background (a read of one row) and record
+    /// whether it answers: `/ready` then tells an unreachable Supabase, or a
+    /// rejected key, even while no change waits (a batch's outcome tells it
+    /// otherwise).
+    fn probe(&self) {
+        let rest = self.rest.clone();
+        let stats = Arc::clone(&self.stats);
+        tokio::spawn(async move {
+            match rest.probe(crate::catalogue::ARTIFACT.supabase).await {
+                Ok(()) => stats.supabase_answered(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Supabase does not answer the daemon's probe");
+                    stats.supabase_failed(&e);
+                }
+            }
+        });
+    }
+
     async fn refresh_pending(&self) -> Result<()> {
         let (n, lag) = blocking(&self.conn, |c| capture::pending(c)).await?;
         self.stats.set_pending(n, lag);
@@ -72,21 +92,21 @@ impl Daemon {
     fn settle(&self, r: Result<()>) -> Result<bool> {
         match r {
             Ok(()) => {
-                self.stats.supabase_failing.store(false, Ordering::Relaxed);
+                self.stats.supabase_answered();
                 *crate::sync::lock(&self.stats.last_success) = Some(capture::now_secs());
                 Ok(false)
             }
             Err(e) => {
-                add(&self.stats.failures, failure_kind(&e), 1);
                 tracing::warn!(error = %e, "mirroring failed; the changes stay in the log and are retried");
-                *crate::sync::lock(&self.stats.last_error) = Some(e.to_string());
                 if matches!(
                     e,
                     Error::Sqlite(_) | Error::WorkerStopped { .. } | Error::Io { .. }
                 ) {
+                    add(&self.stats.failures, failure_kind(&e), 1);
+                    *crate::sync::lock(&self.stats.last_error) = Some(e.to_string());
                     return Err(e);
                 }
-                self.stats.supabase_failing.store(true, Ordering::Relaxed);
+                self.stats.supabase_failed(&e);
                 Ok(true)
             }
         }
@@ -112,10 +132,11 @@ impl Daemon {
         Ok(failed)
     }
 
-    /// The drain loop. While a backlog drains, the next batch is claimed and
-    /// read while the previous ones are sent (up to [`PIPELINE`] batches in
-    /// flight, and one read ahead), so the requests of one batch start as soon
-    /// as the oldest batch is done. A key is in at most one
+    /// The drain loop. While a backlog drains, batches are claimed, read and
+    /// handed to a sender at once (up to [`OUTSTANDING`] not yet
+    /// acknowledged), and their requests share the `--concurrency` slots: a
+    /// slot a batch's last request frees goes to the next batch's first,
+    /// whatever the batch before still does. A key is in at most one
     /// batch in flight: a key changed again while its batch is out is skipped
     /// by the next claim and read once its batch is acknowledged, so a newer
     /// version of a row is never sent alongside an older one.
@@ -124,6 +145,8 @@ impl Daemon {
         let mut last_check = Instant::now();
         let mut last_status = Instant::now() - Duration::from_secs(10);
         let mut version = blocking(&self.conn, |c| capture::data_version(c)).await?;
+        // Whether Supabase answers, for `/ready`, before any change waits.
+        self.probe();
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         // Every pending entry at or below this `seq` is in a batch in flight
         // or was left because its key is (see `claim_changes`).
@@ -138,6 +161,19 @@ impl Daemon {
             if last_check.elapsed() >= self.opts.check_every {
                 last_check = Instant::now();
                 self.check_triggers().await?;
+                if inflight.is_empty() {
+                    // Idle: nothing else would notice Supabase going away.
+                    self.probe();
+                }
+            }
+            // Batches acknowledged leave the pipeline (their keys may be
+            // claimed again); with `OUTSTANDING` batches out, the oldest is
+            // waited for before the next claim.
+            let mut failed = false;
+            while inflight.front().is_some_and(|(t, _)| t.is_finished())
+                || inflight.len() >= OUTSTANDING
+            {
+                failed |= self.finish_one(&mut inflight).await?;
             }
             let limit = self.opts.batch_rows.max(1);
             // With nothing in flight every pending entry may be claimed: read
@@ -146,40 +182,36 @@ impl Daemon {
             if inflight.is_empty() {
                 resume_after = None;
             }
-            let busy: HashSet<u64> = inflight
-                .iter()
-                .flat_map(|(_, k)| k.iter().copied())
-                .collect();
-            let after = resume_after;
-            let claim = blocking(&self.conn, move |c| {
-                capture::claim_changes(c, limit, after, &busy)
-            })
-            .await?;
-            let changes = claim.changes;
-            resume_after = match (claim.skipped_from, changes.last()) {
-                (Some(s), _) => s.checked_sub(1),
-                (None, Some(last)) => Some(last.seq),
-                (None, None) => after,
-            };
-            let full = changes.len() >= limit;
-            let mut failed = false;
-            if !changes.is_empty() {
-                let keys: Vec<u64> = changes
+            let mut full = false;
+            if !failed {
+                let busy: HashSet<u64> = inflight
                     .iter()
-                    .map(|c| capture::key_hash(&c.tbl, &c.key))
+                    .flat_map(|(_, k)| k.iter().copied())
                     .collect();
-                let batch = self.read_batch(changes).await?;
-                // Read ahead: this batch was claimed and read while the
-                // pipeline was full; now it waits for the oldest to finish.
-                while inflight.len() >= PIPELINE && !failed {
-                    failed |= self.finish_one(&mut inflight).await?;
-                }
-                if !failed {
+                let after = resume_after;
+                let claim = blocking(&self.conn, move |c| {
+                    capture::claim_changes(c, limit, after, &busy)
+                })
+                .await?;
+                let changes = claim.changes;
+                resume_after = match (claim.skipped_from, changes.last()) {
+                    (Some(s), _) => s.checked_sub(1),
+                    (None, Some(last)) => Some(last.seq),
+                    (None, None) => after,
+                };
+                full = changes.len() >= limit;
+                if !changes.is_empty() {
+                    let keys: Vec<u64> = changes
+                        .iter()
+                        .map(|c| capture::key_hash(&c.tbl, &c.key))
+                        .collect();
+                    let batch = self.read_batch(changes, claim.runs).await?;
+                    // Sent at once: its requests wait for the request slots,
+                    // which the batches before it took first.
                     let sender = self.sender();
                     inflight
                         .push_back((tokio::spawn(async move { sender.send(batch).await }), keys));
                 }
-                // After a failure it is not sent: its changes stay in the log.
             }
             // A batch that emptied the log (or a failure) waits for them all.
             if !full || failed {
@@ -240,14 +272,15 @@ impl Daemon {
             coerced: Arc::clone(&self.coerced),
             stats: Arc::clone(&self.stats),
             slots: Arc::clone(&self.slots),
+            synced: Arc::clone(&self.synced),
         }
     }
 
     /// Read one batch: group the changes by table, read the rows as they are
     /// now (short read transactions) and prepare them on the reader's thread,
     /// straight into the request body. The sender makes them durable first.
-    async fn read_batch(&mut self, changes: Vec<Change>) -> Result<Batch> {
-        let mut by_table: BTreeMap<usize, Vec<Change>> = BTreeMap::new();
+    async fn read_batch(&mut self, changes: Vec<Claimed>, runs: Vec<(i64, i64)>) -> Result<Batch> {
+        let mut by_table: BTreeMap<usize, Vec<Claimed>> = BTreeMap::new();
         let mut corrupt = Vec::new();
         for c in changes {
             match capture::check_change(&c) {
@@ -298,12 +331,23 @@ impl Daemon {
                 coerced: p.coerced,
             });
         }
-        Ok(Batch { corrupt, work })
+        // After the reads: which commits of other connections they could see.
+        let version = blocking(&self.conn, |c| capture::data_version(c)).await?;
+        Ok(Batch {
+            corrupt,
+            work,
+            runs: Arc::new(runs),
+            version,
+        })
     }
 }
 
-/// Batches sent at once while a backlog drains.
-const PIPELINE: usize = 2;
+/// Batches claimed and not yet acknowledged while a backlog drains: the
+/// requests of all of them share the `--concurrency` request slots, in the
+/// order the batches were claimed, so the next batch's requests start as soon
+/// as a slot frees, whatever the batches before it still do (fsync, the
+/// deletes, the acknowledgement).
+const OUTSTANDING: usize = 4;
 
 /// A batch being sent, and the [`capture::key_hash`]es of the keys it holds.
 type InFlight = (tokio::task::JoinHandle<Result<()>>, Vec<u64>);
@@ -319,7 +363,7 @@ struct Prepare {
 /// One table's part of a batch: its changes, and the rows as they were read.
 struct TableWork {
     t: &'static Table,
-    changes: Vec<Change>,
+    changes: Vec<Claimed>,
     /// The rows that exist, ready to send.
     rows: PreparedRows,
     /// Rows Supabase cannot hold (dead letters).
@@ -330,14 +374,19 @@ struct TableWork {
 /// One batch, read, ready to make durable and send.
 struct Batch {
     /// Change rows that cannot be drained, with the reason.
-    corrupt: Vec<(Change, String)>,
+    corrupt: Vec<(Claimed, String)>,
     work: Vec<TableWork>,
+    /// The claim's `seq` ranges, by which each table's changes are acknowledged.
+    runs: Arc<Vec<(i64, i64)>>,
+    /// The change log connection's `PRAGMA data_version` once the rows were read.
+    version: i64,
 }
 
 /// The sending half of the daemon, moved into a task per batch.
 struct Sender {
     /// One per upsert request in flight, shared by the batches in flight.
     slots: Arc<tokio::sync::Semaphore>,
+    synced: Arc<tokio::sync::Mutex<Option<i64>>>,
     opts: ServeOptions,
     rest: RestClient,
     conn: Conn,
@@ -351,11 +400,13 @@ impl Sender {
     /// table's changes once they landed. (The fsync is here, not in the read:
     /// it overlaps the next batch's claim and read.)
     async fn send(self, batch: Batch) -> Result<()> {
-        {
-            let db = self.opts.db_path.clone();
-            crate::sync::blocking("capture", move || capture::make_durable(&db)).await?;
-        }
-        let Batch { corrupt, work } = batch;
+        self.make_durable(batch.version).await?;
+        let Batch {
+            corrupt,
+            work,
+            runs,
+            version: _,
+        } = batch;
         if !corrupt.is_empty() {
             // Dead letters: recorded with the reason, counted, never blocking the rest.
             let rejects: Vec<Reject> = corrupt
@@ -376,7 +427,7 @@ impl Sender {
             for (c, _) in &corrupt {
                 add(&self.stats.rejected, &c.tbl, 1);
             }
-            let done: Vec<Change> = corrupt.into_iter().map(|(c, _)| c).collect();
+            let done: Vec<Claimed> = corrupt.into_iter().map(|(c, _)| c).collect();
             blocking(&self.conn, move |c| capture::ack(c, &done)).await?;
         }
         for w in work {
@@ -413,7 +464,8 @@ impl Sender {
                 .collect();
             let deleted = self.delete(t, &gone).await?;
             let n = changes.len();
-            blocking(&self.conn, move |c| capture::ack(c, &changes)).await?;
+            let runs = Arc::clone(&runs);
+            blocking(&self.conn, move |c| capture::ack_runs(c, t.sqlite, &runs)).await?;
             add(&self.stats.mirrored, t.sqlite, written + deleted);
             add(
                 &self.stats.rejected,
@@ -433,6 +485,31 @@ impl Sender {
 }
 
 impl Sender {
+    /// Make the rows of a batch durable before they are sent: fsync the WAL,
+    /// unless an fsync since made every commit the batch could see durable.
+    ///
+    /// `version` is the change log connection's `PRAGMA data_version` read
+    /// after the batch's rows were read; it changes with every commit of
+    /// another connection (the app's). Equal to the value read just before a
+    /// completed fsync, no other connection committed between that reading
+    /// and this one, so every commit the read saw was made before the fsync
+    /// began, and is covered by it. While a backlog drains with the app idle,
+    /// one fsync so covers every batch; with the app writing, each batch
+    /// has its own. (The daemon's own commits, claims and acknowledgements,
+    /// need no fsync and do not change its connection's `data_version`.)
+    async fn make_durable(&self, version: i64) -> Result<()> {
+        let mut synced = self.synced.lock().await;
+        if *synced == Some(version) {
+            return Ok(());
+        }
+        *synced = None;
+        let before = blocking(&self.conn, |c| capture::data_version(c)).await?;
+        let db = self.opts.db_path.clone();
+        crate::sync::blocking("capture", move || capture::make_durable(&db)).await?;
+        *synced = Some(before);
+        Ok(())
+    }
+
     /// Delete rows that are gone from SQLite; returns the keys handled.
     async fn delete(&self, t: &'static Table, keys: &[&str]) -> Result<u64> {
         for chunk in crate::verify::key_chunks(keys) {

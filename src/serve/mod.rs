@@ -205,36 +205,38 @@ async fn run_with_lease(
 ) -> Result<()> {
     let (stats, stop) = start(opts.max_lag, shutdown);
     let db = opts.db_path.clone();
-    let conn = {
+    // The change log's connection and the reader open side by side (each
+    // reads the file's schema); the change log's errors come first.
+    let setup = {
         let db = db.clone();
         crate::sync::blocking("capture", move || {
-            let c = capture::open_rw(&db)?;
+            let mut c = capture::open_rw(&db)?;
             // Acknowledgements take the file's write lock: keep them short. An
             // acknowledgement a power loss takes back only sends the row again
             // (idempotent), so it needs no fsync of its own.
             c.execute_batch("PRAGMA synchronous=NORMAL")?;
-            Ok(c)
+            if !capture::triggers_on(&c)?.log_present {
+                return Err(Error::invalid(format!(
+                    "capture is not installed on {}: run `dualwrite capture install` first",
+                    db.display()
+                )));
+            }
+            let upgraded = capture::upgrade(&mut c)?;
+            Ok((c, upgraded))
         })
-        .await?
     };
-    let conn: Conn = Arc::new(Mutex::new(conn));
-    let st = blocking(&conn, |c| capture::status_on(c)).await?;
-    if !st.log_present {
-        return Err(Error::invalid(format!(
-            "capture is not installed on {}: run `dualwrite capture install` first",
-            db.display()
-        )));
-    }
-    let upgraded = blocking(&conn, capture::upgrade).await?;
+    let (setup, reader) = tokio::join!(setup, SqliteDatabase::open_read_only(&db));
+    let (conn, upgraded) = setup?;
+    let reader = reader?;
     if !upgraded.is_empty() {
         tracing::info!(added = ?upgraded, "change log upgraded");
     }
+    let conn: Conn = Arc::new(Mutex::new(conn));
     let rejects = Arc::new(RejectLog::open(
         opts.state_dir.join("rejects.ndjson"),
         true,
     )?);
     let coerced = Arc::new(CoercedLog::new(opts.state_dir.join("coerced.ndjson")));
-    let reader = SqliteDatabase::open_read_only(&db).await?;
     let slots = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
     let mut d = Daemon {
         opts,
@@ -247,6 +249,7 @@ async fn run_with_lease(
         notifier,
         row_bytes: 256,
         slots,
+        synced: Arc::new(tokio::sync::Mutex::new(None)),
     };
     d.check_triggers().await?;
     let server = match d.opts.listen {

@@ -42,6 +42,19 @@ impl Stats {
         self.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0
     }
 
+    /// Supabase failed a batch or a probe: counted by kind, the last error
+    /// kept, and `/ready` says so until it answers again.
+    pub(crate) fn supabase_failed(&self, e: &crate::error::Error) {
+        add(&self.failures, failure_kind(e), 1);
+        *crate::sync::lock(&self.last_error) = Some(e.to_string());
+        self.supabase_failing.store(true, Ordering::Relaxed);
+    }
+
+    /// Supabase answered (a batch landed, or a probe).
+    pub(crate) fn supabase_answered(&self) {
+        self.supabase_failing.store(false, Ordering::Relaxed);
+    }
+
     pub(crate) fn set_pending(&self, pending: u64, lag: f64) {
         self.pending.store(pending, Ordering::Relaxed);
         self.lag_ms.store((lag * 1000.0) as u64, Ordering::Relaxed);

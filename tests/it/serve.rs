@@ -550,6 +550,64 @@ async fn cutover_check_is_not_ready_while_changes_are_pending() {
     assert_eq!(v["verdict"], "READY", "{v}");
 }
 
+/// `/ready` tells a Supabase that cannot be used while no change waits: a
+/// rejected key from the start, and, while idle, PostgREST stopped (and
+/// started again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_tells_an_unusable_supabase_with_no_change_pending() {
+    needs_stack!();
+    let mut pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let ready_within = |port: u16, want: u16, secs: u64| async move {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (code, body) = get(port, "/ready").await;
+            if code == want || Instant::now() > deadline {
+                return (code, body);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+
+    // A rejected key (a rotated service key, say): not ready, and why.
+    let port = free_port();
+    let mut c = bin();
+    env_for(&mut c, &db, &pg);
+    let rejected = c
+        .env("SUPABASE_SERVICE_KEY", "not-a-valid-key")
+        .current_dir(dir.path())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Spawned)
+        .unwrap();
+    wait_http(port).await;
+    let (code, body) = ready_within(port, 503, 10).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("supabase is failing"), "{body}");
+    assert_eq!(pending(&db), 0);
+    drop(rejected);
+
+    // The right key, idle: ready; PostgREST stopped: not ready with nothing
+    // to send; started again: ready.
+    let port = free_port();
+    let _serve = spawn_serve_with(&db, &pg, port, &["--check-secs", "0.5"]);
+    wait_http(port).await;
+    let (code, body) = ready_within(port, 200, 10).await;
+    assert_eq!(code, 200, "{body}");
+    pg.stop();
+    let (code, body) = ready_within(port, 503, 15).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("supabase is failing"), "{body}");
+    pg.start().await;
+    let (code, body) = ready_within(port, 200, 15).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(pending(&db), 0);
+}
+
 fn run_with(db: &Path, pg: &PrivateDb, extra: &[(&str, &str)], args: &[&str]) -> Output {
     let mut c = bin();
     env_for(&mut c, db, pg);
