@@ -219,7 +219,7 @@ pub struct ServeArgs {
     /// How long one batch is retried before the error is recorded (then it is retried again).
     #[arg(long, value_name = "SECS", default_value_t = serve_defaults().max_wait.as_secs_f64())]
     pub max_wait_secs: f64,
-    /// How often the triggers are checked, in seconds.
+    /// How often the triggers are checked (and, while idle, Supabase probed), in seconds.
     #[arg(long, value_name = "SECS", default_value_t = serve_defaults().check_every.as_secs_f64())]
     pub check_secs: f64,
     /// Stop with an error when triggers are missing, instead of re-installing them.
