@@ -243,6 +243,18 @@ async fn wait_http(port: u16) {
     }
 }
 
+/// `/ready`'s answer once it is `want`, or the last one after `secs`.
+async fn ready_within(port: u16, want: u16, secs: u64) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (code, body) = get(port, "/ready").await;
+        if code == want || Instant::now() > deadline {
+            return (code, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_writer_is_mirrored_through_outages_hangs_and_kill_9() {
     needs_stack!();
@@ -259,14 +271,7 @@ async fn a_live_writer_is_mirrored_through_outages_hangs_and_kill_9() {
 
     // PostgREST stopped: the changes wait, /ready says why.
     pg.stop();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (code, body) = loop {
-        let (code, body) = get(port, "/ready").await;
-        if code == 503 || Instant::now() > deadline {
-            break (code, body);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (code, body) = ready_within(port, 503, 10).await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("supabase is failing"), "{body}");
     assert!(pending(&db) > 0);
@@ -559,16 +564,6 @@ async fn ready_tells_an_unusable_supabase_with_no_change_pending() {
     let mut pg = PrivateDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let db = captured_file(dir.path(), &pg).await;
-    let ready_within = |port: u16, want: u16, secs: u64| async move {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let (code, body) = get(port, "/ready").await;
-            if code == want || Instant::now() > deadline {
-                return (code, body);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
 
     // A rejected key (a rotated service key, say): not ready, and why.
     let port = free_port();
