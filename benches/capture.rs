@@ -181,22 +181,25 @@ fn proc_status(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// utime + stime, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+/// Two adjacent fields of a `/proc/.../stat` file, summed, in clock ticks
+/// (`at`: the index after the command's closing parenthesis).
+fn stat_ticks(path: &str, at: usize) -> u64 {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
     let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0)
+    f.get(at).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(at + 1).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-/// CPU ticks of this process's children that were waited for (the backfills).
+/// utime + stime, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    stat_ticks(&format!("/proc/{pid}/stat"), 11)
+}
+
+/// CPU ticks of this process's children that were waited for (the backfills):
+/// cutime + cstime.
 fn children_ticks() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(13).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(14).and_then(|v| v.parse().ok()).unwrap_or(0)
+    stat_ticks("/proc/self/stat", 13)
 }
 
 /// Delete the run's rows from Supabase, then backfill them (release binary):

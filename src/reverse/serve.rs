@@ -44,9 +44,7 @@ use crate::normalise::from_supabase_owned;
 use crate::rest::RestClient;
 use crate::retry::{retry, RetryPolicy};
 use crate::serve::add;
-use crate::serve::{
-    failure_kind, http, read_status_file, status_file_path, write_status, Stats, StatusFile,
-};
+use crate::serve::{http, read_status_file, status_file_path, write_status, Stats, StatusFile};
 
 /// How the reverse daemon runs.
 #[derive(Debug, Clone)]
@@ -214,11 +212,10 @@ impl Daemon {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "reverse batch failed; the changes stay in the log");
-                    add(&self.stats.failures, failure_kind(&e), 1);
+                    self.stats.failed(&e);
                     self.stats
                         .supabase_failing
                         .store(!matches!(e, Error::Sqlite(_)), Ordering::Relaxed);
-                    *crate::sync::lock(&self.stats.last_error) = Some(e.to_string());
                     Some(self.opts.pause)
                 }
             };

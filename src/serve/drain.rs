@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::rest::{content_range_total, RestClient};
 use crate::retry::{retry, RetryPolicy};
 
-use super::stats::{add, failure_kind, status_file_path, write_status, Stats};
+use super::stats::{add, status_file_path, write_status, Stats};
 use super::{blocking, notify, Conn, ServeOptions};
 
 pub(super) struct Daemon {
@@ -102,8 +102,7 @@ impl Daemon {
                     e,
                     Error::Sqlite(_) | Error::WorkerStopped { .. } | Error::Io { .. }
                 ) {
-                    add(&self.stats.failures, failure_kind(&e), 1);
-                    *crate::sync::lock(&self.stats.last_error) = Some(e.to_string());
+                    self.stats.failed(&e);
                     return Err(e);
                 }
                 self.stats.supabase_failed(&e);

@@ -42,11 +42,16 @@ impl Stats {
         self.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0
     }
 
-    /// Supabase failed a batch or a probe: counted by kind, the last error
-    /// kept, and `/ready` says so until it answers again.
-    pub(crate) fn supabase_failed(&self, e: &crate::error::Error) {
+    /// A batch or a probe failed: counted by kind, the last error kept.
+    pub(crate) fn failed(&self, e: &Error) {
         add(&self.failures, failure_kind(e), 1);
         *crate::sync::lock(&self.last_error) = Some(e.to_string());
+    }
+
+    /// Supabase failed a batch or a probe: [`Stats::failed`], and `/ready`
+    /// says so until it answers again.
+    pub(crate) fn supabase_failed(&self, e: &Error) {
+        self.failed(e);
         self.supabase_failing.store(true, Ordering::Relaxed);
     }
 
