@@ -19,7 +19,11 @@
 //!    (the age of the oldest change not yet acknowledged, read from the change
 //!    log) every 20 ms, and the writer's commit latency;
 //! 5. measures the idle daemon's CPU over 5 s and its peak RSS (VmHWM);
-//! 6. deletes the rows from Supabase and backfills the same file (release
+//! 6. writes RATE rows/s to a fresh file in `PHASES` alternating phases of
+//!    `PHASE_SECS` (default 6 of 10 s), serve stopped then draining, for the
+//!    writer's commit latency in both states in the same minute (steps 2 and 4
+//!    are minutes apart, and step 4 runs the lag sampler);
+//! 7. deletes the rows from Supabase and backfills the same file (release
 //!    binary) for the backfill's rows/s on the same machine in the same run:
 //!    once after OUTAGE_SECS with no request to Supabase (as the drain came
 //!    after the outage), then BACKFILLS times one after another (the median
@@ -39,7 +43,7 @@ use common::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,16 +97,19 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
 }
 
 /// Write `rate` rows/s for `secs` (3 inserts, then an update of an earlier
-/// row); returns the commit latency histogram (µs) and the rows written.
+/// row); returns the commit latencies (µs) and the rows written. Each commit is
+/// recorded in the histogram `slot` names when it starts (`slots` of them).
 fn paced_writer(
     path: PathBuf,
     prefix: String,
     rate: u64,
     secs: f64,
     start_at: u64,
-) -> (Histogram<u64>, u64) {
+    slot: Arc<AtomicUsize>,
+    slots: usize,
+) -> (Vec<Histogram<u64>>, u64) {
     let c = app_conn(&path);
-    let mut h = Histogram::<u64>::new(3).unwrap();
+    let mut h = vec![Histogram::<u64>::new(3).unwrap(); slots];
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let started = Instant::now();
     let mut n = 0u64;
@@ -111,6 +118,10 @@ fn paced_writer(
         .prepare_cached("UPDATE artifact SET status = ?2, extra_json = ?3 WHERE id = ?1")
         .unwrap();
     while started.elapsed().as_secs_f64() < secs {
+        let at = slot.load(Ordering::Relaxed);
+        if at >= slots {
+            break;
+        }
         let due = started + period * (n as u32);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
@@ -127,10 +138,29 @@ fn paced_writer(
         } else {
             ins.execute([format!("{prefix}-{i}")]).unwrap();
         }
-        h.record(t.elapsed().as_micros() as u64).unwrap();
+        let took = t.elapsed().as_micros() as u64;
+        h[at].record(took).unwrap();
         n += 1;
     }
     (h, n)
+}
+
+/// [`paced_writer`] into one histogram.
+async fn paced(
+    path: &Path,
+    prefix: &str,
+    rate: u64,
+    secs: f64,
+    start_at: u64,
+) -> (Histogram<u64>, u64) {
+    let (path, prefix) = (path.to_owned(), prefix.to_owned());
+    let slot = Arc::new(AtomicUsize::new(0));
+    let (mut h, n) = tokio::task::spawn_blocking(move || {
+        paced_writer(path, prefix, rate, secs, start_at, slot, 1)
+    })
+    .await
+    .unwrap();
+    (h.remove(0), n)
 }
 
 fn pending(path: &Path) -> i64 {
@@ -229,6 +259,65 @@ async fn backfill_once(env: &HashMap<String, String>, db: &Path, prefix: &str) -
     )
 }
 
+/// The writer's commit latency with `serve` stopped and draining, in
+/// alternating phases of one run on one file (stopped first): each a
+/// histogram (µs), and one more for the transitions (a daemon stopping, or
+/// starting and catching up with the changes of the phase before). Also the
+/// catch-up times (s) and the rows written.
+async fn alternating(
+    env: &HashMap<String, String>,
+    dir: &Path,
+    prefix: &str,
+    rate: u64,
+    phases: usize,
+    phase_secs: u64,
+) -> (Vec<Histogram<u64>>, Vec<f64>, u64) {
+    let db = dir.join("alternating.sqlite3");
+    dox_file(&db, true).await;
+    let state = dir.join("alternating-state");
+    let between = phases;
+    let slot = Arc::new(AtomicUsize::new(between));
+    let writer = {
+        let (db, prefix, slot) = (db.clone(), format!("{prefix}-w"), Arc::clone(&slot));
+        tokio::task::spawn_blocking(move || {
+            paced_writer(db, prefix, rate, f64::INFINITY, 0, slot, phases + 1)
+        })
+    };
+    let watch =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let seq = |sql: &str| -> Option<i64> { watch.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let mut catch_up = Vec::new();
+    for k in 0..phases {
+        if k % 2 == 0 {
+            slot.store(k, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(phase_secs)).await;
+            slot.store(between, Ordering::Relaxed);
+            continue;
+        }
+        // Start the daemon; the phase begins once every change of the phase
+        // before is acknowledged.
+        let backlog = seq("SELECT max(seq) FROM _dualwrite_changes").unwrap_or(0);
+        let t = Instant::now();
+        let mut daemon = serve(env, &db, &state, free_port());
+        while seq("SELECT min(seq) FROM _dualwrite_changes").is_some_and(|s| s <= backlog) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert!(t.elapsed() < Duration::from_secs(120), "no catch-up");
+        }
+        catch_up.push(t.elapsed().as_secs_f64());
+        slot.store(k, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(phase_secs)).await;
+        slot.store(between, Ordering::Relaxed);
+        let _ = Command::new("kill")
+            .args(["-TERM", &daemon.id().to_string()])
+            .status();
+        daemon.wait().unwrap();
+    }
+    slot.store(phases + 1, Ordering::Relaxed);
+    let (h, n) = writer.await.unwrap();
+    (h, catch_up, n)
+}
+
 async fn lag_seconds(port: u16) -> Option<f64> {
     let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
@@ -308,12 +397,7 @@ async fn main() {
     let db = dir.path().join("app.sqlite3");
     dox_file(&db, true).await;
     let state = dir.path().join("state");
-    let (h_off, n_off) = {
-        let (db, p) = (db.clone(), prefix.clone());
-        tokio::task::spawn_blocking(move || paced_writer(db, p, rate, outage as f64, 0))
-            .await
-            .unwrap()
-    };
+    let (h_off, n_off) = paced(&db, &prefix, rate, outage as f64, 0).await;
     let backlog = pending(&db);
 
     // 3. The daemon starts and drains the backlog.
@@ -385,12 +469,7 @@ async fn main() {
             (h, rss)
         })
     };
-    let (h_on, n_on) = {
-        let (db, p) = (db.clone(), prefix.clone());
-        tokio::task::spawn_blocking(move || paced_writer(db, p, rate, secs as f64, n_off + 10))
-            .await
-            .unwrap()
-    };
+    let (h_on, n_on) = paced(&db, &prefix, rate, secs as f64, n_off + 10).await;
     stop.store(true, Ordering::Relaxed);
     let (lag, rss_samples) = sampler.await.unwrap();
     while pending(&db) > 0 {
@@ -409,7 +488,23 @@ async fn main() {
         .status();
     let exit = daemon.wait().unwrap();
 
-    // 6. The backfill of the same rows, on the same machine, in the same run.
+    // 6. The writer's commit latency with serve stopped and draining, in
+    // alternating phases of one run (`PHASES`, default 6, of `PHASE_SECS`,
+    // default 10): steps 2 and 4 compare the first minute of the run with a
+    // minute three minutes later, the second one with the lag sampler reading
+    // the log.
+    let (phases, phase_secs) = if bench {
+        (
+            env_or("PHASES", 6).max(2) as usize,
+            env_or("PHASE_SECS", 10),
+        )
+    } else {
+        (2, 1)
+    };
+    let (alt, catch_up, n_alt) =
+        alternating(&env, dir.path(), &prefix, rate, phases, phase_secs).await;
+
+    // 7. The backfill of the same rows, on the same machine, in the same run.
     // First after `OUTAGE_SECS` with no request to Supabase, as the drain
     // started (PostgREST closes the database connections it held idle for
     // 30 s, and opens them again with the first requests); then `BACKFILLS`
@@ -497,5 +592,56 @@ async fn main() {
             .iter()
             .map(|k| (*k as f64 / 1024.0 * 10.0).round() / 10.0)
             .collect::<Vec<_>>()
+    );
+    println!(
+        "\n6. {n_alt} row-writes at {rate}/s on a fresh file, {phases} phases of {phase_secs} s, serve stopped then draining in turn (the daemon started anew for each draining phase, which began once the changes of the phase before were acknowledged: after {:?} s)",
+        catch_up.iter().map(|s| (s * 100.0).round() / 100.0).collect::<Vec<_>>()
+    );
+    println!("| phase | p50 | p99 | p99.9 | max | commits | over 1 ms |\n|---|---:|---:|---:|---:|---:|---:|");
+    let mut both = [
+        Histogram::<u64>::new(3).unwrap(),
+        Histogram::<u64>::new(3).unwrap(),
+    ];
+    let row = |name: &str, h: &Histogram<u64>| {
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max(),
+            h.len(),
+            h.len() - h.count_between(0, 1000)
+        )
+    };
+    for (k, h) in alt.iter().enumerate() {
+        if k == phases {
+            row(
+                "between phases (a daemon stopping, or starting and catching up)",
+                h,
+            );
+        } else {
+            both[k % 2].add(h).unwrap();
+            row(&format!("{} {}", k + 1, ["stopped", "draining"][k % 2]), h);
+        }
+    }
+    row("all stopped", &both[0]);
+    row("all draining", &both[1]);
+    println!(
+        "p99 ratio, alternating (draining / stopped): {:.2}",
+        both[1].value_at_quantile(0.99) as f64 / both[0].value_at_quantile(0.99).max(1) as f64
+    );
+    // Each draining phase against the stopped phase just before it.
+    let mut pairs: Vec<f64> = alt[..phases]
+        .chunks_exact(2)
+        .map(|p| p[1].value_at_quantile(0.99) as f64 / p[0].value_at_quantile(0.99).max(1) as f64)
+        .collect();
+    pairs.sort_by(f64::total_cmp);
+    println!(
+        "p99 ratio per pair of phases (sorted): {:?}, median {:.2}",
+        pairs
+            .iter()
+            .map(|r| (r * 100.0).round() / 100.0)
+            .collect::<Vec<_>>(),
+        pairs[pairs.len() / 2]
     );
 }

@@ -163,17 +163,22 @@ pub fn read_changes(conn: &Connection, limit: usize) -> Result<Vec<Change>> {
 /// them: `None`), in commit order, as a claim reads them: the index on `seq`
 /// holds every column read (`tbl` and `key` are the table's primary key), so
 /// SQLite never visits the table itself.
-fn read_claimable(conn: &Connection, after: Option<i64>, limit: usize) -> Result<Vec<Claimed>> {
+fn read_claimable(
+    conn: &Connection,
+    after: Option<i64>,
+    upto: i64,
+    limit: usize,
+) -> Result<Vec<Claimed>> {
     let bound = if after.is_some() {
         "seq > ?1"
     } else {
         "?1 IS NULL"
     };
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT tbl, key, seq FROM {LOG} WHERE {bound} ORDER BY seq LIMIT ?2"
+        "SELECT tbl, key, seq FROM {LOG} WHERE {bound} AND seq <= ?3 ORDER BY seq LIMIT ?2"
     ))?;
     let rows = stmt
-        .query_map(params![after, limit as i64], |r| {
+        .query_map(params![after, limit as i64, upto], |r| {
             Ok(Claimed {
                 tbl: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
                 key: lenient_key(r.get_ref(1)?),
@@ -325,11 +330,24 @@ pub fn ack_own_in(tx: &Connection, done: &[Change]) -> Result<usize> {
 }
 
 /// The drainer's read: the oldest `limit` pending changes with a `seq` above
-/// `after`, in commit order, claimed in the same short write transaction (the
-/// [`CLAIM`] watermark rises to the highest `seq` read). From then on a
-/// writer no longer acknowledges these entries itself: its mirror may race
-/// with the drainer's send of the same key, and only the drainer, which sends
-/// the row as it is after the claim, may remove them.
+/// `after`, in commit order, claimed first. The claim raises the [`CLAIM`]
+/// watermark to the newest entry's `seq` before anything is read; from then on
+/// a writer no longer acknowledges those entries itself (its mirror may race
+/// with the drainer's send of the same key) and only the drainer, which sends
+/// the row as it is after the claim, removes them.
+///
+/// The watermark is the only thing written: one small row, in a short write
+/// transaction of its own (none when it is already there), so the app's
+/// commits wait for the file's write lock for that alone. The entries are then
+/// read in a read transaction, which takes no lock, and only those at or below
+/// the watermark: every one of them was claimed before it was read, so no
+/// writer removed it in between, nor removes it afterwards. (Reading first and
+/// claiming after would not do: a writer could acknowledge an entry read but
+/// not yet claimed, write the key again, mirror and acknowledge that too,
+/// while the drainer sent the older row it had read.) An entry at or below the
+/// watermark that this claim does not reach (the `limit`) stays claimed for
+/// the next one. A new or changed entry gets a `seq` above the watermark, so
+/// it is not in the claim's ranges ([`ack_runs`]).
 ///
 /// `busy`: the [`key_hash`]es of the keys in batches still in flight; their
 /// entries are left for a later claim, so that a key is never in two batches
@@ -342,43 +360,71 @@ pub fn claim_changes(
     after: Option<i64>,
     busy: &std::collections::HashSet<u64>,
 ) -> Result<Claim> {
-    immediate(conn, |tx| {
-        let mut claim = Claim::default();
-        let mut from = after;
-        // The run of entries claimed since the last one left (or the start).
-        let mut run: Option<(i64, i64)> = None;
-        while claim.changes.len() < limit {
-            let want = limit - claim.changes.len();
-            let read = read_claimable(tx, from, want)?;
-            let Some(last) = read.last() else { break };
-            from = Some(last.seq);
-            let exhausted = read.len() < want;
-            for c in read {
-                if busy.is_empty() || !busy.contains(&key_hash(&c.tbl, &c.key)) {
-                    run = Some((run.map_or(c.seq, |(lo, _)| lo), c.seq));
-                    claim.changes.push(c);
-                } else {
-                    claim.skipped_from.get_or_insert(c.seq);
-                    claim.runs.extend(run.take());
-                }
-            }
-            if exhausted {
-                break;
+    let mut claim = Claim::default();
+    let Some(hi) = raise_watermark(conn)? else {
+        return Ok(claim);
+    };
+    let tx = conn.transaction()?;
+    let mut from = after;
+    // The run of entries claimed since the last one left (or the start).
+    let mut run: Option<(i64, i64)> = None;
+    while claim.changes.len() < limit {
+        let want = limit - claim.changes.len();
+        let read = read_claimable(&tx, from, hi, want)?;
+        let Some(last) = read.last() else { break };
+        from = Some(last.seq);
+        let exhausted = read.len() < want;
+        for c in read {
+            if busy.is_empty() || !busy.contains(&key_hash(&c.tbl, &c.key)) {
+                run = Some((run.map_or(c.seq, |(lo, _)| lo), c.seq));
+                claim.changes.push(c);
+            } else {
+                claim.skipped_from.get_or_insert(c.seq);
+                claim.runs.extend(run.take());
             }
         }
-        claim.runs.extend(run);
-        if let Some(last) = claim.changes.last() {
-            // One small row, whatever the batch's size: the watermark. Every
-            // entry read has `first` <= its `seq` <= `last.seq`.
+        if exhausted {
+            break;
+        }
+    }
+    claim.runs.extend(run);
+    tx.commit()?;
+    Ok(claim)
+}
+
+/// The claim: the [`CLAIM`] watermark raised to the newest entry's `seq`, if
+/// it is below. Returns the watermark (`None`: the log is empty and nothing
+/// was ever claimed). Looked at in a read transaction first: the write lock is
+/// taken only when the watermark must rise.
+fn raise_watermark(conn: &mut Connection) -> Result<Option<i64>> {
+    let sql = format!("SELECT (SELECT max(seq) FROM {LOG}), (SELECT max(hi) FROM {CLAIM})");
+    let read = |c: &Connection| -> Result<(Option<i64>, Option<i64>)> {
+        Ok(c.prepare_cached(&sql)?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?)
+    };
+    let (newest, hi) = {
+        let tx = conn.transaction()?;
+        let r = read(&tx)?;
+        tx.commit()?;
+        r
+    };
+    match (newest, hi) {
+        (None, hi) => Ok(hi),
+        (Some(n), Some(h)) if h >= n => Ok(Some(h)),
+        _ => immediate(conn, |tx| {
+            let (newest, hi) = read(tx)?;
+            let Some(n) = newest.filter(|n| hi.is_none_or(|h| h < *n)) else {
+                return Ok(hi);
+            };
             tx.prepare_cached(&format!("DELETE FROM {CLAIM} WHERE hi < ?1"))?
-                .execute([last.seq])?;
+                .execute([n])?;
             tx.prepare_cached(&format!(
                 "INSERT INTO {CLAIM} (hi) SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM {CLAIM})"
             ))?
-            .execute([last.seq])?;
-        }
-        Ok(claim)
-    })
+            .execute([n])?;
+            Ok(Some(n))
+        }),
+    }
 }
 
 /// What [`claim_changes`] took, in commit order, and the lowest `seq` it left
@@ -393,17 +439,18 @@ pub struct Claim {
     pub runs: Vec<(i64, i64)>,
 }
 
-/// Acknowledge the mirrored changes of table `tbl` that a claim took, by the
-/// ranges of `seq` they fill ([`Claim::runs`]), in one short write transaction:
-/// a range scan of the `seq` index instead of a look-up per change.
+/// Acknowledge the mirrored changes of the tables `tables` that a claim took,
+/// by the ranges of `seq` they fill ([`Claim::runs`]), in one short write
+/// transaction for them all: a range scan of the `seq` index per table and
+/// range instead of a look-up per change.
 ///
 /// Exact: an entry in a range when the claim ran was claimed by it (the claim
 /// reads the log in `seq` order, and every entry it read and left ends a
 /// range), and no entry enters a range later. A key that changes again gets a
 /// new `seq` above the [`CLAIM`] watermark, which is at or above every range's
 /// end, so it leaves the range and stays; so does an entry created anew.
-pub fn ack_runs(conn: &mut Connection, tbl: &str, runs: &[(i64, i64)]) -> Result<usize> {
-    if runs.is_empty() {
+pub fn ack_runs(conn: &mut Connection, tables: &[&str], runs: &[(i64, i64)]) -> Result<usize> {
+    if runs.is_empty() || tables.is_empty() {
         return Ok(0);
     }
     immediate(conn, |tx| {
@@ -413,8 +460,10 @@ pub fn ack_runs(conn: &mut Connection, tbl: &str, runs: &[(i64, i64)]) -> Result
             "DELETE FROM {LOG} WHERE +tbl = ?1 AND seq BETWEEN ?2 AND ?3"
         ))?;
         let mut n = 0;
-        for (lo, hi) in runs {
-            n += stmt.execute(params![tbl, lo, hi])?;
+        for tbl in tables {
+            for (lo, hi) in runs {
+                n += stmt.execute(params![tbl, lo, hi])?;
+            }
         }
         Ok(n)
     })

@@ -395,9 +395,9 @@ struct Sender {
 }
 
 impl Sender {
-    /// Make what was read durable, then send the batch; acknowledge each
-    /// table's changes once they landed. (The fsync is here, not in the read:
-    /// it overlaps the next batch's claim and read.)
+    /// Make what was read durable, then send the batch; acknowledge the
+    /// changes of the tables that landed, in one write transaction. (The fsync
+    /// is here, not in the read: it overlaps the next batch's claim and read.)
     async fn send(self, batch: Batch) -> Result<()> {
         self.make_durable(batch.version).await?;
         let Batch {
@@ -429,6 +429,23 @@ impl Sender {
             let done: Vec<Claimed> = corrupt.into_iter().map(|(c, _)| c).collect();
             blocking(&self.conn, move |c| capture::ack(c, &done)).await?;
         }
+        // The tables that landed are acknowledged together, in one write
+        // transaction, once the batch is done (or failed part-way: those that
+        // landed before the failure).
+        let mut landed: Vec<&'static str> = Vec::with_capacity(work.len());
+        let sent = self.send_tables(work, &mut landed).await;
+        if !landed.is_empty() {
+            blocking(&self.conn, move |c| capture::ack_runs(c, &landed, &runs)).await?;
+        }
+        sent
+    }
+
+    /// Upsert and delete each table's rows; push each table that landed.
+    async fn send_tables(
+        &self,
+        work: Vec<TableWork>,
+        landed: &mut Vec<&'static str>,
+    ) -> Result<()> {
         for w in work {
             let TableWork {
                 t,
@@ -462,9 +479,7 @@ impl Sender {
                 .filter(|k| !present.contains(*k))
                 .collect();
             let deleted = self.delete(t, &gone).await?;
-            let n = changes.len();
-            let runs = Arc::clone(&runs);
-            blocking(&self.conn, move |c| capture::ack_runs(c, t.sqlite, &runs)).await?;
+            landed.push(t.sqlite);
             add(&self.stats.mirrored, t.sqlite, written + deleted);
             add(
                 &self.stats.rejected,
@@ -473,7 +488,7 @@ impl Sender {
             );
             tracing::debug!(
                 table = t.sqlite,
-                changes = n,
+                changes = changes.len(),
                 upserted = written,
                 deleted,
                 "mirrored"

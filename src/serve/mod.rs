@@ -196,6 +196,13 @@ pub async fn drain_in_background(
     }
 }
 
+/// The WAL size, in pages, past which the daemon's own commits checkpoint it
+/// (SQLite's default, which the app's connections keep, is 1,000). Under a
+/// steady load the daemon, which commits after every batch, then reaches the
+/// threshold first: the checkpoints (and their fsync of the database file) run
+/// on its commits instead of the app's.
+const CHECKPOINT_PAGES: u32 = 300;
+
 async fn run_with_lease(
     rest: RestClient,
     opts: ServeOptions,
@@ -215,6 +222,7 @@ async fn run_with_lease(
             // acknowledgement a power loss takes back only sends the row again
             // (idempotent), so it needs no fsync of its own.
             c.execute_batch("PRAGMA synchronous=NORMAL")?;
+            c.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
             if !capture::triggers_on(&c)?.log_present {
                 return Err(Error::invalid(format!(
                     "capture is not installed on {}: run `dualwrite capture install` first",
