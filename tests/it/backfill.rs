@@ -279,7 +279,12 @@ async fn postgrest_down_mid_run_the_backfill_waits_or_stops_clearly_and_resumes(
     pg.stop();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     pg.start().await;
-    let r = run.await.unwrap().unwrap();
+    let r = run.await.unwrap().unwrap_or_else(|e| {
+        panic!(
+            "the backfill did not resume after the outage: {e}\nPostgREST's log:\n{}",
+            pg.postgrest_log()
+        )
+    });
     assert_eq!(r.rows_rejected, 0);
     assert_same(&read_only(&src).await, &pg.supabase(), "after an outage").await;
 

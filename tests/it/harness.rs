@@ -185,6 +185,11 @@ impl PrivateDb {
         self.postgrest.pause(paused);
     }
 
+    /// PostgREST's log, for a failure's message.
+    pub fn postgrest_log(&self) -> String {
+        self.postgrest.log()
+    }
+
     pub fn service_key(&self) -> String {
         keys::sign(
             stack().jwt_secret(),

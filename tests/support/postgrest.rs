@@ -68,6 +68,11 @@ impl Postgrest {
         p
     }
 
+    /// What the process (and the ones before it, on restarts) printed.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
     fn append_log(&self) -> std::fs::File {
         std::fs::OpenOptions::new()
             .append(true)
@@ -118,7 +123,7 @@ impl Postgrest {
                 panic!(
                     "PostgREST on {} exited ({status}): {}",
                     self.url,
-                    std::fs::read_to_string(self.log.path()).unwrap_or_default()
+                    self.log()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -126,7 +131,7 @@ impl Postgrest {
         panic!(
             "PostgREST on {} not ready after 20 s: {}",
             self.url,
-            std::fs::read_to_string(self.log.path()).unwrap_or_default()
+            self.log()
         );
     }
 
