@@ -96,6 +96,11 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+/// p99 of `on` over p99 of `off`.
+fn p99_ratio(on: &Histogram<u64>, off: &Histogram<u64>) -> f64 {
+    on.value_at_quantile(0.99) as f64 / off.value_at_quantile(0.99).max(1) as f64
+}
+
 /// Write `rate` rows/s for `secs` (3 inserts, then an update of an earlier
 /// row); returns the commit latencies (µs) and the rows written. Each commit is
 /// recorded in the histogram `slot` names when it starts (`slots` of them).
@@ -138,8 +143,7 @@ fn paced_writer(
         } else {
             ins.execute([format!("{prefix}-{i}")]).unwrap();
         }
-        let took = t.elapsed().as_micros() as u64;
-        h[at].record(took).unwrap();
+        h[at].record(t.elapsed().as_micros() as u64).unwrap();
         n += 1;
     }
     (h, n)
@@ -582,7 +586,7 @@ async fn main() {
     }
     println!(
         "p99 ratio (draining / stopped): {:.2}",
-        h_on.value_at_quantile(0.99) as f64 / h_off.value_at_quantile(0.99).max(1) as f64
+        p99_ratio(&h_on, &h_off)
     );
     println!(
         "\n5. daemon: peak RSS {:.1} MB; RSS after the drain {:.1} MB; during the load every 5 s (MB): {:?}; idle CPU {idle_cpu:.2}% of a core; exit on SIGTERM: {exit}",
@@ -628,12 +632,12 @@ async fn main() {
     row("all draining", &both[1]);
     println!(
         "p99 ratio, alternating (draining / stopped): {:.2}",
-        both[1].value_at_quantile(0.99) as f64 / both[0].value_at_quantile(0.99).max(1) as f64
+        p99_ratio(&both[1], &both[0])
     );
     // Each draining phase against the stopped phase just before it.
     let mut pairs: Vec<f64> = alt[..phases]
         .chunks_exact(2)
-        .map(|p| p[1].value_at_quantile(0.99) as f64 / p[0].value_at_quantile(0.99).max(1) as f64)
+        .map(|p| p99_ratio(&p[1], &p[0]))
         .collect();
     pairs.sort_by(f64::total_cmp);
     println!(

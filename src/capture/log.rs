@@ -394,7 +394,7 @@ pub fn claim_changes(
 
 /// The claim: the [`CLAIM`] watermark raised to the newest entry's `seq`, if
 /// it is below. Returns the watermark (`None`: the log is empty and nothing
-/// was ever claimed). Looked at in a read transaction first: the write lock is
+/// was ever claimed). Looked at first with no lock (one statement): the write lock is
 /// taken only when the watermark must rise.
 fn raise_watermark(conn: &mut Connection) -> Result<Option<i64>> {
     let sql = format!("SELECT (SELECT max(seq) FROM {LOG}), (SELECT max(hi) FROM {CLAIM})");
@@ -402,29 +402,26 @@ fn raise_watermark(conn: &mut Connection) -> Result<Option<i64>> {
         Ok(c.prepare_cached(&sql)?
             .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?)
     };
-    let (newest, hi) = {
-        let tx = conn.transaction()?;
-        let r = read(&tx)?;
-        tx.commit()?;
-        r
-    };
-    match (newest, hi) {
-        (None, hi) => Ok(hi),
-        (Some(n), Some(h)) if h >= n => Ok(Some(h)),
-        _ => immediate(conn, |tx| {
-            let (newest, hi) = read(tx)?;
-            let Some(n) = newest.filter(|n| hi.is_none_or(|h| h < *n)) else {
-                return Ok(hi);
-            };
-            tx.prepare_cached(&format!("DELETE FROM {CLAIM} WHERE hi < ?1"))?
-                .execute([n])?;
-            tx.prepare_cached(&format!(
-                "INSERT INTO {CLAIM} (hi) SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM {CLAIM})"
-            ))?
-            .execute([n])?;
-            Ok(Some(n))
-        }),
+    // The newest entry's `seq`, when the watermark is below it.
+    let rise =
+        |(newest, hi): (Option<i64>, Option<i64>)| newest.filter(|n| hi.is_none_or(|h| h < *n));
+    let now = read(conn)?;
+    if rise(now).is_none() {
+        return Ok(now.1);
     }
+    immediate(conn, |tx| {
+        let now = read(tx)?;
+        let Some(n) = rise(now) else {
+            return Ok(now.1);
+        };
+        tx.prepare_cached(&format!("DELETE FROM {CLAIM} WHERE hi < ?1"))?
+            .execute([n])?;
+        tx.prepare_cached(&format!(
+            "INSERT INTO {CLAIM} (hi) SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM {CLAIM})"
+        ))?
+        .execute([n])?;
+        Ok(Some(n))
+    })
 }
 
 /// What [`claim_changes`] took, in commit order, and the lowest `seq` it left
