@@ -22,7 +22,10 @@
 //! 6. writes RATE rows/s to a fresh file in `PHASES` alternating phases of
 //!    `PHASE_SECS` (default 6 of 10 s), serve stopped then draining, for the
 //!    writer's commit latency in both states in the same minute (steps 2 and 4
-//!    are minutes apart, and step 4 runs the lag sampler);
+//!    are minutes apart, and step 4 runs the lag sampler). With
+//!    `SERVE_ARGS_B="--poll-ms 250"` (any `serve` arguments), every other
+//!    draining phase runs the daemon with them, and both settings are compared
+//!    in the same run (at least 8 phases);
 //! 7. deletes the rows from Supabase and backfills the same file (release
 //!    binary) for the backfill's rows/s on the same machine in the same run:
 //!    once after OUTAGE_SECS with no request to Supabase (as the drain came
@@ -182,13 +185,33 @@ fn free_port() -> u16 {
 }
 
 fn serve(env: &HashMap<String, String>, path: &Path, state: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_dualwrite"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--state-dir", state.to_str().unwrap()])
-        .args(["--poll-ms", &env_or("POLL_MS", 50).to_string()])
-        .args(["--batch-rows", &env_or("BATCH_ROWS", 2000).to_string()])
-        .args(["--request-rows", &env_or("REQUEST_ROWS", 500).to_string()])
-        .args(["--concurrency", &env_or("CONCURRENCY", 4).to_string()])
+    serve_with(env, path, state, port, &[])
+}
+
+/// [`serve`], with `extra` arguments (which replace the bench's own value of an option they give).
+fn serve_with(
+    env: &HashMap<String, String>,
+    path: &Path,
+    state: &Path,
+    port: u16,
+    extra: &[String],
+) -> Child {
+    let tuned = [
+        ("--poll-ms", env_or("POLL_MS", 250)),
+        ("--batch-rows", env_or("BATCH_ROWS", 2000)),
+        ("--request-rows", env_or("REQUEST_ROWS", 500)),
+        ("--concurrency", env_or("CONCURRENCY", 4)),
+    ];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dualwrite"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--state-dir", state.to_str().unwrap()]);
+    // `extra` replaces the bench's own value of an option it gives.
+    for (flag, v) in tuned {
+        if !extra.iter().any(|a| a == flag) {
+            cmd.args([flag, &v.to_string()]);
+        }
+    }
+    cmd.args(extra)
         .envs(env)
         .env("DB_PATH", path)
         // `DAEMON_LOG` (default `warn`) to see the daemon's own log.
@@ -275,6 +298,7 @@ async fn alternating(
     rate: u64,
     phases: usize,
     phase_secs: u64,
+    args_b: &[String],
 ) -> (Vec<Histogram<u64>>, Vec<f64>, u64) {
     let db = dir.join("alternating.sqlite3");
     dox_file(&db, true).await;
@@ -303,7 +327,9 @@ async fn alternating(
         // before is acknowledged.
         let backlog = seq("SELECT max(seq) FROM _dualwrite_changes").unwrap_or(0);
         let t = Instant::now();
-        let mut daemon = serve(env, &db, &state, free_port());
+        // With `SERVE_ARGS_B`, every other draining phase runs variant B.
+        let extra = if k % 4 == 3 { args_b } else { &[][..] };
+        let mut daemon = serve_with(env, &db, &state, free_port(), extra);
         while seq("SELECT min(seq) FROM _dualwrite_changes").is_some_and(|s| s <= backlog) {
             tokio::time::sleep(Duration::from_millis(10)).await;
             assert!(t.elapsed() < Duration::from_secs(120), "no catch-up");
@@ -505,8 +531,16 @@ async fn main() {
     } else {
         (2, 1)
     };
+    // `SERVE_ARGS_B` (say "--poll-ms 250"): every other draining phase runs
+    // the daemon with these arguments too, to compare two settings in one run
+    // (phases of one run differ less than runs do).
+    let args_b: Vec<String> = std::env::var("SERVE_ARGS_B")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
     let (alt, catch_up, n_alt) =
-        alternating(&env, dir.path(), &prefix, rate, phases, phase_secs).await;
+        alternating(&env, dir.path(), &prefix, rate, phases, phase_secs, &args_b).await;
 
     // 7. The backfill of the same rows, on the same machine, in the same run.
     // First after `OUTAGE_SECS` with no request to Supabase, as the drain
@@ -602,7 +636,9 @@ async fn main() {
         catch_up.iter().map(|s| (s * 100.0).round() / 100.0).collect::<Vec<_>>()
     );
     println!("| phase | p50 | p99 | p99.9 | max | commits | over 1 ms |\n|---|---:|---:|---:|---:|---:|---:|");
+    // Stopped, draining (A: the bench's arguments), draining with `SERVE_ARGS_B`.
     let mut both = [
+        Histogram::<u64>::new(3).unwrap(),
         Histogram::<u64>::new(3).unwrap(),
         Histogram::<u64>::new(3).unwrap(),
     ];
@@ -624,12 +660,26 @@ async fn main() {
                 h,
             );
         } else {
-            both[k % 2].add(h).unwrap();
-            row(&format!("{} {}", k + 1, ["stopped", "draining"][k % 2]), h);
+            let b = !args_b.is_empty() && k % 4 == 3;
+            both[if b { 2 } else { k % 2 }].add(h).unwrap();
+            let state = ["stopped", "draining"][k % 2];
+            row(
+                &format!("{} {state}{}", k + 1, if b { " (B)" } else { "" }),
+                h,
+            );
         }
     }
     row("all stopped", &both[0]);
     row("all draining", &both[1]);
+    if !args_b.is_empty() {
+        let [off, on, on_b] = &both;
+        row(&format!("all draining (B: {})", args_b.join(" ")), on_b);
+        println!(
+            "p99 ratio, B: {:.2} against stopped, {:.2} against draining with the bench's arguments (A)",
+            p99_ratio(on_b, off),
+            p99_ratio(on_b, on)
+        );
+    }
     println!(
         "p99 ratio, alternating (draining / stopped): {:.2}",
         p99_ratio(&both[1], &both[0])
