@@ -200,10 +200,10 @@ pub async fn drain_in_background(
 }
 
 /// The WAL size, in pages, past which the daemon's own commits checkpoint it
-/// (SQLite's default, which the app's connections keep, is 1,000). Under a
-/// steady load the daemon, which commits after every batch, then reaches the
-/// threshold first: the checkpoints (and their fsync of the database file) run
-/// on its commits instead of the app's.
+/// (SQLite's default, which the app's connections keep, is 1,000). The daemon
+/// commits twice per batch; when batches come often (a short `--poll-ms`) it
+/// reaches the threshold first, and the checkpoints (with their fsync of the
+/// database file) run on its commits instead of the app's.
 const CHECKPOINT_PAGES: u32 = 300;
 
 async fn run_with_lease(
