@@ -5,8 +5,8 @@
 //! Run: `scripts/stack.sh up && cargo bench --bench capture`
 //! (`SECS` of steady load, default 60; `OUTAGE_SECS` of writing with the daemon
 //! stopped, default 60; `RATE` row-writes/s, default 1000; `COMMITS` for the
-//! overhead part, default 20,000; `POLL_MS`, the daemon's `--poll-ms`, default 50; `BATCH_ROWS`,
-//! `REQUEST_ROWS` and `CONCURRENCY`, its `--batch-rows`, `--request-rows` and
+//! overhead part, default 20,000; `POLL_MS`, `BATCH_ROWS`, `REQUEST_ROWS` and
+//! `CONCURRENCY`, the daemon's `--poll-ms`, `--batch-rows`, `--request-rows` and
 //! `--concurrency`, default the daemon's own; `BACKFILLS`, the backfill's runs,
 //! default 3; `DAEMON_LOG`, the daemon's `RUST_LOG`, default `warn`). In one run it:
 //! 1. times single-row committed inserts (WAL, synchronous=NORMAL) on two fresh
@@ -188,7 +188,8 @@ fn serve(env: &HashMap<String, String>, path: &Path, state: &Path, port: u16) ->
     serve_with(env, path, state, port, &[])
 }
 
-/// [`serve`], with `extra` arguments (which replace the bench's own value of an option they give).
+/// [`serve`], with `extra` arguments (which replace the value of an option
+/// the bench's environment gives).
 fn serve_with(
     env: &HashMap<String, String>,
     path: &Path,
@@ -197,18 +198,17 @@ fn serve_with(
     extra: &[String],
 ) -> Child {
     let tuned = [
-        ("--poll-ms", env_or("POLL_MS", 250)),
-        ("--batch-rows", env_or("BATCH_ROWS", 2000)),
-        ("--request-rows", env_or("REQUEST_ROWS", 500)),
-        ("--concurrency", env_or("CONCURRENCY", 4)),
+        ("--poll-ms", "POLL_MS"),
+        ("--batch-rows", "BATCH_ROWS"),
+        ("--request-rows", "REQUEST_ROWS"),
+        ("--concurrency", "CONCURRENCY"),
     ];
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dualwrite"));
     cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--state-dir", state.to_str().unwrap()]);
-    // `extra` replaces the bench's own value of an option it gives.
-    for (flag, v) in tuned {
-        if !extra.iter().any(|a| a == flag) {
-            cmd.args([flag, &v.to_string()]);
+    for (flag, var) in tuned {
+        if let (Ok(v), false) = (std::env::var(var), extra.iter().any(|a| a == flag)) {
+            cmd.args([flag, &v]);
         }
     }
     cmd.args(extra)
@@ -286,6 +286,12 @@ async fn backfill_once(env: &HashMap<String, String>, db: &Path, prefix: &str) -
     )
 }
 
+/// Whether phase `k` of step 6 runs the daemon with `SERVE_ARGS_B`: every
+/// other draining phase (the draining phases are the odd ones).
+fn runs_b(k: usize) -> bool {
+    k % 4 == 3
+}
+
 /// The writer's commit latency with `serve` stopped and draining, in
 /// alternating phases of one run on one file (stopped first): each a
 /// histogram (µs), and one more for the transitions (a daemon stopping, or
@@ -327,8 +333,7 @@ async fn alternating(
         // before is acknowledged.
         let backlog = seq("SELECT max(seq) FROM _dualwrite_changes").unwrap_or(0);
         let t = Instant::now();
-        // With `SERVE_ARGS_B`, every other draining phase runs variant B.
-        let extra = if k % 4 == 3 { args_b } else { &[][..] };
+        let extra = if runs_b(k) { args_b } else { &[][..] };
         let mut daemon = serve_with(env, &db, &state, free_port(), extra);
         while seq("SELECT min(seq) FROM _dualwrite_changes").is_some_and(|s| s <= backlog) {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -660,7 +665,7 @@ async fn main() {
                 h,
             );
         } else {
-            let b = !args_b.is_empty() && k % 4 == 3;
+            let b = !args_b.is_empty() && runs_b(k);
             both[if b { 2 } else { k % 2 }].add(h).unwrap();
             let state = ["stopped", "draining"][k % 2];
             row(
