@@ -83,16 +83,17 @@ pub struct Settings {
     pub unrepresentable: UnrepresentablePolicy,
     /// Where coerced values are recorded with their originals (`dual.coerced_log`).
     pub coerced_log: PathBuf,
-    /// Who sends the captured writes an inline mirror could not (`dual.drain`).
+    /// Who drains the change log when capture is installed (`dual.drain`).
     pub drain: DrainMode,
 }
 
-/// `dual.drain` (`DUALWRITE_DRAIN`): with change capture installed, who sends
-/// the writes whose inline mirror failed (they wait in the change log).
+/// `dual.drain` (`DUALWRITE_DRAIN`): with change capture installed, the dual
+/// layer mirrors nothing inline (every write waits in the change log, in
+/// order with the other writers'); who drains the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainMode {
     /// A `dualwrite serve` daemon (the default).
-    Inline,
+    Serve,
     /// Also a drainer task inside the embedding process, under `serve`'s lease:
     /// it drains only while no `serve` (or other drainer) holds the file.
     Background,
@@ -101,22 +102,22 @@ pub enum DrainMode {
 impl DrainMode {
     pub fn as_str(self) -> &'static str {
         match self {
-            DrainMode::Inline => "inline",
+            DrainMode::Serve => "serve",
             DrainMode::Background => "background",
         }
     }
 }
 
-/// `inline` or `background`, in any case.
+/// `serve` or `background`, in any case.
 impl std::str::FromStr for DrainMode {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "inline" => Ok(DrainMode::Inline),
+            "serve" => Ok(DrainMode::Serve),
             "background" => Ok(DrainMode::Background),
             other => Err(Error::invalid(format!(
-                "unknown drain mode `{other}`: use `inline` or `background`"
+                "unknown drain mode `{other}`: use `serve` or `background`"
             ))),
         }
     }
@@ -373,10 +374,10 @@ impl Settings {
                 ))
             })?;
         let drain = match raw.dual.drain.trim() {
-            "" => DrainMode::Inline,
+            "" => DrainMode::Serve,
             other => other.parse().map_err(|_| {
                 Error::config(format!(
-                    "dual.drain (DUALWRITE_DRAIN) = `{}` is not a drain mode (use inline or background)",
+                    "dual.drain (DUALWRITE_DRAIN) = `{}` is not a drain mode (use serve or background)",
                     raw.dual.drain
                 ))
             })?,

@@ -370,9 +370,8 @@ pub async fn check(
     let mut serve_last_error = None;
     let capture = if capture.log_present {
         if capture.pending > 0 {
-            serve_last_error = crate::serve::status(source.path())
-                .ok()
-                .and_then(|s| s.last_error);
+            serve_last_error =
+                crate::serve::read_status_file(source.path()).and_then(|s| s.last_error);
             reasons.push(format!(
                 "{} captured change(s) not mirrored yet (the oldest {:.0}s old){}; let `dualwrite serve` drain them",
                 capture.pending,

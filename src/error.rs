@@ -36,6 +36,12 @@ pub enum Error {
     #[error("sqlite: {0}")]
     Sqlite(String),
 
+    /// Another connection held the SQLite file's lock for longer than the
+    /// busy timeout (`SQLITE_BUSY`, `SQLITE_LOCKED`): transient, the same
+    /// statement succeeds once the lock is released.
+    #[error("sqlite: {0} (another connection held the file's lock past the busy timeout)")]
+    Busy(String),
+
     /// A worker thread that owns a resource (the SQLite connection) is gone:
     /// it panicked or was shut down. Not transient: the handle cannot recover.
     #[error("the {worker} thread stopped {when}")]
@@ -65,6 +71,17 @@ pub enum Error {
     /// No answer within the configured time.
     #[error("supabase did not answer within {0:?} (is it overloaded or paused? SUPABASE_TIMEOUT sets the limit)")]
     Timeout(Duration),
+
+    /// A transient failure that kept failing for as long as the caller's
+    /// retry budget allowed; `last` is the last attempt's error, `hint` what
+    /// happens to the work now (a backfill resumes from its checkpoint, the
+    /// daemon's changes stay in the change log).
+    #[error("still failing after retrying for {after:?}: {last}; {hint}")]
+    GaveUp {
+        after: Duration,
+        last: Box<Error>,
+        hint: &'static str,
+    },
 
     /// An answer we did not expect (a row count that does not match, a body that is not JSON).
     #[error("unexpected response from supabase: {0}")]
@@ -139,10 +156,11 @@ impl Error {
     ///
     /// Network failures, timeouts, 429, 502/503/504 and the PostgreSQL errors that
     /// come from load (statement timeout, deadlock, serialization, lock timeout) are
-    /// transient. Data errors (4xx), auth errors and configuration errors are not.
+    /// transient, and so is a SQLite file locked past the busy timeout. Data
+    /// errors (4xx), auth errors and configuration errors are not.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Unreachable { .. } | Error::Timeout(_) => true,
+            Error::Unreachable { .. } | Error::Timeout(_) | Error::Busy(_) => true,
             Error::Rest { status, code, .. } => match status {
                 429 | 502 | 503 | 504 => true,
                 500 => matches!(
@@ -152,7 +170,16 @@ impl Error {
                 ),
                 _ => false,
             },
+            Error::GaveUp { last, .. } => last.is_transient(),
             _ => false,
+        }
+    }
+
+    /// The error behind a [`Error::GaveUp`] (itself otherwise).
+    pub fn cause(&self) -> &Error {
+        match self {
+            Error::GaveUp { last, .. } => last.cause(),
+            e => e,
         }
     }
 
@@ -168,11 +195,14 @@ impl Error {
     }
 
     /// Whether the failed request should be split before it is sent again
-    /// (too large, or too slow for the statement timeout).
+    /// (too large, or too slow for the server's statement timeout). A client
+    /// timeout is not: it is far beyond what any request of a batch takes,
+    /// so it says the server does not answer, and halving the batch again
+    /// and again, each half waiting a full timeout, would hide the outage.
+    /// It is retried (and the next requests are smaller).
     pub fn must_split(&self) -> bool {
         match self {
             Error::Rest { status, code, .. } => *status == 413 || code.as_deref() == Some("57014"),
-            Error::Timeout(_) => true,
             _ => false,
         }
     }
@@ -208,7 +238,7 @@ impl Error {
 
     /// The PostgREST / PostgreSQL error code, when there is one.
     pub fn code(&self) -> Option<&str> {
-        match self {
+        match self.cause() {
             Error::Rest { code, .. } => code.as_deref(),
             _ => None,
         }
@@ -261,7 +291,12 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
-        Error::Sqlite(e.to_string())
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                Error::Busy(e.to_string())
+            }
+            _ => Error::Sqlite(e.to_string()),
+        }
     }
 }
 

@@ -117,7 +117,8 @@ pub async fn open(s: &Settings) -> Result<(AnyDatabase, InitReport)> {
         (BackendKind::Supabase, true, Ok(sb)) => {
             let lite = SqliteDatabase::open(&s.db_path, sqlite_options(s)).await?;
             report.dual_write = true;
-            AnyDatabase::SupabaseFirst(dual(s, sb, lite)?)
+            let rest = sb.rest().clone();
+            AnyDatabase::SupabaseFirst(dual_supabase_first(s, &rest, sb, lite).await?)
         }
         (BackendKind::Sqlite, true, Ok(sb)) => {
             let lite = SqliteDatabase::open(&s.db_path, sqlite_options(s)).await?;
@@ -142,13 +143,14 @@ pub async fn open(s: &Settings) -> Result<(AnyDatabase, InitReport)> {
 
 /// The dual layer of a SQLite primary (the file `s.db_path`) mirrored to
 /// Supabase: [`dual`], plus what change capture on the file changes. With
-/// capture installed, every write is in the change log, committed with it, and
-/// a failed mirror is left there for the drainer: no payload failure log
-/// (replaying an old payload could later write it over a newer row), and with
+/// capture installed, every write is in the change log, committed with it,
+/// and nothing is mirrored inline (a drainer sends the rows as they are, in
+/// order: [`DualDatabase`]): no payload failure log either, and with
 /// `dual.drain = "background"` a drainer task in this process (see
 /// [`crate::serve::drain_in_background`]), stopped when the layer is dropped.
-/// A background drain without capture is a configuration error. Used by
-/// [`open`] and by the Python module's `DualDatabase`.
+/// With `serve` as the drainer and none running, a warning says that the
+/// writes wait. A background drain without capture is a configuration
+/// error. Used by [`open`] and by the Python module's `DualDatabase`.
 pub async fn dual_sqlite_first<P: crate::db::Database, S: crate::db::Database>(
     s: &Settings,
     primary: P,
@@ -167,10 +169,39 @@ pub async fn dual_sqlite_first<P: crate::db::Database, S: crate::db::Database>(
     let mut s = s.clone();
     s.failure_log = None;
     let d = dual(&s, primary, secondary)?;
-    Ok(match background {
-        true => d.with_drainer(background_drainer(&s)?),
-        false => d,
-    })
+    if background {
+        return Ok(d.with_drainer(background_drainer(&s)?));
+    }
+    let db = s.db_path.clone();
+    let served = crate::sync::blocking("capture", move || Ok(crate::capture::Lease::held_on(&db)))
+        .await
+        .unwrap_or(false);
+    if !served {
+        tracing::warn!(
+            db = %s.db_path.display(),
+            "change capture is installed and no `dualwrite serve` drains the file yet: writes wait in \
+             the change log until one runs (or set DUALWRITE_DRAIN=background to drain from this process)"
+        );
+    }
+    Ok(d)
+}
+
+/// The dual layer of a Supabase primary (reached through `rest`) mirrored to
+/// the SQLite file: [`dual`]; with capture on Supabase, `serve --direction
+/// reverse` keeps the file current, in order with every other writer, so
+/// nothing is mirrored inline (it could land after the daemon wrote a newer
+/// version). Used by [`open`] and by the Python module's `DualDatabase`.
+pub async fn dual_supabase_first<P: crate::db::Database, S: crate::db::Database>(
+    s: &Settings,
+    rest: &RestClient,
+    primary: P,
+    secondary: S,
+) -> Result<DualDatabase<P, S>> {
+    let captured = crate::reverse::capture::switch(rest, None, false)
+        .await
+        .is_ok_and(|st| st.enabled);
+    let d = dual(s, primary, secondary)?;
+    Ok(if captured { d.drained() } else { d })
 }
 
 /// Start the background drainer of `dual.drain = "background"` on the
@@ -178,13 +209,14 @@ pub async fn dual_sqlite_first<P: crate::db::Database, S: crate::db::Database>(
 pub fn background_drainer(s: &Settings) -> Result<tokio::sync::watch::Sender<bool>> {
     let rest = RestClient::new(&s.rest_config()?)?;
     let mut opts = crate::serve::ServeOptions::new(
+        crate::direction::Direction::Forward,
         s.db_path.clone(),
         crate::backfill::state_dir_for(&s.db_path),
     );
     opts.unrepresentable = s.unrepresentable;
     // Stopping (the app closes or drops its dual layer, or forks) waits for the
-    // batch in flight: while Supabase is down, a batch gives up after the
-    // inline mirror's own bound rather than serve's 20 s, pauses and tries again.
+    // batches out: while Supabase is down, a request gives up after the
+    // mirror timeout rather than serve's 20 s, pauses and tries again.
     opts.max_wait = s.mirror_timeout;
     let (stop, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(crate::serve::drain_in_background(rest, opts, rx));

@@ -32,6 +32,7 @@ pub mod config;
 pub mod cutover;
 pub mod db;
 pub mod demo;
+pub mod direction;
 pub mod error;
 pub mod export;
 pub mod factory;

@@ -63,6 +63,28 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
+    retry_observed(policy, when, &|_: &Error| {}, op).await
+}
+
+/// Something told of every failed attempt that will be tried again (the
+/// daemon counts and shows them while a batch still retries: a timeout is a
+/// failure as soon as it happens, not once the retries are spent).
+pub type Observer<'a> = &'a (dyn Fn(&Error) + Send + Sync);
+
+/// An [`Observer`] that can be kept and shared (the daemon's senders hold one).
+pub type SharedObserver = std::sync::Arc<dyn Fn(&Error) + Send + Sync>;
+
+/// [`retry_when`], telling `observe` of each failed attempt before its wait.
+pub async fn retry_observed<T, F, Fut>(
+    policy: RetryPolicy,
+    when: fn(&Error) -> bool,
+    observe: Observer<'_>,
+    op: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
     let mut backoff = ExponentialBuilder::default()
         .with_min_delay(policy.min_delay)
         .with_max_delay(policy.max_delay)
@@ -96,6 +118,7 @@ where
         })
         .notify(|e: &Error, wait: Duration| {
             tracing::debug!(error = %e, ?wait, "transient failure; retrying");
+            observe(e);
         })
         .await
 }

@@ -92,6 +92,20 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(path)
 }
 
+/// Replace `path` with `bytes` through a 0600 temp file and a rename, without
+/// fsync: for a report rewritten every second (the daemon's status file),
+/// whose loss in a crash costs nothing, and whose fsyncs would share the disk
+/// with the app's commits.
+pub fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = create(&tmp)?;
+    f.write_all(bytes).at(&tmp)?;
+    drop(f);
+    std::fs::rename(&tmp, path).at(path)
+}
+
 /// Move `from` to `to` (same directory) durably.
 pub fn rename(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(from, to).at(from)?;

@@ -339,11 +339,13 @@ class DualDatabase(_Storage):
     default).
 
     With change capture installed on an ``ExtendedDatabase`` primary's file
-    (``dualwrite capture install``), each write's change row commits with it: a
-    mirror that succeeds removes it, one that fails leaves it in the change log
-    for a drainer, and no failure log is written. The drainer is ``dualwrite
-    serve``, or with ``drain="background"`` (default: ``dual.drain`` /
-    ``DUALWRITE_DRAIN``, else ``"inline"``) a task of this process under serve's
+    (``dualwrite capture install``), each write's change row commits with it and
+    nothing is mirrored inline: a drainer sends the row as it is then, in order
+    with every other writer's (an inline mirror could land after a newer version
+    and stay), and no failure log is written (``dual_stats()["left_to_drainer"]``
+    counts those writes). The drainer is ``dualwrite serve``, or with
+    ``drain="background"`` (default: ``dual.drain`` / ``DUALWRITE_DRAIN``, else
+    ``"serve"``) a task of this process under serve's
     lease (it drains only while no ``serve`` or other drainer holds the file),
     stopped by :meth:`close` or when the object is dropped. A background drain
     without capture raises :class:`ConfigError`. After ``fork()`` the child starts
@@ -361,7 +363,7 @@ class DualDatabase(_Storage):
                     f"not {type(side).__name__}"
                 )
         if drain is not None and not isinstance(drain, str):
-            raise InvalidInputError(f"DualDatabase: drain must be 'inline' or 'background', not {drain!r}")
+            raise InvalidInputError(f"DualDatabase: drain must be 'serve' or 'background', not {drain!r}")
         self._store = _native.Store.dual_of(primary._store, secondary._store, drain)
         self.primary = primary
         self.secondary = secondary

@@ -24,9 +24,7 @@
 //!   take it), then restarts them in the parent ([`after_fork_in_parent`]). A
 //!   child's dual layer, rebuilt on first use, starts its own drainer, which
 //!   waits for the lease like any second drainer: one process drains at a time,
-//!   and another takes over within seconds when it stops. [`before_fork`] also
-//!   applies every dual store's queued acknowledgements first, which the SQLite
-//!   thread would otherwise apply by itself shortly after a mirrored write.
+//!   and another takes over within seconds when it stops.
 
 #![forbid(unsafe_code)]
 
@@ -63,15 +61,18 @@ type CoreResult<T> = dualwrite::Result<T>;
 /// with `transient` set from [`CoreError::is_transient`]. Messages never hold a key.
 fn py_err(py: Python<'_>, e: CoreError) -> PyErr {
     let msg = e.to_string();
-    let err = match &e {
+    let err = match e.cause() {
         CoreError::Config(_) => exc::ConfigError::new_err(msg),
         CoreError::InvalidInput(_) | CoreError::Unrepresentable { .. } => {
             exc::InvalidInputError::new_err(msg)
         }
-        CoreError::Sqlite(_) | CoreError::WorkerStopped { .. } => exc::SQLiteError::new_err(msg),
+        CoreError::Sqlite(_) | CoreError::Busy(_) | CoreError::WorkerStopped { .. } => {
+            exc::SQLiteError::new_err(msg)
+        }
         CoreError::Rest { .. }
         | CoreError::Unreachable { .. }
         | CoreError::Timeout(_)
+        | CoreError::GaveUp { .. }
         | CoreError::Protocol(_) => exc::SupabaseError::new_err(msg),
         CoreError::Io { .. } => exc::Error::new_err(msg),
     };
@@ -138,29 +139,12 @@ impl Database for Leaf {
         }
     }
 
-    // With change capture on the SQLite side, the dual layer acknowledges the
-    // change rows of each mirrored write (see `DualDatabase`).
-    async fn apply_captured(
-        &self,
-        write: Write,
-    ) -> CoreResult<(Applied, Vec<dualwrite::capture::Change>)> {
+    // With change capture on the SQLite side, the dual layer leaves the
+    // mirror of a captured write to the drainer (see `DualDatabase`).
+    async fn apply_captured(&self, write: Write) -> CoreResult<(Applied, bool)> {
         match self {
             Leaf::Sqlite(d) => d.apply_captured(write).await,
             Leaf::Supabase(d) => d.apply_captured(write).await,
-        }
-    }
-
-    async fn acknowledge(&self, changes: Vec<dualwrite::capture::Change>) -> CoreResult<usize> {
-        match self {
-            Leaf::Sqlite(d) => d.acknowledge(changes).await,
-            Leaf::Supabase(d) => d.acknowledge(changes).await,
-        }
-    }
-
-    async fn flush_acknowledgements(&self) {
-        match self {
-            Leaf::Sqlite(d) => d.flush_acknowledgements().await,
-            Leaf::Supabase(d) => d.flush_acknowledgements().await,
         }
     }
 }
@@ -260,9 +244,13 @@ impl Inner {
                     (Leaf::Sqlite(_), Leaf::Supabase(_)) => {
                         let mut s = settings.as_ref().clone();
                         if self.closed.load(Ordering::SeqCst) {
-                            s.drain = DrainMode::Inline;
+                            s.drain = DrainMode::Serve;
                         }
                         Db::Dual(rt.block_on(factory::dual_sqlite_first(&s, p, q))?)
+                    }
+                    (Leaf::Supabase(sb), _) => {
+                        let rest = sb.rest().clone();
+                        Db::Dual(rt.block_on(factory::dual_supabase_first(settings, &rest, p, q))?)
                     }
                     _ => Db::Dual(factory::dual(settings, p, q)?),
                 }
@@ -348,8 +336,8 @@ fn dual_inner(
     Ok(inner)
 }
 
-/// The dual stores of the process (they may queue acknowledgements and run a
-/// background drainer), for the fork hooks.
+/// The dual stores of the process (they may run a background drainer), for
+/// the fork hooks.
 static DUALS: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
 /// The drainers of dropped stores, stopping in the background: a fork waits for them.
 static STOPPING: Mutex<Vec<tokio::sync::watch::Sender<bool>>> = Mutex::new(Vec::new());
@@ -403,10 +391,6 @@ fn before_fork(py: Python<'_>) {
             };
             let Db::Dual(d) = &live.db else { continue };
             let Ok(rt) = runtime() else { continue };
-            // The SQLite thread applies queued acknowledgements by itself
-            // shortly after a mirrored write: apply them now, so that it is
-            // not inside SQLite when the process forks.
-            rt.block_on(d.flush_acknowledgements());
             if d.drainer_running() {
                 rt.block_on(d.stop_drainer());
                 paused.push(inner);
@@ -680,7 +664,7 @@ impl Store {
         to_py(py, &out)
     }
 
-    /// `{mirrored, failed, dropped, pending}` of a dual store, else None.
+    /// `{mirrored, left_to_drainer, failed, dropped, pending}` of a dual store, else None.
     fn dual_stats<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         match &self.live(py)?.db {
             Db::Dual(d) => Ok(Some(serialised(py, d.stats())?)),
@@ -759,7 +743,7 @@ fn init_database<'py>(
         // The factory's dual layer is dropped below and rebuilt over sides the
         // Python objects share: only the rebuilt one may start the drainer.
         let inline = Settings {
-            drain: DrainMode::Inline,
+            drain: DrainMode::Serve,
             ..s.clone()
         };
         let (db, report) = rt.block_on(factory::open(&inline))?;

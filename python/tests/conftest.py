@@ -180,3 +180,52 @@ def dualwrite_bin() -> Path:
     if not p.exists():
         subprocess.run(["cargo", "build", "--bin", "dualwrite"], cwd=REPO, check=True)
     return p
+
+
+class DelayProxy:
+    """A TCP proxy on loopback that holds every chunk the client sends for `delay` seconds
+    before it goes to `upstream` (``http://host:port``): a slow Supabase, with a real socket
+    in between."""
+
+    def __init__(self, upstream: str, delay: float):
+        import threading
+
+        host, port = upstream.removeprefix("http://").rstrip("/").split(":")
+        self.upstream = (host, int(port))
+        self.delay = delay
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self._threading = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            self._threading.Thread(target=self._pipe, args=(client, server, self.delay), daemon=True).start()
+            self._threading.Thread(target=self._pipe, args=(server, client, 0.0), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket, delay: float) -> None:
+        try:
+            while data := src.recv(65536):
+                if delay:
+                    time.sleep(delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+

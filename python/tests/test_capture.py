@@ -19,7 +19,7 @@ import time
 
 import dualwrite
 
-from conftest import closed_port_url, free_port
+from conftest import DelayProxy, closed_port_url, free_port
 
 # The child: write DoX records through the module, then die without cleanup.
 CHILD = textwrap.dedent(
@@ -34,8 +34,7 @@ CHILD = textwrap.dedent(
     mode = sys.argv[2]
     art = os.environ.get("ART")
     if mode == "exit":
-        # One mirrored write, then a normal exit: its acknowledgement (queued
-        # for the next write) must be applied before the process ends.
+        # One write, then a normal exit: the daemon sends it later.
         db.add_log({"id": str(uuid.uuid4()), "document_id": "exit", "ts": "2025-09-18T08:15:00",
                     "level": "INFO", "code": "C0", "component": "svc", "message": "last",
                     "attrs_json": None})
@@ -127,8 +126,23 @@ def test_a_killed_app_process_loses_nothing_with_capture(clean_env, monkeypatch,
     assert int(private_db.sql("SELECT count(*) FROM log_entries WHERE document_id = 'stream'")) > 0
 
 
-def test_a_process_that_exits_after_a_mirrored_write_leaves_nothing_pending(clean_env, private_db, stack,
-                                                                            dualwrite_bin):
+def _serve(dualwrite_bin, env, cwd, *args) -> subprocess.Popen:
+    return subprocess.Popen([str(dualwrite_bin), "serve", "--listen", f"127.0.0.1:{free_port()}", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+
+
+def _wait_drained(path, serve, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while _pending(path) > 0:
+        assert serve.poll() is None, serve.stderr.read()
+        assert time.monotonic() < deadline, f"{_pending(path)} changes still pending"
+        time.sleep(0.1)
+
+
+def test_a_process_that_exits_right_after_a_write_leaves_it_to_the_daemon(clean_env, private_db, stack,
+                                                                          dualwrite_bin):
+    """With capture, the module mirrors nothing inline: the write's change row commits with it, and
+    the daemon sends the row, even when the process is gone."""
     path = clean_env / "dox.sqlite3"
     dualwrite.ExtendedDatabase(str(path))
     env = dict(os.environ, DB_PATH=str(path))
@@ -138,11 +152,72 @@ def test_a_process_that_exits_after_a_mirrored_write_leaves_nothing_pending(clea
     child = clean_env / "child.py"
     child.write_text(CHILD)
     tests_dir = os.path.dirname(os.path.abspath(__file__))
+    supabase = dict(SUPABASE_URL=private_db.url, SUPABASE_SERVICE_KEY=stack["SUPABASE_SERVICE_KEY"])
     run = subprocess.run([sys.executable, str(child), tests_dir, "exit"], capture_output=True, text=True,
-                         cwd=clean_env, timeout=120,
-                         env=dict(env, SUPABASE_DUAL_WRITE="true", SUPABASE_URL=private_db.url,
-                                  SUPABASE_SERVICE_KEY=stack["SUPABASE_SERVICE_KEY"]))
+                         cwd=clean_env, timeout=120, env=dict(env, SUPABASE_DUAL_WRITE="true", **supabase))
     assert run.returncode == 0, run.stdout + run.stderr
     assert "written" in run.stdout
+    assert _pending(path) == 1
+    assert int(private_db.sql("SELECT count(*) FROM log_entries WHERE document_id = 'exit'")) == 0
+    serve = _serve(dualwrite_bin, dict(env, **supabase), clean_env)
+    try:
+        _wait_drained(path, serve, 30)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=60)
     assert int(private_db.sql("SELECT count(*) FROM log_entries WHERE document_id = 'exit'")) == 1
-    assert _pending(path) == 0, "the mirrored write's acknowledgement was lost at exit"
+
+
+# Another process of the app: v2 of each row, while the module's mirrors (if any) are slow.
+UPDATER = textwrap.dedent(
+    """
+    import sqlite3, sys, time
+    time.sleep(0.3)
+    c = sqlite3.connect(sys.argv[1], timeout=10)
+    for i in range(10):
+        c.execute("UPDATE logentry SET message = 'v2' WHERE id = ?", (f"race-{i}",))
+        c.commit()
+    c.close()
+    """
+)
+
+
+def test_a_slow_mirror_never_overwrites_a_newer_row_the_daemon_sent(clean_env, monkeypatch, private_db, stack,
+                                                                     dualwrite_bin):
+    """The module writes v1 of 10 rows; its Supabase is slow (a delaying proxy, 1.5 s, under the 2 s
+    mirror timeout); another process updates them to v2 and `serve` mirrors v2. An inline mirror of v1
+    would land last and stay for good, with nothing pending: every row must end v2 on Supabase."""
+    path = clean_env / "dox.sqlite3"
+    dualwrite.ExtendedDatabase(str(path))
+    env = dict(os.environ, DB_PATH=str(path))
+    out = subprocess.run([str(dualwrite_bin), "capture", "install"], capture_output=True, text=True, env=env,
+                         cwd=clean_env)
+    assert out.returncode == 0, out.stderr
+    supabase = dict(SUPABASE_URL=private_db.url, SUPABASE_SERVICE_KEY=stack["SUPABASE_SERVICE_KEY"])
+    serve = _serve(dualwrite_bin, dict(env, **supabase), clean_env, "--poll-ms", "50")
+    proxy = DelayProxy(private_db.url, 1.5)
+    try:
+        monkeypatch.setenv("DB_PATH", str(path))
+        monkeypatch.setenv("SUPABASE_URL", proxy.url)
+        monkeypatch.setenv("SUPABASE_SERVICE_KEY", stack["SUPABASE_SERVICE_KEY"])
+        monkeypatch.setenv("SUPABASE_DUAL_WRITE", "true")
+        db, meta = dualwrite.init_database()
+        assert meta["dual_write"], meta
+        updater = clean_env / "updater.py"
+        updater.write_text(UPDATER)
+        other = subprocess.Popen([sys.executable, str(updater), str(path)])
+        for i in range(10):
+            db.add_log({"id": f"race-{i}", "document_id": "race", "ts": "2025-09-18T08:15:00", "level": "INFO",
+                        "code": "C", "component": "svc", "message": "v1", "attrs_json": None})
+        assert other.wait(timeout=60) == 0
+        assert db.dual_stats()["left_to_drainer"] == 10
+        time.sleep(2.5)  # anything still in the proxy has landed
+        _wait_drained(path, serve, 30)
+        got = private_db.sql("SELECT string_agg(DISTINCT message, ',') FROM log_entries WHERE document_id = 'race'")
+        assert got.strip() == "v2", got
+        assert int(private_db.sql("SELECT count(*) FROM log_entries WHERE document_id = 'race'")) == 10
+        db.close()
+    finally:
+        proxy.close()
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=60)

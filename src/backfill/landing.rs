@@ -8,15 +8,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::catalogue::Table;
 use crate::coerced::CoercedLog;
 use crate::db::SqliteDatabase;
 use crate::error::{Error, Result};
 use crate::normalise::{Lossy, UnrepresentablePolicy};
 use crate::rest::RestClient;
-use crate::retry::{retry_when, RetryPolicy};
+use crate::retry::{retry_observed, retry_when, Observer, RetryPolicy, SharedObserver};
 
 use super::checkpoint::Cursor;
 use super::prepare::{prepare_row_with, Prepared, PreparedRows};
@@ -56,7 +54,16 @@ pub(super) struct Lander {
     pub(super) source: Option<SqliteDatabase>,
     pub(super) policy: UnrepresentablePolicy,
     pub(super) coerced: Arc<CoercedLog>,
+    /// What happens to the rows of a request that kept failing (the end of
+    /// [`Error::GaveUp`]'s message).
+    pub(super) gave_up: &'static str,
+    /// Told of every failed attempt that is tried again (the daemon's figures).
+    pub(super) observe: Option<SharedObserver>,
 }
+
+/// [`Lander::gave_up`] for a backfill or an import.
+pub(super) const RESUME_HINT: &str =
+    "progress is checkpointed: run the same command again to resume";
 
 pub(super) fn transient_but_not_split(e: &Error) -> bool {
     !e.must_split()
@@ -96,7 +103,11 @@ impl Lander {
             } else {
                 transient_but_not_split
             };
-            let res = retry_when(RetryPolicy::for_up_to(self.max_wait), when, || {
+            let observe: Observer<'_> = match &self.observe {
+                Some(o) => o.as_ref(),
+                None => &|_: &Error| {},
+            };
+            let res = retry_observed(RetryPolicy::for_up_to(self.max_wait), when, observe, || {
                 self.rest.upsert(self.table, body.clone())
             })
             .await;
@@ -121,13 +132,10 @@ impl Lander {
                     if e.wants_smaller_batch() {
                         self.shrink();
                     }
-                    Err(Error::Unreachable {
-                        url: self.rest.url().to_owned(),
-                        reason: format!(
-                            "still failing after retrying for {:?} ({}); progress is checkpointed: run the same command again to resume",
-                            self.max_wait,
-                            e.detail()
-                        ),
+                    Err(Error::GaveUp {
+                        after: self.max_wait,
+                        last: Box::new(e),
+                        hint: self.gave_up,
                     })
                 }
                 // Auth, a missing table or column: no subset of the rows would pass.
@@ -163,13 +171,7 @@ impl Lander {
             .await?;
         let rejects: Vec<Reject> = refused
             .iter()
-            .map(|(p, e)| Reject {
-                table: self.table.sqlite.to_owned(),
-                key: p.key.clone(),
-                code: e.code().unwrap_or("error").to_owned(),
-                message: e.to_string(),
-                row: serde_json::from_str(&p.json).unwrap_or(Value::Null),
-            })
+            .map(|(p, e)| Reject::refused(self.table, p, e))
             .collect();
         self.rejects.write(&rejects)?;
         Ok(Sent {
@@ -291,9 +293,12 @@ impl Lander {
 }
 
 /// Land one table's prepared rows through the backfill's path (requests of
-/// `max_rows` rows, as many in flight as `slots` allows, a request halving on 413 or timeouts, retries for up to
-/// `max_wait`, bisection, rows refused for good written to `rejects`). Used by
-/// `serve`. Returns the rows written and the rejects.
+/// `max_rows` rows, as many in flight as `slots` allows, a request halving on
+/// 413 or a statement timeout, retries for up to `max_wait`, bisection down to
+/// the rows at fault). Used by `serve`. Returns the rows written and the rows
+/// PostgREST refused for good, with their errors (the caller decides whether
+/// they are dead letters: [`Reject::refused`]). `observe` is told of every
+/// failed attempt that is tried again.
 pub async fn land_rows(
     rest: &RestClient,
     table: &'static Table,
@@ -301,8 +306,8 @@ pub async fn land_rows(
     max_rows: usize,
     slots: &tokio::sync::Semaphore,
     max_wait: Duration,
-    rejects: &Arc<RejectLog>,
-) -> Result<(u64, Vec<Reject>)> {
+    observe: SharedObserver,
+) -> Result<(u64, Vec<(Prepared, Error)>)> {
     use futures::{StreamExt, TryStreamExt};
     let lander = Lander {
         rest: rest.clone(),
@@ -310,12 +315,15 @@ pub async fn land_rows(
         size: Arc::new(AtomicUsize::new(max_rows.max(1))),
         max_rows: max_rows.max(1),
         max_wait,
-        rejects: Arc::clone(rejects),
+        // Sent here only by a backfill's `Lander::send`.
+        rejects: Arc::new(RejectLog::open(PathBuf::new(), false)?),
         // Without a source there is no stale guard, so rows are never
         // prepared again here: the policy and its log are not used.
         source: None,
         policy: UnrepresentablePolicy::Reject,
         coerced: Arc::new(CoercedLog::new(PathBuf::new())),
+        gave_up: "the changes stay in the change log and are sent again",
+        observe: Some(observe),
     };
     // Requests of `max_rows` rows, each holding one of `slots` while it is out
     // (the keys are distinct; the slots may be shared with other batches).
@@ -341,17 +349,6 @@ pub async fn land_rows(
         .try_collect()
         .await?;
     let written = landed.iter().map(|(n, _)| n).sum();
-    let refused: Vec<(Prepared, Error)> = landed.into_iter().flat_map(|(_, r)| r).collect();
-    let out: Vec<Reject> = refused
-        .iter()
-        .map(|(p, e)| Reject {
-            table: table.sqlite.to_owned(),
-            key: p.key.clone(),
-            code: e.code().unwrap_or("error").to_owned(),
-            message: e.to_string(),
-            row: serde_json::from_str(&p.json).unwrap_or(Value::Null),
-        })
-        .collect();
-    rejects.write(&out)?;
-    Ok((written, out))
+    let refused = landed.into_iter().flat_map(|(_, r)| r).collect();
+    Ok((written, refused))
 }

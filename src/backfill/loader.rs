@@ -100,6 +100,8 @@ impl<'a> Loader<'a> {
             },
             policy: self.opts.unrepresentable,
             coerced: Arc::clone(&self.coerced),
+            gave_up: super::landing::RESUME_HINT,
+            observe: None,
         };
         let mut lossy: BTreeMap<(String, String), u64> = BTreeMap::new();
         // The reader runs ahead of the senders, so a batch is ready whenever a slot frees.

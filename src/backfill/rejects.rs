@@ -21,6 +21,23 @@ pub struct Reject {
     pub row: Value,
 }
 
+impl Reject {
+    /// A row PostgREST refused for good, with the error it gave.
+    pub fn refused(
+        table: &crate::catalogue::Table,
+        row: &super::Prepared,
+        e: &crate::Error,
+    ) -> Reject {
+        Reject {
+            table: table.sqlite.to_owned(),
+            key: row.key.clone(),
+            code: e.code().unwrap_or("error").to_owned(),
+            message: e.to_string(),
+            row: serde_json::from_str(&row.json).unwrap_or(Value::Null),
+        }
+    }
+}
+
 /// The rejects file: NDJSON, one line per row that did not land, flushed as written.
 pub struct RejectLog {
     file: Option<Mutex<std::fs::File>>,

@@ -33,8 +33,10 @@ pub fn make_durable(db: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The single-daemon lease: an exclusive SQLite lock on `<db>.dualwrite.lock`,
-/// held for the daemon's life and released by the OS if it dies (even by `kill -9`).
+/// The single-daemon lease: an exclusive SQLite lock on `<db>.dualwrite.lock`
+/// beside the real file (a symlink or another path to the same file finds the
+/// same lock), held for the daemon's life and released by the OS if it dies
+/// (even by `kill -9`).
 pub struct Lease {
     conn: Connection,
     pub path: PathBuf,
@@ -46,8 +48,17 @@ impl std::fmt::Debug for Lease {
     }
 }
 
+/// The file itself, whatever path names it: a symlink, a relative path or
+/// `..` resolve to the one real path, so every process that names the file
+/// finds the same lease and the same status file. (A file that does not exist
+/// yet keeps the path as given, made absolute.)
+pub fn real_path(db: &Path) -> PathBuf {
+    std::fs::canonicalize(db).unwrap_or_else(|_| std::path::absolute(db).unwrap_or(db.into()))
+}
+
+/// `<db>.dualwrite.lock`, beside the real file ([`real_path`]).
 pub fn lock_path(db: &Path) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
+    let mut p = real_path(db).into_os_string();
     p.push(".dualwrite.lock");
     PathBuf::from(p)
 }
@@ -144,5 +155,22 @@ mod tests {
         assert!(!Lease::held_on(&d.path().join("never-served.sqlite3")));
         assert!(!lock_path(&d.path().join("never-served.sqlite3")).exists());
         Lease::take(&db).unwrap();
+    }
+
+    #[test]
+    fn the_lease_is_the_files_whatever_path_names_it() {
+        let d = tempfile::tempdir().unwrap();
+        let db = d.path().join("app.sqlite3");
+        std::fs::write(&db, b"").unwrap();
+        let link = d.path().join("link.sqlite3");
+        std::os::unix::fs::symlink(&db, &link).unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        let dotted = d.path().join("sub/../app.sqlite3");
+        let _first = Lease::take(&db).unwrap();
+        for other in [&link, &dotted] {
+            let e = Lease::take(other).unwrap_err().to_string();
+            assert!(e.contains("already running"), "{}: {e}", other.display());
+            assert!(Lease::held_on(other));
+        }
     }
 }

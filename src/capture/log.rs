@@ -5,8 +5,8 @@ use std::path::Path;
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
-use super::schema::{log_columns, triggers_sql};
-use super::{dox_tables, immediate, object_sql, open_ro, CLAIM, LATER_COLUMNS, LOG};
+use super::schema::{log_version, triggers_sql};
+use super::{dox_tables, immediate, object_sql, open_ro, LOG, META};
 use crate::catalogue::{Table, TABLES};
 use crate::error::Result;
 
@@ -27,12 +27,19 @@ pub struct CaptureStatus {
 }
 
 pub(super) fn pending_on(conn: &Connection) -> Result<(u64, f64)> {
-    let (n, oldest): (i64, Option<f64>) =
-        conn.query_row(&format!("SELECT count(*), min(at) FROM {LOG}"), [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+    let (n, oldest) = backlog(conn)?;
     let lag = oldest.map_or(0.0, |at| (now_secs() - at).max(0.0));
-    Ok((u64::try_from(n).unwrap_or(0), lag))
+    Ok((n, lag))
+}
+
+/// The pending changes and when the oldest of them was made (seconds since
+/// the epoch), read from the log in one statement: what the daemon's
+/// signals report, read on a connection of their own whenever asked.
+pub fn backlog(conn: &Connection) -> Result<(u64, Option<f64>)> {
+    let (n, oldest): (i64, Option<f64>) = conn
+        .prepare_cached(&format!("SELECT count(*), min(at) FROM {LOG}"))?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok((u64::try_from(n).unwrap_or(0), oldest))
 }
 
 pub fn now_secs() -> f64 {
@@ -46,6 +53,8 @@ pub fn now_secs() -> f64 {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Triggers {
     pub log_present: bool,
+    /// The log's recorded version ([`super::LOG_VERSION`] when current).
+    pub version: Option<i64>,
     /// DoX tables that have all their triggers.
     pub tables: Vec<String>,
     /// DoX tables present whose triggers are missing or differ.
@@ -54,6 +63,7 @@ pub struct Triggers {
 
 pub fn triggers_on(conn: &Connection) -> Result<Triggers> {
     let log_present = object_sql(conn, "table", LOG)?.is_some();
+    let version = log_version(conn)?;
     let mut tables = Vec::new();
     let mut missing = Vec::new();
     for t in dox_tables(conn)? {
@@ -69,6 +79,7 @@ pub fn triggers_on(conn: &Connection) -> Result<Triggers> {
     }
     Ok(Triggers {
         log_present,
+        version,
         tables,
         missing,
     })
@@ -79,6 +90,7 @@ pub fn status_on(conn: &Connection) -> Result<CaptureStatus> {
         log_present,
         tables,
         missing,
+        ..
     } = triggers_on(conn)?;
     let (pending, lag_seconds) = if log_present {
         pending_on(conn)?
@@ -107,9 +119,6 @@ pub struct Change {
     pub seq: i64,
     pub op: String,
     pub at: f64,
-    /// Created by the transaction that read it, after the drainers' watermark
-    /// (see [`changes_after`]); always false for the drainer's reads.
-    pub fresh: bool,
 }
 
 /// A pending change as the drainer claims it: the row it names, and the `seq`
@@ -152,7 +161,6 @@ pub fn read_changes(conn: &Connection, limit: usize) -> Result<Vec<Change>> {
                 seq: r.get(2)?,
                 op: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
                 at: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
-                fresh: false,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -163,22 +171,17 @@ pub fn read_changes(conn: &Connection, limit: usize) -> Result<Vec<Change>> {
 /// them: `None`), in commit order, as a claim reads them: the index on `seq`
 /// holds every column read (`tbl` and `key` are the table's primary key), so
 /// SQLite never visits the table itself.
-fn read_claimable(
-    conn: &Connection,
-    after: Option<i64>,
-    upto: i64,
-    limit: usize,
-) -> Result<Vec<Claimed>> {
+fn read_claimable(conn: &Connection, after: Option<i64>, limit: usize) -> Result<Vec<Claimed>> {
     let bound = if after.is_some() {
         "seq > ?1"
     } else {
         "?1 IS NULL"
     };
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT tbl, key, seq FROM {LOG} WHERE {bound} AND seq <= ?3 ORDER BY seq LIMIT ?2"
+        "SELECT tbl, key, seq FROM {LOG} WHERE {bound} ORDER BY seq LIMIT ?2"
     ))?;
     let rows = stmt
-        .query_map(params![after, limit as i64, upto], |r| {
+        .query_map(params![after, limit as i64], |r| {
             Ok(Claimed {
                 tbl: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
                 key: lenient_key(r.get_ref(1)?),
@@ -209,145 +212,41 @@ pub fn key_hash(tbl: &str, key: &str) -> u64 {
     h.finish()
 }
 
-/// Where a write transaction's own change rows start: `None` when the file
-/// has no change log (capture not installed), else the highest `seq` so far
-/// and whether the log can tell which entries a transaction created (a log
-/// from an older version cannot until `install` or `serve` upgrades it).
-/// Called inside the write transaction (which holds the file's write lock)
-/// before the write: see [`changes_after`].
-pub fn log_mark(conn: &Connection) -> Result<Option<(i64, bool)>> {
-    log_mark_cached(conn, &mut LogShape::default())
-}
-
-/// What [`log_mark`] learnt of a file's schema (whether it has a change log,
-/// and of which version), valid while the file's `schema_version` stays the
-/// same: a writer that marks every write (`SqliteDatabase`) keeps one per
-/// connection and spares itself three reads of `sqlite_master` per write.
-#[derive(Debug, Default)]
-pub struct LogShape(Option<(i64, Option<bool>)>);
-
-/// [`log_mark`], with the schema checks remembered in `shape`.
-pub fn log_mark_cached(conn: &Connection, shape: &mut LogShape) -> Result<Option<(i64, bool)>> {
+/// Whether the file has a change log (capture installed). A write checks it
+/// inside its own transaction: every DoX table it writes then records its
+/// changes there (or, for a table whose triggers are gone, is re-sent whole
+/// once the drainer re-installs them: [`super::install_on`]).
+pub fn log_present(conn: &Connection, shape: &mut LogShape) -> Result<bool> {
     // The schema cookie: any connection's schema change (install, uninstall,
-    // upgrade, the app re-creating a table) changes it.
-    let version: i64 = conn
-        .prepare_cached("PRAGMA schema_version")?
-        .query_row([], |r| r.get(0))?;
-    let current = match shape.0 {
-        Some((v, current)) if v == version => current,
-        _ => {
-            let current = log_shape(conn)?;
-            shape.0 = Some((version, current));
-            current
+    // the app re-creating a table) changes it.
+    let version = schema_version(conn)?;
+    if let Some((v, present)) = shape.0 {
+        if v == version {
+            return Ok(present);
         }
-    };
-    let Some(current) = current else {
-        return Ok(None);
-    };
-    let max: i64 = conn
-        .prepare_cached(&format!("SELECT coalesce(max(seq), 0) FROM {LOG}"))?
-        .query_row([], |r| r.get(0))?;
-    Ok(Some((max, current)))
-}
-
-/// `None`: no change log; else whether it is of the current version.
-fn log_shape(conn: &Connection) -> Result<Option<bool>> {
-    let present: bool = conn
-        .prepare_cached(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_dualwrite_changes'",
-        )?
-        .query_row([], |r| r.get(0))?;
-    if !present {
-        return Ok(None);
     }
-    let cols = log_columns(conn)?;
-    Ok(Some(
-        LATER_COLUMNS.iter().all(|c| cols.iter().any(|h| h == c))
-            && object_sql(conn, "table", CLAIM)?.is_some(),
-    ))
+    let present = object_sql(conn, "table", LOG)?.is_some();
+    shape.0 = Some((version, present));
+    Ok(present)
 }
 
-/// The change rows with a `seq` above `after`. Read in the same write
-/// transaction as [`log_mark`], after the write and before the commit, these
-/// are exactly the rows the write's triggers recorded: no other connection can
-/// write while the transaction holds the lock, and a trigger gives every key it
-/// touches a new `seq` (max + 1), even a key already pending. `fresh` marks the
-/// entries this transaction created (none was pending for the key before) and
-/// no drainer has claimed: only those may be acknowledged by the writer.
-pub fn changes_after(conn: &Connection, after: i64, current: bool) -> Result<Vec<Change>> {
-    let fresh = if current {
-        "first > ?1 AND first > coalesce((SELECT max(hi) FROM _dualwrite_claim), 0)"
-    } else {
-        "0"
-    };
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT tbl, key, seq, op, at, {fresh} FROM {LOG} WHERE seq > ?1 ORDER BY seq"
-    ))?;
-    let rows = stmt
-        .query_map([after], |r| {
-            Ok(Change {
-                tbl: r.get(0)?,
-                key: r.get(1)?,
-                seq: r.get(2)?,
-                op: r.get(3)?,
-                at: r.get(4)?,
-                fresh: r.get(5)?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
-}
+/// Whether a file has a change log, remembered by [`log_present`] while the file's
+/// `schema_version` stays the same: a writer that checks every write
+/// (`SqliteDatabase`) keeps one per connection and spares itself a read of
+/// `sqlite_master` per write.
+#[derive(Debug, Default)]
+pub struct LogShape(Option<(i64, bool)>);
 
-/// The writer's acknowledgement (the embedded dual layer, after its mirror
-/// succeeded): remove its own fresh entries, unless the key changed again
-/// (`seq`, `at`), or a drainer has claimed it since (its `first` is at or
-/// below the [`CLAIM`] watermark). Entries that stay are sent by the drainer as
-/// the rows are then, so a write mirrored out of order is corrected.
-///
-/// In its own short write transaction; `SqliteDatabase` folds its
-/// acknowledgements into its next write's transaction instead
-/// ([`ack_own_in`]).
-pub fn ack_own(conn: &mut Connection, done: &[Change]) -> Result<usize> {
-    if !done.iter().any(|c| c.fresh) {
-        return Ok(0);
-    }
-    immediate(conn, |tx| ack_own_in(tx, done))
-}
-
-/// [`ack_own`]'s statements, inside a write transaction the caller holds (it
-/// must hold the write lock: the conditions are evaluated on the log as that
-/// transaction sees it).
-pub fn ack_own_in(tx: &Connection, done: &[Change]) -> Result<usize> {
-    let mut stmt = tx.prepare_cached(&format!(
-        "DELETE FROM {LOG} WHERE tbl = ?1 AND key = ?2 AND seq = ?3 AND at = ?4 \
-         AND first > coalesce((SELECT max(hi) FROM {CLAIM}), 0)"
-    ))?;
-    let mut n = 0;
-    for c in done.iter().filter(|c| c.fresh) {
-        n += stmt.execute(params![c.tbl, c.key, c.seq, c.at])?;
-    }
-    Ok(n)
+/// `PRAGMA schema_version`: changes whenever any connection changes the
+/// schema (a table created, dropped or re-created, a trigger installed).
+pub fn schema_version(conn: &Connection) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("PRAGMA schema_version")?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// The drainer's read: the oldest `limit` pending changes with a `seq` above
-/// `after`, in commit order, claimed first. The claim raises the [`CLAIM`]
-/// watermark to the newest entry's `seq` before anything is read; from then on
-/// a writer no longer acknowledges those entries itself (its mirror may race
-/// with the drainer's send of the same key) and only the drainer, which sends
-/// the row as it is after the claim, removes them.
-///
-/// The watermark is the only thing written: one small row, in a short write
-/// transaction of its own (none when it is already there), so the app's
-/// commits wait for the file's write lock for that alone. The entries are then
-/// read in a read transaction, which takes no lock, and only those at or below
-/// the watermark: every one of them was claimed before it was read, so no
-/// writer removed it in between, nor removes it afterwards. (Reading first and
-/// claiming after would not do: a writer could acknowledge an entry read but
-/// not yet claimed, write the key again, mirror and acknowledge that too,
-/// while the drainer sent the older row it had read.) An entry at or below the
-/// watermark that this claim does not reach (the `limit`) stays claimed for
-/// the next one. A new or changed entry gets a `seq` above the watermark, so
-/// it is not in the claim's ranges ([`ack_runs`]).
+/// `after`, in commit order, in one read transaction (no lock is taken).
 ///
 /// `busy`: the [`key_hash`]es of the keys in batches still in flight; their
 /// entries are left for a later claim, so that a key is never in two batches
@@ -361,16 +260,13 @@ pub fn claim_changes(
     busy: &std::collections::HashSet<u64>,
 ) -> Result<Claim> {
     let mut claim = Claim::default();
-    let Some(hi) = raise_watermark(conn)? else {
-        return Ok(claim);
-    };
     let tx = conn.transaction()?;
     let mut from = after;
     // The run of entries claimed since the last one left (or the start).
     let mut run: Option<(i64, i64)> = None;
     while claim.changes.len() < limit {
         let want = limit - claim.changes.len();
-        let read = read_claimable(&tx, from, hi, want)?;
+        let read = read_claimable(&tx, from, want)?;
         let Some(last) = read.last() else { break };
         from = Some(last.seq);
         let exhausted = read.len() < want;
@@ -390,38 +286,6 @@ pub fn claim_changes(
     claim.runs.extend(run);
     tx.commit()?;
     Ok(claim)
-}
-
-/// The claim: the [`CLAIM`] watermark raised to the newest entry's `seq`, if
-/// it is below. Returns the watermark (`None`: the log is empty and nothing
-/// was ever claimed). Looked at first with no lock (one statement): the write lock is
-/// taken only when the watermark must rise.
-fn raise_watermark(conn: &mut Connection) -> Result<Option<i64>> {
-    let sql = format!("SELECT (SELECT max(seq) FROM {LOG}), (SELECT max(hi) FROM {CLAIM})");
-    let read = |c: &Connection| -> Result<(Option<i64>, Option<i64>)> {
-        Ok(c.prepare_cached(&sql)?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?)
-    };
-    // The newest entry's `seq`, when the watermark is below it.
-    let rise =
-        |(newest, hi): (Option<i64>, Option<i64>)| newest.filter(|n| hi.is_none_or(|h| h < *n));
-    let now = read(conn)?;
-    if rise(now).is_none() {
-        return Ok(now.1);
-    }
-    immediate(conn, |tx| {
-        let now = read(tx)?;
-        let Some(n) = rise(now) else {
-            return Ok(now.1);
-        };
-        tx.prepare_cached(&format!("DELETE FROM {CLAIM} WHERE hi < ?1"))?
-            .execute([n])?;
-        tx.prepare_cached(&format!(
-            "INSERT INTO {CLAIM} (hi) SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM {CLAIM})"
-        ))?
-        .execute([n])?;
-        Ok(Some(n))
-    })
 }
 
 /// What [`claim_changes`] took, in commit order, and the lowest `seq` it left
@@ -444,10 +308,10 @@ pub struct Claim {
 /// Exact: an entry in a range when the claim ran was claimed by it (the claim
 /// reads the log in `seq` order, and every entry it read and left ends a
 /// range), and no entry enters a range later. A key that changes again gets a
-/// new `seq` above the [`CLAIM`] watermark, which is at or above every range's
-/// end, so it leaves the range and stays; so does an entry created anew.
-pub fn ack_runs(conn: &mut Connection, tables: &[&str], runs: &[(i64, i64)]) -> Result<usize> {
-    if runs.is_empty() || tables.is_empty() {
+/// new `seq` above every claimed entry (see `NEXT_SEQ`), so it leaves the
+/// range and stays; so does an entry created anew.
+pub fn ack_runs(conn: &mut Connection, acked: &[(&str, Vec<(i64, i64)>)]) -> Result<usize> {
+    if acked.iter().all(|(_, runs)| runs.is_empty()) {
         return Ok(0);
     }
     immediate(conn, |tx| {
@@ -457,13 +321,43 @@ pub fn ack_runs(conn: &mut Connection, tables: &[&str], runs: &[(i64, i64)]) -> 
             "DELETE FROM {LOG} WHERE +tbl = ?1 AND seq BETWEEN ?2 AND ?3"
         ))?;
         let mut n = 0;
-        for tbl in tables {
+        for (tbl, runs) in acked {
             for (lo, hi) in runs {
                 n += stmt.execute(params![tbl, lo, hi])?;
             }
         }
+        let top = acked
+            .iter()
+            .flat_map(|(_, r)| r.iter().map(|(_, hi)| *hi))
+            .max();
+        raise_acked(tx, top)?;
         Ok(n)
     })
+}
+
+/// `runs` without the entries `seqs` (changes a batch leaves in the log, to
+/// be sent again): each range holding one is cut around it.
+pub fn runs_without(runs: &[(i64, i64)], seqs: &[i64]) -> Vec<(i64, i64)> {
+    let mut out = Vec::with_capacity(runs.len() + seqs.len());
+    for &(lo, hi) in runs {
+        let mut cut: Vec<i64> = seqs
+            .iter()
+            .copied()
+            .filter(|s| (lo..=hi).contains(s))
+            .collect();
+        cut.sort_unstable();
+        let mut from = lo;
+        for s in cut {
+            if s > from {
+                out.push((from, s - 1));
+            }
+            from = s + 1;
+        }
+        if from <= hi {
+            out.push((from, hi));
+        }
+    }
+    out
 }
 
 /// Acknowledge mirrored changes one by one, in one short write transaction. A
@@ -480,13 +374,22 @@ pub fn ack(conn: &mut Connection, done: &[Claimed]) -> Result<usize> {
         for c in done {
             n += stmt.execute(params![c.tbl, c.key, c.seq])?;
         }
+        raise_acked(tx, done.iter().map(|c| c.seq).max())?;
         Ok(n)
     })
 }
 
-/// Pending count and lag.
-pub fn pending(conn: &Connection) -> Result<(u64, f64)> {
-    pending_on(conn)
+/// Record that every entry up to `seq` was acknowledged (`acked_hi` in
+/// [`super::META`]): new entries are numbered above it (`NEXT_SEQ`).
+fn raise_acked(tx: &Connection, seq: Option<i64>) -> Result<()> {
+    if let Some(seq) = seq {
+        tx.prepare_cached(&format!(
+            "INSERT INTO {META} (name, value) VALUES ('acked_hi', ?1) \
+             ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)"
+        ))?
+        .execute([seq])?;
+    }
+    Ok(())
 }
 
 /// `PRAGMA data_version`: changes whenever another connection commits.
@@ -497,6 +400,13 @@ pub fn data_version(conn: &Connection) -> Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_is_cut_around_the_entries_left() {
+        assert_eq!(runs_without(&[(1, 10)], &[]), [(1, 10)]);
+        assert_eq!(runs_without(&[(1, 10)], &[1, 5, 10]), [(2, 4), (6, 9)]);
+        assert_eq!(runs_without(&[(1, 3), (7, 7)], &[7, 2]), [(1, 1), (3, 3)]);
+    }
 
     #[test]
     fn a_corrupt_change_row_is_named() {

@@ -13,31 +13,35 @@
 //! Every object this module creates is named `_dualwrite_…` (no DoX table
 //! starts with an underscore); `uninstall` removes exactly those.
 //!
-//! This module and `db/sqlite/` are the only ones that touch rusqlite. The
-//! functions here are blocking: async callers run them in `spawn_blocking`.
+//! This module and `db/sqlite/` are the only ones that open the file with
+//! rusqlite. The functions here are blocking: async callers run them off the
+//! runtime's threads.
 //!
-//! The files: `schema.rs` the log, claim and trigger SQL and install /
-//! uninstall / upgrade; `log.rs` status and the changes (reading, claiming,
-//! acknowledging); `import.rs` the legacy failure-log import; `lease.rs` the
-//! single-daemon lease and durability. This file holds the names and opens
-//! the file.
+//! The files: `schema.rs` the log, its version and the trigger SQL, install
+//! and uninstall; `log.rs` status and the changes (reading, claiming,
+//! acknowledging); `resync.rs` re-sending a table whose triggers were gone;
+//! `import.rs` the legacy failure-log import; `lease.rs` the single-daemon
+//! lease and durability. This file holds the names and opens the file.
 
 mod import;
 mod lease;
 mod log;
+mod resync;
 mod schema;
 #[cfg(test)]
 mod tests;
 
 pub use import::{import_failures, ImportReport};
-pub use lease::{lock_path, make_durable, Lease};
+pub use lease::{lock_path, make_durable, real_path, Lease};
 pub use log::{
-    ack, ack_own, ack_runs, changes_after, check_change, claim_changes, data_version, key_hash,
-    log_mark, now_secs, pending, read_changes, status, status_on, triggers_on, CaptureStatus,
-    Change, Claim, Claimed, Triggers,
+    ack, ack_runs, backlog, check_change, claim_changes, data_version, key_hash, log_present,
+    now_secs, read_changes, runs_without, schema_version, status, status_on, triggers_on,
+    CaptureStatus, Change, Claim, Claimed, LogShape, Triggers,
 };
-pub use log::{ack_own_in, log_mark_cached, LogShape};
-pub use schema::{install, install_on, uninstall, upgrade, InstallReport, UninstallReport};
+pub use resync::{
+    finish_resync, pending_resyncs, queue_file_keys, queue_gone_keys, Resync, KEYS_PER_STEP,
+};
+pub use schema::{install, install_on, uninstall, InstallReport, UninstallReport};
 
 use std::path::Path;
 use std::time::Duration;
@@ -56,23 +60,28 @@ const LOG_SEQ_INDEX: &str = "_dualwrite_changes_seq";
 /// How long a capture command waits for the app's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The next sequence number: above every pending entry and above the drainers'
-/// watermark ([`CLAIM`]), so that `seq` never goes back, even when the log
-/// empties, and an entry created after a claim is never taken for a claimed one.
+/// The next sequence number: above every pending entry and every entry ever
+/// acknowledged (`acked_hi` in [`META`], raised by each acknowledgement in its
+/// own transaction), so `seq` never goes back, even when the log empties. A
+/// claimed entry is either still in the log (its batch is out) or
+/// acknowledged, so a new or changed entry is numbered above every claimed
+/// one: it is never taken for a claimed entry (the acknowledgement by ranges),
+/// and a drainer reading on from its last claim finds it.
 const NEXT_SEQ: &str = "(max((SELECT coalesce(max(seq), 0) FROM _dualwrite_changes), \
-     (SELECT coalesce(max(hi), 0) FROM _dualwrite_claim)) + 1)";
+     (SELECT coalesce(max(value), 0) FROM _dualwrite_meta WHERE name = 'acked_hi')) + 1)";
 
 /// `now` as seconds since the epoch, in any SQLite version (`unixepoch('subsec')`
 /// needs 3.42; the app's own SQLite library, which runs the triggers, may be older).
 const NOW_SQL: &str = "((julianday('now') - 2440587.5) * 86400.0)";
 
-/// Columns added to the change log after its first release: a log created
-/// before gets them on `install` (and when `serve` starts).
-const LATER_COLUMNS: [&str; 1] = ["first"];
+/// What capture records about itself: `log_version`, the layout of the change
+/// log and its triggers ([`LOG_VERSION`]).
+pub const META: &str = "_dualwrite_meta";
 
-/// How far a drainer has read the log: one row, the highest `seq` it claimed.
-/// An entry created at or below it (`first`) may be in a drainer's hands.
-pub const CLAIM: &str = "_dualwrite_claim";
+/// The version of the change log's layout and triggers this build writes and
+/// drains. A file whose log has another is refused by the drainer until
+/// `dualwrite capture install` brings it to this one.
+pub const LOG_VERSION: i64 = 1;
 
 fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
@@ -105,6 +114,29 @@ pub fn open_rw(path: &Path) -> Result<Connection> {
         )));
     }
     Ok(conn)
+}
+
+/// How long a drainer's statement waits for the file's lock (the app's write
+/// transaction) before it fails with [`Error::Busy`] and is tried again.
+pub const DRAINER_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The WAL size, in pages, past which a drainer's own commits checkpoint it
+/// (SQLite's default, which the app's connections keep, is 1,000). When the
+/// daemon's batches come often (a short `--poll-ms`) it reaches the threshold
+/// first, and the checkpoints (with their fsync of the database file) run on
+/// its commits instead of the app's.
+const DRAINER_CHECKPOINT_PAGES: u32 = 300;
+
+/// Open a DoX file for a drainer (either direction's daemon): [`open_rw`],
+/// with the drainer's settings in one place. Its acknowledgements take the
+/// file's write lock, so they are short, and need no fsync of their own (an
+/// acknowledgement a power loss takes back only sends a row again).
+pub fn open_drainer(path: &Path) -> Result<Connection> {
+    let c = open_rw(path)?;
+    c.busy_timeout(DRAINER_BUSY_TIMEOUT)?;
+    c.execute_batch("PRAGMA synchronous=NORMAL")?;
+    c.pragma_update(None, "wal_autocheckpoint", DRAINER_CHECKPOINT_PAGES)?;
+    Ok(c)
 }
 
 /// Open a DoX file without changing it (status).

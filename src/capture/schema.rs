@@ -1,15 +1,16 @@
-//! The change log, the claim table and the triggers: their SQL, and
-//! install / uninstall / upgrade.
+//! The change log, its version and the triggers: their SQL, and
+//! install and uninstall.
 
 use std::path::Path;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::log::pending_on;
+use super::resync::mark_resync;
 use super::{
     dox_tables, immediate, import_failures, object_sql, open_rw, quote, sql_string, ImportReport,
-    CLAIM, LATER_COLUMNS, LOG, LOG_SEQ_INDEX, NEXT_SEQ, NOW_SQL, PREFIX,
+    LOG, LOG_SEQ_INDEX, LOG_VERSION, META, NEXT_SEQ, NOW_SQL, PREFIX,
 };
 use crate::catalogue::Table;
 use crate::error::{Error, Result};
@@ -22,7 +23,6 @@ fn log_sql() -> String {
          \tseq INTEGER NOT NULL,\n\
          \top TEXT NOT NULL,\n\
          \tat REAL NOT NULL,\n\
-         \tfirst INTEGER,\n\
          \tPRIMARY KEY (tbl, key)\n) WITHOUT ROWID"
     )
 }
@@ -31,52 +31,35 @@ fn index_sql() -> String {
     format!("CREATE INDEX {LOG_SEQ_INDEX} ON {LOG} (seq)")
 }
 
+fn meta_sql() -> String {
+    format!("CREATE TABLE {META} (name TEXT PRIMARY KEY, value) WITHOUT ROWID")
+}
+
+/// The log's version, as recorded in [`META`] (`None`: not recorded, a log
+/// made before versions were).
+pub(super) fn log_version(conn: &Connection) -> Result<Option<i64>> {
+    if object_sql(conn, "table", META)?.is_none() {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row(
+            &format!("SELECT value FROM {META} WHERE name = 'log_version'"),
+            [],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 /// The statement a trigger runs for one key: insert the key, or give the
 /// pending entry a new sequence number. `at` (when the oldest pending change
-/// was made) is kept, so the lag measures the oldest change not yet mirrored;
-/// so are `first` (the `seq` the pending entry was created with: the embedded
-/// dual layer acknowledges only entries its own transaction created) and
-/// drainers record how far they have read in [`CLAIM`] (see
-/// [`claim_changes`](super::claim_changes)).
+/// was made) is kept, so the lag measures the oldest change not yet mirrored.
 fn record(table: &str, key_expr: &str, op: &str) -> String {
     format!(
-        "INSERT INTO {LOG} (tbl, key, seq, op, at, first) SELECT {}, {key_expr}, \
-         {NEXT_SEQ}, '{op}', {NOW_SQL}, {NEXT_SEQ} WHERE {key_expr} IS NOT NULL \
+        "INSERT INTO {LOG} (tbl, key, seq, op, at) SELECT {}, {key_expr}, \
+         {NEXT_SEQ}, '{op}', {NOW_SQL} WHERE {key_expr} IS NOT NULL \
          ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq, op = excluded.op;",
         sql_string(table)
     )
-}
-
-fn claim_sql() -> String {
-    format!("CREATE TABLE {CLAIM} (hi INTEGER NOT NULL)")
-}
-
-pub(super) fn log_columns(conn: &Connection) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT name FROM pragma_table_info({})",
-        sql_string(LOG)
-    ))?;
-    let cols = stmt
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
-    Ok(cols)
-}
-
-/// Add what a change log created by an older version lacks.
-fn upgrade_log(conn: &Connection) -> Result<Vec<String>> {
-    let have = log_columns(conn)?;
-    let mut added = Vec::new();
-    if object_sql(conn, "table", CLAIM)?.is_none() {
-        conn.execute_batch(&claim_sql())?;
-        added.push(CLAIM.to_owned());
-    }
-    for c in LATER_COLUMNS {
-        if !have.iter().any(|h| h == c) {
-            conn.execute_batch(&format!("ALTER TABLE {LOG} ADD COLUMN {c} INTEGER"))?;
-            added.push(format!("{LOG}.{c}"));
-        }
-    }
-    Ok(added)
 }
 
 /// The three triggers of a table: (name, SQL as stored in sqlite_master).
@@ -124,6 +107,9 @@ pub struct InstallReport {
     pub path: String,
     /// Objects created (or replaced because they differed); empty when all were in place.
     pub created: Vec<String>,
+    /// Tables whose triggers were gone (re-created, or created after capture
+    /// was installed): marked to be re-sent whole by the drainer.
+    pub resynced: Vec<String>,
     /// Tables that carry capture triggers.
     pub tables: Vec<String>,
     pub journal_mode: String,
@@ -137,32 +123,49 @@ pub fn install_on(conn: &mut Connection) -> Result<InstallReport> {
     // WAL: the app's readers and writers and the drainer do not block each other.
     let journal_mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     let path = conn.path().unwrap_or_default().to_owned();
+    let mut resynced = Vec::new();
     let (created, tables) = immediate(conn, |tx| {
         let mut created = Vec::new();
-        if object_sql(tx, "table", LOG)?.is_none() {
+        // A first install copies nothing: what the file already holds is the
+        // backfill's. Once the log exists, a table whose triggers were gone
+        // had writes nobody logged: it is marked for a resync (`resync.rs`).
+        let log_existed = object_sql(tx, "table", LOG)?.is_some();
+        if !log_existed {
             tx.execute_batch(&log_sql())?;
             created.push(LOG.to_owned());
-        } else {
-            created.extend(upgrade_log(tx)?);
         }
         if object_sql(tx, "index", LOG_SEQ_INDEX)?.is_none() {
             tx.execute_batch(&index_sql())?;
             created.push(LOG_SEQ_INDEX.to_owned());
         }
-        if object_sql(tx, "table", CLAIM)?.is_none() {
-            tx.execute_batch(&claim_sql())?;
-            created.push(CLAIM.to_owned());
+        if object_sql(tx, "table", META)?.is_none() {
+            tx.execute_batch(&meta_sql())?;
+            created.push(META.to_owned());
+        }
+        if log_version(tx)? != Some(LOG_VERSION) {
+            // The triggers below are this version's; entries already pending
+            // (tbl, key, seq, op, at) mean the same in every version.
+            tx.execute(
+                &format!("INSERT OR REPLACE INTO {META} (name, value) VALUES ('log_version', ?1)"),
+                [LOG_VERSION],
+            )?;
         }
         let tables = dox_tables(tx)?;
         for t in &tables {
+            let mut absent = false;
             for (name, sql) in triggers_sql(t) {
                 match object_sql(tx, "trigger", &name)? {
                     Some(existing) if existing == sql => continue,
+                    // Another version's trigger: it logged the table's writes.
                     Some(_) => tx.execute_batch(&format!("DROP TRIGGER {name}"))?,
-                    None => {}
+                    None => absent = true,
                 }
                 tx.execute_batch(&sql)?;
                 created.push(name);
+            }
+            if absent && log_existed {
+                mark_resync(tx, t)?;
+                resynced.push(t.sqlite.to_owned());
             }
         }
         Ok((created, tables))
@@ -170,6 +173,7 @@ pub fn install_on(conn: &mut Connection) -> Result<InstallReport> {
     Ok(InstallReport {
         path,
         created,
+        resynced,
         tables: tables.iter().map(|t| t.sqlite.to_owned()).collect(),
         journal_mode,
         failure_log: None,
@@ -242,9 +246,4 @@ pub fn uninstall(path: &Path, force: bool) -> Result<UninstallReport> {
             discarded_changes: pending,
         })
     })
-}
-
-/// Bring a change log created by an older version up to date (`serve` at start).
-pub fn upgrade(conn: &mut Connection) -> Result<Vec<String>> {
-    immediate(conn, upgrade_log)
 }

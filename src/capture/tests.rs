@@ -153,139 +153,63 @@ fn bad_files_get_clear_errors() {
     }
 }
 
-/// One app transaction: upsert artifact `id` with `status`, returning the
-/// change rows it recorded (as `db/sqlite/write.rs` reads them).
-fn app_write(c: &mut Connection, id: &str, status: &str) -> Vec<Change> {
-    let tx = c
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .unwrap();
-    let (mark, current) = log_mark(&tx).unwrap().unwrap();
-    tx.execute(
+/// One app transaction: upsert artifact `id` with `status`; returns the
+/// `seq` of the key's pending entry after it.
+fn app_write(c: &mut Connection, id: &str, status: &str) -> i64 {
+    c.execute(
         "INSERT INTO artifact (id, filename, status) VALUES (?1, 'f', ?2) \
          ON CONFLICT (id) DO UPDATE SET status = excluded.status",
         [id, status],
     )
     .unwrap();
-    let got = changes_after(&tx, mark, current).unwrap();
-    tx.commit().unwrap();
-    got
+    c.query_row(
+        "SELECT seq FROM _dualwrite_changes WHERE tbl = 'artifact' AND key = ?1",
+        [id],
+        |r| r.get(0),
+    )
+    .unwrap()
 }
 
+/// `seq` never goes back, even once the log is empty: an entry made after a
+/// claim is numbered above every claimed one, so it never falls in a claimed
+/// range (acknowledged by ranges) and a drainer reading on finds it.
 #[test]
-fn a_writer_acknowledges_only_its_own_unclaimed_entries() {
-    let d = tempfile::tempdir().unwrap();
-    let p = dox_file(d.path(), false);
-    install(&p, None).unwrap();
-    let mut a = Connection::open(&p).unwrap();
-    let mut b = Connection::open(&p).unwrap();
-    let keys = |c: &Connection| -> Vec<String> {
-        read_changes(c, 100)
-            .unwrap()
-            .into_iter()
-            .map(|c| c.key)
-            .collect()
-    };
-
-    // Alone: the writer's entry is fresh and its acknowledgement removes it.
-    let w = app_write(&mut a, "k1", "v1");
-    assert_eq!(w.len(), 1);
-    assert!(w[0].fresh);
-    assert_eq!(ack_own(&mut a, &w).unwrap(), 1);
-    assert!(keys(&a).is_empty());
-
-    // Two writers of one key (two processes): the second finds the entry
-    // pending, so neither may remove it; a mirror of v1 landing after v2
-    // is then corrected by the drainer.
-    let w1 = app_write(&mut a, "k2", "v1");
-    let w2 = app_write(&mut b, "k2", "v2");
-    assert!(w1[0].fresh && !w2[0].fresh, "{w1:?} {w2:?}");
-    assert_eq!(ack_own(&mut b, &w2).unwrap(), 0);
-    assert_eq!(ack_own(&mut a, &w1).unwrap(), 0, "the key changed since");
-    assert_eq!(keys(&a), ["k2"]);
-
-    // A drainer's claim: a writer no longer removes the entry, even its own.
-    let claimed = claim_changes(&mut b, 100, None, &Default::default())
-        .unwrap()
-        .changes;
-    assert_eq!(claimed.len(), 1);
-    let w3 = app_write(&mut a, "k2", "v3");
-    assert!(!w3[0].fresh);
-    let fresh = app_write(&mut a, "k3", "v1");
-    assert!(fresh[0].fresh);
-    claim_changes(&mut b, 100, None, &Default::default()).unwrap();
-    assert_eq!(
-        ack_own(&mut a, &fresh).unwrap(),
-        0,
-        "claimed by the drainer"
-    );
-    // The drainer's own ack: k2 changed after its first claim and stays.
-    assert_eq!(ack(&mut b, &claimed).unwrap(), 0);
-    let again = claim_changes(&mut b, 100, None, &Default::default())
-        .unwrap()
-        .changes;
-    assert_eq!(ack(&mut b, &again).unwrap(), 2);
-    assert!(keys(&a).is_empty());
-
-    // An entry drained and created anew is not the old writer's: `seq`
-    // never goes back, even once the log is empty, and a fresh entry made
-    // after a claim is the new writer's to acknowledge.
-    let old = app_write(&mut a, "k4", "v1");
-    let drained = claim_changes(&mut b, 100, None, &Default::default())
-        .unwrap()
-        .changes;
-    ack(&mut b, &drained).unwrap();
-    assert!(keys(&a).is_empty());
-    let new = app_write(&mut b, "k4", "v2");
-    assert!(new[0].seq > old[0].seq, "{new:?} {old:?}");
-    assert!(new[0].fresh);
-    assert_eq!(ack_own(&mut a, &old).unwrap(), 0);
-    assert_eq!(keys(&a), ["k4"]);
-    assert_eq!(ack_own(&mut b, &new).unwrap(), 1);
-}
-
-/// The claim comes before the read: every entry pending when a drainer
-/// claims is its own from then on, even one its batch does not reach (the
-/// limit), and what the drainer reads is all claimed. (Read first and claimed
-/// after, a writer could remove an entry read but not yet claimed, write the
-/// key again and remove that one too, while the drainer sent the older row.)
-#[test]
-fn a_claim_takes_every_pending_entry_before_it_reads() {
+fn seq_never_goes_back_even_when_the_log_empties() {
     let d = tempfile::tempdir().unwrap();
     let p = dox_file(d.path(), false);
     install(&p, None).unwrap();
     let mut app = Connection::open(&p).unwrap();
     let mut drainer = Connection::open(&p).unwrap();
-    let w: Vec<Vec<Change>> = ["k1", "k2", "k3"]
-        .iter()
-        .map(|k| app_write(&mut app, k, "v1"))
-        .collect();
-    let first = claim_changes(&mut drainer, 1, None, &Default::default()).unwrap();
-    assert_eq!(first.changes.len(), 1);
-    assert_eq!(first.changes[0].key, "k1");
-    // k3 is beyond the batch, and claimed all the same.
+    let first = app_write(&mut app, "k1", "v1");
+    let second = app_write(&mut app, "k2", "v1");
+    assert!(second > first);
+    // Two batches out; the later one is acknowledged first and empties the
+    // log above the earlier one.
+    let a = claim_changes(&mut drainer, 1, None, &Default::default()).unwrap();
+    let b = claim_changes(&mut drainer, 1, Some(first), &Default::default()).unwrap();
     assert_eq!(
-        ack_own(&mut app, &w[2]).unwrap(),
-        0,
-        "claimed by the drainer"
+        ack_runs(&mut drainer, &[("artifact", b.runs.clone())]).unwrap(),
+        1
     );
-    // A key written after the claim is the writer's again.
-    let later = app_write(&mut app, "k4", "v1");
-    assert!(later[0].fresh);
-    // The next claims read on, the claimed entries only after the new one's
-    // claim raised the watermark past it.
-    let rest = claim_changes(
-        &mut drainer,
-        100,
-        first.changes.last().map(|c| c.seq),
-        &Default::default(),
-    )
-    .unwrap();
-    let keys: Vec<&str> = rest.changes.iter().map(|c| c.key.as_str()).collect();
-    assert_eq!(keys, ["k2", "k3", "k4"]);
-    assert_eq!(ack_own(&mut app, &later).unwrap(), 0, "claimed since");
+    let third = app_write(&mut app, "k3", "v1");
+    assert!(third > second, "{third} after {second}");
+    assert_eq!(
+        ack_runs(&mut drainer, &[("artifact", a.runs.clone())]).unwrap(),
+        1
+    );
+    // The log is empty now; the next entry is still above everything claimed.
+    let rest = claim_changes(&mut drainer, 10, Some(second), &Default::default()).unwrap();
+    assert_eq!(
+        rest.changes.len(),
+        1,
+        "read on from the last claim, k3 is found"
+    );
+    ack_runs(&mut drainer, &[("artifact", rest.runs)]).unwrap();
+    assert!(read_changes(&app, 10).unwrap().is_empty());
+    assert!(app_write(&mut app, "k1", "v2") > third);
     // An empty log claims nothing and writes nothing.
-    ack(&mut drainer, &first.changes).unwrap();
-    ack(&mut drainer, &rest.changes).unwrap();
+    let last = claim_changes(&mut drainer, 10, None, &Default::default()).unwrap();
+    ack_runs(&mut drainer, &[("artifact", last.runs)]).unwrap();
     let version = data_version(&app).unwrap();
     assert!(claim_changes(&mut drainer, 100, None, &Default::default())
         .unwrap()
@@ -370,47 +294,158 @@ fn a_claim_is_acknowledged_by_its_ranges_and_nothing_else() {
     let k3_now = pending(&c).into_iter().find(|(k, _)| k == "k3").unwrap();
 
     // Another table's name removes nothing; B's own removes k2 and k4 only.
-    assert_eq!(ack_runs(&mut c, &["document"], &b.runs).unwrap(), 0);
-    assert_eq!(ack_runs(&mut c, &["artifact"], &b.runs).unwrap(), 2);
-    assert_eq!(pending(&c), [k1_now, k3_now]);
+    assert_eq!(
+        ack_runs(&mut c, &[("document", b.runs.clone())]).unwrap(),
+        0
+    );
+    assert_eq!(
+        ack_runs(&mut c, &[("artifact", b.runs.clone())]).unwrap(),
+        2
+    );
+    assert_eq!(pending(&c), [k1_now, k3_now.clone()]);
     // A's range no longer holds k1's entry (its key changed): it stays too.
-    assert_eq!(ack_runs(&mut c, &["artifact"], &a.runs).unwrap(), 0);
+    assert_eq!(
+        ack_runs(&mut c, &[("artifact", a.runs.clone())]).unwrap(),
+        0
+    );
     assert_eq!(pending(&c).len(), 2);
+    // A range cut around an entry leaves it.
+    let k5 = app_write(&mut c, "k5", "v");
+    let k6 = app_write(&mut c, "k6", "v");
+    let e = claim_changes(&mut c, 10, Some(k3_now.1), &Default::default()).unwrap();
+    let keys: Vec<&str> = e.changes.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["k5", "k6"]);
+    let kept = runs_without(&e.runs, &[k5]);
+    assert_eq!(ack_runs(&mut c, &[("artifact", kept)]).unwrap(), 1);
+    assert!(pending(&c).iter().any(|(k, s)| k == "k5" && *s == k5));
+    assert!(!pending(&c).iter().any(|(_, s)| *s == k6));
 }
 
+/// A log of the layout before versions were recorded (an entry column and a
+/// claim table this version has no use for, triggers of their own): `install`
+/// records the version and replaces the triggers; pending entries stay and
+/// drain; no table is re-sent (its writes were captured all along).
 #[test]
-fn an_older_change_log_is_upgraded_and_writes_never_fail_meanwhile() {
+fn a_log_of_an_earlier_layout_is_brought_up_to_date_by_install() {
     let d = tempfile::tempdir().unwrap();
     let p = dox_file(d.path(), false);
-    install(&p, None).unwrap();
     let mut c = Connection::open(&p).unwrap();
-    // The log as the first release made it, with its triggers.
     c.execute_batch(&format!(
-        "DROP TABLE {LOG}; CREATE TABLE {LOG} (tbl TEXT NOT NULL, key TEXT NOT NULL, \
-         seq INTEGER NOT NULL, op TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID; \
-         CREATE INDEX {LOG_SEQ_INDEX} ON {LOG} (seq); DROP TABLE {CLAIM};
-         DROP TRIGGER _dualwrite_artifact_ins; DROP TRIGGER _dualwrite_artifact_upd;
-         DROP TRIGGER _dualwrite_artifact_del; DROP TRIGGER _dualwrite_doctable_upd;
-         DROP TRIGGER _dualwrite_doctable_ins; DROP TRIGGER _dualwrite_doctable_del;
+        "CREATE TABLE {LOG} (tbl TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, \
+         op TEXT NOT NULL, at REAL NOT NULL, first INTEGER, PRIMARY KEY (tbl, key)) WITHOUT ROWID; \
+         CREATE INDEX {LOG_SEQ_INDEX} ON {LOG} (seq); CREATE TABLE _dualwrite_claim (hi INTEGER NOT NULL); \
          CREATE TRIGGER _dualwrite_artifact_ins AFTER INSERT ON artifact BEGIN \
-         INSERT INTO {LOG} (tbl, key, seq, op, at) SELECT 'artifact', NEW.id, \
-         (SELECT coalesce(max(seq), 0) + 1 FROM {LOG}), 'I', 0 ON CONFLICT (tbl, key) \
-         DO UPDATE SET seq = excluded.seq; END;"
+         INSERT INTO {LOG} (tbl, key, seq, op, at, first) SELECT 'artifact', NEW.id, \
+         (SELECT coalesce(max(seq), 0) + 1 FROM {LOG}), 'I', 0, 0 ON CONFLICT (tbl, key) \
+         DO UPDATE SET seq = excluded.seq; END; \
+         CREATE TRIGGER _dualwrite_artifact_upd AFTER UPDATE ON artifact BEGIN SELECT 1; END; \
+         CREATE TRIGGER _dualwrite_artifact_del AFTER DELETE ON artifact BEGIN SELECT 1; END; \
+         CREATE TRIGGER _dualwrite_doctable_ins AFTER INSERT ON doctable BEGIN SELECT 1; END; \
+         CREATE TRIGGER _dualwrite_doctable_upd AFTER UPDATE ON doctable BEGIN SELECT 1; END; \
+         CREATE TRIGGER _dualwrite_doctable_del AFTER DELETE ON doctable BEGIN SELECT 1; END;"
     ))
     .unwrap();
-    let w = app_write(&mut c, "k1", "v1");
-    assert_eq!(w.len(), 1);
-    assert!(
-        !w[0].fresh,
-        "an old log cannot tell: nothing is acknowledged"
+    app_write(&mut c, "k1", "v1");
+    let st = triggers_on(&c).unwrap();
+    assert_eq!(st.version, None);
+    assert_eq!(
+        st.missing,
+        ["artifact", "doctable"],
+        "another version's triggers"
     );
     let r = install(&p, None).unwrap();
+    assert!(r.resynced.is_empty(), "{:?}", r.resynced);
+    assert!(pending_resyncs(&c).unwrap().is_empty());
+    let st = triggers_on(&c).unwrap();
+    assert_eq!((st.version, st.missing.len()), (Some(LOG_VERSION), 0));
+    // The entry made before, and the next write, both drain.
+    let k2 = app_write(&mut c, "k2", "v1");
+    let claim = claim_changes(&mut c, 10, None, &Default::default()).unwrap();
+    let keys: Vec<&str> = claim.changes.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["k1", "k2"]);
+    assert_eq!(claim.changes[1].seq, k2);
+    assert_eq!(ack_runs(&mut c, &[("artifact", claim.runs)]).unwrap(), 2);
+}
+
+/// A table re-created by the app loses its triggers: nothing written to it
+/// meanwhile was logged. `install` re-installs them and marks the table; the
+/// resync queues every key it holds, then the target's keys it lost.
+#[test]
+fn a_recreated_table_is_queued_whole_with_the_keys_it_lost() {
+    let d = tempfile::tempdir().unwrap();
+    let p = dox_file(d.path(), false);
     assert!(
-        r.created.contains(&format!("{LOG}.first")) && r.created.contains(&CLAIM.to_owned()),
-        "{:?}",
-        r.created
+        install(&p, None).unwrap().resynced.is_empty(),
+        "a first install re-sends nothing"
     );
-    assert!(status(&p).unwrap().installed);
-    let w = app_write(&mut c, "k2", "v1");
-    assert!(w[0].fresh);
+    let mut app = Connection::open(&p).unwrap();
+    // The 12-step re-create, then writes while no trigger logs them.
+    app.execute_batch(
+        "BEGIN; CREATE TABLE artifact_new (id VARCHAR NOT NULL PRIMARY KEY, filename VARCHAR, status VARCHAR);
+         INSERT INTO artifact_new SELECT id, filename, status FROM artifact; DROP TABLE artifact;
+         ALTER TABLE artifact_new RENAME TO artifact; COMMIT;",
+    )
+    .unwrap();
+    for i in 0..(KEYS_PER_STEP + 7) {
+        app.execute(
+            "INSERT INTO artifact (id, filename, status) VALUES (?1, 'f', 'new')",
+            [format!("n{i:05}")],
+        )
+        .unwrap();
+    }
+    app.execute("DELETE FROM artifact WHERE id = 'a1'", [])
+        .unwrap();
+    assert!(
+        read_changes(&app, 10).unwrap().is_empty(),
+        "nothing was logged"
+    );
+    let r = install(&p, None).unwrap();
+    assert_eq!(r.resynced, ["artifact"]);
+    assert_eq!(
+        pending_resyncs(&app).unwrap(),
+        [(&crate::catalogue::ARTIFACT, Resync::FileKeys(String::new()))]
+    );
+    let mut drainer = Connection::open(&p).unwrap();
+    let mut after = String::new();
+    let mut steps = 0;
+    while let Some(last) =
+        queue_file_keys(&mut drainer, &crate::catalogue::ARTIFACT, &after).unwrap()
+    {
+        after = last;
+        steps += 1;
+    }
+    assert_eq!(steps, 2);
+    assert_eq!(
+        pending_resyncs(&app).unwrap(),
+        [(&crate::catalogue::ARTIFACT, Resync::TargetKeys)]
+    );
+    let queued = read_changes(&app, 100_000).unwrap();
+    assert_eq!(queued.len(), KEYS_PER_STEP + 7);
+    let mut seqs: Vec<i64> = queued.iter().map(|c| c.seq).collect();
+    seqs.dedup();
+    assert_eq!(
+        seqs.len(),
+        queued.len(),
+        "every queued key has a seq of its own"
+    );
+    // The target still has a1 (deleted meanwhile) and n00000 (still here).
+    let gone = queue_gone_keys(
+        &mut drainer,
+        &crate::catalogue::ARTIFACT,
+        &["a1".to_owned(), "n00000".to_owned()],
+    )
+    .unwrap();
+    assert_eq!(gone, 1);
+    finish_resync(&mut drainer, &crate::catalogue::ARTIFACT).unwrap();
+    assert!(pending_resyncs(&app).unwrap().is_empty());
+    let a1: Vec<Change> = read_changes(&app, 100_000)
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.key == "a1")
+        .collect();
+    assert_eq!(a1.len(), 1);
+    assert_eq!(a1[0].op, "D");
+    // Writes are captured again.
+    let s = app_write(&mut app, "late", "v");
+    assert!(s > a1[0].seq);
 }

@@ -18,6 +18,12 @@
 //! write a timeout: after `breaker.failures` consecutive transient failures the
 //! mirror is not attempted for `breaker.cooldown` (each skipped write is
 //! recorded, like any failure); then one write tries again.
+//!
+//! With change capture on the primary (the write's transaction records it in
+//! the change log), nothing is mirrored inline: the drainer (`dualwrite
+//! serve`, or the background drainer) sends the row as it is then, in order
+//! with every other change of its key, so a slow mirror can never land after
+//! a newer version and leave Supabase older for good.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +33,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Applied, Database, Filter, Row};
-use crate::capture::Change;
 use crate::catalogue::Table;
 use crate::error::{Error, Result};
 use crate::model::Write;
@@ -51,6 +56,9 @@ pub struct SecondaryFailure {
 pub struct DualStats {
     /// Writes applied to both sides.
     pub mirrored: u64,
+    /// Writes recorded in a change log (change capture on the primary): a
+    /// drainer (`dualwrite serve`, or the background drainer) mirrors them.
+    pub left_to_drainer: u64,
     /// Secondary failures since start (including those replayed later).
     pub failed: u64,
     /// Failures not kept because the record was full (logged at ERROR: data at risk).
@@ -101,6 +109,10 @@ pub struct DualDatabase<P, S> {
     failures: Mutex<VecDeque<SecondaryFailure>>,
     log_path: Option<std::path::PathBuf>,
     mirrored: AtomicU64,
+    left_to_drainer: AtomicU64,
+    /// Every write is left to a drainer of the primary's change log, not
+    /// only those the primary reports as captured ([`DualDatabase::drained`]).
+    drained: bool,
     failed: AtomicU64,
     dropped: AtomicU64,
     /// Writes to one row (same table and key) hold one of these across the
@@ -130,6 +142,8 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
             failures: Mutex::new(VecDeque::new()),
             log_path: None,
             mirrored: AtomicU64::new(0),
+            left_to_drainer: AtomicU64::new(0),
+            drained: false,
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             order: (0..ORDER_STRIPES)
@@ -193,6 +207,14 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
         Ok(self)
     }
 
+    /// Leave every write's mirror to a drainer of the primary's change log
+    /// (Supabase as the primary with capture on there: `serve --direction
+    /// reverse` keeps the file current), instead of mirroring inline.
+    pub fn drained(mut self) -> Self {
+        self.drained = true;
+        self
+    }
+
     /// Replace the default circuit breaker settings.
     pub fn with_breaker(mut self, breaker: Breaker) -> Self {
         self.breaker = breaker;
@@ -210,6 +232,7 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
     pub fn stats(&self) -> DualStats {
         DualStats {
             mirrored: self.mirrored.load(Ordering::Relaxed),
+            left_to_drainer: self.left_to_drainer.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             pending: crate::sync::lock(&self.failures).len() as u64,
@@ -280,61 +303,6 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
             }
         }
         log.push_back(failure);
-    }
-
-    /// The mirror of a write whose change rows the primary's transaction
-    /// committed (change capture installed): a failure leaves them in the change
-    /// log for the drainer (`dualwrite serve`, or the background drainer), which
-    /// sends the rows as they are then, so no payload is recorded; a success
-    /// acknowledges exactly these change rows (a key changed again since has a
-    /// new `seq` and stays). The SQLite primary only queues the
-    /// acknowledgement and applies it with its next write (or shortly after),
-    /// so the caller does not wait for a second transaction. The partial writes (`update_artifact`,
-    /// `update_skill`, `register_skill`) are never acknowledged here: their
-    /// mirror changes fields of a row Supabase may lack (then it matches no row
-    /// and still succeeds), so the drainer sends the whole row instead.
-    async fn mirror_captured(&self, applied: Applied, captured: Vec<Change>) -> Applied {
-        let write = applied.resolved.clone();
-        let (method, table, key) = (write.method(), write.table(), write.key());
-        let whole_rows = write.steps().is_some();
-        let attempted = self.open_until().is_none();
-        let result = match attempted {
-            false => Err(Error::Unreachable {
-                url: self.secondary.backend(),
-                reason: format!(
-                    "not attempted: the secondary failed {} times in a row",
-                    self.breaker.failures
-                ),
-            }),
-            true => self.mirror(write).await,
-        };
-        match result {
-            Ok(()) => {
-                self.mirrored.fetch_add(1, Ordering::Relaxed);
-                crate::sync::lock(&self.breaker_state).consecutive = 0;
-                if whole_rows {
-                    if let Err(e) = self.primary.acknowledge(captured).await {
-                        // Harmless: the drainer sends the rows once more.
-                        tracing::warn!(error = %e, method, table, key = %key, "cannot acknowledge a mirrored change; the drainer will send it again");
-                    }
-                }
-            }
-            Err(e) => {
-                if attempted {
-                    self.note_failure(&e);
-                }
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    method,
-                    table,
-                    key = %key,
-                    transient = e.is_transient(),
-                    error = %e,
-                    "secondary write failed; its change stays in the change log for the drainer"
-                );
-            }
-        }
-        applied
     }
 
     /// Count a failed mirror for the circuit breaker.
@@ -446,8 +414,13 @@ impl<P: Database, S: Database> Database for DualDatabase<P, S> {
         let _same_row_in_order = self.order_of(&write).lock().await;
         // A primary failure is the caller's error, and the secondary is not touched.
         let (applied, captured) = self.primary.apply_captured(write).await?;
-        if !captured.is_empty() {
-            return Ok(self.mirror_captured(applied, captured).await);
+        if captured || self.drained {
+            // The drainer sends the row as it is when it reads it, in order
+            // with every other change of that key: an inline mirror could land
+            // after the drainer sent a newer version, and nothing would ever
+            // correct it (ARCHITECTURE.md, "The embedded layer with capture").
+            self.left_to_drainer.fetch_add(1, Ordering::Relaxed);
+            return Ok(applied);
         }
         let mirror = applied.resolved.clone();
         if let Some(until) = self.open_until() {
@@ -482,11 +455,6 @@ impl<P: Database, S: Database> Database for DualDatabase<P, S> {
         filters: &[Filter],
     ) -> impl std::future::Future<Output = Result<Vec<Row>>> + Send {
         self.primary.fetch(table, filters)
-    }
-
-    /// The primary's queued acknowledgements (of this layer's mirrors).
-    fn flush_acknowledgements(&self) -> impl std::future::Future<Output = ()> + Send {
-        self.primary.flush_acknowledgements()
     }
 }
 

@@ -59,35 +59,11 @@ pub trait Database: Send + Sync {
         filters: &[Filter],
     ) -> impl Future<Output = Result<Vec<Row>>> + Send;
 
-    /// [`Database::apply`], plus the change-log rows the write's own
-    /// transaction recorded when change capture is installed on a SQLite file
-    /// (empty otherwise). The dual layer acknowledges them once mirrored.
-    fn apply_captured(
-        &self,
-        write: Write,
-    ) -> impl Future<Output = Result<(Applied, Vec<crate::capture::Change>)>> + Send {
-        async move { Ok((self.apply(write).await?, Vec::new())) }
-    }
-
-    /// Remove change-log rows whose write was mirrored (those whose key was
-    /// not changed again since: see [`crate::capture::ack_own`]). Returns how
-    /// many. `SqliteDatabase` queues them and applies them with its next write
-    /// (or shortly after, or when it is dropped): it returns how many it queued.
-    fn acknowledge(
-        &self,
-        changes: Vec<crate::capture::Change>,
-    ) -> impl Future<Output = Result<usize>> + Send {
-        async move {
-            drop(changes);
-            Ok(0)
-        }
-    }
-
-    /// Apply now what [`Database::acknowledge`] queued (nothing by default).
-    /// Afterwards `SqliteDatabase`'s thread does nothing in SQLite on its own
-    /// until the next call: for callers about to `fork()`.
-    fn flush_acknowledgements(&self) -> impl Future<Output = ()> + Send {
-        async {}
+    /// [`Database::apply`], and whether the write's own transaction recorded
+    /// it in the change log (change capture installed on a SQLite file; never
+    /// otherwise). The dual layer then leaves its mirror to the drainer.
+    fn apply_captured(&self, write: Write) -> impl Future<Output = Result<(Applied, bool)>> + Send {
+        async move { Ok((self.apply(write).await?, false)) }
     }
 }
 
@@ -108,22 +84,8 @@ impl<T: Database> Database for std::sync::Arc<T> {
         (**self).fetch(table, filters)
     }
 
-    fn apply_captured(
-        &self,
-        write: Write,
-    ) -> impl Future<Output = Result<(Applied, Vec<crate::capture::Change>)>> + Send {
+    fn apply_captured(&self, write: Write) -> impl Future<Output = Result<(Applied, bool)>> + Send {
         (**self).apply_captured(write)
-    }
-
-    fn acknowledge(
-        &self,
-        changes: Vec<crate::capture::Change>,
-    ) -> impl Future<Output = Result<usize>> + Send {
-        (**self).acknowledge(changes)
-    }
-
-    fn flush_acknowledgements(&self) -> impl Future<Output = ()> + Send {
-        (**self).flush_acknowledgements()
     }
 }
 
@@ -575,16 +537,8 @@ impl Database for AnyDatabase {
         delegate!(self, db => db.fetch(table, filters).await)
     }
 
-    async fn apply_captured(&self, write: Write) -> Result<(Applied, Vec<crate::capture::Change>)> {
+    async fn apply_captured(&self, write: Write) -> Result<(Applied, bool)> {
         delegate!(self, db => db.apply_captured(write).await)
-    }
-
-    async fn acknowledge(&self, changes: Vec<crate::capture::Change>) -> Result<usize> {
-        delegate!(self, db => db.acknowledge(changes).await)
-    }
-
-    async fn flush_acknowledgements(&self) {
-        delegate!(self, db => db.flush_acknowledgements().await)
     }
 }
 

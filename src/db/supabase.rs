@@ -389,6 +389,26 @@ impl SupabaseDatabase {
         }
     }
 
+    /// Up to `limit` keys of `table` after `after`, in key order (the key
+    /// column alone: the resync of a re-created table compares them with the
+    /// file's). A short page is not the end; an empty one is.
+    pub async fn keys_page(
+        &self,
+        table: &'static Table,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let key = table.key().supabase;
+        let rows = self
+            .rest
+            .select_page(table.supabase, key, &[], key, after, limit)
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.get(key).and_then(filter_text))
+            .collect())
+    }
+
     /// Delete the rows with these keys (chunked like [`Self::rows_by_keys`]);
     /// returns how many were deleted.
     pub async fn delete_keys(&self, table: &'static Table, keys: &[&str]) -> Result<u64> {

@@ -625,7 +625,7 @@ mod tests {
         c.busy_timeout(std::time::Duration::from_millis(50))
             .unwrap();
         let e = apply(&mut c, &batch).unwrap_err();
-        assert!(matches!(e, Error::Sqlite(_)), "{e}");
+        assert!(matches!(e, Error::Busy(_)) && e.is_transient(), "{e}");
         other.execute_batch("ROLLBACK").unwrap();
         assert_eq!(apply(&mut c, &batch).unwrap().1.len(), 0);
         assert_eq!(ids(&c), vec!["a"]);
@@ -645,7 +645,7 @@ mod tests {
         c.busy_timeout(std::time::Duration::from_millis(50))
             .unwrap();
         let e = apply(&mut c, &batch).unwrap_err();
-        assert!(matches!(e, Error::Sqlite(_)), "{e}");
+        assert!(matches!(e, Error::Busy(_)) && e.is_transient(), "{e}");
         reader.execute_batch("COMMIT").unwrap();
         assert_eq!(apply(&mut c, &batch).unwrap().1.len(), 0);
         assert_eq!(ids(&c), vec!["a"]);

@@ -1,139 +1,134 @@
-//! `dualwrite serve`: the long-running mirror of a captured DoX file.
+//! `dualwrite serve`: the mirror daemon, in either direction. Forward, it
+//! drains the SQLite file's change log ([`crate::capture`]) into Supabase;
+//! reverse (after cutover), Supabase's change log into the file. One loop
+//! ([`pipeline`]) over a small per-direction [`pipeline::Side`] (`forward.rs`,
+//! `reverse.rs`), with one options type whose per-direction defaults live in
+//! [`ServeOptions::new`].
 //!
-//! It drains the change log (see [`crate::capture`]) in commit order, state
-//! based: the keys of a batch are grouped by table, the rows are read as they
-//! are *now* (one statement per table), then the WAL is made durable, then
-//! rows that exist are upserted and rows that are gone are deleted, through
-//! the backfill's landing path (batches, retries, bisection, rejects file).
-//! A change leaves the log only after Supabase confirmed it, and only if its
-//! key was not changed again meanwhile (`seq`). Nothing is sent while a read
-//! transaction is open.
-//!
-//! * Commits are noticed with `PRAGMA data_version`, polled every `poll`.
-//! * Failures: each batch is retried with backoff (`retry.rs`) for up to
-//!   `max_wait`; then the daemon records the error, waits `pause` and tries
-//!   again, on its own timer, for as long as it takes. Changes wait in the log.
-//! * One daemon per file ([`crate::capture::Lease`]).
-//! * Shutdown: `/ready` turns 503 at once, the batch in flight finishes, `run` returns.
+//! * State based: a batch's keys are read as they are *now*, so a newer
+//!   version of a row is never overwritten by an older one; a change leaves
+//!   the log only after the target confirmed it, and only if its key was not
+//!   changed again meanwhile.
+//! * Signals computed from the truth ([`stats`]): `pending` and the lag are
+//!   read from the change log whenever `/ready`, `/metrics`, `/status`, the
+//!   status file or `dualwrite status` asks, by a reader of their own; a
+//!   failure (a timeout too) is counted and shown while it lasts; no progress
+//!   while changes wait past `--max-lag-secs` turns `/ready` 503 with a WARN.
+//! * Recover or die: what may pass is retried with a growing pause; anything
+//!   else ends `run` with the error, so that `serve` exits non-zero.
+//! * One daemon per file ([`crate::capture::Lease`], keyed on the real file).
+//! * Shutdown: `/ready` turns 503 at once, the batches out finish, `run` returns.
 
-pub mod http;
+pub(crate) mod http;
 pub mod notify;
 
-mod drain;
+mod forward;
+mod pipeline;
+mod reverse;
 mod stats;
 mod status;
 
-use drain::Daemon;
-pub(crate) use stats::add;
-pub(crate) use stats::write_status;
-pub use stats::{failure_kind, read_status_file, status_file_path, Stats, StatusFile};
-pub(crate) use status::render_problems;
-pub use status::{status, Status};
+pub use reverse::rejects_path;
+pub use stats::{failure_kind, read_status_file, status_file_path, Backlog, Stats, StatusFile};
+pub use status::{status, status_reverse, Status};
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::backfill::RejectLog;
-use crate::capture::{self};
-use crate::coerced::CoercedLog;
-use crate::db::SqliteDatabase;
+use crate::capture;
+use crate::direction::Direction;
 use crate::error::{Error, Result};
 use crate::normalise::UnrepresentablePolicy;
 use crate::rest::RestClient;
+use pipeline::Side;
+use stats::{write_status, Signals};
 
-/// How `serve` runs.
+/// How `serve` runs. Every option means the same in both directions.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    pub direction: Direction,
+    /// The SQLite file (the source forward, the copy reverse).
     pub db_path: PathBuf,
-    /// Where the HTTP endpoint listens (`None`: no endpoint).
+    /// Where the dead letters (`rejects.ndjson`, `reverse-rejects.ndjson`)
+    /// and `coerced.ndjson` are written.
+    pub state_dir: PathBuf,
+    /// Where `/health`, `/ready`, `/metrics` and `/status` are served (`None`: nowhere).
     pub listen: Option<SocketAddr>,
-    /// Changes read per batch.
+    /// Serve them on an address that is not loopback: anyone who reaches it
+    /// reads the pid, the tables' figures and the last error.
+    pub listen_public: bool,
+    /// Changes claimed per batch.
     pub batch_rows: usize,
-    /// Rows per upsert request.
+    /// Rows per request to Supabase (upserts forward, reads reverse; a read
+    /// is cut further to keep its URL short).
     pub request_rows: usize,
-    /// Upsert requests in flight, over all the batches in flight (a request
-    /// of the next batch starts as soon as one of the previous ends).
+    /// Requests to Supabase in flight, over all the batches out.
     pub concurrency: usize,
     /// How often to look for new commits when the log is empty.
     pub poll: Duration,
-    /// `/ready` fails when the oldest pending change is older than this.
+    /// `/ready` fails when the oldest pending change is older than this, or
+    /// when the daemon made no progress for this long while changes wait.
     pub max_lag: Duration,
-    /// How long one batch is retried before the error is recorded.
+    /// How long one request is retried before its batch fails.
     pub max_wait: Duration,
-    /// The wait between failed batches.
+    /// The first wait after a failure (it doubles while failures go on, up to 30 s).
     pub pause: Duration,
-    /// How often the triggers are checked.
+    /// How often capture (the triggers) is checked; forward also whenever the
+    /// file's schema changes.
     pub check_every: Duration,
-    /// Re-install missing triggers (else stop with an error).
+    /// Re-install missing triggers and re-send their tables (else stop with an error).
     pub repair_triggers: bool,
-    /// Where `rejects.ndjson` (dead letters) and `coerced.ndjson` are written.
-    pub state_dir: PathBuf,
-    /// Reject (the default) or coerce values Supabase cannot hold.
+    /// Forward: reject (the default) or coerce values Supabase cannot hold.
     pub unrepresentable: UnrepresentablePolicy,
 }
 
 impl ServeOptions {
-    pub fn new(db_path: PathBuf, state_dir: PathBuf) -> ServeOptions {
+    /// The defaults of `direction`: the only place they are written.
+    pub fn new(direction: Direction, db_path: PathBuf, state_dir: PathBuf) -> ServeOptions {
+        let forward = direction == Direction::Forward;
         ServeOptions {
+            direction,
             db_path,
+            state_dir,
             listen: None,
-            // Two batches are in flight while a backlog drains (the pipeline):
-            // 2 x 2000 changes keep the peak RSS under 100 MB (BENCHMARKS.md).
-            batch_rows: 2000,
-            request_rows: 500,
+            listen_public: false,
+            // Forward, four batches are out while a backlog drains (the
+            // pipeline): 4 x 2000 changes keep the peak RSS under 100 MB
+            // (BENCHMARKS.md). Reverse, one batch at a time.
+            batch_rows: if forward { 2000 } else { 4000 },
+            request_rows: if forward { 500 } else { 100 },
             concurrency: 4,
-            // Each batch costs the app's commits (BENCHMARKS.md, "Where the
-            // writer's p99 goes"): at 1,000 commits/s, batches every 50 ms
-            // raised its p99 by half, every 250 ms not measurably.
-            poll: Duration::from_millis(250),
+            // Forward, each batch costs the app's commits (BENCHMARKS.md,
+            // "Where the writer's p99 goes"): at 1,000 commits/s, batches every
+            // 50 ms raised its p99 by half, every 250 ms not measurably.
+            // Reverse, a look at the log is one request to Supabase.
+            poll: Duration::from_millis(if forward { 250 } else { 50 }),
             max_lag: Duration::from_secs(60),
             max_wait: Duration::from_secs(20),
             pause: Duration::from_secs(1),
             check_every: Duration::from_secs(60),
             repair_triggers: true,
-            state_dir,
             unrepresentable: UnrepresentablePolicy::Reject,
         }
     }
-}
 
-/// The capture connection, used from `spawn_blocking` only.
-type Conn = Arc<Mutex<rusqlite::Connection>>;
-
-async fn blocking<R: Send + 'static>(
-    conn: &Conn,
-    f: impl FnOnce(&mut rusqlite::Connection) -> Result<R> + Send + 'static,
-) -> Result<R> {
-    let conn = Arc::clone(conn);
-    crate::sync::blocking("capture", move || f(&mut crate::sync::lock(&conn))).await
-}
-
-/// A daemon run's figures and its stop signal. When `shutdown` completes,
-/// `/ready` turns 503 at once (so a load balancer stops sending first) and the
-/// drain loop is told to stop after the batch in flight. Shared by both directions.
-pub(crate) fn start(
-    max_lag: Duration,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> (Arc<Stats>, watch::Receiver<bool>) {
-    let (stop_tx, stop) = watch::channel(false);
-    let stats = Arc::new(Stats {
-        max_lag_secs: max_lag.as_secs_f64(),
-        ..Stats::default()
-    });
-    {
-        let stats = Arc::clone(&stats);
-        tokio::spawn(async move {
-            shutdown.await;
-            stats.stopping.store(true, Ordering::SeqCst);
-            let _ = stop_tx.send(true);
-        });
+    /// Refuse a listen address that is not loopback unless asked for.
+    fn check_listen(&self) -> Result<()> {
+        match self.listen {
+            Some(a) if !a.ip().is_loopback() && !self.listen_public => Err(Error::invalid(format!(
+                "--listen {a} is not a loopback address: /status and /metrics would tell anyone who \
+                 reaches it the process id, the tables' figures and the last error. Listen on \
+                 127.0.0.1 (a healthcheck in the same container or host needs nothing more), or pass \
+                 --listen-public to serve them there"
+            ))),
+            _ => Ok(()),
+        }
     }
-    (stats, stop)
 }
 
 async fn take_lease(db: &Path) -> Result<capture::Lease> {
@@ -141,13 +136,15 @@ async fn take_lease(db: &Path) -> Result<capture::Lease> {
     crate::sync::blocking("capture", move || capture::Lease::take(&db)).await
 }
 
-/// Run the daemon until `shutdown` completes (then finish the batch in flight).
-/// Refuses to start while another daemon holds the file's lease.
+/// Run the daemon until `shutdown` completes (then finish the batches out),
+/// or until an error it cannot recover from (returned). Refuses to start
+/// while another daemon holds the file's lease.
 pub async fn run(
     rest: RestClient,
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    opts.check_listen()?;
     let lease = take_lease(&opts.db_path).await?;
     run_with_lease(rest, opts, lease, notify::Notifier::from_env(), shutdown).await
 }
@@ -155,13 +152,13 @@ pub async fn run(
 /// How long the background drainer waits before it tries the lease again.
 const BACKGROUND_RETRY: Duration = Duration::from_secs(10);
 
-/// The background drainer of an embedding process (`dual.drain = "background"`):
-/// the same drain loop as `serve`, under the same lease, so it never runs
-/// alongside a `serve` (or another process's drainer) on the same file. While
-/// another holds the lease it waits and tries again every few seconds; it
-/// stops (after the batch in flight) when `stop` turns true or its sender is
-/// dropped. A failure is logged and the drainer starts again later: the
-/// changes wait in the log meanwhile.
+/// The background drainer of an embedding process (`dual.drain =
+/// "background"`): the forward daemon's loop under the same lease, so it
+/// never runs alongside a `serve` (or another process's drainer) on the same
+/// file. While another holds the lease it waits and tries again every few
+/// seconds; it stops (after the batches out) when `stop` turns true or its
+/// sender is dropped. A failure is logged and the drainer starts again
+/// later: the changes wait in the log meanwhile.
 pub async fn drain_in_background(
     rest: RestClient,
     opts: ServeOptions,
@@ -199,13 +196,6 @@ pub async fn drain_in_background(
     }
 }
 
-/// The WAL size, in pages, past which the daemon's own commits checkpoint it
-/// (SQLite's default, which the app's connections keep, is 1,000). The daemon
-/// commits twice per batch; when batches come often (a short `--poll-ms`) it
-/// reaches the threshold first, and the checkpoints (with their fsync of the
-/// database file) run on its commits instead of the app's.
-const CHECKPOINT_PAGES: u32 = 300;
-
 async fn run_with_lease(
     rest: RestClient,
     opts: ServeOptions,
@@ -213,75 +203,112 @@ async fn run_with_lease(
     notifier: notify::Notifier,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let (stats, stop) = start(opts.max_lag, shutdown);
-    let db = opts.db_path.clone();
-    // The change log's connection and the reader open side by side (each
-    // reads the file's schema); the change log's errors come first.
-    let setup = {
-        let db = db.clone();
-        crate::sync::blocking("capture", move || {
-            let mut c = capture::open_rw(&db)?;
-            // Acknowledgements take the file's write lock: keep them short. An
-            // acknowledgement a power loss takes back only sends the row again
-            // (idempotent), so it needs no fsync of its own.
-            c.execute_batch("PRAGMA synchronous=NORMAL")?;
-            c.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
-            if !capture::triggers_on(&c)?.log_present {
-                return Err(Error::invalid(format!(
-                    "capture is not installed on {}: run `dualwrite capture install` first",
-                    db.display()
-                )));
-            }
-            let upgraded = capture::upgrade(&mut c)?;
-            Ok((c, upgraded))
-        })
-    };
-    let (setup, reader) = tokio::join!(setup, SqliteDatabase::open_read_only(&db));
-    let (conn, upgraded) = setup?;
-    let reader = reader?;
-    if !upgraded.is_empty() {
-        tracing::info!(added = ?upgraded, "change log upgraded");
+    let stats = Arc::new(Stats::new(opts.direction, opts.max_lag));
+    let (stop_tx, stop) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    {
+        // When `shutdown` completes, `/ready` turns 503 at once (so a load
+        // balancer stops sending first) and the loop stops after the batches out.
+        let (stats, stop_tx) = (Arc::clone(&stats), Arc::clone(&stop_tx));
+        tokio::spawn(async move {
+            shutdown.await;
+            stats.stopping();
+            let _ = stop_tx.send(true);
+        });
     }
-    let conn: Conn = Arc::new(Mutex::new(conn));
-    let rejects = Arc::new(RejectLog::open(
-        opts.state_dir.join("rejects.ndjson"),
-        true,
-    )?);
-    let coerced = Arc::new(CoercedLog::new(opts.state_dir.join("coerced.ndjson")));
-    let slots = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
-    let mut d = Daemon {
-        opts,
-        rest,
-        conn,
-        reader,
-        rejects,
-        coerced,
-        stats: Arc::clone(&stats),
-        notifier,
-        row_bytes: 256,
-        slots,
-        synced: Arc::new(tokio::sync::Mutex::new(None)),
+    let result = match opts.direction {
+        Direction::Forward => {
+            let side = forward::Forward::open(rest, &opts, Arc::clone(&stats)).await?;
+            serve_side(side, &opts, &stats, &notifier, stop, &stop_tx, &lease.path).await
+        }
+        Direction::Reverse => {
+            let side = reverse::Reverse::open(rest, &opts, Arc::clone(&stats)).await?;
+            serve_side(side, &opts, &stats, &notifier, stop, &stop_tx, &lease.path).await
+        }
     };
-    d.check_triggers().await?;
-    let server = match d.opts.listen {
-        Some(addr) => Some(http::spawn(addr, Arc::clone(&stats), stop.clone())?),
+    drop(lease);
+    result
+}
+
+async fn serve_side<S: Side>(
+    mut side: S,
+    opts: &ServeOptions,
+    stats: &Arc<Stats>,
+    notifier: &notify::Notifier,
+    stop: watch::Receiver<bool>,
+    stop_tx: &watch::Sender<bool>,
+    lease: &Path,
+) -> Result<()> {
+    let signals = Signals {
+        stats: Arc::clone(stats),
+        backlog: side.backlog_reader(),
+    };
+    let status_path = status_file_path(&opts.db_path);
+    let server = match opts.listen {
+        Some(addr) => Some(http::spawn(addr, signals.clone(), stop.clone())?),
         None => None,
     };
-    tracing::info!(db = %db.display(), listen = ?d.opts.listen, lease = %lease.path.display(), "serving");
-    d.notifier.notify("READY=1");
-    let result = d.drain(stop).await;
-    d.notifier.notify("STOPPING=1");
-    let status_path = status_file_path(&db);
-    write_status(&status_path, &stats.snapshot());
+    let reporter = tokio::spawn(report(signals.clone(), status_path.clone(), stop.clone()));
+    tracing::info!(
+        direction = opts.direction.as_str(),
+        db = %opts.db_path.display(),
+        listen = %opts.listen.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        lease = %lease.display(),
+        "serving"
+    );
+    notifier.notify("READY=1");
+    let result = pipeline::drain(&mut side, opts, stats, notifier, stop).await;
+    notifier.notify("STOPPING=1");
+    // The endpoint and the reporter stop with the loop, whatever ended it: a
+    // daemon that no longer drains does not go on answering.
+    stats.stopping();
+    let _ = stop_tx.send(true);
     if let Some(s) = server {
         let _ = s.await;
     }
-    // The file's connections are closed before the lease goes: an embedding
-    // process may fork() once its background drainer stopped, and a thread
-    // still inside SQLite at a fork deadlocks the child.
-    let Daemon { conn, reader, .. } = d;
-    drop(conn);
-    reader.close().await;
-    drop(lease);
+    let _ = reporter.await;
+    let mut last = signals.snapshot().await;
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "the daemon stops: it cannot go on without help (run it again once the cause is fixed)");
+        last.exited = Some(e.to_string());
+        last.ready = false;
+    }
+    write_status(&status_path, &last);
+    side.close().await;
     result
+}
+
+/// How often a daemon that is not ready says so again.
+const NOT_READY_REPEAT: Duration = Duration::from_secs(30);
+
+/// Every second: the status file, from the truth; and a WARN when the daemon
+/// turns not ready (again every half minute while it stays so), an INFO when
+/// it is ready again. Apart from the drain loop, so that a stuck loop is told.
+async fn report(signals: Signals, path: PathBuf, mut stop: watch::Receiver<bool>) {
+    let mut warned: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let h = signals.health().await;
+        write_status(&path, &stats::snapshot(&signals.stats, &h));
+        if h.ready {
+            if warned.take().is_some() {
+                tracing::info!(direction = signals.stats.direction.as_str(), "ready again");
+            }
+        } else if warned.is_none_or(|w| w.elapsed() >= NOT_READY_REPEAT) {
+            tracing::warn!(
+                direction = signals.stats.direction.as_str(),
+                pending = h.backlog.pending,
+                lag_seconds = h.lag,
+                "not ready: {}",
+                h.why.join("; ")
+            );
+            warned = Some(std::time::Instant::now());
+        }
+    }
 }

@@ -8,56 +8,7 @@ use crate::error::{Error, Result};
 use crate::normalise::UnrepresentablePolicy;
 use crate::rest::KeyKind;
 
-/// Which side is the source of truth.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// SQLite is the source, Supabase the target (before cutover).
-    #[default]
-    Forward,
-    /// Supabase is the source, the SQLite file the target: after cutover,
-    /// with `serve --direction reverse` keeping the file as the rollback copy.
-    Reverse,
-}
-
-impl Direction {
-    /// The source's name, as reports show it.
-    pub fn source(self) -> &'static str {
-        match self {
-            Direction::Forward => "SQLite",
-            Direction::Reverse => "Supabase",
-        }
-    }
-
-    /// The target's name, as reports show it.
-    pub fn target(self) -> &'static str {
-        match self {
-            Direction::Forward => "Supabase",
-            Direction::Reverse => "SQLite",
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Forward => "forward",
-            Direction::Reverse => "reverse",
-        }
-    }
-}
-
-impl std::str::FromStr for Direction {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "forward" => Ok(Direction::Forward),
-            "reverse" => Ok(Direction::Reverse),
-            other => Err(Error::invalid(format!(
-                "unknown direction `{other}`: forward (SQLite is the source) or reverse (Supabase is the source)"
-            ))),
-        }
-    }
-}
+pub use crate::direction::Direction;
 
 /// What to compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

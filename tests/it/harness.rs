@@ -21,6 +21,11 @@ mod postgrest;
 pub use postgrest::free_port;
 use postgrest::{Postgrest, PostgrestSettings};
 
+// The delaying TCP proxy (a slow or distant Supabase).
+#[path = "../support/proxy.rs"]
+mod proxy;
+pub use proxy::Proxy;
+
 /// The stack's variables (from the environment, or from `scripts/stack.sh env`).
 pub struct Stack {
     vars: HashMap<String, String>,

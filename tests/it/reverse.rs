@@ -506,7 +506,7 @@ async fn reverse_serve_keeps_the_sqlite_file_equal_through_kill_9_and_a_locked_f
         .unwrap();
     assert_eq!(status["pending"], json!(0), "{status}");
     assert!(
-        status["failures"]["sqlite"].as_u64() >= Some(1),
+        status["failures"]["busy"].as_u64() >= Some(1),
         "the locked file made a batch fail: {status}"
     );
     assert_eq!(
@@ -871,12 +871,20 @@ async fn db_backend_supabase_with_dual_write_makes_serve_and_status_reverse() {
         .await
         .unwrap();
     // status, before the daemon: the Supabase log's backlog.
-    let status = |dir: &Path| -> Value {
+    // Exit 0 only while a daemon drains, ready; 3 otherwise, with the reasons.
+    let status = |dir: &Path, code: i32| -> Value {
         let o = run_with(dir, &pg, &supabase_primary, &["status", "--json"]);
-        assert!(o.status.success(), "{o:?}");
+        assert_eq!(o.status.code(), Some(code), "{o:?}");
         serde_json::from_slice(&o.stdout).unwrap()
     };
-    let st = status(dir.path());
+    let st = status(dir.path(), 3);
+    assert!(
+        st["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("no daemon is running"),
+        "{st}"
+    );
     assert_eq!(
         (
             &st["direction"],
@@ -891,7 +899,9 @@ async fn db_backend_supabase_with_dual_write_makes_serve_and_status_reverse() {
     let o = run_with(dir.path(), &pg, &supabase_primary, &["status"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
-        text.contains("capture on Supabase: on") && text.contains("pending changes: 1"),
+        text.contains("capture on Supabase: complete")
+            && text.contains("pending changes: 1")
+            && text.contains("healthy: NO"),
         "{text}"
     );
 
@@ -908,7 +918,9 @@ async fn db_backend_supabase_with_dual_write_makes_serve_and_status_reverse() {
         .unwrap();
     assert_eq!(n, 1, "the reverse mirror wrote the row");
     drop(c);
-    let st = status(dir.path());
+    // Healthy once the daemon has reported (every second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let st = status(dir.path(), 0);
     assert_eq!(
         (&st["pending"], &st["daemon_running"]),
         (&json!(0), &json!(true)),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use dualwrite::backfill::BackfillOptions;
+use dualwrite::direction::Direction;
 use dualwrite::serve::ServeOptions;
 use dualwrite::{keys, verify};
 
@@ -13,9 +14,15 @@ fn load_defaults() -> BackfillOptions {
     BackfillOptions::default()
 }
 
-/// The defaults of `serve`: the library's.
-fn serve_defaults() -> ServeOptions {
-    ServeOptions::new(PathBuf::new(), PathBuf::new())
+/// A `serve` option's help, with its default in each direction: the
+/// library's ([`ServeOptions::new`]), the one place they are written.
+fn per_direction(what: &str, default: impl Fn(&ServeOptions) -> String) -> String {
+    let of = |d| default(&ServeOptions::new(d, PathBuf::new(), PathBuf::new()));
+    format!(
+        "{what} [default: forward {}, reverse {}]",
+        of(Direction::Forward),
+        of(Direction::Reverse)
+    )
 }
 
 #[derive(Parser, Debug)]
@@ -123,8 +130,12 @@ pub enum Command {
     Capture(CaptureCommand),
     /// Mirror every captured change to Supabase, for as long as it runs (the daemon).
     Serve(ServeArgs),
-    /// Pending changes, lag and the daemon's last error, read from the file
-    /// (reverse: from the Supabase change log).
+    /// Whether the mirror is healthy: pending changes and lag read from the change
+    /// log now (reverse: Supabase's), whether a daemon runs and what it last reported.
+    ///
+    /// Exit status: 0 healthy (capture complete, a daemon running, ready and within
+    /// its lag bound); 3 not healthy (the reasons are printed); 1 it could not be
+    /// told (the file or Supabase could not be read); 2 bad usage.
     Status {
         /// Print JSON.
         #[arg(long)]
@@ -133,7 +144,7 @@ pub enum Command {
         /// default: as `serve`, from DB_BACKEND and dual write).
         #[arg(long, value_parser = ["forward", "reverse"])]
         direction: Option<String>,
-        /// Reverse: where reverse-rejects.ndjson is (default: as `serve`).
+        /// Where the dead letters are counted (default: as `serve`).
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
@@ -188,6 +199,8 @@ pub struct CaptureTarget {
     pub print_sql: bool,
 }
 
+/// `serve`'s flags. Each one given overrides the direction's default
+/// ([`ServeArgs::options`]); one that does not apply to the direction is refused.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     /// forward: the captured SQLite file to Supabase (SQLite primary); reverse:
@@ -201,38 +214,105 @@ pub struct ServeArgs {
     /// Where /health, /ready, /metrics and /status are served.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
     pub listen: std::net::SocketAddr,
-    /// Changes read and mirrored per batch.
-    #[arg(long, value_name = "N", default_value_t = serve_defaults().batch_rows)]
-    pub batch_rows: usize,
-    /// Rows per upsert request.
-    #[arg(long, value_name = "N", default_value_t = serve_defaults().request_rows)]
-    pub request_rows: usize,
-    /// Upsert requests in flight (over the batches in flight together).
-    #[arg(long, value_name = "N", default_value_t = serve_defaults().concurrency)]
-    pub concurrency: usize,
-    /// /ready fails when the oldest pending change is older than this.
-    #[arg(long, value_name = "SECS", default_value_t = serve_defaults().max_lag.as_secs_f64())]
-    pub max_lag_secs: f64,
-    /// How often to look for new commits, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = serve_defaults().poll.as_millis() as u64)]
-    pub poll_ms: u64,
-    /// How long one batch is retried before the error is recorded (then it is retried again).
-    #[arg(long, value_name = "SECS", default_value_t = serve_defaults().max_wait.as_secs_f64())]
-    pub max_wait_secs: f64,
-    /// How often the triggers are checked (and, while idle, Supabase probed), in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = serve_defaults().check_every.as_secs_f64())]
-    pub check_secs: f64,
-    /// Stop with an error when triggers are missing, instead of re-installing them.
+    /// Allow --listen on an address that is not loopback: whoever reaches it reads
+    /// the process id, the tables' figures and the last error.
+    #[arg(long)]
+    pub listen_public: bool,
+    #[arg(long, value_name = "N", help = per_direction("Changes claimed per batch", |o| o.batch_rows.to_string()))]
+    pub batch_rows: Option<usize>,
+    #[arg(long, value_name = "N", help = per_direction(
+        "Rows per request to Supabase (upserts forward, reads reverse)", |o| o.request_rows.to_string()))]
+    pub request_rows: Option<usize>,
+    #[arg(long, value_name = "N", help = per_direction(
+        "Requests to Supabase in flight, over all the batches out", |o| o.concurrency.to_string()))]
+    pub concurrency: Option<usize>,
+    #[arg(long, value_name = "SECS", help = per_direction(
+        "/ready fails when the oldest pending change is older than this, or when the daemon \
+         made no progress for this long while changes wait", |o| o.max_lag.as_secs_f64().to_string()))]
+    pub max_lag_secs: Option<f64>,
+    #[arg(long, value_name = "MS", help = per_direction(
+        "How often to look for new commits while the log is empty", |o| o.poll.as_millis().to_string()))]
+    pub poll_ms: Option<u64>,
+    #[arg(long, value_name = "SECS", help = per_direction(
+        "How long one request is retried before its batch fails (the batch is tried again \
+         after a pause that grows while failures go on)", |o| o.max_wait.as_secs_f64().to_string()))]
+    pub max_wait_secs: Option<f64>,
+    #[arg(long, value_name = "SECS", help = per_direction(
+        "How often capture (the triggers) is checked and, while idle, Supabase probed; forward \
+         also whenever the file's schema changes", |o| o.check_every.as_secs_f64().to_string()))]
+    pub check_secs: Option<f64>,
+    /// Stop with an error when triggers are missing, instead of re-installing them
+    /// (and re-sending their tables).
     #[arg(long)]
     pub no_repair_triggers: bool,
-    /// Where rejects.ndjson (reverse: reverse-rejects.ndjson) goes (default: the
-    /// backfill's state directory for the file).
+    /// Where the dead letters go: rejects.ndjson forward, reverse-rejects.ndjson
+    /// reverse (default: the backfill's state directory for the file).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// What to do with a value Supabase cannot hold: reject (a dead letter) or coerce
-    /// (default: the configured dual.unrepresentable, itself reject by default).
+    /// Forward only: what to do with a value Supabase cannot hold, reject (a dead
+    /// letter) or coerce (default: the configured dual.unrepresentable, itself reject).
     #[arg(long, value_name = "POLICY", value_parser = ["reject", "coerce"])]
     pub unrepresentable: Option<String>,
+}
+
+impl ServeArgs {
+    /// The flags as options: `direction`'s defaults, overridden by each flag
+    /// given. The one conversion of `serve`'s flags.
+    pub fn options(
+        &self,
+        direction: Direction,
+        db: PathBuf,
+        state_dir: PathBuf,
+        configured: dualwrite::normalise::UnrepresentablePolicy,
+    ) -> dualwrite::Result<ServeOptions> {
+        use std::time::Duration;
+        let secs = |name: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(dualwrite::Error::invalid(format!(
+                    "--{name} {v}: give a number of seconds, 0 or more"
+                )))
+            }
+        };
+        let mut o = ServeOptions::new(direction, db, state_dir);
+        o.listen = Some(self.listen);
+        o.listen_public = self.listen_public;
+        if let Some(n) = self.batch_rows {
+            o.batch_rows = n.max(1);
+        }
+        if let Some(n) = self.request_rows {
+            o.request_rows = n.max(1);
+        }
+        if let Some(n) = self.concurrency {
+            o.concurrency = n.max(1);
+        }
+        if let Some(v) = self.max_lag_secs {
+            o.max_lag = secs("max-lag-secs", v)?;
+        }
+        if let Some(ms) = self.poll_ms {
+            o.poll = Duration::from_millis(ms.max(1));
+        }
+        if let Some(v) = self.max_wait_secs {
+            o.max_wait = secs("max-wait-secs", v)?;
+        }
+        if let Some(v) = self.check_secs {
+            o.check_every = secs("check-secs", v)?.max(Duration::from_millis(100));
+        }
+        o.repair_triggers = !self.no_repair_triggers;
+        match (direction, self.unrepresentable.as_deref()) {
+            (Direction::Forward, Some(p)) => o.unrepresentable = p.parse()?,
+            (Direction::Forward, None) => o.unrepresentable = configured,
+            (Direction::Reverse, Some(_)) => {
+                return Err(dualwrite::Error::invalid(
+                    "--unrepresentable applies to the forward direction (values going into \
+                     Supabase); reverse, a value the file cannot hold is a dead letter",
+                ))
+            }
+            (Direction::Reverse, None) => {}
+        }
+        Ok(o)
+    }
 }
 
 #[derive(clap::Args, Debug)]

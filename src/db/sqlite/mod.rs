@@ -23,18 +23,15 @@ use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
 use super::{check_filters, reads, Applied, Database, Filter, Row};
-use crate::capture::Change;
 use crate::catalogue::{self as cat, Kind, Table, MAX_COLUMNS, TABLES};
 use crate::error::{Error, Result};
 use crate::model::{skill_row, Step, Write};
 use crate::normalise::{self, json_text, SqlRef, SqlRow, SqlValue};
 
-mod acks;
 mod layout;
 mod scan;
 mod write;
 
-use acks::{Acks, Push};
 pub use layout::create_table_sql;
 use layout::*;
 use scan::*;
@@ -73,16 +70,14 @@ pub struct SqliteDatabase {
     jobs: Arc<Thread>,
     path: PathBuf,
     layout: Arc<Layout>,
-    /// Acknowledgements waiting for the next write ([`acks`]).
-    acks: Arc<Acks>,
     /// Whether the file has a change log, remembered while its schema stays.
     shape: Arc<Mutex<crate::capture::LogShape>>,
 }
 
 /// The connection's thread. When the last handle is dropped, the thread runs
-/// the jobs already sent, applies the queued acknowledgements and closes the
-/// connection; the drop waits for that (a process that exits right after,
-/// like `dualwrite call`, does not lose its acknowledgements).
+/// the jobs already sent and closes the connection; the drop waits for that
+/// (a process that exits right after, like `dualwrite call`, has its writes
+/// committed and the file closed).
 struct Thread {
     jobs: Option<std::sync::mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -106,22 +101,11 @@ impl Drop for Thread {
     }
 }
 
-/// The connection's thread: jobs in order; queued acknowledgements when no
-/// write carried them in time, and at the end.
-fn worker(mut conn: Connection, rx: std::sync::mpsc::Receiver<Job>, acks: &Acks) {
-    use std::sync::mpsc::RecvTimeoutError;
-    loop {
-        let next = match acks.wait() {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(d) => rx.recv_timeout(d),
-        };
-        match next {
-            Ok(job) => job(&mut conn),
-            Err(RecvTimeoutError::Timeout) => acks::flush(&mut conn, &acks.due(), "idle"),
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
+/// The connection's thread: the jobs, in order.
+fn worker(mut conn: Connection, rx: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(job) = rx.recv() {
+        job(&mut conn);
     }
-    acks::flush(&mut conn, &acks.take().0, "close");
 }
 
 impl std::fmt::Debug for SqliteDatabase {
@@ -181,8 +165,6 @@ impl SqliteDatabase {
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel::<Result<Layout>>();
         let thread_path = path.clone();
-        let acks = Arc::new(Acks::default());
-        let thread_acks = Arc::clone(&acks);
         let thread = std::thread::Builder::new()
             .name("dualwrite-sqlite".into())
             .spawn(move || {
@@ -197,7 +179,7 @@ impl SqliteDatabase {
                         return;
                     }
                 };
-                worker(conn, rx, &thread_acks);
+                worker(conn, rx);
             })?;
         let jobs = Arc::new(Thread {
             jobs: Some(jobs),
@@ -208,14 +190,12 @@ impl SqliteDatabase {
             jobs,
             path,
             layout: Arc::new(layout),
-            acks,
             shape: Arc::default(),
         })
     }
 
-    /// Drop this handle; when it is the last one, wait until the queued
-    /// acknowledgements are applied, the connection is closed and its thread
-    /// has ended (on a blocking thread: dropping the last handle waits too,
+    /// Drop this handle; when it is the last one, wait until the connection
+    /// is closed and its thread has ended (on a blocking thread: dropping the last handle waits too,
     /// where it is dropped). For callers that must know no thread of theirs
     /// is inside SQLite any more, e.g. before an embedding process forks.
     pub async fn close(self) {
@@ -248,19 +228,12 @@ impl SqliteDatabase {
         rx.await.map_err(|_| stopped("during a call"))?
     }
 
-    /// A write, with the queued acknowledgements folded into its transaction.
-    async fn write(&self, write: Write, with_capture: bool) -> Result<(Applied, Vec<Change>)> {
-        let acks = Arc::clone(&self.acks);
+    /// A write; with `with_capture`, whether the change log recorded it.
+    async fn write(&self, write: Write, with_capture: bool) -> Result<(Applied, bool)> {
         let shape = Arc::clone(&self.shape);
         self.run(move |conn, layout| {
-            let (mut queued, since) = acks.take();
             let mut shape = crate::sync::lock(&shape);
-            let r = apply_sync(conn, layout, write, with_capture, &mut queued, &mut shape);
-            if r.is_err() {
-                // Rolled back with the write: they wait for the next one.
-                acks.put_back(queued, since);
-            }
-            r
+            apply_sync(conn, layout, write, with_capture, &mut shape)
         })
         .await
     }
@@ -289,38 +262,8 @@ impl Database for SqliteDatabase {
         self.write(write, false).await.map(|(applied, _)| applied)
     }
 
-    async fn apply_captured(&self, write: Write) -> Result<(Applied, Vec<Change>)> {
+    async fn apply_captured(&self, write: Write) -> Result<(Applied, bool)> {
         self.write(write, true).await
-    }
-
-    /// Queues the acknowledgement ([`acks`]): it is applied with the next
-    /// write, or by the connection's thread shortly after. Returns how many
-    /// changes were queued (the fresh ones).
-    async fn acknowledge(&self, changes: Vec<Change>) -> Result<usize> {
-        let (n, next) = self.acks.push(changes);
-        match next {
-            Push::Queued => {}
-            Push::Wake => {
-                self.jobs.send(Box::new(|_| {}));
-            }
-            Push::Flush => {
-                let acks = Arc::clone(&self.acks);
-                self.jobs.send(Box::new(move |conn| {
-                    acks::flush(conn, &acks.take().0, "bound");
-                }));
-            }
-        }
-        Ok(n)
-    }
-
-    async fn flush_acknowledgements(&self) {
-        let acks = Arc::clone(&self.acks);
-        let _ = self
-            .run(move |conn, _| {
-                acks::flush(conn, &acks.take().0, "asked");
-                Ok(())
-            })
-            .await;
     }
 
     async fn fetch(&self, table: &'static Table, filters: &[Filter]) -> Result<Vec<Row>> {

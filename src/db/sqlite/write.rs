@@ -1,7 +1,6 @@
 //! Writing: a `Write` applied in one `BEGIN IMMEDIATE` transaction, with the
 //! change rows it recorded when change capture is installed.
 
-use super::acks::fold;
 use super::*;
 
 pub(super) fn exec_steps(conn: &Connection, layout: &Layout, steps: &[Step]) -> Result<()> {
@@ -79,36 +78,22 @@ pub(super) fn write_transaction(
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
 }
 
-/// Apply a write in one transaction. With change capture installed, also
-/// returns the change rows its triggers recorded (read inside the transaction,
-/// so never another writer's), for the dual layer to acknowledge once mirrored.
-///
-/// `acks`: queued acknowledgements of earlier mirrored writes, applied first in
-/// the same transaction ([`super::acks`]); they took effect if this returns
-/// `Ok`. If applying them fails, they are dropped and the write goes on in a
-/// new transaction.
+/// Apply a write in one transaction. With `with_capture`, also returns
+/// whether the file's change log has it (capture installed, and the write is
+/// on tables the file holds: the search index lives in Supabase only), read
+/// in the write's own transaction.
 pub(super) fn apply_sync(
     conn: &mut Connection,
     layout: &Layout,
     mut write: Write,
     with_capture: bool,
-    acks: &mut Vec<Change>,
     shape: &mut crate::capture::LogShape,
-) -> Result<(Applied, Vec<Change>)> {
+) -> Result<(Applied, bool)> {
     write.prepare();
-    // Before `log_mark`: a key acknowledged here and written again by this
-    // write gets a fresh entry, which this write's mirror may acknowledge.
-    let tx = loop {
-        let tx = write_transaction(conn)?;
-        if fold(&tx, acks) {
-            break tx;
-        }
-    };
-    let log_mark = if with_capture {
-        crate::capture::log_mark_cached(&tx, shape)?
-    } else {
-        None
-    };
+    let tx = write_transaction(conn)?;
+    let captured = with_capture
+        && write.table() != cat::SEARCH_CHUNKS.sqlite
+        && crate::capture::log_present(&tx, shape)?;
     // A read-modify-write reads its row in this transaction and resolves on it.
     let current = match write.current_row() {
         Some((t, column, key)) => {
@@ -246,10 +231,6 @@ pub(super) fn apply_sync(
             exec_steps(&tx, layout, &steps)?;
             other.return_value()
         }
-    };
-    let captured = match log_mark {
-        Some((seq, current)) => crate::capture::changes_after(&tx, seq, current)?,
-        None => Vec::new(),
     };
     tx.commit()?;
     Ok((

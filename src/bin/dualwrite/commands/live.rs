@@ -1,12 +1,10 @@
 //! `capture`, `serve` and `status`: the live migration of a running DoX app.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Result;
 
-use dualwrite::reverse::serve::rejects_path;
-use dualwrite::reverse::{direction as resolve, Direction};
+use dualwrite::direction::{resolve, Direction};
 use dualwrite::{backfill, capture, serve};
 
 use crate::args::{CaptureCommand, Cli, Command};
@@ -55,60 +53,38 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
             json,
             direction,
             state_dir,
-        } if resolve(direction.as_deref(), &s)
-            .unwrap_or((Direction::Forward, None))
-            .0
-            == Direction::Reverse =>
-        {
-            let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
+        } => {
+            let (direction, _) = resolve(direction.as_deref(), &s)?;
             let dir = state_dir
                 .clone()
                 .unwrap_or_else(|| backfill::state_dir_for(&db));
-            let st = dualwrite::reverse::serve::status(&rest, &db, &rejects_path(&dir)).await?;
+            let st = match direction {
+                Direction::Forward => {
+                    let rejects = dir.join("rejects.ndjson");
+                    tokio::task::spawn_blocking(move || serve::status(&db, &rejects)).await??
+                }
+                Direction::Reverse => {
+                    let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
+                    serve::status_reverse(&rest, &db, &serve::rejects_path(&dir)).await?
+                }
+            };
             if *json {
                 print_json(&serde_json::to_value(&st)?);
             } else {
                 print!("{}", st.render());
             }
-        }
-        Command::Status { json, .. } => {
-            let st = tokio::task::spawn_blocking(move || serve::status(&db)).await??;
-            if *json {
-                print_json(&serde_json::to_value(&st)?);
-            } else {
-                print!("{}", st.render());
+            if !st.healthy {
+                return Ok(ExitCode::from(3));
             }
-        }
-        Command::Serve(a) if serve_direction(a.direction.as_deref(), &s)? == Direction::Reverse => {
-            let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
-            let mut o = dualwrite::reverse::serve::ReverseOptions::new(db);
-            o.listen = Some(a.listen);
-            o.batch_rows = a.batch_rows.max(1);
-            o.max_lag = Duration::from_secs_f64(a.max_lag_secs.max(0.0));
-            o.poll = Duration::from_millis(a.poll_ms.max(1));
-            o.max_wait = Duration::from_secs_f64(a.max_wait_secs.max(0.0));
-            if let Some(dir) = &a.state_dir {
-                o.rejects = rejects_path(dir);
-            }
-            dualwrite::reverse::serve::run(rest, o, shutdown_signal()).await?;
         }
         Command::Serve(a) => {
+            let direction = serve_direction(a.direction.as_deref(), &s)?;
             let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
             let state_dir = a
                 .state_dir
                 .clone()
                 .unwrap_or_else(|| backfill::state_dir_for(&db));
-            let mut o = serve::ServeOptions::new(db, state_dir);
-            o.listen = Some(a.listen);
-            o.batch_rows = a.batch_rows.max(1);
-            o.request_rows = a.request_rows.max(1);
-            o.concurrency = a.concurrency.max(1);
-            o.max_lag = Duration::from_secs_f64(a.max_lag_secs.max(0.0));
-            o.poll = Duration::from_millis(a.poll_ms.max(1));
-            o.max_wait = Duration::from_secs_f64(a.max_wait_secs.max(0.0));
-            o.check_every = Duration::from_secs_f64(a.check_secs.max(0.1));
-            o.repair_triggers = !a.no_repair_triggers;
-            o.unrepresentable = policy(a.unrepresentable.as_deref(), &s)?;
+            let o = a.options(direction, db, state_dir, policy(None, &s)?)?;
             serve::run(rest, o, shutdown_signal()).await?;
         }
         _ => unreachable!("live() handles capture, serve and status only"),
@@ -116,7 +92,7 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The direction `serve` runs in ([`dualwrite::reverse::direction`]), the
+/// The direction `serve` runs in ([`dualwrite::direction::resolve`]), the
 /// warning logged when `--direction` overrides the configuration.
 fn serve_direction(explicit: Option<&str>, s: &dualwrite::config::Settings) -> Result<Direction> {
     let (d, warning) = resolve(explicit, s)?;

@@ -1,0 +1,90 @@
+//! A TCP proxy on loopback that delays what the client sends, for tests and
+//! benchmarks of a slow or distant Supabase: a real socket in between, not an
+//! imitation of PostgREST. The delay can change while it runs (`set_delay`);
+//! each chunk the client sends is held that long before it goes upstream,
+//! so one HTTP request is delayed once and its answer comes back at once.
+//! Included with `#[path]` by `tests/it` (and the benchmarks that need it).
+
+// Each includer uses part of what is here.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A running proxy, stopped when dropped.
+pub struct Proxy {
+    /// `http://127.0.0.1:PORT`: use it where the upstream's URL would go.
+    pub url: String,
+    delay_ms: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Forward every connection to `upstream` (`host:port`), each client
+    /// chunk held `delay` first.
+    pub async fn start(upstream: &str, delay: Duration) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let delay_ms = Arc::new(AtomicU64::new(delay.as_millis() as u64));
+        let upstream = upstream.to_owned();
+        let d = Arc::clone(&delay_ms);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (upstream, d) = (upstream.clone(), Arc::clone(&d));
+                tokio::spawn(async move {
+                    if let Ok(server) = TcpStream::connect(&upstream).await {
+                        pipe(client, server, d).await;
+                    }
+                });
+            }
+        });
+        Proxy {
+            url,
+            delay_ms,
+            task,
+        }
+    }
+
+    /// The delay from now on (connections already open too).
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pipe(client: TcpStream, server: TcpStream, delay_ms: Arc<AtomicU64>) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let up = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let d = delay_ms.load(Ordering::Relaxed);
+            if d > 0 {
+                tokio::time::sleep(Duration::from_millis(d)).await;
+            }
+            if sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = sw.shutdown().await;
+    };
+    let down = async move {
+        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        let _ = cw.shutdown().await;
+    };
+    tokio::join!(up, down);
+}
