@@ -25,7 +25,11 @@
 //!    are minutes apart, and step 4 runs the lag sampler). With
 //!    `SERVE_ARGS_B="--poll-ms 250"` (any `serve` arguments), every other
 //!    draining phase runs the daemon with them, and both settings are compared
-//!    in the same run (at least 8 phases);
+//!    in the same run (at least 8 phases); with `SERVE_BIN_B=<path>`, those
+//!    phases run that `dualwrite` binary instead (another build, compared in
+//!    the same run); with `SCRAPE_MS_B=<ms>`, a scraper reads `/metrics`,
+//!    `/ready` and `/status` every that many milliseconds during those phases
+//!    (what the signals' reads of the change log cost the writer);
 //! 7. deletes the rows from Supabase and backfills the same file (release
 //!    binary) for the backfill's rows/s on the same machine in the same run:
 //!    once after OUTAGE_SECS with no request to Supabase (as the drain came
@@ -185,25 +189,93 @@ fn free_port() -> u16 {
 }
 
 fn serve(env: &HashMap<String, String>, path: &Path, state: &Path, port: u16) -> Child {
-    serve_with(env, path, state, port, &[])
+    serve_with(env, path, state, port, &Variant::default())
 }
 
-/// [`serve`], with `extra` arguments (which replace the value of an option
-/// the bench's environment gives).
+/// What the B phases of step 6 change (all empty: no B phases).
+#[derive(Default)]
+struct Variant {
+    /// `SERVE_ARGS_B`: more `serve` arguments.
+    args: Vec<String>,
+    /// `SERVE_BIN_B`: another `dualwrite` binary.
+    bin: Option<PathBuf>,
+    /// `SCRAPE_MS_B`: read the daemon's signals this often.
+    scrape: Option<Duration>,
+}
+
+impl Variant {
+    fn from_env() -> Variant {
+        Variant {
+            args: std::env::var("SERVE_ARGS_B")
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            bin: std::env::var_os("SERVE_BIN_B").map(PathBuf::from),
+            scrape: std::env::var("SCRAPE_MS_B")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.args.is_empty() && self.bin.is_none() && self.scrape.is_none()
+    }
+
+    fn describe(&self) -> String {
+        let mut d = Vec::new();
+        if !self.args.is_empty() {
+            d.push(self.args.join(" "));
+        }
+        if let Some(b) = &self.bin {
+            d.push(format!("binary {}", b.display()));
+        }
+        if let Some(s) = self.scrape {
+            d.push(format!(
+                "/metrics, /ready and /status read every {} ms",
+                s.as_millis()
+            ));
+        }
+        d.join("; ")
+    }
+}
+
+/// Read the daemon's signals every `every` until `stop`.
+async fn scrape(port: u16, every: Duration, stop: Arc<AtomicBool>) {
+    let client = reqwest::Client::new();
+    while !stop.load(Ordering::Relaxed) {
+        for path in ["/metrics", "/ready", "/status"] {
+            let _ = client
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .send()
+                .await;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// [`serve`], with a variant's binary and arguments (which replace the value
+/// of an option the bench's environment gives).
 fn serve_with(
     env: &HashMap<String, String>,
     path: &Path,
     state: &Path,
     port: u16,
-    extra: &[String],
+    variant: &Variant,
 ) -> Child {
+    let extra = &variant.args;
     let tuned = [
         ("--poll-ms", "POLL_MS"),
         ("--batch-rows", "BATCH_ROWS"),
         ("--request-rows", "REQUEST_ROWS"),
         ("--concurrency", "CONCURRENCY"),
     ];
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dualwrite"));
+    let bin = variant
+        .bin
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dualwrite")));
+    let mut cmd = Command::new(bin);
     cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--state-dir", state.to_str().unwrap()]);
     for (flag, var) in tuned {
@@ -286,8 +358,8 @@ async fn backfill_once(env: &HashMap<String, String>, db: &Path, prefix: &str) -
     )
 }
 
-/// Whether phase `k` of step 6 runs the daemon with `SERVE_ARGS_B`: every
-/// other draining phase (the draining phases are the odd ones).
+/// Whether phase `k` of step 6 runs the B variant: every other draining phase
+/// (the draining phases are the odd ones).
 fn runs_b(k: usize) -> bool {
     k % 4 == 3
 }
@@ -304,7 +376,7 @@ async fn alternating(
     rate: u64,
     phases: usize,
     phase_secs: u64,
-    args_b: &[String],
+    variant_b: &Variant,
 ) -> (Vec<Histogram<u64>>, Vec<f64>, u64) {
     let db = dir.join("alternating.sqlite3");
     dox_file(&db, true).await;
@@ -333,16 +405,26 @@ async fn alternating(
         // before is acknowledged.
         let backlog = seq("SELECT max(seq) FROM _dualwrite_changes").unwrap_or(0);
         let t = Instant::now();
-        let extra = if runs_b(k) { args_b } else { &[][..] };
-        let mut daemon = serve_with(env, &db, &state, free_port(), extra);
+        let a = Variant::default();
+        let variant = if runs_b(k) { variant_b } else { &a };
+        let port = free_port();
+        let mut daemon = serve_with(env, &db, &state, port, variant);
         while seq("SELECT min(seq) FROM _dualwrite_changes").is_some_and(|s| s <= backlog) {
             tokio::time::sleep(Duration::from_millis(10)).await;
             assert!(t.elapsed() < Duration::from_secs(120), "no catch-up");
         }
         catch_up.push(t.elapsed().as_secs_f64());
+        let scraping = Arc::new(AtomicBool::new(false));
+        let scraper = variant
+            .scrape
+            .map(|every| tokio::spawn(scrape(port, every, Arc::clone(&scraping))));
         slot.store(k, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(phase_secs)).await;
         slot.store(between, Ordering::Relaxed);
+        scraping.store(true, Ordering::Relaxed);
+        if let Some(s) = scraper {
+            let _ = s.await;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &daemon.id().to_string()])
             .status();
@@ -536,16 +618,20 @@ async fn main() {
     } else {
         (2, 1)
     };
-    // `SERVE_ARGS_B` (say "--poll-ms 250"): every other draining phase runs
-    // the daemon with these arguments too, to compare two settings in one run
-    // (phases of one run differ less than runs do).
-    let args_b: Vec<String> = std::env::var("SERVE_ARGS_B")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    let (alt, catch_up, n_alt) =
-        alternating(&env, dir.path(), &prefix, rate, phases, phase_secs, &args_b).await;
+    // `SERVE_ARGS_B` (say "--poll-ms 250"), `SERVE_BIN_B`, `SCRAPE_MS_B`:
+    // every other draining phase runs that variant, to compare two settings
+    // in one run (phases of one run differ less than runs do).
+    let variant_b = Variant::from_env();
+    let (alt, catch_up, n_alt) = alternating(
+        &env,
+        dir.path(),
+        &prefix,
+        rate,
+        phases,
+        phase_secs,
+        &variant_b,
+    )
+    .await;
 
     // 7. The backfill of the same rows, on the same machine, in the same run.
     // First after `OUTAGE_SECS` with no request to Supabase, as the drain
@@ -641,7 +727,7 @@ async fn main() {
         catch_up.iter().map(|s| (s * 100.0).round() / 100.0).collect::<Vec<_>>()
     );
     println!("| phase | p50 | p99 | p99.9 | max | commits | over 1 ms |\n|---|---:|---:|---:|---:|---:|---:|");
-    // Stopped, draining (A: the bench's arguments), draining with `SERVE_ARGS_B`.
+    // Stopped, draining (A: the bench's arguments), draining with the B variant.
     let mut both = [
         Histogram::<u64>::new(3).unwrap(),
         Histogram::<u64>::new(3).unwrap(),
@@ -665,7 +751,7 @@ async fn main() {
                 h,
             );
         } else {
-            let b = !args_b.is_empty() && runs_b(k);
+            let b = !variant_b.is_empty() && runs_b(k);
             both[if b { 2 } else { k % 2 }].add(h).unwrap();
             let state = ["stopped", "draining"][k % 2];
             row(
@@ -676,9 +762,9 @@ async fn main() {
     }
     row("all stopped", &both[0]);
     row("all draining", &both[1]);
-    if !args_b.is_empty() {
+    if !variant_b.is_empty() {
         let [off, on, on_b] = &both;
-        row(&format!("all draining (B: {})", args_b.join(" ")), on_b);
+        row(&format!("all draining (B: {})", variant_b.describe()), on_b);
         println!(
             "p99 ratio, B: {:.2} against stopped, {:.2} against draining with the bench's arguments (A)",
             p99_ratio(on_b, off),

@@ -194,12 +194,11 @@ impl Error {
         }
     }
 
-    /// Whether the failed request should be split before it is sent again
-    /// (too large, or too slow for the server's statement timeout). A client
-    /// timeout is not: it is far beyond what any request of a batch takes,
-    /// so it says the server does not answer, and halving the batch again
-    /// and again, each half waiting a full timeout, would hide the outage.
-    /// It is retried (and the next requests are smaller).
+    /// Whether the failed request should be split before it is sent again:
+    /// too large, or too slow for the server's statement timeout. A client
+    /// timeout may be either a batch too slow or a server that does not
+    /// answer; the landing halves a batch after one only a bounded number of
+    /// times, counting each (`backfill/landing.rs`, `TIMEOUT_SPLITS`).
     pub fn must_split(&self) -> bool {
         match self {
             Error::Rest { status, code, .. } => *status == 413 || code.as_deref() == Some("57014"),

@@ -183,7 +183,7 @@ impl RestClient {
     }
 
     /// A `postgrest` builder for `table`, on our client and headers.
-    pub fn from(&self, table: &str) -> postgrest::Builder {
+    fn from(&self, table: &str) -> postgrest::Builder {
         postgrest::Builder::new(
             format!("{}/{}", self.base, table),
             Some(self.schema.clone()),
@@ -209,7 +209,7 @@ impl RestClient {
 
     /// Send a request, replacing any `Prefer` the builder set, and turn an error
     /// status into [`Error`].
-    pub async fn send(
+    async fn send(
         &self,
         req: reqwest::RequestBuilder,
         prefer: Option<&str>,
@@ -492,11 +492,15 @@ fn encoded_len(s: &str) -> usize {
         .sum()
 }
 
-/// Keys in chunks small enough for one request line (proxies refuse long ones):
-/// at most 100 keys and about 6 KB of encoded URL each.
+/// Keys in chunks small enough for one request line, and for the answer's
+/// headers: at most 100 keys and about 3 KB of encoded URL each. PostgREST
+/// echoes the query in its `Content-Location` header, and a gateway refuses
+/// an answer whose headers outgrow its buffer (nginx: 4 KB, "upstream sent
+/// too big header", a 502), as it refuses a request line that outgrows its
+/// own (a 414).
 pub fn key_chunks<'k>(keys: &[&'k str]) -> Vec<Vec<&'k str>> {
     const MAX_KEYS: usize = 100;
-    const MAX_BYTES: usize = 6000;
+    const MAX_BYTES: usize = 3000;
     let mut out: Vec<Vec<&str>> = Vec::new();
     let mut bytes = 0;
     for k in keys {

@@ -69,6 +69,19 @@ pub(super) fn transient_but_not_split(e: &Error) -> bool {
     !e.must_split()
 }
 
+/// How many times a batch is halved after a client timeout. A timeout may come
+/// from a batch too slow for the server (then halves pass), or from a server
+/// that does not answer (then every half waits a full timeout too): after
+/// this many halvings it is retried as it is, with backoff, and counted as the
+/// failure it is (the daemon shows it), until the time budget is spent.
+const TIMEOUT_SPLITS: u32 = 2;
+
+/// Retried in place: not what splitting is for (a size or a slowness the
+/// server reports), nor a client timeout while it may still be split.
+fn transient_but_not_split_nor_slow(e: &Error) -> bool {
+    !e.must_split() && !matches!(e, Error::Timeout(_))
+}
+
 impl Lander {
     fn shrink(&self) {
         let cur = self.size.load(Ordering::Relaxed);
@@ -88,6 +101,7 @@ impl Lander {
         all: &'a PreparedRows,
         range: Range<usize>,
         rejected: &'a mut Vec<(Prepared, Error)>,
+        timeouts: u32,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64>> + Send + 'a>> {
         Box::pin(async move {
             let n_rows = range.len();
@@ -97,11 +111,12 @@ impl Lander {
             let body = all.body(range.clone());
             let started = Instant::now();
             // A single row is retried for every transient error; a batch is split
-            // instead when it was too large or too slow.
-            let when: fn(&Error) -> bool = if n_rows == 1 {
-                |_| true
-            } else {
-                transient_but_not_split
+            // instead when it was too large or too slow (a timeout: a few times).
+            let splits_on_timeout = n_rows > 1 && timeouts < TIMEOUT_SPLITS;
+            let when: fn(&Error) -> bool = match (n_rows, splits_on_timeout) {
+                (1, _) => |_| true,
+                (_, true) => transient_but_not_split_nor_slow,
+                (_, false) => transient_but_not_split,
             };
             let observe: Observer<'_> = match &self.observe {
                 Some(o) => o.as_ref(),
@@ -126,7 +141,13 @@ impl Lander {
                 ))),
                 Err(e) if n_rows > 1 && e.must_split() => {
                     self.shrink();
-                    self.split(all, range, rejected).await
+                    self.split(all, range, rejected, timeouts).await
+                }
+                Err(e @ Error::Timeout(_)) if splits_on_timeout => {
+                    // A failure all the same: counted and shown at once.
+                    observe(&e);
+                    self.shrink();
+                    self.split(all, range, rejected, timeouts + 1).await
                 }
                 Err(e) if e.is_transient() => {
                     if e.wants_smaller_batch() {
@@ -145,7 +166,7 @@ impl Lander {
                     Ok(0)
                 }
                 // Bisect to find the rows at fault; the others land.
-                Err(_) => self.split(all, range, rejected).await,
+                Err(_) => self.split(all, range, rejected, timeouts).await,
             }
         })
     }
@@ -155,10 +176,11 @@ impl Lander {
         all: &PreparedRows,
         range: Range<usize>,
         rejected: &mut Vec<(Prepared, Error)>,
+        timeouts: u32,
     ) -> Result<u64> {
         let mid = range.start + range.len() / 2;
-        let n = self.land(all, range.start..mid, rejected).await?;
-        Ok(n + self.land(all, mid..range.end, rejected).await?)
+        let n = self.land(all, range.start..mid, rejected, timeouts).await?;
+        Ok(n + self.land(all, mid..range.end, rejected, timeouts).await?)
     }
 
     /// Send a batch: its rows land or are rejected. What follows (the stale
@@ -167,7 +189,7 @@ impl Lander {
     pub(super) async fn send(self, seq: u64, batch: SourceBatch) -> Result<Sent> {
         let mut refused = Vec::new();
         let written = self
-            .land(&batch.rows, 0..batch.rows.len(), &mut refused)
+            .land(&batch.rows, 0..batch.rows.len(), &mut refused, 0)
             .await?;
         let rejects: Vec<Reject> = refused
             .iter()
@@ -265,7 +287,7 @@ impl Lander {
             }
             let mut refused = Vec::new();
             let rows = PreparedRows::from_rows(&changed);
-            self.land(&rows, 0..rows.len(), &mut refused).await?;
+            self.land(&rows, 0..rows.len(), &mut refused, 0).await?;
             for k in &gone {
                 let filter = [(self.table.key().supabase, Some(k.clone()))];
                 retry_when(
@@ -341,7 +363,7 @@ pub async fn land_rows(
                     .await
                     .map_err(|_| Error::Protocol("the request slots were closed".into()))?;
                 let mut refused = Vec::new();
-                let n = lander.land(rows, range, &mut refused).await?;
+                let n = lander.land(rows, range, &mut refused, 0).await?;
                 Ok::<_, Error>((n, refused))
             }
         })

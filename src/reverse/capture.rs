@@ -1,8 +1,9 @@
 //! Change capture on Supabase. The objects (the `dualwrite_capture` schema, its
 //! change log, the statement-level triggers and the rpc functions the service
 //! role calls) are defined by
-//! `supabase/migrations/20261128000100_dox_capture.sql` (and its backlog
-//! function, `20261128000300_dox_capture_backlog.sql`); the triggers are only
+//! `supabase/migrations/20261128000100_dox_capture.sql` (with its backlog
+//! function, `…000300_dox_capture_backlog.sql`, and the resync of a re-created
+//! table, `20261207000100_dox_capture_resync.sql`); the triggers are only
 //! present while the recorded state says capture is on. `install` and
 //! `uninstall` switch that state through `POST /rpc/dualwrite_capture`, which
 //! only the service role may call.
@@ -20,10 +21,12 @@ pub const MIGRATION_SQL: &str = concat!(
     include_str!("../../supabase/migrations/20261128000100_dox_capture.sql"),
     "\n",
     include_str!("../../supabase/migrations/20261128000300_dox_capture_backlog.sql"),
+    "\n",
+    include_str!("../../supabase/migrations/20261207000100_dox_capture_resync.sql"),
 );
 /// Their file names under `supabase/migrations/`.
-pub const MIGRATION_FILES: &str =
-    "20261128000100_dox_capture.sql and 20261128000300_dox_capture_backlog.sql";
+pub const MIGRATION_FILES: &str = "20261128000100_dox_capture.sql, \
+     20261128000300_dox_capture_backlog.sql and 20261207000100_dox_capture_resync.sql";
 
 /// What `public.dualwrite_capture` reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,25 +56,14 @@ pub struct Backlog {
     pub oldest_at: Option<String>,
 }
 
-/// The backlog of the change log. A database whose capture migration predates
-/// `dualwrite_changes_backlog` answers through `dualwrite_capture` instead.
+/// The backlog of the change log.
 pub async fn backlog(rest: &RestClient) -> Result<Backlog> {
-    match rest.rpc("dualwrite_changes_backlog", &json!({})).await {
-        Ok(v) => serde_json::from_value(v.clone()).map_err(|e| {
-            Error::Protocol(format!(
-                "dualwrite_changes_backlog answered {v} instead of a backlog: {e}"
-            ))
-        }),
-        Err(e) if e.code() == Some("PGRST202") => {
-            let st = call(rest, None).await?;
-            Ok(Backlog {
-                pending: st.pending,
-                estimated: st.estimated,
-                oldest_at: st.oldest_at,
-            })
-        }
-        Err(e) => Err(e),
-    }
+    let v = rest.rpc("dualwrite_changes_backlog", &json!({})).await?;
+    serde_json::from_value(v.clone()).map_err(|e| {
+        Error::Protocol(format!(
+            "dualwrite_changes_backlog answered {v} instead of a backlog: {e}"
+        ))
+    })
 }
 
 impl CaptureState {

@@ -51,7 +51,6 @@ pub use report::{
     Verdict, VerifyReport, REPORT_SCHEMA,
 };
 // Their home is `rest` now; `serve` still reaches them here.
-pub use crate::rest::{in_list_value, key_chunks};
 
 use merge::Merger;
 use report::public_url;

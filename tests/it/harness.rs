@@ -26,6 +26,11 @@ use postgrest::{Postgrest, PostgrestSettings};
 mod proxy;
 pub use proxy::Proxy;
 
+// A private /rest/v1 gateway (nginx with the project's gateway configuration).
+#[path = "../support/gateway.rs"]
+mod gateway;
+pub use gateway::Gateway;
+
 /// The stack's variables (from the environment, or from `scripts/stack.sh env`).
 pub struct Stack {
     vars: HashMap<String, String>,
@@ -219,6 +224,12 @@ impl PrivateDb {
 
     pub fn supabase(&self) -> SupabaseDatabase {
         SupabaseDatabase::new(self.rest(Duration::from_secs(10)))
+    }
+
+    /// nginx in front of this database's PostgREST, as the stack's and
+    /// Supabase's gateway (`/rest/v1`, their limits on a request line).
+    pub async fn gateway(&self) -> Gateway {
+        Gateway::start(self.url.trim_start_matches("http://"), free_port()).await
     }
 
     /// Direct SQL on this database (as the stack's superuser).

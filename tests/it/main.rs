@@ -28,6 +28,7 @@ mod cli;
 mod coerce;
 mod deploy;
 mod dual;
+mod faults;
 mod fixtures;
 mod generate;
 mod numbers;
@@ -84,4 +85,42 @@ fn every_test_that_needs_the_stack_is_gated() {
         ungated.is_empty(),
         "tests that need the stack but lack needs_stack!(): {ungated:#?}"
     );
+}
+
+/// One home per boundary: only `src/rest.rs` builds requests to PostgREST
+/// (every other module asks it, or `db/supabase.rs` on top of it), and only
+/// `src/db/sqlite/` and `src/capture/` open a SQLite connection (every other
+/// module is handed one, or asks them). Unit tests inside `src/` are not
+/// looked at (what follows `#[cfg(test)]`).
+#[test]
+fn each_boundary_has_one_home() {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let src = harness::repo().join("src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
+    let mut strays = Vec::new();
+    for f in files {
+        let rel = f.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&f).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        let requests = ["reqwest::Client", "RequestBuilder", "postgrest::"];
+        if rel != "rest.rs" && requests.iter().any(|r| code.contains(r)) {
+            strays.push(format!("{rel} builds a PostgREST request"));
+        }
+        let opens = ["Connection::open", "open_with_flags"];
+        let sqlite_home = rel.starts_with("db/sqlite/") || rel.starts_with("capture/");
+        if !sqlite_home && opens.iter().any(|o| code.contains(o)) {
+            strays.push(format!("{rel} opens a SQLite connection"));
+        }
+    }
+    assert!(strays.is_empty(), "{strays:#?}");
 }

@@ -205,18 +205,29 @@ async fn capture_on_supabase_logs_every_writer_and_only_the_service_role_reaches
             e.to_string().contains("PGRST106") || e.code() == Some("PGRST106"),
             "{e}"
         );
-        let e = c
-            .send(
-                c.from("changes")
-                    .insert(r#"[{"tbl":"artifacts","key":"x","op":"I"}]"#)
-                    .build(),
-                None,
-            )
+        // An insert, as any client would send it (the schema is not exposed).
+        let jwt = keys::sign(
+            stack().jwt_secret(),
+            role,
+            Some(&sub),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        let r = reqwest::Client::new()
+            .post(format!("{}/changes", pg.url))
+            .header("apikey", &jwt)
+            .bearer_auth(&jwt)
+            .header("Content-Profile", "dualwrite_capture")
+            .header("Content-Type", "application/json")
+            .body(r#"[{"tbl":"artifacts","key":"x","op":"I"}]"#)
+            .send()
             .await
-            .unwrap_err();
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
         assert!(
-            e.to_string().contains("PGRST106") || e.code() == Some("PGRST106"),
-            "{e}"
+            status >= 400 && body.contains("PGRST106"),
+            "{status} {body}"
         );
     }
     // Nothing they tried changed the log or the switch.
@@ -919,7 +930,15 @@ async fn db_backend_supabase_with_dual_write_makes_serve_and_status_reverse() {
     assert_eq!(n, 1, "the reverse mirror wrote the row");
     drop(c);
     // Healthy once the daemon has reported (every second).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while run_with(dir.path(), &pg, &supabase_primary, &["status"])
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(std::time::Instant::now() < deadline, "never healthy");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let st = status(dir.path(), 0);
     assert_eq!(
         (&st["pending"], &st["daemon_running"]),

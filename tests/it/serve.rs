@@ -13,23 +13,23 @@ use dualwrite::db::{SqliteDatabase, SqliteOptions};
 use dualwrite::verify::{self, Format, KeyInfo, Verdict, VerifyOptions};
 
 use crate::harness::free_port;
-use crate::harness::{PrivateDb, Proxy, Spawned};
+use crate::harness::{PrivateDb, Spawned};
 
-fn bin() -> Command {
+pub(crate) fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dualwrite"));
     // Only what the test gives: no stack variable or .env can point elsewhere.
     c.env_clear().env("RUST_LOG", "warn,dualwrite=info");
     c
 }
 
-fn env_for(c: &mut Command, db: &Path, pg: &PrivateDb) {
+pub(crate) fn env_for(c: &mut Command, db: &Path, pg: &PrivateDb) {
     c.env("DB_PATH", db)
         .env("SUPABASE_URL", &pg.url)
         .env("SUPABASE_SERVICE_KEY", pg.service_key())
         .env("SUPABASE_TIMEOUT", "2");
 }
 
-fn run(db: &Path, pg: &PrivateDb, args: &[&str]) -> Output {
+pub(crate) fn run(db: &Path, pg: &PrivateDb, args: &[&str]) -> Output {
     let mut c = bin();
     env_for(&mut c, db, pg);
     c.current_dir(db.parent().unwrap())
@@ -39,11 +39,11 @@ fn run(db: &Path, pg: &PrivateDb, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn spawn_serve(db: &Path, pg: &PrivateDb, port: u16) -> Spawned {
+pub(crate) fn spawn_serve(db: &Path, pg: &PrivateDb, port: u16) -> Spawned {
     spawn_serve_with(db, pg, port, &[])
 }
 
-fn spawn_serve_with(db: &Path, pg: &PrivateDb, port: u16, extra: &[&str]) -> Spawned {
+pub(crate) fn spawn_serve_with(db: &Path, pg: &PrivateDb, port: u16, extra: &[&str]) -> Spawned {
     let mut c = bin();
     env_for(&mut c, db, pg);
     let log = std::fs::OpenOptions::new()
@@ -86,7 +86,7 @@ fn settings_from<const N: usize>(
 }
 
 /// A DoX file as DoX's bootstrap makes it, with capture installed.
-async fn captured_file(dir: &Path, pg: &PrivateDb) -> PathBuf {
+pub(crate) async fn captured_file(dir: &Path, pg: &PrivateDb) -> PathBuf {
     let db = dir.join("app.sqlite3");
     drop(
         SqliteDatabase::open(&db, SqliteOptions::default())
@@ -98,7 +98,7 @@ async fn captured_file(dir: &Path, pg: &PrivateDb) -> PathBuf {
     db
 }
 
-fn pending(db: &Path) -> i64 {
+pub(crate) fn pending(db: &Path) -> i64 {
     let c = rusqlite::Connection::open(db).unwrap();
     c.query_row("SELECT count(*) FROM _dualwrite_changes", [], |r| r.get(0))
         .unwrap()
@@ -106,7 +106,11 @@ fn pending(db: &Path) -> i64 {
 
 /// The app: its own connection, BEGIN IMMEDIATE transactions, writes shaped
 /// like DoX's. Returns the number of transactions committed.
-fn app_writer(db: PathBuf, stop: Arc<AtomicBool>, seed: u64) -> std::thread::JoinHandle<u64> {
+pub(crate) fn app_writer(
+    db: PathBuf,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let mut c = rusqlite::Connection::open(&db).unwrap();
         c.busy_timeout(Duration::from_secs(10)).unwrap();
@@ -200,7 +204,7 @@ fn app_writer(db: PathBuf, stop: Arc<AtomicBool>, seed: u64) -> std::thread::Joi
     })
 }
 
-async fn wait_drained(db: &Path, within: Duration) {
+pub(crate) async fn wait_drained(db: &Path, within: Duration) {
     let deadline = Instant::now() + within;
     while pending(db) > 0 {
         assert!(
@@ -213,7 +217,7 @@ async fn wait_drained(db: &Path, within: Duration) {
     }
 }
 
-async fn assert_equal(db: &Path, pg: &PrivateDb) {
+pub(crate) async fn assert_equal(db: &Path, pg: &PrivateDb) {
     let lite = SqliteDatabase::open_read_only(db).await.unwrap();
     let opts = VerifyOptions::new(KeyInfo::of("SUPABASE_SERVICE_KEY", &pg.service_key()));
     let r = verify::run(&lite, &pg.supabase(), &opts).await.unwrap();
@@ -228,14 +232,14 @@ async fn assert_equal(db: &Path, pg: &PrivateDb) {
     assert!(r.totals.source_rows > 50, "{}", r.totals.source_rows);
 }
 
-async fn get(port: u16, path: &str) -> (u16, String) {
+pub(crate) async fn get(port: u16, path: &str) -> (u16, String) {
     match reqwest::get(format!("http://127.0.0.1:{port}{path}")).await {
         Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
         Err(_) => (0, String::new()),
     }
 }
 
-async fn wait_http(port: u16) {
+pub(crate) async fn wait_http(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(port, "/health").await.0 != 200 {
         assert!(Instant::now() < deadline, "serve did not start listening");
@@ -244,7 +248,7 @@ async fn wait_http(port: u16) {
 }
 
 /// `/ready`'s answer once it is `want`, or the last one after `secs`.
-async fn ready_within(port: u16, want: u16, secs: u64) -> (u16, String) {
+pub(crate) async fn ready_within(port: u16, want: u16, secs: u64) -> (u16, String) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let (code, body) = get(port, "/ready").await;
@@ -603,7 +607,7 @@ async fn ready_tells_an_unusable_supabase_with_no_change_pending() {
     assert_eq!(pending(&db), 0);
 }
 
-fn run_with(db: &Path, pg: &PrivateDb, extra: &[(&str, &str)], args: &[&str]) -> Output {
+pub(crate) fn run_with(db: &Path, pg: &PrivateDb, extra: &[(&str, &str)], args: &[&str]) -> Output {
     let mut c = bin();
     env_for(&mut c, db, pg);
     for (k, v) in extra {
@@ -716,7 +720,7 @@ async fn embedded_dual_write_with_capture_loses_nothing_and_the_failure_log_is_i
     assert_verify_equal(&db, &pg).await;
 }
 
-async fn assert_verify_equal(db: &Path, pg: &PrivateDb) {
+pub(crate) async fn assert_verify_equal(db: &Path, pg: &PrivateDb) {
     let lite = SqliteDatabase::open_read_only(db).await.unwrap();
     let opts = VerifyOptions::new(KeyInfo::of("SUPABASE_SERVICE_KEY", &pg.service_key()));
     let r = verify::run(&lite, &pg.supabase(), &opts).await.unwrap();
@@ -784,29 +788,29 @@ async fn triggers_lost_with_a_recreated_table_are_reinstalled_by_serve() {
 
 // ---- The embedded `DualDatabase` with capture (issue 11, item 5) ----
 
-type JsonRow = serde_json::Map<String, serde_json::Value>;
+pub(crate) type JsonRow = serde_json::Map<String, serde_json::Value>;
 
-fn tags_in(rows: &[JsonRow], id: &str) -> Option<String> {
+pub(crate) fn tags_in(rows: &[JsonRow], id: &str) -> Option<String> {
     rows.iter()
         .find(|r| r["id"] == id)
         .map(|r| r["tag"].as_str().unwrap_or_default().to_owned())
 }
 
-async fn supabase_tags(pg: &PrivateDb) -> Vec<JsonRow> {
+pub(crate) async fn supabase_tags(pg: &PrivateDb) -> Vec<JsonRow> {
     pg.rest(Duration::from_secs(5))
         .select_page("tags", "*", &[], "id", None, 100)
         .await
         .unwrap()
 }
 
-fn tag_write(id: &str, text: &str) -> dualwrite::model::Write {
+pub(crate) fn tag_write(id: &str, text: &str) -> dualwrite::model::Write {
     dualwrite::model::Write::AddTag {
         tag: serde_json::from_value(serde_json::json!({"id": id, "document_id": "d", "tag": text}))
             .unwrap(),
     }
 }
 
-fn pending_keys(db: &Path) -> Vec<String> {
+pub(crate) fn pending_keys(db: &Path) -> Vec<String> {
     let c = rusqlite::Connection::open(db).unwrap();
     let mut s = c
         .prepare("SELECT key FROM _dualwrite_changes ORDER BY seq")
@@ -815,111 +819,6 @@ fn pending_keys(db: &Path) -> Vec<String> {
         .unwrap()
         .collect::<rusqlite::Result<Vec<String>>>()
         .unwrap()
-}
-
-/// With change capture, the embedded dual layer mirrors nothing inline: the
-/// drainer sends every row as it is when it reads it, in order with every
-/// other writer's. Here the app's Supabase is slow (a delaying proxy, 1.5 s,
-/// under the mirror timeout) while another connection updates the same rows
-/// and `serve` mirrors them: an inline mirror would land last and leave the
-/// older version on Supabase for good, with nothing pending. A process that
-/// ends right after its write (`call`) loses nothing either, and the search
-/// index (Supabase only, no change log) is still mirrored inline.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_embedded_mirror_never_overwrites_a_newer_row_the_daemon_sent() {
-    use dualwrite::db::{Database, DualDatabase};
-    needs_stack!();
-    let pg = PrivateDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = captured_file(dir.path(), &pg).await;
-    let port = free_port();
-    let _serve = spawn_serve_with(&db, &pg, port, &["--poll-ms", "50"]);
-    wait_http(port).await;
-    let upstream = pg.url.trim_start_matches("http://").to_owned();
-    let slow = Proxy::start(&upstream, Duration::from_millis(1500)).await;
-    let app = DualDatabase::new(
-        SqliteDatabase::open(&db, SqliteOptions::default())
-            .await
-            .unwrap(),
-        dualwrite::db::SupabaseDatabase::new(
-            dualwrite::rest::RestClient::new(&dualwrite::rest::RestConfig {
-                url: slow.url.clone(),
-                key: secrecy::SecretString::from(pg.service_key()),
-                user_jwt: None,
-                schema: "public".into(),
-                timeout: Duration::from_secs(10),
-                connect_timeout: Duration::from_secs(2),
-            })
-            .unwrap(),
-        ),
-        Duration::from_secs(2),
-        100,
-    );
-    let keys: Vec<String> = (0..10).map(|i| format!("race-{i}")).collect();
-    let other = {
-        let (db, keys) = (db.clone(), keys.clone());
-        std::thread::spawn(move || {
-            // Another connection (another process of the app): v2 of each row,
-            // while the first writer's mirrors are in the proxy.
-            std::thread::sleep(Duration::from_millis(300));
-            let c = rusqlite::Connection::open(&db).unwrap();
-            c.busy_timeout(Duration::from_secs(10)).unwrap();
-            for k in &keys {
-                c.execute("UPDATE tagrow SET tag = 'v2' WHERE id = ?1", [k])
-                    .unwrap();
-            }
-        })
-    };
-    let writes = keys.iter().map(|k| app.apply(tag_write(k, "v1")));
-    for r in futures::future::join_all(writes).await {
-        r.unwrap();
-    }
-    other.join().unwrap();
-    let st = app.stats();
-    assert_eq!(
-        (st.mirrored, st.left_to_drainer, st.failed),
-        (0, 10, 0),
-        "{st:?}"
-    );
-    // The search index lives in Supabase only: mirrored inline, as always.
-    app.apply(
-        dualwrite::model::Call::parse(
-            "store_search_chunks",
-            serde_json::json!({"chunks": [{"id": "md:race:1", "text": "t", "meta": {"type": "pdf"},
-                                           "embedding": [0.1, 0.2]}]}),
-        )
-        .map(|c| match c {
-            dualwrite::model::Call::Write(w) => w,
-            _ => panic!("a write"),
-        })
-        .unwrap(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(app.stats().mirrored, 1);
-    // `dualwrite call`: one process per write, which exits at once.
-    let o = run_with(
-        &db,
-        &pg,
-        &[("SUPABASE_DUAL_WRITE", "true")],
-        &[
-            "call",
-            "add_tag",
-            "--json",
-            "{\"tag\": {\"id\": \"t-call\", \"document_id\": \"d\", \"tag\": \"c\"}}",
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    // Let any mirror still in the proxy land before looking.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    wait_drained(&db, Duration::from_secs(20)).await;
-    let rows = supabase_tags(&pg).await;
-    for k in &keys {
-        assert_eq!(tags_in(&rows, k).as_deref(), Some("v2"), "{k}: {rows:?}");
-    }
-    assert_eq!(tags_in(&rows, "t-call").as_deref(), Some("c"));
-    drop(app);
-    assert_verify_equal(&db, &pg).await;
 }
 
 /// A payload recorded while Supabase was down could be replayed over a newer
