@@ -26,8 +26,9 @@
 //!    `SERVE_ARGS_B="--poll-ms 250"` (any `serve` arguments), every other
 //!    draining phase runs the daemon with them, and both settings are compared
 //!    in the same run (at least 8 phases); with `SERVE_BIN_B=<path>`, those
-//!    phases run that `dualwrite` binary instead (another build, compared in
-//!    the same run); with `SCRAPE_MS_B=<ms>`, a scraper reads `/metrics`,
+//!    phases run that `dualwrite` binary instead (another build of the same
+//!    change-log version, compared in the same run: two versions would each
+//!    re-install their own triggers on the shared file); with `SCRAPE_MS_B=<ms>`, a scraper reads `/metrics`,
 //!    `/ready` and `/status` every that many milliseconds during those phases
 //!    (what the signals' reads of the change log cost the writer);
 //! 7. deletes the rows from Supabase and backfills the same file (release

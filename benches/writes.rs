@@ -1,6 +1,7 @@
 //! Per-write latency of 10,000 mixed DoX writes: SQLite alone, Supabase alone,
 //! and DualDatabase (SQLite primary, Supabase mirror inline), also on a file
-//! with change capture installed, against the local stack; then a hung
+//! with change capture installed (where the dual layer leaves every write to
+//! the drainer: what it costs the app then), against the local stack; then a hung
 //! secondary (its PostgREST paused with SIGSTOP); last, the dual layer's local
 //! cost with and without capture (a mirror that answers at once).
 //!
@@ -347,7 +348,7 @@ async fn main() {
     );
     println!(
         "dual with capture / dual (same run): p50 {:.2}x, p99 {:.2}x; changes left for the drainer: {left} \
-         (update_artifact is never acknowledged inline)",
+         (with capture the dual layer leaves every write to the drainer)",
         lines[3].p50 / lines[2].p50,
         lines[3].p99 / lines[2].p99
     );

@@ -1,6 +1,5 @@
 //! How a backfill runs (`BackfillOptions`, `Progress`) and where its state directory is.
 
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -95,10 +94,7 @@ pub fn state_dir_for(source: &Path) -> PathBuf {
 
 /// The state directory for a source file: `<dir>/<file name>-<digest>`, the
 /// digest the first 16 hex digits of the SHA-256 of its absolute path (stable
-/// across Rust releases). A directory written by an older version under the
-/// name derived with `DefaultHasher` (whose output may change between
-/// releases) is still found and used when it exists and the new one does not,
-/// so an upgrade never silently loses a resume.
+/// across Rust releases).
 pub fn default_state_dir(base: &Path, source: &Path) -> PathBuf {
     use sha2::{Digest, Sha256};
     let abs = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
@@ -108,23 +104,7 @@ pub fn default_state_dir(base: &Path, source: &Path) -> PathBuf {
         .unwrap_or_else(|| "source".into());
     let digest = Sha256::digest(abs.as_os_str().as_encoded_bytes());
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let dir = base.join(format!("{name}-{hex}"));
-    if !dir.exists() {
-        let legacy = base.join(format!("{name}-{:08x}", legacy_digest(&abs)));
-        if legacy.is_dir() {
-            return legacy;
-        }
-    }
-    dir
-}
-
-/// The digest state directories were named with before SHA-256: only to find
-/// them again.
-fn legacy_digest(abs: &Path) -> u32 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    abs.hash(&mut h);
-    // Only the low 32 bits were ever used.
-    h.finish() as u32
+    base.join(format!("{name}-{hex}"))
 }
 
 #[cfg(test)]
@@ -132,7 +112,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_state_dir_is_named_by_sha256_and_an_old_defaulthasher_dir_is_still_found() {
+    fn the_state_dir_is_named_by_sha256_of_the_real_path() {
         use sha2::{Digest, Sha256};
         let base = tempfile::tempdir().unwrap();
         let source = base.path().join("app.sqlite3");
@@ -141,15 +121,16 @@ mod tests {
         let digest = Sha256::digest(abs.as_os_str().as_encoded_bytes());
         let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         let states = base.path().join("dualwrite-state");
-        let new = states.join(format!("app.sqlite3-{hex}"));
-        assert_eq!(default_state_dir(&states, &source), new);
-        // A directory an older version wrote is used while no new one exists.
-        let legacy = states.join(format!("app.sqlite3-{:08x}", legacy_digest(&abs)));
-        std::fs::create_dir_all(&legacy).unwrap();
-        assert_eq!(default_state_dir(&states, &source), legacy);
-        assert_eq!(state_dir_for(&source), legacy);
-        // Once the new one exists, it wins.
-        std::fs::create_dir_all(&new).unwrap();
-        assert_eq!(default_state_dir(&states, &source), new);
+        assert_eq!(
+            default_state_dir(&states, &source),
+            states.join(format!("app.sqlite3-{hex}"))
+        );
+        assert_eq!(
+            state_dir_for(&source),
+            abs.parent()
+                .unwrap()
+                .join("dualwrite-state")
+                .join(format!("app.sqlite3-{hex}"))
+        );
     }
 }

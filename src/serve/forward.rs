@@ -96,7 +96,10 @@ impl Forward {
                     )));
                 }
                 let versions = (capture::data_version(&c)?, capture::schema_version(&c)?);
+                // The signals' reader: one scan of the log per read, nothing
+                // worth caching (SQLite's default page cache is 2 MB).
                 let b = capture::open_ro(&db)?;
+                b.execute_batch("PRAGMA cache_size = -64")?;
                 Ok((c, versions, b))
             })
         };
