@@ -20,7 +20,6 @@ use crate::catalogue::{Table, TABLES};
 use crate::coerced::{CoercedLog, CoercedValue};
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
-use crate::retry::{retry_observed, RetryPolicy};
 
 /// The drainer's connection to the file, used off the runtime's threads.
 type Conn = Arc<Mutex<rusqlite::Connection>>;
@@ -153,11 +152,12 @@ impl Forward {
             }
             let mut after: Option<String> = None;
             loop {
-                let page = self.with_retries(|target| {
-                    let after = after.clone();
-                    async move { target.keys_page(t, after.as_deref(), 1000).await }
-                });
-                let page = page.await?;
+                let page = self
+                    .stats
+                    .retried(self.opts.max_wait, || {
+                        self.target.keys_page(t, after.as_deref(), 1000)
+                    })
+                    .await?;
                 let Some(last) = page.last().cloned() else {
                     break;
                 };
@@ -169,24 +169,6 @@ impl Forward {
             tracing::info!(table = t.sqlite, "table re-sent: every row it holds is queued, and every row Supabase holds that it lost");
         }
         Ok(())
-    }
-
-    /// A request to Supabase, retried for up to `--max-wait-secs`, every
-    /// failed attempt counted.
-    async fn with_retries<T, F, Fut>(&self, op: F) -> Result<T>
-    where
-        F: Fn(Arc<SupabaseDatabase>) -> Fut,
-        Fut: std::future::Future<Output = Result<T>>,
-    {
-        let stats = Arc::clone(&self.stats);
-        let observe = move |e: &Error| stats.failed(e);
-        retry_observed(
-            RetryPolicy::for_up_to(self.opts.max_wait),
-            Error::is_transient,
-            &observe,
-            || op(Arc::clone(&self.target)),
-        )
-        .await
     }
 
     /// Read one batch: group the changes by table, read the rows as they are
@@ -569,15 +551,9 @@ impl Sender {
         let deleted = if gone.is_empty() {
             0
         } else {
-            let stats = Arc::clone(&self.stats);
-            let observe = move |e: &Error| stats.failed(e);
-            retry_observed(
-                RetryPolicy::for_up_to(self.opts.max_wait),
-                Error::is_transient,
-                &observe,
-                || self.target.delete_keys(t, &gone),
-            )
-            .await?;
+            self.stats
+                .retried(self.opts.max_wait, || self.target.delete_keys(t, &gone))
+                .await?;
             // The row may never have reached Supabase: gone either way.
             gone.len() as u64
         };

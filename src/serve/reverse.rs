@@ -37,7 +37,6 @@ use crate::db::SupabaseDatabase;
 use crate::error::{Error, Result};
 use crate::normalise::from_supabase_owned;
 use crate::rest::RestClient;
-use crate::retry::{retry_observed, RetryPolicy};
 use crate::reverse::apply::{self, TableBatch};
 use crate::reverse::capture as rc;
 
@@ -102,10 +101,6 @@ impl Reverse {
         })
     }
 
-    fn policy(&self) -> RetryPolicy {
-        RetryPolicy::for_up_to(self.opts.max_wait)
-    }
-
     /// The rows of `keys` of `t` as they are now (canonical shape), in
     /// requests of `--request-rows` keys, `--concurrency` at a time.
     async fn read_rows(&self, t: &'static Table, keys: &[&str]) -> Result<Vec<Map<String, Value>>> {
@@ -113,16 +108,12 @@ impl Reverse {
             .chunks(self.opts.request_rows.max(1))
             .map(|c| c.iter().map(|k| (*k).to_owned()).collect())
             .collect();
-        let stats = Arc::clone(&self.stats);
-        let observe = move |e: &Error| stats.failed(e);
-        let observe = &observe;
         let pages: Vec<Vec<Map<String, Value>>> = futures::stream::iter(chunks)
             .map(|chunk: Vec<String>| async move {
                 let keys: Vec<&str> = chunk.iter().map(String::as_str).collect();
-                retry_observed(self.policy(), Error::is_transient, observe, || {
-                    self.source.rows_by_keys(t, &keys)
-                })
-                .await
+                self.stats
+                    .retried(self.opts.max_wait, || self.source.rows_by_keys(t, &keys))
+                    .await
             })
             .buffer_unordered(self.opts.concurrency.max(1))
             .try_collect()
@@ -147,13 +138,11 @@ impl Side for Reverse {
     const OUTSTANDING: usize = 1;
 
     async fn check_capture(&mut self) -> Result<()> {
-        let rest = self.rest.clone();
-        let stats = Arc::clone(&self.stats);
-        let observe = move |e: &Error| stats.failed(e);
-        let st = retry_observed(self.policy(), Error::is_transient, &observe, || {
-            rc::switch(&rest, None, false)
-        })
-        .await?;
+        let rest = &self.rest;
+        let st = self
+            .stats
+            .retried(self.opts.max_wait, || rc::switch(rest, None, false))
+            .await?;
         if !st.enabled {
             let why =
                 "capture is off on Supabase: run `dualwrite capture install --target supabase` \
@@ -195,10 +184,9 @@ impl Side for Reverse {
         _busy: &HashSet<u64>,
     ) -> Result<Option<Claimed<Batch>>> {
         let rest = &self.rest;
-        let stats = Arc::clone(&self.stats);
-        let observe = move |e: &Error| stats.failed(e);
-        let changes: Vec<RemoteChange> =
-            retry_observed(self.policy(), Error::is_transient, &observe, || async {
+        let changes: Vec<RemoteChange> = self
+            .stats
+            .retried(self.opts.max_wait, || async {
                 let v = rest
                     .rpc("dualwrite_changes", &json!({ "max_rows": limit }))
                     .await?;
@@ -260,7 +248,7 @@ impl Side for Reverse {
         let rejects = Arc::clone(&self.rejects);
         let rest = self.rest.clone();
         let stats = Arc::clone(&self.stats);
-        let policy = self.policy();
+        let max_wait = self.opts.max_wait;
         async move {
             let Batch { seqs, tables } = batch;
             // Written in one SQLite transaction.
@@ -289,11 +277,9 @@ impl Side for Reverse {
                 .extend(dead.iter().map(|r| (r.table.clone(), 1)));
             // Committed: now, and only now, the changes may leave the log.
             let args = json!({ "seqs": seqs });
-            let observe = move |e: &Error| stats.failed(e);
-            retry_observed(policy, Error::is_transient, &observe, || {
-                rest.rpc("dualwrite_changes_ack", &args)
-            })
-            .await?;
+            stats
+                .retried(max_wait, || rest.rpc("dualwrite_changes_ack", &args))
+                .await?;
             Ok(landed)
         }
     }

@@ -188,6 +188,23 @@ impl Stats {
         );
     }
 
+    /// A request (to Supabase) retried for up to `max_wait`, every failed
+    /// attempt counted here as it happens.
+    pub(crate) async fn retried<T, F, Fut>(&self, max_wait: Duration, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let observe = |e: &Error| self.failed(e);
+        crate::retry::retry_observed(
+            crate::retry::RetryPolicy::for_up_to(max_wait),
+            Error::is_transient,
+            &observe,
+            op,
+        )
+        .await
+    }
+
     /// Something succeeded against the side that was failing (a batch
     /// landed, a probe answered): the failure is no longer in force.
     pub(crate) fn succeeded(&self) {

@@ -80,6 +80,94 @@ async fn assert_signals_tell(db: &Path, pg: &PrivateDb, port: u16, since: System
     }
 }
 
+/// A DoX file as DoX's bootstrap makes it, and capture on Supabase: the
+/// reverse direction's start. Returns the file.
+async fn reverse_setup(dir: &Path, pg: &PrivateDb, url: &str) -> std::path::PathBuf {
+    let db = dir.join("dox.sqlite3");
+    drop(
+        dualwrite::db::SqliteDatabase::open(&db, dualwrite::db::SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let o = run_with(
+        &db,
+        pg,
+        &[("SUPABASE_URL", url)],
+        &["capture", "install", "--target", "supabase"],
+    );
+    assert!(o.status.success(), "{o:?}");
+    db
+}
+
+/// `dualwrite serve --direction reverse` on `db` through `url`, its log in
+/// `<db>.serve.log`, with `env` and `extra` arguments.
+fn spawn_reverse(
+    db: &Path,
+    pg: &PrivateDb,
+    url: &str,
+    port: u16,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> Spawned {
+    let mut c = bin();
+    env_for(&mut c, db, pg);
+    let log = std::fs::File::create(db.with_extension("serve.log")).unwrap();
+    Spawned(
+        c.env("SUPABASE_URL", url)
+            .envs(env.iter().copied())
+            .current_dir(db.parent().unwrap())
+            .args([
+                "serve",
+                "--direction",
+                "reverse",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// `dualwrite` with `args` on `db`, which must end by itself within 10 s (a
+/// refusal): its exit code and what it said.
+async fn refused(db: &Path, pg: &PrivateDb, args: &[&str]) -> (Option<i32>, String) {
+    let mut c = bin();
+    env_for(&mut c, db, pg);
+    let mut serve = Spawned(
+        c.current_dir(db.parent().unwrap())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while serve.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "`dualwrite {}` runs instead of refusing",
+            args.join(" ")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(serve.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (serve.wait().unwrap().code(), err)
+}
+
+/// Rows in a table of the file.
+fn count_in(db: &Path, table: &str) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
 fn artifact_sql(id: &str) -> String {
     format!(
         "INSERT INTO artifact (id, filename, filepath, filetype, report_week, status, source_url, extra_json) \
@@ -412,25 +500,7 @@ async fn three_hundred_uuid_keys_pending_in_reverse_drain_through_nginx() {
     let pg = PrivateDb::new().await;
     let gw = pg.gateway().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("dox.sqlite3");
-    drop(
-        dualwrite::db::SqliteDatabase::open(&db, dualwrite::db::SqliteOptions::default())
-            .await
-            .unwrap(),
-    );
-    let through = |args: &[&str]| {
-        let mut c = bin();
-        env_for(&mut c, &db, &pg);
-        c.env("SUPABASE_URL", &gw.url)
-            .env("SUPABASE_TIMEOUT", "10")
-            .current_dir(dir.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
-    let o = through(&["capture", "install", "--target", "supabase"]);
-    assert!(o.status.success(), "{o:?}");
+    let db = reverse_setup(dir.path(), &pg, &gw.url).await;
     let rows: Vec<Value> = (0..300)
         .map(|_| {
             json!({"id": uuid::Uuid::new_v4().to_string(), "filename": "f", "filepath": "/p", "filetype": "pdf"})
@@ -441,52 +511,32 @@ async fn three_hundred_uuid_keys_pending_in_reverse_drain_through_nginx() {
         .await
         .unwrap();
     let port = free_port();
-    let log = std::fs::File::create(dir.path().join("reverse.log")).unwrap();
-    let mut c = bin();
-    env_for(&mut c, &db, &pg);
-    let _serve = Spawned(
-        c.env("SUPABASE_URL", &gw.url)
-            .current_dir(dir.path())
-            .args([
-                "serve",
-                "--direction",
-                "reverse",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args(["--max-wait-secs", "3"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap(),
-    );
+    let _serve = spawn_reverse(&db, &pg, &gw.url, port, &[], &["--max-wait-secs", "3"]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let count = || {
-        rusqlite::Connection::open(&db)
-            .unwrap()
-            .query_row("SELECT count(*) FROM artifact", [], |r| r.get::<_, i64>(0))
-            .unwrap()
-    };
-    while count() < 300 {
+    while count_in(&db, "artifact") < 300 {
         assert!(
             Instant::now() < deadline,
             "{} of 300 rows in the file; daemon log:\n{}\ngateway:\n{}",
-            count(),
-            std::fs::read_to_string(dir.path().join("reverse.log")).unwrap_or_default(),
+            count_in(&db, "artifact"),
+            serve_log(&db),
             gw.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (code, body) = ready_within(port, 200, 10).await;
     assert_eq!(code, 200, "{body}");
-    let o = through(&[
-        "verify",
-        "--direction",
-        "reverse",
-        "--from-sqlite",
-        &db.display().to_string(),
-    ]);
+    let o = run_with(
+        &db,
+        &pg,
+        &[("SUPABASE_URL", &gw.url), ("SUPABASE_TIMEOUT", "10")],
+        &[
+            "verify",
+            "--direction",
+            "reverse",
+            "--from-sqlite",
+            &db.display().to_string(),
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }
 
@@ -606,29 +656,9 @@ async fn a_second_daemon_is_refused_through_a_symlink_or_another_path() {
     std::fs::create_dir(dir.path().join("sub")).unwrap();
     let dotted = dir.path().join("sub/../app.sqlite3");
     for other in [&link, &dotted] {
-        let mut c = bin();
-        env_for(&mut c, other, &pg);
-        let mut second = Spawned(
-            c.current_dir(dir.path())
-                .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while second.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "a second daemon runs beside the first, through {}",
-                other.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(!second.wait().unwrap().success());
-        let mut err = String::new();
-        std::io::Read::read_to_string(second.stderr.as_mut().unwrap(), &mut err).unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let (code, err) = refused(other, &pg, &["serve", "--listen", &listen]).await;
+        assert_ne!(code, Some(0), "through {}", other.display());
         assert!(err.contains("already running"), "{err}");
         // `status` through the other path finds the daemon and its report.
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -652,28 +682,9 @@ async fn the_status_file_is_private_and_a_public_listen_address_is_a_choice() {
     let pg = PrivateDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let db = captured_file(dir.path(), &pg).await;
-    let mut c = bin();
-    env_for(&mut c, &db, &pg);
-    let mut public = Spawned(
-        c.current_dir(dir.path())
-            .args(["serve", "--listen", &format!("0.0.0.0:{}", free_port())])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while public.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "serve listens on 0.0.0.0 without being asked to"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(public.wait().unwrap().code(), Some(2));
-    let mut err = String::new();
-    std::io::Read::read_to_string(public.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let listen = format!("0.0.0.0:{}", free_port());
+    let (code, err) = refused(&db, &pg, &["serve", "--listen", &listen]).await;
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("not a loopback address") && err.contains("--listen-public"),
         "{err}"
@@ -710,34 +721,18 @@ async fn the_reverse_daemon_tells_systemd_when_it_is_ready() {
     needs_stack!();
     let pg = PrivateDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("dox.sqlite3");
-    drop(
-        dualwrite::db::SqliteDatabase::open(&db, dualwrite::db::SqliteOptions::default())
-            .await
-            .unwrap(),
-    );
-    let o = run(&db, &pg, &["capture", "install", "--target", "supabase"]);
-    assert!(o.status.success(), "{o:?}");
+    let db = reverse_setup(dir.path(), &pg, &pg.url).await;
     let sock = dir.path().join("notify.sock");
     let rx = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
     rx.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut c = bin();
-    env_for(&mut c, &db, &pg);
-    let serve = Spawned(
-        c.env("NOTIFY_SOCKET", &sock)
-            .current_dir(dir.path())
-            .args([
-                "serve",
-                "--direction",
-                "reverse",
-                "--listen",
-                &format!("127.0.0.1:{}", free_port()),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let sock_env = sock.display().to_string();
+    let serve = spawn_reverse(
+        &db,
+        &pg,
+        &pg.url,
+        free_port(),
+        &[("NOTIFY_SOCKET", &sock_env)],
+        &[],
     );
     let mut buf = [0u8; 64];
     let n = rx.recv(&mut buf).unwrap();
@@ -761,28 +756,9 @@ async fn a_supabase_table_that_lost_its_triggers_is_resent_to_the_file() {
     needs_stack!();
     let pg = PrivateDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("dox.sqlite3");
-    drop(
-        dualwrite::db::SqliteDatabase::open(&db, dualwrite::db::SqliteOptions::default())
-            .await
-            .unwrap(),
-    );
-    let o = run(&db, &pg, &["capture", "install", "--target", "supabase"]);
-    assert!(o.status.success(), "{o:?}");
+    let db = reverse_setup(dir.path(), &pg, &pg.url).await;
     let port = free_port();
-    let mut c = bin();
-    env_for(&mut c, &db, &pg);
-    let log = std::fs::File::create(db.with_extension("serve.log")).unwrap();
-    let _serve = Spawned(
-        c.current_dir(dir.path())
-            .args(["serve", "--direction", "reverse", "--check-secs", "1"])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap(),
-    );
+    let _serve = spawn_reverse(&db, &pg, &pg.url, port, &[], &["--check-secs", "1"]);
     wait_http(port).await;
     let sql = pg.sql().await;
     sql.batch_execute(
@@ -794,18 +770,12 @@ async fn a_supabase_table_that_lost_its_triggers_is_resent_to_the_file() {
     )
     .await
     .unwrap();
-    let count = || {
-        rusqlite::Connection::open(&db)
-            .unwrap()
-            .query_row("SELECT count(*) FROM logentry", [], |r| r.get::<_, i64>(0))
-            .unwrap()
-    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while count() < 20 {
+    while count_in(&db, "logentry") < 20 {
         assert!(
             Instant::now() < deadline,
             "{} of 20 rows in the file; daemon log:\n{}",
-            count(),
+            count_in(&db, "logentry"),
             serve_log(&db)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
