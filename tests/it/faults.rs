@@ -603,7 +603,8 @@ async fn a_unique_value_moved_between_rows_in_one_transaction_lands() {
 /// PostgREST hung (SIGSTOP) with 1,500 changes pending: every request times
 /// out. A timeout is a failure, counted and shown at once (it used to halve
 /// the batch again and again, each half a full timeout, with /ready green and
-/// pending 0); once PostgREST runs again, everything drains.
+/// pending 0; now at most twice, each counted); once PostgREST runs again,
+/// everything drains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_postgrest_is_a_failure_counted_and_shown_while_it_lasts() {
     needs_stack!();
