@@ -197,7 +197,7 @@ pub async fn dual_supabase_first<P: crate::db::Database, S: crate::db::Database>
     primary: P,
     secondary: S,
 ) -> Result<DualDatabase<P, S>> {
-    let captured = crate::reverse::capture::switch(rest, None, false)
+    let captured = crate::reverse::capture::state(rest)
         .await
         .is_ok_and(|st| st.enabled);
     let d = dual(s, primary, secondary)?;

@@ -18,7 +18,7 @@ use super::landing::{Landed, Lander, Sent};
 use super::options::{BackfillOptions, Progress};
 use super::peak_rss_bytes;
 use super::rejects::RejectLog;
-use super::report::{BackfillReport, TableReport};
+use super::report::{BackfillReport, TableCopy};
 use super::source::BatchSource;
 use super::watermark::Watermark;
 
@@ -64,10 +64,10 @@ impl<'a> Loader<'a> {
         mut source: S,
         total: u64,
         stale_source: Option<SqliteDatabase>,
-    ) -> Result<TableReport> {
+    ) -> Result<TableCopy> {
         let started = Instant::now();
         let mut ck = self.checkpoints.table(table);
-        let mut report = TableReport {
+        let mut report = TableCopy {
             table: table.sqlite.to_owned(),
             supabase_table: table.supabase.to_owned(),
             status: if self.opts.dry_run {

@@ -49,7 +49,7 @@ pub use prepare::{
     RowsBuilder,
 };
 pub use rejects::{Reject, RejectLog};
-pub use report::{BackfillReport, TableReport};
+pub use report::{BackfillReport, TableCopy};
 pub use reset::{forget_progress, prepare, reset, reset_target, Start, RESET_CHUNK};
 pub use source::{BatchSource, SourceBatch, SqliteSource};
 

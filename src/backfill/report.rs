@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::rejects::Reject;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct TableReport {
+pub struct TableCopy {
     pub table: String,
     pub supabase_table: String,
     /// `copied`, `already done` (finished by an earlier run), or `dry run`.
@@ -31,7 +31,7 @@ pub struct BackfillReport {
     pub dry_run: bool,
     /// Whether this run continued an interrupted one.
     pub resumed: bool,
-    pub tables: Vec<TableReport>,
+    pub tables: Vec<TableCopy>,
     pub rows_read: u64,
     pub rows_written: u64,
     pub rows_rejected: u64,

@@ -24,7 +24,7 @@ pub struct TableBatch {
 
 /// Rows written (changed or new), rows left as they were, rows deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Applied {
+pub struct RowsApplied {
     pub written: u64,
     pub unchanged: u64,
     pub deleted: u64,
@@ -102,7 +102,7 @@ fn physical_columns(conn: &Connection, t: &Table) -> Result<Vec<String>> {
 pub fn apply_to_file(
     path: &std::path::Path,
     batch: &[(&'static Table, TableBatch)],
-) -> Result<(HashMap<&'static str, Applied>, Vec<Refused>)> {
+) -> Result<(HashMap<&'static str, RowsApplied>, Vec<Refused>)> {
     let mut conn = crate::capture::open_rw(path)?;
     apply(&mut conn, batch)
 }
@@ -187,7 +187,7 @@ fn data_error(e: &rusqlite::Error) -> Option<&'static str> {
 pub fn apply(
     conn: &mut Connection,
     batch: &[(&'static Table, TableBatch)],
-) -> Result<(HashMap<&'static str, Applied>, Vec<Refused>)> {
+) -> Result<(HashMap<&'static str, RowsApplied>, Vec<Refused>)> {
     // Per table, deletions first: a row inserted under a new key may take the
     // place (a UNIQUE column) of a row that is gone.
     let mut units = Vec::new();
@@ -201,7 +201,7 @@ pub fn apply(
             item: Item::Row(r),
         }));
     }
-    let mut out: HashMap<&'static str, Applied> = HashMap::new();
+    let mut out: HashMap<&'static str, RowsApplied> = HashMap::new();
     let mut left = settle(conn, units.iter().collect(), &mut out)?;
     // A row refused only because of another one written after it (a UNIQUE
     // value that row gave up) passes now: try the set-aside rows again while
@@ -226,7 +226,7 @@ pub fn apply(
 fn settle<'u, 'a>(
     conn: &mut Connection,
     units: Vec<&'u Unit<'a>>,
-    out: &mut HashMap<&'static str, Applied>,
+    out: &mut HashMap<&'static str, RowsApplied>,
 ) -> Result<Vec<(&'u Unit<'a>, &'static str, String)>> {
     let mut refused = Vec::new();
     let mut todo: Vec<Vec<&Unit>> = vec![units];
@@ -267,12 +267,12 @@ fn settle<'u, 'a>(
 fn try_apply(
     conn: &mut Connection,
     units: &[&Unit],
-) -> std::result::Result<HashMap<&'static str, Applied>, Failure> {
+) -> std::result::Result<HashMap<&'static str, RowsApplied>, Failure> {
     let batch = |e: rusqlite::Error| Failure::Batch(e.into());
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(batch)?;
-    let mut out: HashMap<&'static str, Applied> = HashMap::new();
+    let mut out: HashMap<&'static str, RowsApplied> = HashMap::new();
     let mut layouts: HashMap<&'static str, Statements> = HashMap::new();
     for (i, u) in units.iter().enumerate() {
         let t = u.t;
@@ -442,7 +442,7 @@ mod tests {
         let (applied, refused) = apply(&mut c, &batch).unwrap();
         assert_eq!(
             applied["artifact"],
-            Applied {
+            RowsApplied {
                 written: 2,
                 unchanged: 0,
                 deleted: 1

@@ -73,11 +73,22 @@ impl CaptureState {
     }
 }
 
-/// Read the state, or switch capture on (`Some(true)`) or off (`Some(false)`)
-/// first. Switching off empties the log: it refuses while changes are pending
-/// unless `force` (those changes would never reach the SQLite file).
-pub async fn switch(rest: &RestClient, to: Option<bool>, force: bool) -> Result<CaptureState> {
-    if to == Some(false) && !force {
+/// Capture's state on Supabase: on or off, missing triggers, the backlog.
+pub async fn state(rest: &RestClient) -> Result<CaptureState> {
+    call(rest, None).await
+}
+
+/// Switch capture on (idempotent). Switched on while already on, it
+/// re-installs the triggers a table lost and queues that table's keys (the
+/// reverse daemon's repair).
+pub async fn enable(rest: &RestClient) -> Result<CaptureState> {
+    call(rest, Some(true)).await
+}
+
+/// Switch capture off, which empties the log: it refuses while changes are
+/// pending unless `force` (those changes would never reach the SQLite file).
+pub async fn disable(rest: &RestClient, force: bool) -> Result<CaptureState> {
+    if !force {
         let now = call(rest, None).await?;
         if now.pending > 0 {
             return Err(Error::invalid(format!(
@@ -87,7 +98,7 @@ pub async fn switch(rest: &RestClient, to: Option<bool>, force: bool) -> Result<
             )));
         }
     }
-    call(rest, to).await
+    call(rest, Some(false)).await
 }
 
 async fn call(rest: &RestClient, to: Option<bool>) -> Result<CaptureState> {

@@ -94,7 +94,7 @@ pub async fn check(
     dead_letters: Option<&std::path::Path>,
 ) -> Result<RollbackReport> {
     let mut reasons = Vec::new();
-    let cap = rc::switch(supabase.rest(), None, false).await?;
+    let cap = rc::state(supabase.rest()).await?;
     if !cap.enabled {
         reasons.push(
             "capture is off on Supabase: writes made since cutover may be missing from the file \

@@ -141,7 +141,7 @@ impl Side for Reverse {
         let rest = &self.rest;
         let st = self
             .stats
-            .retried(self.opts.max_wait, || rc::switch(rest, None, false))
+            .retried(self.opts.max_wait, || rc::state(rest))
             .await?;
         if !st.enabled {
             let why =
@@ -163,7 +163,7 @@ impl Side for Reverse {
                 return Err(Error::invalid(why));
             }
             tracing::warn!(tables = ?st.missing, "capture triggers were missing on Supabase (a table re-created?); re-installing them, and re-sending those tables whole");
-            let r = rc::switch(&self.rest, Some(true), false).await?;
+            let r = rc::enable(&self.rest).await?;
             tracing::info!(missing = ?r.missing, "capture re-installed on Supabase");
         }
         self.stats.capture_problem(None);

@@ -70,7 +70,7 @@ pub fn status(db: &Path, rejects: &Path) -> Result<Status> {
 
 /// The reverse direction's status: Supabase's change log, through the service key.
 pub async fn status_reverse(rest: &RestClient, db: &Path, rejects: &Path) -> Result<Status> {
-    let capture = rc::switch(rest, None, false).await?;
+    let capture = rc::state(rest).await?;
     let (db, rejects) = (db.to_path_buf(), rejects.to_path_buf());
     crate::sync::blocking("status", move || {
         Ok(assemble(

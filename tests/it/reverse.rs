@@ -356,7 +356,7 @@ fn spawn_serve(
 async fn wait_drained(service: &RestClient, dir: &Path) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let st = rc::switch(service, None, false).await.unwrap();
+        let st = rc::state(service).await.unwrap();
         if st.pending == 0 {
             return;
         }
@@ -956,7 +956,7 @@ async fn the_backlog_is_exact_while_small_and_estimated_from_the_seq_span_beyond
     needs_stack!();
     let pg = db_with_capture().await;
     let service = pg.rest(Duration::from_secs(10));
-    rc::switch(&service, Some(true), false).await.unwrap();
+    rc::enable(&service).await.unwrap();
     let backlog = |up_to: i64| {
         let service = &service;
         async move {
@@ -1003,7 +1003,7 @@ async fn the_backlog_is_exact_while_small_and_estimated_from_the_seq_span_beyond
         "{b}"
     );
     // The capture state and the CLI read the same figures.
-    let st = rc::switch(&service, None, false).await.unwrap();
+    let st = rc::state(&service).await.unwrap();
     assert_eq!((st.pending, st.estimated), (11, false));
     assert_eq!(
         rc::backlog(&service).await.unwrap(),

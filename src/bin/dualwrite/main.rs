@@ -17,7 +17,7 @@ use clap::Parser;
 use dualwrite::Error;
 
 use args::{Cli, Command, FixturesCommand};
-use commands::{app, check, keys, live, load};
+use commands::{app, fixtures, keys, live, load, verify};
 
 // Backfill, export and verify allocate a string per SQLite value; mimalloc
 // makes that a small share of their time (glibc malloc took about a fifth).
@@ -48,7 +48,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo { db } => app::demo(&cli, db).await,
         Command::Access { state } => app::access(&cli, state).await,
         Command::Fixtures(FixturesCommand::Generate { rows, out, seed }) => {
-            keys::generate(*rows, out, *seed).await
+            fixtures::generate(*rows, out, *seed).await
         }
         Command::Keys(k) => keys::run(&cli, k),
         Command::Backfill { from_sqlite, load } => load::backfill(&cli, from_sqlite, load).await,
@@ -70,8 +70,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             )
             .await
         }
-        Command::Verify(a) => Ok(check::verify(&cli, a).await),
-        Command::Cutover(c) => Ok(check::cutover(&cli, c).await),
+        Command::Verify(a) => Ok(verify::verify(&cli, a).await),
+        Command::Cutover(c) => Ok(verify::cutover(&cli, c).await),
         Command::Capture(_) | Command::Serve(_) | Command::Status { .. } => live::live(&cli).await,
     }
 }

@@ -15,7 +15,7 @@ use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
 use crate::normalise;
 use crate::retry::{retry, RetryPolicy};
-use crate::reverse::apply::{self as file, Applied, TableBatch};
+use crate::reverse::apply::{self as file, RowsApplied, TableBatch};
 
 /// Whether a canonical Supabase row can be written in DoX's shape: every
 /// value passes the inverse normaliser, and no jsonb was unreadable.
@@ -94,7 +94,11 @@ pub(super) async fn delete(
 }
 
 /// One transaction on the file, off the async threads.
-async fn write(sqlite: &SqliteDatabase, t: &'static Table, batch: TableBatch) -> Result<Applied> {
+async fn write(
+    sqlite: &SqliteDatabase,
+    t: &'static Table,
+    batch: TableBatch,
+) -> Result<RowsApplied> {
     let path = sqlite.path().to_owned();
     let (applied, refused) =
         crate::sync::blocking("SQLite", move || file::apply_to_file(&path, &[(t, batch)])).await?;

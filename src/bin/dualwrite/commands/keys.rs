@@ -1,6 +1,5 @@
-//! `keys` (JWT secrets and API keys) and `fixtures` (test data).
+//! `keys`: JWT secrets and API keys.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -65,13 +64,5 @@ pub fn run(cli: &Cli, k: &KeysCommand) -> Result<ExitCode> {
         }
         KeysCommand::Decode { token } => print_json(&keys::decode(&token_arg(token)?)?),
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `fixtures generate`: a new DoX SQLite file of realistic shape.
-pub async fn generate(rows: u64, out: &Path, seed: u64) -> Result<ExitCode> {
-    let opts = dualwrite::generate::GenerateOptions { rows, seed };
-    let report = dualwrite::generate::generate(out, &opts).await?;
-    print!("{}", report.render());
     Ok(ExitCode::SUCCESS)
 }

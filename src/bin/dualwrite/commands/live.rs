@@ -114,12 +114,11 @@ async fn reverse_capture(cli: &Cli, c: &CaptureCommand) -> Result<ExitCode> {
     }
     let s = settings(cli)?;
     let target = dualwrite::factory::connect_supabase(&s).await?;
-    let (to, force) = match c {
-        CaptureCommand::Install { .. } => (Some(true), false),
-        CaptureCommand::Uninstall { force, .. } => (Some(false), *force),
-        CaptureCommand::Status { .. } => (None, false),
+    let st = match c {
+        CaptureCommand::Install { .. } => rc::enable(target.rest()).await?,
+        CaptureCommand::Uninstall { force, .. } => rc::disable(target.rest(), *force).await?,
+        CaptureCommand::Status { .. } => rc::state(target.rest()).await?,
     };
-    let st = rc::switch(target.rest(), to, force).await?;
     print_json(&serde_json::to_value(&st)?);
     if matches!(c, CaptureCommand::Status { .. }) && !st.installed() {
         return Ok(ExitCode::from(1));
