@@ -211,7 +211,7 @@ pub fn background_drainer(s: &Settings) -> Result<tokio::sync::watch::Sender<boo
     let mut opts = crate::serve::ServeOptions::new(
         crate::direction::Direction::Forward,
         s.db_path.clone(),
-        crate::backfill::state_dir_for(&s.db_path),
+        crate::state_file::StateDir::of_source(&s.db_path),
     );
     opts.unrepresentable = s.unrepresentable;
     // Stopping (the app closes or drops its dual layer, or forks) waits for the

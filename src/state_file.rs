@@ -9,9 +9,85 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
+
+/// The state directory of a source file: where the jobs and the daemon keep
+/// what they write beside the rows (the checkpoint, the dead letters of both
+/// directions, the coerced values' originals). The one owner of those names;
+/// the files are created through this module (0600, the directory 0700).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateDir(PathBuf);
+
+impl From<PathBuf> for StateDir {
+    fn from(dir: PathBuf) -> StateDir {
+        StateDir(dir)
+    }
+}
+
+impl StateDir {
+    /// A directory given (`--state-dir`).
+    pub fn new(dir: impl Into<PathBuf>) -> StateDir {
+        StateDir(dir.into())
+    }
+
+    /// The default for a source: `dualwrite-state/<file name>-<digest>` beside
+    /// its real path, so every command finds it wherever it runs from.
+    pub fn of_source(source: &Path) -> StateDir {
+        let real = crate::capture::real_path(source);
+        let dir = real
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join("dualwrite-state");
+        StateDir::under(&dir, source)
+    }
+
+    /// `<base>/<file name>-<digest>`: the name and the first 16 hex digits of
+    /// the SHA-256 of the source's real path (a symlink or another path to the
+    /// same file finds the same directory).
+    pub fn under(base: &Path, source: &Path) -> StateDir {
+        use sha2::{Digest, Sha256};
+        let real = crate::capture::real_path(source);
+        let name = real
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "source".into());
+        let digest = Sha256::digest(real.as_os_str().as_encoded_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        StateDir(base.join(format!("{name}-{hex}")))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The backfill's progress (`checkpoint.json`).
+    pub fn checkpoint(&self) -> PathBuf {
+        self.0.join("checkpoint.json")
+    }
+
+    /// Rows Supabase refused (`rejects.ndjson`): the backfill's, the import's
+    /// and the forward daemon's.
+    pub fn rejects(&self) -> PathBuf {
+        self.0.join("rejects.ndjson")
+    }
+
+    /// Rows the SQLite file refused (`reverse-rejects.ndjson`): the reverse daemon's.
+    pub fn reverse_rejects(&self) -> PathBuf {
+        self.0.join("reverse-rejects.ndjson")
+    }
+
+    /// The originals of values coerced on the way to Supabase (`coerced.ndjson`).
+    pub fn coerced(&self) -> PathBuf {
+        self.0.join("coerced.ndjson")
+    }
+
+    /// Where `--reset` sets the rejects file aside.
+    pub fn rejects_before_reset(&self, stamp: &str) -> PathBuf {
+        self.0.join(format!("rejects-before-reset-{stamp}.ndjson"))
+    }
+}
 
 /// Mode of the files this module creates.
 pub const FILE_MODE: u32 = 0o600;
@@ -142,6 +218,30 @@ fn sync_dir(path: &Path) -> Result<()> {
 #[allow(clippy::unwrap_used)] // a test helper outside #[test]: an unwrap is its assertion
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_dir_is_named_by_the_sha256_of_the_real_path_wherever_it_is_named_from() {
+        use sha2::{Digest, Sha256};
+        let base = tempfile::tempdir().unwrap();
+        let source = base.path().join("app.sqlite3");
+        std::fs::write(&source, b"").unwrap();
+        let real = std::fs::canonicalize(&source).unwrap();
+        let digest = Sha256::digest(real.as_os_str().as_encoded_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let dir = StateDir::of_source(&source);
+        let want = real
+            .parent()
+            .unwrap()
+            .join("dualwrite-state")
+            .join(format!("app.sqlite3-{hex}"));
+        assert_eq!(dir.path(), want);
+        let link = base.path().join("link.sqlite3");
+        std::os::unix::fs::symlink(&source, &link).unwrap();
+        assert_eq!(StateDir::of_source(&link), dir);
+        assert_eq!(dir.rejects(), want.join("rejects.ndjson"));
+        assert_eq!(dir.reverse_rejects(), want.join("reverse-rejects.ndjson"));
+        assert_eq!(dir.checkpoint(), want.join("checkpoint.json"));
+    }
     use std::os::unix::fs::PermissionsExt;
 
     fn mode(p: &Path) -> u32 {

@@ -297,8 +297,12 @@ impl Drop for Checkpoints {
 impl Checkpoints {
     /// Load (or start) the checkpoint of `source` in `dir`. Refuses a checkpoint
     /// that belongs to another source.
-    pub fn open(dir: &Path, source: &str, persist: bool) -> Result<Checkpoints> {
-        let path = dir.join("checkpoint.json");
+    pub fn open(
+        dir: &crate::state_file::StateDir,
+        source: &str,
+        persist: bool,
+    ) -> Result<Checkpoints> {
+        let path = dir.checkpoint();
         let data = match std::fs::read(&path) {
             Ok(bytes) => {
                 let data: CheckpointFile = serde_json::from_slice(&bytes).map_err(|e| {
@@ -409,7 +413,8 @@ mod tests {
     #[test]
     fn a_checkpoint_that_cannot_be_saved_is_an_io_error_naming_the_file() {
         let d = tempfile::tempdir().unwrap();
-        let mut c = Checkpoints::open(d.path(), "src", true).unwrap();
+        let mut c =
+            Checkpoints::open(&crate::state_file::StateDir::new(d.path()), "src", true).unwrap();
         // The temp file the writer renames into place is a directory.
         let tmp = d.path().join("checkpoint.json.tmp");
         std::fs::create_dir(&tmp).unwrap();

@@ -41,12 +41,9 @@ impl<'a> Loader<'a> {
     ) -> Result<Loader<'a>> {
         let persist = !opts.dry_run;
         let checkpoints = Checkpoints::open(&opts.state_dir, source_id, persist)?;
-        let rejects = Arc::new(RejectLog::open(
-            opts.state_dir.join("rejects.ndjson"),
-            persist,
-        )?);
+        let rejects = Arc::new(RejectLog::open(opts.state_dir.rejects(), persist)?);
         let multi = (opts.progress == Progress::Bars).then(indicatif::MultiProgress::new);
-        let coerced = Arc::new(CoercedLog::new(opts.state_dir.join("coerced.ndjson")));
+        let coerced = Arc::new(CoercedLog::new(opts.state_dir.coerced()));
         Ok(Loader {
             target,
             opts,

@@ -43,7 +43,7 @@ mod watermark;
 pub use checkpoint::{Checkpoints, Cursor, SourceIdentity, TableCheckpoint};
 pub use landing::land_rows;
 pub use loader::Loader;
-pub use options::{default_state_dir, state_dir_for, BackfillOptions, Progress};
+pub use options::{BackfillOptions, Progress};
 pub use prepare::{
     prepare_row, prepare_row_into, prepare_row_with, raw_row_json, Prepared, PreparedRows,
     RowsBuilder,

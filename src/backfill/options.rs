@@ -1,10 +1,10 @@
 //! How a backfill runs (`BackfillOptions`, `Progress`) and where its state directory is.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::catalogue::{Table, TABLES};
 use crate::normalise::UnrepresentablePolicy;
+use crate::state_file::StateDir;
 
 /// How a backfill (or an import) runs.
 #[derive(Debug, Clone)]
@@ -20,7 +20,7 @@ pub struct BackfillOptions {
     /// Bytes of JSON per batch at most.
     pub batch_bytes: usize,
     /// Where the checkpoint and the rejects file live.
-    pub state_dir: PathBuf,
+    pub state_dir: StateDir,
     /// How long to keep retrying while Supabase is unreachable or overloaded.
     pub max_wait: Duration,
     /// Re-read each landed range from the source and resend what changed.
@@ -32,7 +32,7 @@ pub struct BackfillOptions {
 }
 
 /// The defaults, which the command line's defaults are read from; the state
-/// directory is empty (every run names one, see [`state_dir_for`]).
+/// directory is empty (every run names one, see [`StateDir::of_source`]).
 impl Default for BackfillOptions {
     fn default() -> Self {
         BackfillOptions {
@@ -41,7 +41,7 @@ impl Default for BackfillOptions {
             concurrency: 4,
             batch_rows: 500,
             batch_bytes: 1 << 20,
-            state_dir: PathBuf::new(),
+            state_dir: StateDir::new(""),
             max_wait: Duration::from_secs(300),
             stale_guard: true,
             progress: Progress::Quiet,
@@ -51,9 +51,9 @@ impl Default for BackfillOptions {
 }
 
 impl BackfillOptions {
-    pub fn new(state_dir: PathBuf) -> BackfillOptions {
+    pub fn new(state_dir: impl Into<StateDir>) -> BackfillOptions {
         BackfillOptions {
-            state_dir,
+            state_dir: state_dir.into(),
             ..BackfillOptions::default()
         }
     }
@@ -79,58 +79,4 @@ pub enum Progress {
     /// A log line every few seconds (for logs and CI).
     Lines,
     Quiet,
-}
-
-/// The default state directory of a source: `dualwrite-state/<file name>-<hash>`
-/// beside the source itself (absolute), so every command finds it wherever it
-/// runs from.
-pub fn state_dir_for(source: &Path) -> PathBuf {
-    let abs = std::fs::canonicalize(source)
-        .or_else(|_| std::path::absolute(source))
-        .unwrap_or_else(|_| source.to_path_buf());
-    let dir = abs.parent().unwrap_or(Path::new("/"));
-    default_state_dir(&dir.join("dualwrite-state"), source)
-}
-
-/// The state directory for a source file: `<dir>/<file name>-<digest>`, the
-/// digest the first 16 hex digits of the SHA-256 of its absolute path (stable
-/// across Rust releases).
-pub fn default_state_dir(base: &Path, source: &Path) -> PathBuf {
-    use sha2::{Digest, Sha256};
-    let abs = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
-    let name = source
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "source".into());
-    let digest = Sha256::digest(abs.as_os_str().as_encoded_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    base.join(format!("{name}-{hex}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_state_dir_is_named_by_sha256_of_the_real_path() {
-        use sha2::{Digest, Sha256};
-        let base = tempfile::tempdir().unwrap();
-        let source = base.path().join("app.sqlite3");
-        std::fs::write(&source, b"").unwrap();
-        let abs = std::fs::canonicalize(&source).unwrap();
-        let digest = Sha256::digest(abs.as_os_str().as_encoded_bytes());
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let states = base.path().join("dualwrite-state");
-        assert_eq!(
-            default_state_dir(&states, &source),
-            states.join(format!("app.sqlite3-{hex}"))
-        );
-        assert_eq!(
-            state_dir_for(&source),
-            abs.parent()
-                .unwrap()
-                .join("dualwrite-state")
-                .join(format!("app.sqlite3-{hex}"))
-        );
-    }
 }

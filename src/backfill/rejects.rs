@@ -112,7 +112,9 @@ mod tests {
         );
         // A checkpoint that is a directory cannot be read.
         std::fs::create_dir(d.path().join("checkpoint.json")).unwrap();
-        let e = Checkpoints::open(d.path(), "src", false).err().unwrap();
+        let e = Checkpoints::open(&crate::state_file::StateDir::new(d.path()), "src", false)
+            .err()
+            .unwrap();
         let path = d.path().join("checkpoint.json");
         assert!(
             e.to_string().starts_with(&format!("{}: ", path.display())),

@@ -1,6 +1,5 @@
 //! `--restart` / `--reset`: forgetting recorded progress and emptying the target.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -9,7 +8,7 @@ use crate::catalogue::Table;
 use crate::db::SupabaseDatabase;
 use crate::error::{Error, Result};
 use crate::retry::{retry, retry_when, RetryPolicy};
-use crate::state_file;
+use crate::state_file::{self, StateDir};
 
 use super::landing::transient_but_not_split;
 use super::options::BackfillOptions;
@@ -24,8 +23,8 @@ pub const RESET_CHUNK: usize = 10_000;
 /// `--reset` calls this *before* it deletes anything: a run killed between
 /// the two then finds no checkpoint and copies every table again, where a
 /// checkpoint left behind would call the emptied tables "done".
-pub fn forget_progress(state_dir: &Path) -> Result<()> {
-    let checkpoint = state_dir.join("checkpoint.json");
+pub fn forget_progress(state_dir: &StateDir) -> Result<()> {
+    let checkpoint = state_dir.checkpoint();
     state_file::remove(&checkpoint).map_err(|e| match e {
         Error::Io { source, path } => Error::Io {
             source: std::io::Error::new(
@@ -36,13 +35,10 @@ pub fn forget_progress(state_dir: &Path) -> Result<()> {
         },
         other => other,
     })?;
-    let old = state_dir.join("rejects.ndjson");
+    let old = state_dir.rejects();
     if old.exists() {
-        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-        state_file::rename(
-            &old,
-            &state_dir.join(format!("rejects-before-reset-{stamp}.ndjson")),
-        )?;
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+        state_file::rename(&old, &state_dir.rejects_before_reset(&stamp))?;
     }
     Ok(())
 }

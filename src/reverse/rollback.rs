@@ -138,7 +138,7 @@ pub async fn check(
     let mut notes = Vec::new();
     let mut refused = Vec::new();
     let rejects = dead_letters.map_or_else(
-        || crate::serve::rejects_path(&crate::backfill::state_dir_for(db_path)),
+        || crate::state_file::StateDir::of_source(db_path).reverse_rejects(),
         std::path::Path::to_owned,
     );
     let mut dead_letters = cutover::read_records(

@@ -105,11 +105,8 @@ impl Forward {
         let (setup, reader) = tokio::join!(setup, SqliteDatabase::open_read_only(&db));
         let (conn, versions, backlog) = setup?;
         let reader = reader?;
-        let rejects = Arc::new(RejectLog::open(
-            opts.state_dir.join("rejects.ndjson"),
-            true,
-        )?);
-        let coerced = Arc::new(CoercedLog::new(opts.state_dir.join("coerced.ndjson")));
+        let rejects = Arc::new(RejectLog::open(opts.state_dir.rejects(), true)?);
+        let coerced = Arc::new(CoercedLog::new(opts.state_dir.coerced()));
         Ok(Forward {
             target: Arc::new(SupabaseDatabase::new(rest)),
             conn: Arc::new(Mutex::new(conn)),

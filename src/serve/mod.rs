@@ -28,7 +28,6 @@ mod reverse;
 mod stats;
 mod status;
 
-pub use reverse::rejects_path;
 pub use stats::{failure_kind, read_status_file, status_file_path, Backlog, Stats, StatusFile};
 pub use status::{status, status_reverse, Status};
 
@@ -45,6 +44,7 @@ use crate::direction::Direction;
 use crate::error::{Error, Result};
 use crate::normalise::UnrepresentablePolicy;
 use crate::rest::RestClient;
+use crate::state_file::StateDir;
 use pipeline::Side;
 use stats::{write_status, Signals};
 
@@ -56,7 +56,7 @@ pub struct ServeOptions {
     pub db_path: PathBuf,
     /// Where the dead letters (`rejects.ndjson`, `reverse-rejects.ndjson`)
     /// and `coerced.ndjson` are written.
-    pub state_dir: PathBuf,
+    pub state_dir: StateDir,
     /// Where `/health`, `/ready`, `/metrics` and `/status` are served (`None`: nowhere).
     pub listen: Option<SocketAddr>,
     /// Serve them on an address that is not loopback: anyone who reaches it
@@ -89,7 +89,7 @@ pub struct ServeOptions {
 
 impl ServeOptions {
     /// The defaults of `direction`: the only place they are written.
-    pub fn new(direction: Direction, db_path: PathBuf, state_dir: PathBuf) -> ServeOptions {
+    pub fn new(direction: Direction, db_path: PathBuf, state_dir: StateDir) -> ServeOptions {
         let forward = direction == Direction::Forward;
         ServeOptions {
             direction,

@@ -20,7 +20,6 @@
 //! is still found at its head), so a second claim would read the first again.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
@@ -39,12 +38,6 @@ use crate::normalise::from_supabase_owned;
 use crate::rest::RestClient;
 use crate::reverse::apply::{self, TableBatch};
 use crate::reverse::capture as rc;
-
-/// The reverse direction's dead letters in a state directory: beside the
-/// forward `rejects.ndjson`, in the same format.
-pub fn rejects_path(state_dir: &Path) -> std::path::PathBuf {
-    state_dir.join("reverse-rejects.ndjson")
-}
 
 /// One entry of the change log.
 #[derive(Debug, Clone, Deserialize)]
@@ -90,7 +83,7 @@ impl Reverse {
             Ok(c)
         })
         .await?;
-        let rejects = Arc::new(RejectLog::open(rejects_path(&opts.state_dir), true)?);
+        let rejects = Arc::new(RejectLog::open(opts.state_dir.reverse_rejects(), true)?);
         Ok(Reverse {
             opts: opts.clone(),
             source: SupabaseDatabase::new(rest.clone()),

@@ -17,7 +17,13 @@ fn load_defaults() -> BackfillOptions {
 /// A `serve` option's help, with its default in each direction: the
 /// library's ([`ServeOptions::new`]), the one place they are written.
 fn per_direction(what: &str, default: impl Fn(&ServeOptions) -> String) -> String {
-    let of = |d| default(&ServeOptions::new(d, PathBuf::new(), PathBuf::new()));
+    let of = |d| {
+        default(&ServeOptions::new(
+            d,
+            PathBuf::new(),
+            dualwrite::state_file::StateDir::new(""),
+        ))
+    };
     format!(
         "{what} [default: forward {}, reverse {}]",
         of(Direction::Forward),
@@ -262,7 +268,7 @@ impl ServeArgs {
         &self,
         direction: Direction,
         db: PathBuf,
-        state_dir: PathBuf,
+        state_dir: dualwrite::state_file::StateDir,
         configured: dualwrite::normalise::UnrepresentablePolicy,
     ) -> dualwrite::Result<ServeOptions> {
         use std::time::Duration;

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use dualwrite::config::{Settings, Sources};
 use dualwrite::normalise::UnrepresentablePolicy;
+use dualwrite::state_file::StateDir;
 use dualwrite::Error;
 
 use crate::args::Cli;
@@ -20,6 +21,11 @@ pub fn policy(flag: Option<&str>, s: &Settings) -> Result<UnrepresentablePolicy>
         Some(p) => p.parse()?,
         None => s.unrepresentable,
     })
+}
+
+/// `--state-dir` if given, else the source file's default state directory.
+pub fn state_dir_of(given: Option<&std::path::Path>, source: &std::path::Path) -> StateDir {
+    given.map_or_else(|| StateDir::of_source(source), StateDir::new)
 }
 
 /// The one confirmation prompt of every command: `--yes`, or on a terminal a

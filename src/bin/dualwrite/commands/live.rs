@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use dualwrite::direction::{resolve, Direction};
-use dualwrite::{backfill, capture, serve};
+use dualwrite::{capture, serve};
 
 use crate::args::{CaptureCommand, Cli, Command};
-use crate::shell::{policy, print_json, settings};
+use crate::shell::{policy, print_json, settings, state_dir_of};
 
 /// `capture`, `serve` and `status`: the live migration of a running DoX app.
 pub async fn live(cli: &Cli) -> Result<ExitCode> {
@@ -55,17 +55,15 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
             state_dir,
         } => {
             let (direction, _) = resolve(direction.as_deref(), &s)?;
-            let dir = state_dir
-                .clone()
-                .unwrap_or_else(|| backfill::state_dir_for(&db));
+            let dir = state_dir_of(state_dir.as_deref(), &db);
             let st = match direction {
                 Direction::Forward => {
-                    let rejects = dir.join("rejects.ndjson");
+                    let rejects = dir.rejects();
                     tokio::task::spawn_blocking(move || serve::status(&db, &rejects)).await??
                 }
                 Direction::Reverse => {
                     let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
-                    serve::status_reverse(&rest, &db, &serve::rejects_path(&dir)).await?
+                    serve::status_reverse(&rest, &db, &dir.reverse_rejects()).await?
                 }
             };
             if *json {
@@ -80,10 +78,7 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
         Command::Serve(a) => {
             let direction = serve_direction(a.direction.as_deref(), &s)?;
             let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
-            let state_dir = a
-                .state_dir
-                .clone()
-                .unwrap_or_else(|| backfill::state_dir_for(&db));
+            let state_dir = state_dir_of(a.state_dir.as_deref(), &db);
             let o = a.options(direction, db, state_dir, policy(None, &s)?)?;
             serve::run(rest, o, shutdown_signal()).await?;
         }

@@ -12,15 +12,11 @@ use dualwrite::error::NOT_CONFIRMED;
 use dualwrite::{catalogue, export, factory, Error};
 
 use crate::args::{Cli, LoadArgs};
-use crate::shell::{confirm, policy, print_json, settings};
+use crate::shell::{confirm, policy, print_json, settings, state_dir_of};
 
 impl LoadArgs {
     fn options(&self, source: &Path) -> Result<BackfillOptions> {
-        let state_dir = self
-            .state_dir
-            .clone()
-            .unwrap_or_else(|| backfill::state_dir_for(source));
-        let mut o = BackfillOptions::new(state_dir);
+        let mut o = BackfillOptions::new(state_dir_of(self.state_dir.as_deref(), source));
         o.tables = catalogue::tables_named(&self.tables)?;
         o.dry_run = self.dry_run;
         o.concurrency = self.concurrency.max(1);

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use dualwrite::backfill;
 use dualwrite::config::Settings;
 use dualwrite::db::{SqliteDatabase, SupabaseDatabase};
 use dualwrite::normalise::UnrepresentablePolicy;
+use dualwrite::state_file::StateDir;
 use dualwrite::{cutover, factory, verify};
 
 use crate::args::{Cli, CutoverCommand, VerifyArgs};
@@ -48,7 +48,7 @@ pub async fn cutover(cli: &Cli, c: &CutoverCommand) -> ExitCode {
         let path = from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
         let (source, target, key) = verify_sides(&s, &path).await?;
         // By default, where dual write and the backfill record them.
-        let default_rejects = || backfill::state_dir_for(&path).join("rejects.ndjson");
+        let default_rejects = || StateDir::of_source(&path).rejects();
         let mut opts = cutover::CutoverOptions::new(
             key,
             // The failure log of the file checked: the configured one,
@@ -126,7 +126,7 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     // A repair under `coerce` writes coerced rows, recording the originals where
     // the backfill of this source records them.
     let target = if opts.unrepresentable == UnrepresentablePolicy::Coerce {
-        let log = backfill::state_dir_for(&path).join("coerced.ndjson");
+        let log = StateDir::of_source(&path).coerced();
         target.with_unrepresentable(
             UnrepresentablePolicy::Coerce,
             Some(std::sync::Arc::new(dualwrite::coerced::CoercedLog::new(
