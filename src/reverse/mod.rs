@@ -3,9 +3,8 @@
 //! (the daemon is [`crate::serve`], both directions).
 //!
 //! [`capture`]: the change log on Supabase (triggers, switched through rpc);
-//! [`apply`]: writing rows read from Supabase into the file; [`rollback`]: the
-//! rollback check.
+//! [`rollback`]: the rollback check. Writing rows read from Supabase into the
+//! file is the file's own business: [`crate::db::sqlite::mirror`].
 
-pub mod apply;
 pub mod capture;
 pub mod rollback;

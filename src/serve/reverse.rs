@@ -14,7 +14,7 @@
 //!
 //! A crash anywhere before 4 leaves the changes in the log (they are applied
 //! again, idempotently). A row the file refuses for its data is set aside
-//! ([`crate::reverse::apply`]), written to `reverse-rejects.ndjson`, counted,
+//! ([`crate::db::sqlite::mirror`]), written to `reverse-rejects.ndjson`, counted,
 //! and its change acknowledged with the rest. One batch is out at a time: the
 //! log has no cursor (a transaction that took a lower seq but committed later
 //! is still found at its head), so a second claim would read the first again.
@@ -32,11 +32,11 @@ use super::ServeOptions;
 use crate::backfill::{Reject, RejectLog};
 use crate::capture;
 use crate::catalogue::{Table, TABLES};
+use crate::db::sqlite::mirror::{self as apply, TableBatch};
 use crate::db::SupabaseDatabase;
 use crate::error::{Error, Result};
 use crate::normalise::from_supabase_owned;
 use crate::rest::RestClient;
-use crate::reverse::apply::{self, TableBatch};
 use crate::reverse::capture as rc;
 
 /// One entry of the change log.

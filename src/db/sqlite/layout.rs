@@ -104,52 +104,56 @@ pub(super) fn table_columns(conn: &Connection, table: &str) -> Result<Option<Vec
 pub(super) fn build_layout(conn: &Connection) -> Result<Layout> {
     let mut tables = HashMap::new();
     for t in TABLES {
-        let Some(existing) = table_columns(conn, t.sqlite)? else {
-            continue;
-        };
-        let physical: Vec<Option<String>> = t
-            .columns
-            .iter()
-            .map(|c| {
-                if existing.iter().any(|e| e == c.sqlite) {
-                    return Some(c.sqlite.to_owned());
-                }
-                t.legacy_names
-                    .iter()
-                    .find(|(orm, legacy)| *orm == c.sqlite && existing.iter().any(|e| e == legacy))
-                    .map(|(_, legacy)| (*legacy).to_owned())
-            })
-            .collect();
-        let select_cols: Vec<String> = physical
-            .iter()
-            .map(|p| p.as_deref().map_or_else(|| "NULL".to_owned(), quote))
-            .collect();
-        let select = format!("SELECT {} FROM {}", select_cols.join(", "), quote(t.sqlite));
-        let upsert = physical.iter().all(Option::is_some).then(|| {
-            let cols: Vec<String> = physical.iter().flatten().map(|p| quote(p)).collect();
-            let marks = vec!["?"; cols.len()].join(", ");
-            let updates: Vec<String> = cols[1..]
-                .iter()
-                .map(|c| format!("{c} = excluded.{c}"))
-                .collect();
-            format!(
-                "INSERT INTO {} ({}) VALUES ({marks}) ON CONFLICT ({}) DO UPDATE SET {}",
-                quote(t.sqlite),
-                cols.join(", "),
-                cols[0],
-                updates.join(", ")
-            )
-        });
-        tables.insert(
-            t.sqlite,
-            TableLayout {
-                physical,
-                select,
-                upsert,
-            },
-        );
+        if let Some(l) = table_layout(conn, t)? {
+            tables.insert(t.sqlite, l);
+        }
     }
     Ok(Layout { tables })
+}
+
+/// Where `t`'s columns live in this file (`None`: the file lacks the table).
+pub(super) fn table_layout(conn: &Connection, t: &Table) -> Result<Option<TableLayout>> {
+    let Some(existing) = table_columns(conn, t.sqlite)? else {
+        return Ok(None);
+    };
+    let physical: Vec<Option<String>> = t
+        .columns
+        .iter()
+        .map(|c| {
+            if existing.iter().any(|e| e == c.sqlite) {
+                return Some(c.sqlite.to_owned());
+            }
+            t.legacy_names
+                .iter()
+                .find(|(orm, legacy)| *orm == c.sqlite && existing.iter().any(|e| e == legacy))
+                .map(|(_, legacy)| (*legacy).to_owned())
+        })
+        .collect();
+    let select_cols: Vec<String> = physical
+        .iter()
+        .map(|p| p.as_deref().map_or_else(|| "NULL".to_owned(), quote))
+        .collect();
+    let select = format!("SELECT {} FROM {}", select_cols.join(", "), quote(t.sqlite));
+    let upsert = physical.iter().all(Option::is_some).then(|| {
+        let cols: Vec<String> = physical.iter().flatten().map(|p| quote(p)).collect();
+        let marks = vec!["?"; cols.len()].join(", ");
+        let updates: Vec<String> = cols[1..]
+            .iter()
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        format!(
+            "INSERT INTO {} ({}) VALUES ({marks}) ON CONFLICT ({}) DO UPDATE SET {}",
+            quote(t.sqlite),
+            cols.join(", "),
+            cols[0],
+            updates.join(", ")
+        )
+    });
+    Ok(Some(TableLayout {
+        physical,
+        select,
+        upsert,
+    }))
 }
 
 pub(super) fn bootstrap(conn: &Connection) -> Result<()> {

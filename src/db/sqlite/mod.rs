@@ -29,6 +29,7 @@ use crate::model::{skill_row, Step, Write};
 use crate::normalise::{self, json_text, SqlRef, SqlRow, SqlValue};
 
 mod layout;
+pub mod mirror;
 mod scan;
 mod write;
 

@@ -1,7 +1,7 @@
 //! `verify --repair --direction reverse`: the SQLite file is the target.
 //! Rows are re-read from Supabase by key at the moment of the repair and
 //! written in DoX's own shape through the reverse mirror's write
-//! ([`crate::reverse::apply`]: the inverse normaliser, `BEGIN IMMEDIATE`, one
+//! ([`crate::db::sqlite::mirror`]: the inverse normaliser, `BEGIN IMMEDIATE`, one
 //! transaction per chunk). Supabase is only read.
 
 use std::collections::BTreeSet;
@@ -10,12 +10,12 @@ use serde_json::Value;
 
 use super::{RepairOptions, TablePlan, TableRepair};
 use crate::catalogue::Table;
+use crate::db::sqlite::mirror::{self as file, RowsApplied, TableBatch};
 use crate::db::supabase::UNREADABLE_JSON;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
 use crate::normalise;
 use crate::retry::{retry, RetryPolicy};
-use crate::reverse::apply::{self as file, RowsApplied, TableBatch};
 
 /// Whether a canonical Supabase row can be written in DoX's shape: every
 /// value passes the inverse normaliser, and no jsonb was unreadable.

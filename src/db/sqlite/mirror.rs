@@ -1,15 +1,18 @@
-//! Writing rows read from Supabase into the SQLite file, in DoX's own shape
-//! (the inverse of the normaliser, [`crate::normalise::to_dox`]), in one
-//! `BEGIN IMMEDIATE` transaction. Blocking: the daemon calls it from
-//! `spawn_blocking`. With `capture/` and `db/sqlite/`, the only module
-//! that touches rusqlite.
+//! The file as a mirror (the reverse direction, Supabase the primary): rows
+//! read from Supabase written in DoX's own shape (the inverse of the
+//! normaliser, [`crate::normalise::to_dox`]), in one `BEGIN IMMEDIATE`
+//! transaction, with the file's own column names ([`super::layout`]).
+//! Blocking: the daemon calls it from `spawn_blocking`, on the connection
+//! `capture::open_drainer` opened.
 
 use std::collections::HashMap;
 
-use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use serde_json::{Map, Value};
 
+use super::layout::{quote, table_layout};
+use super::scan::from_ref;
+use super::to_param;
 use crate::catalogue::Table;
 use crate::error::{Error, Result};
 use crate::normalise::{to_dox, SqlValue};
@@ -28,72 +31,6 @@ pub struct RowsApplied {
     pub written: u64,
     pub unchanged: u64,
     pub deleted: u64,
-}
-
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// A value bound in its own storage class (text that is not UTF-8 stays TEXT).
-struct Param<'a>(&'a SqlValue);
-
-impl rusqlite::ToSql for Param<'_> {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        use rusqlite::types::ToSqlOutput::Borrowed;
-        Ok(Borrowed(match self.0 {
-            SqlValue::Null => ValueRef::Null,
-            SqlValue::Integer(i) => ValueRef::Integer(*i),
-            SqlValue::Real(f) => ValueRef::Real(*f),
-            SqlValue::Text(s) => ValueRef::Text(s.as_bytes()),
-            SqlValue::BadText(b) => ValueRef::Text(b),
-            SqlValue::Blob(b) => ValueRef::Blob(b),
-        }))
-    }
-}
-
-fn owned(v: ValueRef<'_>) -> SqlValue {
-    match v {
-        ValueRef::Null => SqlValue::Null,
-        ValueRef::Integer(i) => SqlValue::Integer(i),
-        ValueRef::Real(f) => SqlValue::Real(f),
-        ValueRef::Text(b) => match std::str::from_utf8(b) {
-            Ok(s) => SqlValue::Text(s.to_owned()),
-            Err(_) => SqlValue::BadText(b.to_vec()),
-        },
-        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
-    }
-}
-
-/// The file's names for the table's columns (older files use legacy names).
-fn physical_columns(conn: &Connection, t: &Table) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare(&format!("PRAGMA table_info({})", quote(t.sqlite)))?;
-    let existing: Vec<String> = stmt
-        .query_map([], |r| r.get::<_, String>(1))?
-        .collect::<rusqlite::Result<_>>()?;
-    if existing.is_empty() {
-        return Err(Error::invalid(format!(
-            "the SQLite file has no table {}: it is not the DoX database Supabase was migrated from",
-            t.sqlite
-        )));
-    }
-    t.columns
-        .iter()
-        .map(|c| {
-            if existing.iter().any(|e| e == c.sqlite) {
-                return Ok(c.sqlite.to_owned());
-            }
-            t.legacy_names
-                .iter()
-                .find(|(orm, legacy)| *orm == c.sqlite && existing.iter().any(|e| e == legacy))
-                .map(|(_, legacy)| (*legacy).to_owned())
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "the SQLite table {} has no column {}",
-                        t.sqlite, c.sqlite
-                    ))
-                })
-        })
-        .collect()
 }
 
 /// [`apply`] on a connection of its own to the file at `path` (for callers
@@ -312,7 +249,7 @@ fn try_apply(
                     .and_then(|mut s| {
                         s.query_row([&k], |r| {
                             (0..st.width)
-                                .map(|c| r.get_ref(c).map(owned))
+                                .map(|c| r.get_ref(c).map(from_ref))
                                 .collect::<rusqlite::Result<Vec<_>>>()
                         })
                         .optional()
@@ -338,7 +275,7 @@ fn try_apply(
                 }
                 tx.prepare_cached(&st.upsert)
                     .and_then(|mut s| {
-                        s.execute(rusqlite::params_from_iter(values.iter().map(Param)))
+                        s.execute(rusqlite::params_from_iter(values.iter().map(to_param)))
                     })
                     .map_err(on_data)?;
                 applied.written += 1;
@@ -362,27 +299,31 @@ struct Statements {
 
 impl Statements {
     fn of(conn: &Connection, t: &Table) -> Result<Statements> {
-        let cols = physical_columns(conn, t)?;
-        let qcols: Vec<String> = cols.iter().map(|c| quote(c)).collect();
-        let key = &qcols[0];
-        let updates: Vec<String> = qcols[1..]
-            .iter()
-            .map(|c| format!("{c} = excluded.{c}"))
-            .collect();
+        let Some(l) = table_layout(conn, t)? else {
+            return Err(Error::invalid(format!(
+                "the SQLite file has no table {}: it is not the DoX database Supabase was migrated from",
+                t.sqlite
+            )));
+        };
+        let Some(upsert) = l.upsert else {
+            let missing: Vec<&str> = t
+                .columns
+                .iter()
+                .zip(&l.physical)
+                .filter(|(_, p)| p.is_none())
+                .map(|(c, _)| c.sqlite)
+                .collect();
+            return Err(Error::invalid(format!(
+                "the SQLite table {} has no column {}",
+                t.sqlite,
+                missing.join(", ")
+            )));
+        };
+        let key = quote(l.physical[0].as_deref().unwrap_or(t.key().sqlite));
         Ok(Statements {
-            width: cols.len(),
-            select: format!(
-                "SELECT {} FROM {} WHERE {key} = ?1",
-                qcols.join(", "),
-                quote(t.sqlite)
-            ),
-            upsert: format!(
-                "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({key}) DO UPDATE SET {}",
-                quote(t.sqlite),
-                qcols.join(", "),
-                vec!["?"; qcols.len()].join(", "),
-                updates.join(", ")
-            ),
+            width: t.columns.len(),
+            select: format!("{} WHERE {key} = ?1", l.select),
+            upsert,
             delete: format!("DELETE FROM {} WHERE {key} = ?1", quote(t.sqlite)),
         })
     }
