@@ -6,8 +6,10 @@
 //! 4. `.env`, then `.env.local`, then the process environment, with the exact
 //!    DoX variable names (`DB_BACKEND`, `DB_PATH`, `SUPABASE_URL`,
 //!    `SUPABASE_ANON_KEY`, `SUPABASE_SERVICE_KEY`, `SUPABASE_JWT_SECRET`,
-//!    `SUPABASE_SCHEMA`, `SUPABASE_DUAL_WRITE`, `SUPABASE_TIMEOUT`), plus
-//!    dualwrite's own `DUALWRITE_UNREPRESENTABLE`;
+//!    `SUPABASE_SCHEMA`, `SUPABASE_DUAL_WRITE`, `SUPABASE_TIMEOUT`), Supabase's
+//!    own name for the service key, `SUPABASE_SERVICE_ROLE_KEY` (DoX's
+//!    `SUPABASE_SERVICE_KEY` wins when both are set), plus dualwrite's own
+//!    `DUALWRITE_UNREPRESENTABLE` and `DUALWRITE_DRAIN`;
 //! 5. command-line flags.
 //!
 //! Everything is validated here into the types the code uses; an unknown key,
@@ -190,12 +192,15 @@ impl Sources {
     }
 }
 
-/// DoX environment variables and where they go.
-const ENV_KEYS: [(&str, &str); 11] = [
+/// DoX environment variables and where they go; a later one wins over an
+/// earlier one for the same key.
+const ENV_KEYS: [(&str, &str); 12] = [
     ("DB_BACKEND", "db_backend"),
     ("DB_PATH", "db_path"),
     ("SUPABASE_URL", "supabase.url"),
     ("SUPABASE_ANON_KEY", "supabase.anon_key"),
+    // Supabase's own name (its CLI and documents); DoX's, next, wins.
+    ("SUPABASE_SERVICE_ROLE_KEY", "supabase.service_key"),
     ("SUPABASE_SERVICE_KEY", "supabase.service_key"),
     ("SUPABASE_JWT_SECRET", "supabase.jwt_secret"),
     ("SUPABASE_SCHEMA", "supabase.schema"),
@@ -459,7 +464,10 @@ impl Settings {
             .clone()
             .or_else(|| s.anon_key.clone())
             .ok_or_else(|| {
-                Error::config("no Supabase key: set SUPABASE_SERVICE_KEY (or SUPABASE_ANON_KEY)")
+                Error::config(
+                    "no Supabase key: set SUPABASE_SERVICE_KEY (or SUPABASE_SERVICE_ROLE_KEY, \
+                     or SUPABASE_ANON_KEY)",
+                )
             })?;
         Ok(RestConfig {
             url,
@@ -474,7 +482,7 @@ impl Settings {
     /// Which key a Supabase client will use, for reports (never the key itself).
     pub fn key_role(&self) -> &'static str {
         if self.supabase.service_key.is_some() {
-            "service key (SUPABASE_SERVICE_KEY)"
+            "service key (SUPABASE_SERVICE_KEY or SUPABASE_SERVICE_ROLE_KEY)"
         } else if self.supabase.anon_key.is_some() {
             "anon key (SUPABASE_ANON_KEY): RLS limits what it sees"
         } else {
@@ -554,6 +562,31 @@ mod tests {
         assert_eq!(st.db_path, PathBuf::from("db.sqlite3"));
         assert_eq!(st.supabase.schema, "public");
         assert_eq!(st.supabase.timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn supabases_name_for_the_service_key_is_read_and_doxs_wins() {
+        let (_d, s) = sources(&[("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_role")]);
+        let st = Settings::load(&s).unwrap();
+        assert_eq!(
+            st.supabase
+                .service_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned()),
+            Some("sb_secret_role".to_owned())
+        );
+        let (_d, s) = sources(&[
+            ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_role"),
+            ("SUPABASE_SERVICE_KEY", "sb_secret_dox"),
+        ]);
+        let st = Settings::load(&s).unwrap();
+        assert_eq!(
+            st.supabase
+                .service_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned()),
+            Some("sb_secret_dox".to_owned())
+        );
     }
 
     #[test]

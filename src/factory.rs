@@ -38,7 +38,7 @@ pub async fn check(rest: &RestClient) -> Result<()> {
         Ok(()) => Ok(()),
         Err(Error::Rest { status: 401, .. }) | Err(Error::Rest { status: 403, .. }) => {
             Err(Error::config(format!(
-                "Supabase at {} rejected the API key (HTTP 401/403): check SUPABASE_SERVICE_KEY / SUPABASE_ANON_KEY",
+                "Supabase at {} rejected the API key (HTTP 401/403): check SUPABASE_SERVICE_KEY (or SUPABASE_SERVICE_ROLE_KEY) / SUPABASE_ANON_KEY",
                 rest.url()
             )))
         }

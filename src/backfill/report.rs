@@ -32,6 +32,8 @@ pub struct BackfillReport {
     /// Whether this run continued an interrupted one.
     pub resumed: bool,
     pub tables: Vec<TableCopy>,
+    /// DoX tables the source lacks (copied as empty: `--allow-missing-tables`).
+    pub missing_tables: Vec<String>,
     pub rows_read: u64,
     pub rows_written: u64,
     pub rows_rejected: u64,
@@ -84,6 +86,12 @@ impl BackfillReport {
                     s.push_str(&format!("lossy conversion: {}.{col}: {k} x{n}\n", t.table));
                 }
             }
+        }
+        if !self.missing_tables.is_empty() {
+            s.push_str(&format!(
+                "the source has no table {} (--allow-missing-tables): nothing was copied for it\n",
+                self.missing_tables.join(", ")
+            ));
         }
         if self.rows_rejected > 0 {
             s.push_str(&format!(

@@ -157,6 +157,19 @@ pub fn open_ro(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// The DoX tables a file lacks, read without changing it. An error naming the
+/// problem when it is no file, not a SQLite database, or holds none of the
+/// DoX tables (what every command that reads a DoX file refuses).
+pub fn missing_tables(path: &Path) -> Result<Vec<&'static Table>> {
+    let conn = open_ro(path)?;
+    let present = dox_tables(&conn)?;
+    Ok(TABLES
+        .iter()
+        .copied()
+        .filter(|t| !present.iter().any(|p| p.sqlite == t.sqlite))
+        .collect())
+}
+
 /// The catalogue tables this file has (real tables, not views or virtual tables).
 fn dox_tables(conn: &Connection) -> Result<Vec<&'static Table>> {
     let mut out = Vec::new();

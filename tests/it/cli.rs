@@ -185,7 +185,9 @@ fn check_says_what_is_wrong_with_supabase() {
     needs_stack!();
     let dir = tempfile::tempdir().unwrap();
     let dual = ("SUPABASE_DUAL_WRITE", "true");
+    // A failed check exits 1, its report still on stdout.
     let o = dualwrite(dir.path(), &[dual, ("SUPABASE_URL", "")], &["check"]);
+    assert_eq!(o.status.code(), Some(1));
     let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(r["active"], "sqlite");
     assert_eq!(r["dual_write"], false);
@@ -209,18 +211,21 @@ fn check_says_what_is_wrong_with_supabase() {
     );
 
     let o = dualwrite(dir.path(), &[dual], &["check"]);
+    assert_eq!(o.status.code(), Some(0));
     let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(
         r,
         json!({"configured": "sqlite", "active": "dual:sqlite+supabase", "dual_write": true, "supabase_error": null})
     );
 
-    // Merely unreachable: dual write stays on, failures are recorded for replay.
+    // Merely unreachable: dual write stays on, failures are recorded for
+    // replay; the check still failed.
     let o = dualwrite(
         dir.path(),
         &[dual, ("SUPABASE_URL", "http://127.0.0.1:9")],
         &["check"],
     );
+    assert_eq!(o.status.code(), Some(1));
     let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(r["active"], "dual:sqlite+supabase");
     assert!(
@@ -499,4 +504,85 @@ fn a_table_that_is_not_copied_is_an_error_listing_the_valid_names() {
             "{cmd}: nothing was written"
         );
     }
+}
+
+/// Every command that reads a DoX file refuses one that is not (exit 2, the
+/// message `capture install` gives), and one that lacks DoX tables unless
+/// `--allow-missing-tables`, which then names them in the report. Nothing is
+/// written to Supabase meanwhile (the private database stays empty).
+#[tokio::test]
+async fn a_file_that_is_not_doxs_or_lacks_tables_is_refused() {
+    needs_stack!();
+    let pg = crate::harness::PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.sqlite3");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT); INSERT INTO notes VALUES ('n', 'b');")
+        .unwrap();
+    let env = [
+        ("SUPABASE_URL", pg.url.as_str()),
+        ("SUPABASE_SERVICE_KEY", &pg.service_key()),
+    ];
+    let path = other.display().to_string();
+    let out = dir.path().join("export").display().to_string();
+    for args in [
+        vec!["backfill", "--from-sqlite", &path],
+        vec!["verify", "--counts-only", "--from-sqlite", &path],
+        vec!["export", "--from-sqlite", &path, "--out", &out],
+    ] {
+        let o = dualwrite(dir.path(), &env, &args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("is not a DoX database: it has none of the DoX tables"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    // A DoX file without fact and evidence.
+    let partial = dir.path().join("partial.sqlite3");
+    drop(
+        dualwrite::db::SqliteDatabase::open(&partial, dualwrite::db::SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    rusqlite::Connection::open(&partial)
+        .unwrap()
+        .execute_batch("DROP TABLE fact; DROP TABLE evidence;")
+        .unwrap();
+    let path = partial.display().to_string();
+    let o = dualwrite(dir.path(), &env, &["backfill", "--from-sqlite", &path]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("lacks the DoX table(s) fact, evidence")
+            && stderr(&o).contains("--allow-missing-tables"),
+        "{}",
+        stderr(&o)
+    );
+    let o = dualwrite(
+        dir.path(),
+        &env,
+        &[
+            "backfill",
+            "--from-sqlite",
+            &path,
+            "--allow-missing-tables",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["missing_tables"], json!(["fact", "evidence"]), "{r}");
+    let o = dualwrite(
+        dir.path(),
+        &env,
+        &[
+            "verify",
+            "--counts-only",
+            "--from-sqlite",
+            &path,
+            "--allow-missing-tables",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
 }

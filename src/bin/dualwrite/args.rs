@@ -61,7 +61,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the resolved configuration, secrets redacted.
     Config,
-    /// Open the configured backend and print the init report.
+    /// Open the configured backend and print the init report (exit 1 when Supabase,
+    /// asked for, is not usable: the report says why).
     Check,
     /// Apply one DoX write or read through the configured backend; print the result as JSON.
     Call {
@@ -98,6 +99,9 @@ pub enum Command {
         /// zstd-compress the table files.
         #[arg(long)]
         compress: bool,
+        /// Go on when the source lacks some DoX tables; refused by default.
+        #[arg(long)]
+        allow_missing_tables: bool,
         /// Only these tables (comma-separated SQLite or Supabase names).
         #[arg(long, value_delimiter = ',')]
         tables: Vec<String>,
@@ -326,6 +330,9 @@ pub struct VerifyArgs {
     /// The SQLite file (default: DB_PATH). Opened read-only.
     #[arg(long, value_name = "PATH")]
     pub from_sqlite: Option<PathBuf>,
+    /// Go on when the file lacks some DoX tables; refused by default.
+    #[arg(long)]
+    pub allow_missing_tables: bool,
     /// Only these tables (SQLite or Supabase names).
     #[arg(long, value_name = "A,B", value_delimiter = ',')]
     pub tables: Vec<String>,
@@ -435,6 +442,10 @@ pub struct LoadArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Go on when the source lacks some DoX tables (they are named in the report);
+    /// refused by default.
+    #[arg(long)]
+    pub allow_missing_tables: bool,
     /// Values Supabase cannot hold (NUL, invalid UTF-8, \u0000 in JSON, text in an
     /// integer column): reject the row, or coerce the value and record the original in
     /// coerced.ndjson beside rejects.ndjson

@@ -57,6 +57,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             from_sqlite,
             out,
             compress,
+            allow_missing_tables,
             tables,
             unrepresentable,
         } => {
@@ -64,7 +65,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 &cli,
                 from_sqlite,
                 out,
-                *compress,
+                (*compress, *allow_missing_tables),
                 tables,
                 unrepresentable.as_deref(),
             )

@@ -23,6 +23,35 @@ pub fn policy(flag: Option<&str>, s: &Settings) -> Result<UnrepresentablePolicy>
     })
 }
 
+/// A DoX file to read: refused (exit 2) when it is not one (no file, not a
+/// SQLite database, none of the DoX tables), or when it lacks DoX tables and
+/// `allow_missing` is not given (`--allow-missing-tables`), in which case the
+/// missing tables are named on stderr and returned.
+pub async fn dox_source(path: &std::path::Path, allow_missing: bool) -> Result<Vec<String>> {
+    let p = path.to_path_buf();
+    let missing =
+        tokio::task::spawn_blocking(move || dualwrite::capture::missing_tables(&p)).await??;
+    let names: Vec<String> = missing.iter().map(|t| t.sqlite.to_owned()).collect();
+    if names.is_empty() {
+        return Ok(names);
+    }
+    if !allow_missing {
+        return Err(Error::invalid(format!(
+            "{} lacks the DoX table(s) {}: is it the file DoX writes? \
+             Pass --allow-missing-tables to go on without them",
+            path.display(),
+            names.join(", ")
+        ))
+        .into());
+    }
+    eprintln!(
+        "warning: {} lacks the DoX table(s) {}: going on without them (--allow-missing-tables)",
+        path.display(),
+        names.join(", ")
+    );
+    Ok(names)
+}
+
 /// `--state-dir` if given, else the source file's default state directory.
 pub fn state_dir_of(given: Option<&std::path::Path>, source: &std::path::Path) -> StateDir {
     given.map_or_else(|| StateDir::of_source(source), StateDir::new)

@@ -20,11 +20,17 @@ pub fn config(cli: &Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `check`: open the configured backend and print the init report.
+/// `check`: open the configured backend and print the init report; exit 1
+/// when a check failed (Supabase asked for and not usable), with the report
+/// still on stdout for a script to read.
 pub async fn check(cli: &Cli) -> Result<ExitCode> {
     let s = settings(cli)?;
     let (_db, report) = factory::open(&s).await?;
     print_json(&serde_json::to_value(&report)?);
+    if let Some(e) = &report.supabase_error {
+        eprintln!("error: Supabase: {e}");
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,7 +12,7 @@ use dualwrite::error::NOT_CONFIRMED;
 use dualwrite::{catalogue, export, factory, Error};
 
 use crate::args::{Cli, LoadArgs};
-use crate::shell::{confirm, policy, print_json, settings, state_dir_of};
+use crate::shell::{confirm, dox_source, policy, print_json, settings, state_dir_of};
 
 impl LoadArgs {
     fn options(&self, source: &Path) -> Result<BackfillOptions> {
@@ -40,12 +40,18 @@ async fn load(
     cli: &Cli,
     args: &LoadArgs,
     source: &Path,
+    from_sqlite: bool,
     run: impl AsyncFnOnce(
         &dualwrite::db::SupabaseDatabase,
         &BackfillOptions,
     ) -> dualwrite::Result<BackfillReport>,
 ) -> Result<ExitCode> {
     let mut opts = args.options(source)?;
+    let missing_tables = if from_sqlite {
+        dox_source(source, args.allow_missing_tables).await?
+    } else {
+        Vec::new()
+    };
     let s = settings(cli)?;
     opts.unrepresentable = policy(args.unrepresentable.as_deref(), &s)?;
     let target = factory::connect_supabase(&s).await?;
@@ -65,7 +71,8 @@ async fn load(
         }
     }
     backfill::prepare(&target, &opts, start).await?;
-    let report = run(&target, &opts).await?;
+    let mut report = run(&target, &opts).await?;
+    report.missing_tables = missing_tables;
     if args.json {
         print_json(&serde_json::to_value(&report)?);
     } else {
@@ -80,7 +87,7 @@ async fn load(
 
 /// `backfill`: copy every table of a SQLite file into Supabase.
 pub async fn backfill(cli: &Cli, from_sqlite: &Path, args: &LoadArgs) -> Result<ExitCode> {
-    load(cli, args, from_sqlite, async |t, o| {
+    load(cli, args, from_sqlite, true, async |t, o| {
         backfill::run(from_sqlite, t, o).await
     })
     .await
@@ -88,7 +95,10 @@ pub async fn backfill(cli: &Cli, from_sqlite: &Path, args: &LoadArgs) -> Result<
 
 /// `import`: load an export directory into Supabase.
 pub async fn import(cli: &Cli, dir: &Path, args: &LoadArgs) -> Result<ExitCode> {
-    load(cli, args, dir, async |t, o| export::import(dir, t, o).await).await
+    load(cli, args, dir, false, async |t, o| {
+        export::import(dir, t, o).await
+    })
+    .await
 }
 
 /// `export`: every table as NDJSON with a manifest; exit 3 when rows were rejected.
@@ -96,15 +106,16 @@ pub async fn export(
     cli: &Cli,
     from_sqlite: &Path,
     out: &Path,
-    compress: bool,
+    (compress, allow_missing_tables): (bool, bool),
     names: &[String],
     unrepresentable: Option<&str>,
 ) -> Result<ExitCode> {
+    let tables = catalogue::tables_named(names)?;
+    dox_source(from_sqlite, allow_missing_tables).await?;
     let p = match unrepresentable {
         Some(p) => p.parse()?,
         None => settings(cli)?.unrepresentable,
     };
-    let tables = catalogue::tables_named(names)?;
     let m = export::export_with(from_sqlite, out, &tables, compress, p).await?;
     print_json(&serde_json::to_value(&m)?);
     if m.rejected_rows > 0 {

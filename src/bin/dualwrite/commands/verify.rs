@@ -14,7 +14,7 @@ use dualwrite::state_file::StateDir;
 use dualwrite::{cutover, factory, verify};
 
 use crate::args::{Cli, CutoverCommand, VerifyArgs};
-use crate::shell::{cannot_run, confirm, policy, print_json, settings};
+use crate::shell::{cannot_run, confirm, dox_source, policy, print_json, settings};
 
 /// `cutover check`: READY or NOT READY.
 pub async fn cutover(cli: &Cli, c: &CutoverCommand) -> ExitCode {
@@ -31,7 +31,7 @@ pub async fn cutover(cli: &Cli, c: &CutoverCommand) -> ExitCode {
         let check = async {
             let s = settings(cli)?;
             let path = from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
-            let (lite, supa, key) = verify_sides(&s, &path).await?;
+            let (lite, supa, key) = verify_sides(&s, &path, false).await?;
             let r =
                 dualwrite::reverse::rollback::check(&path, &lite, &supa, key, rejects.as_deref())
                     .await?;
@@ -46,7 +46,7 @@ pub async fn cutover(cli: &Cli, c: &CutoverCommand) -> ExitCode {
     let check = async {
         let s = settings(cli)?;
         let path = from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
-        let (source, target, key) = verify_sides(&s, &path).await?;
+        let (source, target, key) = verify_sides(&s, &path, false).await?;
         // By default, where dual write and the backfill record them.
         let default_rejects = || StateDir::of_source(&path).rejects();
         let mut opts = cutover::CutoverOptions::new(
@@ -84,7 +84,9 @@ pub async fn verify(cli: &Cli, a: &VerifyArgs) -> ExitCode {
 async fn verify_sides(
     s: &Settings,
     path: &Path,
+    allow_missing_tables: bool,
 ) -> Result<(SqliteDatabase, SupabaseDatabase, verify::KeyInfo)> {
+    dox_source(path, allow_missing_tables).await?;
     let source = SqliteDatabase::open_read_only(path).await?;
     let target = factory::connect_supabase(s).await?;
     let key = verify::KeyInfo::from_settings(s).context("no Supabase key is configured")?;
@@ -116,7 +118,7 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
         .transpose()?;
     let s = settings(cli)?;
     let path = a.from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
-    let (source, target, key) = verify_sides(&s, &path).await?;
+    let (source, target, key) = verify_sides(&s, &path, a.allow_missing_tables).await?;
     let mut opts = verify::VerifyOptions::new(key);
     if let Some(tables) = tables {
         opts.tables = tables;
