@@ -77,7 +77,7 @@ async fn ceiling(
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap();
-    let url = env["SUPABASE_URL"].clone();
+    let url = format!("{}/rest/v1", env["SUPABASE_URL"]);
     let key = env["SUPABASE_SERVICE_KEY"].clone();
     let started = Instant::now();
     let mut rows = 0;

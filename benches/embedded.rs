@@ -90,7 +90,7 @@ async fn main() {
     let alone = measure(&lite, &format!("{run}a"), n).await;
 
     let rest = RestClient::new(&RestConfig {
-        url: env["SUPABASE_URL"].clone(),
+        url: format!("{}/rest/v1", env["SUPABASE_URL"]),
         key: SecretString::from(env["SUPABASE_SERVICE_KEY"].clone()),
         user_jwt: None,
         schema: "public".into(),

@@ -187,7 +187,7 @@ async fn main() {
         .env_clear()
         .env("RUST_LOG", "warn")
         .env("DB_PATH", &file)
-        .env("SUPABASE_URL", &url)
+        .env("DUALWRITE_REST_URL", &url)
         .env("SUPABASE_SERVICE_KEY", &service_key)
         .current_dir(dir.path())
         .args([

@@ -131,7 +131,7 @@ async fn main() {
     assert_eq!(code, 0, "{full}");
 
     let rest = RestClient::new(&RestConfig {
-        url: env["SUPABASE_URL"].clone(),
+        url: format!("{}/rest/v1", env["SUPABASE_URL"]),
         key: SecretString::from(env["SUPABASE_SERVICE_KEY"].clone()),
         user_jwt: None,
         schema: "public".into(),

@@ -52,7 +52,7 @@ cmd_up() {
   nginx_up
   # Written last: `env` treats its presence as "this stack was set up completely once".
   save_ports
-  log "up: API http://127.0.0.1:$API_PORT/rest/v1 | PostgREST http://127.0.0.1:$PGRST_PORT | postgres 127.0.0.1:$PG_PORT"
+  log "up: project URL http://127.0.0.1:$API_PORT (API at /rest/v1) | PostgREST http://127.0.0.1:$PGRST_PORT | postgres 127.0.0.1:$PG_PORT"
   log "for the tests: eval \"\$(scripts/stack.sh env)\""
 }
 
@@ -76,7 +76,7 @@ cmd_status() {
   else
     state=down; ok=1
   fi
-  printf '%-10s %-5s http://127.0.0.1:%s/rest/v1\n' nginx "$state" "$API_PORT"
+  printf '%-10s %-5s http://127.0.0.1:%s (project URL; API at /rest/v1)\n' nginx "$state" "$API_PORT"
   return "$ok"
 }
 
@@ -87,7 +87,7 @@ cmd_env() {
   load_ports other
   load_secrets
   local -a vars=(
-    SUPABASE_URL "http://127.0.0.1:$API_PORT/rest/v1"
+    SUPABASE_URL "http://127.0.0.1:$API_PORT"
     SUPABASE_ANON_KEY "$ANON_KEY"
     SUPABASE_SERVICE_KEY "$SERVICE_ROLE_KEY"
     SUPABASE_PUBLISHABLE_KEY "$PUBLISHABLE_KEY"

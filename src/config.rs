@@ -9,7 +9,7 @@
 //!    `SUPABASE_SCHEMA`, `SUPABASE_DUAL_WRITE`, `SUPABASE_TIMEOUT`), Supabase's
 //!    own name for the service key, `SUPABASE_SERVICE_ROLE_KEY` (DoX's
 //!    `SUPABASE_SERVICE_KEY` wins when both are set), plus dualwrite's own
-//!    `DUALWRITE_UNREPRESENTABLE` and `DUALWRITE_DRAIN`;
+//!    `DUALWRITE_UNREPRESENTABLE`, `DUALWRITE_DRAIN` and `DUALWRITE_REST_URL`;
 //! 5. command-line flags.
 //!
 //! Everything is validated here into the types the code uses; an unknown key,
@@ -49,9 +49,17 @@ impl BackendKind {
 
 #[derive(Debug, Clone)]
 pub struct SupabaseSettings {
+    /// The project URL (`SUPABASE_URL`, e.g. `https://<ref>.supabase.co`), as
+    /// every Supabase client takes it; the REST API is under `/rest/v1`.
     pub url: Option<String>,
+    /// A PostgREST endpoint used as given (`DUALWRITE_REST_URL`), for a
+    /// PostgREST not behind Supabase's gateway; wins over `url`.
+    pub rest_url: Option<String>,
     pub anon_key: Option<SecretString>,
     pub service_key: Option<SecretString>,
+    /// Where the service key came from (`SUPABASE_SERVICE_KEY`,
+    /// `SUPABASE_SERVICE_ROLE_KEY` or the config file), for reports.
+    pub service_key_source: &'static str,
     pub jwt_secret: Option<SecretString>,
     pub schema: String,
     /// Per-request timeout (`SUPABASE_TIMEOUT`, seconds).
@@ -87,6 +95,8 @@ pub struct Settings {
     pub coerced_log: PathBuf,
     /// Who drains the change log when capture is installed (`dual.drain`).
     pub drain: DrainMode,
+    /// The `serve` daemon's options below its flags (`[serve]`).
+    pub serve: ServeSettings,
 }
 
 /// `dual.drain` (`DUALWRITE_DRAIN`): with change capture installed, the dual
@@ -135,12 +145,14 @@ struct Raw {
     supabase: RawSupabase,
     sqlite: RawSqlite,
     dual: RawDual,
+    serve: RawServe,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSupabase {
     url: String,
+    rest_url: String,
     anon_key: String,
     service_key: String,
     jwt_secret: String,
@@ -169,6 +181,70 @@ struct RawDual {
     drain: String,
 }
 
+/// `[serve]`: an absent number is the direction's default ([`crate::serve::ServeOptions::new`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServe {
+    listen: String,
+    listen_public: bool,
+    batch_rows: Option<u64>,
+    request_rows: Option<u64>,
+    concurrency: Option<u64>,
+    max_lag_secs: Option<f64>,
+    poll_ms: Option<u64>,
+    max_wait_secs: Option<f64>,
+    check_secs: Option<f64>,
+    repair_triggers: bool,
+    state_dir: String,
+}
+
+/// The `serve` daemon's settings (`[serve]`, `DUALWRITE_SERVE_*`), below its
+/// flags. `None` is the direction's default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeSettings {
+    /// Where `/health`, `/ready`, `/metrics` and `/status` are served (`None`: nowhere).
+    pub listen: Option<std::net::SocketAddr>,
+    pub listen_public: bool,
+    pub batch_rows: Option<usize>,
+    pub request_rows: Option<usize>,
+    pub concurrency: Option<usize>,
+    pub max_lag: Option<Duration>,
+    pub poll: Option<Duration>,
+    pub max_wait: Option<Duration>,
+    pub check_every: Option<Duration>,
+    pub repair_triggers: bool,
+    pub state_dir: Option<PathBuf>,
+}
+
+impl ServeSettings {
+    fn validate(raw: RawServe, db_dir: &Path) -> Result<ServeSettings> {
+        let listen = match raw.listen.trim() {
+            "" | "none" => None,
+            a => Some(a.parse().map_err(|e| {
+                Error::config(format!(
+                    "serve.listen (DUALWRITE_SERVE_LISTEN) = `{a}` is not an address such as \
+                     127.0.0.1:8787 (or none): {e}"
+                ))
+            })?),
+        };
+        let count = |n: Option<u64>| n.map(|n| usize::try_from(n.max(1)).unwrap_or(usize::MAX));
+        let dur = |name: &str, v: Option<f64>| v.map(|v| secs(name, v)).transpose();
+        Ok(ServeSettings {
+            listen,
+            listen_public: raw.listen_public,
+            batch_rows: count(raw.batch_rows),
+            request_rows: count(raw.request_rows),
+            concurrency: count(raw.concurrency),
+            max_lag: dur("serve.max_lag_secs", raw.max_lag_secs)?,
+            poll: raw.poll_ms.map(|ms| Duration::from_millis(ms.max(1))),
+            max_wait: dur("serve.max_wait_secs", raw.max_wait_secs)?,
+            check_every: dur("serve.check_secs", raw.check_secs)?,
+            repair_triggers: raw.repair_triggers,
+            state_dir: non_empty(raw.state_dir).map(|d| db_dir.join(d)),
+        })
+    }
+}
+
 /// Where settings come from. `env` is the process environment (injectable for tests).
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
@@ -194,7 +270,7 @@ impl Sources {
 
 /// DoX environment variables and where they go; a later one wins over an
 /// earlier one for the same key.
-const ENV_KEYS: [(&str, &str); 12] = [
+const ENV_KEYS: &[(&str, &str)] = &[
     ("DB_BACKEND", "db_backend"),
     ("DB_PATH", "db_path"),
     ("SUPABASE_URL", "supabase.url"),
@@ -209,7 +285,64 @@ const ENV_KEYS: [(&str, &str); 12] = [
     // Not a DoX variable: dualwrite's own.
     ("DUALWRITE_UNREPRESENTABLE", "dual.unrepresentable"),
     ("DUALWRITE_DRAIN", "dual.drain"),
+    ("DUALWRITE_REST_URL", "supabase.rest_url"),
+    ("DUALWRITE_SERVE_LISTEN", "serve.listen"),
+    ("DUALWRITE_SERVE_LISTEN_PUBLIC", "serve.listen_public"),
+    ("DUALWRITE_SERVE_BATCH_ROWS", "serve.batch_rows"),
+    ("DUALWRITE_SERVE_REQUEST_ROWS", "serve.request_rows"),
+    ("DUALWRITE_SERVE_CONCURRENCY", "serve.concurrency"),
+    ("DUALWRITE_SERVE_MAX_LAG_SECS", "serve.max_lag_secs"),
+    ("DUALWRITE_SERVE_POLL_MS", "serve.poll_ms"),
+    ("DUALWRITE_SERVE_MAX_WAIT_SECS", "serve.max_wait_secs"),
+    ("DUALWRITE_SERVE_CHECK_SECS", "serve.check_secs"),
+    ("DUALWRITE_SERVE_REPAIR_TRIGGERS", "serve.repair_triggers"),
+    ("DUALWRITE_SERVE_STATE_DIR", "serve.state_dir"),
 ];
+
+/// `v` without trailing `/`, refused unless it is an http(s) URL.
+fn http_url(name: &str, v: &str) -> Result<String> {
+    let u = v.trim().trim_end_matches('/');
+    let parsed = reqwest::Url::parse(u)
+        .map_err(|e| Error::config(format!("{name}=`{u}` is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(Error::config(format!(
+            "{name}=`{u}` must start with http:// or https://"
+        )));
+    }
+    Ok(u.to_owned())
+}
+
+/// Where Supabase serves PostgREST under a project URL.
+const REST_PATH: &str = "/rest/v1";
+
+/// The project URL from `SUPABASE_URL`: a value that already ends in
+/// `/rest/v1` (dualwrite's old form) keeps working, with a note once per process.
+fn project_url(u: &str) -> String {
+    match u.strip_suffix(REST_PATH) {
+        Some(project) => {
+            static NOTED: std::sync::Once = std::sync::Once::new();
+            NOTED.call_once(|| {
+                tracing::info!(
+                    "SUPABASE_URL ends in {REST_PATH}: read as the project URL {}, \
+                     as Supabase's clients expect it (drop the suffix to silence this note)",
+                    crate::rest::public_url(project)
+                )
+            });
+            project.to_owned()
+        }
+        None => u.to_owned(),
+    }
+}
+
+impl SupabaseSettings {
+    /// The PostgREST endpoint: `DUALWRITE_REST_URL` if set, else the project
+    /// URL's `/rest/v1`.
+    pub fn rest_endpoint(&self) -> Option<String> {
+        self.rest_url
+            .clone()
+            .or_else(|| self.url.as_ref().map(|u| format!("{u}{REST_PATH}")))
+    }
+}
 
 fn parse_bool(name: &str, v: &str) -> Result<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
@@ -226,6 +359,15 @@ fn parse_secs(name: &str, v: &str) -> Result<f64> {
         Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
         _ => Err(Error::config(format!(
             "{name}=`{v}` is not a positive number of seconds"
+        ))),
+    }
+}
+
+fn parse_count(name: &str, v: &str) -> Result<u64> {
+    match v.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(Error::config(format!(
+            "{name}=`{v}` is not a positive whole number"
         ))),
     }
 }
@@ -316,11 +458,30 @@ impl Settings {
             }
             b = b.add_source(File::from(f.as_path()).required(true));
         }
-        for (var, key) in ENV_KEYS {
+        let blank = |var: &str| env.get(var).is_none_or(|v| v.trim().is_empty());
+        // DoX's name wins over Supabase's, unless DoX's is there but empty.
+        let service_key_source = if !blank("SUPABASE_SERVICE_KEY") {
+            "SUPABASE_SERVICE_KEY"
+        } else if !blank("SUPABASE_SERVICE_ROLE_KEY") {
+            "SUPABASE_SERVICE_ROLE_KEY"
+        } else {
+            "supabase.service_key (config file)"
+        };
+        for &(var, key) in ENV_KEYS {
             let Some(v) = env.get(var) else { continue };
+            if key == "supabase.service_key" && var != service_key_source && v.trim().is_empty() {
+                continue;
+            }
             b = match key {
-                "dual_write" => b.set_override(key, parse_bool(var, v)?),
+                "dual_write" | "serve.listen_public" | "serve.repair_triggers" => {
+                    b.set_override(key, parse_bool(var, v)?)
+                }
                 "supabase.timeout_secs" => b.set_override(key, parse_secs(var, v)?),
+                "serve.max_lag_secs" | "serve.max_wait_secs" | "serve.check_secs" => {
+                    b.set_override(key, parse_secs(var, v)?)
+                }
+                "serve.batch_rows" | "serve.request_rows" | "serve.concurrency"
+                | "serve.poll_ms" => b.set_override(key, parse_count(var, v)?),
                 _ => b.set_override(key, v.clone()),
             }
             .map_err(|e| Error::config(e.to_string()))?;
@@ -340,7 +501,9 @@ impl Settings {
             .build()
             .and_then(Config::try_deserialize)
             .map_err(|e| Error::config(e.to_string()))?;
-        Settings::validate(raw)
+        let mut settings = Settings::validate(raw)?;
+        settings.supabase.service_key_source = service_key_source;
+        Ok(settings)
     }
 
     fn validate(raw: Raw) -> Result<Settings> {
@@ -397,16 +560,13 @@ impl Settings {
         };
         let secret = |s: String| non_empty(s).map(SecretString::from);
         let s = raw.supabase;
-        let url = non_empty(s.url).map(|u| u.trim_end_matches('/').to_owned());
-        if let Some(u) = &url {
-            let parsed = reqwest::Url::parse(u)
-                .map_err(|e| Error::config(format!("SUPABASE_URL=`{u}` is not a URL: {e}")))?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(Error::config(format!(
-                    "SUPABASE_URL=`{u}` must start with http:// or https://"
-                )));
-            }
-        }
+        let url = non_empty(s.url)
+            .map(|u| http_url("SUPABASE_URL", &u))
+            .transpose()?
+            .map(|u| project_url(&u));
+        let rest_url = non_empty(s.rest_url)
+            .map(|u| http_url("DUALWRITE_REST_URL", &u))
+            .transpose()?;
         let schema = non_empty(s.schema).unwrap_or_else(|| "public".into());
         if !schema
             .chars()
@@ -417,6 +577,7 @@ impl Settings {
             )));
         }
         let timeout = secs("supabase.timeout_secs (SUPABASE_TIMEOUT)", s.timeout_secs)?;
+        let serve = ServeSettings::validate(raw.serve, &db_dir)?;
         Ok(Settings {
             configured_backend: configured,
             backend,
@@ -424,8 +585,10 @@ impl Settings {
             dual_write: raw.dual_write,
             supabase: SupabaseSettings {
                 url,
+                rest_url,
                 anon_key: secret(s.anon_key),
                 service_key: secret(s.service_key),
+                service_key_source: "supabase.service_key (config file)",
                 jwt_secret: secret(s.jwt_secret),
                 schema,
                 timeout,
@@ -444,6 +607,7 @@ impl Settings {
             unrepresentable,
             coerced_log,
             drain,
+            serve,
         })
     }
 
@@ -455,10 +619,12 @@ impl Settings {
     /// How to reach Supabase: the service key if set, else the anon key (as DoX does).
     pub fn rest_config(&self) -> Result<RestConfig> {
         let s = &self.supabase;
-        let url = s
-            .url
-            .clone()
-            .ok_or_else(|| Error::config("SUPABASE_URL is not set"))?;
+        let url = s.rest_endpoint().ok_or_else(|| {
+            Error::config(
+                "SUPABASE_URL is not set (the project URL, e.g. https://<ref>.supabase.co \
+                 or http://localhost:54321)",
+            )
+        })?;
         let key = s
             .service_key
             .clone()
@@ -477,17 +643,6 @@ impl Settings {
             timeout: s.timeout,
             connect_timeout: s.connect_timeout,
         })
-    }
-
-    /// Which key a Supabase client will use, for reports (never the key itself).
-    pub fn key_role(&self) -> &'static str {
-        if self.supabase.service_key.is_some() {
-            "service key (SUPABASE_SERVICE_KEY or SUPABASE_SERVICE_ROLE_KEY)"
-        } else if self.supabase.anon_key.is_some() {
-            "anon key (SUPABASE_ANON_KEY): RLS limits what it sees"
-        } else {
-            "none"
-        }
     }
 
     /// The resolved configuration with secrets redacted, for `dualwrite config`.
@@ -510,6 +665,8 @@ impl Settings {
             "dual_write": self.dual_write,
             "supabase": {
                 "url": self.supabase.url,
+                "rest_url": self.supabase.rest_url,
+                "rest_endpoint": self.supabase.rest_endpoint(),
                 "anon_key": red(&self.supabase.anon_key),
                 "service_key": red(&self.supabase.service_key),
                 "jwt_secret": red(&self.supabase.jwt_secret),
@@ -531,6 +688,7 @@ impl Settings {
                 "coerced_log": self.coerced_log,
                 "drain": self.drain.as_str(),
             },
+            "serve": crate::serve::ServeOptions::configured_json(self),
         })
     }
 }
@@ -587,6 +745,21 @@ mod tests {
                 .map(|k| k.expose_secret().to_owned()),
             Some("sb_secret_dox".to_owned())
         );
+        assert_eq!(st.supabase.service_key_source, "SUPABASE_SERVICE_KEY");
+        // DoX's `.env` with its own name left empty: Supabase's is used.
+        let (_d, s) = sources(&[
+            ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_role"),
+            ("SUPABASE_SERVICE_KEY", ""),
+        ]);
+        let st = Settings::load(&s).unwrap();
+        assert_eq!(
+            st.supabase
+                .service_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned()),
+            Some("sb_secret_role".to_owned())
+        );
+        assert_eq!(st.supabase.service_key_source, "SUPABASE_SERVICE_ROLE_KEY");
     }
 
     #[test]
@@ -594,7 +767,7 @@ mod tests {
         let (_d, s) = sources(&[
             ("DB_BACKEND", " Supabase "),
             ("SUPABASE_DUAL_WRITE", "on"),
-            ("SUPABASE_URL", "http://127.0.0.1:54321/rest/v1/"),
+            ("SUPABASE_URL", "http://127.0.0.1:54321/"),
             ("SUPABASE_SERVICE_KEY", "sb_secret_xyz"),
             ("SUPABASE_TIMEOUT", "2.5"),
             ("DB_PATH", "/tmp/x.sqlite3"),
@@ -602,9 +775,10 @@ mod tests {
         let st = Settings::load(&s).unwrap();
         assert_eq!(st.backend, BackendKind::Supabase);
         assert!(st.dual_write);
+        assert_eq!(st.supabase.url.as_deref(), Some("http://127.0.0.1:54321"));
         assert_eq!(
-            st.supabase.url.as_deref(),
-            Some("http://127.0.0.1:54321/rest/v1")
+            st.rest_config().unwrap().url,
+            "http://127.0.0.1:54321/rest/v1"
         );
         assert_eq!(st.supabase.timeout, Duration::from_millis(2500));
         assert_eq!(st.db_path, PathBuf::from("/tmp/x.sqlite3"));
@@ -718,6 +892,48 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("redacted"));
+    }
+
+    /// Supabase's project URL is what DoX and every Supabase client set; the
+    /// old suffixed form still reaches the same endpoint; `DUALWRITE_REST_URL`
+    /// is a bare PostgREST, used as given and winning over the project URL.
+    #[test]
+    fn supabase_url_is_the_project_url_and_the_suffixed_form_still_works() {
+        for (env, endpoint) in [
+            (
+                vec![("SUPABASE_URL", "https://ab.supabase.co")],
+                "https://ab.supabase.co/rest/v1",
+            ),
+            (
+                vec![("SUPABASE_URL", "https://ab.supabase.co/rest/v1/")],
+                "https://ab.supabase.co/rest/v1",
+            ),
+            (
+                vec![("SUPABASE_URL", "http://localhost:54321/")],
+                "http://localhost:54321/rest/v1",
+            ),
+            (
+                vec![
+                    ("SUPABASE_URL", "https://ab.supabase.co"),
+                    ("DUALWRITE_REST_URL", "http://127.0.0.1:3000/"),
+                ],
+                "http://127.0.0.1:3000",
+            ),
+            (
+                vec![("DUALWRITE_REST_URL", "http://127.0.0.1:3000")],
+                "http://127.0.0.1:3000",
+            ),
+        ] {
+            let mut env = env.clone();
+            env.push(("SUPABASE_SERVICE_KEY", "sb_secret_x"));
+            let (_d, s) = sources(&env);
+            let st = Settings::load(&s).unwrap();
+            assert_eq!(st.rest_config().unwrap().url, endpoint, "{env:?}");
+            assert_eq!(st.redacted()["supabase"]["rest_endpoint"], endpoint);
+        }
+        let (_d, s) = sources(&[("DUALWRITE_REST_URL", "localhost:3000")]);
+        let e = Settings::load(&s).unwrap_err().to_string();
+        assert!(e.contains("DUALWRITE_REST_URL"), "{e}");
     }
 
     #[test]

@@ -42,14 +42,21 @@ pub async fn check(rest: &RestClient) -> Result<()> {
                 rest.url()
             )))
         }
-        Err(Error::Rest { status, code, .. })
-            if status == 404 || matches!(code.as_deref(), Some("PGRST205" | "42P01" | "PGRST106")) =>
+        Err(Error::Rest { code, .. })
+            if matches!(code.as_deref(), Some("PGRST205" | "42P01" | "PGRST106")) =>
         {
             Err(Error::config(format!(
                 "Supabase at {} has no DoX tables (table `artifacts` not found): apply supabase/migrations/",
                 rest.url()
             )))
         }
+        // Not PostgREST's answer: nothing serves the API at this path.
+        Err(Error::Rest { status: 404, .. }) => Err(Error::config(format!(
+            "nothing serves PostgREST at {}: SUPABASE_URL is the project URL \
+             (https://<ref>.supabase.co, http://localhost:54321), /rest/v1 is added to it; \
+             for a PostgREST that is not behind Supabase's gateway set DUALWRITE_REST_URL instead",
+            rest.url()
+        ))),
         Err(e) => Err(e),
     }
 }

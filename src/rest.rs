@@ -41,6 +41,20 @@ impl KeyKind {
     }
 }
 
+/// The role a key acts as: `service_role` for an `sb_secret_` key, `anon`
+/// for an `sb_publishable_` key, a JWT's `role` claim (read, not verified),
+/// or `unknown`.
+pub fn key_role(key: &str) -> String {
+    match KeyKind::of(key) {
+        KeyKind::Secret => "service_role".to_owned(),
+        KeyKind::Publishable => "anon".to_owned(),
+        KeyKind::Jwt => crate::keys::decode(key)
+            .ok()
+            .and_then(|t| t["claims"]["role"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".to_owned()),
+    }
+}
+
 /// What a client needs to reach the Data API.
 #[derive(Debug, Clone)]
 pub struct RestConfig {
@@ -62,6 +76,9 @@ pub struct RestClient {
     http: reqwest::Client,
     timeout: Duration,
     key_kind: KeyKind,
+    /// The role requests act as ([`key_role`] of the bearer), to name it when
+    /// PostgreSQL refuses a privilege.
+    role: String,
 }
 
 impl std::fmt::Debug for RestClient {
@@ -141,6 +158,7 @@ impl RestClient {
             return Err(Error::config("the Supabase API key is empty"));
         }
         let key_kind = KeyKind::of(key);
+        let role = key_role(cfg.user_jwt.as_ref().map_or(key, |j| j.expose_secret()));
         let mut headers = HeaderMap::new();
         headers.insert("apikey", sensitive(key, "the API key")?);
         let bearer = match (&cfg.user_jwt, key_kind) {
@@ -171,6 +189,7 @@ impl RestClient {
             http,
             timeout: cfg.timeout,
             key_kind,
+            role,
         })
     }
 
@@ -273,14 +292,27 @@ impl RestClient {
         let field =
             |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
         match parsed {
-            Some(m) => Error::Rest {
-                status: status.as_u16(),
-                code: field(&m, "code"),
-                message: field(&m, "message").unwrap_or_else(|| reason(status)),
-                details: field(&m, "details"),
-                hint: field(&m, "hint"),
-                retry_after,
-            },
+            Some(m) => {
+                let code = field(&m, "code");
+                let mut hint = field(&m, "hint");
+                // "permission denied for table …": say which role the key is.
+                if code.as_deref() == Some("42501") && self.role != "service_role" && hint.is_none()
+                {
+                    hint = Some(format!(
+                        "the key's role is {}; dualwrite needs service_role \
+                         (SUPABASE_SERVICE_KEY or SUPABASE_SERVICE_ROLE_KEY)",
+                        self.role
+                    ));
+                }
+                Error::Rest {
+                    status: status.as_u16(),
+                    code,
+                    message: field(&m, "message").unwrap_or_else(|| reason(status)),
+                    details: field(&m, "details"),
+                    hint,
+                    retry_after,
+                }
+            }
             // Proxies answer with HTML or plain text; keep a short excerpt.
             None => {
                 let excerpt: String = body.chars().filter(|c| !c.is_control()).take(200).collect();
@@ -523,9 +555,31 @@ fn reason(s: StatusCode) -> String {
     s.canonical_reason().unwrap_or("error").to_owned()
 }
 
+/// A URL as a report or a log may show it: without user, password, query or fragment.
+pub fn public_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string().trim_end_matches('/').to_owned()
+        }
+        Err(_) => "(unparseable URL)".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_credentials() {
+        assert_eq!(
+            public_url("https://u:p@x.supabase.co/rest/v1?apikey=k"),
+            "https://x.supabase.co/rest/v1"
+        );
+    }
 
     fn cfg(key: &str) -> RestConfig {
         RestConfig {

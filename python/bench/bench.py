@@ -15,8 +15,11 @@ then runs this). Needs the local stack (`scripts/stack.sh up`).
 2. A dual write (SQLite primary + Supabase mirror through nginx): p50 through the
    module against the Rust DualDatabase.
 3. RSS over 100,000 `add_log` calls through the module.
+4. The logging bridge (the Rust core's records to Python's `logging`), A/B in
+   alternating rounds on the same file: forwarding off against on at Python's
+   default level (WARNING: the write path's DEBUG/INFO records are off).
 
-Env: WRITES (10,000), DUAL_WRITES (2,000), MEMORY_CALLS (100,000).
+Env: WRITES (10,000), DUAL_WRITES (2,000), MEMORY_CALLS (100,000), LOG_ROUNDS (6).
 """
 
 import json
@@ -34,6 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 WRITES = int(os.environ.get("WRITES", 10_000))
 DUAL_WRITES = int(os.environ.get("DUAL_WRITES", 2_000))
 MEMORY_CALLS = int(os.environ.get("MEMORY_CALLS", 100_000))
+LOG_ROUNDS = int(os.environ.get("LOG_ROUNDS", 6))
 
 
 def stack_env() -> dict:
@@ -185,6 +189,17 @@ def main() -> None:
         if (i + 1) % step == 0:
             samples.append(rss_kib())
 
+    # The logging bridge, A/B: the same store, rounds alternating off/on.
+    from dualwrite import _native
+
+    ab = dualwrite.ExtendedDatabase(str(tmp / "logging.sqlite3"))
+    arms = {"off": [], "on": []}
+    for i in range(LOG_ROUNDS * 2):
+        arm = "off" if i % 2 == 0 else "on"
+        _native._forward_logs(arm == "on")
+        arms[arm].append(measure(ab.add_log, WRITES // 2))
+    _native._forward_logs(True)
+
     print(f"# add_log from Python vs SQLAlchemy vs Rust ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
     print("| path | calls | p50 µs | p99 µs | mean µs | calls/s |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -204,6 +219,16 @@ def main() -> None:
     growth = samples[-1] - samples[0]
     print(f"RSS growth from call {step} to call {MEMORY_CALLS}: {growth} KiB "
           f"[target: no growth: {'MET' if growth < 2048 else 'MISSED'} (threshold 2 MiB)]")
+    print()
+    print(f"# logging bridge A/B: ExtendedDatabase.add_log, {LOG_ROUNDS} alternating rounds of {WRITES // 2} calls each\n")
+    print("| logging bridge | p50 µs (median of rounds) | mean µs (median of rounds) |")
+    print("|---|---:|---:|")
+    med = {a: (statistics.median(f["p50_us"] for f in fs), statistics.median(f["mean_us"] for f in fs))
+           for a, fs in arms.items()}
+    print(f"| off (nothing forwarded) | {med['off'][0]:.1f} | {med['off'][1]:.1f} |")
+    print(f"| on, Python's default level (WARNING) | {med['on'][0]:.1f} | {med['on'][1]:.1f} |")
+    ratio = med["on"][0] / med["off"][0]
+    print(f"\non / off, p50: {ratio:.3f}x [target: within noise (<= 1.05x): {'MET' if ratio <= 1.05 else 'MISSED'}]")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@
 >>> db.add_log({"id": "l1", "document_id": "d1", "message": "hello"})
 >>> db.list_logs(q="hell")
 
+Every class is a context manager (``with ... as db``) with ``close()``. The
+Rust core's log records go to the ``dualwrite`` logger of :mod:`logging`.
+
 The classes have DoX's names, parameters and return shapes:
 :class:`ExtendedDatabase`, :class:`SupabaseDatabase`, :class:`DualDatabase`,
 :func:`init_database`. Where they differ from DoX's, README.md ("Python")
@@ -21,6 +24,7 @@ from .errors import (
     SupabaseError,
     SupabaseUnavailable,
 )
+from ._native import __version__
 from ._db import (
     READ_METHODS,
     WRITE_METHODS,
@@ -32,6 +36,7 @@ from ._db import (
 )
 
 __all__ = [
+    "__version__",
     "ExtendedDatabase",
     "SupabaseDatabase",
     "DualDatabase",

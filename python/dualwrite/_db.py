@@ -8,10 +8,12 @@ backends as the Rust library. The GIL is released while SQLite or Supabase work.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, TypeVar
 
 from . import _native
 from .errors import ConfigError, InvalidInputError, SupabaseUnavailable
+
+_S = TypeVar("_S", bound="_Storage")
 
 WRITE_METHODS = frozenset(_native.WRITE_METHODS)
 """DoX's 21 named writes plus ``update_artifact`` (which DoX forgot to mirror)."""
@@ -29,6 +31,17 @@ class _Storage:
 
     def _call(self, method: str, args: Dict[str, Any]) -> Any:
         return self._store.call(method, args)
+
+    def close(self) -> None:
+        """Let go of the connection (and a ``DualDatabase``'s background drainer). Idempotent; a later
+        call opens the backend again."""
+        self._store.close()
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # ----- writes -----------------------------------------------------------------
 
@@ -394,14 +407,11 @@ class DualDatabase(_Storage):
 
     def close(self) -> None:
         """Stop the background drainer, if any: returns once its batch in flight is done and it let the
-        lease go. Idempotent; writes keep working (their mirror failures wait in the change log)."""
+        lease go, then let go of both sides' connections. Idempotent; writes keep working (the backends
+        are opened again, without a drainer; mirror failures wait in the change log)."""
         self._store.close()
-
-    def __enter__(self) -> "DualDatabase":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self.primary.close()
+        self.secondary.close()
 
     def __repr__(self) -> str:
         return f"DualDatabase({self.primary!r}, {self.secondary!r})"

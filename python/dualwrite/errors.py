@@ -7,15 +7,22 @@ Messages never contain an API key.
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class Error(Exception):
     """Base class of every dualwrite error.
 
     ``transient`` is True when trying the same call again later may succeed
-    (Supabase unreachable, a timeout, HTTP 429/503 ...).
+    (Supabase unreachable, a timeout, HTTP 429/503 ...). When Supabase answered
+    with an error, ``status`` is the HTTP status and ``code`` PostgREST's code (a
+    PostgreSQL SQLSTATE such as ``42501``, or ``PGRSTxxx``; None from a gateway
+    that sends none); otherwise both are None.
     """
 
     transient: bool = False
+    status: Optional[int] = None
+    code: Optional[str] = None
 
 
 class ConfigError(Error):

@@ -47,6 +47,8 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{Map, Number, Value};
 use tokio::runtime::Runtime;
 
+mod logging;
+
 mod exc {
     pyo3::import_exception!(dualwrite.errors, Error);
     pyo3::import_exception!(dualwrite.errors, ConfigError);
@@ -76,7 +78,12 @@ fn py_err(py: Python<'_>, e: CoreError) -> PyErr {
         | CoreError::Protocol(_) => exc::SupabaseError::new_err(msg),
         CoreError::Io { .. } => exc::Error::new_err(msg),
     };
-    let _ = err.value(py).setattr("transient", e.is_transient());
+    let value = err.value(py);
+    let _ = value.setattr("transient", e.is_transient());
+    if let CoreError::Rest { status, code, .. } = e.cause() {
+        let _ = value.setattr("status", *status);
+        let _ = value.setattr("code", code.as_deref());
+    }
     err
 }
 
@@ -540,6 +547,7 @@ struct Store {
 
 impl Store {
     fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> CoreResult<T> + Send) -> PyResult<T> {
+        logging::refresh_if_due(py);
         py.detach(f).map_err(|e| py_err(py, e))
     }
 
@@ -556,6 +564,7 @@ impl Store {
     #[staticmethod]
     #[pyo3(signature = (db_path=None))]
     fn sqlite(py: Python<'_>, db_path: Option<PathBuf>) -> PyResult<Store> {
+        logging::refresh(py);
         Self::run(py, || {
             let s = settings(db_path)?;
             let rt = runtime()?;
@@ -572,6 +581,7 @@ impl Store {
     /// The Supabase backend from the environment. No request is made.
     #[staticmethod]
     fn supabase(py: Python<'_>) -> PyResult<Store> {
+        logging::refresh(py);
         Self::run(py, || {
             let s = settings(None)?;
             let inner = supabase_inner(&s, None)?;
@@ -593,6 +603,7 @@ impl Store {
         secondary: &Store,
         drain: Option<String>,
     ) -> PyResult<Store> {
+        logging::refresh(py);
         let (p, s) = (Arc::clone(&primary.inner), Arc::clone(&secondary.inner));
         Self::run(py, move || {
             let drain = drain.map(|d| d.parse::<DrainMode>()).transpose()?;
@@ -646,7 +657,7 @@ impl Store {
     #[getter]
     fn url(&self) -> Option<String> {
         match &self.inner.recipe {
-            Recipe::Supabase { settings } => settings.supabase.url.clone(),
+            Recipe::Supabase { settings } => settings.supabase.rest_endpoint(),
             _ => None,
         }
     }
@@ -690,18 +701,22 @@ impl Store {
         })
     }
 
-    /// Stop the background drainer of a dual store, once its batch in flight
-    /// is done and the lease is let go. Idempotent; writes keep working.
+    /// Let go of what this store holds in this process: a dual store's
+    /// background drainer stops (once its batch in flight is done and the lease
+    /// is let go), then its backends, whose SQLite thread ends once no other store
+    /// shares it. Idempotent; a later call opens the backend again, without a
+    /// drainer.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let inner = Arc::clone(&self.inner);
         Self::run(py, move || {
             inner.closed.store(true, Ordering::SeqCst);
             let rt = runtime()?;
             let live = {
-                let g = lock(&inner.live);
-                g.as_ref()
-                    .filter(|l| l.pid == std::process::id())
-                    .map(Arc::clone)
+                let mut g = lock(&inner.live);
+                match g.as_ref() {
+                    Some(l) if l.pid == std::process::id() => g.take(),
+                    _ => None,
+                }
             };
             if let Some(Live {
                 db: Db::Dual(d), ..
@@ -709,6 +724,9 @@ impl Store {
             {
                 rt.block_on(d.stop_drainer());
             }
+            // The last handle of a SQLite backend, dropped here (off the runtime),
+            // waits for its thread to end.
+            drop(live);
             Ok(())
         })
     }
@@ -737,6 +755,7 @@ impl Store {
 fn init_database<'py>(
     py: Python<'py>,
 ) -> PyResult<(Store, Option<Store>, Option<Store>, Bound<'py, PyAny>)> {
+    logging::refresh(py);
     let (store, sides, report) = Store::run(py, || {
         let s = settings(None)?;
         let rt = runtime()?;
@@ -776,7 +795,10 @@ fn init_database<'py>(
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    logging::install(m.py());
     m.add_class::<Store>()?;
+    m.add_function(wrap_pyfunction!(logging::_forward_logs, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(init_database, m)?)?;
     m.add_function(wrap_pyfunction!(before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork_in_parent, m)?)?;

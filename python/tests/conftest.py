@@ -24,10 +24,14 @@ DOX_ENV = [
     "SUPABASE_URL",
     "SUPABASE_ANON_KEY",
     "SUPABASE_SERVICE_KEY",
+    "SUPABASE_SERVICE_ROLE_KEY",
     "SUPABASE_JWT_SECRET",
     "SUPABASE_SCHEMA",
     "SUPABASE_DUAL_WRITE",
     "SUPABASE_TIMEOUT",
+    "DUALWRITE_REST_URL",
+    "DUALWRITE_DRAIN",
+    "DUALWRITE_UNREPRESENTABLE",
 ]
 
 
@@ -54,7 +58,7 @@ def _stack_env() -> dict:
 
 @pytest.fixture(scope="session")
 def stack() -> dict:
-    """The shared stack's variables (URL through nginx at /rest/v1, keys, admin URLs)."""
+    """The shared stack's variables (the project URL of its nginx gateway, keys, admin URLs)."""
     return _stack_env()
 
 

@@ -95,7 +95,7 @@ def test_a_killed_app_process_loses_nothing_with_capture(clean_env, monkeypatch,
                         "report_week": "", "status": "new"})
     up = subprocess.Popen([sys.executable, str(child), tests_dir, "up"], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, cwd=clean_env,
-                          env=dict(app_env, SUPABASE_URL=private_db.url, ART=art))
+                          env=dict(app_env, DUALWRITE_REST_URL=private_db.url, ART=art))
     assert up.stdout.readline().strip() == "writing"
     time.sleep(1.5)
     up.send_signal(signal.SIGKILL)
@@ -103,7 +103,7 @@ def test_a_killed_app_process_loses_nothing_with_capture(clean_env, monkeypatch,
     assert up.returncode == -signal.SIGKILL
 
     # The daemon drains what was captured.
-    serve_env = dict(env, SUPABASE_URL=private_db.url, SUPABASE_SERVICE_KEY=stack["SUPABASE_SERVICE_KEY"])
+    serve_env = dict(env, DUALWRITE_REST_URL=private_db.url, SUPABASE_SERVICE_KEY=stack["SUPABASE_SERVICE_KEY"])
     serve = subprocess.Popen([str(dualwrite_bin), "serve", "--listen", f"127.0.0.1:{free_port()}"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=serve_env, cwd=clean_env)
     try:
@@ -152,7 +152,7 @@ def test_a_process_that_exits_right_after_a_write_leaves_it_to_the_daemon(clean_
     child = clean_env / "child.py"
     child.write_text(CHILD)
     tests_dir = os.path.dirname(os.path.abspath(__file__))
-    supabase = dict(SUPABASE_URL=private_db.url, SUPABASE_SERVICE_KEY=stack["SUPABASE_SERVICE_KEY"])
+    supabase = dict(DUALWRITE_REST_URL=private_db.url, SUPABASE_SERVICE_KEY=stack["SUPABASE_SERVICE_KEY"])
     run = subprocess.run([sys.executable, str(child), tests_dir, "exit"], capture_output=True, text=True,
                          cwd=clean_env, timeout=120, env=dict(env, SUPABASE_DUAL_WRITE="true", **supabase))
     assert run.returncode == 0, run.stdout + run.stderr
@@ -193,12 +193,12 @@ def test_a_slow_mirror_never_overwrites_a_newer_row_the_daemon_sent(clean_env, m
     out = subprocess.run([str(dualwrite_bin), "capture", "install"], capture_output=True, text=True, env=env,
                          cwd=clean_env)
     assert out.returncode == 0, out.stderr
-    supabase = dict(SUPABASE_URL=private_db.url, SUPABASE_SERVICE_KEY=stack["SUPABASE_SERVICE_KEY"])
+    supabase = dict(DUALWRITE_REST_URL=private_db.url, SUPABASE_SERVICE_KEY=stack["SUPABASE_SERVICE_KEY"])
     serve = _serve(dualwrite_bin, dict(env, **supabase), clean_env, "--poll-ms", "50")
     proxy = DelayProxy(private_db.url, 1.5)
     try:
         monkeypatch.setenv("DB_PATH", str(path))
-        monkeypatch.setenv("SUPABASE_URL", proxy.url)
+        monkeypatch.setenv("DUALWRITE_REST_URL", proxy.url)
         monkeypatch.setenv("SUPABASE_SERVICE_KEY", stack["SUPABASE_SERVICE_KEY"])
         monkeypatch.setenv("SUPABASE_DUAL_WRITE", "true")
         db, meta = dualwrite.init_database()

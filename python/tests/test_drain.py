@@ -52,7 +52,7 @@ def test_a_background_drainer_sends_what_the_app_writes(clean_env, monkeypatch, 
                                                                  dualwrite_bin):
     path = clean_env / "dox.sqlite3"
     _installed(dualwrite_bin, path)
-    monkeypatch.setenv("SUPABASE_URL", private_db.url)
+    monkeypatch.setenv("DUALWRITE_REST_URL", private_db.url)
     monkeypatch.setenv("SUPABASE_SERVICE_KEY", stack["SUPABASE_SERVICE_KEY"])
     lite = dualwrite.ExtendedDatabase(str(path))
     aid = str(uuid.uuid4())
@@ -136,7 +136,7 @@ def test_fork_pauses_the_drainer_and_a_child_takes_over(clean_env, monkeypatch, 
     the parent; the child starts its own on first use, which drains once the parent's stops."""
     path = clean_env / "dox.sqlite3"
     _installed(dualwrite_bin, path)
-    monkeypatch.setenv("SUPABASE_URL", private_db.url)
+    monkeypatch.setenv("DUALWRITE_REST_URL", private_db.url)
     monkeypatch.setenv("SUPABASE_SERVICE_KEY", stack["SUPABASE_SERVICE_KEY"])
     lite = dualwrite.ExtendedDatabase(str(path))
     db = dualwrite.DualDatabase(lite, dualwrite.SupabaseDatabase(), drain="background")

@@ -70,7 +70,7 @@ def ingest(db, n_docs: int = 12) -> None:
 
 def test_ingestion_through_the_module_then_verify_says_equal(clean_env, monkeypatch, private_db, stack, dualwrite_bin):
     key = stack["SUPABASE_SERVICE_KEY"]
-    monkeypatch.setenv("SUPABASE_URL", private_db.url)
+    monkeypatch.setenv("DUALWRITE_REST_URL", private_db.url)
     monkeypatch.setenv("SUPABASE_SERVICE_KEY", key)
     monkeypatch.setenv("SUPABASE_DUAL_WRITE", "true")
     monkeypatch.setenv("DB_PATH", str(clean_env / "dox.sqlite3"))
@@ -101,4 +101,4 @@ def test_ingestion_through_the_module_then_verify_says_equal(clean_env, monkeypa
         [str(dualwrite_bin), "verify", "--from-sqlite", str(clean_env / "dox.sqlite3"), "--format", "json"],
         capture_output=True, text=True, env=env, cwd=clean_env,
     )
-    assert out.returncode == 1 and json.loads(out.stdout)["verdict"] != "equal"
+    assert out.returncode == 3 and json.loads(out.stdout)["verdict"] != "equal"

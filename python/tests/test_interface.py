@@ -130,7 +130,7 @@ def db(request, clean_env, monkeypatch, stack):
     if request.param == "sqlite":
         return dualwrite.ExtendedDatabase(str(clean_env / "dox.sqlite3"))
     pg = request.getfixturevalue("private_db")
-    monkeypatch.setenv("SUPABASE_URL", pg.url)
+    monkeypatch.setenv("DUALWRITE_REST_URL", pg.url)
     monkeypatch.setenv("SUPABASE_SERVICE_KEY", stack["SUPABASE_SERVICE_KEY"])
     sb = dualwrite.SupabaseDatabase()
     if request.param == "supabase":

@@ -48,9 +48,13 @@ pub struct RollbackReport {
 }
 
 impl RollbackReport {
-    /// 0 READY, 1 NOT READY.
+    /// 0 READY, 3 NOT READY.
     pub fn exit_code(&self) -> u8 {
-        u8::from(!self.ready)
+        if self.ready {
+            0
+        } else {
+            3
+        }
     }
 
     pub fn render_text(&self) -> String {

@@ -288,9 +288,9 @@ impl Side for Forward {
                 self.stats.capture_problem(Some(why.clone()));
                 return Err(Error::invalid(why));
             }
-            tracing::warn!(tables = ?st.missing, outdated, "capture triggers were missing (a table re-created?); re-installing them, and re-sending those tables whole");
+            tracing::warn!(tables = %st.missing.join(","), outdated, "capture triggers were missing (a table re-created?); re-installing them, and re-sending those tables whole");
             let r = blocking(&self.conn, capture::install_on).await?;
-            tracing::info!(created = ?r.created, resynced = ?r.resynced, "capture re-installed");
+            tracing::info!(created = %r.created.join(","), resynced = %r.resynced.join(","), "capture re-installed");
             // The tables may have new columns: read them with a fresh layout.
             self.reader = SqliteDatabase::open_read_only(&self.opts.db_path).await?;
             self.versions.1 = blocking(&self.conn, |c| capture::schema_version(c)).await?;

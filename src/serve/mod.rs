@@ -117,6 +117,60 @@ impl ServeOptions {
         }
     }
 
+    /// `direction`'s defaults under the configured `[serve]` settings (and,
+    /// forward, `dual.unrepresentable`): what `serve` runs with before its flags.
+    pub fn configured(
+        direction: Direction,
+        db_path: PathBuf,
+        state_dir: StateDir,
+        settings: &crate::config::Settings,
+    ) -> ServeOptions {
+        let c = &settings.serve;
+        let mut o = ServeOptions::new(direction, db_path, state_dir);
+        o.listen = c.listen;
+        o.listen_public = c.listen_public;
+        o.batch_rows = c.batch_rows.unwrap_or(o.batch_rows);
+        o.request_rows = c.request_rows.unwrap_or(o.request_rows);
+        o.concurrency = c.concurrency.unwrap_or(o.concurrency);
+        o.max_lag = c.max_lag.unwrap_or(o.max_lag);
+        o.poll = c.poll.unwrap_or(o.poll);
+        o.max_wait = c.max_wait.unwrap_or(o.max_wait);
+        o.check_every = c
+            .check_every
+            .map_or(o.check_every, |d| d.max(Duration::from_millis(100)));
+        o.repair_triggers = c.repair_triggers;
+        if direction == Direction::Forward {
+            o.unrepresentable = settings.unrepresentable;
+        }
+        o
+    }
+
+    /// The options each direction runs with, flags aside, as `dualwrite config`
+    /// shows them.
+    pub fn configured_json(settings: &crate::config::Settings) -> serde_json::Value {
+        let one = |d: Direction| {
+            let o =
+                ServeOptions::configured(d, settings.db_path.clone(), StateDir::new(""), settings);
+            serde_json::json!({
+                "listen": o.listen.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+                "listen_public": o.listen_public,
+                "batch_rows": o.batch_rows,
+                "request_rows": o.request_rows,
+                "concurrency": o.concurrency,
+                "max_lag_secs": o.max_lag.as_secs_f64(),
+                "poll_ms": o.poll.as_millis() as u64,
+                "max_wait_secs": o.max_wait.as_secs_f64(),
+                "check_secs": o.check_every.as_secs_f64(),
+                "repair_triggers": o.repair_triggers,
+            })
+        };
+        serde_json::json!({
+            "state_dir": settings.serve.state_dir,
+            "forward": one(Direction::Forward),
+            "reverse": one(Direction::Reverse),
+        })
+    }
+
     /// Refuse a listen address that is not loopback unless asked for.
     fn check_listen(&self) -> Result<()> {
         match self.listen {

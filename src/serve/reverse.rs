@@ -155,9 +155,9 @@ impl Side for Reverse {
                 self.stats.capture_problem(Some(why.clone()));
                 return Err(Error::invalid(why));
             }
-            tracing::warn!(tables = ?st.missing, "capture triggers were missing on Supabase (a table re-created?); re-installing them, and re-sending those tables whole");
+            tracing::warn!(tables = %st.missing.join(","), "capture triggers were missing on Supabase (a table re-created?); re-installing them, and re-sending those tables whole");
             let r = rc::enable(&self.rest).await?;
-            tracing::info!(missing = ?r.missing, "capture re-installed on Supabase");
+            tracing::info!(missing = %r.missing.join(","), "capture re-installed on Supabase");
         }
         self.stats.capture_problem(None);
         Ok(())

@@ -52,8 +52,8 @@ pub use report::{
 };
 // Their home is `rest` now; `serve` still reaches them here.
 
+use crate::rest::public_url;
 use merge::Merger;
-use report::public_url;
 use sampling::{compare_sample, compare_sample_reverse};
 use streams::compare_content;
 

@@ -80,17 +80,12 @@ pub struct KeyInfo {
 
 impl KeyInfo {
     pub fn of(variable: impl Into<String>, key: &str) -> KeyInfo {
-        let (kind, role) = match KeyKind::of(key) {
-            KeyKind::Secret => ("sb_secret", "service_role".to_owned()),
-            KeyKind::Publishable => ("sb_publishable", "anon".to_owned()),
-            KeyKind::Jwt => (
-                "jwt",
-                crate::keys::decode(key)
-                    .ok()
-                    .and_then(|t| t["claims"]["role"].as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "unknown".to_owned()),
-            ),
+        let kind = match KeyKind::of(key) {
+            KeyKind::Secret => "sb_secret",
+            KeyKind::Publishable => "sb_publishable",
+            KeyKind::Jwt => "jwt",
         };
+        let role = crate::rest::key_role(key);
         KeyInfo {
             variable: variable.into(),
             kind,
@@ -103,7 +98,10 @@ impl KeyInfo {
     pub fn from_settings(s: &Settings) -> Option<KeyInfo> {
         use secrecy::ExposeSecret;
         match (&s.supabase.service_key, &s.supabase.anon_key) {
-            (Some(k), _) => Some(KeyInfo::of("SUPABASE_SERVICE_KEY", k.expose_secret())),
+            (Some(k), _) => Some(KeyInfo::of(
+                s.supabase.service_key_source,
+                k.expose_secret(),
+            )),
             (None, Some(k)) => Some(KeyInfo::of("SUPABASE_ANON_KEY", k.expose_secret())),
             (None, None) => None,
         }

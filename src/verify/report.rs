@@ -24,11 +24,11 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// A table could not be verified (exit code 2).
+    /// A table could not be verified (exit code 1: it could not be told).
     Incomplete,
-    /// The key cannot see every row, so "equal" cannot be concluded (exit code 2).
+    /// The key cannot see every row, so "equal" cannot be concluded (exit code 1).
     PartialVisibility,
-    /// At least one difference (exit code 1).
+    /// At least one difference (exit code 3: done, and the answer is no).
     Different,
     /// Both sides agree on everything checked (exit code 0).
     Equal,
@@ -38,8 +38,8 @@ impl Verdict {
     pub fn exit_code(self) -> u8 {
         match self {
             Verdict::Equal => 0,
-            Verdict::Different => 1,
-            Verdict::Incomplete | Verdict::PartialVisibility => 2,
+            Verdict::Different => 3,
+            Verdict::Incomplete | Verdict::PartialVisibility => 1,
         }
     }
 
@@ -298,32 +298,5 @@ impl VerifyReport {
         self.tables
             .iter()
             .filter(|t| t.status != TableStatus::Equal)
-    }
-}
-
-/// A URL as a report may show it: without user, password, query or fragment.
-pub(super) fn public_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.set_query(None);
-            u.set_fragment(None);
-            u.to_string().trim_end_matches('/').to_owned()
-        }
-        Err(_) => "(unparseable URL)".into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_lose_credentials() {
-        assert_eq!(
-            public_url("https://u:p@x.supabase.co/rest/v1?apikey=k"),
-            "https://x.supabase.co/rest/v1"
-        );
     }
 }

@@ -97,7 +97,7 @@ fn binary(pg: &PrivateDb, dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dualwrite"));
     c.current_dir(dir)
         .args(args)
-        .env("SUPABASE_URL", &pg.url)
+        .env("DUALWRITE_REST_URL", &pg.url)
         .env("SUPABASE_SERVICE_KEY", pg.service_key())
         .env_remove("SUPABASE_ANON_KEY")
         .env("DB_PATH", dir.join("unused.sqlite3"))

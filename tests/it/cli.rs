@@ -39,7 +39,7 @@ async fn call_writes_through_dual_and_prints_the_result() {
     let o = dualwrite(
         dir.path(),
         &[("SUPABASE_DUAL_WRITE", "true")],
-        &["call", "add_memory", "--json", &args],
+        &["call", "add_memory", "--args", &args],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let id: String = serde_json::from_str(&stdout(&o)).unwrap();
@@ -51,7 +51,7 @@ async fn call_writes_through_dual_and_prints_the_result() {
         &[
             "call",
             "search_memory",
-            "--json",
+            "--args",
             &json!({"user_id": user}).to_string(),
         ],
     );
@@ -81,12 +81,12 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
     let db = dir.path().join("app.sqlite3");
     for (args, code, want) in [
         (
-            vec!["call", "add_artifcat", "--json", "{}"],
+            vec!["call", "add_artifcat", "--args", "{}"],
             2,
             "unknown method `add_artifcat`",
         ),
         (
-            vec!["call", "add_artifact", "--json", "{\"artifact\": "],
+            vec!["call", "add_artifact", "--args", "{\"artifact\": "],
             2,
             "not valid JSON",
         ),
@@ -94,7 +94,7 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
             vec![
                 "call",
                 "add_artifact",
-                "--json",
+                "--args",
                 "{\"artifact\": {\"id\": \"a\"}}",
             ],
             2,
@@ -104,7 +104,7 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
             vec![
                 "call",
                 "add_memory",
-                "--json",
+                "--args",
                 "{\"category\": \"x\", \"content\": 1, \"colour\": 2}",
             ],
             2,
@@ -121,7 +121,8 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
         &[("DB_BACKEND", "postgres")],
         &["call", "get_artifacts"],
     );
-    assert_eq!(o.status.code(), Some(1));
+    // A bad setting is bad input, as a bad flag.
+    assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("DB_BACKEND=`postgres`"),
         "{}",
@@ -153,12 +154,12 @@ fn secrets_never_appear_in_output_or_logs() {
         &[
             ("RUST_LOG", "trace"),
             ("SUPABASE_DUAL_WRITE", "true"),
-            ("SUPABASE_URL", "http://127.0.0.1:9/rest/v1"),
+            ("SUPABASE_URL", "http://127.0.0.1:9"),
         ],
         &[
             "call",
             "add_tag",
-            "--json",
+            "--args",
             r#"{"tag": {"id": "t-1", "document_id": "d", "tag": "x"}}"#,
         ],
     );
@@ -256,6 +257,93 @@ fn check_says_what_is_wrong_with_supabase() {
     assert!(stderr(&o).contains("unreachable"), "{}", stderr(&o));
 }
 
+/// DoX's own `.env`, as Supabase's documents write it: `SUPABASE_URL` is the
+/// project URL and the key may be `SUPABASE_SERVICE_ROLE_KEY` alone. The old
+/// suffixed form reaches the same API, with one note; a bare PostgREST in
+/// `SUPABASE_URL` is named as such, and reached with `DUALWRITE_REST_URL`.
+#[test]
+fn doxs_own_environment_reaches_supabase_in_either_url_form() {
+    needs_stack!();
+    let dir = tempfile::tempdir().unwrap();
+    let project = stack().var("SUPABASE_URL").to_owned();
+    let bare = stack().var("DUALWRITE_POSTGREST_URL").to_owned();
+    let key = stack().var("SUPABASE_SERVICE_KEY").to_owned();
+    let run = |env: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dualwrite"));
+        c.current_dir(dir.path()).arg("check");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SUPABASE_") || k.starts_with("DUALWRITE_") || k == "RUST_LOG" {
+                c.env_remove(k);
+            }
+        }
+        c.env("DB_PATH", dir.path().join("app.sqlite3"))
+            .env("SUPABASE_DUAL_WRITE", "true")
+            .env("SUPABASE_SERVICE_ROLE_KEY", &key)
+            .envs(env.iter().copied());
+        c.output().unwrap()
+    };
+    let note = "ends in /rest/v1";
+    let suffixed = format!("{project}/rest/v1");
+    let slashed = format!("{project}/rest/v1/");
+    for (url, noted) in [(&project, false), (&suffixed, true), (&slashed, true)] {
+        let o = run(&[("SUPABASE_URL", url)]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(0), "{url}: {} {err}", stdout(&o));
+        let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(r["supabase_error"], Value::Null, "{url}: {r}");
+        assert_eq!(
+            err.matches(note).count(),
+            usize::from(noted),
+            "{url}: {err}"
+        );
+        assert!(!err.contains(&key), "the key leaked: {err}");
+    }
+    // PostgREST itself, not the project URL: the path is wrong, not the schema.
+    let o = run(&[("SUPABASE_URL", &bare)]);
+    assert_eq!(o.status.code(), Some(1));
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let e = r["supabase_error"].as_str().unwrap();
+    assert!(
+        e.contains("nothing serves PostgREST") && e.contains("DUALWRITE_REST_URL"),
+        "{e}"
+    );
+    assert!(!e.contains("no DoX tables"), "{e}");
+    // Named as what it is, it is reached.
+    let o = run(&[("SUPABASE_URL", &project), ("DUALWRITE_REST_URL", &bare)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+/// An anon key where the service role is needed: the error names the role
+/// the key has and the one it needs, for either kind of anon key.
+#[test]
+fn an_anon_key_is_named_by_its_role() {
+    needs_stack!();
+    let dir = tempfile::tempdir().unwrap();
+    let src = crate::harness::fixture("dox-small.sqlite3");
+    for anon in ["SUPABASE_ANON_KEY", "SUPABASE_PUBLISHABLE_KEY"] {
+        let key = stack().var(anon).to_owned();
+        let state = dir.path().join(anon);
+        let o = dualwrite(
+            dir.path(),
+            &[("SUPABASE_SERVICE_KEY", ""), ("SUPABASE_ANON_KEY", &key)],
+            &[
+                "backfill",
+                "--from-sqlite",
+                src.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+            ],
+        );
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{anon}: {err}");
+        assert!(
+            err.contains("the key's role is anon; dualwrite needs service_role"),
+            "{anon}: {err}"
+        );
+        assert!(!err.contains(&key), "the key leaked: {err}");
+    }
+}
+
 #[test]
 fn keys_generate_sign_verify_decode() {
     needs_stack!();
@@ -290,9 +378,9 @@ fn keys_generate_sign_verify_decode() {
         (v["valid"].clone(), v["claims"]["sub"].clone()),
         (json!(true), json!("dev_user"))
     );
-    // Verified with another secret: refused, exit 1.
+    // Verified with another secret: refused, exit 3 (the answer is no).
     let o = dualwrite(dir.path(), &[], &["keys", "verify", &token]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(3));
     let o = dualwrite(dir.path(), &[], &["keys", "decode", &token]);
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["claims"]["role"], "authenticated");
@@ -338,9 +426,9 @@ async fn failures_recorded_by_one_call_are_replayed_by_another() {
     let args = json!({"tag": {"id": id, "document_id": "d", "tag": "x"}}).to_string();
     let down = [
         ("SUPABASE_DUAL_WRITE", "true"),
-        ("SUPABASE_URL", "http://127.0.0.1:9/rest/v1"),
+        ("SUPABASE_URL", "http://127.0.0.1:9"),
     ];
-    let o = dualwrite(dir.path(), &down, &["call", "add_tag", "--json", &args]);
+    let o = dualwrite(dir.path(), &down, &["call", "add_tag", "--args", &args]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("app.sqlite3.failures.ndjson"),
@@ -349,7 +437,7 @@ async fn failures_recorded_by_one_call_are_replayed_by_another() {
     );
     // Replaying while still down keeps it recorded.
     let o = dualwrite(dir.path(), &down, &["replay"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(3));
     // Back up: the replay lands it and empties the record.
     let o = dualwrite(dir.path(), &[("SUPABASE_DUAL_WRITE", "true")], &["replay"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -377,7 +465,7 @@ fn an_unreachable_supabase_is_named_once_with_its_cause_and_what_to_do() {
         .local_addr()
         .unwrap()
         .port(); // closed again: connections are refused
-    let url = format!("http://127.0.0.1:{port}/rest/v1");
+    let url = format!("http://127.0.0.1:{port}");
     let key = dualwrite::keys::sign(
         "a-test-secret-of-at-least-thirty-two-chars",
         "service_role",
@@ -398,7 +486,7 @@ fn an_unreachable_supabase_is_named_once_with_its_cause_and_what_to_do() {
         ),
         (
             &[("SUPABASE_DUAL_WRITE", "true")],
-            vec!["call", "add_tag", "--json", &tag],
+            vec!["call", "add_tag", "--args", &tag],
         ),
     ];
     for (env, args) in cases {
@@ -446,7 +534,7 @@ fn a_missing_source_file_is_named_once_with_what_to_check() {
         let o = Command::new(env!("CARGO_BIN_EXE_dualwrite"))
             .current_dir(dir.path())
             .args(&args)
-            .env("SUPABASE_URL", "http://127.0.0.1:9/rest/v1")
+            .env("SUPABASE_URL", "http://127.0.0.1:9")
             .env("SUPABASE_SERVICE_KEY", "sb_secret_not_used_here")
             .output()
             .unwrap();
@@ -521,7 +609,7 @@ async fn a_file_that_is_not_doxs_or_lacks_tables_is_refused() {
         .execute_batch("CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT); INSERT INTO notes VALUES ('n', 'b');")
         .unwrap();
     let env = [
-        ("SUPABASE_URL", pg.url.as_str()),
+        ("DUALWRITE_REST_URL", pg.url.as_str()),
         ("SUPABASE_SERVICE_KEY", &pg.service_key()),
     ];
     let path = other.display().to_string();
@@ -585,4 +673,47 @@ async fn a_file_that_is_not_doxs_or_lacks_tables_is_refused() {
         ],
     );
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+}
+
+/// `serve`'s options come from the config file's `[serve]`, then
+/// `DUALWRITE_SERVE_*`, then the flags; `dualwrite config` shows what each
+/// direction runs with, and a bad value names its variable.
+#[test]
+fn serve_is_configured_like_everything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("dw.toml"),
+        "[serve]\nrequest_rows = 7\nbatch_rows = 9\nlisten = \"127.0.0.1:9999\"\n",
+    )
+    .unwrap();
+    let config = |env: &[(&str, &str)]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_dualwrite"))
+            .current_dir(dir.path())
+            .env_clear()
+            .envs(env.iter().copied())
+            .args(["config", "--config", "dw.toml"])
+            .output()
+            .unwrap();
+        (o.status.code(), stdout(&o), stderr(&o))
+    };
+    let (code, out, err) = config(&[("DUALWRITE_SERVE_BATCH_ROWS", "123")]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for d in ["forward", "reverse"] {
+        let o = &v["serve"][d];
+        assert_eq!(o["batch_rows"], 123, "the variable wins over the file: {o}");
+        assert_eq!(o["request_rows"], 7, "the file wins over the default: {o}");
+        assert_eq!(o["listen"], "127.0.0.1:9999", "{o}");
+    }
+    // Defaults differ by direction where nothing is configured.
+    assert_ne!(
+        v["serve"]["forward"]["poll_ms"],
+        v["serve"]["reverse"]["poll_ms"]
+    );
+    let (code, _, err) = config(&[("DUALWRITE_SERVE_POLL_MS", "soon")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("DUALWRITE_SERVE_POLL_MS=`soon`"), "{err}");
+    let (code, _, err) = config(&[("DUALWRITE_SERVE_LISTEN", "localhost")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("DUALWRITE_SERVE_LISTEN"), "{err}");
 }

@@ -371,7 +371,7 @@ async fn the_policy_is_configured_by_a_variable_and_chosen_by_flags() {
     let key = pg.service_key();
     let db = dir.path().join("app.sqlite3");
     let env = [
-        ("SUPABASE_URL", pg.url.as_str()),
+        ("DUALWRITE_REST_URL", pg.url.as_str()),
         ("SUPABASE_SERVICE_KEY", key.as_str()),
         ("SUPABASE_DUAL_WRITE", "true"),
         ("DB_PATH", db.to_str().unwrap()),
@@ -388,7 +388,7 @@ async fn the_policy_is_configured_by_a_variable_and_chosen_by_flags() {
     let (code, _, err) = bin(
         dir.path(),
         &env,
-        &["call", "add_tag", "--json", &tag("t-1")],
+        &["call", "add_tag", "--args", &tag("t-1")],
     );
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("NUL"), "{err}");
@@ -399,7 +399,7 @@ async fn the_policy_is_configured_by_a_variable_and_chosen_by_flags() {
     let (code, _, err) = bin(
         dir.path(),
         &coerce,
-        &["call", "add_tag", "--json", &tag("t-2")],
+        &["call", "add_tag", "--args", &tag("t-2")],
     );
     assert_eq!(code, 0, "{err}");
     let log = dir.path().join("app.sqlite3.coerced.ndjson");
@@ -433,13 +433,13 @@ async fn the_policy_is_configured_by_a_variable_and_chosen_by_flags() {
     assert_eq!(report["tables"][0]["rows"][0]["kind"], "coerced", "{out}");
     // Under the default policy the same rows cannot land.
     let (code, out, _) = bin(dir.path(), &env, &["verify", "--tables", "tagrow"]);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 3, "{out}");
     assert!(out.contains("cannot land"), "{out}");
 
     let failures = dir.path().join("app.sqlite3.failures.ndjson");
     std::fs::write(&failures, "").unwrap(); // replayed: nothing left
     let (code, out, _) = bin(dir.path(), &coerce, &["cutover", "check"]);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 3, "{out}");
     assert!(out.contains("--accept-coerced"), "{out}");
     let (code, out, err) = bin(dir.path(), &env, &["cutover", "check", "--accept-coerced"]);
     assert_eq!(code, 0, "{out}{err}");

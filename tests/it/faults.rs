@@ -92,7 +92,7 @@ async fn reverse_setup(dir: &Path, pg: &PrivateDb, url: &str) -> std::path::Path
     let o = run_with(
         &db,
         pg,
-        &[("SUPABASE_URL", url)],
+        &[("DUALWRITE_REST_URL", url)],
         &["capture", "install", "--target", "supabase"],
     );
     assert!(o.status.success(), "{o:?}");
@@ -113,7 +113,7 @@ fn spawn_reverse(
     env_for(&mut c, db, pg);
     let log = std::fs::File::create(db.with_extension("serve.log")).unwrap();
     Spawned(
-        c.env("SUPABASE_URL", url)
+        c.env("DUALWRITE_REST_URL", url)
             .envs(env.iter().copied())
             .current_dir(db.parent().unwrap())
             .args([
@@ -135,10 +135,21 @@ fn spawn_reverse(
 /// `dualwrite` with `args` on `db`, which must end by itself within 10 s (a
 /// refusal): its exit code and what it said.
 async fn refused(db: &Path, pg: &PrivateDb, args: &[&str]) -> (Option<i32>, String) {
+    refused_with(db, pg, &[], args).await
+}
+
+/// [`refused`], with `env` set.
+async fn refused_with(
+    db: &Path,
+    pg: &PrivateDb,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (Option<i32>, String) {
     let mut c = bin();
     env_for(&mut c, db, pg);
     let mut serve = Spawned(
         c.current_dir(db.parent().unwrap())
+            .envs(env.iter().copied())
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -473,7 +484,7 @@ async fn a_slow_embedded_mirror_never_overwrites_a_newer_row_the_daemon_sent() {
         &[
             "call",
             "add_tag",
-            "--json",
+            "--args",
             "{\"tag\": {\"id\": \"t-call\", \"document_id\": \"d\", \"tag\": \"c\"}}",
         ],
     );
@@ -500,7 +511,7 @@ async fn three_hundred_uuid_keys_pending_in_reverse_drain_through_nginx() {
     let pg = PrivateDb::new().await;
     let gw = pg.gateway().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = reverse_setup(dir.path(), &pg, &gw.url).await;
+    let db = reverse_setup(dir.path(), &pg, &gw.rest_url()).await;
     let rows: Vec<Value> = (0..300)
         .map(|_| {
             json!({"id": uuid::Uuid::new_v4().to_string(), "filename": "f", "filepath": "/p", "filetype": "pdf"})
@@ -511,7 +522,14 @@ async fn three_hundred_uuid_keys_pending_in_reverse_drain_through_nginx() {
         .await
         .unwrap();
     let port = free_port();
-    let _serve = spawn_reverse(&db, &pg, &gw.url, port, &[], &["--max-wait-secs", "3"]);
+    let _serve = spawn_reverse(
+        &db,
+        &pg,
+        &gw.rest_url(),
+        port,
+        &[],
+        &["--max-wait-secs", "3"],
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while count_in(&db, "artifact") < 300 {
         assert!(
@@ -528,7 +546,12 @@ async fn three_hundred_uuid_keys_pending_in_reverse_drain_through_nginx() {
     let o = run_with(
         &db,
         &pg,
-        &[("SUPABASE_URL", &gw.url), ("SUPABASE_TIMEOUT", "10")],
+        &[
+            // Through the gateway by its project URL, as a Supabase client.
+            ("DUALWRITE_REST_URL", ""),
+            ("SUPABASE_URL", &gw.url),
+            ("SUPABASE_TIMEOUT", "10"),
+        ],
         &[
             "verify",
             "--direction",
@@ -690,6 +713,17 @@ async fn the_status_file_is_private_and_a_public_listen_address_is_a_choice() {
         err.contains("not a loopback address") && err.contains("--listen-public"),
         "{err}"
     );
+    // The same address from the environment (`serve` is configured as the
+    // rest is), and the flag winning over it.
+    let env = [("DUALWRITE_SERVE_LISTEN", listen.as_str())];
+    let (code, err) = refused_with(&db, &pg, &env, &["serve"]).await;
+    assert_eq!(code, Some(2));
+    assert!(err.contains(&listen), "{err}");
+    let loopback = format!("127.0.0.1:{}", free_port());
+    let env = [("DUALWRITE_SERVE_LISTEN", loopback.as_str())];
+    let (code, err) = refused_with(&db, &pg, &env, &["serve", "--listen", &listen]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&listen), "{err}");
     let port = free_port();
     let _serve = spawn_serve_with(&db, &pg, port, &["--max-lag-secs", "3"]);
     wait_http(port).await;

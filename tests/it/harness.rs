@@ -107,6 +107,12 @@ impl Stack {
             .collect()
     }
 
+    /// The stack's PostgREST endpoint: the project URL (`SUPABASE_URL`, as
+    /// Supabase's clients take it) and `/rest/v1`.
+    pub fn rest_url(&self) -> String {
+        format!("{}/rest/v1", self.var("SUPABASE_URL"))
+    }
+
     pub fn jwt_secret(&self) -> &str {
         self.var("SUPABASE_JWT_SECRET")
     }
@@ -114,7 +120,7 @@ impl Stack {
     /// A client of the shared stack, through nginx at /rest/v1, with `key`.
     pub fn client(&self, key: &str, user_jwt: Option<String>) -> RestClient {
         RestClient::new(&RestConfig {
-            url: self.var("SUPABASE_URL").to_owned(),
+            url: self.rest_url(),
             key: SecretString::from(key.to_owned()),
             user_jwt: user_jwt.map(SecretString::from),
             schema: "public".into(),

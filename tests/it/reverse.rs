@@ -35,7 +35,7 @@ fn run_with(dir: &Path, pg: &PrivateDb, env: &[(&str, &str)], args: &[&str]) -> 
         .env_clear()
         .env("RUST_LOG", "warn")
         .env("DB_PATH", dir.join("dox.sqlite3"))
-        .env("SUPABASE_URL", &pg.url)
+        .env("DUALWRITE_REST_URL", &pg.url)
         .env("SUPABASE_SERVICE_KEY", pg.service_key())
         .env("SUPABASE_TIMEOUT", "5")
         .envs(env.iter().copied())
@@ -103,7 +103,7 @@ async fn capture_on_supabase_logs_every_writer_and_only_the_service_role_reaches
         &pg,
         &["capture", "status", "--target", "supabase"],
     );
-    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
     assert!(!state(&o).enabled);
     let a = unique("rev-art");
     let body = |v: Value| serde_json::to_string(&v).unwrap();
@@ -330,7 +330,7 @@ fn spawn_serve(
         .env_clear()
         .env("RUST_LOG", "warn,dualwrite=info")
         .env("DB_PATH", db)
-        .env("SUPABASE_URL", &pg.url)
+        .env("DUALWRITE_REST_URL", &pg.url)
         .env("SUPABASE_SERVICE_KEY", pg.service_key())
         .env("SUPABASE_TIMEOUT", "2")
         .envs(env.iter().copied())
@@ -632,7 +632,7 @@ async fn reverse_serve_keeps_the_sqlite_file_equal_through_kill_9_and_a_locked_f
         .unwrap();
     let o = check(dir.path());
     let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert_eq!(o.status.code(), Some(3), "{out}");
     assert!(
         out.contains("NOT READY") && out.contains("1 change(s) on Supabase"),
         "{out}"
@@ -809,7 +809,7 @@ async fn rows_the_sqlite_file_refuses_become_dead_letters_and_the_rest_flows() {
         ],
     );
     let report: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"));
-    assert_eq!(o.status.code(), Some(1), "{report}");
+    assert_eq!(o.status.code(), Some(3), "{report}");
     assert_eq!(report["dead_letters"]["records"], json!(3), "{report}");
     assert_eq!(report["dead_letters"]["left"], json!(3), "{report}");
     assert!(

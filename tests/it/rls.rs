@@ -125,7 +125,7 @@ async fn each_role_sees_what_it_should() {
 async fn the_gateway_refuses_missing_and_unknown_keys() {
     needs_stack!();
     let s = stack();
-    let url = format!("{}/artifacts?limit=1", s.var("SUPABASE_URL"));
+    let url = format!("{}/artifacts?limit=1", s.rest_url());
     let r = reqwest::get(&url).await.unwrap();
     assert_eq!(r.status(), 401);
     assert!(r.text().await.unwrap().contains("No API key found"));

@@ -170,7 +170,7 @@ fn binary(pg: &PrivateDb, dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dualwrite"));
     c.current_dir(dir)
         .args(args)
-        .env("SUPABASE_URL", &pg.url)
+        .env("DUALWRITE_REST_URL", &pg.url)
         .env("SUPABASE_SERVICE_KEY", pg.service_key())
         .env_remove("SUPABASE_ANON_KEY")
         .env("DB_PATH", dir.join("unused.sqlite3"))
@@ -378,12 +378,12 @@ async fn state_files_are_created_owner_only() {
         .args([
             "call",
             "add_memory",
-            "--json",
+            "--args",
             r#"{"category": "c", "content": {}}"#,
         ])
         .env("DB_PATH", &db)
         .env("SUPABASE_DUAL_WRITE", "true")
-        .env("SUPABASE_URL", "http://127.0.0.1:9/rest/v1")
+        .env("SUPABASE_URL", "http://127.0.0.1:9")
         .env("SUPABASE_SERVICE_KEY", pg.service_key())
         .env_remove("SUPABASE_ANON_KEY")
         .stdin(Stdio::null())
@@ -722,7 +722,7 @@ async fn cutover_check_finds_the_record_files_of_its_source_from_anywhere() {
             .env_remove("SUPABASE_ANON_KEY")
             .env_remove("SUPABASE_DUAL_WRITE")
             .env("SUPABASE_SERVICE_KEY", pg.service_key())
-            .env("SUPABASE_URL", &pg.url)
+            .env("DUALWRITE_REST_URL", &pg.url)
             .stdin(Stdio::null());
         for (k, v) in env {
             c.env(k, v);
@@ -735,12 +735,13 @@ async fn cutover_check_finds_the_record_files_of_its_source_from_anywhere() {
         &[
             ("DB_PATH", "db.sqlite3"),
             ("SUPABASE_DUAL_WRITE", "true"),
-            ("SUPABASE_URL", "http://127.0.0.1:9/rest/v1"),
+            ("SUPABASE_URL", "http://127.0.0.1:9"),
+            ("DUALWRITE_REST_URL", ""),
         ],
         &[
             "call",
             "add_memory",
-            "--json",
+            "--args",
             r#"{"category": "c", "content": {"k": 1}}"#,
         ],
     );
@@ -763,7 +764,7 @@ async fn cutover_check_finds_the_record_files_of_its_source_from_anywhere() {
 
     let o = run(&elsewhere, &[], &["cutover", "check", "--from-sqlite", db]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert_eq!(o.status.code(), Some(3), "{out}");
     assert!(out.contains("NOT READY"), "{out}");
     assert!(out.contains("failure"), "{out}");
 
@@ -781,7 +782,7 @@ async fn cutover_check_finds_the_record_files_of_its_source_from_anywhere() {
         ],
     );
     let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert_eq!(o.status.code(), Some(3), "{out}");
     assert!(out.contains("does not exist"), "{out}");
 }
 
@@ -837,7 +838,7 @@ fn keys_read_tokens_from_stdin_and_service_keys_are_short_lived() {
         &["keys", "verify", "-", "--aud", "authenticated"],
         &service,
     );
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(3));
     let o = keys(&[], &["keys", "decode", "-"], &service);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["claims"]["role"], "service_role");
@@ -970,7 +971,7 @@ async fn clients_write_to_supabase_only_once_access_is_primary() {
     let access = |state: &str, key: &str| {
         Command::new(env!("CARGO_BIN_EXE_dualwrite"))
             .args(["access", state])
-            .env("SUPABASE_URL", &pg.url)
+            .env("DUALWRITE_REST_URL", &pg.url)
             .env("SUPABASE_SERVICE_KEY", key)
             .env_remove("SUPABASE_ANON_KEY")
             .stdin(Stdio::null())

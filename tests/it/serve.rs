@@ -24,7 +24,7 @@ pub(crate) fn bin() -> Command {
 
 pub(crate) fn env_for(c: &mut Command, db: &Path, pg: &PrivateDb) {
     c.env("DB_PATH", db)
-        .env("SUPABASE_URL", &pg.url)
+        .env("DUALWRITE_REST_URL", &pg.url)
         .env("SUPABASE_SERVICE_KEY", pg.service_key())
         .env("SUPABASE_TIMEOUT", "2");
 }
@@ -541,7 +541,7 @@ async fn cutover_check_is_not_ready_while_changes_are_pending() {
         (o.status.code(), v)
     };
     let (code, v) = cutover();
-    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(code, Some(3), "{v}");
     assert_eq!(v["capture"]["pending"], 1, "{v}");
     let reasons = v["reasons"].to_string();
     assert!(
@@ -636,7 +636,8 @@ async fn embedded_dual_write_with_capture_loses_nothing_and_the_failure_log_is_i
     );
     let down = [
         ("SUPABASE_DUAL_WRITE", "true"),
-        ("SUPABASE_URL", "http://127.0.0.1:9/rest/v1"),
+        ("SUPABASE_URL", "http://127.0.0.1:9"),
+        ("DUALWRITE_REST_URL", ""),
     ];
     let tag = |id: &str| {
         format!("{{\"tag\": {{\"id\": \"{id}\", \"document_id\": \"d\", \"tag\": \"x\"}}}}")
@@ -646,7 +647,7 @@ async fn embedded_dual_write_with_capture_loses_nothing_and_the_failure_log_is_i
         &db,
         &pg,
         &down,
-        &["call", "add_tag", "--json", &tag("t-before")],
+        &["call", "add_tag", "--args", &tag("t-before")],
     );
     assert_eq!(
         o.status.code(),
@@ -663,7 +664,7 @@ async fn embedded_dual_write_with_capture_loses_nothing_and_the_failure_log_is_i
         &db,
         &pg,
         &[("SUPABASE_DUAL_WRITE", "true")],
-        &["call", "add_tag", "--json", newer],
+        &["call", "add_tag", "--args", newer],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
@@ -683,7 +684,7 @@ async fn embedded_dual_write_with_capture_loses_nothing_and_the_failure_log_is_i
         &db,
         &pg,
         &down,
-        &["call", "add_tag", "--json", &tag("t-during")],
+        &["call", "add_tag", "--args", &tag("t-during")],
     );
     assert_eq!(
         o.status.code(),
@@ -868,7 +869,7 @@ async fn writes_made_while_supabase_is_down_wait_in_the_log_and_go_as_they_are_t
                 .args([
                     "call",
                     "add_tag",
-                    "--json",
+                    "--args",
                     &format!(
                         "{{\"tag\": {{\"id\": \"p{i}\", \"document_id\": \"d\", \"tag\": \"x\"}}}}"
                     ),
@@ -920,7 +921,7 @@ async fn a_background_drainer_sends_what_the_app_wrote() {
         dir.path(),
         [
             ("DB_PATH", db.display().to_string()),
-            ("SUPABASE_URL", pg.url.clone()),
+            ("DUALWRITE_REST_URL", pg.url.clone()),
             ("SUPABASE_SERVICE_KEY", pg.service_key()),
             ("SUPABASE_DUAL_WRITE", "true".into()),
             ("SUPABASE_TIMEOUT", "2".into()),

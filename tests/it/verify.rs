@@ -327,7 +327,7 @@ async fn planted_differences_are_found_exactly_and_representations_are_not() {
             verify::render(&r, Format::Text)
         );
         assert_eq!(r.verdict, Verdict::Different);
-        assert_eq!(r.exit_code, 1);
+        assert_eq!(r.exit_code, 3);
         let t = &r.totals;
         assert_eq!(
             (
@@ -578,7 +578,7 @@ async fn repair_needs_confirmation_then_makes_a_drifted_target_equal() {
     .unwrap();
     let key = pg.service_key();
     let env = [
-        ("SUPABASE_URL", pg.url.as_str()),
+        ("DUALWRITE_REST_URL", pg.url.as_str()),
         ("SUPABASE_SERVICE_KEY", key.as_str()),
     ];
     let p = path.to_str().unwrap();
@@ -597,7 +597,7 @@ async fn repair_needs_confirmation_then_makes_a_drifted_target_equal() {
         &env,
         &["verify", "--from-sqlite", p, "--repair", "--format", "json"],
     );
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     assert!(
         text(&o.stderr).contains("nothing was changed"),
         "{}",
@@ -629,7 +629,7 @@ async fn repair_needs_confirmation_then_makes_a_drifted_target_equal() {
             "json",
         ],
     );
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     let j: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["repair"]["status"], "applied");
     assert_eq!(j["repair"]["before_verdict"], "different");
@@ -699,7 +699,7 @@ async fn an_anon_key_gives_a_partial_visibility_report_never_equal() {
         .await
         .unwrap();
     assert_eq!(r.verdict, Verdict::PartialVisibility);
-    assert_eq!(r.exit_code, 2);
+    assert_eq!(r.exit_code, 1);
     assert_eq!(r.totals.target_rows, 0, "RLS hides every row from anon");
     assert!(verify::render(&r, Format::Html).contains("Visibility is partial"));
 
@@ -723,10 +723,13 @@ async fn an_anon_key_gives_a_partial_visibility_report_never_equal() {
 
     let o = dualwrite_bin(
         dir.path(),
-        &[("SUPABASE_URL", &pg.url), ("SUPABASE_ANON_KEY", &anon)],
+        &[
+            ("DUALWRITE_REST_URL", &pg.url),
+            ("SUPABASE_ANON_KEY", &anon),
+        ],
         &["verify", "--from-sqlite", path.to_str().unwrap()],
     );
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let out = text(&o.stdout);
     assert!(
         out.contains("PARTIAL visibility") && out.contains("role anon"),
@@ -737,7 +740,10 @@ async fn an_anon_key_gives_a_partial_visibility_report_never_equal() {
     // A repair from a view that cannot see every row would be wrong: refused, nothing written.
     let o = dualwrite_bin(
         dir.path(),
-        &[("SUPABASE_URL", &pg.url), ("SUPABASE_ANON_KEY", &anon)],
+        &[
+            ("DUALWRITE_REST_URL", &pg.url),
+            ("SUPABASE_ANON_KEY", &anon),
+        ],
         &[
             "verify",
             "--from-sqlite",
@@ -748,6 +754,7 @@ async fn an_anon_key_gives_a_partial_visibility_report_never_equal() {
             "json",
         ],
     );
+    // Refused: the key given cannot see every row (bad input, exit 2).
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     let j: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["repair"]["status"], "refused");
@@ -894,7 +901,7 @@ async fn cutover_check_says_ready_only_when_everything_holds() {
     // The binary: exit 1 for NOT READY, JSON; a malformed record file blocks too.
     let key = pg.service_key();
     let env = [
-        ("SUPABASE_URL", pg.url.as_str()),
+        ("DUALWRITE_REST_URL", pg.url.as_str()),
         ("SUPABASE_SERVICE_KEY", key.as_str()),
     ];
     std::fs::write(&failures, "not json\n").unwrap();
@@ -912,7 +919,7 @@ async fn cutover_check_says_ready_only_when_everything_holds() {
             "json",
         ],
     );
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     let j: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["verdict"], "NOT READY");
     assert_eq!(j["failures"]["malformed"], 1);
@@ -954,7 +961,7 @@ async fn cutover_check_says_ready_only_when_everything_holds() {
         &env,
         &["cutover", "check", "--from-sqlite", path.to_str().unwrap()],
     );
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     assert!(
         text(&o.stdout).contains("1 recorded secondary failure(s) not replayed"),
         "{}",
@@ -966,10 +973,13 @@ async fn cutover_check_says_ready_only_when_everything_holds() {
     let anon = anon_jwt();
     let o = dualwrite_bin(
         dir.path(),
-        &[("SUPABASE_URL", &pg.url), ("SUPABASE_ANON_KEY", &anon)],
+        &[
+            ("DUALWRITE_REST_URL", &pg.url),
+            ("SUPABASE_ANON_KEY", &anon),
+        ],
         &["cutover", "check", "--from-sqlite", path.to_str().unwrap()],
     );
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     assert!(
         text(&o.stdout).contains("cannot see every row"),
         "{}",
@@ -987,7 +997,7 @@ async fn generate_backfill_verify_and_cutover_through_the_binary() {
     let pg = PrivateDb::new().await;
     let key = pg.service_key();
     let env = [
-        ("SUPABASE_URL", pg.url.as_str()),
+        ("DUALWRITE_REST_URL", pg.url.as_str()),
         ("SUPABASE_SERVICE_KEY", key.as_str()),
     ];
     let file = dir.path().join("generated.sqlite3");
@@ -1032,7 +1042,7 @@ async fn generate_backfill_verify_and_cutover_through_the_binary() {
         &[json!({"table": "fact", "key": gone, "code": "23502", "message": "planted", "row": {}})],
     );
     let (code, out, _) = run(&["cutover", "check", "--from-sqlite", f]);
-    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(code, Some(3), "{out}");
     assert!(out.contains("1 rejected row(s) left"), "{out}");
     assert!(
         out.contains("fact: not equal by content (1 missing"),
@@ -1098,7 +1108,10 @@ async fn the_html_report_renders_in_headless_chromium() {
     let key = pg.service_key();
     let o = dualwrite_bin(
         dir.path(),
-        &[("SUPABASE_URL", &pg.url), ("SUPABASE_SERVICE_KEY", &key)],
+        &[
+            ("DUALWRITE_REST_URL", &pg.url),
+            ("SUPABASE_SERVICE_KEY", &key),
+        ],
         &[
             "verify",
             "--from-sqlite",
@@ -1109,7 +1122,7 @@ async fn the_html_report_renders_in_headless_chromium() {
             page.to_str().unwrap(),
         ],
     );
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     assert!(
         text(&o.stdout).contains("report written to"),
         "{}",
@@ -1224,10 +1237,10 @@ async fn supabase_reads_return_every_row_verify_reads() {
         &[
             ("DB_BACKEND", "supabase"),
             ("DB_PATH", db.to_str().unwrap()),
-            ("SUPABASE_URL", pg.url.as_str()),
+            ("DUALWRITE_REST_URL", pg.url.as_str()),
             ("SUPABASE_SERVICE_KEY", key.as_str()),
         ],
-        &["call", "get_artifacts", "--json", "{}"],
+        &["call", "get_artifacts", "--args", "{}"],
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let all: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
@@ -1384,7 +1397,7 @@ async fn reverse_verify_names_sqlite_differences_and_repair_fixes_the_file() {
     );
 
     let env = [
-        ("SUPABASE_URL", pg.url.as_str()),
+        ("DUALWRITE_REST_URL", pg.url.as_str()),
         ("SUPABASE_SERVICE_KEY", &pg.service_key()),
     ]
     .map(|(k, v)| (k, v.to_owned()));
@@ -1406,7 +1419,7 @@ async fn reverse_verify_names_sqlite_differences_and_repair_fixes_the_file() {
     };
     // Not confirmed: nothing changes.
     let o = repair(&[]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     assert!(
         text(&o.stderr).contains("nothing was changed"),
         "{}",
@@ -1422,7 +1435,7 @@ async fn reverse_verify_names_sqlite_differences_and_repair_fixes_the_file() {
     // Confirmed, without --delete-extra: the changed and the missing row are
     // back as DoX stored them; the extra row stays.
     let o = repair(&["--yes"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     let after: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(after["direction"], "reverse");
     assert_eq!(after["repair"]["status"], "applied");

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Gateway {
-    /// `http://127.0.0.1:PORT/rest/v1`.
+    /// The project URL, `http://127.0.0.1:PORT` (the API is its `/rest/v1`).
     pub url: String,
     child: Child,
     dir: tempfile::TempDir,
@@ -39,6 +39,11 @@ fn render(text: &str, values: &[(&str, String)]) -> String {
 }
 
 impl Gateway {
+    /// Its PostgREST endpoint, `<url>/rest/v1`.
+    pub fn rest_url(&self) -> String {
+        format!("{}/rest/v1", self.url)
+    }
+
     /// nginx in front of `upstream` (`127.0.0.1:PORT`), on a free port.
     /// Requests carry their own JWT in `apikey` (the sb_ key rules of the
     /// template are given values nobody uses).
@@ -86,14 +91,14 @@ impl Gateway {
             .spawn()
             .unwrap();
         let g = Gateway {
-            url: format!("http://127.0.0.1:{port}/rest/v1"),
+            url: format!("http://127.0.0.1:{port}"),
             child,
             dir,
         };
         // Up when it answers (401 without an API key, as Supabase's).
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(r) = reqwest::get(format!("{}/", g.url)).await {
+            if let Ok(r) = reqwest::get(format!("{}/", g.rest_url())).await {
                 assert_eq!(r.status().as_u16(), 401, "the gateway answers");
                 return g;
             }

@@ -16,7 +16,7 @@ fn load_defaults() -> BackfillOptions {
 
 /// A `serve` option's help, with its default in each direction: the
 /// library's ([`ServeOptions::new`]), the one place they are written.
-fn per_direction(what: &str, default: impl Fn(&ServeOptions) -> String) -> String {
+fn per_direction(what: &str, env: &str, default: impl Fn(&ServeOptions) -> String) -> String {
     let of = |d| {
         default(&ServeOptions::new(
             d,
@@ -25,55 +25,117 @@ fn per_direction(what: &str, default: impl Fn(&ServeOptions) -> String) -> Strin
         ))
     };
     format!(
-        "{what} [default: forward {}, reverse {}]",
+        "{what} [default: forward {}, reverse {}] [env: DUALWRITE_SERVE_{env}]",
         of(Direction::Forward),
         of(Direction::Reverse)
     )
 }
 
+/// The exit codes of every command, in `--help` and README.md.
+const EXIT_CODES: &str = "\
+Exit codes (every command):
+  0  done; the answer is yes (EQUAL, READY, healthy, installed)
+  1  failed at run time, or could not tell (Supabase or SQLite failed or could not be reached)
+  2  bad usage or input (a flag, a setting, an argument, a file that is not a DoX database); nothing written
+  3  done, and the answer is no or partial: verify DIFFERENT, cutover check NOT READY, status not
+     healthy, capture not installed, rows rejected (backfill, import, export), a mirror write that
+     failed (call), failures still failing (replay), a key that does not verify (keys verify)
+
+Output: commands that report take --format text|json (--json is the same as --format json); config,
+check, call, access, replay and capture install/uninstall print JSON.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "dualwrite",
     version,
-    about = "Move DoX data from SQLite to Supabase without downtime"
+    about = "Move DoX data from SQLite to Supabase without downtime",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
-    /// A TOML settings file layered over config/default.toml.
-    #[arg(long, global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// The SQLite file (overrides DB_PATH).
-    #[arg(long, global = true, value_name = "PATH")]
-    pub db_path: Option<PathBuf>,
-    /// The primary backend: sqlite or supabase (overrides DB_BACKEND).
-    #[arg(long, global = true, value_name = "BACKEND")]
-    pub backend: Option<String>,
-    /// Mirror writes to the other backend (overrides SUPABASE_DUAL_WRITE).
-    #[arg(long, global = true, value_name = "BOOL")]
-    pub dual_write: Option<bool>,
     /// Log as JSON lines instead of text (logs go to stderr).
     #[arg(long, global = true)]
     pub log_json: bool,
     #[command(subcommand)]
     pub command: Command,
+    /// The settings flags of the command given ([`Command::settings`]), filled by [`Cli::parse_args`].
+    #[arg(skip)]
+    pub settings: SettingsArgs,
+}
+
+impl Cli {
+    /// Parse the command line; the settings flags, wherever the command has them, end up in `settings`.
+    pub fn parse_args() -> Cli {
+        let mut cli = <Cli as Parser>::parse();
+        cli.settings = cli.command.settings();
+        cli
+    }
+}
+
+/// `--config`: on every command that reads the settings.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigArg {
+    /// A TOML settings file layered over config/default.toml.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The settings flags of the commands that work on the configured app storage.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SettingsArgs {
+    #[command(flatten)]
+    pub file: ConfigArg,
+    /// The SQLite file [env: DB_PATH]
+    #[arg(long, value_name = "PATH")]
+    pub db_path: Option<PathBuf>,
+    /// The primary backend: sqlite or supabase [env: DB_BACKEND]
+    #[arg(long, value_name = "BACKEND")]
+    pub backend: Option<String>,
+    /// Mirror writes to the other backend [env: SUPABASE_DUAL_WRITE]
+    #[arg(long, value_name = "BOOL")]
+    pub dual_write: Option<bool>,
+}
+
+impl From<&ConfigArg> for SettingsArgs {
+    fn from(c: &ConfigArg) -> SettingsArgs {
+        SettingsArgs {
+            file: c.clone(),
+            ..SettingsArgs::default()
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Print the resolved configuration, secrets redacted.
-    Config,
+    Config(SettingsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout,
+    /// e.g. `dualwrite completions bash > /etc/bash_completion.d/dualwrite`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout, or write one page per command into a directory,
+    /// e.g. `dualwrite man --out-dir /usr/local/share/man/man1`.
+    Man {
+        /// Write dualwrite.1 and a page per subcommand (dualwrite-serve.1 ...) here.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
     /// Open the configured backend and print the init report (exit 1 when Supabase,
     /// asked for, is not usable: the report says why).
-    Check,
+    Check(SettingsArgs),
     /// Apply one DoX write or read through the configured backend; print the result as JSON.
     Call {
         /// The method, e.g. add_artifact, add_memory, list_tags.
         method: String,
-        /// The method's named arguments as a JSON object.
-        #[arg(long, value_name = "ARGS", default_value = "{}")]
-        json: String,
+        /// The method's named arguments, as a JSON object.
+        #[arg(long, value_name = "JSON", default_value = "{}")]
+        args: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
     /// Replay the recorded secondary failures (dual write) to the mirror.
-    Replay,
+    Replay(SettingsArgs),
     /// Test and benchmark data.
     #[command(subcommand)]
     Fixtures(FixturesCommand),
@@ -87,6 +149,8 @@ pub enum Command {
         from_sqlite: PathBuf,
         #[command(flatten)]
         load: LoadArgs,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Write every DoX table as NDJSON in the Supabase shape, with a manifest.
     Export {
@@ -110,6 +174,8 @@ pub enum Command {
         /// (default: the configured dual.unrepresentable, itself reject by default).
         #[arg(long, value_name = "POLICY", value_parser = ["reject", "coerce"])]
         unrepresentable: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Check an export against its manifest and load it into Supabase (resumable).
     Import {
@@ -117,14 +183,18 @@ pub enum Command {
         dir: PathBuf,
         #[command(flatten)]
         load: LoadArgs,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Write the sample DoX records through dual write and show them on both sides.
     Demo {
         /// The SQLite file the demo writes (default: dualwrite-demo.sqlite3).
         #[arg(long, value_name = "PATH", default_value = "dualwrite-demo.sqlite3")]
         db: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
-    /// Compare Supabase with the SQLite file, row by row (exit 0 equal, 1 different, 2 could not verify).
+    /// Compare Supabase with the SQLite file, row by row (exit 0 EQUAL, 3 DIFFERENT, 1 could not verify).
     Verify(VerifyArgs),
     /// Decide whether Supabase may become the primary.
     #[command(subcommand)]
@@ -134,6 +204,8 @@ pub enum Command {
         /// mirror, primary, or status (print the state in force).
         #[arg(value_parser = ["mirror", "primary", "status"])]
         state: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
     /// Change capture on the DoX file (DB_PATH / --db-path): triggers that log every committed change.
     #[command(subcommand)]
@@ -147,9 +219,8 @@ pub enum Command {
     /// its lag bound); 3 not healthy (the reasons are printed); 1 it could not be
     /// told (the file or Supabase could not be read); 2 bad usage.
     Status {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
         /// forward (the file's change log) or reverse (the Supabase change log;
         /// default: as `serve`, from DB_BACKEND and dual write).
         #[arg(long, value_parser = ["forward", "reverse"])]
@@ -157,7 +228,56 @@ pub enum Command {
         /// Where the dead letters are counted (default: as `serve`).
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
+}
+
+/// How a command that reports prints it: the one output convention.
+#[derive(Args, Debug, Clone)]
+pub struct Output {
+    /// text (for people) or json (one object, for scripts).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
+    /// Same as --format json.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Output {
+    pub fn json(&self) -> bool {
+        self.json || self.format == "json"
+    }
+}
+
+impl Command {
+    /// The settings flags given to this command (none for the commands that read no settings).
+    pub fn settings(&self) -> SettingsArgs {
+        match self {
+            Command::Config(s)
+            | Command::Check(s)
+            | Command::Replay(s)
+            | Command::Call { settings: s, .. }
+            | Command::Access { settings: s, .. }
+            | Command::Status { settings: s, .. }
+            | Command::Serve(ServeArgs { settings: s, .. })
+            | Command::Verify(VerifyArgs { settings: s, .. })
+            | Command::Cutover(CutoverCommand::Check { settings: s, .. }) => s.clone(),
+            Command::Capture(c) => c.on().settings.clone(),
+            Command::Backfill { config, .. }
+            | Command::Export { config, .. }
+            | Command::Import { config, .. }
+            | Command::Demo { config, .. }
+            | Command::Keys(KeysCommand::Sign { config, .. })
+            | Command::Keys(KeysCommand::Verify { config, .. }) => config.into(),
+            Command::Completions { .. }
+            | Command::Man { .. }
+            | Command::Fixtures(_)
+            | Command::Keys(KeysCommand::Generate { .. } | KeysCommand::Decode { .. }) => {
+                SettingsArgs::default()
+            }
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -177,9 +297,8 @@ pub enum CaptureCommand {
     },
     /// Installed or not, pending changes, age of the oldest.
     Status {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
         #[command(flatten)]
         on: CaptureTarget,
     },
@@ -207,6 +326,8 @@ pub struct CaptureTarget {
     /// or `psql -f`) and do nothing else; only with --target supabase.
     #[arg(long)]
     pub print_sql: bool,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
 }
 
 /// `serve`'s flags. Each one given overrides the direction's default
@@ -221,59 +342,70 @@ pub struct ServeArgs {
     /// contradicts the configuration).
     #[arg(long, value_parser = ["forward", "reverse"])]
     pub direction: Option<String>,
-    /// Where /health, /ready, /metrics and /status are served.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
-    pub listen: std::net::SocketAddr,
+    /// Where /health, /ready, /metrics and /status are served [default: 127.0.0.1:8787]
+    /// [env: DUALWRITE_SERVE_LISTEN]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
     /// Allow --listen on an address that is not loopback: whoever reaches it reads
-    /// the process id, the tables' figures and the last error.
+    /// the process id, the tables' figures and the last error [env: DUALWRITE_SERVE_LISTEN_PUBLIC]
     #[arg(long)]
     pub listen_public: bool,
-    #[arg(long, value_name = "N", help = per_direction("Changes claimed per batch", |o| o.batch_rows.to_string()))]
+    #[arg(long, value_name = "N", help = per_direction(
+        "Changes claimed per batch", "BATCH_ROWS", |o| o.batch_rows.to_string()))]
     pub batch_rows: Option<usize>,
     #[arg(long, value_name = "N", help = per_direction(
-        "Rows per request to Supabase (upserts forward, reads reverse)", |o| o.request_rows.to_string()))]
+        "Rows per request to Supabase (upserts forward, reads reverse)", "REQUEST_ROWS",
+        |o| o.request_rows.to_string()))]
     pub request_rows: Option<usize>,
     #[arg(long, value_name = "N", help = per_direction(
-        "Requests to Supabase in flight, over all the batches out", |o| o.concurrency.to_string()))]
+        "Requests to Supabase in flight, over all the batches out", "CONCURRENCY",
+        |o| o.concurrency.to_string()))]
     pub concurrency: Option<usize>,
     #[arg(long, value_name = "SECS", help = per_direction(
         "/ready fails when the oldest pending change is older than this, or when the daemon \
-         made no progress for this long while changes wait", |o| o.max_lag.as_secs_f64().to_string()))]
+         made no progress for this long while changes wait", "MAX_LAG_SECS",
+         |o| o.max_lag.as_secs_f64().to_string()))]
     pub max_lag_secs: Option<f64>,
     #[arg(long, value_name = "MS", help = per_direction(
-        "How often to look for new commits while the log is empty", |o| o.poll.as_millis().to_string()))]
+        "How often to look for new commits while the log is empty", "POLL_MS",
+        |o| o.poll.as_millis().to_string()))]
     pub poll_ms: Option<u64>,
     #[arg(long, value_name = "SECS", help = per_direction(
         "How long one request is retried before its batch fails (the batch is tried again \
-         after a pause that grows while failures go on)", |o| o.max_wait.as_secs_f64().to_string()))]
+         after a pause that grows while failures go on)", "MAX_WAIT_SECS",
+         |o| o.max_wait.as_secs_f64().to_string()))]
     pub max_wait_secs: Option<f64>,
     #[arg(long, value_name = "SECS", help = per_direction(
         "How often capture (the triggers) is checked and, while idle, Supabase probed; forward \
-         also whenever the file's schema changes", |o| o.check_every.as_secs_f64().to_string()))]
+         also whenever the file's schema changes", "CHECK_SECS",
+         |o| o.check_every.as_secs_f64().to_string()))]
     pub check_secs: Option<f64>,
     /// Stop with an error when triggers are missing, instead of re-installing them
-    /// (and re-sending their tables).
+    /// (and re-sending their tables) [env: DUALWRITE_SERVE_REPAIR_TRIGGERS=false]
     #[arg(long)]
     pub no_repair_triggers: bool,
     /// Where the dead letters go: rejects.ndjson forward, reverse-rejects.ndjson
-    /// reverse (default: the backfill's state directory for the file).
+    /// reverse [default: the backfill's state directory for the file]
+    /// [env: DUALWRITE_SERVE_STATE_DIR]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Forward only: what to do with a value Supabase cannot hold, reject (a dead
-    /// letter) or coerce (default: the configured dual.unrepresentable, itself reject).
+    /// letter) or coerce [default: reject] [env: DUALWRITE_UNREPRESENTABLE]
     #[arg(long, value_name = "POLICY", value_parser = ["reject", "coerce"])]
     pub unrepresentable: Option<String>,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
 }
 
 impl ServeArgs {
-    /// The flags as options: `direction`'s defaults, overridden by each flag
-    /// given. The one conversion of `serve`'s flags.
+    /// The options `serve` runs with: `direction`'s defaults, under the
+    /// configured `[serve]` settings (file, then `DUALWRITE_SERVE_*`), under
+    /// each flag given. The one conversion of `serve`'s flags.
     pub fn options(
         &self,
         direction: Direction,
         db: PathBuf,
-        state_dir: dualwrite::state_file::StateDir,
-        configured: dualwrite::normalise::UnrepresentablePolicy,
+        settings: &dualwrite::config::Settings,
     ) -> dualwrite::Result<ServeOptions> {
         use std::time::Duration;
         let secs = |name: &str, v: f64| {
@@ -285,9 +417,15 @@ impl ServeArgs {
                 )))
             }
         };
-        let mut o = ServeOptions::new(direction, db, state_dir);
-        o.listen = Some(self.listen);
-        o.listen_public = self.listen_public;
+        let state_dir = match (&self.state_dir, &settings.serve.state_dir) {
+            (Some(d), _) | (None, Some(d)) => dualwrite::state_file::StateDir::new(d),
+            (None, None) => dualwrite::state_file::StateDir::of_source(&db),
+        };
+        let mut o = ServeOptions::configured(direction, db, state_dir, settings);
+        if let Some(a) = self.listen {
+            o.listen = Some(a);
+        }
+        o.listen_public |= self.listen_public;
         if let Some(n) = self.batch_rows {
             o.batch_rows = n.max(1);
         }
@@ -309,17 +447,18 @@ impl ServeArgs {
         if let Some(v) = self.check_secs {
             o.check_every = secs("check-secs", v)?.max(Duration::from_millis(100));
         }
-        o.repair_triggers = !self.no_repair_triggers;
+        if self.no_repair_triggers {
+            o.repair_triggers = false;
+        }
         match (direction, self.unrepresentable.as_deref()) {
             (Direction::Forward, Some(p)) => o.unrepresentable = p.parse()?,
-            (Direction::Forward, None) => o.unrepresentable = configured,
             (Direction::Reverse, Some(_)) => {
                 return Err(dualwrite::Error::invalid(
                     "--unrepresentable applies to the forward direction (values going into \
                      Supabase); reverse, a value the file cannot hold is a dead letter",
                 ))
             }
-            (Direction::Reverse, None) => {}
+            (_, None) => {}
         }
         Ok(o)
     }
@@ -345,6 +484,9 @@ pub struct VerifyArgs {
     /// text, json, md or html.
     #[arg(long, default_value = "text")]
     pub format: verify::Format,
+    /// Same as --format json.
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
     /// Write the report to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -369,11 +511,24 @@ pub struct VerifyArgs {
     /// (default: the configured dual.unrepresentable, itself reject by default).
     #[arg(long, value_name = "POLICY", value_parser = ["reject", "coerce"])]
     pub unrepresentable: Option<String>,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+impl VerifyArgs {
+    /// `--format`, or json with `--json`.
+    pub fn output_format(&self) -> verify::Format {
+        if self.json {
+            verify::Format::Json
+        } else {
+            self.format
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
 pub enum CutoverCommand {
-    /// READY or NOT READY, with the reasons (exit 0 only for READY).
+    /// READY or NOT READY, with the reasons (exit 0 READY, 3 NOT READY).
     Check {
         /// The SQLite file (default: DB_PATH). Opened read-only.
         #[arg(long, value_name = "PATH")]
@@ -385,9 +540,8 @@ pub enum CutoverCommand {
         /// with --rollback, the reverse mirror's dead letters (default: its reverse-rejects.ndjson).
         #[arg(long, value_name = "FILE")]
         rejects: Option<PathBuf>,
-        /// text or json.
-        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-        format: String,
+        #[command(flatten)]
+        output: Output,
         /// Values Supabase cannot hold (NUL, invalid UTF-8, \u0000 in JSON, text in an
         /// integer column): the policy the rows were written with
         /// (default: the configured dual.unrepresentable, itself reject by default).
@@ -400,6 +554,8 @@ pub enum CutoverCommand {
         /// primary, `serve --direction reverse` keeping the file current)?
         #[arg(long)]
         rollback: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
 }
 
@@ -439,9 +595,8 @@ pub struct LoadArgs {
     /// Do not re-read landed ranges to resend rows the app changed meanwhile.
     #[arg(long)]
     pub no_stale_guard: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: Output,
     /// Go on when the source lacks some DoX tables (they are named in the report);
     /// refused by default.
     #[arg(long)]
@@ -496,6 +651,8 @@ pub enum KeysCommand {
         /// Validity in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Check a token's signature, expiry and not-before time against
     /// SUPABASE_JWT_SECRET; print its claims. Give `-` and the token on stdin.
@@ -505,6 +662,8 @@ pub enum KeysCommand {
         /// Also require this audience (`aud` claim), e.g. authenticated.
         #[arg(long)]
         aud: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Print a token's header and claims without checking them. Give `-` and the token on stdin.
     Decode {

@@ -12,9 +12,6 @@ mod shell;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Parser;
-
-use dualwrite::Error;
 
 use args::{Cli, Command, FixturesCommand};
 use commands::{app, fixtures, keys, live, load, verify};
@@ -41,18 +38,42 @@ fn init_tracing(json: bool) {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
-        Command::Config => app::config(&cli),
-        Command::Check => app::check(&cli).await,
-        Command::Call { method, json } => app::call(&cli, method, json).await,
-        Command::Replay => app::replay(&cli).await,
-        Command::Demo { db } => app::demo(&cli, db).await,
-        Command::Access { state } => app::access(&cli, state).await,
+        Command::Config(_) => app::config(&cli),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "dualwrite", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out_dir } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match out_dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(dir)?;
+                    clap_mangen::generate_to(cmd, dir)?;
+                }
+                None => {
+                    let mut page = Vec::new();
+                    clap_mangen::Man::new(cmd).render(&mut page)?;
+                    std::io::Write::write_all(&mut std::io::stdout(), &page)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check(_) => app::check(&cli).await,
+        Command::Call { method, args, .. } => app::call(&cli, method, args).await,
+        Command::Replay(_) => app::replay(&cli).await,
+        Command::Demo { db, .. } => app::demo(&cli, db).await,
+        Command::Access { state, .. } => app::access(&cli, state).await,
         Command::Fixtures(FixturesCommand::Generate { rows, out, seed }) => {
             fixtures::generate(*rows, out, *seed).await
         }
         Command::Keys(k) => keys::run(&cli, k),
-        Command::Backfill { from_sqlite, load } => load::backfill(&cli, from_sqlite, load).await,
-        Command::Import { dir, load } => load::import(&cli, dir, load).await,
+        Command::Backfill {
+            from_sqlite, load, ..
+        } => load::backfill(&cli, from_sqlite, load).await,
+        Command::Import { dir, load, .. } => load::import(&cli, dir, load).await,
         Command::Export {
             from_sqlite,
             out,
@@ -60,6 +81,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             allow_missing_tables,
             tables,
             unrepresentable,
+            ..
         } => {
             load::export(
                 &cli,
@@ -90,7 +112,7 @@ fn without_huge_pages() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     init_tracing(cli.log_json);
     if matches!(cli.command, Command::Serve(_)) {
         without_huge_pages();
@@ -110,10 +132,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // Each cause once: `{e:#}` would repeat the ones a message already holds.
             eprintln!("error: {}", dualwrite::error::chain(e.as_ref()));
-            match e.downcast_ref::<Error>() {
-                Some(Error::InvalidInput(_)) => ExitCode::from(2),
-                _ => ExitCode::from(1),
-            }
+            shell::exit_code_of(&e)
         }
     }
 }

@@ -80,17 +80,35 @@ pub fn confirm(what: &str, yes: bool) -> std::io::Result<Option<&'static str>> {
 
 pub fn settings(cli: &Cli) -> Result<Settings> {
     let mut src = Sources::from_process();
-    src.config_file = cli.config.clone();
-    if let Some(p) = &cli.db_path {
+    let a = &cli.settings;
+    src.config_file = a.file.config.clone();
+    if let Some(p) = &a.db_path {
         src.flags.push(("db_path".into(), json!(p)));
     }
-    if let Some(b) = &cli.backend {
+    if let Some(b) = &a.backend {
         src.flags.push(("db_backend".into(), json!(b)));
     }
-    if let Some(d) = cli.dual_write {
+    if let Some(d) = a.dual_write {
         src.flags.push(("dual_write".into(), json!(d)));
     }
-    Ok(Settings::load(&src)?)
+    Settings::load(&src).map_err(|e| Usage(e).into())
+}
+
+/// An error in what the user gave (a setting, a variable, a file): exit 2, as
+/// a bad flag.
+#[derive(Debug)]
+pub struct Usage(pub dualwrite::Error);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Usage {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 pub fn print_json(v: &Value) {
@@ -126,5 +144,16 @@ pub fn jwt_secret(s: &Settings) -> Result<String> {
 
 pub fn cannot_run(e: anyhow::Error) -> ExitCode {
     eprintln!("error: {}", dualwrite::error::chain(e.as_ref()));
-    ExitCode::from(2)
+    exit_code_of(&e)
+}
+
+/// The exit code of an error (README.md, "Exit codes"): 2 when what the user
+/// gave is wrong (a flag, a setting, an argument, a file that is not a DoX
+/// database), else 1.
+pub fn exit_code_of(e: &anyhow::Error) -> ExitCode {
+    match e.downcast_ref::<dualwrite::Error>() {
+        Some(dualwrite::Error::InvalidInput(_)) => ExitCode::from(2),
+        _ if e.is::<Usage>() => ExitCode::from(2),
+        _ => ExitCode::from(1),
+    }
 }

@@ -37,7 +37,7 @@ pub async fn check(cli: &Cli) -> Result<ExitCode> {
 /// `call`: one DoX write or read; exit 3 when the mirror failed.
 pub async fn call(cli: &Cli, method: &str, json: &str) -> Result<ExitCode> {
     let args: Value = serde_json::from_str(json)
-        .map_err(|e| Error::invalid(format!("--json for {method} is not valid JSON: {e}")))?;
+        .map_err(|e| Error::invalid(format!("--args for {method} is not valid JSON: {e}")))?;
     // Parse before opening anything, so bad input writes nothing.
     let call = Call::parse(method, args)?;
     let s = settings(cli)?;
@@ -71,7 +71,7 @@ pub async fn replay(cli: &Cli) -> Result<ExitCode> {
     };
     print_json(&serde_json::to_value(&report)?);
     if report.still_failing > 0 {
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -79,7 +79,7 @@ pub async fn replay(cli: &Cli) -> Result<ExitCode> {
 /// `demo`: the sample records through dual write, shown on both sides.
 pub async fn demo(cli: &Cli, db: &Path) -> Result<ExitCode> {
     let mut s = settings(cli)?;
-    if cli.db_path.is_none() {
+    if cli.settings.db_path.is_none() {
         s.db_path = db.to_path_buf();
     }
     let report = demo::run(&s).await?;

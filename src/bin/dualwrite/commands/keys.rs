@@ -41,7 +41,7 @@ pub fn run(cli: &Cli, k: &KeysCommand) -> Result<ExitCode> {
                 println!("SUPABASE_SERVICE_KEY={service}");
             }
         }
-        KeysCommand::Sign { role, sub, ttl } => {
+        KeysCommand::Sign { role, sub, ttl, .. } => {
             let s = settings(cli)?;
             let secret = jwt_secret(&s)?;
             let ttl = Duration::from_secs(*ttl);
@@ -50,7 +50,7 @@ pub fn run(cli: &Cli, k: &KeysCommand) -> Result<ExitCode> {
             }
             println!("{}", keys::sign(&secret, role, sub.as_deref(), ttl)?);
         }
-        KeysCommand::Verify { token, aud } => {
+        KeysCommand::Verify { token, aud, .. } => {
             let token = token_arg(token)?;
             let s = settings(cli)?;
             let secret = jwt_secret(&s)?;
@@ -58,7 +58,7 @@ pub fn run(cli: &Cli, k: &KeysCommand) -> Result<ExitCode> {
                 Ok(claims) => print_json(&json!({"valid": true, "claims": claims})),
                 Err(e) => {
                     print_json(&json!({"valid": false, "error": e.to_string()}));
-                    return Ok(ExitCode::from(1));
+                    return Ok(ExitCode::from(3));
                 }
             }
         }

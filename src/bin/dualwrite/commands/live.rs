@@ -8,7 +8,7 @@ use dualwrite::direction::{resolve, Direction};
 use dualwrite::{capture, serve};
 
 use crate::args::{CaptureCommand, Cli, Command};
-use crate::shell::{policy, print_json, settings, state_dir_of};
+use crate::shell::{print_json, settings, state_dir_of};
 
 /// `capture`, `serve` and `status`: the live migration of a running DoX app.
 pub async fn live(cli: &Cli) -> Result<ExitCode> {
@@ -31,9 +31,9 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
             let r = tokio::task::spawn_blocking(move || capture::uninstall(&db, force)).await??;
             print_json(&serde_json::to_value(&r)?);
         }
-        Command::Capture(CaptureCommand::Status { json, .. }) => {
+        Command::Capture(CaptureCommand::Status { output, .. }) => {
             let st = tokio::task::spawn_blocking(move || capture::status(&db)).await??;
-            if *json {
+            if output.json() {
                 print_json(&serde_json::to_value(&st)?);
             } else {
                 println!(
@@ -46,13 +46,14 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
                 );
             }
             if !st.installed {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(3));
             }
         }
         Command::Status {
-            json,
+            output,
             direction,
             state_dir,
+            ..
         } => {
             let (direction, _) = resolve(direction.as_deref(), &s)?;
             let dir = state_dir_of(state_dir.as_deref(), &db);
@@ -66,7 +67,7 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
                     serve::status_reverse(&rest, &db, &dir.reverse_rejects()).await?
                 }
             };
-            if *json {
+            if output.json() {
                 print_json(&serde_json::to_value(&st)?);
             } else {
                 print!("{}", st.render());
@@ -78,8 +79,7 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
         Command::Serve(a) => {
             let direction = serve_direction(a.direction.as_deref(), &s)?;
             let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
-            let state_dir = state_dir_of(a.state_dir.as_deref(), &db);
-            let o = a.options(direction, db, state_dir, policy(None, &s)?)?;
+            let o = a.options(direction, db, &s)?;
             serve::run(rest, o, shutdown_signal()).await?;
         }
         _ => unreachable!("live() handles capture, serve and status only"),
@@ -116,7 +116,7 @@ async fn reverse_capture(cli: &Cli, c: &CaptureCommand) -> Result<ExitCode> {
     };
     print_json(&serde_json::to_value(&st)?);
     if matches!(c, CaptureCommand::Status { .. }) && !st.installed() {
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
 }

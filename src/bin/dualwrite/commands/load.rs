@@ -25,7 +25,7 @@ impl LoadArgs {
         o.max_wait = Duration::try_from_secs_f64(self.max_wait_secs)
             .map_err(|_| Error::invalid("--max-wait-secs must be a positive number"))?;
         o.stale_guard = !self.no_stale_guard;
-        o.progress = if self.json {
+        o.progress = if self.output.json() {
             Progress::Quiet
         } else if std::io::stderr().is_terminal() {
             Progress::Bars
@@ -73,7 +73,7 @@ async fn load(
     backfill::prepare(&target, &opts, start).await?;
     let mut report = run(&target, &opts).await?;
     report.missing_tables = missing_tables;
-    if args.json {
+    if args.output.json() {
         print_json(&serde_json::to_value(&report)?);
     } else {
         print!("{}", report.render());

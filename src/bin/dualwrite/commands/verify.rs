@@ -22,10 +22,11 @@ pub async fn cutover(cli: &Cli, c: &CutoverCommand) -> ExitCode {
         from_sqlite,
         failures,
         rejects,
-        format,
+        output,
         unrepresentable,
         accept_coerced,
         rollback,
+        ..
     } = c;
     if *rollback {
         let check = async {
@@ -35,9 +36,10 @@ pub async fn cutover(cli: &Cli, c: &CutoverCommand) -> ExitCode {
             let r =
                 dualwrite::reverse::rollback::check(&path, &lite, &supa, key, rejects.as_deref())
                     .await?;
-            match format.as_str() {
-                "json" => print_json(&serde_json::to_value(&r)?),
-                _ => print!("{}", r.render_text()),
+            if output.json() {
+                print_json(&serde_json::to_value(&r)?);
+            } else {
+                print!("{}", r.render_text());
             }
             Ok(ExitCode::from(r.exit_code()))
         };
@@ -66,9 +68,10 @@ pub async fn cutover(cli: &Cli, c: &CutoverCommand) -> ExitCode {
         opts.unrepresentable = policy(unrepresentable.as_deref(), &s)?;
         opts.accept_coerced = *accept_coerced;
         let report = cutover::check(&source, &target, &opts).await?;
-        match format.as_str() {
-            "json" => print_json(&serde_json::to_value(&report)?),
-            _ => print!("{}", report.render_text()),
+        if output.json() {
+            print_json(&serde_json::to_value(&report)?);
+        } else {
+            print!("{}", report.render_text());
         }
         Ok(ExitCode::from(report.exit_code()))
     };
@@ -147,7 +150,7 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     };
     if !a.repair {
         let report = verify::run(&source, &target, &opts).await?;
-        emit(&report, a.format, a.out.as_deref())?;
+        emit(&report, a.output_format(), a.out.as_deref())?;
         return Ok(ExitCode::from(report.exit_code));
     }
     let ropts = RepairOptions {
@@ -161,7 +164,7 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
         Ok(confirm("", yes)?.map(str::to_owned))
     })
     .await?;
-    emit(&run.report, a.format, a.out.as_deref())?;
+    emit(&run.report, a.output_format(), a.out.as_deref())?;
     if let Some(why) = &run.not_changed {
         eprintln!("{why}");
     }
