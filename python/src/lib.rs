@@ -7,6 +7,10 @@
 //! parsed by the library's own `model::Call::parse` and run by the library's own
 //! backends. One implementation, two languages.
 //!
+//! This file holds the stores and the module; `convert.rs` the values and
+//! errors between Python and the core, `fork.rs` the fork hooks, `logging.rs`
+//! the core's log records to Python's `logging`.
+//!
 //! * **The GIL** is released for the whole of a call's SQLite and HTTP work
 //!   (`py.detach`); only converting the arguments and the result holds it.
 //! * **Threads**: a `Store` is shared by reference; the backends are already
@@ -30,7 +34,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use dualwrite::catalogue::Table;
 use dualwrite::config::{DrainMode, Settings, Sources};
@@ -43,49 +47,17 @@ use dualwrite::model::{Call, Write};
 use dualwrite::rest::RestClient;
 use dualwrite::Error as CoreError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
-use serde_json::{Map, Number, Value};
+use serde_json::Value;
 use tokio::runtime::Runtime;
 
+mod convert;
+mod fork;
 mod logging;
 
-mod exc {
-    pyo3::import_exception!(dualwrite.errors, Error);
-    pyo3::import_exception!(dualwrite.errors, ConfigError);
-    pyo3::import_exception!(dualwrite.errors, InvalidInputError);
-    pyo3::import_exception!(dualwrite.errors, SQLiteError);
-    pyo3::import_exception!(dualwrite.errors, SupabaseError);
-}
+use convert::{py_err, serialised, to_json, to_py};
+use fork::{after_fork_in_child, after_fork_in_parent, before_fork};
 
 type CoreResult<T> = dualwrite::Result<T>;
-
-/// A library error as the matching Python exception (see `dualwrite/errors.py`),
-/// with `transient` set from [`CoreError::is_transient`]. Messages never hold a key.
-fn py_err(py: Python<'_>, e: CoreError) -> PyErr {
-    let msg = e.to_string();
-    let err = match e.cause() {
-        CoreError::Config(_) => exc::ConfigError::new_err(msg),
-        CoreError::InvalidInput(_) | CoreError::Unrepresentable { .. } => {
-            exc::InvalidInputError::new_err(msg)
-        }
-        CoreError::Sqlite(_) | CoreError::Busy(_) | CoreError::WorkerStopped { .. } => {
-            exc::SQLiteError::new_err(msg)
-        }
-        CoreError::Rest { .. }
-        | CoreError::Unreachable { .. }
-        | CoreError::Timeout(_)
-        | CoreError::GaveUp { .. }
-        | CoreError::Protocol(_) => exc::SupabaseError::new_err(msg),
-        CoreError::Io { .. } => exc::Error::new_err(msg),
-    };
-    let value = err.value(py);
-    let _ = value.setattr("transient", e.is_transient());
-    if let CoreError::Rest { status, code, .. } = e.cause() {
-        let _ = value.setattr("status", *status);
-        let _ = value.setattr("code", code.as_deref());
-    }
-    err
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -336,205 +308,8 @@ fn dual_inner(
         None,
     );
     inner.live(rt)?;
-    let mut duals = lock(&DUALS);
-    duals.retain(|w| w.strong_count() > 0);
-    duals.push(Arc::downgrade(&inner));
-    drop(duals);
+    fork::register(&inner);
     Ok(inner)
-}
-
-/// The dual stores of the process (they may run a background drainer), for
-/// the fork hooks.
-static DUALS: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
-/// The drainers of dropped stores, stopping in the background: a fork waits for them.
-static STOPPING: Mutex<Vec<tokio::sync::watch::Sender<bool>>> = Mutex::new(Vec::new());
-
-/// Those whose drainer [`before_fork`] stopped, restarted after the fork.
-static PAUSED: Mutex<Vec<Arc<Inner>>> = Mutex::new(Vec::new());
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Dropping a dual layer stops its drainer without waiting for it; a
-        // fork() made meanwhile waits for it in `before_fork`.
-        let Some(live) = built_dual(self) else { return };
-        if let Db::Dual(d) = &live.db {
-            if let Some(stop) = d.take_drainer() {
-                let mut stopping = lock(&STOPPING);
-                stopping.retain(|s| !s.is_closed());
-                stopping.push(stop);
-            }
-        }
-    }
-}
-
-/// This process's dual layer of `inner`, if it is built (never builds it).
-fn built_dual(inner: &Inner) -> Option<Arc<Live>> {
-    lock(&inner.live)
-        .as_ref()
-        .filter(|l| l.pid == std::process::id() && matches!(l.db, Db::Dual(_)))
-        .map(Arc::clone)
-}
-
-/// `os.register_at_fork(before=...)`: stop every background drainer of this
-/// process and wait until each has let its lease go.
-#[pyfunction]
-fn before_fork(py: Python<'_>) {
-    py.detach(|| {
-        let stopping: Vec<_> = lock(&STOPPING).drain(..).collect();
-        if !stopping.is_empty() {
-            if let Ok(rt) = runtime() {
-                rt.block_on(async {
-                    for s in &stopping {
-                        s.closed().await;
-                    }
-                });
-            }
-        }
-        let duals: Vec<Arc<Inner>> = lock(&DUALS).iter().filter_map(Weak::upgrade).collect();
-        let mut paused = Vec::new();
-        for inner in duals {
-            let Some(live) = built_dual(&inner) else {
-                continue;
-            };
-            let Db::Dual(d) = &live.db else { continue };
-            let Ok(rt) = runtime() else { continue };
-            if d.drainer_running() {
-                rt.block_on(d.stop_drainer());
-                paused.push(inner);
-            }
-        }
-        lock(&PAUSED).extend(paused);
-    })
-}
-
-/// `os.register_at_fork(after_in_parent=...)`: restart the drainers
-/// [`before_fork`] stopped (unless `close()` came meanwhile).
-#[pyfunction]
-fn after_fork_in_parent(py: Python<'_>) {
-    py.detach(|| {
-        let paused: Vec<Arc<Inner>> = lock(&PAUSED).drain(..).collect();
-        for inner in paused {
-            let (Some(live), Recipe::Dual { settings, .. }) = (built_dual(&inner), &inner.recipe)
-            else {
-                continue;
-            };
-            let Db::Dual(d) = &live.db else { continue };
-            if inner.closed.load(Ordering::SeqCst) {
-                continue;
-            }
-            let started = runtime().and_then(|rt| {
-                let _in_runtime = rt.enter();
-                factory::background_drainer(settings)
-            });
-            match started {
-                Ok(stop) => d.set_drainer(stop),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot restart the background drainer after fork(); changes wait in the change log")
-                }
-            }
-        }
-    })
-}
-
-/// `os.register_at_fork(after_in_child=...)`: the parent's paused stores are
-/// not this process's to restart (the child's dual layers start their own
-/// drainers when rebuilt); leak the references, as every inherited backend.
-#[pyfunction]
-fn after_fork_in_child() {
-    std::mem::forget(std::mem::take(&mut *lock(&PAUSED)));
-}
-
-/// Python value -> JSON. `NaN` and the infinities become `null`, which is what
-/// Supabase stores for them (spec S14); anything JSON cannot hold is refused.
-fn to_json(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
-    if depth > 256 {
-        return Err(exc::InvalidInputError::new_err(
-            "invalid input: value nested more than 256 levels deep",
-        ));
-    }
-    if obj.is_none() {
-        return Ok(Value::Null);
-    }
-    if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(Value::String(s.to_cow()?.into_owned()));
-    }
-    if let Ok(b) = obj.cast::<PyBool>() {
-        return Ok(Value::Bool(b.is_true()));
-    }
-    if obj.is_instance_of::<PyInt>() {
-        if let Ok(i) = obj.extract::<i64>() {
-            return Ok(Value::from(i));
-        }
-        if let Ok(u) = obj.extract::<u64>() {
-            return Ok(Value::from(u));
-        }
-        return Err(exc::InvalidInputError::new_err(format!(
-            "invalid input: integer {obj} does not fit in 64 bits"
-        )));
-    }
-    if let Ok(f) = obj.cast::<PyFloat>() {
-        return Ok(Number::from_f64(f.value()).map_or(Value::Null, Value::Number));
-    }
-    if let Ok(d) = obj.cast::<PyDict>() {
-        let mut m = Map::with_capacity(d.len());
-        for (k, v) in d.iter() {
-            let Ok(k) = k.cast::<PyString>() else {
-                return Err(exc::InvalidInputError::new_err(format!(
-                    "invalid input: dictionary keys must be str, got {}",
-                    k.get_type().name()?
-                )));
-            };
-            m.insert(k.to_cow()?.into_owned(), to_json(&v, depth + 1)?);
-        }
-        return Ok(Value::Object(m));
-    }
-    if let Ok(l) = obj.cast::<PyList>() {
-        return l.iter().map(|v| to_json(&v, depth + 1)).collect();
-    }
-    if let Ok(t) = obj.cast::<PyTuple>() {
-        return t.iter().map(|v| to_json(&v, depth + 1)).collect();
-    }
-    Err(exc::InvalidInputError::new_err(format!(
-        "invalid input: a value of type {} cannot be stored (use dict, list, str, int, float, bool or None)",
-        obj.get_type().name()?
-    )))
-}
-
-/// JSON -> Python value.
-fn to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
-    Ok(match v {
-        Value::Null => py.None().into_bound(py),
-        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.into_pyobject(py)?.into_any()
-            } else if let Some(u) = n.as_u64() {
-                u.into_pyobject(py)?.into_any()
-            } else {
-                n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any()
-            }
-        }
-        Value::String(s) => PyString::new(py, s).into_any(),
-        Value::Array(a) => {
-            let items = a
-                .iter()
-                .map(|x| to_py(py, x))
-                .collect::<PyResult<Vec<_>>>()?;
-            PyList::new(py, items)?.into_any()
-        }
-        Value::Object(m) => {
-            let d = PyDict::new(py);
-            for (k, x) in m {
-                d.set_item(k, to_py(py, x)?)?;
-            }
-            d.into_any()
-        }
-    })
-}
-
-fn serialised<'py>(py: Python<'py>, v: impl serde::Serialize) -> PyResult<Bound<'py, PyAny>> {
-    let v = serde_json::to_value(v).map_err(|e| exc::Error::new_err(e.to_string()))?;
-    to_py(py, &v)
 }
 
 /// One backend of the DoX storage interface, usable from many threads and

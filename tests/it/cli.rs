@@ -627,6 +627,37 @@ async fn a_file_that_is_not_doxs_or_lacks_tables_is_refused() {
             stderr(&o)
         );
     }
+    // The daemon, either way, refuses it too (within seconds: it does not start).
+    for direction in ["forward", "reverse"] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dualwrite"));
+        for (k, v) in stack().env() {
+            c.env(k, v);
+        }
+        let mut child = c
+            .current_dir(dir.path())
+            .envs(env.iter().copied())
+            .args(["serve", "--direction", direction, "--db-path", &path])
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("serve --direction {direction} runs on a file that is not DoX's");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(2), "{direction}: {err}");
+        assert!(err.contains("is not a DoX database"), "{direction}: {err}");
+    }
     // A DoX file without fact and evidence.
     let partial = dir.path().join("partial.sqlite3");
     drop(
