@@ -11,5 +11,7 @@ command -v chromium >/dev/null 2>&1 || {
 # Without this variable the tests that need the stack skip themselves (see README.md, "Tests").
 export DUALWRITE_TEST_STACK=1
 cargo test --all-targets "$@"
+# The crate's examples (`--all-targets` leaves doctests out).
+cargo test --doc -q
 # The Python package (python/): built into a venv under target/, tested with pytest.
 scripts/python-test.sh

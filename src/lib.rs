@@ -21,6 +21,23 @@
 //!
 //! The `dualwrite` binary (`src/bin/dualwrite/`) is a thin shell over these.
 //!
+//! Embedded in a Rust program, with DoX's settings (environment, `.env`,
+//! `config/default.toml`), as the README shows it:
+//!
+//! ```no_run
+//! use dualwrite::{config::{Settings, Sources}, db::Dox, factory};
+//!
+//! # async fn example() -> dualwrite::Result<()> {
+//! let settings = Settings::load(&Sources::from_process())?;
+//! let (db, report) = factory::open(&settings).await?; // SQLite, Supabase or dual, as configured
+//! assert!(report.supabase_error.is_none());
+//! let id = db.add_memory("fact", serde_json::json!({"k": 1}), None, Some("dev_user")).await?;
+//! let tags = db.list_tags(Some("doc-id"), None).await?;
+//! # let _ = (id, tags);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! See ARCHITECTURE.md for the code map and the invariants.
 
 pub mod access;
