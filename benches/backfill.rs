@@ -11,7 +11,11 @@
 //! 3. runs `dualwrite backfill` (release binary, a separate process) on the
 //!    file and reads rows/s and peak RSS from its JSON report;
 //! 4. alternates the two (ROUNDS backfills, one more ceiling than that), and
-//!    compares the backfill's mean with the ceiling's.
+//!    compares the backfill's mean with the ceiling's;
+//! 5. times `--reset`'s emptying of the populated target (`rpc/dualwrite_reset`);
+//! 6. alternates backfills with capture on Supabase off and on (CAPTURE_ROUNDS
+//!    each): the backfill's rows must queue nothing for the reverse mirror, and
+//!    cost no more than without.
 //!
 //! The target tables are truncated (through DATABASE_URL) and a CHECKPOINT
 //! taken before each step.
@@ -201,6 +205,34 @@ async fn main() {
     let (c, n) = ceiling(&env, &bodies, concurrency).await;
     assert_eq!(n, total);
     ceilings.push(c);
+
+    // 5. The reset of a populated target: what `--reset` does before its first row.
+    let service = service_db(&env);
+    let started = Instant::now();
+    let emptied = dualwrite::backfill::truncate_target(&service, &TABLES, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let reset_secs = started.elapsed().as_secs_f64();
+    assert_eq!(emptied, Some(total as u64));
+
+    // 6. Backfills with capture on Supabase off and on, alternating.
+    let capture_rounds = env_or("CAPTURE_ROUNDS", if bench { 2 } else { 1 });
+    let (mut off, mut on, mut queued) = (Vec::new(), Vec::new(), 0u64);
+    for _ in 0..capture_rounds {
+        for capture in [false, true] {
+            set_capture(&service, capture).await;
+            truncate(&env).await;
+            let (secs, report) = backfill(&env, &path, batch_rows, concurrency);
+            assert_eq!(report["rows_written"].as_u64(), Some(total as u64));
+            if capture {
+                queued += backlog(&service).await;
+                on.push(secs);
+            } else {
+                off.push(secs);
+            }
+        }
+    }
+    set_capture(&service, false).await;
     truncate(&env).await;
 
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
@@ -248,4 +280,46 @@ async fn main() {
         "backfill peak RSS: {:.1} MB (target < 150 MB)",
         rss as f64 / 1048576.0
     );
+    println!(
+        "\n--reset on the populated target ({total} rows): emptied in {reset_secs:.2} s (target < 2 s)"
+    );
+    println!(
+        "backfill with capture on Supabase: {} s against {} s off (on / off, mean: {:.3}; target <= 1.1); \
+         changes queued for the reverse mirror: {queued} (target 0)",
+        list(&on),
+        list(&off),
+        mean(&on) / mean(&off)
+    );
+}
+
+/// The stack's Supabase with the service key.
+fn service_db(env: &HashMap<String, String>) -> dualwrite::db::SupabaseDatabase {
+    let rest = dualwrite::rest::RestClient::new(&dualwrite::rest::RestConfig {
+        url: format!("{}/rest/v1", env["SUPABASE_URL"]),
+        key: env["SUPABASE_SERVICE_KEY"].clone().into(),
+        user_jwt: None,
+        schema: "public".into(),
+        timeout: Duration::from_secs(60),
+        connect_timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    dualwrite::db::SupabaseDatabase::new(rest)
+}
+
+/// Capture on Supabase on or off.
+async fn set_capture(sb: &dualwrite::db::SupabaseDatabase, on: bool) {
+    let st = if on {
+        dualwrite::reverse::capture::enable(sb.rest()).await
+    } else {
+        dualwrite::reverse::capture::disable(sb.rest(), true).await
+    };
+    assert_eq!(st.unwrap().enabled, on);
+}
+
+/// Changes waiting for the reverse mirror.
+async fn backlog(sb: &dualwrite::db::SupabaseDatabase) -> u64 {
+    dualwrite::reverse::capture::state(sb.rest())
+        .await
+        .unwrap()
+        .pending
 }

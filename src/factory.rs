@@ -130,7 +130,8 @@ pub async fn open(s: &Settings) -> Result<(AnyDatabase, InitReport)> {
         (BackendKind::Sqlite, true, Ok(sb)) => {
             let lite = SqliteDatabase::open(&s.db_path, sqlite_options(s)).await?;
             report.dual_write = true;
-            AnyDatabase::SqliteFirst(dual_sqlite_first(s, lite, sb).await?)
+            // The mirror's writes copy the file's rows.
+            AnyDatabase::SqliteFirst(dual_sqlite_first(s, lite, sb.mirroring_sqlite()).await?)
         }
         (BackendKind::Sqlite, dual, sb) => {
             if dual {
@@ -214,7 +215,7 @@ pub async fn dual_supabase_first<P: crate::db::Database, S: crate::db::Database>
 /// Start the background drainer of `dual.drain = "background"` on the
 /// current tokio runtime; it stops when the returned sender is dropped.
 pub fn background_drainer(s: &Settings) -> Result<tokio::sync::watch::Sender<bool>> {
-    let rest = RestClient::new(&s.rest_config()?)?;
+    let rest = RestClient::new(&s.rest_config()?)?.mirroring_sqlite();
     let mut opts = crate::serve::ServeOptions::new(
         crate::direction::Direction::Forward,
         s.db_path.clone(),

@@ -16,8 +16,8 @@
 //!   that mirrors every captured change.
 //! * [`coerced`], [`state_file`], [`access`]: the coerced-values record, state
 //!   files with safe permissions, the Data API access state.
-//! * [`generate`], [`samples`], [`demo`]: fixture data, the spec's sample
-//!   records, the dual-write demo.
+//! * `generate`, `samples`, `demo` (feature `tooling`, on by default): fixture
+//!   data, the spec's sample records, the dual-write demo.
 //!
 //! The `dualwrite` binary (`src/bin/dualwrite/`) is a thin shell over these.
 //!
@@ -48,11 +48,13 @@ pub mod coerced;
 pub mod config;
 pub mod cutover;
 pub mod db;
+#[cfg(feature = "tooling")]
 pub mod demo;
 pub mod direction;
 pub mod error;
 pub mod export;
 pub mod factory;
+#[cfg(feature = "tooling")]
 pub mod generate;
 pub mod keys;
 pub mod model;
@@ -60,6 +62,7 @@ pub mod normalise;
 pub mod rest;
 pub mod retry;
 pub mod reverse;
+#[cfg(feature = "tooling")]
 pub mod samples;
 pub mod serve;
 pub mod state_file;

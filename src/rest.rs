@@ -68,6 +68,10 @@ pub struct RestConfig {
     pub connect_timeout: Duration,
 }
 
+/// The request header that marks a write as a copy of the SQLite file's rows
+/// ([`RestClient::mirroring_sqlite`]).
+pub const ORIGIN_HEADER: &str = "x-dualwrite-origin";
+
 #[derive(Clone)]
 pub struct RestClient {
     base: String,
@@ -195,6 +199,20 @@ impl RestClient {
 
     pub fn url(&self) -> &str {
         &self.base
+    }
+
+    /// This client's writes copy the SQLite file's rows (the backfill, an
+    /// import, the forward daemon, a forward repair, a dual layer with SQLite
+    /// primary): each request says so in [`ORIGIN_HEADER`], and capture on
+    /// Supabase does not log them when they come with the service role's key
+    /// (migration `20261207000200_dox_reset_and_origin.sql`), so the reverse
+    /// mirror never sends the file its own rows back.
+    pub fn mirroring_sqlite(mut self) -> RestClient {
+        self.headers.insert(
+            HeaderName::from_static(ORIGIN_HEADER),
+            HeaderValue::from_static("sqlite"),
+        );
+        self
     }
 
     pub fn key_kind(&self) -> KeyKind {

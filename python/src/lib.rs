@@ -220,11 +220,17 @@ impl Inner {
                     // The factory's own dual layer: change capture on the file
                     // turns the failure log off and may start the drainer
                     // (in each process: a forked child starts its own).
-                    (Leaf::Sqlite(_), Leaf::Supabase(_)) => {
+                    (Leaf::Sqlite(_), Leaf::Supabase(sb)) => {
                         let mut s = settings.as_ref().clone();
                         if self.closed.load(Ordering::SeqCst) {
                             s.drain = DrainMode::Serve;
                         }
+                        // The mirror's writes copy the file's rows (capture on
+                        // Supabase does not log them); the side's own stay as they are.
+                        let q = Leaf::Supabase(Arc::new(factory::supabase(
+                            &s,
+                            sb.rest().clone().mirroring_sqlite(),
+                        )));
                         Db::Dual(rt.block_on(factory::dual_sqlite_first(&s, p, q))?)
                     }
                     (Leaf::Supabase(sb), _) => {

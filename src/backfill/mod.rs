@@ -50,7 +50,9 @@ pub use prepare::{
 };
 pub use rejects::{Reject, RejectLog};
 pub use report::{BackfillReport, TableCopy};
-pub use reset::{forget_progress, prepare, reset, reset_target, Start, RESET_CHUNK};
+pub use reset::{
+    forget_progress, prepare, reset, reset_target, truncate_target, Start, RESET_CHUNK,
+};
 pub use source::{BatchSource, SourceBatch, SqliteSource};
 
 use std::path::Path;

@@ -48,7 +48,42 @@ pub fn forget_progress(state_dir: &StateDir) -> Result<()> {
 /// has asked for confirmation. Returns how many rows were deleted.
 pub async fn reset(target: &SupabaseDatabase, opts: &BackfillOptions) -> Result<u64> {
     forget_progress(&opts.state_dir)?;
-    reset_target(target, &opts.selected(), RESET_CHUNK, opts.max_wait).await
+    let tables = opts.selected();
+    match truncate_target(target, &tables, opts.max_wait).await? {
+        Some(rows) => Ok(rows),
+        None => reset_target(target, &tables, RESET_CHUNK, opts.max_wait).await,
+    }
+}
+
+/// Empty the target tables with one TRUNCATE, through the service-role-only
+/// `rpc/dualwrite_reset` (seconds, whatever their size). Returns how many rows
+/// they held, or `None` when the function is missing (its migration,
+/// `20261207000200_dox_reset_and_origin.sql`, not applied): the caller then
+/// deletes row ranges instead, which a warning says.
+pub async fn truncate_target(
+    target: &SupabaseDatabase,
+    tables: &[&'static Table],
+    max_wait: Duration,
+) -> Result<Option<u64>> {
+    let names: Vec<&str> = tables.iter().map(|t| t.supabase).collect();
+    let args = serde_json::json!({ "tables": names });
+    let rest = target.rest();
+    match retry(RetryPolicy::for_up_to(max_wait), || {
+        rest.rpc("dualwrite_reset", &args)
+    })
+    .await
+    {
+        Ok(v) => Ok(Some(v.as_u64().unwrap_or(0))),
+        Err(Error::Rest { code, .. }) if code.as_deref() == Some("PGRST202") => {
+            tracing::warn!(
+                "rpc/dualwrite_reset is missing: apply the migration \
+                 20261207000200_dox_reset_and_origin.sql for a reset in seconds; \
+                 deleting the rows range by range instead"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// How a run treats the state a previous run left.

@@ -40,6 +40,15 @@ impl SupabaseDatabase {
         }
     }
 
+    /// Its writes copy the SQLite file's rows: capture on Supabase does not log
+    /// them ([`RestClient::mirroring_sqlite`]).
+    pub fn mirroring_sqlite(self) -> SupabaseDatabase {
+        SupabaseDatabase {
+            rest: self.rest.mirroring_sqlite(),
+            ..self
+        }
+    }
+
     /// Write values Supabase cannot hold under `policy` (reject by default).
     /// Under `coerce`, each coerced value is recorded with its original in `log`
     /// before the write is sent.

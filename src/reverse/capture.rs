@@ -23,10 +23,13 @@ pub const MIGRATION_SQL: &str = concat!(
     include_str!("../../supabase/migrations/20261128000300_dox_capture_backlog.sql"),
     "\n",
     include_str!("../../supabase/migrations/20261207000100_dox_capture_resync.sql"),
+    "\n",
+    include_str!("../../supabase/migrations/20261207000200_dox_reset_and_origin.sql"),
 );
 /// Their file names under `supabase/migrations/`.
 pub const MIGRATION_FILES: &str = "20261128000100_dox_capture.sql, \
-     20261128000300_dox_capture_backlog.sql and 20261207000100_dox_capture_resync.sql";
+     20261128000300_dox_capture_backlog.sql, 20261207000100_dox_capture_resync.sql and \
+     20261207000200_dox_reset_and_origin.sql";
 
 /// What `public.dualwrite_capture` reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

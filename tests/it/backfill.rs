@@ -781,3 +781,56 @@ async fn reset_deletes_in_key_ranges_and_only_the_tables_asked_for() {
         .is_empty());
     assert_eq!(sb.fetch(&catalogue::DOCUMENT, &[]).await.unwrap().len(), 1);
 }
+
+/// `--reset` empties the target with one TRUNCATE through the service-role-only
+/// `rpc/dualwrite_reset`: only the tables asked for, only DoX tables, and only
+/// for the service role.
+#[tokio::test]
+async fn reset_truncates_only_the_dox_tables_asked_for() {
+    needs_stack!();
+    let pg = PrivateDb::new().await;
+    let sb = pg.supabase();
+    let rows: Vec<Value> = (0..50)
+        .map(|i| json!({"id": format!("a{i}"), "filename": "f", "filepath": "p", "filetype": ".pdf"}))
+        .collect();
+    sb.rest()
+        .upsert(&catalogue::ARTIFACT, serde_json::to_string(&rows).unwrap())
+        .await
+        .unwrap();
+    let doc = json!([{"id": "kept", "path": "p", "type": "pdf"}]);
+    sb.rest()
+        .upsert(&catalogue::DOCUMENT, doc.to_string())
+        .await
+        .unwrap();
+    let emptied = backfill::truncate_target(&sb, &[&catalogue::ARTIFACT], Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(emptied, Some(50));
+    assert!(sb
+        .fetch(&catalogue::ARTIFACT, &[])
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(sb.fetch(&catalogue::DOCUMENT, &[]).await.unwrap().len(), 1);
+    // Not a DoX table: refused, nothing emptied.
+    let e = sb
+        .rest()
+        .rpc(
+            "dualwrite_reset",
+            &json!({"tables": ["documents", "pg_class"]}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("22023"), "{e}");
+    assert_eq!(sb.fetch(&catalogue::DOCUMENT, &[]).await.unwrap().len(), 1);
+    // Only the service role may call it.
+    for role in ["anon", "authenticated"] {
+        let c = crate::reverse::client_as(&pg, role, Some("u"), "public");
+        let e = c
+            .rpc("dualwrite_reset", &json!({"tables": ["documents"]}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("42501"), "{role}: {e}");
+    }
+    assert_eq!(sb.fetch(&catalogue::DOCUMENT, &[]).await.unwrap().len(), 1);
+}

@@ -238,7 +238,8 @@ fn check_says_what_is_wrong_with_supabase() {
     );
 
     let o = dualwrite(dir.path(), &[dual, ("DB_PATH", "/etc/passwd")], &["check"]);
-    assert_eq!(o.status.code(), Some(1));
+    // Not a database: bad input.
+    assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
     assert!(
         err.contains("/etc/passwd") && err.contains("not a database"),
@@ -626,6 +627,19 @@ async fn a_file_that_is_not_doxs_or_lacks_tables_is_refused() {
             "{args:?}: {}",
             stderr(&o)
         );
+    }
+    // A file that is not a database at all: 2 from every command, `call` too.
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a database, ".repeat(64)).unwrap();
+    let text = text.display().to_string();
+    for args in [
+        vec!["call", "list_tags", "--db-path", &text],
+        vec!["capture", "install", "--db-path", &text],
+        vec!["verify", "--counts-only", "--from-sqlite", &text],
+    ] {
+        let o = dualwrite(dir.path(), &env, &args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("not a"), "{args:?}: {}", stderr(&o));
     }
     // The daemon, either way, refuses it too (within seconds: it does not start).
     for direction in ["forward", "reverse"] {

@@ -1033,3 +1033,123 @@ async fn the_backlog_is_exact_while_small_and_estimated_from_the_seq_span_beyond
         assert_eq!(b["pending"], json!(3), "{b}");
     }
 }
+
+/// dualwrite's own copies of the file's rows (a backfill, its reset, an app's
+/// dual write with SQLite primary, the forward daemon) are not logged by
+/// capture on Supabase, so the reverse mirror never sends the file its own
+/// rows back; any other write still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dualwrites_copies_of_the_file_are_not_logged_by_capture_on_supabase() {
+    needs_stack!();
+    let pg = db_with_capture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = pg.rest(Duration::from_secs(10));
+    let o = run(
+        dir.path(),
+        &pg,
+        &["capture", "install", "--target", "supabase"],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let count = |sb: &RestClient, table: &'static str| {
+        let sb = sb.clone();
+        async move {
+            sb.select_page(table, "id", &[], "id", None, 100_000)
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+
+    // A backfill, then the same with --reset (TRUNCATE through rpc/dualwrite_reset).
+    let src = dir.path().join("src.sqlite3");
+    let o = run(
+        dir.path(),
+        &pg,
+        &[
+            "fixtures",
+            "generate",
+            "--rows",
+            "2000",
+            "--seed",
+            "5",
+            "--out",
+            src.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    for extra in [&[][..], &["--reset", "--yes"][..]] {
+        let mut args = vec!["backfill", "--from-sqlite", src.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let o = run(dir.path(), &pg, &args);
+        assert!(matches!(o.status.code(), Some(0 | 3)), "{o:?}");
+        let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(r["rows_written"].as_u64().unwrap() > 1000, "{r}");
+        assert!(count(&service, "artifacts").await > 0);
+        let queued = pending(&service).await;
+        assert!(
+            queued.is_empty(),
+            "{extra:?}: {} queued for reverse, e.g. {:?}",
+            queued.len(),
+            queued.first()
+        );
+    }
+
+    // An app's dual write with SQLite primary, mirrored inline ...
+    let dual = [("SUPABASE_DUAL_WRITE", "true"), ("DB_BACKEND", "sqlite")];
+    let tag = |id: &str| format!(r#"{{"tag": {{"id": "{id}", "document_id": "d", "tag": "x"}}}}"#);
+    let o = run_with(
+        dir.path(),
+        &pg,
+        &dual,
+        &["call", "add_tag", "--args", &tag("t-inline")],
+    );
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    // ... and, with capture on the file, by the forward daemon.
+    let o = run(dir.path(), &pg, &["capture", "install"]);
+    assert!(o.status.success(), "{o:?}");
+    let o = run_with(
+        dir.path(),
+        &pg,
+        &dual,
+        &["call", "add_tag", "--args", &tag("t-daemon")],
+    );
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let db = dir.path().join("dox.sqlite3");
+    let port = free_port();
+    let _serve = spawn_serve(dir.path(), &db, &pg, port, &[], &["--direction", "forward"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = service
+            .select_page(
+                "tags",
+                "id",
+                &[("id", Some("t-daemon".to_owned()))],
+                "id",
+                None,
+                5,
+            )
+            .await
+            .unwrap();
+        if !rows.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not send t-daemon"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let queued = pending(&service).await;
+    assert!(queued.is_empty(), "dual write or daemon: {queued:?}");
+
+    // Any other write is logged: the same client without the marker.
+    service
+        .upsert(
+            &catalogue::TAGROW,
+            serde_json::to_string(&json!([{"id": "t-app", "document_id": "d", "tag": "y"}]))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pending(&service).await, vec![change("tags", "t-app", "I")]);
+}

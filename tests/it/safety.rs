@@ -196,9 +196,9 @@ async fn artifact_count(pg: &PrivateDb) -> i64 {
         .get(0)
 }
 
-/// `backfill --reset` forgets the checkpoint before it deletes: a run killed
-/// while the DELETE waits (here on a table lock), whose DELETE then goes
-/// through, leaves no checkpoint calling the emptied table done, so the next
+/// `backfill --reset` forgets the checkpoint before it empties the target: a
+/// run killed while the TRUNCATE waits (here on a table lock), whose TRUNCATE
+/// then goes through, leaves no checkpoint calling the emptied table done, so the next
 /// run copies every row again.
 #[tokio::test]
 async fn a_reset_killed_midway_leaves_no_checkpoint_and_the_next_run_copies_everything() {
@@ -224,7 +224,7 @@ async fn a_reset_killed_midway_leaves_no_checkpoint_and_the_next_run_copies_ever
     assert!(landed > 0);
     assert!(state.join("checkpoint.json").exists());
 
-    // Reads pass, the reset's DELETE waits for the lock.
+    // Reads pass, the reset's TRUNCATE (rpc/dualwrite_reset) waits for the lock.
     let locker = pg.sql().await;
     locker
         .batch_execute("BEGIN; LOCK TABLE artifacts IN EXCLUSIVE MODE")
@@ -239,7 +239,8 @@ async fn a_reset_killed_midway_leaves_no_checkpoint_and_the_next_run_copies_ever
         let waiting: i64 = watcher
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock' AND query ILIKE '%DELETE FROM%'",
+                 AND wait_event_type = 'Lock' \
+                 AND (query ILIKE '%DELETE FROM%' OR query ILIKE '%dualwrite_reset%')",
                 &[],
             )
             .await
@@ -249,12 +250,12 @@ async fn a_reset_killed_midway_leaves_no_checkpoint_and_the_next_run_copies_ever
             break;
         }
         assert!(child.try_wait().unwrap().is_none(), "the reset ended early");
-        assert!(Instant::now() < deadline, "the reset's DELETE never came");
+        assert!(Instant::now() < deadline, "the reset's TRUNCATE never came");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    // The DELETE PostgREST had started goes through once the lock is gone.
+    // The statement PostgREST had started goes through once the lock is gone.
     locker.batch_execute("ROLLBACK").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while artifact_count(&pg).await > 0 {

@@ -153,6 +153,11 @@ pub fn cannot_run(e: anyhow::Error) -> ExitCode {
 pub fn exit_code_of(e: &anyhow::Error) -> ExitCode {
     match e.downcast_ref::<dualwrite::Error>() {
         Some(dualwrite::Error::InvalidInput(_)) => ExitCode::from(2),
+        // SQLite's SQLITE_NOTADB: the path given is not a database (every
+        // command says so with 2, whichever layer found it).
+        Some(dualwrite::Error::Sqlite(m)) if m.contains("file is not a database") => {
+            ExitCode::from(2)
+        }
         _ if e.is::<Usage>() => ExitCode::from(2),
         _ => ExitCode::from(1),
     }

@@ -79,6 +79,10 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
         Command::Serve(a) => {
             let direction = serve_direction(a.direction.as_deref(), &s)?;
             let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
+            let rest = match direction {
+                Direction::Forward => rest.mirroring_sqlite(),
+                Direction::Reverse => rest,
+            };
             let o = a.options(direction, db, &s)?;
             serve::run(rest, o, shutdown_signal()).await?;
         }

@@ -54,7 +54,8 @@ async fn load(
     };
     let s = settings(cli)?;
     opts.unrepresentable = policy(args.unrepresentable.as_deref(), &s)?;
-    let target = factory::connect_supabase(&s).await?;
+    // Copies of the file's rows: capture on Supabase does not log them.
+    let target = factory::connect_supabase(&s).await?.mirroring_sqlite();
     let start = match (args.reset, args.restart) {
         (true, _) => Start::Reset,
         (false, true) => Start::Restart,

@@ -122,6 +122,11 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     let s = settings(cli)?;
     let path = a.from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
     let (source, target, key) = verify_sides(&s, &path, a.allow_missing_tables).await?;
+    // A forward repair writes copies of the file's rows.
+    let target = match a.direction {
+        verify::Direction::Forward => target.mirroring_sqlite(),
+        verify::Direction::Reverse => target,
+    };
     let mut opts = verify::VerifyOptions::new(key);
     if let Some(tables) = tables {
         opts.tables = tables;
