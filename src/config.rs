@@ -724,42 +724,36 @@ mod tests {
 
     #[test]
     fn supabases_name_for_the_service_key_is_read_and_doxs_wins() {
-        let (_d, s) = sources(&[("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_role")]);
-        let st = Settings::load(&s).unwrap();
-        assert_eq!(
-            st.supabase
-                .service_key
-                .as_ref()
-                .map(|k| k.expose_secret().to_owned()),
-            Some("sb_secret_role".to_owned())
-        );
-        let (_d, s) = sources(&[
-            ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_role"),
-            ("SUPABASE_SERVICE_KEY", "sb_secret_dox"),
-        ]);
-        let st = Settings::load(&s).unwrap();
-        assert_eq!(
-            st.supabase
-                .service_key
-                .as_ref()
-                .map(|k| k.expose_secret().to_owned()),
-            Some("sb_secret_dox".to_owned())
-        );
-        assert_eq!(st.supabase.service_key_source, "SUPABASE_SERVICE_KEY");
-        // DoX's `.env` with its own name left empty: Supabase's is used.
-        let (_d, s) = sources(&[
-            ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_role"),
-            ("SUPABASE_SERVICE_KEY", ""),
-        ]);
-        let st = Settings::load(&s).unwrap();
-        assert_eq!(
-            st.supabase
-                .service_key
-                .as_ref()
-                .map(|k| k.expose_secret().to_owned()),
-            Some("sb_secret_role".to_owned())
-        );
-        assert_eq!(st.supabase.service_key_source, "SUPABASE_SERVICE_ROLE_KEY");
+        for (env, key, source) in [
+            (
+                &[("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_role")][..],
+                "sb_secret_role",
+                "SUPABASE_SERVICE_ROLE_KEY",
+            ),
+            (
+                &[
+                    ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_role"),
+                    ("SUPABASE_SERVICE_KEY", "sb_secret_dox"),
+                ][..],
+                "sb_secret_dox",
+                "SUPABASE_SERVICE_KEY",
+            ),
+            // DoX's `.env` with its own name left empty: Supabase's is used.
+            (
+                &[
+                    ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_role"),
+                    ("SUPABASE_SERVICE_KEY", ""),
+                ][..],
+                "sb_secret_role",
+                "SUPABASE_SERVICE_ROLE_KEY",
+            ),
+        ] {
+            let (_d, s) = sources(env);
+            let st = Settings::load(&s).unwrap();
+            let got = st.supabase.service_key.as_ref().map(|k| k.expose_secret());
+            assert_eq!(got, Some(key), "{env:?}");
+            assert_eq!(st.supabase.service_key_source, source, "{env:?}");
+        }
     }
 
     #[test]

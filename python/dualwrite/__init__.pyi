@@ -118,7 +118,7 @@ class ExtendedDatabase(_Storage):
         """A SQLAlchemy engine on the same file (AttributeError without SQLAlchemy)."""
 
 class SupabaseDatabase(_Storage):
-    """The Supabase backend from SUPABASE_URL and SUPABASE_SERVICE_KEY / SUPABASE_ANON_KEY."""
+    """The Supabase backend from SUPABASE_URL (the project URL) and SUPABASE_SERVICE_KEY / SUPABASE_SERVICE_ROLE_KEY / SUPABASE_ANON_KEY."""
 
     def __init__(self) -> None: ...
     @property

@@ -318,7 +318,8 @@ class ExtendedDatabase(_Storage):
 
 
 class SupabaseDatabase(_Storage):
-    """The Supabase backend, from ``SUPABASE_URL`` and ``SUPABASE_SERVICE_KEY`` (else ``SUPABASE_ANON_KEY``).
+    """The Supabase backend, from ``SUPABASE_URL`` (the project URL) and ``SUPABASE_SERVICE_KEY`` or
+    ``SUPABASE_SERVICE_ROLE_KEY`` (else ``SUPABASE_ANON_KEY``).
 
     Like DoX's, construction makes no request; raises :class:`SupabaseUnavailable`
     when the URL or the key is missing.
@@ -335,7 +336,7 @@ class SupabaseDatabase(_Storage):
 
     @property
     def url(self) -> str:
-        """The REST URL (never the key)."""
+        """The REST endpoint, e.g. the project URL + ``/rest/v1`` (never the key)."""
         return self._store.url
 
     def __repr__(self) -> str:

@@ -755,19 +755,7 @@ async fn reset_deletes_in_key_ranges_and_only_the_tables_asked_for() {
     let keys = [
         "a", "a,b", "a b", "a\"q", "é", "(x)", "lte.1", "%2C", "k&x=1", "Z", "0", "~", "日本",
     ];
-    let rows: Vec<Value> = keys
-        .iter()
-        .map(|k| json!({"id": k, "filename": "f", "filepath": "p", "filetype": ".pdf"}))
-        .collect();
-    sb.rest()
-        .upsert(&catalogue::ARTIFACT, serde_json::to_string(&rows).unwrap())
-        .await
-        .unwrap();
-    let doc = json!([{"id": "kept", "path": "p", "type": "pdf"}]);
-    sb.rest()
-        .upsert(&catalogue::DOCUMENT, doc.to_string())
-        .await
-        .unwrap();
+    artifacts_and_a_document(&sb, keys.iter().map(|k| k.to_string())).await;
 
     // Chunks of 3 keys: five DELETEs for the 13 artifacts.
     let deleted = backfill::reset_target(&sb, &[&catalogue::ARTIFACT], 3, Duration::from_secs(5))
@@ -790,18 +778,7 @@ async fn reset_truncates_only_the_dox_tables_asked_for() {
     needs_stack!();
     let pg = PrivateDb::new().await;
     let sb = pg.supabase();
-    let rows: Vec<Value> = (0..50)
-        .map(|i| json!({"id": format!("a{i}"), "filename": "f", "filepath": "p", "filetype": ".pdf"}))
-        .collect();
-    sb.rest()
-        .upsert(&catalogue::ARTIFACT, serde_json::to_string(&rows).unwrap())
-        .await
-        .unwrap();
-    let doc = json!([{"id": "kept", "path": "p", "type": "pdf"}]);
-    sb.rest()
-        .upsert(&catalogue::DOCUMENT, doc.to_string())
-        .await
-        .unwrap();
+    artifacts_and_a_document(&sb, (0..50).map(|i| format!("a{i}"))).await;
     let emptied = backfill::truncate_target(&sb, &[&catalogue::ARTIFACT], Duration::from_secs(5))
         .await
         .unwrap();
@@ -833,4 +810,21 @@ async fn reset_truncates_only_the_dox_tables_asked_for() {
         assert_eq!(e.code(), Some("42501"), "{role}: {e}");
     }
     assert_eq!(sb.fetch(&catalogue::DOCUMENT, &[]).await.unwrap().len(), 1);
+}
+
+/// Artifacts with these keys and one document, `kept`, on `sb`: what the reset
+/// tests empty and keep.
+async fn artifacts_and_a_document(sb: &SupabaseDatabase, keys: impl Iterator<Item = String>) {
+    let rows: Vec<Value> = keys
+        .map(|k| json!({"id": k, "filename": "f", "filepath": "p", "filetype": ".pdf"}))
+        .collect();
+    sb.rest()
+        .upsert(&catalogue::ARTIFACT, serde_json::to_string(&rows).unwrap())
+        .await
+        .unwrap();
+    let doc = json!([{"id": "kept", "path": "p", "type": "pdf"}]);
+    sb.rest()
+        .upsert(&catalogue::DOCUMENT, doc.to_string())
+        .await
+        .unwrap();
 }
