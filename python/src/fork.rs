@@ -78,13 +78,17 @@ pub fn before_fork(py: Python<'_>) {
             }
         }
         lock(&PAUSED).extend(paused);
-    })
+    });
+    // What the stopping drainers logged, then the queue is held across the fork.
+    crate::logging::flush(py);
+    crate::logging::hold_for_fork();
 }
 
 /// `os.register_at_fork(after_in_parent=...)`: restart the drainers
 /// [`before_fork`] stopped (unless `close()` came meanwhile).
 #[pyfunction]
 pub fn after_fork_in_parent(py: Python<'_>) {
+    crate::logging::release_after_fork();
     py.detach(|| {
         let paused: Vec<Arc<Inner>> = lock(&PAUSED).drain(..).collect();
         for inner in paused {
@@ -115,5 +119,7 @@ pub fn after_fork_in_parent(py: Python<'_>) {
 /// drainers when rebuilt); leak the references, as every inherited backend.
 #[pyfunction]
 pub fn after_fork_in_child() {
+    crate::logging::release_after_fork();
     std::mem::forget(std::mem::take(&mut *lock(&PAUSED)));
+    crate::logging::ensure_deliverer();
 }

@@ -329,7 +329,10 @@ struct Store {
 impl Store {
     fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> CoreResult<T> + Send) -> PyResult<T> {
         logging::refresh_if_due(py);
-        py.detach(f).map_err(|e| py_err(py, e))
+        let out = py.detach(f);
+        // The call's log records reach `logging` before it returns.
+        logging::flush(py);
+        out.map_err(|e| py_err(py, e))
     }
 
     /// This process's backend (built here first if the store came through fork()).

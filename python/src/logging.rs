@@ -11,17 +11,23 @@
 //!   at its call site, as with no subscriber at all. The level is read when the
 //!   module is imported, when a store is opened, and at most once a second from a
 //!   store's call (a `logger.setLevel` takes effect within a second).
-//! * **Threads.** Records are handed to Python from the thread that made them (a
-//!   tokio worker, say), which attaches to the interpreter for that. No call holds
-//!   the GIL while it waits for the core (see the crate comment), so this cannot
-//!   deadlock; during interpreter shutdown records are dropped.
+//! * **Threads.** A record is queued where it is made (a tokio worker, say: no
+//!   Python handler ever runs on the runtime's threads, so a slow handler cannot
+//!   stall a write or the drainer, and a handler may itself call dualwrite). The
+//!   queue is handed to `logging` by the thread of the call that made the records,
+//!   before the call returns (so a record of a call is there when it returns,
+//!   in order), and by a thread of its own, `dualwrite-log`, for the records made
+//!   between calls (the background drainer's). At most [`QUEUE_MAX`] wait; more
+//!   are counted and the count is logged. During interpreter shutdown records are
+//!   dropped.
 //! * Events of other crates (hyper, reqwest) and spans are not forwarded.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::{self, Write as _};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -70,11 +76,110 @@ fn filter(rank: u8) -> LevelFilter {
     }
 }
 
+/// Records waiting for Python, oldest first.
+static QUEUE: Mutex<VecDeque<Queued>> = Mutex::new(VecDeque::new());
+/// Signalled when a record is queued.
+static QUEUED: Condvar = Condvar::new();
+/// Records dropped because the queue was full, not yet reported.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// The process whose `dualwrite-log` thread runs (a forked child starts its own).
+static DELIVERER: AtomicU32 = AtomicU32::new(0);
+/// The most records that wait for Python; more are counted and dropped.
+pub const QUEUE_MAX: usize = 10_000;
+
+struct Queued {
+    meta: &'static Metadata<'static>,
+    fields: Fields,
+}
+
 /// Make the bridge the process's subscriber (once; if another extension set one
-/// first, that one stays) and read Python's level.
+/// first, that one stays), start the delivering thread and read Python's level.
 pub fn install(py: Python<'_>) {
     let _ = tracing::subscriber::set_global_default(Bridge);
+    ensure_deliverer();
     refresh(py);
+}
+
+/// Start this process's `dualwrite-log` thread unless it runs (after `fork()`
+/// the child has none).
+pub fn ensure_deliverer() {
+    let pid = std::process::id();
+    if DELIVERER.swap(pid, Ordering::SeqCst) == pid {
+        return;
+    }
+    let started = std::thread::Builder::new()
+        .name("dualwrite-log".into())
+        .spawn(move || loop {
+            if std::process::id() != pid {
+                return;
+            }
+            {
+                let q = crate::lock(&QUEUE);
+                let (q, _) = QUEUED
+                    .wait_timeout_while(q, Duration::from_millis(200), |q| q.is_empty())
+                    .unwrap_or_else(|p| p.into_inner());
+                if q.is_empty() {
+                    continue;
+                }
+            }
+            if Python::try_attach(flush).is_none() {
+                // Shutting down: nobody will hear these.
+                crate::lock(&QUEUE).clear();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+    if started.is_err() {
+        // Records are still handed over at the end of every call.
+        DELIVERER.store(0, Ordering::SeqCst);
+    }
+}
+
+thread_local! {
+    /// The queue's lock, held by the forking thread across `fork()`.
+    static HELD: RefCell<Option<MutexGuard<'static, VecDeque<Queued>>>> = const { RefCell::new(None) };
+}
+
+/// Before `fork()` (after the drainers stopped): hold the queue's lock, so that
+/// the child cannot inherit it locked by a thread it does not have.
+pub fn hold_for_fork() {
+    let held = crate::lock(&QUEUE);
+    HELD.with(|h| *h.borrow_mut() = Some(held));
+}
+
+/// After `fork()`, in the parent and the child: let the queue's lock go.
+pub fn release_after_fork() {
+    HELD.with(|h| drop(h.borrow_mut().take()));
+}
+
+/// Hand every queued record to `logging`, oldest first (then a line for the
+/// records dropped meanwhile, if any).
+pub fn flush(py: Python<'_>) {
+    loop {
+        let batch: Vec<Queued> = {
+            let mut q = crate::lock(&QUEUE);
+            if q.is_empty() {
+                break;
+            }
+            q.drain(..).collect()
+        };
+        for r in batch {
+            let _ = emit(py, r.meta, r.fields);
+        }
+    }
+    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        let _ = py
+            .import("logging")
+            .and_then(|l| l.call_method1("getLogger", ("dualwrite",)))
+            .and_then(|l| {
+                l.call_method1(
+                    "warning",
+                    (format!(
+                        "{dropped} log records of dualwrite were dropped: more than {QUEUE_MAX} waited for logging"
+                    ),),
+                )
+            });
+    }
 }
 
 /// Read `logging.getLogger("dualwrite")`'s level again, and tell `tracing` if it
@@ -165,7 +270,14 @@ impl Subscriber for Bridge {
         let meta = event.metadata();
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let _ = Python::try_attach(|py| emit(py, meta, fields));
+        let mut q = crate::lock(&QUEUE);
+        if q.len() >= QUEUE_MAX {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        q.push_back(Queued { meta, fields });
+        drop(q);
+        QUEUED.notify_one();
     }
 
     fn enter(&self, _: &Id) {}

@@ -111,3 +111,34 @@ def test_version_is_the_packages():
 
     assert dualwrite.__version__ == version("dualwrite")
     assert dualwrite.__version__.count(".") == 2
+
+
+def test_records_made_between_calls_reach_logging_from_a_thread_of_their_own(
+    clean_env, monkeypatch, caplog, dualwrite_bin
+):
+    # The background drainer fails (Supabase down) while the app makes no call:
+    # its WARNING is delivered by the `dualwrite-log` thread, not by a call.
+    import os
+    import subprocess
+    import time
+
+    from conftest import closed_port_url
+
+    path = clean_env / "dox.sqlite3"
+    dualwrite.ExtendedDatabase(str(path)).close()
+    out = subprocess.run([str(dualwrite_bin), "capture", "install"], capture_output=True, text=True,
+                         env=dict(os.environ, DB_PATH=str(path)))
+    assert out.returncode == 0, out.stderr
+    monkeypatch.setenv("DUALWRITE_REST_URL", closed_port_url())
+    monkeypatch.setenv("SUPABASE_SERVICE_KEY", "sb_secret_unused")
+    with caplog.at_level(logging.WARNING, logger="dualwrite"):
+        with dualwrite.DualDatabase(dualwrite.ExtendedDatabase(str(path)), dualwrite.SupabaseDatabase(),
+                                    drain="background") as db:
+            db.add_tag({"id": "t1", "document_id": "d1", "tag": "x"})
+            deadline = time.monotonic() + 15
+            while not [r for r in caplog.records if r.name.startswith("dualwrite.serve")]:
+                assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+                time.sleep(0.1)
+    r = next(r for r in caplog.records if r.name.startswith("dualwrite.serve"))
+    assert r.levelno == logging.WARNING and "Supabase" in r.getMessage(), r.getMessage()
+    assert r.threadName != "MainThread", r.threadName
