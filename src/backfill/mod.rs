@@ -38,6 +38,7 @@ mod rejects;
 mod report;
 mod reset;
 mod source;
+mod tenancy;
 mod watermark;
 
 pub use checkpoint::{Checkpoints, Cursor, SourceIdentity, TableCheckpoint};
@@ -54,6 +55,7 @@ pub use reset::{
     forget_progress, prepare, reset, reset_target, truncate_target, Start, RESET_CHUNK,
 };
 pub use source::{BatchSource, SourceBatch, SqliteSource};
+pub use tenancy::{refuse_collisions, unique_collisions, Collision};
 
 use std::path::Path;
 use std::time::Instant;

@@ -828,3 +828,66 @@ async fn artifacts_and_a_document(sb: &SupabaseDatabase, keys: impl Iterator<Ite
         .await
         .unwrap();
 }
+
+/// One Supabase project holds one DoX deployment: a second deployment's file
+/// whose skills share names with the first's under other ids is refused before
+/// anything is written, naming them; `--reset` (the project emptied first) and
+/// a repeated run of the same file (the same ids) go through.
+#[tokio::test]
+async fn a_second_deployment_into_the_same_project_is_refused_before_writing() {
+    needs_stack!();
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for seed in [1, 2] {
+        let path = dir.path().join(format!("deployment-{seed}.sqlite3"));
+        let opts = dualwrite::generate::GenerateOptions { rows: 400, seed };
+        dualwrite::generate::generate(&path, &opts).await.unwrap();
+        files.push(path.display().to_string());
+    }
+    let skills = || async {
+        pg.supabase()
+            .fetch(&catalogue::SKILLS_REGISTRY, &[])
+            .await
+            .unwrap()
+    };
+    let run = |file: &str, extra: &[&str]| {
+        let state = dir.path().join(format!("state-{}", extra.len()));
+        let mut args = vec![
+            "backfill",
+            "--from-sqlite",
+            file,
+            "--tables",
+            "skills_registry",
+        ];
+        args.extend(["--state-dir", state.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        let o = binary(&pg, dir.path(), &args).output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&files[0], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let first = skills().await;
+    assert!(!first.is_empty());
+
+    let (code, err) = run(&files[1], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("skills_registry row(s) whose name this file gives to another id")
+            && err.contains("One Supabase project holds one DoX deployment")
+            && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert_eq!(skills().await, first, "a refused run wrote");
+
+    // The same file again: its own rows, not a collision.
+    let (code, err) = run(&files[0], &["--restart"]);
+    assert_eq!(code, Some(0), "{err}");
+    // The second deployment with the project emptied first.
+    let (code, err) = run(&files[1], &["--reset", "--yes"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_ne!(skills().await, first);
+}

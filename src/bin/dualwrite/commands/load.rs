@@ -72,6 +72,11 @@ async fn load(
         }
     }
     backfill::prepare(&target, &opts, start).await?;
+    if from_sqlite {
+        // One project per deployment: another's rows are named before anything is written.
+        let collisions = backfill::unique_collisions(source, &target, &opts.selected()).await?;
+        backfill::refuse_collisions(&collisions, target.rest().url())?;
+    }
     let mut report = run(&target, &opts).await?;
     report.missing_tables = missing_tables;
     if args.output.json() {
