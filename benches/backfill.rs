@@ -81,7 +81,7 @@ async fn ceiling(
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap();
-    let url = format!("{}/rest/v1", env["SUPABASE_URL"]);
+    let url = rest_endpoint(env);
     let key = env["SUPABASE_SERVICE_KEY"].clone();
     let started = Instant::now();
     let mut rows = 0;
@@ -294,16 +294,7 @@ async fn main() {
 
 /// The stack's Supabase with the service key.
 fn service_db(env: &HashMap<String, String>) -> dualwrite::db::SupabaseDatabase {
-    let rest = dualwrite::rest::RestClient::new(&dualwrite::rest::RestConfig {
-        url: format!("{}/rest/v1", env["SUPABASE_URL"]),
-        key: env["SUPABASE_SERVICE_KEY"].clone().into(),
-        user_jwt: None,
-        schema: "public".into(),
-        timeout: Duration::from_secs(60),
-        connect_timeout: Duration::from_secs(2),
-    })
-    .unwrap();
-    dualwrite::db::SupabaseDatabase::new(rest)
+    dualwrite::db::SupabaseDatabase::new(service_rest(env, Duration::from_secs(60)))
 }
 
 /// Capture on Supabase on or off.

@@ -18,14 +18,12 @@ use common::*;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use secrecy::SecretString;
 use serde_json::json;
 
 use dualwrite::config::{Settings, Sources};
 use dualwrite::db::{Dox, DualDatabase, SqliteDatabase, SupabaseDatabase};
 use dualwrite::factory;
 use dualwrite::model::LogEntry;
-use dualwrite::rest::{RestClient, RestConfig};
 
 /// The row bench.py writes: an XML-ingestion log entry, as DoX's ingestion makes it.
 fn log(run: &str, i: usize) -> LogEntry {
@@ -89,15 +87,7 @@ async fn main() {
     measure(&lite, &format!("{run}w"), n / 10 + 1).await; // warm-up
     let alone = measure(&lite, &format!("{run}a"), n).await;
 
-    let rest = RestClient::new(&RestConfig {
-        url: format!("{}/rest/v1", env["SUPABASE_URL"]),
-        key: SecretString::from(env["SUPABASE_SERVICE_KEY"].clone()),
-        user_jwt: None,
-        schema: "public".into(),
-        timeout: Duration::from_secs(10),
-        connect_timeout: Duration::from_secs(2),
-    })
-    .unwrap();
+    let rest = service_rest(&env, Duration::from_secs(10));
     let primary = SqliteDatabase::open(dir.path().join("dual.sqlite3"), opts)
         .await
         .unwrap();

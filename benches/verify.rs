@@ -24,12 +24,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
-
 use dualwrite::catalogue::TABLES;
 use dualwrite::db::SqliteDatabase;
 use dualwrite::normalise::SqlValue;
-use dualwrite::rest::{RestClient, RestConfig};
+use dualwrite::rest::RestClient;
 
 fn run(env: &HashMap<String, String>, args: &[&str]) -> (f64, serde_json::Value, i32) {
     let started = Instant::now();
@@ -130,15 +128,7 @@ async fn main() {
     let (full_secs, full, code) = run(&env, &["verify", "--from-sqlite", p, "--format", "json"]);
     assert_eq!(code, 0, "{full}");
 
-    let rest = RestClient::new(&RestConfig {
-        url: format!("{}/rest/v1", env["SUPABASE_URL"]),
-        key: SecretString::from(env["SUPABASE_SERVICE_KEY"].clone()),
-        user_jwt: None,
-        schema: "public".into(),
-        timeout: Duration::from_secs(60),
-        connect_timeout: Duration::from_secs(2),
-    })
-    .unwrap();
+    let rest = service_rest(&env, Duration::from_secs(60));
     let (b1, n1) = read_both(&path, &rest, 1000).await;
     let (b2, n2) = read_both(&path, &rest, 1000).await;
     assert_eq!(n1, 2 * rows);

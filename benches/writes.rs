@@ -169,7 +169,7 @@ async fn main() {
         .unwrap_or(10_000);
     let env = stack_env();
     let key = env["SUPABASE_SERVICE_KEY"].clone();
-    let gateway = format!("{}/rest/v1", env["SUPABASE_URL"]);
+    let gateway = rest_endpoint(&env);
     let dir = tempfile::tempdir().unwrap();
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let timeout = Duration::from_secs(10);

@@ -49,6 +49,27 @@ pub fn stack_env() -> HashMap<String, String> {
         .collect()
 }
 
+/// The stack's PostgREST endpoint: its project URL (`SUPABASE_URL`) + `/rest/v1`.
+pub fn rest_endpoint(env: &HashMap<String, String>) -> String {
+    format!("{}/rest/v1", env["SUPABASE_URL"])
+}
+
+/// A client of the stack's Supabase with the service key.
+pub fn service_rest(
+    env: &HashMap<String, String>,
+    timeout: std::time::Duration,
+) -> dualwrite::rest::RestClient {
+    dualwrite::rest::RestClient::new(&dualwrite::rest::RestConfig {
+        url: rest_endpoint(env),
+        key: env["SUPABASE_SERVICE_KEY"].clone().into(),
+        user_jwt: None,
+        schema: "public".into(),
+        timeout,
+        connect_timeout: std::time::Duration::from_secs(2),
+    })
+    .unwrap()
+}
+
 /// A generated DoX file of `rows` rows (seed 1), cached under target/bench-data.
 pub async fn dataset(rows: u64) -> PathBuf {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-data"));

@@ -228,10 +228,7 @@ fn python_rank(py: Python<'_>) -> PyResult<u8> {
 struct Bridge;
 
 fn ours(target: &str) -> bool {
-    target == "dualwrite"
-        || target.starts_with("dualwrite::")
-        || target.starts_with("dualwrite_python")
-        || target.starts_with("_native")
+    target == "dualwrite" || target.starts_with("dualwrite::") || target.starts_with("_native")
 }
 
 fn logger_name(target: &str) -> String {

@@ -48,24 +48,12 @@ pub async fn unique_collisions(
         Err(e) => return Err(e),
     };
     let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
-    let mut theirs: HashMap<String, String> = HashMap::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = target
-            .rest()
-            .select_page(t.supabase, "id,name", &[], "id", after.as_deref(), 1000)
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = text(last.get("id"));
-        for r in &page {
-            if let (Some(id), Some(name)) = (text(r.get("id")), text(r.get("name"))) {
-                theirs.insert(name, id);
-            }
-        }
-        if page.len() < 1000 {
-            break;
-        }
-    }
+    let theirs: HashMap<String, String> = target
+        .fetch(t, &[])
+        .await?
+        .iter()
+        .filter_map(|r| Some((text(r.get("name"))?, text(r.get("id"))?)))
+        .collect();
     let mut out: Vec<Collision> = mine
         .iter()
         .filter_map(|r| {

@@ -13,6 +13,18 @@ pub(super) struct TableLayout {
     pub(super) upsert: Option<String>,
 }
 
+impl TableLayout {
+    /// The catalogue columns of `t` the file lacks (why `upsert` is `None`).
+    pub(super) fn missing(&self, t: &Table) -> Vec<&'static str> {
+        t.columns
+            .iter()
+            .zip(&self.physical)
+            .filter(|(_, p)| p.is_none())
+            .map(|(c, _)| c.sqlite)
+            .collect()
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Layout {
     pub(super) tables: HashMap<&'static str, TableLayout>,
@@ -28,17 +40,10 @@ impl Layout {
             .get(t)
             .ok_or_else(|| Error::Sqlite(format!("the file has no table {}", t.sqlite)))?;
         if l.upsert.is_none() {
-            let missing: Vec<_> = t
-                .columns
-                .iter()
-                .zip(&l.physical)
-                .filter(|(_, p)| p.is_none())
-                .map(|(c, _)| c.sqlite)
-                .collect();
             return Err(Error::Sqlite(format!(
                 "table {} lacks column(s) {} that DoX writes",
                 t.sqlite,
-                missing.join(", ")
+                l.missing(t).join(", ")
             )));
         }
         Ok(l)

@@ -306,17 +306,10 @@ impl Statements {
             )));
         };
         let Some(upsert) = l.upsert else {
-            let missing: Vec<&str> = t
-                .columns
-                .iter()
-                .zip(&l.physical)
-                .filter(|(_, p)| p.is_none())
-                .map(|(c, _)| c.sqlite)
-                .collect();
             return Err(Error::invalid(format!(
                 "the SQLite table {} has no column {}",
                 t.sqlite,
-                missing.join(", ")
+                l.missing(t).join(", ")
             )));
         };
         let key = quote(l.physical[0].as_deref().unwrap_or(t.key().sqlite));
