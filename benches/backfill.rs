@@ -300,16 +300,16 @@ fn service_db(env: &HashMap<String, String>) -> dualwrite::db::SupabaseDatabase 
 /// Capture on Supabase on or off.
 async fn set_capture(sb: &dualwrite::db::SupabaseDatabase, on: bool) {
     let st = if on {
-        dualwrite::reverse::capture::enable(sb.rest()).await
+        dualwrite::capture::supabase::enable(sb.rest()).await
     } else {
-        dualwrite::reverse::capture::disable(sb.rest(), true).await
+        dualwrite::capture::supabase::disable(sb.rest(), true).await
     };
     assert_eq!(st.unwrap().enabled, on);
 }
 
 /// Changes waiting for the reverse mirror.
 async fn backlog(sb: &dualwrite::db::SupabaseDatabase) -> u64 {
-    dualwrite::reverse::capture::state(sb.rest())
+    dualwrite::capture::supabase::state(sb.rest())
         .await
         .unwrap()
         .pending

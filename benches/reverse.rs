@@ -31,14 +31,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dualwrite::catalogue;
+use dualwrite::db::{RestClient, RestConfig};
 use dualwrite::db::{SqliteDatabase, SqliteOptions};
 use dualwrite::keys;
-use dualwrite::rest::{RestClient, RestConfig};
 use hdrhistogram::Histogram;
 use secrecy::SecretString;
 use serde_json::json;
 
-use dualwrite::reverse::capture::MIGRATION_SQL as CAPTURE_SQL;
+use dualwrite::capture::supabase::MIGRATION_SQL as CAPTURE_SQL;
 const ATOMIC_SQL: &str =
     include_str!("../supabase/migrations/20261128000200_dox_atomic_writes.sql");
 
@@ -47,14 +47,6 @@ fn env_or(k: &str, d: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(d)
-}
-
-async fn pg(url: &str) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    c
 }
 
 fn body(prefix: &str, n: usize) -> String {

@@ -25,9 +25,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dualwrite::catalogue::TABLES;
+use dualwrite::db::RestClient;
 use dualwrite::db::SqliteDatabase;
 use dualwrite::normalise::SqlValue;
-use dualwrite::rest::RestClient;
 
 fn run(env: &HashMap<String, String>, args: &[&str]) -> (f64, serde_json::Value, i32) {
     let started = Instant::now();

@@ -27,8 +27,8 @@ use dualwrite::catalogue::Table;
 use dualwrite::db::{
     Applied, Database, DualDatabase, Filter, Row, SqliteDatabase, SqliteOptions, SupabaseDatabase,
 };
+use dualwrite::db::{RestClient, RestConfig};
 use dualwrite::model::Write;
-use dualwrite::rest::{RestClient, RestConfig};
 
 /// A realistic mix of DoX writes: ingestion rows, summaries, memories, prefs, updates.
 fn mixed_writes(n: usize, run: &str) -> Vec<Write> {

@@ -20,6 +20,9 @@
 //! A file not given, or absent, means nothing was recorded; the report says
 //! that it was not checked. The check never writes.
 
+/// `cutover check --rollback`: may the file become the primary again.
+pub use crate::reverse::rollback::{check as check_rollback, RollbackReport};
+
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 

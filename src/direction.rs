@@ -58,44 +58,46 @@ impl std::str::FromStr for Direction {
     }
 }
 
-/// The direction `serve` and `status` work in, and a warning to log.
-///
-/// Without `--direction` (`explicit`), the configuration decides:
-/// `DB_BACKEND=sqlite` is forward; `DB_BACKEND=supabase` with dual write on
-/// (`SUPABASE_DUAL_WRITE`: the SQLite file kept as the copy) is reverse;
-/// `DB_BACKEND=supabase` without dual write is an error (no copy is
-/// configured, and forward would send the file's rows over the primary's).
-/// An explicit `--direction` always wins: the runbook starts the reverse
-/// mirror before the app's configuration is switched. When it contradicts
-/// the configuration, the warning says so.
-pub fn resolve(explicit: Option<&str>, s: &Settings) -> Result<(Direction, Option<String>)> {
-    let configured = match (s.backend, s.dual_write) {
-        (BackendKind::Sqlite, _) => Some(Direction::Forward),
-        (BackendKind::Supabase, true) => Some(Direction::Reverse),
-        (BackendKind::Supabase, false) => None,
-    };
-    let explicit = explicit.map(str::parse::<Direction>).transpose()?;
-    match (explicit, configured) {
-        (Some(d), Some(c)) if d == c => Ok((d, None)),
-        (Some(d), c) => Ok((
-            d,
-            Some(format!(
-                "--direction {} overrides the configuration (DB_BACKEND={}, dual write {}{})",
-                d.as_str(),
-                s.configured_backend.trim(),
-                if s.dual_write { "on" } else { "off" },
-                match c {
-                    Some(c) => format!(": direction {}", c.as_str()),
-                    None => String::new(),
-                }
+impl Direction {
+    /// The direction `serve` and `status` work in, and a warning to log.
+    ///
+    /// Without `--direction` (`explicit`), the configuration decides:
+    /// `DB_BACKEND=sqlite` is forward; `DB_BACKEND=supabase` with dual write on
+    /// (`SUPABASE_DUAL_WRITE`: the SQLite file kept as the copy) is reverse;
+    /// `DB_BACKEND=supabase` without dual write is an error (no copy is
+    /// configured, and forward would send the file's rows over the primary's).
+    /// An explicit `--direction` always wins: the runbook starts the reverse
+    /// mirror before the app's configuration is switched. When it contradicts
+    /// the configuration, the warning says so.
+    pub fn resolve(explicit: Option<&str>, s: &Settings) -> Result<(Direction, Option<String>)> {
+        let configured = match (s.backend, s.dual_write) {
+            (BackendKind::Sqlite, _) => Some(Direction::Forward),
+            (BackendKind::Supabase, true) => Some(Direction::Reverse),
+            (BackendKind::Supabase, false) => None,
+        };
+        let explicit = explicit.map(str::parse::<Direction>).transpose()?;
+        match (explicit, configured) {
+            (Some(d), Some(c)) if d == c => Ok((d, None)),
+            (Some(d), c) => Ok((
+                d,
+                Some(format!(
+                    "--direction {} overrides the configuration (DB_BACKEND={}, dual write {}{})",
+                    d.as_str(),
+                    s.configured_backend.trim(),
+                    if s.dual_write { "on" } else { "off" },
+                    match c {
+                        Some(c) => format!(": direction {}", c.as_str()),
+                        None => String::new(),
+                    }
+                )),
             )),
-        )),
-        (None, Some(c)) => Ok((c, None)),
-        (None, None) => Err(Error::config(
-            "DB_BACKEND=supabase without dual write: no SQLite copy is configured to keep current. \
-             Set SUPABASE_DUAL_WRITE=true (Supabase primary, the file kept as the rollback copy: \
-             `serve` runs the reverse direction), or pass --direction reverse",
-        )),
+            (None, Some(c)) => Ok((c, None)),
+            (None, None) => Err(Error::config(
+                "DB_BACKEND=supabase without dual write: no SQLite copy is configured to keep current. \
+                 Set SUPABASE_DUAL_WRITE=true (Supabase primary, the file kept as the rollback copy: \
+                 `serve` runs the reverse direction), or pass --direction reverse",
+            )),
+        }
     }
 }
 
@@ -139,15 +141,15 @@ mod tests {
             ("supabase", "false", Some("reverse"), Reverse, true),
         ];
         for (b, d, flag, want, warns) in cases {
-            let (got, warning) = resolve(flag, &settings(b, d)).unwrap();
+            let (got, warning) = Direction::resolve(flag, &settings(b, d)).unwrap();
             assert_eq!((got, warning.is_some()), (want, warns), "{b} {d} {flag:?}");
             if let Some(w) = warning {
                 assert!(w.contains("overrides the configuration"), "{w}");
             }
         }
-        let e = resolve(None, &settings("supabase", "false")).unwrap_err();
+        let e = Direction::resolve(None, &settings("supabase", "false")).unwrap_err();
         assert!(e.to_string().contains("SUPABASE_DUAL_WRITE=true"), "{e}");
-        let e = resolve(Some("sideways"), &settings("sqlite", "false")).unwrap_err();
+        let e = Direction::resolve(Some("sideways"), &settings("sqlite", "false")).unwrap_err();
         assert!(e.to_string().contains("unknown direction"), "{e}");
     }
 }

@@ -20,9 +20,9 @@ use crate::backfill::{
     Reject, SourceBatch,
 };
 use crate::catalogue::{self, Table};
-use crate::coerced::CoercedLog;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, IoContext, Result};
+use crate::normalise::coerced::CoercedLog;
 use crate::normalise::UnrepresentablePolicy;
 use crate::state_file;
 
@@ -401,7 +401,9 @@ pub async fn import(
     // The export's record of coerced values joins the import's, beside its rejects.
     let coerced = dir.join("coerced.ndjson");
     if coerced.exists() && !opts.dry_run && !report_was_imported(&loader, &manifest) {
-        loader.coerced.write(&crate::coerced::read(&coerced)?)?;
+        loader
+            .coerced
+            .write(&crate::normalise::coerced::read(&coerced)?)?;
     }
     let selected = opts.selected();
     let mut report = BackfillReport {

@@ -82,8 +82,11 @@ pub fn dual<P: crate::db::Database, S: crate::db::Database>(
 
 /// The Supabase backend with the configured policy for values it cannot hold.
 pub fn supabase(s: &Settings, rest: RestClient) -> SupabaseDatabase {
-    let log = (s.unrepresentable == crate::normalise::UnrepresentablePolicy::Coerce)
-        .then(|| std::sync::Arc::new(crate::coerced::CoercedLog::new(s.coerced_log.clone())));
+    let log = (s.unrepresentable == crate::normalise::UnrepresentablePolicy::Coerce).then(|| {
+        std::sync::Arc::new(crate::normalise::coerced::CoercedLog::new(
+            s.coerced_log.clone(),
+        ))
+    });
     SupabaseDatabase::new(rest).with_unrepresentable(s.unrepresentable, log)
 }
 

@@ -44,7 +44,7 @@ impl KeyKind {
 /// The role a key acts as: `service_role` for an `sb_secret_` key, `anon`
 /// for an `sb_publishable_` key, a JWT's `role` claim (read, not verified),
 /// or `unknown`.
-pub fn key_role(key: &str) -> String {
+pub(crate) fn key_role(key: &str) -> String {
     match KeyKind::of(key) {
         KeyKind::Secret => "service_role".to_owned(),
         KeyKind::Publishable => "anon".to_owned(),
@@ -70,7 +70,7 @@ pub struct RestConfig {
 
 /// The request header that marks a write as a copy of the SQLite file's rows
 /// ([`RestClient::mirroring_sqlite`]).
-pub const ORIGIN_HEADER: &str = "x-dualwrite-origin";
+pub(crate) const ORIGIN_HEADER: &str = "x-dualwrite-origin";
 
 #[derive(Clone)]
 pub struct RestClient {
@@ -107,7 +107,7 @@ fn sensitive(v: &str, what: &str) -> Result<HeaderValue> {
 }
 
 /// The rows a write reports in `Content-Range: */N` (or `a-b/N`).
-pub fn content_range_total(h: &HeaderMap) -> Option<u64> {
+pub(crate) fn content_range_total(h: &HeaderMap) -> Option<u64> {
     let v = h.get("content-range")?.to_str().ok()?;
     v.rsplit('/').next()?.parse().ok()
 }
@@ -115,7 +115,7 @@ pub fn content_range_total(h: &HeaderMap) -> Option<u64> {
 /// A filter value as PostgREST's `eq.` operator takes it; `None` for NULL,
 /// which equality filters match with `is.null` (`eq.null` would match the
 /// text `'null'`).
-pub fn filter_text(v: &Value) -> Option<String> {
+pub(crate) fn filter_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Null => None,
@@ -124,7 +124,7 @@ pub fn filter_text(v: &Value) -> Option<String> {
 }
 
 /// Equality filters: `column=eq.value`, or `column=is.null` for `None`.
-pub type EqFilters<'a> = [(&'a str, Option<String>)];
+pub(crate) type EqFilters<'a> = [(&'a str, Option<String>)];
 
 fn with_eq(mut b: postgrest::Builder, filters: &EqFilters<'_>) -> postgrest::Builder {
     for (c, v) in filters {
@@ -203,7 +203,7 @@ impl RestClient {
 
     /// This client's writes copy the SQLite file's rows (the backfill, an
     /// import, the forward daemon, a forward repair, a dual layer with SQLite
-    /// primary): each request says so in [`ORIGIN_HEADER`], and capture on
+    /// primary): each request says so in `ORIGIN_HEADER`, and capture on
     /// Supabase does not log them when they come with the service role's key
     /// (migration `20261207000200_dox_reset_and_origin.sql`), so the reverse
     /// mirror never sends the file its own rows back.
@@ -401,7 +401,7 @@ impl RestClient {
     }
 
     /// Rows whose `key` is in `keys` (`<key>=in.(…)`), at most one request's
-    /// worth: split longer lists with [`key_chunks`].
+    /// worth: split longer lists with `key_chunks`.
     pub async fn select_in(
         &self,
         table: &str,
@@ -448,7 +448,7 @@ impl RestClient {
     }
 
     /// DELETE the rows whose `key` is in `keys` (one chunk, see
-    /// [`key_chunks`]); returns how many were deleted.
+    /// `key_chunks`); returns how many were deleted.
     pub async fn delete_in(&self, table: &str, key: &str, keys: &[&str]) -> Result<u64> {
         let quoted: Vec<String> = keys.iter().map(|k| in_list_value(k)).collect();
         let req = self.from(table).delete().in_(key, &quoted).build();
@@ -525,7 +525,7 @@ impl RestClient {
 /// A PostgREST `in.(…)` list element: always double-quoted, so that commas,
 /// dots, parentheses and spaces in a key are taken literally; `\` and `"`
 /// escaped with a backslash.
-pub fn in_list_value(key: &str) -> String {
+pub(crate) fn in_list_value(key: &str) -> String {
     format!("\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
@@ -548,7 +548,7 @@ fn encoded_len(s: &str) -> usize {
 /// an answer whose headers outgrow its buffer (nginx: 4 KB, "upstream sent
 /// too big header", a 502), as it refuses a request line that outgrows its
 /// own (a 414).
-pub fn key_chunks<'k>(keys: &[&'k str]) -> Vec<Vec<&'k str>> {
+pub(crate) fn key_chunks<'k>(keys: &[&'k str]) -> Vec<Vec<&'k str>> {
     const MAX_KEYS: usize = 100;
     const MAX_BYTES: usize = 3000;
     let mut out: Vec<Vec<&str>> = Vec::new();
@@ -574,7 +574,7 @@ fn reason(s: StatusCode) -> String {
 }
 
 /// A URL as a report or a log may show it: without user, password, query or fragment.
-pub fn public_url(url: &str) -> String {
+pub(crate) fn public_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut u) => {
             let _ = u.set_username("");

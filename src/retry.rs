@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 /// How often and how patiently to retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Retries after the first attempt (`None`: no count limit).
     pub retries: Option<usize>,
     /// Give up once the waits add up to this (`None`: no time limit).
@@ -32,7 +32,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// Keep trying for up to `total` of waiting, however many attempts that takes.
-    pub fn for_up_to(total: Duration) -> RetryPolicy {
+    pub(crate) fn for_up_to(total: Duration) -> RetryPolicy {
         RetryPolicy {
             retries: None,
             total: Some(total),
@@ -44,7 +44,7 @@ impl RetryPolicy {
 
 /// Run `op`, retrying transient failures with exponential backoff and jitter,
 /// or after the server's `Retry-After` when it sent one.
-pub async fn retry<T, F, Fut>(policy: RetryPolicy, op: F) -> Result<T>
+pub(crate) async fn retry<T, F, Fut>(policy: RetryPolicy, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
@@ -54,7 +54,7 @@ where
 
 /// [`retry`] with a narrower condition (it must imply [`Error::is_transient`]),
 /// e.g. to leave errors that call for a smaller request to the caller.
-pub async fn retry_when<T, F, Fut>(
+pub(crate) async fn retry_when<T, F, Fut>(
     policy: RetryPolicy,
     when: fn(&Error) -> bool,
     op: F,
@@ -69,13 +69,13 @@ where
 /// Something told of every failed attempt that will be tried again (the
 /// daemon counts and shows them while a batch still retries: a timeout is a
 /// failure as soon as it happens, not once the retries are spent).
-pub type Observer<'a> = &'a (dyn Fn(&Error) + Send + Sync);
+pub(crate) type Observer<'a> = &'a (dyn Fn(&Error) + Send + Sync);
 
 /// An [`Observer`] that can be kept and shared (the daemon's senders hold one).
-pub type SharedObserver = std::sync::Arc<dyn Fn(&Error) + Send + Sync>;
+pub(crate) type SharedObserver = std::sync::Arc<dyn Fn(&Error) + Send + Sync>;
 
 /// [`retry_when`], telling `observe` of each failed attempt before its wait.
-pub async fn retry_observed<T, F, Fut>(
+pub(crate) async fn retry_observed<T, F, Fut>(
     policy: RetryPolicy,
     when: fn(&Error) -> bool,
     observe: Observer<'_>,

@@ -90,13 +90,13 @@ impl StateDir {
 }
 
 /// Mode of the files this module creates.
-pub const FILE_MODE: u32 = 0o600;
+pub(crate) const FILE_MODE: u32 = 0o600;
 /// Mode of the directories this module creates.
-pub const DIR_MODE: u32 = 0o700;
+pub(crate) const DIR_MODE: u32 = 0o700;
 
 /// Create `dir` and its missing parents, each new one 0700. Existing
 /// directories keep their mode (they may be shared, e.g. the current directory).
-pub fn create_dir_all(dir: &Path) -> Result<()> {
+pub(crate) fn create_dir_all(dir: &Path) -> Result<()> {
     if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
@@ -130,7 +130,7 @@ fn restrict(f: &File) -> io::Result<()> {
 }
 
 /// Open `path` for appending (created 0600, with its directory 0700).
-pub fn append(path: &Path) -> Result<File> {
+pub(crate) fn append(path: &Path) -> Result<File> {
     if let Some(d) = path.parent() {
         create_dir_all(d)?;
     }
@@ -140,7 +140,7 @@ pub fn append(path: &Path) -> Result<File> {
 }
 
 /// Create or truncate `path` (0600, with its directory 0700).
-pub fn create(path: &Path) -> Result<File> {
+pub(crate) fn create(path: &Path) -> Result<File> {
     if let Some(d) = path.parent() {
         create_dir_all(d)?;
     }
@@ -156,7 +156,7 @@ pub fn create(path: &Path) -> Result<File> {
 
 /// Replace `path` atomically with `bytes`: a 0600 temp file beside it, fsync,
 /// rename, then fsync of the directory so the rename itself is durable.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
@@ -172,7 +172,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 /// fsync: for a report rewritten every second (the daemon's status file),
 /// whose loss in a crash costs nothing, and whose fsyncs would share the disk
 /// with the app's commits.
-pub fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
@@ -183,7 +183,7 @@ pub fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Move `from` to `to` (same directory) durably.
-pub fn rename(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(from, to).at(from)?;
     sync_dir(to)
 }
@@ -191,7 +191,7 @@ pub fn rename(from: &Path, to: &Path) -> Result<()> {
 /// Remove `path` durably; an absent file is fine. Any other failure is an
 /// error: callers rely on the file being gone (a reset must not leave a
 /// checkpoint that says its tables are done).
-pub fn remove(path: &Path) -> Result<()> {
+pub(crate) fn remove(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => sync_dir(path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -58,8 +58,8 @@ pub fn rest_endpoint(env: &HashMap<String, String>) -> String {
 pub fn service_rest(
     env: &HashMap<String, String>,
     timeout: std::time::Duration,
-) -> dualwrite::rest::RestClient {
-    dualwrite::rest::RestClient::new(&dualwrite::rest::RestConfig {
+) -> dualwrite::db::RestClient {
+    dualwrite::db::RestClient::new(&dualwrite::db::RestConfig {
         url: rest_endpoint(env),
         key: env["SUPABASE_SERVICE_KEY"].clone().into(),
         user_jwt: None,
@@ -72,23 +72,50 @@ pub fn service_rest(
 
 /// A generated DoX file of `rows` rows (seed 1), cached under target/bench-data.
 pub async fn dataset(rows: u64) -> PathBuf {
+    dataset_seeded(rows, 1).await
+}
+
+/// A generated DoX file of `rows` rows made with `seed`, cached under target/bench-data.
+pub async fn dataset_seeded(rows: u64, seed: u64) -> PathBuf {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-data"));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("dox-{rows}-seed1.sqlite3"));
+    let path = dir.join(format!("dox-{rows}-seed{seed}.sqlite3"));
     if !path.exists() {
         let started = std::time::Instant::now();
-        let tmp = dir.join(format!("dox-{rows}-seed1.partial.sqlite3"));
+        let tmp = dir.join(format!("dox-{rows}-seed{seed}.partial.sqlite3"));
         let _ = std::fs::remove_file(&tmp);
-        generate(&tmp, &GenerateOptions { rows, seed: 1 })
+        generate(&tmp, &GenerateOptions { rows, seed })
             .await
             .unwrap();
         std::fs::rename(&tmp, &path).unwrap();
         println!(
-            "generated {rows} rows in {:.1} s",
+            "generated {rows} rows (seed {seed}) in {:.1} s",
             started.elapsed().as_secs_f64()
         );
     }
     path
+}
+
+/// A PostgreSQL client on `url` (its connection driven by a task of its own).
+pub async fn pg(url: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+/// One value of a `serve` daemon's `/metrics` on `port` (None while it does not answer).
+pub async fn metric(port: u16, name: &str) -> Option<f64> {
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Empty every DoX table of the stack (through DATABASE_URL) and end with a

@@ -38,13 +38,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use dualwrite::catalogue::Table;
 use dualwrite::config::{DrainMode, Settings, Sources};
+use dualwrite::db::RestClient;
 use dualwrite::db::{
     AnyDatabase, Applied, Database, Dox, DualDatabase, Filter, Row, SqliteDatabase, SqliteOptions,
     SupabaseDatabase,
 };
 use dualwrite::factory;
 use dualwrite::model::{Call, Write};
-use dualwrite::rest::RestClient;
 use dualwrite::Error as CoreError;
 use pyo3::prelude::*;
 use serde_json::Value;

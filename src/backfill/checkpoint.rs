@@ -14,7 +14,7 @@ use crate::state_file;
 
 /// Where a table's copy stands. Persisted in `checkpoint.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TableCheckpoint {
+pub(crate) struct TableCheckpoint {
     /// Every row up to and including this position has landed.
     pub after: Option<Cursor>,
     pub done: bool,
@@ -93,7 +93,7 @@ struct CheckpointFile {
 /// `PRAGMA schema_version`, and a digest of the first keys in storage order
 /// of the first catalogue table that has rows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceIdentity {
+pub(crate) struct SourceIdentity {
     pub device: u64,
     pub inode: u64,
     pub schema_version: i64,
@@ -110,7 +110,7 @@ impl SourceIdentity {
     /// The identity of the SQLite file at `path`, opened as `db`. With a
     /// `keys_table`, the keys are read from that table (to compare with a
     /// recorded identity); otherwise from the first table that has rows.
-    pub async fn of(
+    pub(crate) async fn of(
         path: &Path,
         db: &SqliteDatabase,
         keys_table: Option<&str>,
@@ -189,7 +189,7 @@ impl SourceIdentity {
 }
 
 /// The checkpoint file of one source in its state directory.
-pub struct Checkpoints {
+pub(crate) struct Checkpoints {
     path: PathBuf,
     data: CheckpointFile,
     /// The writer thread (none for a dry run): saving never stalls the copy.
@@ -297,7 +297,7 @@ impl Drop for Checkpoints {
 impl Checkpoints {
     /// Load (or start) the checkpoint of `source` in `dir`. Refuses a checkpoint
     /// that belongs to another source.
-    pub fn open(
+    pub(crate) fn open(
         dir: &crate::state_file::StateDir,
         source: &str,
         persist: bool,
@@ -331,12 +331,12 @@ impl Checkpoints {
         Ok(Checkpoints { path, data, writer })
     }
 
-    pub fn table(&self, t: &Table) -> TableCheckpoint {
+    pub(crate) fn table(&self, t: &Table) -> TableCheckpoint {
         self.data.tables.get(t.sqlite).cloned().unwrap_or_default()
     }
 
     /// The identity the checkpoint recorded for its source, if any.
-    pub fn identity(&self) -> Option<&SourceIdentity> {
+    pub(crate) fn identity(&self) -> Option<&SourceIdentity> {
         self.data.identity.as_ref()
     }
 
@@ -344,7 +344,7 @@ impl Checkpoints {
     /// with progress whose recorded identity differs from `now` is refused (a
     /// file restored or re-created at the same path would otherwise resume
     /// with its tables "done"). Records `now` from here on.
-    pub fn check_identity(&mut self, now: SourceIdentity) -> Result<()> {
+    pub(crate) fn check_identity(&mut self, now: SourceIdentity) -> Result<()> {
         let progress = self
             .data
             .tables
@@ -375,14 +375,6 @@ impl Checkpoints {
         self.save()
     }
 
-    /// Forget the progress of these tables (after `--reset`).
-    pub fn clear(&mut self, tables: &[&'static Table]) -> Result<()> {
-        for t in tables {
-            self.data.tables.remove(t.sqlite);
-        }
-        self.save()
-    }
-
     /// Hand the current state to the writer thread.
     fn save(&self) -> Result<()> {
         if let Some(w) = &self.writer {
@@ -394,15 +386,11 @@ impl Checkpoints {
     }
 
     /// Wait until everything saved so far is on disk.
-    pub fn flush(&self) -> Result<()> {
+    pub(crate) fn flush(&self) -> Result<()> {
         match &self.writer {
             Some(w) => w.flush(),
             None => Ok(()),
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::catalogue::Table;
-use crate::coerced::CoercedLog;
 use crate::db::SqliteDatabase;
 use crate::error::{Error, Result};
+use crate::normalise::coerced::CoercedLog;
 use crate::normalise::{Lossy, UnrepresentablePolicy};
 use crate::rest::RestClient;
 use crate::retry::{retry_observed, retry_when, Observer, RetryPolicy, SharedObserver};
@@ -321,7 +321,7 @@ impl Lander {
 /// PostgREST refused for good, with their errors (the caller decides whether
 /// they are dead letters: [`Reject::refused`]). `observe` is told of every
 /// failed attempt that is tried again.
-pub async fn land_rows(
+pub(crate) async fn land_rows(
     rest: &RestClient,
     table: &'static Table,
     rows: &PreparedRows,

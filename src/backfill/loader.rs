@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use crate::catalogue::Table;
-use crate::coerced::CoercedLog;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
+use crate::normalise::coerced::CoercedLog;
 
 use super::checkpoint::{Checkpoints, Cursor};
 use super::landing::{Landed, Lander, Sent};
@@ -23,7 +23,7 @@ use super::source::BatchSource;
 use super::watermark::Watermark;
 
 /// Copies tables from sources into Supabase, with checkpoints, rejects and reports.
-pub struct Loader<'a> {
+pub(crate) struct Loader<'a> {
     pub target: &'a SupabaseDatabase,
     pub opts: &'a BackfillOptions,
     pub checkpoints: Checkpoints,
@@ -34,7 +34,7 @@ pub struct Loader<'a> {
 }
 
 impl<'a> Loader<'a> {
-    pub fn new(
+    pub(crate) fn new(
         target: &'a SupabaseDatabase,
         opts: &'a BackfillOptions,
         source_id: &str,
@@ -55,7 +55,7 @@ impl<'a> Loader<'a> {
     }
 
     /// Copy one table from `source` (positioned at the checkpoint by the caller).
-    pub async fn copy_table<S: BatchSource + 'static>(
+    pub(crate) async fn copy_table<S: BatchSource + 'static>(
         &mut self,
         table: &'static Table,
         mut source: S,
@@ -262,7 +262,7 @@ impl<'a> Loader<'a> {
         Some(b)
     }
 
-    pub fn finish(self, mut report: BackfillReport, started: Instant) -> BackfillReport {
+    pub(crate) fn finish(self, mut report: BackfillReport, started: Instant) -> BackfillReport {
         if let Err(e) = self.checkpoints.flush() {
             tracing::error!(error = %e, "the last checkpoint could not be written; a rerun resends some rows");
         }

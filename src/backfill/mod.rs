@@ -41,19 +41,17 @@ mod source;
 mod tenancy;
 mod watermark;
 
-pub use checkpoint::{Checkpoints, Cursor, SourceIdentity, TableCheckpoint};
-pub use landing::land_rows;
-pub use loader::Loader;
+#[cfg(test)]
+pub(crate) use checkpoint::Checkpoints;
+pub(crate) use checkpoint::{Cursor, SourceIdentity};
+pub(crate) use landing::land_rows;
+pub(crate) use loader::Loader;
 pub use options::{BackfillOptions, Progress};
-pub use prepare::{
-    prepare_row, prepare_row_into, prepare_row_with, raw_row_json, Prepared, PreparedRows,
-    RowsBuilder,
-};
-pub use rejects::{Reject, RejectLog};
+pub(crate) use prepare::{prepare_row_into, prepare_row_with, Prepared, PreparedRows, RowsBuilder};
+pub use rejects::Reject;
+pub(crate) use rejects::RejectLog;
 pub use report::{BackfillReport, TableCopy};
-pub use reset::{
-    forget_progress, prepare, reset, reset_target, truncate_target, Start, RESET_CHUNK,
-};
+pub use reset::{prepare, reset_target, truncate_target, Start};
 pub use source::{BatchSource, SourceBatch, SqliteSource};
 pub use tenancy::{refuse_collisions, unique_collisions, Collision};
 

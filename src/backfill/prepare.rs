@@ -7,8 +7,8 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::catalogue::Table;
-use crate::coerced::CoercedValue;
 use crate::error::Error;
+use crate::normalise::coerced::CoercedValue;
 use crate::normalise::{self, Lossy, SqlRef, SqlRow, SqlValue, UnrepresentablePolicy};
 
 use super::rejects::Reject;
@@ -90,7 +90,7 @@ impl PreparedRows {
 
 /// Builds [`PreparedRows`] one row at a time.
 #[derive(Debug)]
-pub struct RowsBuilder {
+pub(crate) struct RowsBuilder {
     body: String,
     spans: Vec<(usize, usize)>,
     keys: String,
@@ -106,7 +106,7 @@ impl Default for RowsBuilder {
 impl RowsBuilder {
     /// Room for `rows` rows of `bytes` bytes in all, so that the body is not
     /// copied as it grows.
-    pub fn with_capacity(bytes: usize, rows: usize) -> RowsBuilder {
+    pub(crate) fn with_capacity(bytes: usize, rows: usize) -> RowsBuilder {
         let mut body = String::with_capacity(bytes + 2);
         body.push('[');
         RowsBuilder {
@@ -117,22 +117,22 @@ impl RowsBuilder {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.spans.len()
     }
 
     /// The body's size so far, in bytes.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.body.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }
 
     /// Append a row whose JSON object `write` writes; when it fails, nothing
     /// of the row is kept.
-    pub fn push_with<T, E>(
+    pub(crate) fn push_with<T, E>(
         &mut self,
         key: &str,
         write: impl FnOnce(&mut String) -> std::result::Result<T, E>,
@@ -151,7 +151,7 @@ impl RowsBuilder {
         }
     }
 
-    pub fn push(&mut self, p: &Prepared) {
+    pub(crate) fn push(&mut self, p: &Prepared) {
         let start = self.open();
         self.body.push_str(&p.json);
         self.close(start, &p.key);
@@ -172,7 +172,7 @@ impl RowsBuilder {
         self.key_ends.push(self.keys.len());
     }
 
-    pub fn finish(mut self) -> PreparedRows {
+    pub(crate) fn finish(mut self) -> PreparedRows {
         self.body.push(']');
         PreparedRows {
             body: Bytes::from(self.body),
@@ -184,7 +184,7 @@ impl RowsBuilder {
 }
 
 /// A SQLite row as JSON for the rejects file (lenient: blobs as hex).
-pub fn raw_row_json(t: &Table, row: &SqlRow) -> Value {
+pub(super) fn raw_row_json(t: &Table, row: &SqlRow) -> Value {
     let mut m = Map::new();
     for (c, v) in t.columns.iter().zip(row) {
         let j = match v {
@@ -201,23 +201,8 @@ pub fn raw_row_json(t: &Table, row: &SqlRow) -> Value {
     Value::Object(m)
 }
 
-/// Prepare one SQLite row, or say why it cannot land.
-pub fn prepare_row(
-    t: &'static Table,
-    row: &SqlRow,
-    lossy: &mut Vec<(&'static str, Lossy)>,
-) -> std::result::Result<Prepared, Box<Reject>> {
-    prepare_row_with(
-        t,
-        row,
-        lossy,
-        UnrepresentablePolicy::Reject,
-        &mut Vec::new(),
-    )
-}
-
 /// [`prepare_row`] under a policy; coerced values are appended to `coerced`.
-pub fn prepare_row_with(
+pub(crate) fn prepare_row_with(
     t: &'static Table,
     row: &SqlRow,
     lossy: &mut Vec<(&'static str, Lossy)>,
@@ -228,7 +213,7 @@ pub fn prepare_row_with(
     match normalise::to_json_row_ref(t, &refs, policy) {
         Ok(c) => {
             if policy == UnrepresentablePolicy::Coerce {
-                coerced.extend(crate::coerced::records(t, &refs, &c.lossy));
+                coerced.extend(crate::normalise::coerced::records(t, &refs, &c.lossy));
             }
             lossy.extend(c.lossy);
             Ok(Prepared {
@@ -241,7 +226,7 @@ pub fn prepare_row_with(
 }
 
 /// [`prepare_row`] over borrowed values, written straight into a batch.
-pub fn prepare_row_into(
+pub(crate) fn prepare_row_into(
     t: &'static Table,
     row: &[SqlRef<'_>],
     lossy: &mut Vec<(&'static str, Lossy)>,
@@ -258,7 +243,7 @@ pub fn prepare_row_into(
     }) {
         Ok(l) => {
             if policy == UnrepresentablePolicy::Coerce && l.iter().any(|(_, k)| k.is_coercion()) {
-                coerced.extend(crate::coerced::records(t, row, &l));
+                coerced.extend(crate::normalise::coerced::records(t, row, &l));
             }
             lossy.extend(l);
             Ok(())

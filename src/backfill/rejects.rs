@@ -39,14 +39,14 @@ impl Reject {
 }
 
 /// The rejects file: NDJSON, one line per row that did not land, flushed as written.
-pub struct RejectLog {
+pub(crate) struct RejectLog {
     file: Option<Mutex<std::fs::File>>,
     pub path: PathBuf,
     sample: Mutex<Vec<Reject>>,
 }
 
 impl RejectLog {
-    pub fn open(path: PathBuf, persist: bool) -> Result<RejectLog> {
+    pub(crate) fn open(path: PathBuf, persist: bool) -> Result<RejectLog> {
         let file = if persist {
             Some(Mutex::new(state_file::append(&path)?))
         } else {
@@ -59,7 +59,7 @@ impl RejectLog {
         })
     }
 
-    pub fn write(&self, rejects: &[Reject]) -> Result<()> {
+    pub(crate) fn write(&self, rejects: &[Reject]) -> Result<()> {
         if rejects.is_empty() {
             return Ok(());
         }
@@ -85,7 +85,7 @@ impl RejectLog {
         Ok(())
     }
 
-    pub fn sample(&self) -> Vec<Reject> {
+    pub(crate) fn sample(&self) -> Vec<Reject> {
         crate::sync::lock(&self.sample).clone()
     }
 }

@@ -14,7 +14,7 @@ use super::landing::transient_but_not_split;
 use super::options::BackfillOptions;
 
 /// How many rows a reset deletes per statement, at first.
-pub const RESET_CHUNK: usize = 10_000;
+pub(super) const RESET_CHUNK: usize = 10_000;
 
 /// Forget the progress recorded in `state_dir`: the checkpoint is removed
 /// (durably) and `rejects.ndjson` is set aside as
@@ -23,7 +23,7 @@ pub const RESET_CHUNK: usize = 10_000;
 /// `--reset` calls this *before* it deletes anything: a run killed between
 /// the two then finds no checkpoint and copies every table again, where a
 /// checkpoint left behind would call the emptied tables "done".
-pub fn forget_progress(state_dir: &StateDir) -> Result<()> {
+pub(super) fn forget_progress(state_dir: &StateDir) -> Result<()> {
     let checkpoint = state_dir.checkpoint();
     state_file::remove(&checkpoint).map_err(|e| match e {
         Error::Io { source, path } => Error::Io {
@@ -46,7 +46,7 @@ pub fn forget_progress(state_dir: &StateDir) -> Result<()> {
 /// `--reset`: forget the recorded progress first ([`forget_progress`]), then
 /// empty the selected tables on the target ([`reset_target`]). The caller
 /// has asked for confirmation. Returns how many rows were deleted.
-pub async fn reset(target: &SupabaseDatabase, opts: &BackfillOptions) -> Result<u64> {
+pub(super) async fn reset(target: &SupabaseDatabase, opts: &BackfillOptions) -> Result<u64> {
     forget_progress(&opts.state_dir)?;
     let tables = opts.selected();
     match truncate_target(target, &tables, opts.max_wait).await? {

@@ -1,10 +1,10 @@
 //! Sources: what hands the loader one batch at a time, and the SQLite source.
 
 use crate::catalogue::Table;
-use crate::coerced::CoercedValue;
 use crate::db::sqlite::ScanFrom;
 use crate::db::SqliteDatabase;
 use crate::error::Result;
+use crate::normalise::coerced::CoercedValue;
 use crate::normalise::{Lossy, UnrepresentablePolicy};
 
 use super::checkpoint::Cursor;

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 /// connections, and this process's later commits would be lost (seen: the
 /// daemon's acknowledgements vanished). SQLite takes no lock on the `-wal`
 /// file, so opening and syncing that one is safe.
-pub fn make_durable(db: &Path) -> Result<()> {
+pub(crate) fn make_durable(db: &Path) -> Result<()> {
     let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");
     match std::fs::File::open(PathBuf::from(wal)) {
@@ -52,12 +52,12 @@ impl std::fmt::Debug for Lease {
 /// `..` resolve to the one real path, so every process that names the file
 /// finds the same lease and the same status file. (A file that does not exist
 /// yet keeps the path as given, made absolute.)
-pub fn real_path(db: &Path) -> PathBuf {
+pub(crate) fn real_path(db: &Path) -> PathBuf {
     std::fs::canonicalize(db).unwrap_or_else(|_| std::path::absolute(db).unwrap_or(db.into()))
 }
 
 /// `<db>.dualwrite.lock`, beside the real file ([`real_path`]).
-pub fn lock_path(db: &Path) -> PathBuf {
+pub(super) fn lock_path(db: &Path) -> PathBuf {
     let mut p = real_path(db).into_os_string();
     p.push(".dualwrite.lock");
     PathBuf::from(p)

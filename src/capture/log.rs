@@ -35,7 +35,7 @@ pub(super) fn pending_on(conn: &Connection) -> Result<(u64, f64)> {
 /// The pending changes and when the oldest of them was made (seconds since
 /// the epoch), read from the log in one statement: what the daemon's
 /// signals report, read on a connection of their own whenever asked.
-pub fn backlog(conn: &Connection) -> Result<(u64, Option<f64>)> {
+pub(crate) fn backlog(conn: &Connection) -> Result<(u64, Option<f64>)> {
     let (n, oldest): (i64, Option<f64>) = conn
         .prepare_cached(&format!("SELECT count(*), min(at) FROM {LOG}"))?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -61,7 +61,7 @@ pub struct Triggers {
     pub missing: Vec<String>,
 }
 
-pub fn triggers_on(conn: &Connection) -> Result<Triggers> {
+pub(crate) fn triggers_on(conn: &Connection) -> Result<Triggers> {
     let log_present = object_sql(conn, "table", LOG)?.is_some();
     let version = log_version(conn)?;
     let mut tables = Vec::new();
@@ -85,7 +85,7 @@ pub fn triggers_on(conn: &Connection) -> Result<Triggers> {
     })
 }
 
-pub fn status_on(conn: &Connection) -> Result<CaptureStatus> {
+pub(super) fn status_on(conn: &Connection) -> Result<CaptureStatus> {
     let Triggers {
         log_present,
         tables,
@@ -111,9 +111,10 @@ pub fn status(path: &Path) -> Result<CaptureStatus> {
     status_on(&open_ro(path)?)
 }
 
-/// One pending change, as read from the log.
+/// One pending change, as read from the log (the tests' view of it).
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq)]
-pub struct Change {
+pub(crate) struct Change {
     pub tbl: String,
     pub key: String,
     pub seq: i64,
@@ -125,7 +126,7 @@ pub struct Change {
 /// its acknowledgement must match (the entry's other columns are not read:
 /// the claim is then a scan of the `seq` index alone).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Claimed {
+pub(crate) struct Claimed {
     pub tbl: String,
     pub key: String,
     pub seq: i64,
@@ -133,7 +134,7 @@ pub struct Claimed {
 
 /// A change row that cannot be drained (unknown table, key not text): it is
 /// moved to the rejects file with this reason instead of blocking the log.
-pub fn check_change(c: &Claimed) -> std::result::Result<&'static Table, String> {
+pub(crate) fn check_change(c: &Claimed) -> std::result::Result<&'static Table, String> {
     TABLES
         .iter()
         .copied()
@@ -149,7 +150,8 @@ pub fn check_change(c: &Claimed) -> std::result::Result<&'static Table, String> 
 /// The oldest `limit` pending changes, in commit order, with what the
 /// triggers recorded (`op`, `at`). One statement: the read transaction ends
 /// with it.
-pub fn read_changes(conn: &Connection, limit: usize) -> Result<Vec<Change>> {
+#[cfg(test)]
+pub(crate) fn read_changes(conn: &Connection, limit: usize) -> Result<Vec<Change>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT tbl, key, seq, op, at FROM {LOG} ORDER BY seq LIMIT ?1"
     ))?;
@@ -205,7 +207,7 @@ fn lenient_key(v: rusqlite::types::ValueRef<'_>) -> String {
 /// A (table, key) pair as a number, for the set of keys in flight
 /// ([`claim_changes`]). Two pairs with the same hash only hold one of them
 /// back for a later claim.
-pub fn key_hash(tbl: &str, key: &str) -> u64 {
+pub(crate) fn key_hash(tbl: &str, key: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (tbl, key).hash(&mut h);
@@ -216,7 +218,7 @@ pub fn key_hash(tbl: &str, key: &str) -> u64 {
 /// inside its own transaction: every DoX table it writes then records its
 /// changes there (or, for a table whose triggers are gone, is re-sent whole
 /// once the drainer re-installs them: [`super::install_on`]).
-pub fn log_present(conn: &Connection, shape: &mut LogShape) -> Result<bool> {
+pub(crate) fn log_present(conn: &Connection, shape: &mut LogShape) -> Result<bool> {
     // The schema cookie: any connection's schema change (install, uninstall,
     // the app re-creating a table) changes it.
     let version = schema_version(conn)?;
@@ -235,11 +237,11 @@ pub fn log_present(conn: &Connection, shape: &mut LogShape) -> Result<bool> {
 /// (`SqliteDatabase`) keeps one per connection and spares itself a read of
 /// `sqlite_master` per write.
 #[derive(Debug, Default)]
-pub struct LogShape(Option<(i64, bool)>);
+pub(crate) struct LogShape(Option<(i64, bool)>);
 
 /// `PRAGMA schema_version`: changes whenever any connection changes the
 /// schema (a table created, dropped or re-created, a trigger installed).
-pub fn schema_version(conn: &Connection) -> Result<i64> {
+pub(crate) fn schema_version(conn: &Connection) -> Result<i64> {
     Ok(conn
         .prepare_cached("PRAGMA schema_version")?
         .query_row([], |r| r.get(0))?)
@@ -253,7 +255,7 @@ pub fn schema_version(conn: &Connection) -> Result<i64> {
 /// at once. `after`: `None` (from the first entry), or a `seq` at or below
 /// which every pending entry is in flight or busy (the drainer reads on from
 /// its last claim instead of reading its batches in flight again).
-pub fn claim_changes(
+pub(crate) fn claim_changes(
     conn: &mut Connection,
     limit: usize,
     after: Option<i64>,
@@ -291,7 +293,7 @@ pub fn claim_changes(
 /// What [`claim_changes`] took, in commit order, and the lowest `seq` it left
 /// because its key was busy.
 #[derive(Debug, Default)]
-pub struct Claim {
+pub(crate) struct Claim {
     pub changes: Vec<Claimed>,
     pub skipped_from: Option<i64>,
     /// The `seq` ranges (both ends included) the claimed entries fill: every
@@ -310,7 +312,7 @@ pub struct Claim {
 /// range), and no entry enters a range later. A key that changes again gets a
 /// new `seq` above every claimed entry (see `NEXT_SEQ`), so it leaves the
 /// range and stays; so does an entry created anew.
-pub fn ack_runs(conn: &mut Connection, acked: &[(&str, Vec<(i64, i64)>)]) -> Result<usize> {
+pub(crate) fn ack_runs(conn: &mut Connection, acked: &[(&str, Vec<(i64, i64)>)]) -> Result<usize> {
     if acked.iter().all(|(_, runs)| runs.is_empty()) {
         return Ok(0);
     }
@@ -337,7 +339,7 @@ pub fn ack_runs(conn: &mut Connection, acked: &[(&str, Vec<(i64, i64)>)]) -> Res
 
 /// `runs` without the entries `seqs` (changes a batch leaves in the log, to
 /// be sent again): each range holding one is cut around it.
-pub fn runs_without(runs: &[(i64, i64)], seqs: &[i64]) -> Vec<(i64, i64)> {
+pub(crate) fn runs_without(runs: &[(i64, i64)], seqs: &[i64]) -> Vec<(i64, i64)> {
     let mut out = Vec::with_capacity(runs.len() + seqs.len());
     for &(lo, hi) in runs {
         let mut cut: Vec<i64> = seqs
@@ -362,7 +364,7 @@ pub fn runs_without(runs: &[(i64, i64)], seqs: &[i64]) -> Vec<(i64, i64)> {
 
 /// Acknowledge mirrored changes one by one, in one short write transaction. A
 /// change whose key changed again since it was read has a new `seq` and stays.
-pub fn ack(conn: &mut Connection, done: &[Claimed]) -> Result<usize> {
+pub(crate) fn ack(conn: &mut Connection, done: &[Claimed]) -> Result<usize> {
     if done.is_empty() {
         return Ok(0);
     }
@@ -393,7 +395,7 @@ fn raise_acked(tx: &Connection, seq: Option<i64>) -> Result<()> {
 }
 
 /// `PRAGMA data_version`: changes whenever another connection commits.
-pub fn data_version(conn: &Connection) -> Result<i64> {
+pub(crate) fn data_version(conn: &Connection) -> Result<i64> {
     Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
 }
 

@@ -31,17 +31,23 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
+/// Capture on Supabase (the reverse direction's change log), through rpc.
+pub use crate::reverse::capture as supabase;
 pub use import::{import_failures, ImportReport};
-pub use lease::{lock_path, make_durable, real_path, Lease};
-pub use log::{
+pub use lease::Lease;
+pub(crate) use lease::{make_durable, real_path};
+pub(crate) use log::{
     ack, ack_runs, backlog, check_change, claim_changes, data_version, key_hash, log_present,
-    now_secs, read_changes, runs_without, schema_version, status, status_on, triggers_on,
-    CaptureStatus, Change, Claim, Claimed, LogShape, Triggers,
+    runs_without, schema_version, triggers_on, Claimed, LogShape,
 };
-pub use resync::{
-    finish_resync, pending_resyncs, queue_file_keys, queue_gone_keys, Resync, KEYS_PER_STEP,
-};
-pub use schema::{install, install_on, uninstall, InstallReport, UninstallReport};
+pub use log::{now_secs, status, CaptureStatus, Triggers};
+#[cfg(test)]
+pub(crate) use log::{read_changes, Change};
+#[cfg(test)]
+pub(crate) use resync::KEYS_PER_STEP;
+pub(crate) use resync::{finish_resync, pending_resyncs, queue_file_keys, queue_gone_keys, Resync};
+pub(crate) use schema::install_on;
+pub use schema::{install, uninstall, InstallReport, UninstallReport};
 
 use std::path::Path;
 use std::time::Duration;

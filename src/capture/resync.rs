@@ -18,7 +18,7 @@ use crate::catalogue::{Table, TABLES};
 use crate::error::Result;
 
 /// Keys queued per transaction: a few milliseconds of the file's write lock.
-pub const KEYS_PER_STEP: usize = 5000;
+pub(crate) const KEYS_PER_STEP: usize = 5000;
 
 fn mark(t: &Table) -> String {
     format!("resync:{}", t.sqlite)
@@ -35,7 +35,7 @@ pub(super) fn mark_resync(tx: &Connection, t: &Table) -> Result<()> {
 
 /// Where a table's resync stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resync {
+pub(crate) enum Resync {
     /// The file's keys are being queued; those up to this one are (`""`: none yet).
     FileKeys(String),
     /// Every key of the file is queued; the target's keys are left.
@@ -43,7 +43,7 @@ pub enum Resync {
 }
 
 /// The tables marked for a resync, and where each stands.
-pub fn pending_resyncs(conn: &Connection) -> Result<Vec<(&'static Table, Resync)>> {
+pub(crate) fn pending_resyncs(conn: &Connection) -> Result<Vec<(&'static Table, Resync)>> {
     if super::object_sql(conn, "table", META)?.is_none() {
         return Ok(Vec::new());
     }
@@ -68,7 +68,11 @@ pub fn pending_resyncs(conn: &Connection) -> Result<Vec<(&'static Table, Resync)
 /// Queue the next [`KEYS_PER_STEP`] keys of `t` after `after`, in key order,
 /// in one short write transaction that also records how far it got. Returns
 /// the last key queued (`None`: every key is queued, and the mark says so).
-pub fn queue_file_keys(conn: &mut Connection, t: &Table, after: &str) -> Result<Option<String>> {
+pub(crate) fn queue_file_keys(
+    conn: &mut Connection,
+    t: &Table,
+    after: &str,
+) -> Result<Option<String>> {
     let key = quote(t.key().sqlite);
     let table = quote(t.sqlite);
     immediate(conn, |tx| {
@@ -104,7 +108,7 @@ pub fn queue_file_keys(conn: &mut Connection, t: &Table, after: &str) -> Result<
 
 /// Queue the keys among `keys` (the target's) that `t` no longer holds: the
 /// drainer finds them gone and deletes them on the target. One transaction.
-pub fn queue_gone_keys(conn: &mut Connection, t: &Table, keys: &[String]) -> Result<usize> {
+pub(crate) fn queue_gone_keys(conn: &mut Connection, t: &Table, keys: &[String]) -> Result<usize> {
     let key = quote(t.key().sqlite);
     let table = quote(t.sqlite);
     immediate(conn, |tx| {
@@ -122,7 +126,7 @@ pub fn queue_gone_keys(conn: &mut Connection, t: &Table, keys: &[String]) -> Res
 }
 
 /// The resync of `t` is over: remove its mark.
-pub fn finish_resync(conn: &mut Connection, t: &Table) -> Result<()> {
+pub(crate) fn finish_resync(conn: &mut Connection, t: &Table) -> Result<()> {
     immediate(conn, |tx| {
         tx.execute(&format!("DELETE FROM {META} WHERE name = ?1"), [mark(t)])?;
         Ok(())

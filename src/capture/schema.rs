@@ -119,7 +119,7 @@ pub struct InstallReport {
 
 /// Install (or complete, or repair) capture on an open connection. Idempotent:
 /// objects already in place are left untouched.
-pub fn install_on(conn: &mut Connection) -> Result<InstallReport> {
+pub(crate) fn install_on(conn: &mut Connection) -> Result<InstallReport> {
     // WAL: the app's readers and writers and the drainer do not block each other.
     let journal_mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     let path = conn.path().unwrap_or_default().to_owned();

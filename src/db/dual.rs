@@ -317,7 +317,7 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
     }
 
     /// Apply the recorded failures to the secondary again, oldest first,
-    /// retrying transient errors with backoff ([`crate::retry`]). Those that
+    /// retrying transient errors with backoff (`crate::retry`). Those that
     /// still fail stay recorded, in order.
     pub async fn replay_failures(&self) -> ReplayReport {
         let pending: Vec<SecondaryFailure> = crate::sync::lock(&self.failures).drain(..).collect();
@@ -357,7 +357,7 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
 }
 
 /// The pending failures recorded in `path` (none when it does not exist).
-pub fn read_failures(path: &std::path::Path) -> Result<Vec<SecondaryFailure>> {
+pub(crate) fn read_failures(path: &std::path::Path) -> Result<Vec<SecondaryFailure>> {
     match std::fs::read_to_string(path) {
         Ok(text) => text
             .lines()

@@ -3,7 +3,7 @@
 //!
 //! A backend implements two primitives: [`Database::apply`] (one [`Write`]) and
 //! [`Database::fetch`] (canonical rows of one table, filtered by equality). The
-//! read methods of DoX are written once, in [`reads`], over `fetch`, so every
+//! read methods of DoX are written once, in `reads`, over `fetch`, so every
 //! backend answers them identically.
 
 use std::future::Future;
@@ -17,11 +17,13 @@ use crate::model::{
     Read, SearchChunk, Section, Summary, TagRow, Write,
 };
 
-pub mod dual;
-pub mod reads;
-pub mod sqlite;
-pub mod supabase;
+pub(crate) mod dual;
+pub(crate) mod reads;
+pub(crate) mod sqlite;
+pub(crate) mod supabase;
 
+/// The PostgREST client a [`SupabaseDatabase`] is built on.
+pub use crate::rest::{RestClient, RestConfig};
 pub use dual::{Breaker, DualDatabase, DualStats, ReplayReport, SecondaryFailure};
 pub use sqlite::{SqliteDatabase, SqliteOptions};
 pub use supabase::SupabaseDatabase;

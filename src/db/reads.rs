@@ -11,12 +11,12 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 use super::{Database, Filter, Row};
-use crate::catalogue::{self as cat, Table};
+use crate::catalogue as cat;
 use crate::error::{Error, Result};
 use crate::model::Read;
 use crate::normalise::canonical_timestamp;
 
-pub async fn run<D: Database + ?Sized>(db: &D, read: &Read) -> Result<Value> {
+pub(crate) async fn run<D: Database + ?Sized>(db: &D, read: &Read) -> Result<Value> {
     let s = |v: &Option<String>| v.as_ref().map(|s| json!(s));
     Ok(match read {
         Read::GetArtifacts {} => {
@@ -482,7 +482,7 @@ fn memory(r: &Row) -> Value {
 }
 
 /// The shape `list_skills` and `update_skill` return.
-pub fn skill(r: &Row) -> Value {
+pub(crate) fn skill(r: &Row) -> Value {
     shape(
         r,
         &[
@@ -495,9 +495,4 @@ pub fn skill(r: &Row) -> Value {
             ("created_at", "created_at"),
         ],
     )
-}
-
-/// Used by tests and the demo: every table's rows, canonical, in key order.
-pub async fn dump<D: Database + ?Sized>(db: &D, table: &'static Table) -> Result<Vec<Row>> {
-    db.fetch(table, &[]).await
 }

@@ -13,14 +13,14 @@ use serde_json::{json, Map, Value};
 
 use super::{check_filters, reads, Applied, Database, Filter, Row};
 use crate::catalogue::{self as cat, Kind, Table};
-use crate::coerced::CoercedLog;
 use crate::error::{Error, Result};
 use crate::model::{skill_row, Step, Write};
+use crate::normalise::coerced::CoercedLog;
 use crate::normalise::{self, Lossy, SqlRow, UnrepresentablePolicy};
 use crate::rest::{filter_text, EqFilters, RestClient};
 
 /// Lossy conversions counted per (table, column, kind).
-pub type LossyCounts = BTreeMap<(&'static str, &'static str, Lossy), u64>;
+pub(crate) type LossyCounts = BTreeMap<(&'static str, &'static str, Lossy), u64>;
 
 #[derive(Debug)]
 pub struct SupabaseDatabase {
@@ -86,7 +86,7 @@ impl SupabaseDatabase {
             let c = normalise::to_canonical_with(table, r, self.unrepresentable)?;
             if c.lossy.iter().any(|(_, l)| l.is_coercion()) {
                 let refs: Vec<_> = r.iter().map(normalise::SqlValue::as_ref).collect();
-                coerced.extend(crate::coerced::records(table, &refs, &c.lossy));
+                coerced.extend(crate::normalise::coerced::records(table, &refs, &c.lossy));
             }
             for (col, l) in c.lossy {
                 tracing::debug!(table = table.sqlite, column = col, conversion = l.as_str(), key = %r[0].display(), "lossy conversion");
@@ -257,14 +257,14 @@ impl SupabaseDatabase {
 }
 
 /// Rows per page when reading a table: Supabase's default max-rows.
-pub const PAGE_ROWS: usize = 1000;
+pub(crate) const PAGE_ROWS: usize = 1000;
 
 /// Marks a jsonb value that serde_json cannot read (nested deeper than its 128
 /// levels) in the rows [`SupabaseDatabase::page`] and
 /// [`SupabaseDatabase::rows_by_keys`] return: the value is this prefix and the
 /// jsonb's text, so that verify reports the row as different instead of the
 /// table as unreadable.
-pub const UNREADABLE_JSON: &str = "(jsonb serde_json cannot read) ";
+pub(crate) const UNREADABLE_JSON: &str = "(jsonb serde_json cannot read) ";
 
 /// What a JSON column's text becomes when serde_json cannot read it.
 type Unreadable = fn(String) -> Value;
@@ -323,8 +323,8 @@ where
 /// counterparts of `SqliteDatabase`'s `page`, `rows_by_keys` and `range`.
 /// Rows come as PostgREST returns them (turn them canonical with
 /// [`normalise::from_supabase_owned`]); a jsonb value serde_json cannot read
-/// is marked with [`UNREADABLE_JSON`]. Adapters never retry: callers wrap
-/// these in [`crate::retry::retry`].
+/// is marked with `UNREADABLE_JSON`. Adapters never retry: callers wrap
+/// these in `crate::retry::retry`.
 impl SupabaseDatabase {
     /// Exact row count of `table` as this key sees it (`HEAD`, `count=exact`).
     pub async fn count(&self, table: &'static Table) -> Result<u64> {
@@ -351,7 +351,7 @@ impl SupabaseDatabase {
     }
 
     /// The rows with these keys (those that exist), in requests of
-    /// `<key>=in.(…)` short enough for any proxy ([`crate::rest::key_chunks`]).
+    /// `<key>=in.(…)` short enough for any proxy (`crate::rest::key_chunks`).
     pub async fn rows_by_keys(
         &self,
         table: &'static Table,

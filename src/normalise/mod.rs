@@ -26,11 +26,12 @@
 //! table, key and column, so that callers can report the row instead of
 //! dropping it. Under [`UnrepresentablePolicy::Coerce`] four of them are changed
 //! instead, deterministically, and counted as lossy (the caller records the
-//! original, see [`crate::coerced`]): NUL characters are removed from text, bytes
+//! original, see [`crate::normalise::coerced`]): NUL characters are removed from text, bytes
 //! that are not UTF-8 become U+FFFD, `\u0000` is removed from JSON strings and
 //! keys, and text in an integer column becomes that integer, or NULL when it is
 //! not one. A key is never coerced: two keys could become one.
 
+pub mod coerced;
 mod inverse;
 mod json;
 mod values;

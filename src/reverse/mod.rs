@@ -7,4 +7,4 @@
 //! file is the file's own business: [`crate::db::sqlite::mirror`].
 
 pub mod capture;
-pub mod rollback;
+pub(crate) mod rollback;

@@ -28,7 +28,7 @@ use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::Result;
 use crate::verify::{self, Check, Direction, KeyInfo, VerifyOptions};
 
-pub const REPORT_SCHEMA: &str = "dualwrite.rollback/1";
+pub(crate) const REPORT_SCHEMA: &str = "dualwrite.rollback/1";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RollbackReport {

@@ -17,9 +17,9 @@ use crate::backfill::{
 };
 use crate::capture::{self, Claimed as Change, Resync};
 use crate::catalogue::{Table, TABLES};
-use crate::coerced::{CoercedLog, CoercedValue};
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
+use crate::normalise::coerced::{CoercedLog, CoercedValue};
 
 /// The drainer's connection to the file, used off the runtime's threads.
 type Conn = Arc<Mutex<rusqlite::Connection>>;

@@ -1,7 +1,7 @@
 //! `dualwrite serve`: the mirror daemon, in either direction. Forward, it
 //! drains the SQLite file's change log ([`crate::capture`]) into Supabase;
 //! reverse (after cutover), Supabase's change log into the file. One loop
-//! ([`pipeline`]) over a small per-direction [`pipeline::Side`] (`forward.rs`,
+//! (`pipeline`) over a small per-direction `pipeline::Side` (`forward.rs`,
 //! `reverse.rs`), with one options type whose per-direction defaults live in
 //! [`ServeOptions::new`].
 //!
@@ -9,7 +9,7 @@
 //!   version of a row is never overwritten by an older one; a change leaves
 //!   the log only after the target confirmed it, and only if its key was not
 //!   changed again meanwhile.
-//! * Signals computed from the truth ([`stats`]): `pending` and the lag are
+//! * Signals computed from the truth (`stats`): `pending` and the lag are
 //!   read from the change log whenever `/ready`, `/metrics`, `/status`, the
 //!   status file or `dualwrite status` asks, by a reader of their own; a
 //!   failure (a timeout too) is counted and shown while it lasts; no progress
@@ -20,7 +20,7 @@
 //! * Shutdown: `/ready` turns 503 at once, the batches out finish, `run` returns.
 
 pub(crate) mod http;
-pub mod notify;
+pub(crate) mod notify;
 
 mod forward;
 mod pipeline;
@@ -28,7 +28,7 @@ mod reverse;
 mod stats;
 mod status;
 
-pub use stats::{failure_kind, read_status_file, status_file_path, Backlog, Stats, StatusFile};
+pub use stats::{read_status_file, status_file_path, Stats, StatusFile};
 pub use status::{status, status_reverse, Status};
 
 use std::future::Future;

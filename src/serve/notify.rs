@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// Where to send notifications, and how often the watchdog wants a ping.
 #[derive(Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: Option<PathBuf>,
     /// Half of `$WATCHDOG_USEC`, when systemd asks for pings.
     every: Option<Duration>,
@@ -20,7 +20,7 @@ pub struct Notifier {
 impl Notifier {
     /// From `$NOTIFY_SOCKET` and `$WATCHDOG_USEC` (ignored when `$WATCHDOG_PID`
     /// names another process).
-    pub fn from_env() -> Notifier {
+    pub(crate) fn from_env() -> Notifier {
         let socket = std::env::var_os("NOTIFY_SOCKET").map(PathBuf::from);
         let for_us = std::env::var("WATCHDOG_PID")
             .ok()
@@ -34,7 +34,7 @@ impl Notifier {
         Notifier::new(socket, every)
     }
 
-    pub fn new(socket: Option<PathBuf>, every: Option<Duration>) -> Notifier {
+    pub(crate) fn new(socket: Option<PathBuf>, every: Option<Duration>) -> Notifier {
         Notifier {
             socket,
             every,
@@ -43,7 +43,7 @@ impl Notifier {
     }
 
     /// Send `state` (e.g. `READY=1`); a failure is logged, never fatal.
-    pub fn notify(&self, state: &str) {
+    pub(crate) fn notify(&self, state: &str) {
         let Some(path) = &self.socket else { return };
         let sent = UnixDatagram::unbound().and_then(|s| {
             match path.to_str().and_then(|p| p.strip_prefix('@')) {
@@ -62,7 +62,7 @@ impl Notifier {
     }
 
     /// `WATCHDOG=1`, at most every half watchdog period.
-    pub fn watchdog(&self) {
+    pub(crate) fn watchdog(&self) {
         let Some(every) = self.every else { return };
         let mut last = crate::sync::lock(&self.last_ping);
         if last.is_none_or(|t| t.elapsed() >= every) {

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 
 /// The change log's backlog, read from the log.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Backlog {
+pub(crate) struct Backlog {
     /// Changes (keys) not yet mirrored.
     pub pending: u64,
     /// `pending` is an estimate (a large Supabase log is not counted).
@@ -33,7 +33,7 @@ pub struct Backlog {
 
 impl Backlog {
     /// The age of the oldest pending change at `now` (0 when none).
-    pub fn lag(&self, now: f64) -> f64 {
+    pub(crate) fn lag(&self, now: f64) -> f64 {
         self.oldest_at.map_or(0.0, |at| (now - at).max(0.0))
     }
 }
@@ -361,7 +361,7 @@ const BACKLOG_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Signals {
     /// The backlog, read from the log now (or within [`FRESH`]).
-    pub async fn backlog(&self) -> std::result::Result<Backlog, String> {
+    pub(crate) async fn backlog(&self) -> std::result::Result<Backlog, String> {
         if let Some((at, b)) = *crate::sync::lock(&self.stats.backlog) {
             if at.elapsed() < FRESH {
                 return Ok(b);
@@ -377,13 +377,13 @@ impl Signals {
         }
     }
 
-    pub async fn health(&self) -> Health {
+    pub(crate) async fn health(&self) -> Health {
         let read = self.backlog().await;
         self.stats.health(&read)
     }
 
     /// The report served on `/status` and written to the status file.
-    pub async fn snapshot(&self) -> StatusFile {
+    pub(crate) async fn snapshot(&self) -> StatusFile {
         let h = self.health().await;
         snapshot(&self.stats, &h)
     }
@@ -449,7 +449,7 @@ pub fn read_status_file(db: &Path) -> Option<StatusFile> {
         .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
-/// `<db>.dualwrite-serve.json` beside the real file ([`capture::real_path`]).
+/// `<db>.dualwrite-serve.json` beside the real file (`capture::real_path`).
 pub fn status_file_path(db: &Path) -> PathBuf {
     let mut p = capture::real_path(db).into_os_string();
     p.push(".dualwrite-serve.json");
@@ -467,7 +467,7 @@ pub(crate) fn write_status(path: &Path, s: &StatusFile) {
 }
 
 /// A failure's kind, for `dualwrite_mirror_failures_total{kind}`.
-pub fn failure_kind(e: &Error) -> &'static str {
+pub(super) fn failure_kind(e: &Error) -> &'static str {
     match e.cause() {
         Error::Unreachable { .. } => "unreachable",
         Error::Timeout(_) => "timeout",

@@ -27,7 +27,7 @@ use crate::catalogue::{Kind, Table};
 /// for the decimal round trips of a `double precision` column while still
 /// catching any change in the 12 leading digits. JSON numbers are exact decimals
 /// on both sides and get no tolerance.
-pub const FLOAT_RELATIVE_TOLERANCE: f64 = 1e-12;
+pub(crate) const FLOAT_RELATIVE_TOLERANCE: f64 = 1e-12;
 
 /// Longest sample value a report shows, in characters.
 const SAMPLE_CHARS: usize = 120;
@@ -35,7 +35,7 @@ const SAMPLE_CHARS: usize = 120;
 /// A digest of one canonical row. Rows with equal digests are equal (up to a
 /// 2^-64 collision, with keys chosen at random per run); rows with different
 /// digests may still be equal under the tolerance, which [`same`] decides.
-pub fn row_digest(state: &impl BuildHasher, row: &Map<String, Value>) -> u64 {
+pub(crate) fn row_digest(state: &impl BuildHasher, row: &Map<String, Value>) -> u64 {
     let mut h = state.build_hasher();
     // serde_json maps are sorted, and both sides hold every catalogue column.
     for (k, v) in row {
@@ -119,7 +119,7 @@ fn decimal(n: &Number) -> Option<(bool, Cow<'_, str>, i64)> {
 
 /// Whether two canonical values are equal under the comparison rules. Numbers
 /// compare by exact decimal value, at any depth.
-pub fn same(a: &Value, b: &Value) -> bool {
+pub(crate) fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => numbers_equal(x, y),
         (Value::Array(x), Value::Array(y)) => {
@@ -134,7 +134,7 @@ pub fn same(a: &Value, b: &Value) -> bool {
 
 /// Whether two values of a column are equal: [`same`], plus the float tolerance
 /// in a float column.
-pub fn same_in(kind: Kind, a: &Value, b: &Value) -> bool {
+pub(crate) fn same_in(kind: Kind, a: &Value, b: &Value) -> bool {
     if same(a, b) {
         return true;
     }
@@ -167,7 +167,7 @@ pub struct ColumnDiff {
 }
 
 /// The columns of `table` in which two canonical rows differ.
-pub fn diff_row(
+pub(crate) fn diff_row(
     table: &'static Table,
     source: &Map<String, Value>,
     target: &Map<String, Value>,
@@ -238,7 +238,7 @@ fn first_difference<'a>(
 }
 
 /// Names whose values a report never shows.
-pub fn sensitive_name(name: &str) -> bool {
+pub(crate) fn sensitive_name(name: &str) -> bool {
     let n = name.to_ascii_lowercase().replace(['-', ' '], "_");
     [
         "password",
@@ -258,7 +258,7 @@ pub fn sensitive_name(name: &str) -> bool {
 }
 
 /// Text that looks like a credential: a JWT or a Supabase secret key.
-pub fn looks_secret(s: &str) -> bool {
+pub(crate) fn looks_secret(s: &str) -> bool {
     let s = s.trim();
     let jwt = s.starts_with("eyJ")
         && s.split('.').count() == 3
@@ -269,7 +269,7 @@ pub fn looks_secret(s: &str) -> bool {
 
 /// A short rendering of a value for a report: JSON text, truncated, with
 /// credentials and values under sensitive names replaced by `[redacted]`.
-pub fn sample(v: Option<&Value>, secret: bool) -> String {
+pub(crate) fn sample(v: Option<&Value>, secret: bool) -> String {
     let Some(v) = v else {
         return "(absent)".into();
     };
@@ -308,7 +308,7 @@ fn redact(v: &Value) -> Value {
 }
 
 /// At most `n` characters, with `…` when cut.
-pub fn truncate(s: &str, n: usize) -> String {
+pub(crate) fn truncate(s: &str, n: usize) -> String {
     match s.char_indices().nth(n) {
         None => s.to_owned(),
         Some((i, _)) => format!("{}…", &s[..i]),

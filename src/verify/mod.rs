@@ -20,7 +20,7 @@
 //! bisection: the segment is already in memory, and a row digest settles most
 //! rows) and each row is classified: only in source, only in target, different
 //! (with the columns and short redacted samples), equal (digests equal, or
-//! equal under [`compare::same_in`]: exact decimal values, and the float tolerance in float columns), or "cannot land" (a source
+//! equal under `compare::same_in`: exact decimal values, and the float tolerance in float columns), or "cannot land" (a source
 //! row the normaliser refuses, reported with its reason).
 //!
 //! Verify never writes. [`repair`] does, and only after the caller confirmed.
@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::normalise;
 use crate::retry::{retry, RetryPolicy};
 
-pub mod compare;
+pub(crate) mod compare;
 mod merge;
 mod options;
 mod render;
@@ -43,14 +43,13 @@ mod report;
 mod sampling;
 mod streams;
 
-pub use compare::FLOAT_RELATIVE_TOLERANCE;
+pub(crate) use compare::FLOAT_RELATIVE_TOLERANCE;
 pub use options::{tables_named, Check, Direction, KeyInfo, VerifyOptions};
 pub use render::{render, Format};
 pub use report::{
     Counts, Endpoint, LossyCount, Mode, RowDiff, RowKind, TableReport, TableStatus, Tolerance,
     Verdict, VerifyReport, REPORT_SCHEMA,
 };
-// Their home is `rest` now; `serve` still reaches them here.
 
 use crate::rest::public_url;
 use merge::Merger;

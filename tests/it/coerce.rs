@@ -12,11 +12,11 @@ use serde_json::{json, Value};
 
 use dualwrite::backfill::{self, BackfillOptions};
 use dualwrite::catalogue;
-use dualwrite::coerced::{self, CoercedLog};
 use dualwrite::cutover::{self, CutoverOptions};
 use dualwrite::db::{Database, Dox, DualDatabase, SqliteDatabase, SqliteOptions};
 use dualwrite::export;
 use dualwrite::model::TagRow;
+use dualwrite::normalise::coerced::{self, CoercedLog};
 use dualwrite::normalise::UnrepresentablePolicy;
 use dualwrite::verify::repair::{self, RepairOptions, RepairOutcome};
 use dualwrite::verify::{self, Format, KeyInfo, RowKind, Verdict, VerifyOptions, VerifyReport};

@@ -426,7 +426,7 @@ async fn a_slow_embedded_mirror_never_overwrites_a_newer_row_the_daemon_sent() {
             .await
             .unwrap(),
         dualwrite::db::SupabaseDatabase::new(
-            dualwrite::rest::RestClient::new(&dualwrite::rest::RestConfig {
+            dualwrite::db::RestClient::new(&dualwrite::db::RestConfig {
                 url: slow.url.clone(),
                 key: secrecy::SecretString::from(pg.service_key()),
                 user_jwt: None,

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use dualwrite::db::{RestClient, RestConfig};
 use dualwrite::db::{SqliteDatabase, SqliteOptions, SupabaseDatabase};
 use dualwrite::keys;
-use dualwrite::rest::{RestClient, RestConfig};
 use secrecy::SecretString;
 
 // The PostgREST launcher shared with the benchmarks.

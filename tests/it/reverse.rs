@@ -9,10 +9,10 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
+use dualwrite::capture::supabase::{self as rc, CaptureState};
 use dualwrite::catalogue;
+use dualwrite::db::{RestClient, RestConfig};
 use dualwrite::keys;
-use dualwrite::rest::{RestClient, RestConfig};
-use dualwrite::reverse::capture::{self as rc, CaptureState};
 
 use crate::harness::free_port;
 use crate::harness::{stack, unique, PrivateDb, Spawned};

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use dualwrite::catalogue;
+use dualwrite::db::RestClient;
 use dualwrite::keys;
-use dualwrite::rest::RestClient;
 
 use crate::harness::{stack, unique};
 

@@ -953,7 +953,7 @@ async fn clients_write_to_supabase_only_once_access_is_primary() {
         Duration::from_secs(600),
     )
     .unwrap();
-    let client = dualwrite::rest::RestClient::new(&dualwrite::rest::RestConfig {
+    let client = dualwrite::db::RestClient::new(&dualwrite::db::RestConfig {
         url: pg.url.clone(),
         key: secrecy::SecretString::from(anon.clone()),
         user_jwt: Some(secrecy::SecretString::from(jwt)),

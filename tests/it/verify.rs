@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use dualwrite::catalogue::{self, Table, TABLES};
 use dualwrite::cutover::{self, CutoverOptions};
 use dualwrite::db::{Database, SecondaryFailure, SqliteDatabase, SupabaseDatabase};
+use dualwrite::db::{RestClient, RestConfig};
 use dualwrite::normalise;
-use dualwrite::rest::{RestClient, RestConfig};
 use dualwrite::verify::{self, Check, Format, KeyInfo, Verdict, VerifyOptions, VerifyReport};
 
 use crate::harness::{fixture_copy, stack, PrivateDb};

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use dualwrite::backfill::BackfillOptions;
-use dualwrite::direction::Direction;
 use dualwrite::serve::ServeOptions;
+use dualwrite::Direction;
 use dualwrite::{keys, verify};
 
 /// The defaults of `backfill` and `import`: the library's.
@@ -21,7 +21,7 @@ fn per_direction(what: &str, env: &str, default: impl Fn(&ServeOptions) -> Strin
         default(&ServeOptions::new(
             d,
             PathBuf::new(),
-            dualwrite::state_file::StateDir::new(""),
+            dualwrite::StateDir::new(""),
         ))
     };
     format!(
@@ -418,8 +418,8 @@ impl ServeArgs {
             }
         };
         let state_dir = match (&self.state_dir, &settings.serve.state_dir) {
-            (Some(d), _) | (None, Some(d)) => dualwrite::state_file::StateDir::new(d),
-            (None, None) => dualwrite::state_file::StateDir::of_source(&db),
+            (Some(d), _) | (None, Some(d)) => dualwrite::StateDir::new(d),
+            (None, None) => dualwrite::StateDir::of_source(&db),
         };
         let mut o = ServeOptions::configured(direction, db, state_dir, settings);
         if let Some(a) = self.listen {

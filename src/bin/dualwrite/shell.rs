@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use dualwrite::config::{Settings, Sources};
 use dualwrite::normalise::UnrepresentablePolicy;
-use dualwrite::state_file::StateDir;
 use dualwrite::Error;
+use dualwrite::StateDir;
 
 use crate::args::Cli;
 

@@ -55,7 +55,7 @@ pub(super) fn quote(ident: &str) -> String {
 }
 
 /// The DoX schema of a table as SQLModel creates it.
-pub fn create_table_sql(t: &Table) -> String {
+pub(super) fn create_table_sql(t: &Table) -> String {
     let mut parts: Vec<String> = t
         .columns
         .iter()

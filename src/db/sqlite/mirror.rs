@@ -20,14 +20,14 @@ use crate::normalise::{to_dox, SqlValue};
 /// What one table of a batch brings: rows as they are now (canonical, after
 /// [`crate::normalise::from_supabase_owned`]) and keys that are gone.
 #[derive(Debug, Default)]
-pub struct TableBatch {
+pub(crate) struct TableBatch {
     pub rows: Vec<Map<String, Value>>,
     pub gone: Vec<String>,
 }
 
 /// Rows written (changed or new), rows left as they were, rows deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RowsApplied {
+pub(crate) struct RowsApplied {
     pub written: u64,
     pub unchanged: u64,
     pub deleted: u64,
@@ -36,7 +36,7 @@ pub struct RowsApplied {
 /// [`apply`] on a connection of its own to the file at `path` (for callers
 /// other than the reverse daemon: `verify --repair --direction reverse`).
 /// Blocking: call it from `spawn_blocking`.
-pub fn apply_to_file(
+pub(crate) fn apply_to_file(
     path: &std::path::Path,
     batch: &[(&'static Table, TableBatch)],
 ) -> Result<(HashMap<&'static str, RowsApplied>, Vec<Refused>)> {
@@ -46,7 +46,7 @@ pub fn apply_to_file(
 
 /// A row (or the deletion of a key) the SQLite file refused: a dead letter.
 #[derive(Debug, Clone)]
-pub struct Refused {
+pub(crate) struct Refused {
     pub table: &'static Table,
     pub key: String,
     /// `sqlite_constraint` (a CHECK, NOT NULL, UNIQUE or a trigger's RAISE),
@@ -121,7 +121,7 @@ fn data_error(e: &rusqlite::Error) -> Option<&'static str> {
 /// have waited for another to give up a UNIQUE value).
 /// Any other failure (the file locked, a missing table or column) fails the
 /// whole batch: nothing is set aside, the caller retries later.
-pub fn apply(
+pub(crate) fn apply(
     conn: &mut Connection,
     batch: &[(&'static Table, TableBatch)],
 ) -> Result<(HashMap<&'static str, RowsApplied>, Vec<Refused>)> {

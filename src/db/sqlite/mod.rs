@@ -29,14 +29,13 @@ use crate::model::{skill_row, Step, Write};
 use crate::normalise::{self, json_text, SqlRef, SqlRow, SqlValue};
 
 mod layout;
-pub mod mirror;
+pub(crate) mod mirror;
 mod scan;
 mod write;
 
-pub use layout::create_table_sql;
 use layout::*;
+pub(crate) use scan::ScanFrom;
 use scan::*;
-pub use scan::{ScanFrom, ScanPage};
 use write::*;
 
 /// How to open a SQLite file.

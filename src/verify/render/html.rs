@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::*;
 
 /// Escape text for HTML element content and attribute values.
-pub fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -253,7 +253,7 @@ pub async fn plan(
 /// Apply a confirmed plan. Forward, writes go through
 /// [`SupabaseDatabase::upsert_rows`] in batches, deletes through
 /// [`SupabaseDatabase::delete_keys`]; in reverse, through the reverse mirror's
-/// SQLite write ([`crate::db::sqlite::mirror`]).
+/// SQLite write (`crate::db::sqlite::mirror`).
 pub async fn apply(
     source: &SqliteDatabase,
     target: &SupabaseDatabase,

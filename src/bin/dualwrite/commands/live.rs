@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use dualwrite::direction::{resolve, Direction};
+use dualwrite::Direction;
 use dualwrite::{capture, serve};
 
 use crate::args::{CaptureCommand, Cli, Command};
@@ -55,7 +55,7 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
             state_dir,
             ..
         } => {
-            let (direction, _) = resolve(direction.as_deref(), &s)?;
+            let (direction, _) = Direction::resolve(direction.as_deref(), &s)?;
             let dir = state_dir_of(state_dir.as_deref(), &db);
             let st = match direction {
                 Direction::Forward => {
@@ -63,7 +63,7 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
                     tokio::task::spawn_blocking(move || serve::status(&db, &rejects)).await??
                 }
                 Direction::Reverse => {
-                    let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
+                    let rest = dualwrite::db::RestClient::new(&s.rest_config()?)?;
                     serve::status_reverse(&rest, &db, &dir.reverse_rejects()).await?
                 }
             };
@@ -78,7 +78,7 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
         }
         Command::Serve(a) => {
             let direction = serve_direction(a.direction.as_deref(), &s)?;
-            let rest = dualwrite::rest::RestClient::new(&s.rest_config()?)?;
+            let rest = dualwrite::db::RestClient::new(&s.rest_config()?)?;
             let rest = match direction {
                 Direction::Forward => rest.mirroring_sqlite(),
                 Direction::Reverse => rest,
@@ -91,10 +91,10 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The direction `serve` runs in ([`dualwrite::direction::resolve`]), the
+/// The direction `serve` runs in ([`Direction::resolve`]), the
 /// warning logged when `--direction` overrides the configuration.
 fn serve_direction(explicit: Option<&str>, s: &dualwrite::config::Settings) -> Result<Direction> {
-    let (d, warning) = resolve(explicit, s)?;
+    let (d, warning) = Direction::resolve(explicit, s)?;
     if let Some(w) = warning {
         tracing::warn!("{w}");
     }
@@ -103,7 +103,7 @@ fn serve_direction(explicit: Option<&str>, s: &dualwrite::config::Settings) -> R
 
 /// `capture … --target supabase`: the change log the reverse mirror drains.
 async fn reverse_capture(cli: &Cli, c: &CaptureCommand) -> Result<ExitCode> {
-    use dualwrite::reverse::capture as rc;
+    use dualwrite::capture::supabase as rc;
     if c.on().target != "supabase" {
         return Err(dualwrite::Error::invalid("--print-sql goes with --target supabase").into());
     }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use dualwrite::config::Settings;
 use dualwrite::db::{SqliteDatabase, SupabaseDatabase};
 use dualwrite::normalise::UnrepresentablePolicy;
-use dualwrite::state_file::StateDir;
+use dualwrite::StateDir;
 use dualwrite::{cutover, factory, verify};
 
 use crate::args::{Cli, CutoverCommand, VerifyArgs};
@@ -34,7 +34,7 @@ pub async fn cutover(cli: &Cli, c: &CutoverCommand) -> ExitCode {
             let path = from_sqlite.clone().unwrap_or_else(|| s.db_path.clone());
             let (lite, supa, key) = verify_sides(&s, &path, false).await?;
             let r =
-                dualwrite::reverse::rollback::check(&path, &lite, &supa, key, rejects.as_deref())
+                dualwrite::cutover::check_rollback(&path, &lite, &supa, key, rejects.as_deref())
                     .await?;
             if output.json() {
                 print_json(&serde_json::to_value(&r)?);
@@ -139,9 +139,9 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
         let log = StateDir::of_source(&path).coerced();
         target.with_unrepresentable(
             UnrepresentablePolicy::Coerce,
-            Some(std::sync::Arc::new(dualwrite::coerced::CoercedLog::new(
-                log,
-            ))),
+            Some(std::sync::Arc::new(
+                dualwrite::normalise::coerced::CoercedLog::new(log),
+            )),
         )
     } else {
         target
