@@ -26,7 +26,8 @@ use crate::catalogue::TABLES;
 use crate::cutover::{self, Record, RecordCheck};
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::Result;
-use crate::verify::{self, Check, Direction, KeyInfo, VerifyOptions};
+use crate::verify::{self, Check, KeyInfo, VerifyOptions};
+use crate::Direction;
 
 pub(crate) const REPORT_SCHEMA: &str = "dualwrite.rollback/1";
 

@@ -8,10 +8,11 @@ use serde_json::{Map, Value};
 
 use super::compare;
 use super::repair;
-use super::{Direction, LossyCount, RowDiff, RowKind, TableReport, VerifyOptions};
+use super::{LossyCount, RowDiff, RowKind, TableReport, VerifyOptions};
 use crate::catalogue::Table;
 use crate::error::{Error, Result};
 use crate::normalise::{self, Lossy, SqlRow, UnrepresentablePolicy};
+use crate::Direction;
 
 /// Longest key a report shows, in characters.
 const KEY_CHARS: usize = 200;

@@ -44,7 +44,7 @@ mod sampling;
 mod streams;
 
 pub(crate) use compare::FLOAT_RELATIVE_TOLERANCE;
-pub use options::{tables_named, Check, Direction, KeyInfo, VerifyOptions};
+pub use options::{tables_named, Check, KeyInfo, VerifyOptions};
 pub use render::{render, Format};
 pub use report::{
     Counts, Endpoint, LossyCount, Mode, RowDiff, RowKind, TableReport, TableStatus, Tolerance,
@@ -52,6 +52,7 @@ pub use report::{
 };
 
 use crate::rest::public_url;
+use crate::Direction;
 use merge::Merger;
 use sampling::{compare_sample, compare_sample_reverse};
 use streams::compare_content;

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::normalise::UnrepresentablePolicy;
 use crate::rest::KeyKind;
 
-pub use crate::direction::Direction;
+use crate::direction::Direction;
 
 /// What to compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,10 +4,11 @@ use serde::Serialize;
 
 use super::compare;
 use super::repair;
-use super::{Check, Direction, KeyInfo};
+use super::{Check, KeyInfo};
 use crate::catalogue::Table;
 use crate::error::Error;
 use crate::normalise::UnrepresentablePolicy;
+use crate::Direction;
 
 /// The `schema` field of the JSON report; bumped on any incompatible change.
 pub const REPORT_SCHEMA: &str = "dualwrite.verify/1";

@@ -8,13 +8,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::merge::{check_order, Merger, SqliteItem, SupabaseRow};
-use super::Direction;
 use crate::catalogue::Table;
 use crate::db::supabase::PAGE_ROWS;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
 use crate::normalise::{SqlRow, UnrepresentablePolicy};
 use crate::retry::{retry, RetryPolicy};
+use crate::Direction;
 
 type Pages<T> = mpsc::Receiver<Result<Vec<T>>>;
 

@@ -1295,7 +1295,7 @@ async fn reverse_verify_names_sqlite_differences_and_repair_fixes_the_file() {
     let lite = open_read_only(&path).await;
     let sb = pg.supabase();
     let mut reverse = options(key.clone());
-    reverse.direction = verify::Direction::Reverse;
+    reverse.direction = dualwrite::Direction::Reverse;
     let r = verify::run(&lite, &sb, &reverse).await.unwrap();
     assert_eq!(
         r.verdict,

@@ -494,7 +494,7 @@ pub struct VerifyArgs {
     /// reverse: Supabase is the source, the SQLite file the target (after
     /// cutover, with `serve --direction reverse` keeping the file current).
     #[arg(long, default_value = "forward")]
-    pub direction: verify::Direction,
+    pub direction: Direction,
     /// Rewrite the missing and differing rows on the target (Supabase; the SQLite
     /// file with --direction reverse) from the source, after confirmation.
     #[arg(long, conflicts_with_all = ["counts_only", "sample"])]

@@ -10,8 +10,9 @@ mod html;
 use html::html;
 
 use super::repair::{RepairOutcome, RepairStatus};
-use super::{Counts, Direction, Mode, RowDiff, TableReport, TableStatus, Verdict, VerifyReport};
+use super::{Counts, Mode, RowDiff, TableReport, TableStatus, Verdict, VerifyReport};
 use crate::error::Error;
+use crate::Direction;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

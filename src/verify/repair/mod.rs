@@ -16,13 +16,14 @@ mod reverse;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{run_inner, Check, Counts, Direction, RowKind, Verdict, VerifyOptions, VerifyReport};
+use super::{run_inner, Check, Counts, RowKind, Verdict, VerifyOptions, VerifyReport};
 use crate::catalogue::Table;
 use crate::db::{SqliteDatabase, SupabaseDatabase};
 use crate::error::{Error, Result};
 use crate::normalise::{self, SqlRow, SqlValue};
 use crate::rest::key_chunks;
 use crate::retry::{retry, RetryPolicy};
+use crate::Direction;
 
 /// What a repair would change, table by table.
 #[derive(Debug, Default)]

@@ -124,8 +124,8 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     let (source, target, key) = verify_sides(&s, &path, a.allow_missing_tables).await?;
     // A forward repair writes copies of the file's rows.
     let target = match a.direction {
-        verify::Direction::Forward => target.mirroring_sqlite(),
-        verify::Direction::Reverse => target,
+        dualwrite::Direction::Forward => target.mirroring_sqlite(),
+        dualwrite::Direction::Reverse => target,
     };
     let mut opts = verify::VerifyOptions::new(key);
     if let Some(tables) = tables {
