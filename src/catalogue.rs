@@ -37,7 +37,7 @@ pub struct Column {
 
 /// No table has more columns (a test checks): scans hold a row's values in an
 /// array of this size instead of allocating for every row.
-pub const MAX_COLUMNS: usize = 16;
+pub(crate) const MAX_COLUMNS: usize = 16;
 
 #[derive(Debug)]
 pub struct Table {

@@ -1,6 +1,6 @@
 //! Typed settings, layered once (lowest first):
 //!
-//! 1. embedded defaults ([`DEFAULTS`]);
+//! 1. embedded defaults (`DEFAULTS`);
 //! 2. `config/default.toml` in the working directory, if present;
 //! 3. a file named with `--config`, if given (must exist);
 //! 4. `.env`, then `.env.local`, then the process environment, with the exact
@@ -30,7 +30,7 @@ use crate::normalise::UnrepresentablePolicy;
 use crate::rest::RestConfig;
 
 /// The embedded defaults (the same text as the repository's `config/default.toml`).
-pub const DEFAULTS: &str = include_str!("../config/default.toml");
+pub(crate) const DEFAULTS: &str = include_str!("../config/default.toml");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {

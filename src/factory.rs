@@ -158,7 +158,7 @@ pub async fn open(s: &Settings) -> Result<(AnyDatabase, InitReport)> {
 /// and nothing is mirrored inline (a drainer sends the rows as they are, in
 /// order: [`DualDatabase`]): no payload failure log either, and with
 /// `dual.drain = "background"` a drainer task in this process (see
-/// [`crate::serve::drain_in_background`]), stopped when the layer is dropped.
+/// `crate::serve::drain_in_background`), stopped when the layer is dropped.
 /// With `serve` as the drainer and none running, a warning says that the
 /// writes wait. A background drain without capture is a configuration
 /// error. Used by [`open`] and by the Python module's `DualDatabase`.

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{Error, Result};
 
 /// PostgREST 13+ refuses secrets shorter than 32 characters.
-pub const MIN_SECRET_LEN: usize = 32;
+pub(crate) const MIN_SECRET_LEN: usize = 32;
 
 /// A new random JWT secret (48 alphanumeric characters).
 pub fn generate_secret() -> String {
@@ -66,7 +66,7 @@ pub fn sign(secret: &str, role: &str, sub: Option<&str>, ttl: Duration) -> Resul
 
 /// Service keys valid longer than this get a warning: a `service_role` key
 /// bypasses row level security, and a leaked one works until it expires.
-pub const LONG_LIVED_SERVICE_KEY: Duration = Duration::from_secs(365 * 86_400);
+pub(crate) const LONG_LIVED_SERVICE_KEY: Duration = Duration::from_secs(365 * 86_400);
 
 /// The default lifetime of a generated service key (anon keys: ten years).
 pub const DEFAULT_SERVICE_KEY_DAYS: u64 = 90;

@@ -53,7 +53,7 @@ pub fn now_secs() -> f64 {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Triggers {
     pub log_present: bool,
-    /// The log's recorded version ([`super::LOG_VERSION`] when current).
+    /// The log's recorded version (`LOG_VERSION` when current).
     pub version: Option<i64>,
     /// DoX tables that have all their triggers.
     pub tables: Vec<String>,

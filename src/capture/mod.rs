@@ -58,13 +58,13 @@ use crate::catalogue::{Table, TABLES};
 use crate::error::{Error, Result};
 
 /// The prefix of every object capture creates.
-pub const PREFIX: &str = "_dualwrite_";
+pub(crate) const PREFIX: &str = "_dualwrite_";
 /// The change log.
-pub const LOG: &str = "_dualwrite_changes";
+pub(crate) const LOG: &str = "_dualwrite_changes";
 const LOG_SEQ_INDEX: &str = "_dualwrite_changes_seq";
 
 /// How long a capture command waits for the app's write lock.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The next sequence number: above every pending entry and every entry ever
 /// acknowledged (`acked_hi` in [`META`], raised by each acknowledgement in its
@@ -82,12 +82,12 @@ const NOW_SQL: &str = "((julianday('now') - 2440587.5) * 86400.0)";
 
 /// What capture records about itself: `log_version`, the layout of the change
 /// log and its triggers ([`LOG_VERSION`]).
-pub const META: &str = "_dualwrite_meta";
+pub(crate) const META: &str = "_dualwrite_meta";
 
 /// The version of the change log's layout and triggers this build writes and
 /// drains. A file whose log has another is refused by the drainer until
 /// `dualwrite capture install` brings it to this one.
-pub const LOG_VERSION: i64 = 1;
+pub(crate) const LOG_VERSION: i64 = 1;
 
 fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
@@ -99,7 +99,7 @@ fn sql_string(s: &str) -> String {
 
 /// Open a DoX file for capture's own writes: it must exist, be a SQLite
 /// database, be writable, and hold at least one DoX table.
-pub fn open_rw(path: &Path) -> Result<Connection> {
+pub(crate) fn open_rw(path: &Path) -> Result<Connection> {
     if !path.exists() {
         return Err(Error::invalid(format!(
             "{}: no such file (capture works on an existing DoX database; check DB_PATH / --db-path)",
@@ -124,7 +124,7 @@ pub fn open_rw(path: &Path) -> Result<Connection> {
 
 /// How long a drainer's statement waits for the file's lock (the app's write
 /// transaction) before it fails with [`Error::Busy`] and is tried again.
-pub const DRAINER_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DRAINER_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The WAL size, in pages, past which a drainer's own commits checkpoint it
 /// (SQLite's default, which the app's connections keep, is 1,000). When the
@@ -137,7 +137,7 @@ const DRAINER_CHECKPOINT_PAGES: u32 = 300;
 /// with the drainer's settings in one place. Its acknowledgements take the
 /// file's write lock, so they are short, and need no fsync of their own (an
 /// acknowledgement a power loss takes back only sends a row again).
-pub fn open_drainer(path: &Path) -> Result<Connection> {
+pub(crate) fn open_drainer(path: &Path) -> Result<Connection> {
     let c = open_rw(path)?;
     c.busy_timeout(DRAINER_BUSY_TIMEOUT)?;
     c.execute_batch("PRAGMA synchronous=NORMAL")?;
@@ -146,7 +146,7 @@ pub fn open_drainer(path: &Path) -> Result<Connection> {
 }
 
 /// Open a DoX file without changing it (status).
-pub fn open_ro(path: &Path) -> Result<Connection> {
+pub(crate) fn open_ro(path: &Path) -> Result<Connection> {
     if !path.exists() {
         return Err(Error::invalid(format!(
             "{}: no such file (check DB_PATH / --db-path)",

@@ -322,7 +322,7 @@ where
 /// The reads of whole tables that `verify` and `repair` are built on, the
 /// counterparts of `SqliteDatabase`'s `page`, `rows_by_keys` and `range`.
 /// Rows come as PostgREST returns them (turn them canonical with
-/// [`normalise::from_supabase_owned`]); a jsonb value serde_json cannot read
+/// `normalise::from_supabase_owned`); a jsonb value serde_json cannot read
 /// is marked with `UNREADABLE_JSON`. Adapters never retry: callers wrap
 /// these in `crate::retry::retry`.
 impl SupabaseDatabase {

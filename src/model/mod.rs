@@ -20,7 +20,8 @@ pub use records::{
     ApiEndpoint, Artifact, DocTable, Document, Entity, Evidence, Fact, JsonText, LogEntry,
     LooseString, MetricHit, SearchChunk, Section, Summary, TagRow,
 };
-pub use steps::{skill_row, user_prefs_row, Step};
+pub(crate) use steps::skill_row;
+pub use steps::Step;
 pub use writes::{Write, WRITE_METHODS};
 
 use serde_json::Value;
@@ -28,7 +29,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 
 /// Python truthiness of a JSON value.
-pub fn truthy(v: &Value) -> bool {
+pub(crate) fn truthy(v: &Value) -> bool {
     match v {
         Value::Null => false,
         Value::Bool(b) => *b,

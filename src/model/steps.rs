@@ -300,7 +300,7 @@ impl Write {
 }
 
 /// The `skills_registry` row of a newly registered skill.
-pub fn skill_row(
+pub(crate) fn skill_row(
     id: Option<&String>,
     name: &str,
     description: &str,
@@ -321,7 +321,7 @@ pub fn skill_row(
 }
 
 /// The `user_prefs` row holding a whole preferences object.
-pub fn user_prefs_row(
+pub(crate) fn user_prefs_row(
     user_id: &str,
     prefs: &Map<String, Value>,
     updated_at: Option<&str>,

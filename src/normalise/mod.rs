@@ -66,7 +66,7 @@ pub fn to_canonical(table: &'static Table, row: &[SqlValue]) -> Result<Canonical
 }
 
 /// [`to_canonical`] under a policy for values Supabase cannot hold.
-pub fn to_canonical_with(
+pub(crate) fn to_canonical_with(
     table: &'static Table,
     row: &[SqlValue],
     policy: UnrepresentablePolicy,
@@ -99,7 +99,8 @@ pub fn to_canonical_with(
 /// wire, and faster: JSON text that is valid JSON (and holds nothing jsonb
 /// refuses) is embedded as it is instead of being parsed into a tree and
 /// printed again. PostgreSQL parses it into the same jsonb value either way.
-pub fn to_json_row(table: &'static Table, row: &[SqlValue]) -> Result<Canonical<String>> {
+#[cfg(test)]
+pub(crate) fn to_json_row(table: &'static Table, row: &[SqlValue]) -> Result<Canonical<String>> {
     let refs: Vec<SqlRef<'_>> = row.iter().map(SqlValue::as_ref).collect();
     to_json_row_ref(table, &refs, UnrepresentablePolicy::Reject)
 }
@@ -110,8 +111,9 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
-/// [`to_json_row`] over borrowed values, under a policy.
-pub fn to_json_row_ref(
+/// The canonical row serialised as one JSON object ([`to_canonical`]'s, with
+/// valid JSON text embedded as it is), over borrowed values, under a policy.
+pub(crate) fn to_json_row_ref(
     table: &'static Table,
     row: &[SqlRef<'_>],
     policy: UnrepresentablePolicy,
@@ -128,18 +130,10 @@ pub fn to_json_row_ref(
     })
 }
 
-/// Append `row` as one JSON object to `out`; returns its lossy conversions.
-/// On `Err`, `out` holds part of the object: the caller truncates it.
-pub fn to_json_row_into(
-    table: &'static Table,
-    row: &[SqlRef<'_>],
-    out: &mut String,
-) -> Result<Vec<(&'static str, Lossy)>> {
-    to_json_row_into_with(table, row, out, UnrepresentablePolicy::Reject)
-}
-
-/// [`to_json_row_into`] under a policy for values Supabase cannot hold.
-pub fn to_json_row_into_with(
+/// Append `row` as one JSON object to `out`, under a policy for values Supabase
+/// cannot hold; returns its lossy conversions. On `Err`, `out` holds part of
+/// the object: the caller truncates it.
+pub(crate) fn to_json_row_into_with(
     table: &'static Table,
     row: &[SqlRef<'_>],
     out: &mut String,
@@ -213,7 +207,7 @@ fn column_policy(index: usize, policy: UnrepresentablePolicy) -> Unrepresentable
 }
 
 /// Convert one SQLite value. `Err` carries the reason it cannot be represented.
-pub fn value_to_canonical(
+pub(crate) fn value_to_canonical(
     col: &Column,
     v: &SqlValue,
 ) -> std::result::Result<(Value, Option<Lossy>), String> {
@@ -223,7 +217,7 @@ pub fn value_to_canonical(
 /// [`value_to_canonical`] under a policy: with `Coerce`, the values it names
 /// are changed (and the change returned as the lossy conversion) instead of
 /// refused. Everything else converts exactly as under `Reject`.
-pub fn value_to_canonical_with(
+pub(crate) fn value_to_canonical_with(
     col: &Column,
     v: &SqlValue,
     policy: UnrepresentablePolicy,
@@ -413,7 +407,7 @@ fn float_text(f: f64) -> String {
 /// Canonical timestamp text: RFC 3339 in UTC with `Z`, microsecond precision,
 /// fraction only when there is one. Text without an offset is taken as UTC, as
 /// DoX writes UTC everywhere.
-pub fn canonical_timestamp(s: &str) -> Option<String> {
+pub(crate) fn canonical_timestamp(s: &str) -> Option<String> {
     let s = s.trim();
     let dt: DateTime<Utc> = if let Ok(d) = DateTime::parse_from_rfc3339(s) {
         d.with_timezone(&Utc)
@@ -448,7 +442,10 @@ pub fn from_supabase(table: &Table, row: &Map<String, Value>) -> Map<String, Val
 
 /// [`from_supabase`] for a row the caller owns: converts it in place instead
 /// of copying every value, for jobs that read every row.
-pub fn from_supabase_owned(table: &Table, mut row: Map<String, Value>) -> Map<String, Value> {
+pub(crate) fn from_supabase_owned(
+    table: &Table,
+    mut row: Map<String, Value>,
+) -> Map<String, Value> {
     row.retain(|name, _| table.columns.iter().any(|c| c.supabase == name));
     for col in table.columns {
         match row.get_mut(col.supabase) {
@@ -479,12 +476,12 @@ fn canonical_supabase_value(col: &Column, v: Value) -> Value {
 }
 
 /// Canonical SQLite → JSON text, as the writer stores JSON arguments in SQLite.
-pub fn json_text(v: &Value) -> String {
+pub(crate) fn json_text(v: &Value) -> String {
     serde_json::to_string(v).expect("serde_json::Value always serialises")
 }
 
 /// Current time as DoX writes it: `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn now_text() -> String {
+pub(crate) fn now_text() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 

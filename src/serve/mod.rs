@@ -213,7 +213,7 @@ const BACKGROUND_RETRY: Duration = Duration::from_secs(10);
 /// seconds; it stops (after the batches out) when `stop` turns true or its
 /// sender is dropped. A failure is logged and the drainer starts again
 /// later: the changes wait in the log meanwhile.
-pub async fn drain_in_background(
+pub(crate) async fn drain_in_background(
     rest: RestClient,
     opts: ServeOptions,
     mut stop: watch::Receiver<bool>,

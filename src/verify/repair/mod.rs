@@ -432,7 +432,7 @@ pub fn check_delete_extra(report: &VerifyReport, plan: &RepairPlan) -> Result<()
 }
 
 /// How long a confirmation may take before the plan is made again.
-pub const REPLAN_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const REPLAN_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl RepairPlan {
     /// Keep only the changes `confirmed` also holds: a plan made again after a
@@ -497,7 +497,7 @@ pub struct RepairRun {
 /// The whole `verify --repair` workflow: plan (a verification by content),
 /// refuse when that verification cannot be trusted, ask `confirm` (it is shown
 /// what will change and returns who confirmed, `None` for nobody), make the
-/// plan again if the confirmation took longer than [`REPLAN_AFTER`] (keeping
+/// plan again if the confirmation took longer than `REPLAN_AFTER` (keeping
 /// only the changes shown), apply, and verify again.
 pub async fn run(
     source: &SqliteDatabase,
