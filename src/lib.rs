@@ -59,6 +59,7 @@ pub mod generate;
 pub mod keys;
 pub mod model;
 pub mod normalise;
+pub mod postgres;
 pub mod rest;
 pub mod retry;
 pub mod reverse;
