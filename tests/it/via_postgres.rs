@@ -415,3 +415,50 @@ async fn via_postgres_copies_are_not_queued_by_capture_on_supabase() {
         .unwrap();
     assert!(queued().await > 0, "capture is not on");
 }
+
+#[tokio::test]
+async fn import_via_postgres_of_an_export_lands_equal() {
+    needs_stack!();
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("dox-small-alembic.sqlite3");
+    let out = dir.path().join("export");
+    let o = run(
+        &pg,
+        dir.path(),
+        &[
+            "export",
+            "--from-sqlite",
+            src.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--compress",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let state = dir.path().join("state");
+    let o = run(
+        &pg,
+        dir.path(),
+        &[
+            "import",
+            out.to_str().unwrap(),
+            "--via",
+            "postgres",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        r["target"]
+            .as_str()
+            .unwrap()
+            .contains("rows via postgres://"),
+        "{r}"
+    );
+    assert_eq!(r["rows_written"], r["rows_read"], "{r}");
+    assert_same(&src, &pg.supabase(), "import via postgres").await;
+}
