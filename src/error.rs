@@ -64,6 +64,11 @@ pub enum Error {
         retry_after: Option<Duration>,
     },
 
+    /// PostgreSQL refused a statement sent over the database connection string
+    /// (`backfill --via postgres`); classified by its SQLSTATE like [`Error::Rest`].
+    #[error("postgres ({code}): {message}")]
+    Postgres { code: String, message: String },
+
     /// The request never got an HTTP answer: connection refused, reset, DNS.
     #[error("supabase unreachable at {url}: {reason}")]
     Unreachable { url: String, reason: String },
@@ -170,6 +175,14 @@ impl Error {
                 ),
                 _ => false,
             },
+            Error::Postgres { code, .. } => {
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || matches!(
+                        code.as_str(),
+                        "57014" | "40P01" | "40001" | "55P03" | "57P01" | "57P03"
+                    )
+            }
             Error::GaveUp { last, .. } => last.is_transient(),
             _ => false,
         }
@@ -190,6 +203,7 @@ impl Error {
                 *status == 413 || code.as_deref() == Some("57014") || *status >= 500
             }
             Error::Timeout(_) => true,
+            Error::Postgres { code, .. } => code == "57014" || code.starts_with("53"),
             _ => false,
         }
     }
@@ -202,6 +216,7 @@ impl Error {
     pub fn must_split(&self) -> bool {
         match self {
             Error::Rest { status, code, .. } => *status == 413 || code.as_deref() == Some("57014"),
+            Error::Postgres { code, .. } => code == "57014",
             _ => false,
         }
     }
@@ -222,6 +237,12 @@ impl Error {
                     None => *status == 413,
                 }
             }
+            Error::Postgres { code, .. } => {
+                code.starts_with("22")
+                    || code.starts_with("23")
+                    || code.starts_with("54")
+                    || matches!(code.as_str(), "21000" | "P0001")
+            }
             Error::Unrepresentable { .. } => true,
             _ => false,
         }
@@ -239,6 +260,7 @@ impl Error {
     pub fn code(&self) -> Option<&str> {
         match self.cause() {
             Error::Rest { code, .. } => code.as_deref(),
+            Error::Postgres { code, .. } => Some(code),
             _ => None,
         }
     }

@@ -408,7 +408,7 @@ pub async fn import(
     let selected = opts.selected();
     let mut report = BackfillReport {
         source: dir.display().to_string(),
-        target: target.rest().url().to_owned(),
+        target: opts.target_name(target.rest().url()),
         dry_run: opts.dry_run,
         ..Default::default()
     };

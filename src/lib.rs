@@ -71,6 +71,7 @@ pub mod generate;
 pub mod samples;
 
 mod direction;
+mod postgres;
 mod rest;
 mod retry;
 mod reverse;

@@ -28,6 +28,7 @@ pub fn py_err(py: Python<'_>, e: CoreError) -> PyErr {
             exc::SQLiteError::new_err(msg)
         }
         CoreError::Rest { .. }
+        | CoreError::Postgres { .. }
         | CoreError::Unreachable { .. }
         | CoreError::Timeout(_)
         | CoreError::GaveUp { .. }

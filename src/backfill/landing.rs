@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use crate::db::SqliteDatabase;
 use crate::error::{Error, Result};
 use crate::normalise::coerced::CoercedLog;
 use crate::normalise::{Lossy, UnrepresentablePolicy};
+use crate::postgres::{CopyMode, Postgres};
 use crate::rest::RestClient;
 use crate::retry::{retry_observed, retry_when, Observer, RetryPolicy, SharedObserver};
 
@@ -59,6 +60,44 @@ pub(super) struct Lander {
     pub(super) gave_up: &'static str,
     /// Told of every failed attempt that is tried again (the daemon's figures).
     pub(super) observe: Option<SharedObserver>,
+    /// `--via postgres`: rows go in with COPY over the connection string
+    /// instead of PostgREST (everything else is the same).
+    pub(super) copy: Option<CopySink>,
+}
+
+/// `--via postgres`: the database, and whether the table is still copied
+/// straight in (until a row's key is found there already: from then on, into a
+/// staging table and upserted).
+#[derive(Clone)]
+pub(super) struct CopySink {
+    pub(super) db: Postgres,
+    pub(super) direct: Arc<AtomicBool>,
+}
+
+impl CopySink {
+    pub(super) fn new(db: Postgres, direct: bool) -> CopySink {
+        CopySink {
+            db,
+            direct: Arc::new(AtomicBool::new(direct)),
+        }
+    }
+
+    async fn send(&self, table: &'static Table, rows: bytes::Bytes) -> Result<u64> {
+        if self.direct.load(Ordering::Relaxed) {
+            match self.db.copy(table, rows.clone(), CopyMode::Direct).await {
+                Err(Error::Postgres { code, .. }) if code == "23505" => {
+                    // A resumed or repeated run, or rows the app mirrored meanwhile.
+                    self.direct.store(false, Ordering::Relaxed);
+                    tracing::debug!(
+                        table = table.sqlite,
+                        "rows already there: upserting from now on"
+                    );
+                }
+                other => return other,
+            }
+        }
+        self.db.copy(table, rows, CopyMode::Upsert).await
+    }
 }
 
 /// [`Lander::gave_up`] for a backfill or an import.
@@ -108,7 +147,6 @@ impl Lander {
             if n_rows == 0 {
                 return Ok(0);
             }
-            let body = all.body(range.clone());
             let started = Instant::now();
             // A single row is retried for every transient error; a batch is split
             // instead when it was too large or too slow (a timeout: a few times).
@@ -122,10 +160,23 @@ impl Lander {
                 Some(o) => o.as_ref(),
                 None => &|_: &Error| {},
             };
-            let res = retry_observed(RetryPolicy::for_up_to(self.max_wait), when, observe, || {
-                self.rest.upsert(self.table, body.clone())
-            })
-            .await;
+            let policy = RetryPolicy::for_up_to(self.max_wait);
+            let res = match &self.copy {
+                None => {
+                    let body = all.body(range.clone());
+                    retry_observed(policy, when, observe, || {
+                        self.rest.upsert(self.table, body.clone())
+                    })
+                    .await
+                }
+                Some(sink) => {
+                    let rows = super::copy::copy_text(self.table, all, range.clone())?;
+                    retry_observed(policy, when, observe, || {
+                        sink.send(self.table, rows.clone())
+                    })
+                    .await
+                }
+            };
             match res {
                 Ok(n) if n == n_rows as u64 => {
                     if started.elapsed() < Duration::from_secs(1)
@@ -287,13 +338,23 @@ impl Lander {
             }
             let mut refused = Vec::new();
             let rows = PreparedRows::from_rows(&changed);
-            self.land(&rows, 0..rows.len(), &mut refused, 0).await?;
+            // Rows sent again are there already: upserted, never copied straight in.
+            let mut again = self.clone();
+            if let Some(sink) = &mut again.copy {
+                sink.direct = Arc::new(AtomicBool::new(false));
+            }
+            again.land(&rows, 0..rows.len(), &mut refused, 0).await?;
             for k in &gone {
                 let filter = [(self.table.key().supabase, Some(k.clone()))];
                 retry_when(
                     RetryPolicy::for_up_to(self.max_wait),
                     transient_but_not_split,
-                    || self.rest.delete(self.table.supabase, &filter),
+                    || async {
+                        match &self.copy {
+                            Some(sink) => sink.db.delete_key(self.table, k).await,
+                            None => self.rest.delete(self.table.supabase, &filter).await,
+                        }
+                    },
                 )
                 .await?;
                 known.remove(k);
@@ -346,6 +407,7 @@ pub(crate) async fn land_rows(
         coerced: Arc::new(CoercedLog::new(PathBuf::new())),
         gave_up: "the changes stay in the change log and are sent again",
         observe: Some(observe),
+        copy: None,
     };
     // Requests of `max_rows` rows, each holding one of `slots` while it is out
     // (the keys are distinct; the slots may be shared with other batches).

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::normalise::coerced::CoercedLog;
 
 use super::checkpoint::{Checkpoints, Cursor};
-use super::landing::{Landed, Lander, Sent};
+use super::landing::{CopySink, Landed, Lander, Sent};
 use super::options::{BackfillOptions, Progress};
 use super::peak_rss_bytes;
 use super::rejects::RejectLog;
@@ -99,6 +99,7 @@ impl<'a> Loader<'a> {
             coerced: Arc::clone(&self.coerced),
             gave_up: super::landing::RESUME_HINT,
             observe: None,
+            copy: self.opts.postgres.clone().map(|db| CopySink::new(db, true)),
         };
         let mut lossy: BTreeMap<(String, String), u64> = BTreeMap::new();
         // The reader runs ahead of the senders, so a batch is ready whenever a slot frees.

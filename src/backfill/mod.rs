@@ -30,6 +30,7 @@
 //!   app dual-writes".
 
 mod checkpoint;
+mod copy;
 mod landing;
 mod loader;
 mod options;
@@ -94,7 +95,7 @@ pub async fn run(
     let tables = opts.selected();
     let mut report = BackfillReport {
         source: source_path.display().to_string(),
-        target: target.rest().url().to_owned(),
+        target: opts.target_name(target.rest().url()),
         dry_run: opts.dry_run,
         resumed: tables.iter().any(|t| {
             let c = loader.checkpoints.table(t);

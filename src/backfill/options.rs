@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::catalogue::{Table, TABLES};
 use crate::normalise::UnrepresentablePolicy;
+use crate::postgres::Postgres;
 use crate::state_file::StateDir;
 
 /// How a backfill (or an import) runs.
@@ -29,6 +30,9 @@ pub struct BackfillOptions {
     /// Reject (the default) or coerce values Supabase cannot hold; coerced
     /// values are recorded in `coerced.ndjson` in the state directory.
     pub unrepresentable: UnrepresentablePolicy,
+    /// `--via postgres`: rows go in with COPY over the database connection
+    /// string, and `--reset` truncates through it; `None`: PostgREST.
+    pub postgres: Option<Postgres>,
 }
 
 /// The defaults, which the command line's defaults are read from; the state
@@ -46,6 +50,7 @@ impl Default for BackfillOptions {
             stale_guard: true,
             progress: Progress::Quiet,
             unrepresentable: UnrepresentablePolicy::Reject,
+            postgres: None,
         }
     }
 }
@@ -55,6 +60,15 @@ impl BackfillOptions {
         BackfillOptions {
             state_dir: state_dir.into(),
             ..BackfillOptions::default()
+        }
+    }
+
+    /// The target as a report names it: the REST endpoint, and the database
+    /// (without its password) when rows go in over the connection string.
+    pub fn target_name(&self, rest_url: &str) -> String {
+        match &self.postgres {
+            Some(pg) => format!("{rest_url} (rows via {})", pg.shown()),
+            None => rest_url.to_owned(),
         }
     }
 

@@ -49,6 +49,13 @@ pub(super) fn forget_progress(state_dir: &StateDir) -> Result<()> {
 pub(super) async fn reset(target: &SupabaseDatabase, opts: &BackfillOptions) -> Result<u64> {
     forget_progress(&opts.state_dir)?;
     let tables = opts.selected();
+    if let Some(pg) = &opts.postgres {
+        // The connection string's role may TRUNCATE: no function needed.
+        return retry(RetryPolicy::for_up_to(opts.max_wait), || {
+            pg.truncate(&tables)
+        })
+        .await;
+    }
     match truncate_target(target, &tables, opts.max_wait).await? {
         Some(rows) => Ok(rows),
         None => reset_target(target, &tables, RESET_CHUNK, opts.max_wait).await,

@@ -22,6 +22,8 @@ pub(crate) mod reads;
 pub(crate) mod sqlite;
 pub(crate) mod supabase;
 
+/// Supabase's database reached directly (its connection string), for `--via postgres`.
+pub use crate::postgres::Postgres;
 /// The PostgREST client a [`SupabaseDatabase`] is built on.
 pub use crate::rest::{RestClient, RestConfig};
 pub use dual::{Breaker, DualDatabase, DualStats, ReplayReport, SecondaryFailure};

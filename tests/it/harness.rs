@@ -238,10 +238,16 @@ impl PrivateDb {
         Gateway::start(self.url.trim_start_matches("http://"), free_port()).await
     }
 
+    /// This database's connection string (the stack's superuser, as a hosted
+    /// project's `postgres` role: it bypasses row-level security).
+    pub fn database_url(&self) -> String {
+        let base = stack().var("DUALWRITE_PG_ADMIN_URL");
+        format!("{}/{}", base.rsplit_once('/').unwrap().0, self.name)
+    }
+
     /// Direct SQL on this database (as the stack's superuser).
     pub async fn sql(&self) -> tokio_postgres::Client {
-        let base = stack().var("DUALWRITE_PG_ADMIN_URL");
-        let url = format!("{}/{}", base.rsplit_once('/').unwrap().0, self.name);
+        let url = self.database_url();
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .unwrap();

@@ -37,6 +37,7 @@ mod rls;
 mod safety;
 mod serve;
 mod verify;
+mod via_postgres;
 
 /// Every test that reaches the stack (a private database, the shared stack, or
 /// a helper that reads its variables) is gated, so that `cargo test` without the

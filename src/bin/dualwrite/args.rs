@@ -607,6 +607,11 @@ pub struct LoadArgs {
     /// (default: the configured dual.unrepresentable, itself reject by default).
     #[arg(long, value_name = "POLICY", value_parser = ["reject", "coerce"])]
     pub unrepresentable: Option<String>,
+    /// How rows go in: rest (PostgREST, with the service key) or postgres (COPY over the
+    /// database connection string in SUPABASE_DB_URL, else DATABASE_URL; --reset then
+    /// truncates through it). Direct or session-mode pooler; see docs/runbook.md.
+    #[arg(long, value_name = "WAY", value_parser = ["rest", "postgres"], default_value = "rest")]
+    pub via: String,
 }
 
 #[derive(Subcommand, Debug)]
