@@ -29,14 +29,12 @@
 mod common;
 use common::*;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dualwrite::catalogue::TABLES;
 use dualwrite::{capture, keys};
 use hdrhistogram::Histogram;
 
@@ -45,71 +43,6 @@ fn env_or(k: &str, d: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(d)
-}
-
-/// One deployment's project: a database cloned from the template and a
-/// PostgREST of its own.
-struct Project {
-    name: String,
-    postgrest: Postgrest,
-    sql: tokio_postgres::Client,
-}
-
-impl Project {
-    async fn new(env: &HashMap<String, String>, name: String, pool: u32) -> Project {
-        let admin = pg(&env["DUALWRITE_PG_ADMIN_URL"]).await;
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await
-            .unwrap();
-        admin
-            .batch_execute(&format!(
-                "CREATE DATABASE {name} TEMPLATE {}",
-                env["DUALWRITE_TEMPLATE_DB"]
-            ))
-            .await
-            .unwrap();
-        let base = env["DUALWRITE_PG_ADMIN_URL"].rsplit_once('/').unwrap().0;
-        let sql = pg(&format!("{base}/{name}")).await;
-        let postgrest = Postgrest::launch(PostgrestSettings {
-            bin: env["DUALWRITE_POSTGREST_BIN"].clone().into(),
-            db_uri: format!("{}/{name}", env["DUALWRITE_AUTHENTICATOR_URL"]),
-            jwt_secret: env["SUPABASE_JWT_SECRET"].clone(),
-            pool,
-        })
-        .await;
-        Project {
-            name,
-            postgrest,
-            sql,
-        }
-    }
-
-    async fn empty(&self) {
-        let names: Vec<_> = TABLES.iter().map(|t| t.supabase).collect();
-        self.sql
-            .batch_execute(&format!("TRUNCATE {}", names.join(", ")))
-            .await
-            .unwrap();
-        self.sql.batch_execute("VACUUM ANALYZE").await.unwrap();
-    }
-
-    async fn rows(&self, table: &str) -> i64 {
-        self.sql
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-            .await
-            .unwrap()
-            .get(0)
-    }
-
-    /// 5xx responses in PostgREST's log (its log level `error` logs exactly those).
-    fn server_errors(&self) -> usize {
-        self.postgrest
-            .log()
-            .lines()
-            .filter(|l| l.contains("\" 5"))
-            .count()
-    }
 }
 
 /// A `dualwrite` process against `project` (service key, the project's own URL).
@@ -451,14 +384,5 @@ async fn main() {
     let errors_serve = projects.iter().map(Project::server_errors).sum::<usize>() - before;
     println!("5xx responses during the daemons' runs: {errors_serve}");
 
-    // Drop the projects' databases.
-    let names: Vec<_> = projects.iter().map(|p| p.name.clone()).collect();
-    drop(projects);
-    let admin = pg(&env["DUALWRITE_PG_ADMIN_URL"]).await;
-    for name in names {
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await
-            .unwrap();
-    }
+    Project::drop_all(&env, projects).await;
 }

@@ -14,10 +14,16 @@ use dualwrite::catalogue::TABLES;
 #[path = "../../tests/support/postgrest.rs"]
 mod postgrest;
 use dualwrite::generate::{generate, GenerateOptions};
-// Not every bench uses free_port (capture.rs has its own), and an unused re-export is a warning.
+// Not every bench uses free_port (capture.rs has its own) or the proxy, and an unused
+// re-export is a warning.
 #[allow(unused_imports)]
 pub use postgrest::free_port;
 pub use postgrest::{Postgrest, PostgrestSettings};
+
+#[path = "../../tests/support/proxy.rs"]
+mod proxy;
+#[allow(unused_imports)]
+pub use proxy::Proxy;
 
 /// The variables `scripts/stack.sh env` prints (keys, URLs, DATABASE_URL).
 ///
@@ -144,4 +150,86 @@ pub async fn own_postgrest(env: &HashMap<String, String>, database: &str) -> Pos
         pool: 10,
     })
     .await
+}
+
+/// A project of the bench's own: a database cloned from the stack's template
+/// and a PostgREST of its own (dropped with the database by [`Project::drop_all`]).
+pub struct Project {
+    pub name: String,
+    pub postgrest: Postgrest,
+    pub sql: tokio_postgres::Client,
+    /// The database's URL as its superuser.
+    pub db_url: String,
+}
+
+impl Project {
+    pub async fn new(env: &HashMap<String, String>, name: String, pool: u32) -> Project {
+        let admin = pg(&env["DUALWRITE_PG_ADMIN_URL"]).await;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {name} TEMPLATE {}",
+                env["DUALWRITE_TEMPLATE_DB"]
+            ))
+            .await
+            .unwrap();
+        let base = env["DUALWRITE_PG_ADMIN_URL"].rsplit_once('/').unwrap().0;
+        let db_url = format!("{base}/{name}");
+        let sql = pg(&db_url).await;
+        let postgrest = Postgrest::launch(PostgrestSettings {
+            bin: env["DUALWRITE_POSTGREST_BIN"].clone().into(),
+            db_uri: format!("{}/{name}", env["DUALWRITE_AUTHENTICATOR_URL"]),
+            jwt_secret: env["SUPABASE_JWT_SECRET"].clone(),
+            pool,
+        })
+        .await;
+        Project {
+            name,
+            postgrest,
+            sql,
+            db_url,
+        }
+    }
+
+    pub async fn empty(&self) {
+        let names: Vec<_> = TABLES.iter().map(|t| t.supabase).collect();
+        self.sql
+            .batch_execute(&format!("TRUNCATE {}", names.join(", ")))
+            .await
+            .unwrap();
+        self.sql.batch_execute("VACUUM ANALYZE").await.unwrap();
+    }
+
+    pub async fn rows(&self, table: &str) -> i64 {
+        self.sql
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// 5xx responses in PostgREST's log (its log level `error` logs exactly those).
+    pub fn server_errors(&self) -> usize {
+        self.postgrest
+            .log()
+            .lines()
+            .filter(|l| l.contains("\" 5"))
+            .count()
+    }
+
+    /// Stop the projects' PostgRESTs and drop their databases.
+    pub async fn drop_all(env: &HashMap<String, String>, projects: Vec<Project>) {
+        let names: Vec<_> = projects.iter().map(|p| p.name.clone()).collect();
+        drop(projects);
+        let admin = pg(&env["DUALWRITE_PG_ADMIN_URL"]).await;
+        for name in names {
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await
+                .unwrap();
+        }
+    }
 }

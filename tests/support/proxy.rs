@@ -1,8 +1,8 @@
 //! A TCP proxy on loopback that delays what the client sends, for tests and
 //! benchmarks of a slow or distant Supabase: a real socket in between, not an
 //! imitation of PostgREST. The delay can change while it runs (`set_delay`);
-//! each chunk the client sends is held that long before it goes upstream,
-//! so one HTTP request is delayed once and its answer comes back at once.
+//! what the client sends reaches the upstream that much later (a delay line:
+//! chunks keep flowing meanwhile), and the answers come back at once.
 //! Included with `#[path]` by `tests/it` (and the benchmarks that need it).
 
 // Each includer uses part of what is here.
@@ -62,21 +62,32 @@ impl Drop for Proxy {
     }
 }
 
+/// What the client sends goes through a delay line: each chunk is stamped when
+/// it arrives and written upstream `delay` later, while the next ones are
+/// already being read. A request meets the delay once however many chunks it
+/// has, as over a distant link: latency is added, bandwidth is not taken.
 async fn pipe(client: TcpStream, server: TcpStream, delay_ms: Arc<AtomicU64>) {
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
-    let up = async move {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let read = async move {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = match cr.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let d = delay_ms.load(Ordering::Relaxed);
-            if d > 0 {
-                tokio::time::sleep(Duration::from_millis(d)).await;
+            let due = tokio::time::Instant::now()
+                + Duration::from_millis(delay_ms.load(Ordering::Relaxed));
+            if tx.send((due, buf[..n].to_vec())).is_err() {
+                break;
             }
-            if sw.write_all(&buf[..n]).await.is_err() {
+        }
+    };
+    let write = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if sw.write_all(&chunk).await.is_err() {
                 break;
             }
         }
@@ -86,5 +97,5 @@ async fn pipe(client: TcpStream, server: TcpStream, delay_ms: Arc<AtomicU64>) {
         let _ = tokio::io::copy(&mut sr, &mut cw).await;
         let _ = cw.shutdown().await;
     };
-    tokio::join!(up, down);
+    tokio::join!(read, write, down);
 }
