@@ -67,6 +67,10 @@ impl Drop for Proxy {
 /// already being read. A request meets the delay once however many chunks it
 /// has, as over a distant link: latency is added, bandwidth is not taken.
 async fn pipe(client: TcpStream, server: TcpStream, delay_ms: Arc<AtomicU64>) {
+    // A link adds latency, not Nagle's waits of a hop of its own: each side's
+    // endpoint keeps its own setting.
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
