@@ -175,10 +175,24 @@ async fn paced(
     (h.remove(0), n)
 }
 
+/// The keys waiting, in the change log or in the queue not yet folded into it.
 fn pending(path: &Path) -> i64 {
-    let c = rusqlite::Connection::open(path).unwrap();
-    c.query_row("SELECT count(*) FROM _dualwrite_changes", [], |r| r.get(0))
-        .unwrap()
+    capture::status(path).unwrap().pending as i64
+}
+
+/// The pending changes, read from both tables capture keeps: the change log
+/// and the queue's entries not yet folded into it (`seq` above `folded_hi`).
+const UNFOLDED: &str = "FROM _dualwrite_queue WHERE seq > \
+     (SELECT coalesce(max(value), 0) FROM _dualwrite_meta WHERE name = 'folded_hi')";
+
+/// The lowest `seq` pending.
+fn min_pending_seq() -> String {
+    format!("SELECT min(s) FROM (SELECT min(seq) AS s FROM _dualwrite_changes UNION ALL SELECT min(seq) {UNFOLDED})")
+}
+
+/// When the oldest pending change was made.
+fn oldest_pending_at() -> String {
+    format!("SELECT min(a) FROM (SELECT min(at) AS a FROM _dualwrite_changes UNION ALL SELECT min(at) {UNFOLDED})")
 }
 
 fn free_port() -> u16 {
@@ -404,13 +418,14 @@ async fn alternating(
         }
         // Start the daemon; the phase begins once every change of the phase
         // before is acknowledged.
-        let backlog = seq("SELECT max(seq) FROM _dualwrite_changes").unwrap_or(0);
+        // The queue's last row holds the highest `seq` ever given.
+        let backlog = seq("SELECT max(seq) FROM _dualwrite_queue").unwrap_or(0);
         let t = Instant::now();
         let a = Variant::default();
         let variant = if runs_b(k) { variant_b } else { &a };
         let port = free_port();
         let mut daemon = serve_with(env, &db, &state, port, variant);
-        while seq("SELECT min(seq) FROM _dualwrite_changes").is_some_and(|s| s <= backlog) {
+        while seq(&min_pending_seq()).is_some_and(|s| s <= backlog) {
             tokio::time::sleep(Duration::from_millis(10)).await;
             assert!(t.elapsed() < Duration::from_secs(120), "no catch-up");
         }
@@ -533,7 +548,7 @@ async fn main() {
     let any_pending = || -> bool {
         watch
             .query_row(
-                "SELECT EXISTS (SELECT 1 FROM _dualwrite_changes)",
+                &format!("SELECT EXISTS (SELECT 1 FROM _dualwrite_changes) OR EXISTS (SELECT 1 {UNFOLDED})"),
                 [],
                 |r| r.get(0),
             )
@@ -573,9 +588,8 @@ async fn main() {
             let mut rss = Vec::new();
             let mut last_rss = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                let oldest: Option<f64> = c
-                    .query_row("SELECT min(at) FROM _dualwrite_changes", [], |r| r.get(0))
-                    .unwrap();
+                let oldest: Option<f64> =
+                    c.query_row(&oldest_pending_at(), [], |r| r.get(0)).unwrap();
                 let lag = oldest.map_or(0.0, |at| (capture::now_secs() - at).max(0.0));
                 h.record((lag * 1000.0) as u64).unwrap();
                 if last_rss.elapsed() >= Duration::from_secs(5) {

@@ -62,7 +62,12 @@ CHILD = textwrap.dedent(
 def _pending(path) -> int:
     c = sqlite3.connect(path)
     try:
-        return c.execute("SELECT count(*) FROM _dualwrite_changes").fetchone()[0]
+        # Distinct keys, in the change log or in the queue not yet folded into it.
+        return c.execute(
+            "SELECT count(*) FROM (SELECT tbl, key FROM _dualwrite_changes UNION SELECT tbl, key "
+            "FROM _dualwrite_queue WHERE seq > (SELECT coalesce(max(value), 0) FROM _dualwrite_meta "
+            "WHERE name = 'folded_hi'))"
+        ).fetchone()[0]
     finally:
         c.close()
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
-use super::{immediate, LOG, NEXT_SEQ, NOW_SQL};
+use super::{immediate, NOW_SQL, QUEUE};
 use crate::catalogue::{Table, TABLES};
 use crate::error::Result;
 
@@ -85,9 +85,7 @@ pub fn import_failures(conn: &mut Connection, file: &Path) -> Result<ImportRepor
     }
     immediate(conn, |tx| {
         let mut stmt = tx.prepare(&format!(
-            "INSERT INTO {LOG} (tbl, key, seq, op, at) VALUES (?1, ?2, \
-             {NEXT_SEQ}, 'U', {NOW_SQL}) \
-             ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq"
+            "INSERT INTO {QUEUE} (tbl, key, op, at) VALUES (?1, ?2, 'U', {NOW_SQL})"
         ))?;
         for (t, k) in &marks {
             stmt.execute(params![t.sqlite, k])?;

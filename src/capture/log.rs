@@ -6,7 +6,7 @@ use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use super::schema::{log_version, triggers_sql};
-use super::{dox_tables, immediate, object_sql, open_ro, LOG, META};
+use super::{dox_tables, immediate, object_sql, open_ro, FOLDED_HI, LOG, META, QUEUE};
 use crate::catalogue::{Table, TABLES};
 use crate::error::Result;
 
@@ -21,6 +21,7 @@ pub struct CaptureStatus {
     /// DoX tables present whose triggers are missing or differ (e.g. the app
     /// dropped and re-created the table): their writes are NOT captured.
     pub missing: Vec<String>,
+    /// Distinct keys waiting to be mirrored (a key changed many times counts once).
     pub pending: u64,
     /// Age of the oldest change not yet mirrored (0 when none).
     pub lag_seconds: f64,
@@ -32,12 +33,24 @@ pub(super) fn pending_on(conn: &Connection) -> Result<(u64, f64)> {
     Ok((n, lag))
 }
 
-/// The pending changes and when the oldest of them was made (seconds since
-/// the epoch), read from the log in one statement: what the daemon's
-/// signals report, read on a connection of their own whenever asked.
+/// The pending changes (distinct keys, in the log or in the queue not yet
+/// folded) and when the oldest of them was made (seconds since the epoch),
+/// read in one statement: what the daemon's signals report, read on a
+/// connection of their own whenever asked.
 pub(crate) fn backlog(conn: &Connection) -> Result<(u64, Option<f64>)> {
+    // A log of version 1 (not upgraded yet) has no queue.
+    let queued = if object_sql(conn, "table", QUEUE)?.is_some() {
+        format!(
+            "UNION ALL SELECT min(at) FROM {QUEUE} q WHERE seq > {FOLDED_HI} AND NOT EXISTS \
+             (SELECT 1 FROM {LOG} c WHERE c.tbl = q.tbl AND c.key = q.key) GROUP BY tbl, key"
+        )
+    } else {
+        String::new()
+    };
     let (n, oldest): (i64, Option<f64>) = conn
-        .prepare_cached(&format!("SELECT count(*), min(at) FROM {LOG}"))?
+        .prepare_cached(&format!(
+            "SELECT count(*), min(at) FROM (SELECT at FROM {LOG} {queued})"
+        ))?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok((u64::try_from(n).unwrap_or(0), oldest))
 }
@@ -111,14 +124,23 @@ pub fn status(path: &Path) -> Result<CaptureStatus> {
     status_on(&open_ro(path)?)
 }
 
-/// One pending change, as read from the log (the tests' view of it).
-#[cfg(test)]
+/// The oldest `limit` pending changes of the file at `path`, coalesced by key
+/// as the drainer will claim them; nothing is written.
+pub fn pending_changes(path: &Path, limit: usize) -> Result<Vec<Change>> {
+    read_changes(&open_ro(path)?, limit)
+}
+
+/// One pending change ([`pending_changes`]).
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Change {
+pub struct Change {
+    /// The DoX table (its SQLite name).
     pub tbl: String,
     pub key: String,
+    /// Its latest position in the log.
     pub seq: i64,
+    /// What the latest change was: `I`, `U` or `D`.
     pub op: String,
+    /// When the earliest change still waiting was made (seconds since the epoch).
     pub at: f64,
 }
 
@@ -148,25 +170,114 @@ pub(crate) fn check_change(c: &Claimed) -> std::result::Result<&'static Table, S
 }
 
 /// The oldest `limit` pending changes, in commit order, with what the
-/// triggers recorded (`op`, `at`). One statement: the read transaction ends
-/// with it.
-#[cfg(test)]
+/// triggers recorded (`op`, `at`), coalesced by key as a fold would (the
+/// latest `seq` and `op`, the earliest `at`), without writing: the log and
+/// the queue not yet folded, read in one read transaction.
 pub(crate) fn read_changes(conn: &Connection, limit: usize) -> Result<Vec<Change>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT tbl, key, seq, op, at FROM {LOG} ORDER BY seq LIMIT ?1"
-    ))?;
-    let rows = stmt
-        .query_map([limit as i64], |r| {
-            Ok(Change {
-                tbl: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
-                key: lenient_key(r.get_ref(1)?),
-                seq: r.get(2)?,
-                op: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
-                at: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
+    let change = |r: &rusqlite::Row<'_>| {
+        Ok(Change {
+            tbl: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+            key: lenient_key(r.get_ref(1)?),
+            seq: r.get(2)?,
+            op: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+            at: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
+        })
+    };
+    let tx = conn.unchecked_transaction()?;
+    let mut by_key: std::collections::HashMap<(String, String), Change> = tx
+        .prepare_cached(&format!("SELECT tbl, key, seq, op, at FROM {LOG}"))?
+        .query_map([], change)?
+        .map(|c| c.map(|c| ((c.tbl.clone(), c.key.clone()), c)))
+        .collect::<rusqlite::Result<_>>()?;
+    if object_sql(&tx, "table", QUEUE)?.is_some() {
+        let queued = tx
+            .prepare_cached(&format!(
+                "SELECT tbl, key, seq, op, at FROM {QUEUE} WHERE seq > {FOLDED_HI} ORDER BY seq"
+            ))?
+            .query_map([], change)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for c in queued {
+            match by_key.entry((c.tbl.clone(), c.key.clone())) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    let e = e.get_mut();
+                    e.seq = c.seq;
+                    e.op = c.op;
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(c);
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    let mut changes: Vec<Change> = by_key.into_values().collect();
+    changes.sort_by_key(|c| c.seq);
+    changes.truncate(limit);
+    Ok(changes)
+}
+
+/// Queue entries folded into the log per write transaction: a few
+/// milliseconds of the file's write lock.
+pub(super) const FOLD_STEP: usize = 2000;
+
+/// Fold the queue into the log: every entry committed before the call, in
+/// `seq` order, [`FOLD_STEP`] at a time, each step in a short write
+/// transaction of its own. A key's entry takes the `seq` and `op` of its
+/// latest change and keeps the time of its oldest pending one (the lag).
+/// Returns the entries folded; none (and no write) when the queue holds
+/// nothing new.
+pub(super) fn fold(conn: &mut Connection) -> Result<usize> {
+    let (top, folded): (Option<i64>, i64) = conn
+        .prepare_cached(&format!(
+            "SELECT (SELECT max(seq) FROM {QUEUE}), {FOLDED_HI}"
+        ))?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let Some(top) = top.filter(|t| *t > folded) else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    loop {
+        let (step, hi) = immediate(conn, |tx| fold_step(tx, top))?;
+        n += step;
+        if hi >= top || step == 0 {
+            return Ok(n);
+        }
+    }
+}
+
+/// One step of [`fold`]: the next [`FOLD_STEP`] entries up to `top`.
+/// Returns how many, and the `seq` folded up to.
+fn fold_step(tx: &Connection, top: i64) -> Result<(usize, i64)> {
+    let folded: i64 = tx.query_row(&format!("SELECT {FOLDED_HI}"), [], |r| r.get(0))?;
+    let hi: Option<i64> = tx
+        .prepare_cached(&format!(
+            "SELECT max(seq) FROM (SELECT seq FROM {QUEUE} WHERE seq > ?1 AND seq <= ?2 \
+             ORDER BY seq LIMIT ?3)"
+        ))?
+        .query_row(params![folded, top, FOLD_STEP as i64], |r| r.get(0))?;
+    let Some(hi) = hi else {
+        return Ok((0, folded));
+    };
+    // In `seq` order: of a key's entries, the latest is upserted last.
+    let n = tx
+        .prepare_cached(&format!(
+            "INSERT INTO {LOG} (tbl, key, seq, op, at) SELECT tbl, key, seq, op, at FROM {QUEUE} \
+             WHERE seq > ?1 AND seq <= ?2 ORDER BY seq \
+             ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq, op = excluded.op"
+        ))?
+        .execute(params![folded, hi])?;
+    // The last row stays (folded, below the mark): SQLite numbers the next
+    // change above it.
+    tx.prepare_cached(&format!(
+        "DELETE FROM {QUEUE} WHERE seq <= ?1 AND seq < (SELECT max(seq) FROM {QUEUE})"
+    ))?
+    .execute([hi])?;
+    tx.prepare_cached(&format!(
+        "INSERT INTO {META} (name, value) VALUES ('folded_hi', ?1) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+    ))?
+    .execute([hi])?;
+    Ok((n, hi))
 }
 
 /// The oldest `limit` pending changes with a `seq` above `after` (all of
@@ -247,8 +358,10 @@ pub(crate) fn schema_version(conn: &Connection) -> Result<i64> {
         .query_row([], |r| r.get(0))?)
 }
 
-/// The drainer's read: the oldest `limit` pending changes with a `seq` above
-/// `after`, in commit order, in one read transaction (no lock is taken).
+/// The drainer's claim: the queue folded into the log ([`fold`]: write
+/// transactions, only when the queue holds new changes), then the oldest
+/// `limit` pending changes with a `seq` above `after`, in commit order, in
+/// one read transaction.
 ///
 /// `busy`: the [`key_hash`]es of the keys in batches still in flight; their
 /// entries are left for a later claim, so that a key is never in two batches
@@ -261,6 +374,7 @@ pub(crate) fn claim_changes(
     after: Option<i64>,
     busy: &std::collections::HashSet<u64>,
 ) -> Result<Claim> {
+    fold(conn)?;
     let mut claim = Claim::default();
     let tx = conn.transaction()?;
     let mut from = after;
@@ -310,8 +424,9 @@ pub(crate) struct Claim {
 /// Exact: an entry in a range when the claim ran was claimed by it (the claim
 /// reads the log in `seq` order, and every entry it read and left ends a
 /// range), and no entry enters a range later. A key that changes again gets a
-/// new `seq` above every claimed entry (see `NEXT_SEQ`), so it leaves the
-/// range and stays; so does an entry created anew.
+/// new `seq` above every claimed entry (see [`QUEUE`]): folded before this
+/// acknowledgement, its entry has left the range and stays; not folded yet,
+/// the change waits in the queue and is folded as a new entry.
 pub(crate) fn ack_runs(conn: &mut Connection, acked: &[(&str, Vec<(i64, i64)>)]) -> Result<usize> {
     if acked.iter().all(|(_, runs)| runs.is_empty()) {
         return Ok(0);
@@ -328,11 +443,6 @@ pub(crate) fn ack_runs(conn: &mut Connection, acked: &[(&str, Vec<(i64, i64)>)])
                 n += stmt.execute(params![tbl, lo, hi])?;
             }
         }
-        let top = acked
-            .iter()
-            .flat_map(|(_, r)| r.iter().map(|(_, hi)| *hi))
-            .max();
-        raise_acked(tx, top)?;
         Ok(n)
     })
 }
@@ -363,7 +473,8 @@ pub(crate) fn runs_without(runs: &[(i64, i64)], seqs: &[i64]) -> Vec<(i64, i64)>
 }
 
 /// Acknowledge mirrored changes one by one, in one short write transaction. A
-/// change whose key changed again since it was read has a new `seq` and stays.
+/// key changed again since it was claimed stays pending: its entry in the log
+/// has a new `seq` (folded since), or its change still waits in the queue.
 pub(crate) fn ack(conn: &mut Connection, done: &[Claimed]) -> Result<usize> {
     if done.is_empty() {
         return Ok(0);
@@ -376,22 +487,8 @@ pub(crate) fn ack(conn: &mut Connection, done: &[Claimed]) -> Result<usize> {
         for c in done {
             n += stmt.execute(params![c.tbl, c.key, c.seq])?;
         }
-        raise_acked(tx, done.iter().map(|c| c.seq).max())?;
         Ok(n)
     })
-}
-
-/// Record that every entry up to `seq` was acknowledged (`acked_hi` in
-/// [`super::META`]): new entries are numbered above it (`NEXT_SEQ`).
-fn raise_acked(tx: &Connection, seq: Option<i64>) -> Result<()> {
-    if let Some(seq) = seq {
-        tx.prepare_cached(&format!(
-            "INSERT INTO {META} (name, value) VALUES ('acked_hi', ?1) \
-             ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)"
-        ))?
-        .execute([seq])?;
-    }
-    Ok(())
 }
 
 /// `PRAGMA data_version`: changes whenever another connection commits.

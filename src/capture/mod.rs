@@ -1,14 +1,19 @@
 //! Change capture: triggers on every DoX table append (table, key, operation)
-//! to a change log inside the writer's own transaction, whoever the writer is
+//! to a queue inside the writer's own transaction, whoever the writer is
 //! (DoX's Python code, `sqlite3`, another process). The row and its change
 //! record commit or vanish together, so nothing the app commits can escape.
 //!
-//! The log is a dirty-key table, one row per (table, key) with the latest
-//! sequence number: repeated changes to a key coalesce, so the log is bounded
-//! by the number of distinct keys changed. The drainer (`serve`) reads keys,
-//! reads the rows as they are now, mirrors them, and acknowledges with
-//! `DELETE … WHERE tbl = ? AND key = ? AND seq = <seq read>`: a key changed
-//! again during the send keeps its row and goes again.
+//! Two tables. The app's triggers only append to the queue
+//! (`_dualwrite_queue`, rowid = `seq`, no other index): each commit touches
+//! the queue's last page and nothing else of capture's. The drainer folds the
+//! queue, in `seq` order and in short write transactions of its own, into the
+//! change log (`_dualwrite_changes`), a dirty-key table of one row per
+//! (table, key) with its latest `seq`: repeated changes to a key coalesce, so
+//! what is claimed is bounded by the distinct keys changed, however many
+//! times each changed. The drainer (`serve`) claims keys from the log, reads
+//! the rows as they are now, mirrors them, and acknowledges by the `seq`
+//! ranges it claimed: a key changed again during the send has a new `seq`
+//! (folded after the claim) and goes again.
 //!
 //! Every object this module creates is named `_dualwrite_…` (no DoX table
 //! starts with an underscore); `uninstall` removes exactly those.
@@ -18,10 +23,11 @@
 //! runtime's threads.
 //!
 //! The files: `schema.rs` the log, its version and the trigger SQL, install
-//! and uninstall; `log.rs` status and the changes (reading, claiming,
-//! acknowledging); `resync.rs` re-sending a table whose triggers were gone;
-//! `import.rs` the legacy failure-log import; `lease.rs` the single-daemon
-//! lease and durability. This file holds the names and opens the file.
+//! and uninstall; `log.rs` status and the changes (folding, reading,
+//! claiming, acknowledging); `resync.rs` re-sending a table whose triggers
+//! were gone; `import.rs` the legacy failure-log import; `lease.rs` the
+//! single-daemon lease and durability. This file holds the names and opens
+//! the file.
 
 mod import;
 mod lease;
@@ -36,13 +42,13 @@ pub use crate::reverse::capture as supabase;
 pub use import::{import_failures, ImportReport};
 pub use lease::Lease;
 pub(crate) use lease::{make_durable, real_path};
+#[cfg(test)]
+pub(crate) use log::read_changes;
 pub(crate) use log::{
     ack, ack_runs, backlog, check_change, claim_changes, data_version, key_hash, log_present,
     runs_without, schema_version, triggers_on, Claimed, LogShape,
 };
-pub use log::{now_secs, status, CaptureStatus, Triggers};
-#[cfg(test)]
-pub(crate) use log::{read_changes, Change};
+pub use log::{now_secs, pending_changes, status, CaptureStatus, Change, Triggers};
 #[cfg(test)]
 pub(crate) use resync::KEYS_PER_STEP;
 pub(crate) use resync::{finish_resync, pending_resyncs, queue_file_keys, queue_gone_keys, Resync};
@@ -59,35 +65,44 @@ use crate::error::{Error, Result};
 
 /// The prefix of every object capture creates.
 pub(crate) const PREFIX: &str = "_dualwrite_";
-/// The change log.
+/// The change log: one row per changed key, as the drainer claims them.
 pub(crate) const LOG: &str = "_dualwrite_changes";
 const LOG_SEQ_INDEX: &str = "_dualwrite_changes_seq";
+/// What the triggers append to: one row per change, `seq` its rowid. Folded
+/// into [`LOG`] by the drainer (`log::fold`).
+///
+/// `seq` never goes back: SQLite numbers a new row `max(rowid) + 1`, and a
+/// fold never deletes the queue's last row (it stays, folded, below the mark
+/// `folded_hi` in [`META`]), so every change is numbered above every change
+/// folded before it, even once everything is folded. A claimed entry was
+/// folded, so an entry folded later is numbered above every claimed one: it
+/// is never taken for a claimed entry (the acknowledgement by ranges), and a
+/// drainer reading on from its last claim finds it.
+pub(crate) const QUEUE: &str = "_dualwrite_queue";
 
 /// How long a capture command waits for the app's write lock.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The next sequence number: above every pending entry and every entry ever
-/// acknowledged (`acked_hi` in [`META`], raised by each acknowledgement in its
-/// own transaction), so `seq` never goes back, even when the log empties. A
-/// claimed entry is either still in the log (its batch is out) or
-/// acknowledged, so a new or changed entry is numbered above every claimed
-/// one: it is never taken for a claimed entry (the acknowledgement by ranges),
-/// and a drainer reading on from its last claim finds it.
-const NEXT_SEQ: &str = "(max((SELECT coalesce(max(seq), 0) FROM _dualwrite_changes), \
-     (SELECT coalesce(max(value), 0) FROM _dualwrite_meta WHERE name = 'acked_hi')) + 1)";
+/// The `seq` up to which the queue is folded into the log.
+const FOLDED_HI: &str =
+    "(SELECT coalesce(max(value), 0) FROM _dualwrite_meta WHERE name = 'folded_hi')";
 
 /// `now` as seconds since the epoch, in any SQLite version (`unixepoch('subsec')`
 /// needs 3.42; the app's own SQLite library, which runs the triggers, may be older).
 const NOW_SQL: &str = "((julianday('now') - 2440587.5) * 86400.0)";
 
 /// What capture records about itself: `log_version`, the layout of the change
-/// log and its triggers ([`LOG_VERSION`]).
+/// log and its triggers ([`LOG_VERSION`]); `folded_hi` ([`QUEUE`]); the
+/// tables being re-sent (`resync.rs`).
 pub(crate) const META: &str = "_dualwrite_meta";
 
 /// The version of the change log's layout and triggers this build writes and
 /// drains. A file whose log has another is refused by the drainer until
 /// `dualwrite capture install` brings it to this one.
-pub(crate) const LOG_VERSION: i64 = 1;
+///
+/// 1: the triggers upserted into the dirty-key log. 2: they append to the
+/// queue, which the drainer folds into the log.
+pub(crate) const LOG_VERSION: i64 = 2;
 
 fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))

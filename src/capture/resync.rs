@@ -13,7 +13,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{immediate, quote, LOG, META, NEXT_SEQ, NOW_SQL};
+use super::{immediate, quote, META, NOW_SQL, QUEUE};
 use crate::catalogue::{Table, TABLES};
 use crate::error::Result;
 
@@ -76,17 +76,15 @@ pub(crate) fn queue_file_keys(
     let key = quote(t.key().sqlite);
     let table = quote(t.sqlite);
     immediate(conn, |tx| {
-        let base: i64 = tx.query_row(&format!("SELECT {NEXT_SEQ}"), [], |r| r.get(0))?;
-        // Distinct, increasing `seq`s: a claim reads on by `seq`.
+        // Appended to the queue like the triggers' changes (each numbered
+        // on from the last), folded into the log by the drainer.
         let n = tx.execute(
             &format!(
-                "INSERT INTO {LOG} (tbl, key, seq, op, at) \
-                 SELECT ?1, k, ?2 + row_number() OVER (ORDER BY k) - 1, 'U', {NOW_SQL} FROM \
-                 (SELECT {key} AS k FROM {table} WHERE {key} > ?3 AND {key} IS NOT NULL \
-                  ORDER BY {key} LIMIT ?4) WHERE true \
-                 ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq, op = excluded.op"
+                "INSERT INTO {QUEUE} (tbl, key, op, at) SELECT ?1, k, 'U', {NOW_SQL} FROM \
+                 (SELECT {key} AS k FROM {table} WHERE {key} > ?2 AND {key} IS NOT NULL \
+                  ORDER BY {key} LIMIT ?3)"
             ),
-            params![t.sqlite, base, after, KEYS_PER_STEP as i64],
+            params![t.sqlite, after, KEYS_PER_STEP as i64],
         )?;
         let last: Option<String> = tx
             .query_row(
@@ -113,9 +111,8 @@ pub(crate) fn queue_gone_keys(conn: &mut Connection, t: &Table, keys: &[String])
     let table = quote(t.sqlite);
     immediate(conn, |tx| {
         let mut stmt = tx.prepare_cached(&format!(
-            "INSERT INTO {LOG} (tbl, key, seq, op, at) SELECT ?1, ?2, {NEXT_SEQ}, 'D', {NOW_SQL} \
-             WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE {key} = ?2) \
-             ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq, op = excluded.op"
+            "INSERT INTO {QUEUE} (tbl, key, op, at) SELECT ?1, ?2, 'D', {NOW_SQL} \
+             WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE {key} = ?2)"
         ))?;
         let mut n = 0;
         for k in keys {

@@ -10,7 +10,7 @@ use super::log::pending_on;
 use super::resync::mark_resync;
 use super::{
     dox_tables, immediate, import_failures, object_sql, open_rw, quote, sql_string, ImportReport,
-    LOG, LOG_SEQ_INDEX, LOG_VERSION, META, NEXT_SEQ, NOW_SQL, PREFIX,
+    LOG, LOG_SEQ_INDEX, LOG_VERSION, META, NOW_SQL, PREFIX, QUEUE,
 };
 use crate::catalogue::Table;
 use crate::error::{Error, Result};
@@ -29,6 +29,43 @@ fn log_sql() -> String {
 
 fn index_sql() -> String {
     format!("CREATE INDEX {LOG_SEQ_INDEX} ON {LOG} (seq)")
+}
+
+/// No index but the rowid: a trigger's insert touches the last page alone.
+fn queue_sql() -> String {
+    format!(
+        "CREATE TABLE {QUEUE} (\n\
+         \tseq INTEGER PRIMARY KEY,\n\
+         \ttbl TEXT NOT NULL,\n\
+         \tkey TEXT NOT NULL,\n\
+         \top TEXT NOT NULL,\n\
+         \tat REAL NOT NULL\n)"
+    )
+}
+
+/// Create the queue, numbered on from every `seq` the log holds or ever
+/// acknowledged (a log of version 1 kept the highest in `acked_hi`): its
+/// first row is a folded one at that `seq` ([`QUEUE`]).
+fn create_queue(tx: &Connection) -> Result<()> {
+    tx.execute_batch(&queue_sql())?;
+    let top: i64 = tx.query_row(
+        &format!(
+            "SELECT max((SELECT coalesce(max(seq), 0) FROM {LOG}), \
+             (SELECT coalesce(max(value), 0) FROM {META} WHERE name IN ('acked_hi', 'folded_hi')))"
+        ),
+        [],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        &format!("INSERT INTO {QUEUE} (seq, tbl, key, op, at) VALUES (?1, '', '', 'F', 0)"),
+        [top],
+    )?;
+    tx.execute(
+        &format!("INSERT OR REPLACE INTO {META} (name, value) VALUES ('folded_hi', ?1)"),
+        [top],
+    )?;
+    tx.execute(&format!("DELETE FROM {META} WHERE name = 'acked_hi'"), [])?;
+    Ok(())
 }
 
 fn meta_sql() -> String {
@@ -50,14 +87,12 @@ pub(super) fn log_version(conn: &Connection) -> Result<Option<i64>> {
         .optional()?)
 }
 
-/// The statement a trigger runs for one key: insert the key, or give the
-/// pending entry a new sequence number. `at` (when the oldest pending change
-/// was made) is kept, so the lag measures the oldest change not yet mirrored.
+/// The statement a trigger runs for one key: append it to the queue, numbered
+/// by SQLite (`max(seq) + 1`).
 fn record(table: &str, key_expr: &str, op: &str) -> String {
     format!(
-        "INSERT INTO {LOG} (tbl, key, seq, op, at) SELECT {}, {key_expr}, \
-         {NEXT_SEQ}, '{op}', {NOW_SQL} WHERE {key_expr} IS NOT NULL \
-         ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq, op = excluded.op;",
+        "INSERT INTO {QUEUE} (tbl, key, op, at) SELECT {}, {key_expr}, '{op}', {NOW_SQL} \
+         WHERE {key_expr} IS NOT NULL;",
         sql_string(table)
     )
 }
@@ -142,9 +177,17 @@ pub(crate) fn install_on(conn: &mut Connection) -> Result<InstallReport> {
             tx.execute_batch(&meta_sql())?;
             created.push(META.to_owned());
         }
+        if object_sql(tx, "table", QUEUE)?.is_none() {
+            // Version 1 had no queue: its pending entries stay in the log,
+            // where they are claimed as before.
+            create_queue(tx)?;
+            created.push(QUEUE.to_owned());
+        }
         if log_version(tx)? != Some(LOG_VERSION) {
-            // The triggers below are this version's; entries already pending
-            // (tbl, key, seq, op, at) mean the same in every version.
+            // The triggers below are this version's, replaced in this
+            // transaction: no write falls between the two versions. Entries
+            // already pending (tbl, key, seq, op, at) mean the same in every
+            // version.
             tx.execute(
                 &format!("INSERT OR REPLACE INTO {META} (name, value) VALUES ('log_version', ?1)"),
                 [LOG_VERSION],

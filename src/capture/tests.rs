@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
+use super::log::fold;
 use super::*;
 
 fn schema(c: &Connection) -> Vec<(String, String, Option<String>)> {
@@ -38,7 +39,7 @@ fn install_is_idempotent_captures_and_uninstall_restores_the_schema() {
     let before = schema(&Connection::open(&p).unwrap());
     let r = install(&p, None).unwrap();
     assert_eq!(r.tables, vec!["artifact", "doctable"]);
-    assert_eq!(r.created.len(), 3 + 6);
+    assert_eq!(r.created.len(), 4 + 6);
     let once = schema(&Connection::open(&p).unwrap());
     let again = install(&p, None).unwrap();
     assert!(again.created.is_empty(), "{:?}", again.created);
@@ -73,18 +74,15 @@ fn install_is_idempotent_captures_and_uninstall_restores_the_schema() {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     assert_eq!(status(&p).unwrap().pending, 3);
 
-    // An ack of a seq that has moved on removes nothing.
+    // An ack of a seq that has moved on (folded since) removes nothing.
     let mut c = open_rw(&p).unwrap();
+    let claimed = claim_changes(&mut c, 100, None, &Default::default())
+        .unwrap()
+        .changes;
+    assert_eq!(claimed.len(), 3);
     app.execute("UPDATE artifact SET status = 'x' WHERE id = 'a2'", [])
         .unwrap();
-    let claimed: Vec<Claimed> = changes
-        .iter()
-        .map(|c| Claimed {
-            tbl: c.tbl.clone(),
-            key: c.key.clone(),
-            seq: c.seq,
-        })
-        .collect();
+    fold(&mut c).unwrap();
     assert_eq!(ack(&mut c, &claimed).unwrap(), 2);
     let left = read_changes(&app, 100).unwrap();
     assert_eq!(left.len(), 1);
@@ -162,12 +160,12 @@ fn app_write(c: &mut Connection, id: &str, status: &str) -> i64 {
         [id, status],
     )
     .unwrap();
-    c.query_row(
-        "SELECT seq FROM _dualwrite_changes WHERE tbl = 'artifact' AND key = ?1",
-        [id],
-        |r| r.get(0),
-    )
-    .unwrap()
+    read_changes(c, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .find(|c| c.tbl == "artifact" && c.key == id)
+        .unwrap()
+        .seq
 }
 
 /// `seq` never goes back, even once the log is empty: an entry made after a
@@ -293,7 +291,9 @@ fn a_claim_is_acknowledged_by_its_ranges_and_nothing_else() {
     let k1_now = pending(&c).into_iter().find(|(k, _)| k == "k1").unwrap();
     let k3_now = pending(&c).into_iter().find(|(k, _)| k == "k3").unwrap();
 
-    // Another table's name removes nothing; B's own removes k2 and k4 only.
+    // Another table's name removes nothing; B's own removes k2 and k4 only
+    // (k3's new entry, folded, is numbered above B's ranges).
+    fold(&mut c).unwrap();
     assert_eq!(
         ack_runs(&mut c, &[("document", b.runs.clone())]).unwrap(),
         0
@@ -448,4 +448,187 @@ fn a_recreated_table_is_queued_whole_with_the_keys_it_lost() {
     // Writes are captured again.
     let s = app_write(&mut app, "late", "v");
     assert!(s > a1[0].seq);
+}
+
+/// Pending keys and their `seq`s, as a claim would see them.
+fn pending_keys(c: &Connection) -> Vec<(String, i64)> {
+    read_changes(c, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.key, c.seq))
+        .collect()
+}
+
+/// A key changed while its batch is out goes again, whether its new change is
+/// still in the queue when the batch is acknowledged or was folded into the
+/// log meanwhile (by the claim of another batch).
+#[test]
+fn a_change_made_during_the_send_is_never_acknowledged_with_the_batch() {
+    for folded_before_ack in [false, true] {
+        let d = tempfile::tempdir().unwrap();
+        let p = dox_file(d.path(), false);
+        install(&p, None).unwrap();
+        let mut app = Connection::open(&p).unwrap();
+        let mut drainer = Connection::open(&p).unwrap();
+        for k in ["k1", "k2"] {
+            app_write(&mut app, k, "v1");
+        }
+        let a = claim_changes(&mut drainer, 10, None, &Default::default()).unwrap();
+        assert_eq!(a.changes.len(), 2);
+        // During the send: k1 changes again, once or many times.
+        for i in 0..5 {
+            app_write(&mut app, "k1", &format!("v{}", i + 2));
+        }
+        if folded_before_ack {
+            let busy = a.changes.iter().map(|c| key_hash(&c.tbl, &c.key)).collect();
+            let b = claim_changes(&mut drainer, 10, Some(a.runs[0].1), &busy).unwrap();
+            assert!(b.changes.is_empty(), "k1 is busy: {:?}", b.changes);
+        }
+        ack_runs(&mut drainer, &[("artifact", a.runs.clone())]).unwrap();
+        let left = pending_keys(&app);
+        assert_eq!(left.len(), 1, "{folded_before_ack}: {left:?}");
+        assert_eq!(left[0].0, "k1");
+        assert!(left[0].1 > a.runs[0].1);
+        assert_eq!(status(&p).unwrap().pending, 1);
+        let again = claim_changes(&mut drainer, 10, None, &Default::default()).unwrap();
+        let keys: Vec<&str> = again.changes.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["k1"], "{folded_before_ack}");
+        ack_runs(&mut drainer, &[("artifact", again.runs)]).unwrap();
+        assert!(pending_keys(&app).is_empty());
+        assert_eq!(status(&p).unwrap().pending, 0);
+    }
+}
+
+/// A key changed 1,000 times while nobody drains, among 3,000 other keys, is
+/// one pending change and is claimed once, however small the batches.
+#[test]
+fn a_key_changed_a_thousand_times_during_an_outage_is_claimed_once() {
+    let d = tempfile::tempdir().unwrap();
+    let p = dox_file(d.path(), false);
+    install(&p, None).unwrap();
+    let mut app = Connection::open(&p).unwrap();
+    let tx = app.transaction().unwrap();
+    for i in 0..3000 {
+        for sql in [
+            "INSERT INTO artifact (id, filename, status) VALUES (?1, 'f', 'new')",
+            "UPDATE artifact SET status = ?1 WHERE id = 'a1'",
+        ] {
+            if sql.contains("INSERT") || i % 3 == 0 {
+                tx.execute(sql, [format!("n{i:05}")]).unwrap();
+            }
+        }
+    }
+    tx.commit().unwrap();
+    let st = status(&p).unwrap();
+    assert_eq!(st.pending, 3001, "distinct keys");
+    assert!(st.lag_seconds >= 0.0);
+    let mut drainer = Connection::open(&p).unwrap();
+    let mut a1 = 0;
+    let mut claimed = 0;
+    loop {
+        let c = claim_changes(&mut drainer, 100, None, &Default::default()).unwrap();
+        if c.changes.is_empty() {
+            break;
+        }
+        claimed += c.changes.len();
+        a1 += c.changes.iter().filter(|c| c.key == "a1").count();
+        ack_runs(&mut drainer, &[("artifact", c.runs)]).unwrap();
+    }
+    assert_eq!((claimed, a1), (3001, 1));
+    assert_eq!(status(&p).unwrap().pending, 0);
+}
+
+/// The triggers of log version 1, which upserted into the dirty-key log.
+fn v1_triggers(table: &str, key: &str) -> String {
+    let next = "(max((SELECT coalesce(max(seq), 0) FROM _dualwrite_changes), \
+         (SELECT coalesce(max(value), 0) FROM _dualwrite_meta WHERE name = 'acked_hi')) + 1)";
+    let record = |k: &str, op: &str| {
+        format!(
+            "INSERT INTO _dualwrite_changes (tbl, key, seq, op, at) SELECT '{table}', {k}, \
+             {next}, '{op}', {NOW_SQL} WHERE {k} IS NOT NULL \
+             ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq, op = excluded.op;"
+        )
+    };
+    let q = format!("\"{key}\"");
+    format!(
+        "CREATE TRIGGER _dualwrite_{table}_ins AFTER INSERT ON \"{table}\" BEGIN {} END;\n\
+         CREATE TRIGGER _dualwrite_{table}_upd AFTER UPDATE ON \"{table}\" BEGIN {} {} END;\n\
+         CREATE TRIGGER _dualwrite_{table}_del AFTER DELETE ON \"{table}\" BEGIN {} END;\n",
+        record(&format!("NEW.{q}"), "I"),
+        record(
+            &format!("(CASE WHEN OLD.{q} IS NOT NEW.{q} THEN OLD.{q} END)"),
+            "D"
+        ),
+        record(&format!("NEW.{q}"), "U"),
+        record(&format!("OLD.{q}"), "D"),
+    )
+}
+
+/// A file captured by version 1 (the dirty-key log written by the triggers),
+/// with changes pending and others acknowledged: `install` upgrades it in
+/// place. Nothing pending is lost, nothing is re-sent whole, new changes are
+/// numbered above every `seq` the log held or acknowledged, and they drain.
+#[test]
+fn a_log_of_version_1_is_upgraded_in_place_with_its_pending_changes() {
+    let d = tempfile::tempdir().unwrap();
+    let p = dox_file(d.path(), false);
+    let mut c = Connection::open(&p).unwrap();
+    c.execute_batch(&format!(
+        "CREATE TABLE {LOG} (\n\ttbl TEXT NOT NULL,\n\tkey TEXT NOT NULL,\n\tseq INTEGER NOT NULL,\n\
+         \top TEXT NOT NULL,\n\tat REAL NOT NULL,\n\tPRIMARY KEY (tbl, key)\n) WITHOUT ROWID;\n\
+         CREATE INDEX {LOG_SEQ_INDEX} ON {LOG} (seq);\n\
+         CREATE TABLE {META} (name TEXT PRIMARY KEY, value) WITHOUT ROWID;\n\
+         INSERT INTO {META} VALUES ('log_version', 1), ('acked_hi', 40);\n{}{}",
+        v1_triggers("artifact", "id"),
+        v1_triggers("doctable", "id"),
+    ))
+    .unwrap();
+    // Pending under version 1: k1, k2 (numbered above acked_hi), a1 deleted.
+    for sql in [
+        "INSERT INTO artifact (id, filename, status) VALUES ('k1', 'f', 'v1')",
+        "INSERT INTO artifact (id, filename, status) VALUES ('k2', 'f', 'v1')",
+        "UPDATE artifact SET status = 'v2' WHERE id = 'k1'",
+        "DELETE FROM artifact WHERE id = 'a1'",
+    ] {
+        c.execute(sql, []).unwrap();
+    }
+    let before = read_changes(&c, 100).unwrap();
+    assert_eq!(before.len(), 3);
+    let top = before.iter().map(|c| c.seq).max().unwrap();
+    assert_eq!(top, 44);
+    assert_eq!(triggers_on(&c).unwrap().version, Some(1));
+    assert_eq!(status(&p).unwrap().pending, 3, "status before the upgrade");
+
+    let r = install(&p, None).unwrap();
+    assert_eq!(r.created[0], QUEUE, "{:?}", r.created);
+    assert!(r.resynced.is_empty(), "{:?}", r.resynced);
+    let st = triggers_on(&c).unwrap();
+    assert_eq!((st.version, st.missing.len()), (Some(LOG_VERSION), 0));
+    assert_eq!(
+        read_changes(&c, 100).unwrap(),
+        before,
+        "pending kept as they were"
+    );
+    assert!(install(&p, None).unwrap().created.is_empty());
+
+    // A new change (k2 again, and k3) is numbered above everything before.
+    let k2 = app_write(&mut c, "k2", "v2");
+    let k3 = app_write(&mut c, "k3", "v1");
+    assert!(k2 > top && k3 > k2, "{top} {k2} {k3}");
+    assert_eq!(status(&p).unwrap().pending, 4);
+    let mut drainer = Connection::open(&p).unwrap();
+    let claim = claim_changes(&mut drainer, 100, None, &Default::default()).unwrap();
+    let keys: Vec<(&str, i64)> = claim
+        .changes
+        .iter()
+        .map(|c| (c.key.as_str(), c.seq))
+        .collect();
+    assert_eq!(keys, [("k1", 43), ("a1", 44), ("k2", k2), ("k3", k3)]);
+    assert_eq!(
+        ack_runs(&mut drainer, &[("artifact", claim.runs)]).unwrap(),
+        4
+    );
+    assert_eq!(status(&p).unwrap().pending, 0);
+    let u = uninstall(&p, false).unwrap();
+    assert!(u.dropped.iter().any(|n| n == QUEUE), "{:?}", u.dropped);
 }

@@ -98,10 +98,9 @@ pub(crate) async fn captured_file(dir: &Path, pg: &PrivateDb) -> PathBuf {
     db
 }
 
+/// The keys waiting, in the change log or in the queue not yet folded into it.
 pub(crate) fn pending(db: &Path) -> i64 {
-    let c = rusqlite::Connection::open(db).unwrap();
-    c.query_row("SELECT count(*) FROM _dualwrite_changes", [], |r| r.get(0))
-        .unwrap()
+    dualwrite::capture::status(db).unwrap().pending as i64
 }
 
 /// The app: its own connection, BEGIN IMMEDIATE transactions, writes shaped
@@ -812,14 +811,11 @@ pub(crate) fn tag_write(id: &str, text: &str) -> dualwrite::model::Write {
 }
 
 pub(crate) fn pending_keys(db: &Path) -> Vec<String> {
-    let c = rusqlite::Connection::open(db).unwrap();
-    let mut s = c
-        .prepare("SELECT key FROM _dualwrite_changes ORDER BY seq")
-        .unwrap();
-    s.query_map([], |r| r.get(0))
+    dualwrite::capture::pending_changes(db, usize::MAX)
         .unwrap()
-        .collect::<rusqlite::Result<Vec<String>>>()
-        .unwrap()
+        .into_iter()
+        .map(|c| c.key)
+        .collect()
 }
 
 /// A payload recorded while Supabase was down could be replayed over a newer
