@@ -3,7 +3,8 @@
 //!
 //! Run: `scripts/stack.sh up && cargo bench --bench backfill_via` (ROWS=N, default
 //! 1,000,000; ROUNDS, default 2; CONCURRENCY, default 4; PG_BATCH_ROWS, default
-//! the command's; PGLOADER=0 leaves pgloader out, MODES=0 step 5). In one run it:
+//! the command's; PGLOADER=0 leaves pgloader out, MODES=0 step 5; ROUNDS=0 MODES=0
+//! is the warm-up load alone, for its time and peak RSS). In one run it:
 //! 1. clones the stack's template into a database of its own, with a PostgREST of
 //!    its own (nothing it truncates is anybody else's);
 //! 2. generates (once, cached under target/bench-data) a DoX file of N rows;
@@ -320,10 +321,19 @@ async fn main() {
     let work = tempfile::tempdir().unwrap();
 
     // Warm-up, and the rows the ceiling loads.
-    let (_, report) = backfill(&rest, &db_url, &path, "postgres", concurrency, pg_batch);
+    let (secs, report) = backfill(&rest, &db_url, &path, "postgres", concurrency, pg_batch);
     let total = report["rows_written"].as_u64().unwrap();
+    println!(
+        "warm-up --via postgres: {total} rows in {secs:.2} s, peak RSS {:.0} MB",
+        report["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0
+    );
     assert_eq!(rows_in(&db_url).await, total);
-    let parts = dump(&db_url, &work.path().join("copy"), streams).await;
+    // ROUNDS=0 MODES=0: the warm-up alone (its time and peak RSS), nothing dumped.
+    let parts = if rounds > 0 || env_or("MODES", 1) == 1 {
+        dump(&db_url, &work.path().join("copy"), streams).await
+    } else {
+        Vec::new()
+    };
 
     let mut t: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut rss: HashMap<&str, u64> = HashMap::new();
