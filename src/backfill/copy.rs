@@ -29,6 +29,127 @@ pub(super) fn copy_text(table: &Table, rows: &PreparedRows, range: Range<usize>)
 
 /// One canonical JSON row (`{"column": value, …}`) as a line of COPY text.
 fn row_line(table: &Table, json: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    let mark = out.len();
+    if fast_line(table, json, out).is_some() {
+        return Ok(());
+    }
+    out.truncate(mark);
+    slow_line(table, json, out)
+}
+
+/// [`slow_line`]'s answer in one pass over the bytes, for the rows the
+/// normaliser writes (every column, in catalogue order, compact, no `\u`
+/// escape in a text value); `None` for anything else, which the caller sends
+/// to [`slow_line`]. The rewrite costs the backfill's process CPU on the cores
+/// PostgreSQL needs, and a parser building each value costs more.
+fn fast_line(table: &Table, json: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    let mut i = 0;
+    let expect = |i: &mut usize, b: &[u8]| -> Option<()> {
+        json.get(*i..*i + b.len()).filter(|s| *s == b)?;
+        *i += b.len();
+        Some(())
+    };
+    expect(&mut i, b"{")?;
+    for (n, col) in table.columns.iter().enumerate() {
+        if n > 0 {
+            expect(&mut i, b",")?;
+            out.push(b'\t');
+        }
+        expect(&mut i, b"\"")?;
+        expect(&mut i, col.supabase.as_bytes())?;
+        expect(&mut i, b"\":")?;
+        let start = i;
+        match *json.get(i)? {
+            b'n' => {
+                expect(&mut i, b"null")?;
+                out.extend_from_slice(b"\\N");
+            }
+            b'"' if col.kind != Kind::Json => {
+                i += 1;
+                let mut run = i;
+                loop {
+                    match *json.get(i)? {
+                        b'"' => break,
+                        b'\\' => {
+                            out.extend_from_slice(&json[run..i]);
+                            let esc: &[u8] = match *json.get(i + 1)? {
+                                b'"' => b"\"",
+                                b'\\' => b"\\\\",
+                                b'/' => b"/",
+                                b'n' => b"\\n",
+                                b't' => b"\\t",
+                                b'r' => b"\\r",
+                                b'b' => b"\\b",
+                                b'f' => b"\\f",
+                                // \uXXXX (a control character, a surrogate pair): the slow path.
+                                _ => return None,
+                            };
+                            out.extend_from_slice(esc);
+                            i += 2;
+                            run = i;
+                        }
+                        _ => i += 1,
+                    }
+                }
+                out.extend_from_slice(&json[run..i]);
+                i += 1;
+            }
+            // jsonb reads the JSON text itself (a string value included).
+            b'"' | b'{' | b'[' => {
+                i = value_end(json, i)?;
+                escape_bytes(&json[start..i], out);
+            }
+            // Numbers and booleans: PostgreSQL reads JSON's spelling.
+            _ => {
+                while !matches!(*json.get(i)?, b',' | b'}') {
+                    i += 1;
+                }
+                out.extend_from_slice(&json[start..i]);
+            }
+        }
+    }
+    expect(&mut i, b"}")?;
+    (i == json.len()).then_some(())?;
+    out.push(b'\n');
+    Some(())
+}
+
+/// Where the JSON string, object or array starting at `i` ends (one past it).
+fn value_end(json: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    loop {
+        let c = *json.get(i)?;
+        i += 1;
+        if in_string {
+            match c {
+                b'\\' => i += 1,
+                b'"' => {
+                    in_string = false;
+                    if depth == 0 {
+                        return Some(i);
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The same as [`row_line`], by a JSON parser: any JSON object.
+fn slow_line(table: &Table, json: &[u8], out: &mut Vec<u8>) -> Result<()> {
     let fields = serde_json::Deserializer::from_slice(json)
         .deserialize_map(Fields(Vec::with_capacity(table.columns.len())))
         .map_err(|e| {
@@ -71,7 +192,10 @@ fn row_line(table: &Table, json: &[u8], out: &mut Vec<u8>) -> Result<()> {
 
 /// COPY text's escapes: backslash, and the characters that end a field or a line.
 fn escape(s: &str, out: &mut Vec<u8>) {
-    let b = s.as_bytes();
+    escape_bytes(s.as_bytes(), out)
+}
+
+fn escape_bytes(b: &[u8], out: &mut Vec<u8>) {
     let mut start = 0;
     for (i, &c) in b.iter().enumerate() {
         let esc: &[u8] = match c {
@@ -147,5 +271,68 @@ mod tests {
             String::from_utf8(text.to_vec()).unwrap(),
             format!("{}\n", want.join("\t"))
         );
+    }
+
+    /// The one-pass rewrite says what the parser says, or leaves the row to it.
+    #[test]
+    fn the_fast_rewrite_agrees_with_the_parser() {
+        let t = TABLES
+            .iter()
+            .find(|t| t.columns.iter().any(|c| c.kind == Kind::Json))
+            .unwrap();
+        let texts = [
+            "plain",
+            "tab\there\nnew \\ back \"q\" / é ✓ 😀",
+            "\u{1}ctl\u{8}\u{c}",
+            "",
+        ];
+        let jsons = [
+            serde_json::json!({"a": [1, "x\"}]", {"b": null}], "c": "\\"}),
+            serde_json::json!("a string in jsonb \n"),
+            serde_json::json!([]),
+            serde_json::json!(1.5e300),
+            serde_json::json!(true),
+        ];
+        let mut fast_taken = 0;
+        for (n, text) in texts.iter().enumerate() {
+            for (m, json) in jsons.iter().enumerate() {
+                // Every column, in catalogue order, as the normaliser writes them.
+                let mut row = String::from("{");
+                for (i, c) in t.columns.iter().enumerate() {
+                    if i > 0 {
+                        row.push(',');
+                    }
+                    let v = match c.kind {
+                        Kind::Json => json.clone(),
+                        Kind::Integer => serde_json::json!(-(n as i64) * 7),
+                        Kind::Float => serde_json::json!(m as f64 / 3.0),
+                        Kind::Bool => serde_json::json!(n % 2 == 0),
+                        _ if (n + m + i) % 5 == 0 => serde_json::Value::Null,
+                        _ => serde_json::json!(text),
+                    };
+                    row.push_str(&format!("\"{}\":{}", c.supabase, v));
+                }
+                row.push('}');
+                let (mut fast, mut slow) = (Vec::new(), Vec::new());
+                slow_line(t, row.as_bytes(), &mut slow).unwrap();
+                if fast_line(t, row.as_bytes(), &mut fast).is_some() {
+                    fast_taken += 1;
+                    assert_eq!(
+                        String::from_utf8_lossy(&fast),
+                        String::from_utf8_lossy(&slow),
+                        "{row}"
+                    );
+                }
+                let mut both = Vec::new();
+                row_line(t, row.as_bytes(), &mut both).unwrap();
+                assert_eq!(both, slow, "{row}");
+            }
+        }
+        assert!(
+            fast_taken >= 10,
+            "the fast path was taken {fast_taken} times"
+        );
+        // Not the normaliser's shape: left to the parser.
+        assert!(fast_line(t, br#"{"x":1}"#, &mut Vec::new()).is_none());
     }
 }

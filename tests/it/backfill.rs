@@ -506,6 +506,18 @@ async fn a_dry_run_writes_nothing_and_reset_needs_confirmation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_app_writes_during_a_backfill_leave_no_stale_row() {
     needs_stack!();
+    app_writes_during_a_backfill(false).await;
+}
+
+/// The same with the rows going in over the connection string (`--via postgres`):
+/// the stale guard's re-sends upsert, its deletes go through the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_app_writes_during_a_backfill_via_postgres_leave_no_stale_row() {
+    needs_stack!();
+    app_writes_during_a_backfill(true).await;
+}
+
+async fn app_writes_during_a_backfill(via_postgres: bool) {
     let pg = PrivateDb::new().await;
     let (_d, path) = fixture_copy("dox-medium.sqlite3");
     let app_db = SqliteDatabase::open(&path, SqliteOptions::default())
@@ -531,6 +543,10 @@ async fn concurrent_app_writes_during_a_backfill_leave_no_stale_row() {
     let mut o = opts(state.path());
     o.batch_rows = 25;
     o.concurrency = 2;
+    if via_postgres {
+        let url = secrecy::SecretString::from(pg.database_url());
+        o.postgres = Some(dualwrite::postgres::Postgres::connect(&url).await.unwrap());
+    }
     let (src, target) = (
         path.clone(),
         SupabaseDatabase::new(pg.supabase().rest().clone()),
@@ -563,6 +579,7 @@ async fn concurrent_app_writes_during_a_backfill_leave_no_stale_row() {
     let r = run.await.unwrap().unwrap();
     assert_eq!(app.stats().failed, 0);
     assert!(i > 20, "the app wrote during the backfill ({i} rounds)");
+    assert_eq!(r.target.contains("rows via postgres://"), via_postgres);
     eprintln!(
         "{i} app rounds; {} rows resent by the stale guard",
         r.tables.iter().map(|t| t.rows_resynced).sum::<u64>()

@@ -13,7 +13,7 @@ use dualwrite::error::NOT_CONFIRMED;
 use dualwrite::{catalogue, export, factory, Error};
 use secrecy::SecretString;
 
-use crate::args::{Cli, LoadArgs};
+use crate::args::{Cli, LoadArgs, COPY_BATCH_BYTES, COPY_BATCH_ROWS};
 use crate::shell::{confirm, dox_source, policy, print_json, settings, state_dir_of, Usage};
 
 impl LoadArgs {
@@ -22,8 +22,13 @@ impl LoadArgs {
         o.tables = catalogue::tables_named(&self.tables)?;
         o.dry_run = self.dry_run;
         o.concurrency = self.concurrency.max(1);
-        o.batch_rows = self.batch_rows.max(1);
-        o.batch_bytes = self.batch_bytes.max(1024);
+        let copy = self.via == "postgres";
+        let (rows, bytes) = match copy {
+            true => (COPY_BATCH_ROWS, COPY_BATCH_BYTES),
+            false => (o.batch_rows, o.batch_bytes),
+        };
+        o.batch_rows = self.batch_rows.unwrap_or(rows).max(1);
+        o.batch_bytes = self.batch_bytes.unwrap_or(bytes).max(1024);
         o.max_wait = Duration::try_from_secs_f64(self.max_wait_secs)
             .map_err(|_| Error::invalid("--max-wait-secs must be a positive number"))?;
         o.stale_guard = !self.no_stale_guard;
