@@ -36,7 +36,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use dualwrite::catalogue::{Table, TABLES};
-use dualwrite::postgres::{CopyMode, Postgres};
+use dualwrite::db::{CopyMode, Postgres};
 use futures::StreamExt;
 
 fn env_or(k: &str, d: usize) -> usize {

@@ -23,7 +23,7 @@ pub(crate) mod sqlite;
 pub(crate) mod supabase;
 
 /// Supabase's database reached directly (its connection string), for `--via postgres`.
-pub use crate::postgres::Postgres;
+pub use crate::postgres::{CopyMode, Postgres};
 /// The PostgREST client a [`SupabaseDatabase`] is built on.
 pub use crate::rest::{RestClient, RestConfig};
 pub use dual::{Breaker, DualDatabase, DualStats, ReplayReport, SecondaryFailure};

@@ -545,7 +545,7 @@ async fn app_writes_during_a_backfill(via_postgres: bool) {
     o.concurrency = 2;
     if via_postgres {
         let url = secrecy::SecretString::from(pg.database_url());
-        o.postgres = Some(dualwrite::postgres::Postgres::connect(&url).await.unwrap());
+        o.postgres = Some(dualwrite::db::Postgres::connect(&url).await.unwrap());
     }
     let (src, target) = (
         path.clone(),
