@@ -61,6 +61,9 @@ pub struct SupabaseSettings {
     /// `SUPABASE_SERVICE_ROLE_KEY` or the config file), for reports.
     pub service_key_source: &'static str,
     pub jwt_secret: Option<SecretString>,
+    /// The database connection string (`SUPABASE_DB_URL`, else `DATABASE_URL`),
+    /// for `--via postgres`.
+    pub db_url: Option<SecretString>,
     pub schema: String,
     /// Per-request timeout (`SUPABASE_TIMEOUT`, seconds).
     pub timeout: Duration,
@@ -156,6 +159,7 @@ struct RawSupabase {
     anon_key: String,
     service_key: String,
     jwt_secret: String,
+    db_url: String,
     schema: String,
     timeout_secs: f64,
     connect_timeout_secs: f64,
@@ -279,6 +283,9 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("SUPABASE_SERVICE_ROLE_KEY", "supabase.service_key"),
     ("SUPABASE_SERVICE_KEY", "supabase.service_key"),
     ("SUPABASE_JWT_SECRET", "supabase.jwt_secret"),
+    // The database connection string: the common name, then Supabase's, which wins.
+    ("DATABASE_URL", "supabase.db_url"),
+    ("SUPABASE_DB_URL", "supabase.db_url"),
     ("SUPABASE_SCHEMA", "supabase.schema"),
     ("SUPABASE_DUAL_WRITE", "dual_write"),
     ("SUPABASE_TIMEOUT", "supabase.timeout_secs"),
@@ -472,6 +479,10 @@ impl Settings {
             if key == "supabase.service_key" && var != service_key_source && v.trim().is_empty() {
                 continue;
             }
+            // A blank SUPABASE_DB_URL leaves DATABASE_URL in force.
+            if key == "supabase.db_url" && v.trim().is_empty() {
+                continue;
+            }
             b = match key {
                 "dual_write" | "serve.listen_public" | "serve.repair_triggers" => {
                     b.set_override(key, parse_bool(var, v)?)
@@ -590,6 +601,7 @@ impl Settings {
                 service_key: secret(s.service_key),
                 service_key_source: "supabase.service_key (config file)",
                 jwt_secret: secret(s.jwt_secret),
+                db_url: secret(s.db_url),
                 schema,
                 timeout,
                 connect_timeout: secs("supabase.connect_timeout_secs", s.connect_timeout_secs)?,
@@ -670,6 +682,7 @@ impl Settings {
                 "anon_key": red(&self.supabase.anon_key),
                 "service_key": red(&self.supabase.service_key),
                 "jwt_secret": red(&self.supabase.jwt_secret),
+                "db_url": self.supabase.db_url.as_ref().map(|u| crate::postgres::shown_url(u.expose_secret())),
                 "schema": self.supabase.schema,
                 "timeout_secs": self.supabase.timeout.as_secs_f64(),
                 "connect_timeout_secs": self.supabase.connect_timeout.as_secs_f64(),
@@ -709,6 +722,40 @@ mod tests {
             flags: vec![],
         };
         (dir, s)
+    }
+
+    #[test]
+    fn the_connection_string_is_supabase_db_url_else_database_url_and_never_shown() {
+        let db_url = |env: &[(&str, &str)]| {
+            let (_d, s) = sources(env);
+            let st = Settings::load(&s).unwrap();
+            let shown = st.redacted()["supabase"]["db_url"].clone();
+            (
+                st.supabase.db_url.map(|u| u.expose_secret().to_owned()),
+                shown,
+            )
+        };
+        let (a, b) = (
+            "postgres://postgres:pw-a@db.example.co:5432/postgres",
+            "postgresql://postgres.ref:pw-b@pooler.example.com:5432/postgres",
+        );
+        assert_eq!(db_url(&[]), (None, Value::Null));
+        assert_eq!(db_url(&[("DATABASE_URL", a)]).0.as_deref(), Some(a));
+        let (url, shown) = db_url(&[("DATABASE_URL", a), ("SUPABASE_DB_URL", b)]);
+        assert_eq!(url.as_deref(), Some(b));
+        assert_eq!(
+            shown,
+            json!("postgres://postgres.ref@pooler.example.com:5432/postgres")
+        );
+        // A blank SUPABASE_DB_URL leaves DATABASE_URL in force.
+        assert_eq!(
+            db_url(&[("DATABASE_URL", a), ("SUPABASE_DB_URL", " ")])
+                .0
+                .as_deref(),
+            Some(a)
+        );
+        let (_, shown) = db_url(&[("DATABASE_URL", "postgres://u:pw-c@[bad")]);
+        assert!(!shown.to_string().contains("pw-c"), "{shown}");
     }
 
     #[test]

@@ -351,6 +351,15 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A connection string as reports show it: `postgres://user@host:port/database`
+/// (`dualwrite config`), or that it cannot be read; never its password.
+pub(crate) fn shown_url(url: &str) -> String {
+    match tls_options(url).ok().and_then(|(u, _)| u.parse().ok()) {
+        Some(config) => shown(&config),
+        None => format!("[unreadable: {} chars]", url.chars().count()),
+    }
+}
+
 /// `postgres://user@host:port/database`.
 fn shown(config: &tokio_postgres::Config) -> String {
     let hosts: Vec<String> = config

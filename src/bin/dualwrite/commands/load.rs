@@ -11,7 +11,6 @@ use dualwrite::backfill::{self, BackfillOptions, BackfillReport, Progress, Start
 use dualwrite::db::Postgres;
 use dualwrite::error::NOT_CONFIRMED;
 use dualwrite::{catalogue, export, factory, Error};
-use secrecy::SecretString;
 
 use crate::args::{Cli, LoadArgs, COPY_BATCH_BYTES, COPY_BATCH_ROWS};
 use crate::shell::{confirm, dox_source, policy, print_json, settings, state_dir_of, Usage};
@@ -63,12 +62,17 @@ async fn load(
     opts.unrepresentable = policy(args.unrepresentable.as_deref(), &s)?;
     if args.via == "postgres" && !args.dry_run {
         // A login refused is a setting to fix (exit 2); an unreachable host, exit 1.
-        let pg = Postgres::connect(&database_url()?)
-            .await
-            .map_err(|e| match e {
-                Error::Config(_) => anyhow::Error::from(Usage(e)),
-                e => e.into(),
-            })?;
+        let url = s.supabase.db_url.as_ref().ok_or_else(|| {
+            Usage(Error::invalid(
+                "--via postgres needs the database connection string in SUPABASE_DB_URL \
+                 (or DATABASE_URL): on a hosted project, Connect > Connection string, direct \
+                 or the pooler in session mode",
+            ))
+        })?;
+        let pg = Postgres::connect(url).await.map_err(|e| match e {
+            Error::Config(_) => anyhow::Error::from(Usage(e)),
+            e => e.into(),
+        })?;
         opts.postgres = Some(pg);
     }
     // Copies of the file's rows: capture on Supabase does not log them.
@@ -109,37 +113,6 @@ async fn load(
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// The database connection string for `--via postgres`: `SUPABASE_DB_URL`,
-/// else `DATABASE_URL` (the environment, then `.env`). A secret: held as one.
-fn database_url() -> Result<SecretString> {
-    const NAMES: [&str; 2] = ["SUPABASE_DB_URL", "DATABASE_URL"];
-    let dotenv: Vec<(String, String)> = dotenvy::from_filename_iter(".env")
-        .map(|it| it.filter_map(|kv| kv.ok()).collect())
-        .unwrap_or_default();
-    NAMES
-        .iter()
-        .find_map(|name| {
-            std::env::var(name)
-                .ok()
-                .or_else(|| {
-                    dotenv
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| v.clone())
-                })
-                .filter(|v| !v.trim().is_empty())
-        })
-        .map(SecretString::from)
-        .ok_or_else(|| {
-            Error::invalid(
-                "--via postgres needs the database connection string in SUPABASE_DB_URL \
-                 (or DATABASE_URL): on a hosted project, Connect > Connection string, direct \
-                 or the pooler in session mode",
-            )
-            .into()
-        })
 }
 
 /// `backfill`: copy every table of a SQLite file into Supabase.
