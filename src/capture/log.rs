@@ -222,16 +222,14 @@ pub(super) const FOLD_STEP: usize = 2000;
 
 /// Fold the queue into the log: every entry committed before the call, in
 /// `seq` order, [`FOLD_STEP`] at a time, each step in a short write
-/// transaction of its own. A key's entry takes the `seq` and `op` of its
+/// transaction of its own. A claim does it when more than
+/// [`READ_QUEUE_MAX`] entries wait; otherwise the acknowledgements fold
+/// ([`fold_in`]). A key's entry takes the `seq` and `op` of its
 /// latest change and keeps the time of its oldest pending one (the lag).
 /// Returns the entries folded; none (and no write) when the queue holds
 /// nothing new.
 pub(super) fn fold(conn: &mut Connection) -> Result<usize> {
-    let (top, folded): (Option<i64>, i64) = conn
-        .prepare_cached(&format!(
-            "SELECT (SELECT max(seq) FROM {QUEUE}), {FOLDED_HI}"
-        ))?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (top, folded) = queue_top(conn)?;
     let Some(top) = top.filter(|t| *t > folded) else {
         return Ok(0);
     };
@@ -241,6 +239,21 @@ pub(super) fn fold(conn: &mut Connection) -> Result<usize> {
         n += step;
         if hi >= top || step == 0 {
             return Ok(n);
+        }
+    }
+}
+
+/// Fold the queue inside the caller's write transaction (an
+/// acknowledgement's): at least every entry up to `upto` (what a claim read
+/// from the queue), and up to [`FOLD_STEP`] entries in all when more wait.
+fn fold_in(tx: &Connection, upto: i64) -> Result<()> {
+    let (Some(top), _) = queue_top(tx)? else {
+        return Ok(());
+    };
+    loop {
+        let (n, hi) = fold_step(tx, top)?;
+        if n == 0 || hi >= upto || hi >= top {
+            return Ok(());
         }
     }
 }
@@ -358,10 +371,58 @@ pub(crate) fn schema_version(conn: &Connection) -> Result<i64> {
         .query_row([], |r| r.get(0))?)
 }
 
-/// The drainer's claim: the queue folded into the log ([`fold`]: write
-/// transactions, only when the queue holds new changes), then the oldest
-/// `limit` pending changes with a `seq` above `after`, in commit order, in
-/// one read transaction.
+/// The queue entries not folded yet past which a claim folds them first
+/// ([`fold`]) instead of reading them from the queue: what a claim reads
+/// stays bounded, and so does the fold an acknowledgement does.
+pub(super) const READ_QUEUE_MAX: i64 = FOLD_STEP as i64;
+
+/// The queue's last `seq` and the `seq` it is folded up to.
+fn queue_top(conn: &Connection) -> Result<(Option<i64>, i64)> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT (SELECT max(seq) FROM {QUEUE}), {FOLDED_HI}"
+        ))?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?)
+}
+
+/// The queue's entries not folded yet, coalesced by key as a fold would (a
+/// key's latest `seq`), in `seq` order.
+fn read_queued(conn: &Connection) -> Result<Vec<Claimed>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT tbl, key, seq FROM {QUEUE} WHERE seq > {FOLDED_HI} ORDER BY seq"
+    ))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(Claimed {
+                tbl: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                key: lenient_key(r.get_ref(1)?),
+                seq: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut latest: std::collections::HashMap<(String, String), usize> =
+        std::collections::HashMap::with_capacity(rows.len());
+    let mut out: Vec<Option<Claimed>> = Vec::with_capacity(rows.len());
+    for c in rows {
+        let i = out.len();
+        if let Some(prev) = latest.insert((c.tbl.clone(), c.key.clone()), i) {
+            out[prev] = None;
+        }
+        out.push(Some(c));
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// The drainer's claim: the oldest `limit` pending changes with a `seq`
+/// above `after`, in commit order, in one read transaction: the log's
+/// entries, then the queue's not folded yet (every entry of the log is
+/// numbered at or below the mark `folded_hi`, every entry of the queue not
+/// folded above it), coalesced by key as a fold would: a key of the log with
+/// a newer change in the queue is pending at that change's `seq`. Nothing is
+/// written: the acknowledgement folds the queue ([`ack_runs`]), in its own
+/// write transaction. Only when more than [`READ_QUEUE_MAX`] entries wait in
+/// the queue (the daemon was stopped, say) does the claim fold them first
+/// ([`fold`]: short write transactions of their own).
 ///
 /// `busy`: the [`key_hash`]es of the keys in batches still in flight; their
 /// entries are left for a later claim, so that a key is never in two batches
@@ -374,12 +435,29 @@ pub(crate) fn claim_changes(
     after: Option<i64>,
     busy: &std::collections::HashSet<u64>,
 ) -> Result<Claim> {
-    fold(conn)?;
+    let (top, folded) = queue_top(conn)?;
+    if top.is_some_and(|t| t - folded > READ_QUEUE_MAX) {
+        fold(conn)?;
+    }
     let mut claim = Claim::default();
     let tx = conn.transaction()?;
-    let mut from = after;
+    let queued = read_queued(&tx)?;
+    let newer: std::collections::HashSet<(&str, &str)> = queued
+        .iter()
+        .map(|c| (c.tbl.as_str(), c.key.as_str()))
+        .collect();
     // The run of entries claimed since the last one left (or the start).
     let mut run: Option<(i64, i64)> = None;
+    let mut take = |claim: &mut Claim, c: Claimed| {
+        if busy.is_empty() || !busy.contains(&key_hash(&c.tbl, &c.key)) {
+            run = Some((run.map_or(c.seq, |(lo, _)| lo), c.seq));
+            claim.changes.push(c);
+        } else {
+            claim.skipped_from.get_or_insert(c.seq);
+            claim.runs.extend(run.take());
+        }
+    };
+    let mut from = after;
     while claim.changes.len() < limit {
         let want = limit - claim.changes.len();
         let read = read_claimable(&tx, from, want)?;
@@ -387,16 +465,22 @@ pub(crate) fn claim_changes(
         from = Some(last.seq);
         let exhausted = read.len() < want;
         for c in read {
-            if busy.is_empty() || !busy.contains(&key_hash(&c.tbl, &c.key)) {
-                run = Some((run.map_or(c.seq, |(lo, _)| lo), c.seq));
-                claim.changes.push(c);
-            } else {
-                claim.skipped_from.get_or_insert(c.seq);
-                claim.runs.extend(run.take());
+            // Pending at its newer `seq` (after the log's entries): its entry
+            // here is replaced by the fold, and ends no range.
+            if newer.is_empty() || !newer.contains(&(c.tbl.as_str(), c.key.as_str())) {
+                take(&mut claim, c);
             }
         }
         if exhausted {
             break;
+        }
+    }
+    for c in &queued {
+        if claim.changes.len() >= limit {
+            break;
+        }
+        if after.is_none_or(|a| c.seq > a) {
+            take(&mut claim, c.clone());
         }
     }
     claim.runs.extend(run);
@@ -418,20 +502,31 @@ pub(crate) struct Claim {
 
 /// Acknowledge the mirrored changes of the tables `tables` that a claim took,
 /// by the ranges of `seq` they fill ([`Claim::runs`]), in one short write
-/// transaction for them all: a range scan of the `seq` index per table and
-/// range instead of a look-up per change.
+/// transaction for them all, the drainer's one write per batch: it first
+/// folds the queue ([`fold_in`]: at least every entry the claim read from
+/// it, so that each claimed entry is in the log), then deletes by a range
+/// scan of the `seq` index per table and range instead of a look-up per
+/// change.
 ///
 /// Exact: an entry in a range when the claim ran was claimed by it (the claim
-/// reads the log in `seq` order, and every entry it read and left ends a
-/// range), and no entry enters a range later. A key that changes again gets a
-/// new `seq` above every claimed entry (see [`QUEUE`]): folded before this
-/// acknowledgement, its entry has left the range and stays; not folded yet,
-/// the change waits in the queue and is folded as a new entry.
+/// reads the log and then the queue in `seq` order, coalesced by key, and
+/// every entry it read and left ends a range), and no entry enters a range
+/// later. A key that changes again gets a new `seq` above every claimed entry
+/// (see [`QUEUE`]): folded before the deletes (here, or by an earlier fold),
+/// its entry has left the range and stays; not folded yet, the change waits
+/// in the queue and is folded as a new entry.
 pub(crate) fn ack_runs(conn: &mut Connection, acked: &[(&str, Vec<(i64, i64)>)]) -> Result<usize> {
     if acked.iter().all(|(_, runs)| runs.is_empty()) {
         return Ok(0);
     }
+    let upto = acked
+        .iter()
+        .flat_map(|(_, runs)| runs.iter().map(|r| r.1))
+        .max()
+        .unwrap_or(0);
     immediate(conn, |tx| {
+        // The entries the claim read from the queue enter the log first.
+        fold_in(tx, upto)?;
         // `+tbl`: the index on `seq`, not the primary key's `tbl` prefix (all
         // of a table's pending entries), is the one to walk.
         let mut stmt = tx.prepare_cached(&format!(
@@ -472,14 +567,17 @@ pub(crate) fn runs_without(runs: &[(i64, i64)], seqs: &[i64]) -> Vec<(i64, i64)>
     out
 }
 
-/// Acknowledge mirrored changes one by one, in one short write transaction. A
-/// key changed again since it was claimed stays pending: its entry in the log
-/// has a new `seq` (folded since), or its change still waits in the queue.
+/// Acknowledge mirrored changes one by one, in one short write transaction
+/// that first folds the queue (as [`ack_runs`] does). A key changed again
+/// since it was claimed stays pending: its entry in the log has a new `seq`
+/// (folded since), or its change still waits in the queue.
 pub(crate) fn ack(conn: &mut Connection, done: &[Claimed]) -> Result<usize> {
     if done.is_empty() {
         return Ok(0);
     }
+    let upto = done.iter().map(|c| c.seq).max().unwrap_or(0);
     immediate(conn, |tx| {
+        fold_in(tx, upto)?;
         let mut stmt = tx.prepare_cached(&format!(
             "DELETE FROM {LOG} WHERE tbl = ?1 AND key = ?2 AND seq = ?3"
         ))?;
