@@ -1,7 +1,7 @@
 """What change capture costs the app's own writes, measured the way DoX writes.
 
 Run: `scripts/bench-capture-app.sh` (builds the release `dualwrite`, a venv
-with SQLAlchemy and SQLModel under target/, then runs this). No stack needed.
+with SQLAlchemy and SQLModel under target/, then runs this). No stack needed, but for `capture-serve`.
 
 DoX commits every write on its own (one SQLAlchemy session per call). Each
 measurement is CALLS single-row autocommit INSERTs into `logentry` (a uuid4
@@ -17,6 +17,9 @@ so a change of the machine's load hits them all:
   - `capture`: `dualwrite capture install` (DUALWRITE, default the release binary);
   - `capture-b`: the same with another build (DUALWRITE_B), e.g. one of another
     change-log version, compared in the same run;
+  - `capture-serve`: capture with `dualwrite serve` draining the file into the
+    local stack (`scripts/stack.sh up` first), as capture runs in production:
+    the daemon's connection also takes the WAL checkpoints the app would;
   - prototypes, logentry's insert trigger alone: `keyed` (the log of
     LOG_VERSION 1: a WITHOUT ROWID table keyed by (tbl, key), an index on seq),
     `append` (rowid = seq, no other index), `append-autoinc` (the same with
@@ -95,10 +98,48 @@ def fixture(tmp: Path) -> Path:
     return src
 
 
+def stack_env() -> dict:
+    out = subprocess.run([str(REPO / "scripts/stack.sh"), "env"], check=True, capture_output=True, text=True).stdout
+    env = {}
+    for line in out.splitlines():
+        if line.startswith("export ") and "=" in line:
+            k, v = line[len("export "):].split("=", 1)
+            env[k] = v.strip("'").replace("\\", "")
+    return env
+
+
+def serve(path: Path):
+    """`dualwrite serve` on `path` into the local stack, ready; stop it with `.terminate()`."""
+    import socket
+    import urllib.request
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    st = stack_env()
+    env = {"PATH": "/usr/bin:/bin", "RUST_LOG": "warn", "DB_PATH": str(path),
+           "SUPABASE_URL": st["SUPABASE_URL"], "SUPABASE_SERVICE_KEY": st["SUPABASE_SERVICE_KEY"]}
+    p = subprocess.Popen([DUALWRITE, "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", str(path.parent / "state")],
+                         env=env, cwd=path.parent, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return p
+        except OSError:
+            time.sleep(0.1)
+    p.kill()
+    raise RuntimeError("serve did not start: is the stack up (scripts/stack.sh up)?")
+
+
 def prepare(tmp: Path, variant: str, n: int) -> Path:
     path = tmp / f"{variant}-{n}.sqlite3"
     shutil.copyfile(fixture(tmp), path)
-    if variant in ("capture", "capture-b"):
+    if variant == "capture-serve":
+        subprocess.run([DUALWRITE, "capture", "install", "--db-path", str(path)], check=True,
+                       stdout=subprocess.DEVNULL)
+    elif variant in ("capture", "capture-b"):
         binary = DUALWRITE if variant == "capture" else DUALWRITE_B
         subprocess.run([binary, "capture", "install", "--db-path", str(path)], check=True,
                        stdout=subprocess.DEVNULL)
@@ -170,6 +211,7 @@ def sqlalchemy_path(path: Path, sync: str):
 
 def measure(tmp: Path, app: str, sync: str, variant: str, n: int) -> list:
     path = prepare(tmp, variant, n)
+    daemon = serve(path) if variant == "capture-serve" else None
     write, close = (sqlite3_path if app == "sqlite3" else sqlalchemy_path)(path, sync)
     for _ in range(n // 10):
         write(row())
@@ -181,6 +223,9 @@ def measure(tmp: Path, app: str, sync: str, variant: str, n: int) -> list:
         write(r)
         lat.append((clock() - t) / 1000)
     close()
+    if daemon is not None:
+        daemon.terminate()
+        daemon.wait()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     return lat
@@ -212,6 +257,12 @@ def main() -> None:
                     ratio = f"{p50 - base[0]:+.1f} us / {p99 / base[1]:.2f}x / {mean / base[2]:.2f}x"
                     print(f"| {app} | {sync} | {v} | {p50:.1f} | {p99:.1f} | {mean:.1f} | {per_round} | {ratio} |",
                           flush=True)
+    if "capture-serve" in VARIANTS:
+        # The rows the daemon mirrored into the local stack.
+        n = subprocess.run(["psql", stack_env()["DATABASE_URL"], "-tAqc",
+                            "DELETE FROM log_entries WHERE document_id = 'doc-bench' RETURNING 1"],
+                           check=True, capture_output=True, text=True).stdout.count("1")
+        print(f"rows the daemons mirrored (then deleted from the stack): {n}", file=sys.stderr)
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}", file=sys.stderr)
 
 

@@ -2,7 +2,7 @@
 # What change capture costs the app's own writes (benches/capture_app.py):
 # builds the release `dualwrite` (its `capture install`), a venv under target/
 # with SQLAlchemy and SQLModel (DoX's write path), and prints the table
-# BENCHMARKS.md records. No stack needed. Env: see the script's header.
+# BENCHMARKS.md records. No stack needed (the variant capture-serve needs it). Env: see the script's header.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=$(realpath -m "${DUALWRITE_PY_VENV:-target/py-venv}")
