@@ -39,13 +39,6 @@ use dualwrite::backfill::{BatchSource, SqliteSource};
 use dualwrite::catalogue::{Table, TABLES};
 use dualwrite::db::SqliteDatabase;
 
-fn env_or(k: &str, d: usize) -> usize {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
-
 /// Every table's request bodies, byte for byte the ones the backfill sends:
 /// read, cut (same limits by rows and bytes) and written by the backfill's own
 /// source, in the same (storage) order. Only the sending is left to the

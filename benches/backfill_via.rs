@@ -39,42 +39,6 @@ use dualwrite::catalogue::{Table, TABLES};
 use dualwrite::db::{CopyMode, Postgres};
 use futures::StreamExt;
 
-fn env_or(k: &str, d: usize) -> usize {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
-
-/// The bench's own database, cloned from the template.
-async fn own_database(env: &HashMap<String, String>, name: &str) -> String {
-    let admin = &env["DUALWRITE_PG_ADMIN_URL"];
-    let (c, conn) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .unwrap();
-    c.batch_execute(&format!(
-        "CREATE DATABASE {name} TEMPLATE {}",
-        env["DUALWRITE_TEMPLATE_DB"]
-    ))
-    .await
-    .unwrap();
-    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
-}
-
-async fn drop_database(env: &HashMap<String, String>, name: &str) {
-    let (c, conn) = tokio_postgres::connect(&env["DUALWRITE_PG_ADMIN_URL"], tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .unwrap();
-}
-
 async fn sql(url: &str) -> tokio_postgres::Client {
     let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -312,10 +276,12 @@ async fn main() {
         .and_then(|v| v.parse().ok());
     let streams = 4;
     let env = stack_env();
-    let name = format!("dw_bench_via_{}", std::process::id());
-    let db_url = own_database(&env, &name).await;
-    let postgrest = own_postgrest(&env, &name).await;
-    let rest = (postgrest.url.clone(), env["SUPABASE_SERVICE_KEY"].clone());
+    let project = Project::new(&env, format!("dw_bench_via_{}", std::process::id()), 10, "").await;
+    let db_url = project.db_url.clone();
+    let rest = (
+        project.postgrest.url.clone(),
+        env["SUPABASE_SERVICE_KEY"].clone(),
+    );
     let path = dataset(rows).await;
     let size = std::fs::metadata(&path).unwrap().len();
     let work = tempfile::tempdir().unwrap();
@@ -380,8 +346,7 @@ async fn main() {
         // And the upsert into full tables (a repeated run).
         full = Some(copy_mode(&pg, &parts, CopyMode::Upsert, 5_000).await);
     }
-    drop(postgrest);
-    drop_database(&env, &name).await;
+    Project::drop_all(&env, vec![project]).await;
 
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let list = |v: &[f64]| {

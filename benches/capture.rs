@@ -59,13 +59,6 @@ use dualwrite::capture;
 use dualwrite::db::{SqliteDatabase, SqliteOptions};
 use hdrhistogram::Histogram;
 
-fn env_or(k: &str, d: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
-
 async fn dox_file(path: &Path, with_capture: bool) {
     let _ = std::fs::remove_file(path);
     drop(
@@ -452,15 +445,7 @@ async fn alternating(
 }
 
 async fn lag_seconds(port: u16) -> Option<f64> {
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix("dualwrite_lag_seconds "))
-        .and_then(|v| v.trim().parse().ok())
+    metric(port, "dualwrite_lag_seconds").await
 }
 
 async fn delete_rows(env: &HashMap<String, String>, prefix: &str) {

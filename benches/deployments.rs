@@ -38,13 +38,6 @@ use std::time::{Duration, Instant};
 use dualwrite::{capture, keys};
 use hdrhistogram::Histogram;
 
-fn env_or(k: &str, d: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
-
 /// A `dualwrite` process against `project` (service key, the project's own URL).
 fn dualwrite(project: &Project, key: &str, db: &Path, state: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dualwrite"));
@@ -285,7 +278,7 @@ async fn main() {
     let id = std::process::id();
     let mut projects = Vec::new();
     for i in 0..=n {
-        projects.push(Project::new(&env, format!("dw_bench_dep_{id}_{i}"), pool).await);
+        projects.push(Project::new(&env, format!("dw_bench_dep_{id}_{i}"), pool, "").await);
     }
     let (solo, fleet) = projects.split_first().unwrap();
 

@@ -26,13 +26,6 @@ use std::time::{Duration, Instant};
 
 use dualwrite::keys;
 
-fn env_or(k: &str, d: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
-
 /// One backfill of `file` through `rest_url` (or, with `db_url`, `--via
 /// postgres`); its rows/s.
 fn backfill(
@@ -105,6 +98,7 @@ async fn main() {
         &env,
         format!("dw_bench_distance_{}", std::process::id()),
         10,
+        "",
     )
     .await;
     let rest_up = project

@@ -42,13 +42,6 @@ use dualwrite::capture::supabase::MIGRATION_SQL as CAPTURE_SQL;
 const ATOMIC_SQL: &str =
     include_str!("../supabase/migrations/20261128000200_dox_atomic_writes.sql");
 
-fn env_or(k: &str, d: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
-
 fn body(prefix: &str, n: usize) -> String {
     let rows: Vec<_> = (0..n)
         .map(|i| {
@@ -76,33 +69,17 @@ async fn main() {
     let rate = env_or("RATE", 500);
     let env = stack_env();
 
-    // A private database and PostgREST.
-    let name = format!("dw_bench_reverse_{}", std::process::id());
-    let admin = pg(&env["DUALWRITE_PG_ADMIN_URL"]).await;
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!(
-            "CREATE DATABASE {name} TEMPLATE {}",
-            env["DUALWRITE_TEMPLATE_DB"]
-        ))
-        .await
-        .unwrap();
-    let base = env["DUALWRITE_PG_ADMIN_URL"]
-        .rsplit_once('/')
-        .unwrap()
-        .0
-        .to_owned();
-    let db_sql = pg(&format!("{base}/{name}")).await;
-    db_sql
-        .batch_execute(&format!("{CAPTURE_SQL}\n{ATOMIC_SQL}"))
-        .await
-        .unwrap();
-    let postgrest = own_postgrest(&env, &name).await;
+    // A private database with the capture and atomic-write migrations, and its PostgREST.
+    let project = Project::new(
+        &env,
+        format!("dw_bench_reverse_{}", std::process::id()),
+        10,
+        &format!("{CAPTURE_SQL}\n{ATOMIC_SQL}"),
+    )
+    .await;
+    let db_sql = &project.sql;
     let dir = tempfile::tempdir().unwrap();
-    let url = postgrest.url.clone();
+    let url = project.postgrest.url.clone();
     let service_key = keys::sign(
         &env["SUPABASE_JWT_SECRET"],
         "service_role",
@@ -338,10 +315,5 @@ async fn main() {
         );
     }
 
-    drop(postgrest);
-    drop(db_sql);
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .unwrap();
+    Project::drop_all(&env, vec![project]).await;
 }

@@ -271,7 +271,7 @@ async fn main() {
     );
 
     // A hung secondary: PostgREST paused with SIGSTOP; the configured mirror timeout is 250 ms.
-    let own = own_postgrest(&env, "dox").await;
+    let own = own_postgrest(&env, "dox", 10).await;
     let lite = SqliteDatabase::open(dir.path().join("hung.sqlite3"), SqliteOptions::default())
         .await
         .unwrap();

@@ -25,6 +25,14 @@ mod proxy;
 #[allow(unused_imports)]
 pub use proxy::Proxy;
 
+/// A number from the environment variable `k`, else `d`.
+pub fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
 /// The variables `scripts/stack.sh env` prints (keys, URLs, DATABASE_URL).
 ///
 /// Under `cargo test` (a smoke run, no `--bench`) the benchmark needs
@@ -140,14 +148,14 @@ pub async fn truncate(env: &HashMap<String, String>) {
     c.batch_execute("CHECKPOINT").await.unwrap();
 }
 
-/// A PostgREST of the bench's own on `database` of the stack (pool of 10), so
-/// that pausing or stopping it leaves the shared one alone.
-pub async fn own_postgrest(env: &HashMap<String, String>, database: &str) -> Postgrest {
+/// A PostgREST of the bench's own on `database` of the stack (`pool`
+/// connections), so that pausing or stopping it leaves the shared one alone.
+pub async fn own_postgrest(env: &HashMap<String, String>, database: &str, pool: u32) -> Postgrest {
     Postgrest::launch(PostgrestSettings {
         bin: env["DUALWRITE_POSTGREST_BIN"].clone().into(),
         db_uri: format!("{}/{database}", env["DUALWRITE_AUTHENTICATOR_URL"]),
         jwt_secret: env["SUPABASE_JWT_SECRET"].clone(),
-        pool: 10,
+        pool,
     })
     .await
 }
@@ -163,7 +171,14 @@ pub struct Project {
 }
 
 impl Project {
-    pub async fn new(env: &HashMap<String, String>, name: String, pool: u32) -> Project {
+    /// The database `name` cloned from the template, `setup_sql` run in it,
+    /// then its PostgREST started (so its schema cache sees what the SQL made).
+    pub async fn new(
+        env: &HashMap<String, String>,
+        name: String,
+        pool: u32,
+        setup_sql: &str,
+    ) -> Project {
         let admin = pg(&env["DUALWRITE_PG_ADMIN_URL"]).await;
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -179,13 +194,10 @@ impl Project {
         let base = env["DUALWRITE_PG_ADMIN_URL"].rsplit_once('/').unwrap().0;
         let db_url = format!("{base}/{name}");
         let sql = pg(&db_url).await;
-        let postgrest = Postgrest::launch(PostgrestSettings {
-            bin: env["DUALWRITE_POSTGREST_BIN"].clone().into(),
-            db_uri: format!("{}/{name}", env["DUALWRITE_AUTHENTICATOR_URL"]),
-            jwt_secret: env["SUPABASE_JWT_SECRET"].clone(),
-            pool,
-        })
-        .await;
+        if !setup_sql.is_empty() {
+            sql.batch_execute(setup_sql).await.unwrap();
+        }
+        let postgrest = own_postgrest(env, &name, pool).await;
         Project {
             name,
             postgrest,

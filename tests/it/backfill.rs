@@ -26,7 +26,7 @@ async fn read_only(path: &Path) -> SqliteDatabase {
 }
 
 /// Every table equal on both sides after normalisation (and the same row count).
-async fn assert_same(lite: &SqliteDatabase, sb: &SupabaseDatabase, what: &str) {
+pub(crate) async fn assert_same(lite: &SqliteDatabase, sb: &SupabaseDatabase, what: &str) {
     for t in TABLES {
         let (l, r) = (
             lite.fetch(t, &[]).await.unwrap(),
@@ -105,14 +105,14 @@ fn binary(pg: &PrivateDb, dir: &Path, args: &[&str]) -> Command {
     c
 }
 
-fn checkpoint(state: &Path) -> Value {
+pub(crate) fn checkpoint(state: &Path) -> Value {
     std::fs::read(state.join("checkpoint.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(json!({"tables": {}}))
 }
 
-fn tables_done(state: &Path) -> usize {
+pub(crate) fn tables_done(state: &Path) -> usize {
     checkpoint(state)["tables"]
         .as_object()
         .map(|m| m.values().filter(|t| t["done"] == true).count())

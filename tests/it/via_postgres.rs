@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use dualwrite::capture::supabase as rc;
 use dualwrite::catalogue::TABLES;
 use dualwrite::db::{Database, SqliteDatabase, SupabaseDatabase};
 
+use crate::backfill::tables_done;
 use crate::harness::{fixture, PrivateDb};
 
 /// The binary against `pg`: the REST settings as every command takes them, and
@@ -64,18 +65,10 @@ fn backfill_args<'a>(src: &'a Path, state: &'a Path, extra: &[&'a str]) -> Vec<&
 }
 
 /// Every table equal on both sides after normalisation (read back through PostgREST).
+/// The file at `src` and Supabase hold the same rows ([`crate::backfill::assert_same`]).
 async fn assert_same(src: &Path, sb: &SupabaseDatabase, what: &str) {
     let lite = SqliteDatabase::open_read_only(src).await.unwrap();
-    for t in TABLES {
-        let (l, r) = (
-            lite.fetch(t, &[]).await.unwrap(),
-            sb.fetch(t, &[]).await.unwrap(),
-        );
-        assert_eq!(l.len(), r.len(), "{what}: {} row count", t.sqlite);
-        for (a, b) in l.iter().zip(&r) {
-            assert_eq!(a, b, "{what}: {}", t.sqlite);
-        }
-    }
+    crate::backfill::assert_same(&lite, sb, what).await;
 }
 
 /// Rows per table, counted in the database itself (a duplicate would show).
@@ -158,20 +151,6 @@ async fn via_postgres_lands_a_fixture_verify_says_equal_and_a_second_run_upserts
     );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_same(&src, &sb, "a drifted row upserted").await;
-}
-
-fn checkpoint(state: &Path) -> Value {
-    std::fs::read(state.join("checkpoint.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(json!({"tables": {}}))
-}
-
-fn tables_done(state: &Path) -> usize {
-    checkpoint(state)["tables"]
-        .as_object()
-        .map(|m| m.values().filter(|t| t["done"] == true).count())
-        .unwrap_or(0)
 }
 
 #[tokio::test]
