@@ -237,10 +237,14 @@ pub fn install(path: &Path, failure_log: Option<&Path>) -> Result<InstallReport>
 fn our_objects(conn: &Connection) -> Result<Vec<(String, String)>> {
     let mut stmt = conn.prepare(
         "SELECT type, name FROM sqlite_master WHERE substr(name, 1, 11) = '_dualwrite_' \
+         AND substr(name, 1, length(?1)) <> ?1 \
          AND type IN ('trigger', 'table', 'index') ORDER BY type = 'table', name",
     )?;
+    // The recorded primary and its refusal triggers are not capture's.
     let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([crate::cutover::marker::MARKER_PREFIX], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
         .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
     Ok(rows)
 }

@@ -301,7 +301,11 @@ async fn postgrest_down_mid_run_the_backfill_waits_or_stops_clearly_and_resumes(
         .to_string();
     assert!(e.contains("run the same command again to resume"), "{e}");
     pg.start().await;
-    let r = backfill::run(&src, &pg.supabase(), &o2).await.unwrap();
+    // The resumed run waits as long as a user's would: PostgREST can answer
+    // 503 (PGRST002) while it loads its schema cache right after a restart.
+    let r = backfill::run(&src, &pg.supabase(), &opts(state2.path()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nPostgREST's log:\n{}", pg.postgrest_log()));
     assert!(r.resumed || r.tables.iter().all(|t| t.status == "copied"));
     assert_same(
         &read_only(&src).await,

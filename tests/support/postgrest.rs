@@ -84,7 +84,8 @@ impl Postgrest {
         self.url.rsplit(':').next().unwrap()
     }
 
-    /// Start (or restart) the process and wait until `/ready` answers (20 s at most).
+    /// Start (or restart) the process and wait until `/ready` answers and the
+    /// API serves its schema (no 503 PGRST002 at `/`), 20 s at most.
     pub async fn start(&mut self) {
         self.stop();
         let s = &self.settings;
@@ -112,6 +113,9 @@ impl Postgrest {
             if reqwest::get(&ready)
                 .await
                 .is_ok_and(|r| r.status().is_success())
+                && reqwest::get(&self.url)
+                    .await
+                    .is_ok_and(|r| r.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE)
             {
                 return;
             }

@@ -23,6 +23,10 @@
 /// `cutover check --rollback`: may the file become the primary again.
 pub use crate::reverse::rollback::{check as check_rollback, RollbackReport};
 
+pub mod marker;
+
+pub use marker::{Marker, Primary};
+
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
