@@ -527,19 +527,50 @@ pub(crate) fn ack_runs(conn: &mut Connection, acked: &[(&str, Vec<(i64, i64)>)])
     immediate(conn, |tx| {
         // The entries the claim read from the queue enter the log first.
         fold_in(tx, upto)?;
-        // `+tbl`: the index on `seq`, not the primary key's `tbl` prefix (all
-        // of a table's pending entries), is the one to walk.
-        let mut stmt = tx.prepare_cached(&format!(
-            "DELETE FROM {LOG} WHERE +tbl = ?1 AND seq BETWEEN ?2 AND ?3"
-        ))?;
-        let mut n = 0;
-        for (tbl, runs) in acked {
-            for (lo, hi) in runs {
-                n += stmt.execute(params![tbl, lo, hi])?;
-            }
-        }
-        Ok(n)
+        ack_runs_in(tx, acked)
     })
+}
+
+/// The deletes of [`ack_runs`], in the caller's write transaction (the
+/// queue already folded past every claimed entry).
+pub(crate) fn ack_runs_in(tx: &Connection, acked: &[(&str, Vec<(i64, i64)>)]) -> Result<usize> {
+    // `+tbl`: the index on `seq`, not the primary key's `tbl` prefix (all
+    // of a table's pending entries), is the one to walk.
+    let mut stmt = tx.prepare_cached(&format!(
+        "DELETE FROM {LOG} WHERE +tbl = ?1 AND seq BETWEEN ?2 AND ?3"
+    ))?;
+    let mut n = 0;
+    for (tbl, runs) in acked {
+        for (lo, hi) in runs {
+            n += stmt.execute(params![tbl, lo, hi])?;
+        }
+    }
+    Ok(n)
+}
+
+/// A claim inside the caller's write transaction, where no other connection
+/// can commit (`cutover run`'s fence): the whole queue is folded into the
+/// log, and the oldest `limit` entries are read with the one `seq` range
+/// they fill (every entry in it is claimed).
+pub(crate) fn claim_in(tx: &Connection, limit: usize) -> Result<Claim> {
+    fold_in(tx, i64::MAX)?;
+    let changes = read_claimable(tx, None, limit)?;
+    let runs = match (changes.first(), changes.last()) {
+        (Some(a), Some(b)) => vec![(a.seq, b.seq)],
+        _ => Vec::new(),
+    };
+    Ok(Claim {
+        changes,
+        skipped_from: None,
+        runs,
+    })
+}
+
+/// The highest `seq` given so far (the change log's position: a change made
+/// later is numbered above it).
+pub(crate) fn position(conn: &Connection) -> Result<i64> {
+    let (top, folded) = queue_top(conn)?;
+    Ok(top.unwrap_or(folded).max(folded))
 }
 
 /// `runs` without the entries `seqs` (changes a batch leaves in the log, to

@@ -48,15 +48,16 @@ pub(crate) use lease::{make_durable, real_path};
 #[cfg(test)]
 pub(crate) use log::read_changes;
 pub(crate) use log::{
-    ack, ack_runs, backlog, check_change, claim_changes, data_version, key_hash, log_present,
-    runs_without, schema_version, triggers_on, Claimed, LogShape,
+    ack, ack_runs, ack_runs_in, backlog, check_change, claim_changes, claim_in, data_version,
+    key_hash, log_present, position, runs_without, schema_version, triggers_on, Claim, Claimed,
+    LogShape,
 };
 pub use log::{now_secs, pending_changes, status, CaptureStatus, Change, Triggers};
 #[cfg(test)]
 pub(crate) use resync::KEYS_PER_STEP;
 pub(crate) use resync::{finish_resync, pending_resyncs, queue_file_keys, queue_gone_keys, Resync};
-pub(crate) use schema::install_on;
 pub use schema::{install, uninstall, InstallReport, UninstallReport};
+pub(crate) use schema::{install_on, uninstall_in};
 
 use std::path::Path;
 use std::time::Duration;

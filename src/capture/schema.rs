@@ -262,7 +262,12 @@ pub struct UninstallReport {
 /// are pending, unless `force`: they would never reach Supabase.
 pub fn uninstall(path: &Path, force: bool) -> Result<UninstallReport> {
     let mut conn = open_rw(path)?;
-    immediate(&mut conn, |tx| {
+    immediate(&mut conn, |tx| uninstall_in(tx, path, force))
+}
+
+/// [`uninstall`] in the caller's write transaction (`cutover run`'s switch).
+pub(crate) fn uninstall_in(tx: &Connection, path: &Path, force: bool) -> Result<UninstallReport> {
+    {
         let pending = if object_sql(tx, "table", LOG)?.is_some() {
             pending_on(tx)?.0
         } else {
@@ -292,5 +297,5 @@ pub fn uninstall(path: &Path, force: bool) -> Result<UninstallReport> {
             dropped: objects.into_iter().map(|(_, n)| n).collect(),
             discarded_changes: pending,
         })
-    })
+    }
 }

@@ -24,8 +24,10 @@
 pub use crate::reverse::rollback::{check as check_rollback, RollbackReport};
 
 pub mod marker;
+mod run;
 
 pub use marker::{Marker, Primary};
+pub use run::{run, RunOptions, RunReport, Step, RUN_SCHEMA};
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};

@@ -439,6 +439,48 @@ struct Sender {
     again: Arc<AtomicBool>,
 }
 
+/// A batch sent, not yet acknowledged.
+pub(crate) struct Sent {
+    pub(crate) landed: Landed,
+    /// The `seq` ranges to acknowledge, by table (the tables that landed).
+    pub(crate) acked: Vec<(&'static str, Vec<(i64, i64)>)>,
+    /// Corrupt change rows, moved to the rejects file: to acknowledge one by one.
+    pub(crate) corrupt: Vec<Change>,
+    /// The failure that stopped the batch part-way, if one did.
+    pub(crate) failure: Option<Error>,
+}
+
+/// The forward side's reading and sending for `cutover run`, which claims
+/// and acknowledges the changes itself (in its fence, where the daemon's own
+/// write transactions could not run).
+pub(crate) struct Mirror {
+    side: Forward,
+}
+
+impl Mirror {
+    pub(crate) async fn open(rest: crate::rest::RestClient, opts: &ServeOptions) -> Result<Mirror> {
+        let stats = Arc::new(Stats::new(crate::Direction::Forward, opts.max_lag));
+        Ok(Mirror {
+            side: Forward::open(rest, opts, stats).await?,
+        })
+    }
+
+    /// Read the rows of `changes` as they are now and send them; `runs` are
+    /// the `seq` ranges the changes fill.
+    pub(crate) async fn send(
+        &mut self,
+        changes: Vec<Change>,
+        runs: Vec<(i64, i64)>,
+    ) -> Result<Sent> {
+        let batch = self.side.read_batch(changes, runs).await?;
+        self.side.sender().send_unacknowledged(batch).await
+    }
+
+    pub(crate) async fn close(self) {
+        self.side.close().await;
+    }
+}
+
 /// What one table of a batch did.
 struct TableDone {
     table: &'static str,
@@ -454,6 +496,29 @@ impl Sender {
     /// fsync is here, not in the read: it overlaps the next batch's claim
     /// and read.)
     async fn send(self, batch: Batch) -> Result<Landed> {
+        let sent = self.send_unacknowledged(batch).await?;
+        if !sent.corrupt.is_empty() {
+            let done = sent.corrupt;
+            blocking(&self.conn, move |c| capture::ack(c, &done)).await?;
+        }
+        let acked = sent.acked;
+        if !acked.is_empty() {
+            blocking(&self.conn, move |c| capture::ack_runs(c, &acked)).await?;
+        }
+        match sent.failure {
+            None => Ok(sent.landed),
+            Some(e) => {
+                // What landed before the failure counts (and is progress).
+                if !sent.landed.mirrored.is_empty() {
+                    self.stats.landed(&sent.landed);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Sender::send`] up to the acknowledgement, which is left to the caller.
+    async fn send_unacknowledged(&self, batch: Batch) -> Result<Sent> {
         self.make_durable(batch.version).await?;
         let Batch {
             corrupt,
@@ -462,6 +527,7 @@ impl Sender {
             version: _,
         } = batch;
         let mut landed = Landed::default();
+        let mut corrupt_done = Vec::new();
         if !corrupt.is_empty() {
             // Dead letters: recorded with the reason, counted, never blocking the rest.
             let rejects: Vec<Reject> = corrupt
@@ -482,8 +548,7 @@ impl Sender {
             for (c, _) in &corrupt {
                 landed.rejected.push((c.tbl.clone(), 1));
             }
-            let done: Vec<Change> = corrupt.into_iter().map(|(c, _)| c).collect();
-            blocking(&self.conn, move |c| capture::ack(c, &done)).await?;
+            corrupt_done = corrupt.into_iter().map(|(c, _)| c).collect();
         }
         // The tables that landed are acknowledged together, in one write
         // transaction, once the batch is done (or failed part-way: those that
@@ -503,19 +568,12 @@ impl Sender {
                 }
             }
         }
-        if !acked.is_empty() {
-            blocking(&self.conn, move |c| capture::ack_runs(c, &acked)).await?;
-        }
-        match failure {
-            None => Ok(landed),
-            Some(e) => {
-                // What landed before the failure counts (and is progress).
-                if !landed.mirrored.is_empty() {
-                    self.stats.landed(&landed);
-                }
-                Err(e)
-            }
-        }
+        Ok(Sent {
+            landed,
+            acked,
+            corrupt: corrupt_done,
+            failure,
+        })
     }
 
     fn observer(&self) -> crate::retry::SharedObserver {

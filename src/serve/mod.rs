@@ -28,6 +28,7 @@ mod reverse;
 mod stats;
 mod status;
 
+pub(crate) use forward::Mirror;
 pub use stats::{read_status_file, status_file_path, Stats, StatusFile};
 pub use status::{status, status_reverse, Status};
 

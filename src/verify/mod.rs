@@ -54,7 +54,7 @@ pub use report::{
 use crate::rest::public_url;
 use crate::Direction;
 use merge::Merger;
-use sampling::{compare_sample, compare_sample_reverse};
+use sampling::{compare_keys, compare_sample, compare_sample_reverse};
 use streams::compare_content;
 
 /// Errors after which no other table can be verified either.
@@ -200,6 +200,48 @@ pub(crate) async fn run_inner(
     report.peak_rss_bytes = crate::backfill::peak_rss_bytes();
     report.conclude();
     Ok(report)
+}
+
+/// Compare only the rows of the given keys, by content, on both sides
+/// (`cutover run`, in its fence: what changed since its full verification).
+/// Returns the rows compared and every key that is not equal, as
+/// `table key: kind`.
+pub(crate) async fn verify_keys(
+    sqlite: &SqliteDatabase,
+    supabase: &SupabaseDatabase,
+    opts: &VerifyOptions,
+    keys: &[(&'static Table, Vec<String>)],
+) -> Result<(u64, Vec<String>)> {
+    let digests = RandomState::new();
+    let mut compared = 0;
+    let mut unequal = Vec::new();
+    for (t, keys) in keys {
+        if keys.is_empty() {
+            continue;
+        }
+        let mut tr = TableReport::new(t);
+        let mut plan = repair::RepairPlan::default();
+        let merger = Merger::new(t, &mut tr, Some(plan.table_mut(t)), opts, &digests);
+        compare_keys(sqlite, supabase, keys, merger).await?;
+        compared += keys.len() as u64;
+        let p = plan.table_mut(t);
+        for k in &p.upsert {
+            unequal.push(format!(
+                "{} {k}: missing or different on the target",
+                t.sqlite
+            ));
+        }
+        for k in &p.delete {
+            unequal.push(format!("{} {k}: only on the target", t.sqlite));
+        }
+        if p.cannot_land > 0 {
+            unequal.push(format!(
+                "{}: {} row(s) cannot land",
+                t.sqlite, p.cannot_land
+            ));
+        }
+    }
+    Ok((compared, unequal))
 }
 
 fn millis(since: Instant) -> u64 {

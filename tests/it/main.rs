@@ -26,6 +26,7 @@ mod backends;
 mod backfill;
 mod cli;
 mod coerce;
+mod cutover_run;
 mod deploy;
 mod dual;
 mod faults;

@@ -18,6 +18,9 @@ use crate::shell::{cannot_run, confirm, dox_source, policy, print_json, settings
 
 /// `cutover check`: READY or NOT READY.
 pub async fn cutover(cli: &Cli, c: &CutoverCommand) -> ExitCode {
+    if let CutoverCommand::Run { .. } = c {
+        return cutover_run(cli, c).await.unwrap_or_else(cannot_run);
+    }
     let CutoverCommand::Check {
         from_sqlite,
         failures,
@@ -27,7 +30,10 @@ pub async fn cutover(cli: &Cli, c: &CutoverCommand) -> ExitCode {
         accept_coerced,
         rollback,
         ..
-    } = c;
+    } = c
+    else {
+        unreachable!("`cutover run` is handled above")
+    };
     if *rollback {
         let check = async {
             let s = settings(cli)?;
@@ -174,4 +180,100 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
         eprintln!("{why}");
     }
     Ok(ExitCode::from(run.exit_code))
+}
+
+/// `cutover run`: Supabase becomes the primary.
+async fn cutover_run(cli: &Cli, c: &CutoverCommand) -> Result<ExitCode> {
+    let CutoverCommand::Run {
+        dry_run,
+        yes,
+        max_pause,
+        app_busy_timeout,
+        max_pending,
+        restart,
+        failures,
+        rejects,
+        state_dir,
+        output,
+        ..
+    } = c
+    else {
+        unreachable!("cutover_run() runs `cutover run` only")
+    };
+    let s = settings(cli)?;
+    let path = s.db_path.clone();
+    dox_source(&path, false).await?;
+    let secs = |v: f64, flag: &str| {
+        if v.is_finite() && v > 0.0 {
+            Ok(std::time::Duration::from_secs_f64(v))
+        } else {
+            Err(dualwrite::Error::invalid(format!(
+                "{flag} must be a positive number of seconds"
+            )))
+        }
+    };
+    let key = verify::KeyInfo::from_settings(&s).context("no Supabase key is configured")?;
+    let dir = crate::shell::state_dir_of(state_dir.as_deref(), &path);
+    let mut o = cutover::RunOptions::new(path.clone(), dir, key);
+    o.max_pause = secs(*max_pause, "--max-pause")?;
+    o.app_busy_timeout = app_busy_timeout
+        .map(|v| secs(v, "--app-busy-timeout"))
+        .transpose()?;
+    o.max_pending = *max_pending;
+    o.restart = restart.clone();
+    o.dry_run = *dry_run;
+    o.failures = failures.clone().or_else(|| s.failure_log.clone());
+    o.rejects = Some(
+        rejects
+            .clone()
+            .unwrap_or_else(|| StateDir::of_source(&path).rejects()),
+    );
+    o.unrepresentable = s.unrepresentable;
+    let serve = dualwrite::serve::ServeOptions::configured(
+        dualwrite::Direction::Forward,
+        path.clone(),
+        o.state_dir.clone(),
+        &s,
+    );
+    o.serve.batch_rows = serve.batch_rows;
+    o.serve.request_rows = serve.request_rows;
+    o.serve.concurrency = serve.concurrency;
+    if !*dry_run {
+        let what = format!(
+            "cutover: Supabase becomes the primary of {}; the app's writes to the file are held for at most {:.1} s, \
+             then refused until it runs on Supabase",
+            path.display(),
+            o.max_pause.as_secs_f64()
+        );
+        if confirm(&what, *yes)?.is_none() {
+            eprintln!("not confirmed (pass --yes to run without a prompt): nothing changed");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let rest = dualwrite::db::RestClient::new(&s.rest_config()?)?;
+    let json = output.json();
+    let report = cutover::run(rest, &o, |step| {
+        if !json {
+            eprintln!(
+                "  {:<22} {:>7.3} s  {}",
+                step.name,
+                step.ms as f64 / 1000.0,
+                step.detail
+            );
+        }
+    })
+    .await?;
+    if json {
+        print_json(&serde_json::to_value(&report)?);
+    } else {
+        let text = report.render_text();
+        // The steps were printed as they ended.
+        let tail: String = text
+            .lines()
+            .skip(report.steps.len())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        print!("{tail}");
+    }
+    Ok(ExitCode::from(report.exit_code()))
 }
