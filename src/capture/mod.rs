@@ -57,7 +57,7 @@ pub use log::{now_secs, pending_changes, status, CaptureStatus, Change, Triggers
 pub(crate) use resync::KEYS_PER_STEP;
 pub(crate) use resync::{finish_resync, pending_resyncs, queue_file_keys, queue_gone_keys, Resync};
 pub use schema::{install, uninstall, InstallReport, UninstallReport};
-pub(crate) use schema::{install_on, uninstall_in};
+pub(crate) use schema::{install_in, install_on, uninstall_in};
 
 use std::path::Path;
 use std::time::Duration;

@@ -157,9 +157,18 @@ pub struct InstallReport {
 pub(crate) fn install_on(conn: &mut Connection) -> Result<InstallReport> {
     // WAL: the app's readers and writers and the drainer do not block each other.
     let journal_mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-    let path = conn.path().unwrap_or_default().to_owned();
+    let mut r = immediate(conn, install_in)?;
+    r.journal_mode = journal_mode;
+    Ok(r)
+}
+
+/// [`install_on`] in the caller's write transaction (`cutover rollback`'s
+/// switch), the journal mode left as it is.
+pub(crate) fn install_in(tx: &Connection) -> Result<InstallReport> {
+    let path = tx.path().unwrap_or_default().to_owned();
     let mut resynced = Vec::new();
-    let (created, tables) = immediate(conn, |tx| {
+    let journal_mode: String = tx.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    let (created, tables) = {
         let mut created = Vec::new();
         // A first install copies nothing: what the file already holds is the
         // backfill's. Once the log exists, a table whose triggers were gone
@@ -211,8 +220,8 @@ pub(crate) fn install_on(conn: &mut Connection) -> Result<InstallReport> {
                 resynced.push(t.sqlite.to_owned());
             }
         }
-        Ok((created, tables))
-    })?;
+        (created, tables)
+    };
     Ok(InstallReport {
         path,
         created,

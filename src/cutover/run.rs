@@ -115,7 +115,9 @@ pub struct Step {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub schema: &'static str,
-    /// Supabase is the primary now (this run switched, or an earlier one had).
+    /// The side the run makes the primary.
+    pub to: Primary,
+    /// `to` is the primary now (this run switched, or an earlier one had).
     pub switched: bool,
     /// Why the run stopped without switching.
     pub stopped: Option<String>,
@@ -135,9 +137,10 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    fn new() -> RunReport {
+    pub(super) fn new(to: Primary) -> RunReport {
         RunReport {
             schema: RUN_SCHEMA,
+            to,
             switched: false,
             stopped: None,
             steps: Vec::new(),
@@ -172,18 +175,19 @@ impl RunReport {
         }
         match (&self.stopped, self.switched) {
             (Some(why), _) => out.push_str(&format!(
-                "STOPPED: {why}\nNothing switched: the SQLite file is still the primary.\n"
+                "STOPPED: {why}\nNothing switched: {} is still the primary.\n",
+                side(self.to.other())
             )),
             (None, true) => {
+                out.push_str(&format!("SWITCHED: {} is the primary.", side(self.to)));
                 if let Some(p) = self.pause_ms {
                     out.push_str(&format!(
-                        "SWITCHED: Supabase is the primary. The app's writes were held {:.3} s; {} key(s) verified in the fence.\n",
+                        " The app's writes were held {:.3} s; {} key(s) verified in the fence.",
                         p as f64 / 1000.0,
                         self.keys_verified_in_fence
                     ));
-                } else {
-                    out.push_str("SWITCHED: Supabase is the primary.\n");
                 }
+                out.push('\n');
             }
             (None, false) => {}
         }
@@ -194,22 +198,29 @@ impl RunReport {
     }
 }
 
-/// The journal: the step a run reached, for a run killed part-way.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Journal {
-    pid: u32,
-    to: String,
-    step: String,
-    /// Supabase's capture and access were switched in the fence (and must be
-    /// set back if the file did not commit).
-    supabase_switched: bool,
+fn side(p: Primary) -> &'static str {
+    match p {
+        Primary::Sqlite => "the SQLite file",
+        Primary::Supabase => "Supabase",
+    }
 }
 
-fn journal_path(dir: &StateDir) -> PathBuf {
+/// The journal: the step a run reached, for a run killed part-way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Journal {
+    pub(super) pid: u32,
+    pub(super) to: String,
+    pub(super) step: String,
+    /// Supabase's capture and access were switched in the fence (and must be
+    /// set back if the file did not commit).
+    pub(super) supabase_switched: bool,
+}
+
+pub(super) fn journal_path(dir: &StateDir) -> PathBuf {
     dir.path().join("cutover.json")
 }
 
-fn write_journal(dir: &StateDir, j: &Journal) -> Result<()> {
+pub(super) fn write_journal(dir: &StateDir, j: &Journal) -> Result<()> {
     crate::state_file::create_dir_all(dir.path())?;
     crate::state_file::write_atomically(
         &journal_path(dir),
@@ -217,7 +228,7 @@ fn write_journal(dir: &StateDir, j: &Journal) -> Result<()> {
     )
 }
 
-fn read_journal(dir: &StateDir) -> Option<Journal> {
+pub(super) fn read_journal(dir: &StateDir) -> Option<Journal> {
     let bytes = std::fs::read(journal_path(dir)).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
@@ -225,7 +236,7 @@ fn read_journal(dir: &StateDir) -> Option<Journal> {
 /// A test's fault injection (debug builds only): `DUALWRITE_TEST_STALL_AT`
 /// = `step` stalls at the named step (for a test to kill the process there),
 /// `step:MS` pauses there that long.
-fn stall_at(step: &str) {
+pub(super) fn stall_at(step: &str) {
     #[cfg(debug_assertions)]
     if let Ok(v) = std::env::var("DUALWRITE_TEST_STALL_AT") {
         let (name, ms) = v.split_once(':').unwrap_or((v.as_str(), "600000"));
@@ -238,18 +249,18 @@ fn stall_at(step: &str) {
     let _ = step;
 }
 
-fn ms(d: Duration) -> u64 {
+pub(super) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Open the file for the run's own writes (the marker, the fence).
-fn open_file(path: &Path) -> Result<Connection> {
+pub(super) fn open_file(path: &Path) -> Result<Connection> {
     let c = capture::open_rw(path)?;
     c.execute_batch("PRAGMA synchronous=FULL")?;
     Ok(c)
 }
 
-async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
+pub(super) async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
     crate::sync::blocking("cutover", f).await
 }
 
@@ -267,7 +278,7 @@ pub async fn run(
     opts: &RunOptions,
     progress: impl Fn(&Step),
 ) -> Result<RunReport> {
-    let mut report = RunReport::new();
+    let mut report = RunReport::new(Primary::Supabase);
     let started = Instant::now();
     let mut step_started = Instant::now();
     let mut step = |report: &mut RunReport, name: &'static str, detail: String| {
@@ -485,9 +496,9 @@ async fn preflight(rest: &RestClient, opts: &RunOptions) -> Result<Vec<String>> 
     Ok(reasons)
 }
 
-type Shared = std::sync::Arc<std::sync::Mutex<Connection>>;
+pub(super) type Shared = std::sync::Arc<std::sync::Mutex<Connection>>;
 
-async fn on_conn<R: Send + 'static>(
+pub(super) async fn on_conn<R: Send + 'static>(
     conn: &Shared,
     f: impl FnOnce(&mut Connection) -> Result<R> + Send + 'static,
 ) -> Result<R> {
@@ -497,10 +508,10 @@ async fn on_conn<R: Send + 'static>(
 
 /// The keys a run acknowledged, by table.
 #[derive(Default)]
-struct Keys(BTreeMap<&'static str, BTreeSet<String>>);
+pub(super) struct Keys(BTreeMap<&'static str, BTreeSet<String>>);
 
 impl Keys {
-    fn add(&mut self, changes: &[Claimed]) {
+    pub(super) fn add(&mut self, changes: &[Claimed]) {
         for c in changes {
             if let Ok(t) = capture::check_change(c) {
                 self.0.entry(t.sqlite).or_default().insert(c.key.clone());
@@ -508,11 +519,11 @@ impl Keys {
         }
     }
 
-    fn add_key(&mut self, t: &'static Table, key: String) {
+    pub(super) fn add_key(&mut self, t: &'static Table, key: String) {
         self.0.entry(t.sqlite).or_default().insert(key);
     }
 
-    fn by_table(&self) -> Vec<(&'static Table, Vec<String>)> {
+    pub(super) fn by_table(&self) -> Vec<(&'static Table, Vec<String>)> {
         TABLES
             .iter()
             .copied()
@@ -894,7 +905,7 @@ mod tests {
 
     #[test]
     fn a_stopped_run_says_nothing_switched_and_exits_3() {
-        let mut r = RunReport::new();
+        let mut r = RunReport::new(Primary::Supabase);
         r.stopped = Some("Supabase refused".into());
         assert_eq!(r.exit_code(), 3);
         assert!(r.render_text().contains("Nothing switched"));

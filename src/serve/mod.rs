@@ -29,6 +29,7 @@ mod stats;
 mod status;
 
 pub(crate) use forward::Mirror;
+pub(crate) use reverse::ReverseMirror;
 pub use stats::{read_status_file, status_file_path, Stats, StatusFile};
 pub use status::{status, status_reverse, Status};
 

@@ -301,3 +301,52 @@ impl Side for Reverse {
         drop(self.conn);
     }
 }
+
+/// The reverse side's claim, read, write and acknowledgement for `cutover
+/// rollback`, which drains Supabase's log into the file itself (the daemon
+/// stood down) and remembers every key it wrote.
+pub(crate) struct ReverseMirror {
+    side: Reverse,
+}
+
+impl ReverseMirror {
+    pub(crate) async fn open(rest: RestClient, opts: &ServeOptions) -> Result<ReverseMirror> {
+        let stats = Arc::new(Stats::new(crate::Direction::Reverse, opts.max_lag));
+        Ok(ReverseMirror {
+            side: Reverse::open(rest, opts, stats).await?,
+        })
+    }
+
+    /// One batch of at most `limit` changes into the file, acknowledged on
+    /// Supabase once committed: the keys it held, by table (empty when the
+    /// log was).
+    pub(crate) async fn drain_batch(
+        &mut self,
+        limit: usize,
+    ) -> Result<Vec<(&'static Table, Vec<String>)>> {
+        let Some(c) = self.side.next_batch(limit, &HashSet::new()).await? else {
+            return Ok(Vec::new());
+        };
+        let keys = c
+            .batch
+            .tables
+            .iter()
+            .map(|(t, b)| {
+                let mut k: Vec<String> = b
+                    .rows
+                    .iter()
+                    .filter_map(|r| r.get(t.key().supabase).and_then(Value::as_str))
+                    .map(str::to_owned)
+                    .collect();
+                k.extend(b.gone.iter().cloned());
+                (*t, k)
+            })
+            .collect();
+        self.side.send(c.batch).await?;
+        Ok(keys)
+    }
+
+    pub(crate) async fn close(self) {
+        self.side.close().await;
+    }
+}
