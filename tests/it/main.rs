@@ -29,6 +29,7 @@ mod coerce;
 mod deploy;
 mod dual;
 mod faults;
+mod fence;
 mod fixtures;
 mod generate;
 mod numbers;
