@@ -232,12 +232,41 @@ impl RestClient {
     /// Call the SQL function `function` (`POST /rpc/<function>`) with named
     /// arguments; returns its JSON result.
     pub async fn rpc(&self, function: &str, args: &Value) -> Result<Value> {
-        let req = self
+        self.rpc_request(function, args, None).await
+    }
+
+    /// [`RestClient::rpc`] for a call meant to last: it may take up to
+    /// `timeout` instead of the client's timeout (the fence's call, held for
+    /// as long as the fence is up).
+    pub(crate) async fn rpc_within(
+        &self,
+        function: &str,
+        args: &Value,
+        timeout: Duration,
+    ) -> Result<Value> {
+        self.rpc_request(function, args, Some(timeout))
+            .await
+            .map_err(|e| match e {
+                Error::Timeout(_) => Error::Timeout(timeout),
+                e => e,
+            })
+    }
+
+    async fn rpc_request(
+        &self,
+        function: &str,
+        args: &Value,
+        timeout: Option<Duration>,
+    ) -> Result<Value> {
+        let mut req = self
             .http
             .post(format!("{}/rpc/{function}", self.base))
             .headers(self.headers.clone())
             .header("Content-Profile", self.schema.as_str())
             .json(args);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         let resp = self.send(req, None).await?;
         resp.json()
             .await

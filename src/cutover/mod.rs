@@ -23,6 +23,7 @@
 /// `cutover check --rollback`: may the file become the primary again.
 pub use crate::reverse::rollback::{check as check_rollback, RollbackReport};
 
+mod fence;
 pub mod marker;
 mod run;
 

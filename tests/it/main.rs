@@ -30,6 +30,7 @@ mod cutover_run;
 mod deploy;
 mod dual;
 mod faults;
+mod fence;
 mod fixtures;
 mod generate;
 mod numbers;
