@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::config::{BackendKind, Settings};
+use crate::cutover::Primary;
 use crate::error::{Error, Result};
 
 /// Which side is the source of truth.
@@ -101,6 +102,31 @@ impl Direction {
     }
 }
 
+impl Direction {
+    /// The direction `serve` and `status` work in without `--direction`, and
+    /// a note to log. The file's recorded primary (`recorded`, see
+    /// [`crate::cutover::marker`]) wins over the configuration: it is what a
+    /// cutover changes, while `DB_BACKEND` is the app's and may lag behind.
+    /// A file that records none goes by the configuration ([`Direction::resolve`]).
+    pub fn follow(recorded: Option<Primary>, s: &Settings) -> Result<(Direction, Option<String>)> {
+        let Some(p) = recorded else {
+            return Direction::resolve(None, s);
+        };
+        let d = p.direction();
+        let note = match Direction::resolve(None, s) {
+            Ok((c, _)) if c == d => None,
+            _ => Some(format!(
+                "the file records {} as the primary: direction {}, whatever DB_BACKEND={} (dual write {}) says",
+                p.as_str(),
+                d.as_str(),
+                s.configured_backend.trim(),
+                if s.dual_write { "on" } else { "off" },
+            )),
+        };
+        Ok((d, note))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +177,26 @@ mod tests {
         assert!(e.to_string().contains("SUPABASE_DUAL_WRITE=true"), "{e}");
         let e = Direction::resolve(Some("sideways"), &settings("sqlite", "false")).unwrap_err();
         assert!(e.to_string().contains("unknown direction"), "{e}");
+    }
+
+    #[test]
+    fn a_recorded_primary_wins_over_the_configuration() {
+        use Direction::*;
+        let cases = [
+            (None, "sqlite", "false", Forward, false),
+            (None, "supabase", "true", Reverse, false),
+            (Some(Primary::Supabase), "sqlite", "false", Reverse, true),
+            (Some(Primary::Supabase), "supabase", "true", Reverse, false),
+            // No copy configured: the marker still says which way.
+            (Some(Primary::Supabase), "supabase", "false", Reverse, true),
+            (Some(Primary::Sqlite), "supabase", "true", Forward, true),
+            (Some(Primary::Sqlite), "sqlite", "true", Forward, false),
+        ];
+        for (recorded, b, d, want, notes) in cases {
+            let (got, note) = Direction::follow(recorded, &settings(b, d)).unwrap();
+            assert_eq!((got, note.is_some()), (want, notes), "{recorded:?} {b} {d}");
+        }
+        let e = Direction::follow(None, &settings("supabase", "false")).unwrap_err();
+        assert!(e.to_string().contains("SUPABASE_DUAL_WRITE=true"), "{e}");
     }
 }

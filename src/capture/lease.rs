@@ -65,6 +65,18 @@ pub(super) fn lock_path(db: &Path) -> PathBuf {
 
 impl Lease {
     pub fn take(db: &Path) -> Result<Lease> {
+        Lease::try_take(db)?.ok_or_else(|| {
+            Error::invalid(format!(
+                "another `dualwrite serve` is already running on {} (it holds {}); only one daemon may drain a file",
+                db.display(),
+                lock_path(db).display()
+            ))
+        })
+    }
+
+    /// [`Lease::take`], `None` while another process holds it (a daemon
+    /// standing down for a cutover waits for `cutover run` to let it go).
+    pub fn try_take(db: &Path) -> Result<Option<Lease>> {
         let path = lock_path(db);
         let conn = Connection::open(&path).map_err(|e| {
             Error::Sqlite(format!("cannot open the lock file {}: {e}", path.display()))
@@ -82,17 +94,13 @@ impl Lease {
         match taken {
             Ok(()) => {
                 conn.execute("INSERT INTO lease (pid) VALUES (?1)", [std::process::id()])?;
-                Ok(Lease { conn, path })
+                Ok(Some(Lease { conn, path }))
             }
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::DatabaseBusy
                     || e.code == rusqlite::ErrorCode::DatabaseLocked =>
             {
-                Err(Error::invalid(format!(
-                    "another `dualwrite serve` is already running on {} (it holds {}); only one daemon may drain a file",
-                    db.display(),
-                    path.display()
-                )))
+                Ok(None)
             }
             Err(e) => Err(Error::Sqlite(format!(
                 "cannot take the lock {}: {e}",

@@ -19,7 +19,7 @@
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::capture;
 use crate::catalogue::TABLES;
@@ -34,7 +34,7 @@ pub(crate) const MARKER_PREFIX: &str = "_dualwrite_primary";
 const REFUSE_PREFIX: &str = "_dualwrite_primary_refuse_";
 
 /// Which side is the primary.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Primary {
     /// The SQLite file (before cutover, or after a rollback).
@@ -79,7 +79,7 @@ impl Primary {
 }
 
 /// A cutover (or rollback) in progress.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Switching {
     /// The side it makes the primary.
     pub to: Primary,
@@ -90,7 +90,7 @@ pub struct Switching {
 }
 
 /// What the file records.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Marker {
     pub primary: Primary,
     pub switching: Option<Switching>,
@@ -123,8 +123,15 @@ fn has_marker(conn: &Connection) -> Result<bool> {
 
 /// The marker as `conn` sees it now.
 pub(crate) fn read(conn: &Connection) -> Result<Marker> {
+    Ok(recorded(conn)?.unwrap_or_default())
+}
+
+/// The marker as `conn` sees it now, `None` when the file records none (it
+/// was never cut over: the file is the primary, and `serve` and `status` go
+/// by the configuration).
+pub(crate) fn recorded(conn: &Connection) -> Result<Option<Marker>> {
     if !has_marker(conn)? {
-        return Ok(Marker::default());
+        return Ok(None);
     }
     let row = conn
         .query_row(
@@ -145,7 +152,7 @@ pub(crate) fn read(conn: &Connection) -> Result<Marker> {
         )
         .optional()?;
     let Some((primary, changed_at, to, pid, since)) = row else {
-        return Ok(Marker::default());
+        return Ok(None);
     };
     let switching = match to {
         Some(to) => Some(Switching {
@@ -155,16 +162,49 @@ pub(crate) fn read(conn: &Connection) -> Result<Marker> {
         }),
         None => None,
     };
-    Ok(Marker {
+    Ok(Some(Marker {
         primary: Primary::parse(&primary)?,
         switching,
         changed_at,
-    })
+    }))
 }
 
 /// The marker of the file at `path`, read without changing the file.
 pub fn read_file(path: &Path) -> Result<Marker> {
     read(&capture::open_ro(path)?)
+}
+
+/// [`recorded`] for the file at `path`, read without changing the file.
+pub fn recorded_in(path: &Path) -> Result<Option<Marker>> {
+    recorded(&capture::open_ro(path)?)
+}
+
+/// A time of the marker (seconds since the epoch), as messages show it.
+pub fn utc(secs: f64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp(secs as i64, 0).map_or_else(
+        || secs.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    )
+}
+
+/// The recorded primary, as `status` and `capture status` print it.
+pub fn describe(m: Option<&Marker>) -> String {
+    let Some(m) = m else {
+        return "none recorded (never cut over: the file is the primary)".to_owned();
+    };
+    let mut s = m.primary.as_str().to_owned();
+    if let Some(t) = m.changed_at {
+        s.push_str(&format!(" since {}", utc(t)));
+    }
+    if let Some(sw) = &m.switching {
+        s.push_str(&format!(
+            "; cutover in progress (pid {}, since {}, making {} the primary)",
+            sw.pid,
+            utc(sw.since),
+            sw.to.as_str()
+        ));
+    }
+    s
 }
 
 /// Create the marker's row when there is none (the file is the primary).
@@ -178,8 +218,8 @@ fn ensure(conn: &Connection) -> Result<()> {
 }
 
 /// Record a cutover in progress (or its end, `None`), in the caller's
-/// transaction.
-pub(crate) fn set_switching(conn: &Connection, s: Option<&Switching>) -> Result<()> {
+/// transaction. (Public for `cutover run` and the tests that play its part.)
+pub fn set_switching(conn: &Connection, s: Option<&Switching>) -> Result<()> {
     ensure(conn)?;
     conn.execute(
         &format!(
@@ -198,7 +238,8 @@ pub(crate) fn set_switching(conn: &Connection, s: Option<&Switching>) -> Result<
 /// Record `primary` as the primary (clearing `switching`), and put the
 /// refusal triggers in place (Supabase primary) or take them away (the file
 /// primary), in the caller's transaction: the switch's commit point.
-pub(crate) fn record_primary(conn: &Connection, primary: Primary) -> Result<()> {
+/// (Public for `cutover run` and the tests that play its part.)
+pub fn record_primary(conn: &Connection, primary: Primary) -> Result<()> {
     ensure(conn)?;
     let now = capture::now_secs();
     conn.execute(
@@ -239,10 +280,7 @@ fn drop_refusal(conn: &Connection) -> Result<()> {
 
 /// The message an app's write to the file meets once Supabase is the primary.
 fn refusal_message(since: f64) -> String {
-    let at = chrono::DateTime::<chrono::Utc>::from_timestamp(since as i64, 0).map_or_else(
-        || since.to_string(),
-        |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-    );
+    let at = utc(since);
     format!(
         "dualwrite: this file is no longer the primary (Supabase is, since the cutover at {at}); \
          restart the app with DB_BACKEND=supabase, or run `dualwrite cutover rollback`"
@@ -298,26 +336,38 @@ pub(crate) fn write_as_mirror<R>(
 /// when it changed.
 pub(crate) struct MarkerWatch {
     data_version: i64,
-    marker: Marker,
+    marker: Option<Marker>,
 }
+
+/// What a file with no marker reads as.
+const UNRECORDED: Marker = Marker {
+    primary: Primary::Sqlite,
+    switching: None,
+    changed_at: None,
+};
 
 impl MarkerWatch {
     pub(crate) fn new(conn: &Connection) -> Result<MarkerWatch> {
         let data_version = data_version(conn)?;
         Ok(MarkerWatch {
             data_version,
-            marker: read(conn)?,
+            marker: recorded(conn)?,
         })
     }
 
     /// The marker now (read again only if another connection committed).
     pub(crate) fn current(&mut self, conn: &Connection) -> Result<&Marker> {
+        Ok(self.current_recorded(conn)?.unwrap_or(&UNRECORDED))
+    }
+
+    /// [`MarkerWatch::current`], `None` while the file records none.
+    pub(crate) fn current_recorded(&mut self, conn: &Connection) -> Result<Option<&Marker>> {
         let v = data_version(conn)?;
         if v != self.data_version {
-            self.marker = read(conn)?;
+            self.marker = recorded(conn)?;
             self.data_version = v;
         }
-        Ok(&self.marker)
+        Ok(self.marker.as_ref())
     }
 }
 

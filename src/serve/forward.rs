@@ -70,8 +70,33 @@ pub(super) struct Forward {
     again: Arc<AtomicBool>,
     /// `PRAGMA data_version` and `schema_version` at the last poll.
     versions: (i64, i64),
-    /// A connection of the backlog reader's own.
-    backlog: Arc<Mutex<rusqlite::Connection>>,
+}
+
+/// The file's backlog, read from its change log on a connection of the
+/// reader's own (opened at the first read): one scan of the log per read,
+/// nothing worth caching (SQLite's default page cache is 2 MB).
+pub(super) fn backlog_reader(db: PathBuf) -> BacklogReader {
+    let conn: Arc<Mutex<Option<rusqlite::Connection>>> = Arc::default();
+    Arc::new(move || {
+        let (conn, db) = (Arc::clone(&conn), db.clone());
+        Box::pin(crate::sync::blocking("status", move || {
+            let mut slot = crate::sync::lock(&conn);
+            let c = match &mut *slot {
+                Some(c) => c,
+                empty => {
+                    let c = capture::open_ro(&db)?;
+                    c.execute_batch("PRAGMA cache_size = -64")?;
+                    empty.insert(c)
+                }
+            };
+            let (pending, oldest_at) = capture::backlog(c)?;
+            Ok(Backlog {
+                pending,
+                estimated: false,
+                oldest_at,
+            })
+        }))
+    })
 }
 
 impl Forward {
@@ -95,15 +120,11 @@ impl Forward {
                     )));
                 }
                 let versions = (capture::data_version(&c)?, capture::schema_version(&c)?);
-                // The signals' reader: one scan of the log per read, nothing
-                // worth caching (SQLite's default page cache is 2 MB).
-                let b = capture::open_ro(&db)?;
-                b.execute_batch("PRAGMA cache_size = -64")?;
-                Ok((c, versions, b))
+                Ok((c, versions))
             })
         };
         let (setup, reader) = tokio::join!(setup, SqliteDatabase::open_read_only(&db));
-        let (conn, versions, backlog) = setup?;
+        let (conn, versions) = setup?;
         let reader = reader?;
         let rejects = Arc::new(RejectLog::open(opts.state_dir.rejects(), true)?);
         let coerced = Arc::new(CoercedLog::new(opts.state_dir.coerced()));
@@ -121,7 +142,6 @@ impl Forward {
             unique_refusals: Arc::default(),
             again: Arc::default(),
             versions,
-            backlog: Arc::new(Mutex::new(backlog)),
             opts: opts.clone(),
         })
     }
@@ -365,32 +385,16 @@ impl Side for Forward {
     }
 
     fn backlog_reader(&self) -> BacklogReader {
-        let conn = Arc::clone(&self.backlog);
-        Arc::new(move || {
-            let conn = Arc::clone(&conn);
-            Box::pin(crate::sync::blocking("status", move || {
-                let (pending, oldest_at) = capture::backlog(&crate::sync::lock(&conn))?;
-                Ok(Backlog {
-                    pending,
-                    estimated: false,
-                    oldest_at,
-                })
-            }))
-        })
+        backlog_reader(self.opts.db_path.clone())
     }
 
     async fn close(self) {
         // The file's connections are closed before the lease goes: an
         // embedding process may fork() once its background drainer stopped,
         // and a thread still inside SQLite at a fork deadlocks the child.
-        let Forward {
-            conn,
-            reader,
-            backlog,
-            ..
-        } = self;
+        // (The backlog reader's goes with the daemon's signals.)
+        let Forward { conn, reader, .. } = self;
         drop(conn);
-        drop(backlog);
         reader.close().await;
     }
 }

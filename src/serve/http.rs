@@ -11,22 +11,23 @@ use hyper::service::{make_service_fn, service_fn};
 use hyper::{Body, Request, Response, Server, StatusCode};
 use tokio::sync::watch;
 
-use super::stats::{render_metrics, snapshot, Signals};
+use super::stats::{render_metrics, snapshot, Current, Signals};
 use crate::error::{Error, Result};
 
-/// Bind `addr` (an error at once if it is taken) and serve until `stop`.
+/// Bind `addr` (an error at once if it is taken) and serve until `stop`,
+/// each answer from the signals `current` holds when it is asked.
 pub(crate) fn spawn(
     addr: SocketAddr,
-    signals: Signals,
+    current: Current,
     mut stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let builder = Server::try_bind(&addr)
         .map_err(|e| Error::invalid(format!("cannot listen on {addr}: {e}")))?;
     let make = make_service_fn(move |_| {
-        let signals = signals.clone();
+        let current = current.clone();
         async move {
             Ok::<_, Infallible>(service_fn(move |req| {
-                let signals = signals.clone();
+                let signals = current.get();
                 async move { Ok::<_, Infallible>(handle(&signals, &req).await) }
             }))
         }

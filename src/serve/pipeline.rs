@@ -129,7 +129,7 @@ fn stopped(stop: &watch::Receiver<bool>) -> bool {
 }
 
 /// Sleep `d`, or less if `stop` comes first.
-async fn sleep(d: Duration, stop: &mut watch::Receiver<bool>) {
+pub(super) async fn sleep(d: Duration, stop: &mut watch::Receiver<bool>) {
     tokio::select! {
         _ = tokio::time::sleep(d) => {}
         _ = stop.changed() => {}

@@ -283,18 +283,7 @@ impl Side for Reverse {
     }
 
     fn backlog_reader(&self) -> BacklogReader {
-        let rest = self.rest.clone();
-        Arc::new(move || {
-            let rest = rest.clone();
-            Box::pin(async move {
-                let b = rc::backlog(&rest).await?;
-                Ok(Backlog {
-                    pending: b.pending,
-                    estimated: b.estimated,
-                    oldest_at: b.oldest_at.as_deref().and_then(epoch_of),
-                })
-            })
-        })
+        backlog_reader(self.rest.clone())
     }
 
     async fn close(self) {
@@ -349,4 +338,19 @@ impl ReverseMirror {
     pub(crate) async fn close(self) {
         self.side.close().await;
     }
+}
+
+/// Supabase's backlog, read from its change log through `rest` (the service key).
+pub(super) fn backlog_reader(rest: RestClient) -> BacklogReader {
+    Arc::new(move || {
+        let rest = rest.clone();
+        Box::pin(async move {
+            let b = rc::backlog(&rest).await?;
+            Ok(Backlog {
+                pending: b.pending,
+                estimated: b.estimated,
+                oldest_at: b.oldest_at.as_deref().and_then(epoch_of),
+            })
+        })
+    })
 }

@@ -17,6 +17,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::capture;
+use crate::cutover::Marker;
 use crate::direction::Direction;
 use crate::error::{Error, Result};
 
@@ -84,6 +85,10 @@ pub struct Stats {
     stopping: AtomicBool,
     /// Why capture is not in place, when it is not.
     capture_problem: Mutex<Option<String>>,
+    /// Why the daemon stands down (does not drain), when it does.
+    held: Mutex<Option<String>>,
+    /// The file's recorded primary as last read (`None`: none recorded).
+    recorded: Mutex<Option<Marker>>,
     /// The last backlog read, for a reader that cannot read it now.
     backlog: Mutex<Option<(Instant, Backlog)>>,
     quiet: Mutex<Quiet>,
@@ -121,6 +126,8 @@ impl Stats {
             }),
             stopping: AtomicBool::new(false),
             capture_problem: Mutex::default(),
+            held: Mutex::default(),
+            recorded: Mutex::default(),
             backlog: Mutex::default(),
             quiet: Mutex::default(),
         }
@@ -142,6 +149,17 @@ impl Stats {
 
     pub(crate) fn capture_problem(&self, problem: Option<String>) {
         *crate::sync::lock(&self.capture_problem) = problem;
+    }
+
+    /// The daemon stands down (a cutover in progress, a recorded primary
+    /// that contradicts `--direction`): not ready, for this reason.
+    pub(crate) fn hold(&self, why: String) {
+        *crate::sync::lock(&self.held) = Some(why);
+    }
+
+    /// The file's recorded primary, as the daemon last read it.
+    pub(crate) fn recorded(&self, m: Option<Marker>) {
+        *crate::sync::lock(&self.recorded) = m;
     }
 
     /// An attempt failed (a request, a statement, a batch): counted by kind,
@@ -254,6 +272,10 @@ impl Stats {
         if self.stopping.load(Ordering::Relaxed) {
             why.push("shutting down".to_owned());
         }
+        let held = crate::sync::lock(&self.held).clone();
+        if let Some(h) = &held {
+            why.push(h.clone());
+        }
         if let Some(p) = crate::sync::lock(&self.capture_problem).clone() {
             why.push(p);
         }
@@ -287,7 +309,8 @@ impl Stats {
         }
         let progress = *crate::sync::lock(&self.progress);
         let idle = progress.at.elapsed();
-        if b.pending > 0 && idle > self.max_lag {
+        // Standing down, the daemon is not meant to progress: the hold says why.
+        if held.is_none() && b.pending > 0 && idle > self.max_lag {
             why.push(format!(
                 "no progress for {}s while {}{} changes wait (the daemon is {})",
                 idle.as_secs(),
@@ -298,6 +321,7 @@ impl Stats {
         }
         Health {
             ready: why.is_empty(),
+            held: held.is_some(),
             why,
             backlog: b,
             backlog_known: read.is_ok(),
@@ -335,6 +359,8 @@ fn failing_side(kind: &str, direction: Direction) -> &'static str {
 #[derive(Debug, Clone)]
 pub(crate) struct Health {
     pub ready: bool,
+    /// The daemon stands down (the first of `why` says why).
+    pub held: bool,
     pub why: Vec<String>,
     pub backlog: Backlog,
     /// The backlog was read now (else it is the last one read).
@@ -350,6 +376,34 @@ pub(crate) struct Health {
 pub(crate) struct Signals {
     pub stats: Arc<Stats>,
     pub backlog: BacklogReader,
+}
+
+/// The signals of what the daemon does now (one direction drained, or
+/// standing down), for the endpoint and the reporter, which outlive each.
+#[derive(Clone)]
+pub(crate) struct Current(Arc<(Mutex<Signals>, AtomicBool)>);
+
+impl Current {
+    pub(crate) fn new(s: Signals) -> Current {
+        Current(Arc::new((Mutex::new(s), AtomicBool::new(false))))
+    }
+
+    pub(crate) fn get(&self) -> Signals {
+        crate::sync::lock(&self.0 .0).clone()
+    }
+
+    pub(crate) fn set(&self, s: Signals) {
+        if self.0 .1.load(Ordering::SeqCst) {
+            s.stats.stopping();
+        }
+        *crate::sync::lock(&self.0 .0) = s;
+    }
+
+    /// Shutting down: not ready, whatever signals come next.
+    pub(crate) fn stop(&self) {
+        self.0 .1.store(true, Ordering::SeqCst);
+        self.get().stats.stopping();
+    }
 }
 
 /// A backlog read within this long is used again rather than read anew (a
@@ -408,6 +462,7 @@ pub(crate) fn snapshot(stats: &Stats, h: &Health) -> StatusFile {
         mirrored_rows,
         failures,
         rejected_rows,
+        recorded_primary: crate::sync::lock(&stats.recorded).clone(),
         exited: None,
     }
 }
@@ -438,6 +493,10 @@ pub struct StatusFile {
     pub mirrored_rows: BTreeMap<String, u64>,
     pub failures: BTreeMap<String, u64>,
     pub rejected_rows: BTreeMap<String, u64>,
+    /// The file's recorded primary and any cutover in progress, as the
+    /// daemon last read them (`None`: the file records none).
+    #[serde(default)]
+    pub recorded_primary: Option<Marker>,
     /// Set in the last report of a daemon that ended on an error: the error.
     pub exited: Option<String>,
 }
@@ -639,6 +698,17 @@ mod tests {
             .why
             .iter()
             .any(|w| w.contains("cannot read the change log")));
+    }
+
+    #[test]
+    fn a_daemon_standing_down_says_why_first_and_not_that_it_makes_no_progress() {
+        let s = Stats::new(Direction::Forward, Duration::from_millis(10));
+        s.hold("cutover in progress (pid 7)".into());
+        std::thread::sleep(Duration::from_millis(30));
+        let h = s.health(&backlog(4, 0.0));
+        assert!(!h.ready && h.held, "{h:?}");
+        assert_eq!(h.why, vec!["cutover in progress (pid 7)".to_owned()]);
+        assert_eq!(h.backlog.pending, 4);
     }
 
     #[test]

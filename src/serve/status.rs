@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::reverse::epoch_of;
 use super::stats::{read_status_file, StatusFile};
 use crate::capture;
+use crate::cutover::marker::{self, Marker};
 use crate::direction::Direction;
 use crate::error::Result;
 use crate::rest::RestClient;
@@ -50,15 +51,20 @@ pub struct Status {
     pub rejects_file: String,
     /// The daemon's last report (the status file beside the file).
     pub daemon: Option<StatusFile>,
+    /// The file's recorded primary and any cutover in progress (`None`: the
+    /// file records none, it was never cut over).
+    pub recorded_primary: Option<Marker>,
 }
 
 /// The forward direction's status: the file's change log.
 pub fn status(db: &Path, rejects: &Path) -> Result<Status> {
     let capture = capture::status(db)?;
+    let recorded = marker::recorded_in(db)?;
     let oldest = capture::now_secs() - capture.lag_seconds;
     Ok(assemble(
         Direction::Forward,
         db,
+        recorded,
         rejects,
         serde_json::to_value(&capture).expect("capture status serialises"),
         capture.installed,
@@ -73,9 +79,15 @@ pub async fn status_reverse(rest: &RestClient, db: &Path, rejects: &Path) -> Res
     let capture = rc::state(rest).await?;
     let (db, rejects) = (db.to_path_buf(), rejects.to_path_buf());
     crate::sync::blocking("status", move || {
+        let recorded = if db.exists() {
+            marker::recorded_in(&db)?
+        } else {
+            None
+        };
         Ok(assemble(
             Direction::Reverse,
             &db,
+            recorded,
             &rejects,
             serde_json::to_value(&capture).expect("capture state serialises"),
             capture.installed(),
@@ -91,6 +103,7 @@ pub async fn status_reverse(rest: &RestClient, db: &Path, rejects: &Path) -> Res
 fn assemble(
     direction: Direction,
     db: &Path,
+    recorded: Option<Marker>,
     rejects: &Path,
     capture: serde_json::Value,
     capture_complete: bool,
@@ -100,10 +113,28 @@ fn assemble(
 ) -> Status {
     let now = capture::now_secs();
     let lag_seconds = oldest_at.map_or(0.0, |at| (now - at).max(0.0));
-    let daemon = read_status_file(db).filter(|d| d.direction == direction.as_str());
+    let report = read_status_file(db);
+    let fresh = |d: &StatusFile| now - d.updated_at <= STALE_SECS;
+    let daemon = report.clone().filter(|d| d.direction == direction.as_str());
     // Probed without taking the lease: a running daemon is never disturbed.
     let daemon_running = capture::Lease::held_on(db);
     let mut problems = Vec::new();
+    if let Some(m) = &recorded {
+        if m.primary.direction() != direction {
+            problems.push(format!(
+                "the recorded primary is {}: {} is not the direction to drain (the {} one is; \
+                 run `dualwrite status` and `dualwrite serve` without --direction to follow it)",
+                m.primary.as_str(),
+                direction.as_str(),
+                m.primary.direction().as_str()
+            ));
+        }
+    }
+    // A daemon standing down (a cutover, a contradicting --direction) holds
+    // no lease: its fresh report says why.
+    let standing_down = report
+        .as_ref()
+        .filter(|d| fresh(d) && d.exited.is_none() && !d.ready && !d.not_ready_because.is_empty());
     if !capture_complete {
         problems.push(format!(
             "capture on {} is not complete (see `capture`)",
@@ -111,16 +142,26 @@ fn assemble(
         ));
     }
     match (&daemon, daemon_running) {
-        (_, false) => {
-            let mut p =
-                "no daemon is running (`dualwrite serve` holds no lease on the file)".to_owned();
-            if let Some(e) = daemon.as_ref().and_then(|d| d.exited.as_deref()) {
-                p.push_str(&format!("; the last one exited on: {e}"));
+        (_, false) => match standing_down {
+            Some(d) => problems.push(format!(
+                "the daemon (pid {}) does not drain: {}",
+                d.pid,
+                d.not_ready_because.join("; ")
+            )),
+            None => {
+                let mut p = "no daemon is running (`dualwrite serve` holds no lease on the file)"
+                    .to_owned();
+                if let Some(e) = daemon.as_ref().and_then(|d| d.exited.as_deref()) {
+                    p.push_str(&format!("; the last one exited on: {e}"));
+                }
+                problems.push(p);
             }
-            problems.push(p);
-        }
-        (None, true) => problems.push("the daemon has not reported yet".to_owned()),
-        (Some(d), true) if now - d.updated_at > STALE_SECS => problems.push(format!(
+        },
+        (None, true) => match report.as_ref().filter(|d| fresh(d)) {
+            Some(d) => problems.push(format!("the daemon drains the {} direction", d.direction)),
+            None => problems.push("the daemon has not reported yet".to_owned()),
+        },
+        (Some(d), true) if !fresh(d) => problems.push(format!(
             "the daemon's last report is {:.0}s old: is it paused (SIGSTOP) or hung?",
             now - d.updated_at
         )),
@@ -153,6 +194,7 @@ fn assemble(
         rejected_rows_recorded,
         rejects_file: rejects.display().to_string(),
         daemon,
+        recorded_primary: recorded,
     }
 }
 
@@ -174,6 +216,10 @@ impl Status {
             self.rejected_rows_recorded,
             self.rejects_file,
         );
+        s.push_str(&format!(
+            "  recorded primary: {}\n",
+            marker::describe(self.recorded_primary.as_ref())
+        ));
         if let Some(e) = &self.last_error {
             s.push_str(&format!("  last error: {e}\n"));
         }

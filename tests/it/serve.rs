@@ -1111,3 +1111,302 @@ async fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(st["daemon_running"], false, "{st}");
 }
+
+// ---- serve follows the recorded primary (docs/design/cutover.md) ----
+
+use dualwrite::capture::Lease;
+use dualwrite::cutover::marker::{self, Switching};
+use dualwrite::cutover::Primary;
+
+/// What `cutover run` writes first: a cutover of this (the test's) process,
+/// towards `to`, in progress.
+fn begin_switch(db: &Path, to: Primary, pid: u32) {
+    let mut c = rusqlite::Connection::open(db).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    let tx = c.transaction().unwrap();
+    let since = dualwrite::capture::now_secs();
+    marker::set_switching(&tx, Some(&Switching { to, pid, since })).unwrap();
+    tx.commit().unwrap();
+}
+
+/// The switch's commit: `p` recorded as the primary (refusal triggers on or
+/// off), `switching` cleared.
+fn record(db: &Path, p: Primary) {
+    let mut c = rusqlite::Connection::open(db).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    let tx = c.transaction().unwrap();
+    marker::record_primary(&tx, p).unwrap();
+    tx.commit().unwrap();
+}
+
+/// The app's own write to the file (plain rusqlite, as DoX's engine).
+fn app_adds_artifact(db: &Path, id: &str) -> rusqlite::Result<usize> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.execute(
+        "INSERT INTO artifact (id, filename, filepath, filetype, status, extra_json) \
+         VALUES (?1, 'a.pdf', '/a.pdf', 'pdf', 'new', '{}')",
+        [id],
+    )
+}
+
+fn in_file(db: &Path, id: &str) -> bool {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.query_row("SELECT count(*) FROM artifact WHERE id = ?1", [id], |r| {
+        r.get::<_, i64>(0)
+    })
+    .unwrap()
+        == 1
+}
+
+async fn in_supabase(pg: &PrivateDb, id: &str) -> bool {
+    !pg.rest(Duration::from_secs(5))
+        .select_in("artifacts", "id", "id", &[id])
+        .await
+        .unwrap()
+        .is_empty()
+}
+
+/// Wait up to `secs` for `cond`, then fail with the serve log.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    db: &Path,
+    secs: u64,
+    what: &str,
+    mut cond: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {secs}s; serve log:\n{}",
+            std::fs::read_to_string(db.with_extension("serve.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn status_json(port: u16) -> serde_json::Value {
+    let (code, body) = get(port, "/status").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// One `serve` without `--direction`, never restarted, through a cutover and
+/// a rollback played as `cutover run` plays them: it stands down and lets
+/// the lease go while `switching` is set, then drains the way the recorded
+/// primary says; the reverse mirror writes the file past the refusal that
+/// the app's own writes meet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_follows_the_recorded_primary_through_a_cutover_and_a_rollback() {
+    use dualwrite::capture::supabase as rc;
+    needs_stack!();
+    let pg = PrivateDb::new().await;
+    pg.ddl(rc::MIGRATION_SQL).await;
+    let service = pg.rest(Duration::from_secs(10));
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let me = std::process::id();
+    let port = free_port();
+    let serve = spawn_serve(&db, &pg, port);
+    wait_http(port).await;
+    let (code, body) = ready_within(port, 200, 20).await;
+    assert_eq!(code, 200, "{body}");
+
+    // Forward (no marker, DB_BACKEND unset: sqlite): the app's write reaches Supabase.
+    app_adds_artifact(&db, "follow-fwd-1").unwrap();
+    eventually(&db, 20, "forward before the cutover", || {
+        in_supabase(&pg, "follow-fwd-1")
+    })
+    .await;
+
+    // `cutover run` begins: serve stands down and lets the lease go.
+    begin_switch(&db, Primary::Supabase, me);
+    let (code, body) = ready_within(port, 503, 10).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains(&format!("cutover in progress (pid {me}, since ")),
+        "{body}"
+    );
+    let lease = Lease::take(&db).expect("serve let the file's lease go");
+    let st = status_json(port).await;
+    assert_eq!(st["recorded_primary"]["switching"]["pid"], me, "{st}");
+    assert_eq!(st["doing"], "standing down", "{st}");
+    // The status file, written every second, says it too.
+    eventually(&db, 5, "the status file tells the cutover", || async {
+        dualwrite::serve::read_status_file(&db).is_some_and(|f| {
+            f.not_ready_because
+                .first()
+                .is_some_and(|w| w.contains("cutover in progress"))
+        })
+    })
+    .await;
+    let o = run(&db, &pg, &["status"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("cutover in progress (pid"), "{out}");
+
+    // The switch (under the lease): capture on Supabase, the file's capture
+    // off and refusal on, the marker; then the lease goes.
+    rc::enable(&service).await.unwrap();
+    record(&db, Primary::Supabase);
+    dualwrite::capture::uninstall(&db, false).unwrap();
+    drop(lease);
+    let (code, body) = ready_within(port, 200, 20).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status_json(port).await["direction"], "reverse");
+
+    // Reverse: a row written to Supabase reaches the file, past the refusal
+    // that the app's own write meets.
+    let body = serde_json::json!([{"id": "follow-rev-1", "filename": "r.pdf", "filepath": "/r.pdf",
+                                   "filetype": "pdf"}]);
+    service
+        .upsert(&dualwrite::catalogue::ARTIFACT, body.to_string())
+        .await
+        .unwrap();
+    eventually(&db, 20, "reverse after the cutover", || async {
+        in_file(&db, "follow-rev-1")
+    })
+    .await;
+    let e = app_adds_artifact(&db, "follow-refused")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no longer the primary") && e.contains("DB_BACKEND=supabase"),
+        "{e}"
+    );
+    assert!(!in_file(&db, "follow-refused"));
+    let rejects = dualwrite::StateDir::of_source(&db).reverse_rejects();
+    assert!(
+        std::fs::read_to_string(&rejects)
+            .unwrap_or_default()
+            .is_empty(),
+        "the mirror's writes were refused"
+    );
+
+    // Rollback: the same towards the file.
+    begin_switch(&db, Primary::Sqlite, me);
+    let (code, body) = ready_within(port, 503, 10).await;
+    assert!(
+        code == 503 && body.contains("cutover in progress"),
+        "{body}"
+    );
+    let lease = Lease::take(&db).expect("serve let the file's lease go");
+    record(&db, Primary::Sqlite);
+    dualwrite::capture::install(&db, None).unwrap();
+    rc::disable(&service, true).await.unwrap();
+    drop(lease);
+    let (code, body) = ready_within(port, 200, 20).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status_json(port).await["direction"], "forward");
+    app_adds_artifact(&db, "follow-fwd-2").unwrap();
+    eventually(&db, 20, "forward after the rollback", || {
+        in_supabase(&pg, "follow-fwd-2")
+    })
+    .await;
+
+    // One process all along, and each cutover said once.
+    let mut serve = serve;
+    assert!(serve.try_wait().unwrap().is_none(), "serve exited");
+    let log = std::fs::read_to_string(db.with_extension("serve.log")).unwrap();
+    let told = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("cutover in progress"))
+        .count();
+    assert_eq!(told, 2, "{log}");
+}
+
+/// `--direction forward` on a file that records Supabase as the primary:
+/// the daemon does not send the change waiting in the file's log, and says
+/// why; `status` for that direction exits 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_direction_that_contradicts_the_recorded_primary_drains_nothing() {
+    needs_stack!();
+    let pg = PrivateDb::new().await;
+    pg.ddl(dualwrite::capture::supabase::MIGRATION_SQL).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    app_adds_artifact(&db, "wrong-way").unwrap();
+    record(&db, Primary::Supabase);
+    assert_eq!(pending(&db), 1);
+
+    let port = free_port();
+    let mut serve = spawn_serve_with(&db, &pg, port, &["--direction", "forward"]);
+    wait_http(port).await;
+    let (code, body) = ready_within(port, 503, 10).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("--direction forward contradicts the recorded primary (supabase since "),
+        "{body}"
+    );
+    // Several polls later: nothing sent, the change still waits.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(pending(&db), 1);
+    assert!(!in_supabase(&pg, "wrong-way").await);
+    assert!(serve.try_wait().unwrap().is_none(), "serve exited");
+
+    let o = run(&db, &pg, &["status", "--direction", "forward"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("the recorded primary is supabase")
+            && out.contains("recorded primary: supabase since"),
+        "{out}"
+    );
+    // Without --direction, `status` follows the recorded primary.
+    let o = run(&db, &pg, &["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["direction"], "reverse", "{st}");
+    assert_eq!(st["recorded_primary"]["primary"], "supabase", "{st}");
+}
+
+/// A `switching` whose process is gone: the daemon (started during it) says
+/// the cutover was interrupted and what to run, holds no lease, and never
+/// clears the marker itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_cutover_keeps_serve_standing_down_and_says_what_to_run() {
+    needs_stack!();
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    let mut gone = Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    begin_switch(&db, Primary::Supabase, pid);
+
+    let port = free_port();
+    let serve = spawn_serve(&db, &pg, port);
+    wait_http(port).await;
+    let (code, body) = ready_within(port, 503, 10).await;
+    assert!(
+        code == 503 && body.contains(&format!("cutover in progress (pid {pid}")),
+        "{body}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let (_, body) = get(port, "/ready").await;
+        if body.contains("is gone") || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        body.contains(&format!("pid {pid} is gone"))
+            && body.contains("`dualwrite cutover run` or `dualwrite cutover rollback`"),
+        "{body}"
+    );
+    drop(Lease::take(&db).expect("serve holds no lease while it stands down"));
+    let m = marker::read_file(&db).unwrap();
+    assert_eq!(
+        m.switching.map(|s| s.pid),
+        Some(pid),
+        "the marker was cleared"
+    );
+    let mut serve = serve;
+    assert!(serve.try_wait().unwrap().is_none(), "serve exited");
+    let log = std::fs::read_to_string(db.with_extension("serve.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("is gone")),
+        "{log}"
+    );
+}

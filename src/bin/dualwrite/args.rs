@@ -229,7 +229,7 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
         /// forward (the file's change log) or reverse (the Supabase change log;
-        /// default: as `serve`, from DB_BACKEND and dual write).
+        /// default: as `serve`, the recorded primary, else DB_BACKEND and dual write).
         #[arg(long, value_parser = ["forward", "reverse"])]
         direction: Option<String>,
         /// Where the dead letters are counted (default: as `serve`).
@@ -345,9 +345,11 @@ pub struct ServeArgs {
     /// forward: the captured SQLite file to Supabase (SQLite primary); reverse:
     /// the Supabase change log to the SQLite file (Supabase primary, the file
     /// kept as the rollback copy; needs `capture install --target supabase`).
-    /// Default: reverse when DB_BACKEND=supabase with dual write on, forward
-    /// when DB_BACKEND=sqlite. Given, it wins (a warning says when it
-    /// contradicts the configuration).
+    /// Default: the file's recorded primary (set by a cutover), followed while
+    /// serve runs; with none recorded, reverse when DB_BACKEND=supabase with
+    /// dual write on, forward when DB_BACKEND=sqlite. Given, it wins over the
+    /// configuration (a warning says so), but serve does not drain while the
+    /// recorded primary contradicts it.
     #[arg(long, value_parser = ["forward", "reverse"])]
     pub direction: Option<String>,
     /// Where /health, /ready, /metrics and /status are served [default: 127.0.0.1:8787]
@@ -415,6 +417,29 @@ impl ServeArgs {
         db: PathBuf,
         settings: &dualwrite::config::Settings,
     ) -> dualwrite::Result<ServeOptions> {
+        self.build(direction, db, settings, true)
+    }
+
+    /// The options of both directions, for a daemon that follows the file's
+    /// recorded primary (a forward-only flag applies to the forward one).
+    pub fn options_both(
+        &self,
+        db: PathBuf,
+        settings: &dualwrite::config::Settings,
+    ) -> dualwrite::Result<(ServeOptions, ServeOptions)> {
+        Ok((
+            self.build(Direction::Forward, db.clone(), settings, true)?,
+            self.build(Direction::Reverse, db, settings, false)?,
+        ))
+    }
+
+    fn build(
+        &self,
+        direction: Direction,
+        db: PathBuf,
+        settings: &dualwrite::config::Settings,
+        strict: bool,
+    ) -> dualwrite::Result<ServeOptions> {
         use std::time::Duration;
         let secs = |name: &str, v: f64| {
             if v.is_finite() && v >= 0.0 {
@@ -460,13 +485,13 @@ impl ServeArgs {
         }
         match (direction, self.unrepresentable.as_deref()) {
             (Direction::Forward, Some(p)) => o.unrepresentable = p.parse()?,
-            (Direction::Reverse, Some(_)) => {
+            (Direction::Reverse, Some(_)) if strict => {
                 return Err(dualwrite::Error::invalid(
                     "--unrepresentable applies to the forward direction (values going into \
                      Supabase); reverse, a value the file cannot hold is a dead letter",
                 ))
             }
-            (_, None) => {}
+            (Direction::Reverse, Some(_)) | (_, None) => {}
         }
         Ok(o)
     }

@@ -200,21 +200,37 @@ fn settle<'u, 'a>(
     Ok(refused)
 }
 
-/// One transaction over `units`: all of them or none.
+/// One transaction over `units`: all of them or none. Once Supabase is the
+/// primary the file refuses every other writer (`cutover::marker`): this
+/// write, the copy's, goes past the refusal in its own transaction.
 fn try_apply(
     conn: &mut Connection,
     units: &[&Unit],
 ) -> std::result::Result<HashMap<&'static str, RowsApplied>, Failure> {
-    let batch = |e: rusqlite::Error| Failure::Batch(e.into());
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(batch)?;
+        .map_err(|e| Failure::Batch(e.into()))?;
+    let out = crate::cutover::marker::write_as_mirror(&tx, |tx| Ok(write_units(tx, units)))
+        .map_err(Failure::Batch)??;
+    tx.commit().map_err(|e| match data_error(&e) {
+        Some(code) => Failure::AtCommit(code, e.to_string()),
+        None => Failure::Batch(e.into()),
+    })?;
+    Ok(out)
+}
+
+/// The statements of [`try_apply`], in its transaction.
+fn write_units(
+    tx: &Connection,
+    units: &[&Unit],
+) -> std::result::Result<HashMap<&'static str, RowsApplied>, Failure> {
+    let batch = |e: rusqlite::Error| Failure::Batch(e.into());
     let mut out: HashMap<&'static str, RowsApplied> = HashMap::new();
     let mut layouts: HashMap<&'static str, Statements> = HashMap::new();
     for (i, u) in units.iter().enumerate() {
         let t = u.t;
         if !layouts.contains_key(t.sqlite) {
-            let s = Statements::of(&tx, t).map_err(Failure::Batch)?;
+            let s = Statements::of(tx, t).map_err(Failure::Batch)?;
             layouts.insert(t.sqlite, s);
         }
         let st = &layouts[t.sqlite];
@@ -282,10 +298,6 @@ fn try_apply(
             }
         }
     }
-    tx.commit().map_err(|e| match data_error(&e) {
-        Some(code) => Failure::AtCommit(code, e.to_string()),
-        None => Failure::Batch(e.into()),
-    })?;
     Ok(out)
 }
 
@@ -589,5 +601,45 @@ mod tests {
             .unwrap();
         let e = apply(&mut c, &batch).unwrap_err();
         assert!(e.to_string().contains("has no column"), "{e}");
+    }
+
+    #[test]
+    fn once_supabase_is_the_primary_the_copy_is_written_past_the_refusal_and_the_app_is_not() {
+        use crate::cutover::marker::{record_primary, refusal_triggers, Primary};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dox.sqlite3");
+        let mut c = Connection::open(&path).unwrap();
+        let cols: Vec<String> = ARTIFACT.columns.iter().map(|c| quote(c.sqlite)).collect();
+        c.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; CREATE TABLE artifact ({}, PRIMARY KEY (id)); \
+             INSERT INTO artifact (id, filename) VALUES ('old', 'o');",
+            cols.join(", ")
+        ))
+        .unwrap();
+        record_primary(&c, Primary::Supabase).unwrap();
+        let refusals = refusal_triggers(&c).unwrap();
+        assert_eq!(refusals.len(), 3);
+        let batch = vec![(
+            &ARTIFACT,
+            TableBatch {
+                rows: vec![row("a", "f"), row("b", "g")],
+                gone: vec!["old".into()],
+            },
+        )];
+        let (applied, refused) = apply(&mut c, &batch).unwrap();
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(
+            (applied["artifact"].written, applied["artifact"].deleted),
+            (2, 1)
+        );
+        assert_eq!(ids(&c), vec!["a", "b"]);
+        // The refusal is back, for every other writer.
+        assert_eq!(refusal_triggers(&c).unwrap(), refusals);
+        let app = Connection::open(&path).unwrap();
+        let e = app
+            .execute("UPDATE artifact SET filename = 'x' WHERE id = 'a'", [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no longer the primary"), "{e}");
     }
 }

@@ -32,17 +32,21 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
             print_json(&serde_json::to_value(&r)?);
         }
         Command::Capture(CaptureCommand::Status { output, .. }) => {
+            let recorded = recorded_primary(&db).await?;
             let st = tokio::task::spawn_blocking(move || capture::status(&db)).await??;
             if output.json() {
-                print_json(&serde_json::to_value(&st)?);
+                let mut v = serde_json::to_value(&st)?;
+                v["recorded_primary"] = serde_json::to_value(&recorded)?;
+                print_json(&v);
             } else {
                 println!(
-                    "capture: {}\ntables captured: {}\nmissing triggers: {}\npending changes: {}\noldest pending: {:.1}s",
+                    "capture: {}\ntables captured: {}\nmissing triggers: {}\npending changes: {}\noldest pending: {:.1}s\nrecorded primary: {}",
                     if st.installed { "installed" } else if st.log_present { "incomplete" } else { "not installed" },
                     st.tables.join(", "),
                     if st.missing.is_empty() { "none".to_owned() } else { st.missing.join(", ") },
                     st.pending,
-                    st.lag_seconds
+                    st.lag_seconds,
+                    dualwrite::cutover::marker::describe(recorded.as_ref()),
                 );
             }
             if !st.installed {
@@ -55,7 +59,13 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
             state_dir,
             ..
         } => {
-            let (direction, _) = Direction::resolve(direction.as_deref(), &s)?;
+            let (direction, _) = match direction.as_deref() {
+                Some(given) => Direction::resolve(Some(given), &s)?,
+                None => {
+                    let recorded = recorded_primary(&db).await?;
+                    Direction::follow(recorded.map(|m| m.primary), &s)?
+                }
+            };
             let dir = state_dir_of(state_dir.as_deref(), &db);
             let st = match direction {
                 Direction::Forward => {
@@ -77,18 +87,36 @@ pub async fn live(cli: &Cli) -> Result<ExitCode> {
             }
         }
         Command::Serve(a) => {
-            let direction = serve_direction(a.direction.as_deref(), &s)?;
             let rest = dualwrite::db::RestClient::new(&s.rest_config()?)?;
-            let rest = match direction {
-                Direction::Forward => rest.mirroring_sqlite(),
-                Direction::Reverse => rest,
-            };
-            let o = a.options(direction, db, &s)?;
-            serve::run(rest, o, shutdown_signal()).await?;
+            match a.direction.as_deref() {
+                Some(given) => {
+                    let direction = serve_direction(Some(given), &s)?;
+                    let o = a.options(direction, db, &s)?;
+                    serve::run(rest, o, shutdown_signal()).await?;
+                }
+                None => {
+                    // The recorded primary, else the configuration, decides
+                    // where it starts; it follows the marker from then on.
+                    let recorded = recorded_primary(&db).await?;
+                    let (direction, note) =
+                        Direction::follow(recorded.as_ref().map(|m| m.primary), &s)?;
+                    if let Some(n) = note {
+                        tracing::info!("{n}");
+                    }
+                    let (f, r) = a.options_both(db, &s)?;
+                    serve::run_following(rest, f, r, direction, shutdown_signal()).await?;
+                }
+            }
         }
         _ => unreachable!("live() handles capture, serve and status only"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The file's recorded primary (`None`: the file records none).
+async fn recorded_primary(db: &std::path::Path) -> Result<Option<dualwrite::cutover::Marker>> {
+    let db = db.to_path_buf();
+    Ok(tokio::task::spawn_blocking(move || dualwrite::cutover::marker::recorded_in(&db)).await??)
 }
 
 /// The direction `serve` runs in ([`Direction::resolve`]), the
