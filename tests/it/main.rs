@@ -28,6 +28,7 @@ mod cli;
 mod coerce;
 mod deploy;
 mod dual;
+mod embedded_switch;
 mod faults;
 mod fixtures;
 mod generate;
