@@ -201,14 +201,14 @@ async fn writers_follow_a_cutover_and_a_rollback_with_no_error_loss_or_restart()
         w.await.unwrap();
     }
 
-    let errors = errors.lock().unwrap();
+    let errors = std::mem::take(&mut *errors.lock().unwrap());
     assert!(
         errors.is_empty(),
         "{} errors: {:?}",
         errors.len(),
         &errors[..errors.len().min(5)]
     );
-    let done = done.lock().unwrap();
+    let done = std::mem::take(&mut *done.lock().unwrap());
     let in_file = file_keys(&path, &run);
     let on_supabase: BTreeSet<String> = pg
         .sql()

@@ -205,7 +205,7 @@ fn write_rows(tx: &Connection, layout: &Layout, write: &mut Write) -> Result<Val
                     created_at.as_ref(),
                 );
                 exec_steps(
-                    &tx,
+                    tx,
                     layout,
                     &[Step::Upsert {
                         table: t,
@@ -228,7 +228,7 @@ fn write_rows(tx: &Connection, layout: &Layout, write: &mut Write) -> Result<Val
                 ),
                 rusqlite::params![i64::from(*enabled), skill_id.as_str()],
             )?;
-            match one_row(&tx, layout, t, "id", skill_id)? {
+            match one_row(tx, layout, t, "id", skill_id)? {
                 Some(row) => reads::skill(&lenient_canonical(t, &row)),
                 None => Value::Null,
             }
@@ -283,7 +283,7 @@ fn write_rows(tx: &Connection, layout: &Layout, write: &mut Write) -> Result<Val
             let steps = other
                 .steps()
                 .expect("every other write maps onto table steps");
-            exec_steps(&tx, layout, &steps)?;
+            exec_steps(tx, layout, &steps)?;
             other.return_value()
         }
     };
