@@ -485,7 +485,7 @@ impl Store {
         to_py(py, &out)
     }
 
-    /// `{mirrored, left_to_drainer, failed, dropped, pending}` of a dual store, else None.
+    /// `{mirrored, left_to_drainer, promoted, failed, dropped, pending}` of a dual store, else None.
     fn dual_stats<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         match &self.live(py)?.db {
             Db::Dual(d) => Ok(Some(serialised(py, d.stats())?)),
