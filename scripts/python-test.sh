@@ -46,9 +46,10 @@ else
   (cd python/tests && "$VENV/bin/python" -c \
     "import dualwrite, sys; p = dualwrite.__file__; sys.exit(0 if p.startswith('$VENV') else 'imports ' + p)")
 fi
-cargo build -q --bin dualwrite
+cargo build -q --bin dualwrite --example switch_primary
 set +e
-DUALWRITE_BIN="$TARGET/debug/dualwrite" "$VENV/bin/python" -m pytest -q python/tests "$@"
+DUALWRITE_BIN="$TARGET/debug/dualwrite" DUALWRITE_SWITCH_BIN="$TARGET/debug/examples/switch_primary" \
+  "$VENV/bin/python" -m pytest -q python/tests "$@"
 code=$?
 set -e
 case $code in

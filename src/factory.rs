@@ -128,13 +128,16 @@ pub async fn open(s: &Settings) -> Result<(AnyDatabase, InitReport)> {
             let lite = SqliteDatabase::open(&s.db_path, sqlite_options(s)).await?;
             report.dual_write = true;
             let rest = sb.rest().clone();
-            AnyDatabase::SupabaseFirst(dual_supabase_first(s, &rest, sb, lite).await?)
+            let mirror = lite.mirroring_supabase();
+            AnyDatabase::SupabaseFirst(dual_supabase_first(s, &rest, sb, mirror).await?)
         }
         (BackendKind::Sqlite, true, Ok(sb)) => {
             let lite = SqliteDatabase::open(&s.db_path, sqlite_options(s)).await?;
             report.dual_write = true;
-            // The mirror's writes copy the file's rows.
-            AnyDatabase::SqliteFirst(dual_sqlite_first(s, lite, sb.mirroring_sqlite()).await?)
+            // The mirror's writes copy the file's rows; after cutover, the
+            // primary's are Supabase's own.
+            let own = self::supabase(s, sb.rest().clone());
+            AnyDatabase::SqliteFirst(dual_sqlite_first(s, lite, sb.mirroring_sqlite(), own).await?)
         }
         (BackendKind::Sqlite, dual, sb) => {
             if dual {
@@ -153,7 +156,9 @@ pub async fn open(s: &Settings) -> Result<(AnyDatabase, InitReport)> {
 }
 
 /// The dual layer of a SQLite primary (the file `s.db_path`) mirrored to
-/// Supabase: [`dual`], plus what change capture on the file changes. With
+/// Supabase: [`dual`], following the recorded primary (after cutover, writes
+/// and reads go to `promoted`, Supabase as the primary:
+/// [`DualDatabase::following`]), plus what change capture on the file changes. With
 /// capture installed, every write is in the change log, committed with it,
 /// and nothing is mirrored inline (a drainer sends the rows as they are, in
 /// order: [`DualDatabase`]): no payload failure log either, and with
@@ -166,6 +171,7 @@ pub async fn dual_sqlite_first<P: crate::db::Database, S: crate::db::Database>(
     s: &Settings,
     primary: P,
     secondary: S,
+    promoted: S,
 ) -> Result<DualDatabase<P, S>> {
     let background = s.drain == crate::config::DrainMode::Background;
     if !capture_installed(s).await {
@@ -175,11 +181,11 @@ pub async fn dual_sqlite_first<P: crate::db::Database, S: crate::db::Database>(
                 s.db_path.display()
             )));
         }
-        return dual(s, primary, secondary);
+        return Ok(dual(s, primary, secondary)?.following(promoted));
     }
     let mut s = s.clone();
     s.failure_log = None;
-    let d = dual(&s, primary, secondary)?;
+    let d = dual(&s, primary, secondary)?.following(promoted);
     if background {
         return Ok(d.with_drainer(background_drainer(&s)?));
     }
@@ -198,7 +204,8 @@ pub async fn dual_sqlite_first<P: crate::db::Database, S: crate::db::Database>(
 }
 
 /// The dual layer of a Supabase primary (reached through `rest`) mirrored to
-/// the SQLite file: [`dual`]; with capture on Supabase, `serve --direction
+/// the SQLite file (`secondary`: its inline copies pass the refusal triggers,
+/// [`SqliteDatabase::mirroring_supabase`]): [`dual`]; with capture on Supabase, `serve --direction
 /// reverse` keeps the file current, in order with every other writer, so
 /// nothing is mirrored inline (it could land after the daemon wrote a newer
 /// version). Used by [`open`] and by the Python module's `DualDatabase`.

@@ -390,7 +390,9 @@ class DualDatabase(_Storage):
         return getattr(self.primary, name)
 
     def dual_stats(self) -> Dict[str, int]:
-        """``{mirrored, failed, dropped, pending}``: writes mirrored, mirror failures, failures not kept, failures awaiting replay."""
+        """``{mirrored, left_to_drainer, promoted, failed, dropped, pending}``: writes mirrored, left to the
+        drainer, written to Supabase alone as the primary after a cutover, mirror failures, failures not kept,
+        failures awaiting replay."""
         return self._store.dual_stats()
 
     def failures(self) -> List[Row]:

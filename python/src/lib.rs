@@ -40,8 +40,8 @@ use dualwrite::catalogue::Table;
 use dualwrite::config::{DrainMode, Settings, Sources};
 use dualwrite::db::RestClient;
 use dualwrite::db::{
-    AnyDatabase, Applied, Database, Dox, DualDatabase, Filter, Row, SqliteDatabase, SqliteOptions,
-    SupabaseDatabase,
+    AnyDatabase, Applied, Database, Dox, DualDatabase, Filter, Followed, Row, SqliteDatabase,
+    SqliteOptions, SupabaseDatabase,
 };
 use dualwrite::factory;
 use dualwrite::model::{Call, Write};
@@ -124,6 +124,25 @@ impl Database for Leaf {
         match self {
             Leaf::Sqlite(d) => d.apply_captured(write).await,
             Leaf::Supabase(d) => d.apply_captured(write).await,
+        }
+    }
+
+    // The dual layer follows the file's recorded primary through these.
+    async fn apply_followed(&self, write: Write) -> CoreResult<Followed> {
+        match self {
+            Leaf::Sqlite(d) => d.apply_followed(write).await,
+            Leaf::Supabase(d) => d.apply_followed(write).await,
+        }
+    }
+
+    async fn fetch_followed(
+        &self,
+        table: &'static Table,
+        filters: &[Filter],
+    ) -> CoreResult<Option<Vec<Row>>> {
+        match self {
+            Leaf::Sqlite(d) => d.fetch_followed(table, filters).await,
+            Leaf::Supabase(d) => d.fetch_followed(table, filters).await,
         }
     }
 }
@@ -227,14 +246,21 @@ impl Inner {
                         }
                         // The mirror's writes copy the file's rows (capture on
                         // Supabase does not log them); the side's own stay as they are.
+                        // After cutover, the primary's writes are Supabase's own.
+                        let promoted = Leaf::Supabase(Arc::clone(sb));
                         let q = Leaf::Supabase(Arc::new(factory::supabase(
                             &s,
                             sb.rest().clone().mirroring_sqlite(),
                         )));
-                        Db::Dual(rt.block_on(factory::dual_sqlite_first(&s, p, q))?)
+                        Db::Dual(rt.block_on(factory::dual_sqlite_first(&s, p, q, promoted))?)
                     }
                     (Leaf::Supabase(sb), _) => {
                         let rest = sb.rest().clone();
+                        // The file's copies pass the refusal triggers after cutover.
+                        let q = match q {
+                            Leaf::Sqlite(d) => Leaf::Sqlite(d.mirroring_supabase()),
+                            other => other,
+                        };
                         Db::Dual(rt.block_on(factory::dual_supabase_first(settings, &rest, p, q))?)
                     }
                     _ => Db::Dual(factory::dual(settings, p, q)?),
@@ -459,7 +485,7 @@ impl Store {
         to_py(py, &out)
     }
 
-    /// `{mirrored, left_to_drainer, failed, dropped, pending}` of a dual store, else None.
+    /// `{mirrored, left_to_drainer, promoted, failed, dropped, pending}` of a dual store, else None.
     fn dual_stats<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         match &self.live(py)?.db {
             Db::Dual(d) => Ok(Some(serialised(py, d.stats())?)),

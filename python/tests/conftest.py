@@ -186,6 +186,16 @@ def dualwrite_bin() -> Path:
     return p
 
 
+@pytest.fixture(scope="session")
+def switch_bin() -> Path:
+    """`examples/switch_primary.rs`, which plays a cutover's switch on the file (built by `cargo build
+    --example switch_primary`; DUALWRITE_SWITCH_BIN overrides)."""
+    p = Path(os.environ.get("DUALWRITE_SWITCH_BIN", REPO / "target" / "debug" / "examples" / "switch_primary"))
+    if not p.exists():
+        subprocess.run(["cargo", "build", "--example", "switch_primary"], cwd=REPO, check=True)
+    return p
+
+
 class DelayProxy:
     """A TCP proxy on loopback that holds every chunk the client sends for `delay` seconds
     before it goes to `upstream` (``http://host:port``): a slow Supabase, with a real socket

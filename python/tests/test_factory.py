@@ -43,7 +43,8 @@ def test_dual_with_supabase_up_writes_both_sides(shared_supabase, monkeypatch):
     db.update_artifact("no-such-artifact", status="processed")  # a no-op on both sides
     assert db.primary.list_log_messages(f"doc-{u}") == [f"hello {u}"]
     assert db.secondary.list_log_messages(f"doc-{u}") == [f"hello {u}"]
-    assert db.dual_stats() == {"mirrored": 2, "left_to_drainer": 0, "failed": 0, "dropped": 0, "pending": 0}
+    assert db.dual_stats() == {"mirrored": 2, "left_to_drainer": 0, "promoted": 0, "failed": 0, "dropped": 0,
+                               "pending": 0}
     # DoX's DualDatabase looks other attributes up on the primary.
     assert db.engine is db.primary.engine
 

@@ -278,11 +278,20 @@ fn drop_refusal(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// How every refusal's message begins.
+const REFUSAL: &str = "dualwrite: this file is no longer the primary";
+
+/// Whether `e` is a refusal trigger's: a write to the file made after the
+/// switch (the embedded layer sends it to Supabase instead).
+pub(crate) fn is_refusal(e: &Error) -> bool {
+    matches!(e, Error::Sqlite(m) if m.contains(REFUSAL))
+}
+
 /// The message an app's write to the file meets once Supabase is the primary.
 fn refusal_message(since: f64) -> String {
     let at = utc(since);
     format!(
-        "dualwrite: this file is no longer the primary (Supabase is, since the cutover at {at}); \
+        "{REFUSAL} (Supabase is, since the cutover at {at}); \
          restart the app with DB_BACKEND=supabase, or run `dualwrite cutover rollback`"
     )
 }
@@ -328,6 +337,33 @@ pub(crate) fn write_as_mirror<R>(
     let r = f(conn)?;
     create_refusal(conn, m.changed_at.unwrap_or_else(capture::now_secs))?;
     Ok(r)
+}
+
+/// The switch's fence and commit point on the file, as `cutover run` and
+/// `rollback` hold it: a `BEGIN IMMEDIATE` transaction on a connection of its
+/// own (every other writer of the file waits in its busy handler; readers do
+/// not), which records the primary when it commits. Dropped uncommitted, it
+/// rolls back: nothing switched. Public for tests and drills that play a
+/// switch (`examples/switch_primary.rs`).
+pub struct Fence {
+    conn: Connection,
+}
+
+impl Fence {
+    /// Take the file's write lock (waiting up to capture's busy timeout).
+    pub fn take(path: &Path) -> Result<Fence> {
+        let conn = capture::open_rw(path)?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(Fence { conn })
+    }
+
+    /// Record `primary` ([`record_primary`]: the marker and the refusal
+    /// triggers) and commit: the switch.
+    pub fn commit(self, primary: Primary) -> Result<()> {
+        record_primary(&self.conn, primary)?;
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
 }
 
 /// Follows the marker for a connection that writes often: `PRAGMA

@@ -19,6 +19,13 @@
 //! mirror is not attempted for `breaker.cooldown` (each skipped write is
 //! recorded, like any failure); then one write tries again.
 //!
+//! A layer that follows the recorded primary ([`DualDatabase::following`]: a
+//! SQLite primary, the factory's) asks the primary to write only while it is
+//! the recorded one ([`Database::apply_followed`]: the file's marker, read
+//! inside the write's transaction); once cutover has switched, the write and
+//! every read go to the other side, as the primary, and nothing is mirrored
+//! (docs/design/cutover.md, "The embedded module follows without a restart").
+//!
 //! With change capture on the primary (the write's transaction records it in
 //! the change log), nothing is mirrored inline: the drainer (`dualwrite
 //! serve`, or the background drainer) sends the row as it is then, in order
@@ -32,7 +39,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Applied, Database, Filter, Row};
+use super::{Applied, Database, Filter, Followed, Row};
 use crate::catalogue::Table;
 use crate::error::{Error, Result};
 use crate::model::Write;
@@ -59,6 +66,9 @@ pub struct DualStats {
     /// Writes recorded in a change log (change capture on the primary): a
     /// drainer (`dualwrite serve`, or the background drainer) mirrors them.
     pub left_to_drainer: u64,
+    /// Writes that went to the secondary's side alone, the recorded primary
+    /// since cutover ([`DualDatabase::following`]).
+    pub promoted: u64,
     /// Secondary failures since start (including those replayed later).
     pub failed: u64,
     /// Failures not kept because the record was full (logged at ERROR: data at risk).
@@ -113,6 +123,10 @@ pub struct DualDatabase<P, S> {
     /// Every write is left to a drainer of the primary's change log, not
     /// only those the primary reports as captured ([`DualDatabase::drained`]).
     drained: bool,
+    /// The secondary's side as a primary, when this layer follows the
+    /// recorded primary ([`DualDatabase::following`]).
+    promoted: Option<S>,
+    promoted_writes: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
     /// Writes to one row (same table and key) hold one of these across the
@@ -144,6 +158,8 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
             mirrored: AtomicU64::new(0),
             left_to_drainer: AtomicU64::new(0),
             drained: false,
+            promoted: None,
+            promoted_writes: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             order: (0..ORDER_STRIPES)
@@ -215,6 +231,16 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
         self
     }
 
+    /// Follow the recorded primary: while the primary says it is no longer
+    /// the recorded one ([`Database::apply_followed`], [`Database::fetch_followed`]),
+    /// writes and reads go to `promoted` (the secondary's side, as a primary:
+    /// for Supabase, a client whose writes capture on Supabase logs for the
+    /// reverse mirror) and nothing is mirrored.
+    pub fn following(mut self, promoted: S) -> Self {
+        self.promoted = Some(promoted);
+        self
+    }
+
     /// Replace the default circuit breaker settings.
     pub fn with_breaker(mut self, breaker: Breaker) -> Self {
         self.breaker = breaker;
@@ -233,6 +259,7 @@ impl<P: Database, S: Database> DualDatabase<P, S> {
         DualStats {
             mirrored: self.mirrored.load(Ordering::Relaxed),
             left_to_drainer: self.left_to_drainer.load(Ordering::Relaxed),
+            promoted: self.promoted_writes.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             pending: crate::sync::lock(&self.failures).len() as u64,
@@ -413,7 +440,19 @@ impl<P: Database, S: Database> Database for DualDatabase<P, S> {
         write.prepare();
         let _same_row_in_order = self.order_of(&write).lock().await;
         // A primary failure is the caller's error, and the secondary is not touched.
-        let (applied, captured) = self.primary.apply_captured(write).await?;
+        let (applied, captured) = match &self.promoted {
+            None => self.primary.apply_captured(write).await?,
+            Some(promoted) => match self.primary.apply_followed(write).await? {
+                Followed::Here { applied, captured } => (applied, captured),
+                // Cutover switched: the other side is the primary, and the
+                // only one written (the reverse mirror keeps this side).
+                Followed::NotPrimary(write) => {
+                    let applied = promoted.apply(write).await?;
+                    self.promoted_writes.fetch_add(1, Ordering::Relaxed);
+                    return Ok(applied);
+                }
+            },
+        };
         if captured || self.drained {
             // The drainer sends the row as it is when it reads it, in order
             // with every other change of that key: an inline mirror could land
@@ -449,12 +488,14 @@ impl<P: Database, S: Database> Database for DualDatabase<P, S> {
         Ok(applied)
     }
 
-    fn fetch(
-        &self,
-        table: &'static Table,
-        filters: &[Filter],
-    ) -> impl std::future::Future<Output = Result<Vec<Row>>> + Send {
-        self.primary.fetch(table, filters)
+    async fn fetch(&self, table: &'static Table, filters: &[Filter]) -> Result<Vec<Row>> {
+        let Some(promoted) = &self.promoted else {
+            return self.primary.fetch(table, filters).await;
+        };
+        match self.primary.fetch_followed(table, filters).await? {
+            Some(rows) => Ok(rows),
+            None => promoted.fetch(table, filters).await,
+        }
     }
 }
 
@@ -475,6 +516,8 @@ mod tests {
         hang: AtomicBool,
         /// The next write takes this many milliseconds (then back to 0).
         slow_once_ms: AtomicU64,
+        /// No longer the recorded primary (a file after cutover).
+        not_primary: AtomicBool,
         writes: Mutex<Vec<Write>>,
     }
 
@@ -507,6 +550,26 @@ mod tests {
             Ok(vec![[("from".to_string(), json!(self.name))]
                 .into_iter()
                 .collect()])
+        }
+        async fn apply_followed(&self, write: Write) -> Result<Followed> {
+            if self.not_primary.load(Ordering::SeqCst) {
+                return Ok(Followed::NotPrimary(write));
+            }
+            let applied = self.apply(write).await?;
+            Ok(Followed::Here {
+                applied,
+                captured: false,
+            })
+        }
+        async fn fetch_followed(
+            &self,
+            t: &'static Table,
+            f: &[Filter],
+        ) -> Result<Option<Vec<Row>>> {
+            if self.not_primary.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            self.fetch(t, f).await.map(Some)
         }
     }
 
@@ -722,6 +785,35 @@ mod tests {
         );
         assert!(!d.drainer_running());
         d.stop_drainer().await; // idempotent
+    }
+
+    #[tokio::test]
+    async fn a_following_layer_writes_and_reads_the_other_side_alone_once_the_primary_stands_down()
+    {
+        let (p, s, _) = pair();
+        let promoted = Arc::new(Double {
+            name: "promoted",
+            ..Default::default()
+        });
+        let d = DualDatabase::new(p.clone(), s.clone(), Duration::from_secs(1), 10)
+            .following(promoted.clone());
+        d.add_artifact(artifact("a")).await.unwrap();
+        p.not_primary.store(true, Ordering::SeqCst);
+        let id = d.add_memory("fact", json!({}), None, None).await.unwrap();
+        let rows = d.fetch(&crate::catalogue::ARTIFACT, &[]).await.unwrap();
+        assert_eq!(rows[0]["from"], Value::from("promoted"));
+        let keys = |db: &Double| -> Vec<String> {
+            db.writes.lock().unwrap().iter().map(Write::key).collect()
+        };
+        assert_eq!(keys(&p), ["a"]);
+        assert_eq!(keys(&s), ["a"], "nothing is mirrored after the switch");
+        assert_eq!(keys(&promoted), [id]);
+        let st = d.stats();
+        assert_eq!((st.mirrored, st.promoted, st.failed), (1, 1, 0));
+        // Back (a rollback): the primary again, mirrored.
+        p.not_primary.store(false, Ordering::SeqCst);
+        d.add_artifact(artifact("b")).await.unwrap();
+        assert_eq!((keys(&p).len(), keys(&s).len()), (2, 2));
     }
 
     #[tokio::test]

@@ -48,6 +48,19 @@ pub struct Applied {
     pub resolved: Write,
 }
 
+/// What a primary that follows the recorded primary did with a write
+/// ([`Database::apply_followed`]).
+#[derive(Debug)]
+pub enum Followed {
+    /// Applied here; `captured`: the change log recorded it
+    /// ([`Database::apply_captured`]).
+    Here { applied: Applied, captured: bool },
+    /// Not applied (nothing of it committed): this side is no longer the
+    /// recorded primary (`_dualwrite_primary`, docs/design/cutover.md). The
+    /// write, as it was given, goes to the other side.
+    NotPrimary(Write),
+}
+
 /// A storage backend.
 pub trait Database: Send + Sync {
     /// `sqlite`, `supabase`, or `dual:<primary>+<secondary>`.
@@ -68,6 +81,26 @@ pub trait Database: Send + Sync {
     /// otherwise). The dual layer then leaves its mirror to the drainer.
     fn apply_captured(&self, write: Write) -> impl Future<Output = Result<(Applied, bool)>> + Send {
         async move { Ok((self.apply(write).await?, false)) }
+    }
+
+    /// [`Database::apply_captured`], unless this side is no longer the
+    /// recorded primary, read inside the write's own transaction (a SQLite
+    /// file after cutover). Every other backend applies.
+    fn apply_followed(&self, write: Write) -> impl Future<Output = Result<Followed>> + Send {
+        async move {
+            let (applied, captured) = self.apply_captured(write).await?;
+            Ok(Followed::Here { applied, captured })
+        }
+    }
+
+    /// [`Database::fetch`], or `None` when this side is no longer the
+    /// recorded primary (a SQLite file after cutover).
+    fn fetch_followed(
+        &self,
+        table: &'static Table,
+        filters: &[Filter],
+    ) -> impl Future<Output = Result<Option<Vec<Row>>>> + Send {
+        async move { self.fetch(table, filters).await.map(Some) }
     }
 }
 
@@ -90,6 +123,18 @@ impl<T: Database> Database for std::sync::Arc<T> {
 
     fn apply_captured(&self, write: Write) -> impl Future<Output = Result<(Applied, bool)>> + Send {
         (**self).apply_captured(write)
+    }
+
+    fn apply_followed(&self, write: Write) -> impl Future<Output = Result<Followed>> + Send {
+        (**self).apply_followed(write)
+    }
+
+    fn fetch_followed(
+        &self,
+        table: &'static Table,
+        filters: &[Filter],
+    ) -> impl Future<Output = Result<Option<Vec<Row>>>> + Send {
+        (**self).fetch_followed(table, filters)
     }
 }
 
@@ -543,6 +588,18 @@ impl Database for AnyDatabase {
 
     async fn apply_captured(&self, write: Write) -> Result<(Applied, bool)> {
         delegate!(self, db => db.apply_captured(write).await)
+    }
+
+    async fn apply_followed(&self, write: Write) -> Result<Followed> {
+        delegate!(self, db => db.apply_followed(write).await)
+    }
+
+    async fn fetch_followed(
+        &self,
+        table: &'static Table,
+        filters: &[Filter],
+    ) -> Result<Option<Vec<Row>>> {
+        delegate!(self, db => db.fetch_followed(table, filters).await)
     }
 }
 

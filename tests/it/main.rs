@@ -29,6 +29,7 @@ mod coerce;
 mod cutover_run;
 mod deploy;
 mod dual;
+mod embedded_switch;
 mod faults;
 mod fence;
 mod fixtures;

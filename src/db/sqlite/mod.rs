@@ -22,8 +22,9 @@ use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension, Trans
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
-use super::{check_filters, reads, Applied, Database, Filter, Row};
+use super::{check_filters, reads, Applied, Database, Filter, Followed, Row};
 use crate::catalogue::{self as cat, Kind, Table, MAX_COLUMNS, TABLES};
+use crate::cutover::marker::{MarkerWatch, Primary};
 use crate::error::{Error, Result};
 use crate::model::{skill_row, Step, Write};
 use crate::normalise::{self, json_text, SqlRef, SqlRow, SqlValue};
@@ -58,7 +59,9 @@ impl Default for SqliteOptions {
             read_only: false,
             wal: true,
             synchronous_normal: true,
-            busy_timeout: Duration::from_secs(5),
+            // Longer than a cutover's fence (`--max-pause`, 4 s by default):
+            // a write waits it out instead of failing.
+            busy_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -72,6 +75,11 @@ pub struct SqliteDatabase {
     layout: Arc<Layout>,
     /// Whether the file has a change log, remembered while its schema stays.
     shape: Arc<Mutex<crate::capture::LogShape>>,
+    /// The recorded primary as the connection last read it (the dual layer
+    /// follows it: [`Database::apply_followed`]).
+    watch: Arc<Mutex<Option<MarkerWatch>>>,
+    /// This handle's writes copy Supabase's rows ([`SqliteDatabase::mirroring_supabase`]).
+    mirror: bool,
 }
 
 /// The connection's thread. When the last handle is dropped, the thread runs
@@ -191,7 +199,17 @@ impl SqliteDatabase {
             path,
             layout: Arc::new(layout),
             shape: Arc::default(),
+            watch: Arc::default(),
+            mirror: false,
         })
+    }
+
+    /// A handle (on the same connection) whose writes copy Supabase's rows,
+    /// for a dual layer whose primary is Supabase: after cutover they pass the
+    /// refusal triggers ([`crate::cutover::marker::write_as_mirror`]).
+    pub fn mirroring_supabase(mut self) -> SqliteDatabase {
+        self.mirror = true;
+        self
     }
 
     /// Drop this handle; when it is the last one, wait until the connection
@@ -229,13 +247,35 @@ impl SqliteDatabase {
     }
 
     /// A write; with `with_capture`, whether the change log recorded it.
-    async fn write(&self, write: Write, with_capture: bool) -> Result<(Applied, bool)> {
+    /// `follow`: `Err(write)` when the file is no longer the recorded primary.
+    async fn write(
+        &self,
+        write: Write,
+        with_capture: bool,
+        follow: bool,
+    ) -> Result<std::result::Result<(Applied, bool), Write>> {
         let shape = Arc::clone(&self.shape);
+        let watch = Arc::clone(&self.watch);
+        let mirror = self.mirror;
         self.run(move |conn, layout| {
             let mut shape = crate::sync::lock(&shape);
-            apply_sync(conn, layout, write, with_capture, &mut shape)
+            let mut watch = crate::sync::lock(&watch);
+            let role = match (mirror, follow) {
+                (true, _) => Role::Mirror,
+                (false, true) => Role::Following(watched(&mut watch, conn)?),
+                (false, false) => Role::App,
+            };
+            apply_sync(conn, layout, write, with_capture, &mut shape, role)
         })
         .await
+    }
+
+    /// A write that is not followed: never refused by the check.
+    async fn write_here(&self, write: Write, with_capture: bool) -> Result<(Applied, bool)> {
+        match self.write(write, with_capture, false).await? {
+            Ok(done) => Ok(done),
+            Err(_) => unreachable!("only a followed write is turned away"),
+        }
     }
 
     /// Rows of a table in the SQLite shape (as stored), in key order. Used by
@@ -259,24 +299,203 @@ impl Database for SqliteDatabase {
     }
 
     async fn apply(&self, write: Write) -> Result<Applied> {
-        self.write(write, false).await.map(|(applied, _)| applied)
+        self.write_here(write, false)
+            .await
+            .map(|(applied, _)| applied)
     }
 
     async fn apply_captured(&self, write: Write) -> Result<(Applied, bool)> {
-        self.write(write, true).await
+        self.write_here(write, true).await
+    }
+
+    async fn apply_followed(&self, write: Write) -> Result<Followed> {
+        Ok(match self.write(write, true, true).await? {
+            Ok((applied, captured)) => Followed::Here { applied, captured },
+            Err(write) => Followed::NotPrimary(write),
+        })
+    }
+
+    async fn fetch_followed(
+        &self,
+        table: &'static Table,
+        filters: &[Filter],
+    ) -> Result<Option<Vec<Row>>> {
+        check_filters(table, filters)?;
+        let filters = filters.to_vec();
+        let watch = Arc::clone(&self.watch);
+        self.run(move |conn, layout| {
+            let mut watch = crate::sync::lock(&watch);
+            if watched(&mut watch, conn)?.current(conn)?.primary != Primary::Sqlite {
+                return Ok(None);
+            }
+            Ok(Some(fetch_rows(conn, layout, table, &filters)?))
+        })
+        .await
     }
 
     async fn fetch(&self, table: &'static Table, filters: &[Filter]) -> Result<Vec<Row>> {
         check_filters(table, filters)?;
         let filters = filters.to_vec();
-        self.run(move |conn, layout| {
-            let Some(l) = layout.get(table) else {
-                return Ok(Vec::new());
-            };
-            let mut rows = read_rows(conn, table, l, &filters)?;
-            rows.sort_by(|a, b| key_cmp(&a[0], &b[0]));
-            Ok(rows.iter().map(|r| lenient_canonical(table, r)).collect())
-        })
-        .await
+        self.run(move |conn, layout| fetch_rows(conn, layout, table, &filters))
+            .await
+    }
+}
+
+/// The rows of `table` matching `filters`, canonical, in key order.
+fn fetch_rows(
+    conn: &Connection,
+    layout: &Layout,
+    table: &'static Table,
+    filters: &[Filter],
+) -> Result<Vec<Row>> {
+    let Some(l) = layout.get(table) else {
+        return Ok(Vec::new());
+    };
+    let mut rows = read_rows(conn, table, l, filters)?;
+    rows.sort_by(|a, b| key_cmp(&a[0], &b[0]));
+    Ok(rows.iter().map(|r| lenient_canonical(table, r)).collect())
+}
+
+/// The connection's marker watch, made on first use.
+fn watched<'a>(
+    watch: &'a mut Option<MarkerWatch>,
+    conn: &Connection,
+) -> Result<&'a mut MarkerWatch> {
+    if watch.is_none() {
+        *watch = Some(MarkerWatch::new(conn)?);
+    }
+    Ok(watch.as_mut().expect("made above"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cutover::marker::{self, Fence};
+    use std::time::Instant;
+
+    fn tag(id: &str) -> Write {
+        Write::from_call(
+            "add_tag",
+            json!({"tag": {"id": id, "document_id": "d", "tag": "t"}}),
+        )
+        .unwrap()
+    }
+
+    async fn tags(db: &SqliteDatabase) -> Vec<String> {
+        db.raw_rows(&cat::TAGROW)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r[0].display().to_string())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_followed_write_that_waited_on_the_fence_is_turned_away_once_the_switch_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dox.sqlite3");
+        let db = SqliteDatabase::open(&path, SqliteOptions::default())
+            .await
+            .unwrap();
+        assert!(matches!(
+            db.apply_followed(tag("before")).await.unwrap(),
+            Followed::Here { .. }
+        ));
+
+        // The fence, switching the marker alone (no refusal triggers): only
+        // the check inside the write's transaction can turn the write away.
+        let mut fence = Connection::open(&path).unwrap();
+        let fence = fence
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        let waiting = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let t = Instant::now();
+                (db.apply_followed(tag("waited")).await.unwrap(), t.elapsed())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the write did not wait on the fence"
+        );
+        marker::record_primary(&fence, Primary::Supabase).unwrap();
+        for name in marker::refusal_triggers(&fence).unwrap() {
+            fence
+                .execute_batch(&format!("DROP TRIGGER \"{name}\""))
+                .unwrap();
+        }
+        fence.commit().unwrap();
+        let (followed, waited) = waiting.await.unwrap();
+        match followed {
+            Followed::NotPrimary(w) => assert_eq!(w.key(), "waited"),
+            other => panic!("written to the file after the switch: {other:?}"),
+        }
+        assert!(waited >= Duration::from_millis(400), "{waited:?}");
+        assert_eq!(tags(&db).await, ["before"]);
+        let table = &cat::TAGROW;
+        assert!(db.fetch_followed(table, &[]).await.unwrap().is_none());
+
+        // With the refusal triggers (as `cutover run` leaves the file), the
+        // app's own write is refused; dualwrite's copy passes, and the
+        // refusal stays for the next app write.
+        Fence::take(&path)
+            .unwrap()
+            .commit(Primary::Supabase)
+            .unwrap();
+        let e = db.apply(tag("app")).await.unwrap_err();
+        assert!(marker::is_refusal(&e), "{e}");
+        db.clone()
+            .mirroring_supabase()
+            .apply(tag("copied"))
+            .await
+            .unwrap();
+        assert!(db.apply(tag("app")).await.is_err());
+        assert_eq!(tags(&db).await, ["before", "copied"]);
+
+        // The rollback: the file is the primary again.
+        Fence::take(&path).unwrap().commit(Primary::Sqlite).unwrap();
+        assert!(matches!(
+            db.apply_followed(tag("after")).await.unwrap(),
+            Followed::Here { .. }
+        ));
+        assert_eq!(
+            db.fetch_followed(table, &[]).await.unwrap().unwrap().len(),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_is_turned_away_as_it_was_given_even_when_the_marker_reads_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dox.sqlite3");
+        let db = SqliteDatabase::open(&path, SqliteOptions::default())
+            .await
+            .unwrap();
+        let pref = |v: i64| Write::SetUserPref {
+            user_id: "u".into(),
+            key: "k".into(),
+            value: json!(v),
+            updated_at: None,
+            preferences: None,
+        };
+        db.apply(pref(1)).await.unwrap();
+        // Refusal triggers in place, the marker saying sqlite: the check lets
+        // the write through, the triggers catch it.
+        Fence::take(&path)
+            .unwrap()
+            .commit(Primary::Supabase)
+            .unwrap();
+        let c = Connection::open(&path).unwrap();
+        c.execute("UPDATE _dualwrite_primary SET primary_side = 'sqlite'", [])
+            .unwrap();
+        match db.apply_followed(pref(2)).await.unwrap() {
+            // Not resolved against the file's row: Supabase resolves it on its own.
+            Followed::NotPrimary(Write::SetUserPref {
+                preferences, value, ..
+            }) => assert_eq!((preferences, value), (None, json!(2))),
+            other => panic!("{other:?}"),
+        }
     }
 }

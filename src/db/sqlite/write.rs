@@ -2,6 +2,7 @@
 //! change rows it recorded when change capture is installed.
 
 use super::*;
+use crate::cutover::marker::{self, MarkerWatch};
 
 pub(super) fn exec_steps(conn: &Connection, layout: &Layout, steps: &[Step]) -> Result<()> {
     for step in steps {
@@ -78,34 +79,88 @@ pub(super) fn write_transaction(
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
 }
 
+/// Whose write it is, which decides what the recorded primary
+/// (`_dualwrite_primary`) means for it.
+pub(super) enum Role<'a> {
+    /// The app's, as DoX's own: after cutover the refusal triggers fail it.
+    App,
+    /// The app's, through a dual layer that follows the recorded primary: the
+    /// marker is read once the write lock is held, and a file that is no
+    /// longer the primary gets nothing (the write goes to Supabase).
+    Following(&'a mut MarkerWatch),
+    /// A copy of Supabase's row (the file is the mirror): written past the
+    /// refusal triggers ([`marker::write_as_mirror`]).
+    Mirror,
+}
+
 /// Apply a write in one transaction. With `with_capture`, also returns
 /// whether the file's change log has it (capture installed, and the write is
 /// on tables the file holds: the search index lives in Supabase only), read
-/// in the write's own transaction.
+/// in the write's own transaction. `Err(write)` (the write as given): the
+/// file is no longer the primary ([`Role::Following`]), nothing was written.
 pub(super) fn apply_sync(
     conn: &mut Connection,
     layout: &Layout,
     mut write: Write,
     with_capture: bool,
     shape: &mut crate::capture::LogShape,
-) -> Result<(Applied, bool)> {
+    role: Role<'_>,
+) -> Result<std::result::Result<(Applied, bool), Write>> {
     write.prepare();
     let tx = write_transaction(conn)?;
+    let mirror = matches!(role, Role::Mirror);
+    let following = match role {
+        Role::Following(watch) => {
+            // Inside the transaction, with the write lock held: a switch that
+            // committed while this write waited on the fence is seen here.
+            if watch.current(&tx)?.primary != marker::Primary::Sqlite {
+                return Ok(Err(write));
+            }
+            true
+        }
+        _ => false,
+    };
     let captured = with_capture
         && write.table() != cat::SEARCH_CHUNKS.sqlite
         && crate::capture::log_present(&tx, shape)?;
-    // A read-modify-write reads its row in this transaction and resolves on it.
+    // Resolving changes a read-modify-write: kept as given, for Supabase.
+    let given = (following && write.current_row().is_some()).then(|| write.clone());
+    let value = if mirror {
+        marker::write_as_mirror(&tx, |c| write_rows(c, layout, &mut write))
+    } else {
+        write_rows(&tx, layout, &mut write)
+    };
+    let value = match value {
+        // The backstop: a refusal trigger failed what the check let through.
+        Err(e) if following && marker::is_refusal(&e) => {
+            return Ok(Err(given.unwrap_or(write)));
+        }
+        v => v?,
+    };
+    tx.commit()?;
+    Ok(Ok((
+        Applied {
+            value,
+            resolved: write,
+        },
+        captured,
+    )))
+}
+
+/// A write's rows, in the caller's transaction: a read-modify-write reads
+/// its row there and resolves on it. Returns the method's value.
+fn write_rows(tx: &Connection, layout: &Layout, write: &mut Write) -> Result<Value> {
     let current = match write.current_row() {
         Some((t, column, key)) => {
             let key = key.to_owned();
-            one_row(&tx, layout, t, column, &key)?
+            one_row(tx, layout, t, column, &key)?
         }
         None => None,
     };
     if let Some((t, ..)) = write.current_row() {
         write.resolve(current.as_ref().map(|r| lenient_canonical(t, r)).as_ref());
     }
-    let value = match &mut write {
+    let value = match write {
         Write::RegisterSkill {
             name,
             description,
@@ -150,7 +205,7 @@ pub(super) fn apply_sync(
                     created_at.as_ref(),
                 );
                 exec_steps(
-                    &tx,
+                    tx,
                     layout,
                     &[Step::Upsert {
                         table: t,
@@ -173,7 +228,7 @@ pub(super) fn apply_sync(
                 ),
                 rusqlite::params![i64::from(*enabled), skill_id.as_str()],
             )?;
-            match one_row(&tx, layout, t, "id", skill_id)? {
+            match one_row(tx, layout, t, "id", skill_id)? {
                 Some(row) => reads::skill(&lenient_canonical(t, &row)),
                 None => Value::Null,
             }
@@ -228,18 +283,11 @@ pub(super) fn apply_sync(
             let steps = other
                 .steps()
                 .expect("every other write maps onto table steps");
-            exec_steps(&tx, layout, &steps)?;
+            exec_steps(tx, layout, &steps)?;
             other.return_value()
         }
     };
-    tx.commit()?;
-    Ok((
-        Applied {
-            value,
-            resolved: write,
-        },
-        captured,
-    ))
+    Ok(value)
 }
 
 pub(super) fn write_validate_fields(fields: &Map<String, Value>) -> Result<()> {
