@@ -135,9 +135,8 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         stop.store(true, Ordering::Relaxed);
         let app = writer.join().unwrap();
-        let report: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-            panic!("{e}: {}", String::from_utf8_lossy(&o.stderr))
-        });
+        let report: Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
         assert_eq!(report["switched"], true, "{report:#}");
         let step_ms = |name: &str| {
             report["steps"]
@@ -167,7 +166,11 @@ async fn main() {
             app.writes,
             app.failed.len(),
         ));
-        assert!(app.failed.is_empty(), "the app's writes failed: {:?}", &app.failed[..app.failed.len().min(3)]);
+        assert!(
+            app.failed.is_empty(),
+            "the app's writes failed: {:?}",
+            &app.failed[..app.failed.len().min(3)]
+        );
         let _ = app.refused;
         Project::drop_all(&env, vec![p]).await;
     }

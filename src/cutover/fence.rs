@@ -18,9 +18,6 @@
 //! Each blocked writer keeps one of PostgREST's pool connections and the
 //! fence one more: the release itself needs a free one (see the design note).
 
-// Until `cutover rollback` uses it (issue 26, in progress).
-#![allow(dead_code)]
-
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;

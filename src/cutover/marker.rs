@@ -13,9 +13,6 @@
 //! * Neither the marker nor the refusal triggers are capture objects:
 //!   `capture uninstall` keeps them (a file must not look primary again).
 
-// Until the cutover command and the embedded module use all of it (issue 26, in progress).
-#![allow(dead_code)]
-
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension};

@@ -25,9 +25,11 @@ pub use crate::reverse::rollback::{check as check_rollback, RollbackReport};
 
 mod fence;
 pub mod marker;
+mod rollback;
 mod run;
 
 pub use marker::{Marker, Primary};
+pub use rollback::rollback;
 pub use run::{run, RunOptions, RunReport, Step, RUN_SCHEMA};
 
 use std::io::BufRead;

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use super::fence::SupabaseFence;
 use super::marker::{self, Primary, Switching};
 use super::run::{
-    blocking, journal_path, ms, on_conn, open_file, read_journal, stall_at, write_journal,
-    Journal, Keys, RunOptions, RunReport, Shared, Step,
+    blocking, journal_path, ms, on_conn, open_file, read_journal, stall_at, write_journal, Journal,
+    Keys, RunOptions, RunReport, Shared, Step,
 };
 use crate::access::{access, AccessState};
 use crate::capture;
@@ -219,7 +219,11 @@ async fn switch_back(
     };
     journal.step = "drain taken".into();
     write_journal(&opts.state_dir, journal)?;
-    step(report, "take the drain", "the drain is this run's (serve stands down)".into());
+    step(
+        report,
+        "take the drain",
+        "the drain is this run's (serve stands down)".into(),
+    );
     stall_at("drain-taken");
 
     // 3. The full verification, Supabase the source.
@@ -282,7 +286,8 @@ async fn switch_back(
     stall_at("drained");
 
     // 5. The fence on Supabase.
-    let fence = SupabaseFence::raise(rest, opts.max_pause).await?;
+    // A second of margin: the command's own deadline, not the fence's, ends the pause.
+    let fence = SupabaseFence::raise(rest, opts.max_pause + Duration::from_secs(1)).await?;
     let held = Instant::now();
     let inner = async {
         loop {
@@ -298,7 +303,8 @@ async fn switch_back(
             }
         }
         stall_at("fence-drained");
-        let (n, unequal) = verify::verify_keys(&sqlite, &supabase, &vopts, &keys.by_table()).await?;
+        let (n, unequal) =
+            verify::verify_keys(&sqlite, &supabase, &vopts, &keys.by_table()).await?;
         report.keys_verified_in_fence = n;
         if !unequal.is_empty() {
             let shown: Vec<&str> = unequal.iter().take(5).map(String::as_str).collect();
@@ -307,6 +313,12 @@ async fn switch_back(
                 unequal.len(),
                 shown.join("; ")
             )));
+        }
+        // The writers on Supabase must still be held when the file takes over.
+        if !fence.is_up().await? {
+            return Ok(Some(
+                "the fence on Supabase lifted early (expired)".to_owned(),
+            ));
         }
         // The switch: one file transaction.
         let d = db.clone();
@@ -331,9 +343,9 @@ async fn switch_back(
             opts.max_pause.as_secs_f64()
         )),
     };
-    mirror.close().await;
     sqlite.close().await;
     if let Some(why) = outcome {
+        mirror.close().await;
         let _ = fence.lift().await;
         report.stopped = Some(format!(
             "{why}; the fence lifted after {:.3} s",
@@ -353,25 +365,53 @@ async fn switch_back(
             .status();
         let detail = match tokio::time::timeout(left, run).await {
             Ok(Ok(s)) if s.success() => "the restart command succeeded".to_owned(),
-            Ok(Ok(s)) => format!("the restart command failed ({s}): restart the app with DB_BACKEND=sqlite"),
+            Ok(Ok(s)) => {
+                format!("the restart command failed ({s}): restart the app with DB_BACKEND=sqlite")
+            }
             Ok(Err(e)) => format!("the restart command could not run ({e})"),
             Err(_) => "the restart command outlasted the fence".to_owned(),
         };
         step(report, "restart", detail);
     }
+    let raised_in = fence.up_after();
     let lifted = fence.lift().await?;
     report.pause_ms = Some(ms(lifted.held));
     step(
         report,
         "fence and switch",
         format!(
-            "{} key(s) drained and {} verified in the fence; the app's writes held {:.3} s",
+            "fence up in {:.3} s; {} key(s) drained and {} verified in it; the app's writes held {:.3} s{}",
+            raised_in.as_secs_f64(),
             report.drained_in_fence,
             report.keys_verified_in_fence,
-            lifted.held.as_secs_f64()
+            lifted.held.as_secs_f64(),
+            if lifted.lifted_early() {
+                " (it expired before its release: writes went through after the file's switch)"
+            } else {
+                ""
+            }
         ),
     );
-    // 6. Capture off on Supabase (stays on, and named, if writes came after).
+    // 6. Writes the fence held land as it lifts (their requests were made
+    // before the switch): carried over into the file, then capture off on
+    // Supabase (it stays on, and is named, if writes still come).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut carried = 0u64;
+    loop {
+        let batch = mirror.drain_batch(limit).await?;
+        if batch.is_empty() {
+            break;
+        }
+        carried += batch.iter().map(|(_, k)| k.len() as u64).sum::<u64>();
+    }
+    mirror.close().await;
+    if carried > 0 {
+        step(
+            report,
+            "carry over",
+            format!("{carried} write(s) held by the fence landed on Supabase as it lifted: now in the file"),
+        );
+    }
     finish_supabase_capture(rest, report).await?;
     drop(lease);
     Ok(true)

@@ -260,7 +260,9 @@ pub(super) fn open_file(path: &Path) -> Result<Connection> {
     Ok(c)
 }
 
-pub(super) async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
+pub(super) async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R> + Send + 'static,
+) -> Result<R> {
     crate::sync::blocking("cutover", f).await
 }
 

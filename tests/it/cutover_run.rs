@@ -87,9 +87,9 @@ impl Writers {
     /// The shell command that restarts the app on Supabase: the file's
     /// writer ends (its write held in the fence never returns), a new one
     /// writes to PostgREST.
-    fn restart_command(&self, old: u32, db: &Path, pg: &PrivateDb) -> String {
+    fn restart_command(&self, old: u32, to: &str, db: &Path, pg: &PrivateDb) -> String {
         let args: Vec<String> = self
-            .args("supabase", db, pg)
+            .args(to, db, pg)
             .iter()
             .map(|a| format!("'{a}'"))
             .collect();
@@ -118,6 +118,10 @@ impl Writers {
 }
 
 fn cutover(db: &Path, pg: &PrivateDb, extra: &[&str], stall: Option<&str>) -> Command {
+    command("run", db, pg, extra, stall)
+}
+
+fn command(verb: &str, db: &Path, pg: &PrivateDb, extra: &[&str], stall: Option<&str>) -> Command {
     let mut c = bin();
     env_for(&mut c, db, pg);
     c.env("PATH", std::env::var("PATH").unwrap_or_default());
@@ -125,7 +129,7 @@ fn cutover(db: &Path, pg: &PrivateDb, extra: &[&str], stall: Option<&str>) -> Co
         c.env("DUALWRITE_TEST_STALL_AT", s);
     }
     c.current_dir(db.parent().unwrap())
-        .args(["cutover", "run", "--yes", "--json"])
+        .args(["cutover", verb, "--yes", "--json"])
         .args(extra)
         .stdin(Stdio::null());
     c
@@ -181,11 +185,14 @@ async fn a_plain_sqlite_writer_waits_through_the_fence_and_nothing_is_lost() {
     let pg = PrivateDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let db = captured_file(dir.path(), &pg).await;
+    // `serve` runs as a supervisor would keep it, without --direction.
+    let port = crate::harness::free_port();
+    let _serve = crate::serve::spawn_serve(&db, &pg, port);
+    crate::serve::wait_http(port).await;
     let w = Writers::new(dir.path());
     let first = w.spawn("sqlite", &db, &pg);
-    // The writer runs a while: its rows wait in the change log (no daemon).
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let restart = w.restart_command(first.id(), &db, &pg);
+    let restart = w.restart_command(first.id(), "supabase", &db, &pg);
     let (code, report, stderr) = run_json(&mut cutover(
         &db,
         &pg,
@@ -239,6 +246,22 @@ async fn a_plain_sqlite_writer_waits_through_the_fence_and_nothing_is_lost() {
         (0, Some(true)),
         "{report:#}"
     );
+    // The same daemon followed the switch: what the app wrote on Supabase reaches the file.
+    let (code, body) = crate::serve::ready_within(port, 200, 30).await;
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let in_file = ids_in_file(&db);
+        let missing = ok.iter().filter(|i| !in_file.contains(*i)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} rows never reached the file"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,4 +385,72 @@ async fn postgrest_stopped_in_the_fence_lifts_it_at_max_pause_with_nothing_switc
     for id in ["a-0", "b-19", "after"] {
         assert!(there.contains(id), "{id}");
     }
+}
+
+fn ids_in_file(db: &Path) -> std::collections::HashSet<String> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut st = c.prepare("SELECT id FROM logentry").unwrap();
+    st.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_holds_the_writes_on_supabase_and_brings_every_one_to_the_file() {
+    needs_stack!();
+    let pg = PrivateDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = captured_file(dir.path(), &pg).await;
+    for i in 0..30 {
+        file_write(&db, &format!("before-{i}")).unwrap();
+    }
+    let (code, report, stderr) = run_json(&mut cutover(&db, &pg, &[], None));
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+
+    // The app runs on Supabase; the rollback holds its writes, then restarts it on the file.
+    let w = Writers::new(dir.path());
+    let on_supabase = w.spawn("supabase", &db, &pg);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let restart = w.restart_command(on_supabase.id(), "sqlite", &db, &pg);
+    let (code, report, stderr) = run_json(&mut command(
+        "rollback",
+        &db,
+        &pg,
+        &["--restart", &restart],
+        None,
+    ));
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(report["switched"], true, "{report:#}");
+    assert!(report["pause_ms"].as_u64().unwrap() < 4000, "{report:#}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    w.stop();
+    drop(on_supabase);
+
+    assert_eq!(w.errors(), "", "a write failed");
+    let ok = w.ok();
+    assert!(
+        ok.iter().filter(|i| i.starts_with("w-supabase")).count() > 10
+            && ok.iter().filter(|i| i.starts_with("w-sqlite")).count() > 10,
+        "{ok:?}"
+    );
+    let in_file = ids_in_file(&db);
+    let lost: Vec<&String> = ok.iter().filter(|i| !in_file.contains(*i)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes not in the file: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(in_file.contains("before-29"));
+
+    assert_eq!(marker::read_file(&db).unwrap().primary, Primary::Sqlite);
+    assert_eq!(access_state(&pg).await, "mirror");
+    let st = dualwrite::capture::supabase::state(&pg.rest(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(!st.enabled, "capture on Supabase is still on: {report:#}");
+    // The file takes writes again, and captures them.
+    file_write(&db, "after-rollback").unwrap();
+    assert!(dualwrite::capture::status(&db).unwrap().pending > 0);
 }

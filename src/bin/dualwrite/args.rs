@@ -270,7 +270,10 @@ impl Command {
             | Command::Serve(ServeArgs { settings: s, .. })
             | Command::Verify(VerifyArgs { settings: s, .. })
             | Command::Cutover(CutoverCommand::Check { settings: s, .. })
-            | Command::Cutover(CutoverCommand::Run { settings: s, .. }) => s.clone(),
+            | Command::Cutover(CutoverCommand::Run(CutoverRunArgs { settings: s, .. }))
+            | Command::Cutover(CutoverCommand::Rollback(CutoverRunArgs { settings: s, .. })) => {
+                s.clone()
+            }
             Command::Capture(c) => c.on().settings.clone(),
             Command::Backfill { config, .. }
             | Command::Export { config, .. }
@@ -593,41 +596,49 @@ pub enum CutoverCommand {
     /// Make Supabase the primary: take the drain from serve, verify by content, hold the app's
     /// writes (at most --max-pause) to drain and verify what changed, switch, release
     /// (exit 0 switched, 3 stopped with nothing switched).
-    Run {
-        /// Print the plan and the preflight's findings; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Do not ask for confirmation.
-        #[arg(long)]
-        yes: bool,
-        /// The longest the app's writes are held, in seconds (under the app's SQLite busy
-        /// timeout: DoX's engine has Python's default, 5 s).
-        #[arg(long, value_name = "SECS", default_value_t = 4.0)]
-        max_pause: f64,
-        /// The app's SQLite busy timeout in seconds, when it is not DoX's 5 s: --max-pause must stay under it.
-        #[arg(long, value_name = "SECS")]
-        app_busy_timeout: Option<f64>,
-        /// Do not start with more changes than this pending.
-        #[arg(long, value_name = "N", default_value_t = 100_000)]
-        max_pending: u64,
-        /// A shell command that restarts the app on Supabase (DB_BACKEND=supabase), run right
-        /// after the switch while the file's writes are still held.
-        #[arg(long, value_name = "COMMAND")]
-        restart: Option<String>,
-        /// NDJSON of recorded secondary failures (default: the configured dual.failure_log).
-        #[arg(long, value_name = "FILE")]
-        failures: Option<PathBuf>,
-        /// NDJSON of rows the backfill rejected (default: the backfill's rejects.ndjson for this source).
-        #[arg(long, value_name = "FILE")]
-        rejects: Option<PathBuf>,
-        /// Where the journal of the run is kept (default: the file's state directory).
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
-        #[command(flatten)]
-        output: Output,
-        #[command(flatten)]
-        settings: SettingsArgs,
-    },
+    Run(CutoverRunArgs),
+    /// Make the SQLite file the primary again: the same steps the other way, the app's writes
+    /// on Supabase held by table locks (exit 0 switched back, 3 stopped with nothing switched).
+    Rollback(CutoverRunArgs),
+}
+
+/// The options of `cutover run` and `cutover rollback`.
+#[derive(Args, Debug)]
+pub struct CutoverRunArgs {
+    /// Print the plan and the preflight's findings; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// The longest the app's writes are held, in seconds (under the app's SQLite busy
+    /// timeout: DoX's engine has Python's default, 5 s).
+    #[arg(long, value_name = "SECS", default_value_t = 4.0)]
+    pub max_pause: f64,
+    /// The app's SQLite busy timeout in seconds, when it is not DoX's 5 s: --max-pause must stay under it.
+    #[arg(long, value_name = "SECS")]
+    pub app_busy_timeout: Option<f64>,
+    /// Do not start with more changes than this pending.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub max_pending: u64,
+    /// A shell command that restarts the app on the new primary (DB_BACKEND=supabase, or sqlite
+    /// for a rollback), run right after the switch while the app's writes are still held.
+    #[arg(long, value_name = "COMMAND")]
+    pub restart: Option<String>,
+    /// NDJSON of recorded secondary failures (default: the configured dual.failure_log).
+    #[arg(long, value_name = "FILE")]
+    pub failures: Option<PathBuf>,
+    /// NDJSON of rows the backfill rejected, each verified in the fence (default: the backfill's
+    /// rejects.ndjson for this source).
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+    /// Where the journal of the run is kept (default: the file's state directory).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: Output,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
 }
 
 /// Options shared by `backfill` and `import`.

@@ -13,13 +13,19 @@ use dualwrite::normalise::UnrepresentablePolicy;
 use dualwrite::StateDir;
 use dualwrite::{cutover, factory, verify};
 
-use crate::args::{Cli, CutoverCommand, VerifyArgs};
+use crate::args::{Cli, CutoverCommand, CutoverRunArgs, VerifyArgs};
 use crate::shell::{cannot_run, confirm, dox_source, policy, print_json, settings};
 
 /// `cutover check`: READY or NOT READY.
 pub async fn cutover(cli: &Cli, c: &CutoverCommand) -> ExitCode {
-    if let CutoverCommand::Run { .. } = c {
-        return cutover_run(cli, c).await.unwrap_or_else(cannot_run);
+    match c {
+        CutoverCommand::Run(a) => {
+            return cutover_run(cli, a, false).await.unwrap_or_else(cannot_run)
+        }
+        CutoverCommand::Rollback(a) => {
+            return cutover_run(cli, a, true).await.unwrap_or_else(cannot_run)
+        }
+        CutoverCommand::Check { .. } => {}
     }
     let CutoverCommand::Check {
         from_sqlite,
@@ -182,9 +188,9 @@ async fn verify_cmd(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(run.exit_code))
 }
 
-/// `cutover run`: Supabase becomes the primary.
-async fn cutover_run(cli: &Cli, c: &CutoverCommand) -> Result<ExitCode> {
-    let CutoverCommand::Run {
+/// `cutover run` (Supabase becomes the primary) and `cutover rollback` (the file again).
+async fn cutover_run(cli: &Cli, a: &CutoverRunArgs, back: bool) -> Result<ExitCode> {
+    let CutoverRunArgs {
         dry_run,
         yes,
         max_pause,
@@ -196,10 +202,7 @@ async fn cutover_run(cli: &Cli, c: &CutoverCommand) -> Result<ExitCode> {
         state_dir,
         output,
         ..
-    } = c
-    else {
-        unreachable!("cutover_run() runs `cutover run` only")
-    };
+    } = a;
     let s = settings(cli)?;
     let path = s.db_path.clone();
     dox_source(&path, false).await?;
@@ -239,12 +242,21 @@ async fn cutover_run(cli: &Cli, c: &CutoverCommand) -> Result<ExitCode> {
     o.serve.request_rows = serve.request_rows;
     o.serve.concurrency = serve.concurrency;
     if !*dry_run {
-        let what = format!(
-            "cutover: Supabase becomes the primary of {}; the app's writes to the file are held for at most {:.1} s, \
-             then refused until it runs on Supabase",
-            path.display(),
-            o.max_pause.as_secs_f64()
-        );
+        let what = if back {
+            format!(
+                "rollback: the SQLite file {} becomes the primary again; the app's writes on Supabase are held \
+                 for at most {:.1} s",
+                path.display(),
+                o.max_pause.as_secs_f64()
+            )
+        } else {
+            format!(
+                "cutover: Supabase becomes the primary of {}; the app's writes to the file are held for at most \
+                 {:.1} s, then refused until it runs on Supabase",
+                path.display(),
+                o.max_pause.as_secs_f64()
+            )
+        };
         if confirm(&what, *yes)?.is_none() {
             eprintln!("not confirmed (pass --yes to run without a prompt): nothing changed");
             return Ok(ExitCode::from(2));
@@ -252,7 +264,7 @@ async fn cutover_run(cli: &Cli, c: &CutoverCommand) -> Result<ExitCode> {
     }
     let rest = dualwrite::db::RestClient::new(&s.rest_config()?)?;
     let json = output.json();
-    let report = cutover::run(rest, &o, |step| {
+    let progress = |step: &cutover::Step| {
         if !json {
             eprintln!(
                 "  {:<22} {:>7.3} s  {}",
@@ -261,8 +273,12 @@ async fn cutover_run(cli: &Cli, c: &CutoverCommand) -> Result<ExitCode> {
                 step.detail
             );
         }
-    })
-    .await?;
+    };
+    let report = if back {
+        cutover::rollback(rest, &o, progress).await?
+    } else {
+        cutover::run(rest, &o, progress).await?
+    };
     if json {
         print_json(&serde_json::to_value(&report)?);
     } else {
