@@ -116,7 +116,7 @@ def psql(url: str, sql: str) -> str:
 class PrivateDb:
     """A database cloned from the migrated template, served by a PostgREST of its own."""
 
-    def __init__(self, stack: dict):
+    def __init__(self, stack: dict, pool: int = 5):
         self.stack = stack
         self.name = f"dw_py_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         admin = stack["DUALWRITE_PG_ADMIN_URL"]
@@ -131,7 +131,7 @@ class PrivateDb:
             "LANG": "C.UTF-8",
             "DW_PGRST_DB_URI": f"{stack['DUALWRITE_AUTHENTICATOR_URL']}/{self.name}",
             "DW_PGRST_JWT_SECRET": stack["SUPABASE_JWT_SECRET"],
-            "DW_PGRST_DB_POOL": "5",
+            "DW_PGRST_DB_POOL": str(pool),
             "DW_PGRST_SERVER_HOST": "127.0.0.1",
             "DW_PGRST_SERVER_PORT": str(self.port),
             "DW_PGRST_ADMIN_PORT": str(admin_port),
