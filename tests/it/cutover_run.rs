@@ -454,3 +454,93 @@ async fn a_rollback_holds_the_writes_on_supabase_and_brings_every_one_to_the_fil
     file_write(&db, "after-rollback").unwrap();
     assert!(dualwrite::capture::status(&db).unwrap().pending > 0);
 }
+
+/// A write through PostgREST (the app on Supabase): how long it took, or its error.
+async fn rest_write(pg: &PrivateDb, id: &str) -> Result<Duration, String> {
+    let started = Instant::now();
+    let body = serde_json::json!([{"id": id, "document_id": "doc-t", "ts": "2024-01-01T00:00:00Z",
+        "level": "INFO", "code": "C1", "component": "test", "message": "m", "attrs": {}}]);
+    let r = reqwest::Client::new()
+        .post(format!("{}/log_entries", pg.url))
+        .bearer_auth(pg.service_key())
+        .header("apikey", pg.service_key())
+        .header("Prefer", "return=minimal")
+        .json(&body)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!(
+            "{}: {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        ));
+    }
+    Ok(started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_killed_at_each_step_leaves_one_primary_and_a_second_run_completes() {
+    needs_stack!();
+    for step in ["drain-taken", "drained", "fence-drained", "switched"] {
+        let pg = PrivateDb::new().await;
+        let dir = tempfile::tempdir().unwrap();
+        let db = captured_file(dir.path(), &pg).await;
+        file_write(&db, "before").unwrap();
+        let (code, report, stderr) = run_json(&mut cutover(&db, &pg, &[], None));
+        assert_eq!(code, 0, "{report:#}\n{stderr}");
+        for i in 0..20 {
+            rest_write(&pg, &format!("on-supabase-{i}")).await.unwrap();
+        }
+        let mut c = command("rollback", &db, &pg, &[], Some(step));
+        let log = dir.path().join("rollback.log");
+        c.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = c.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("stalled at")
+        {
+            assert!(
+                Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+                "{step}: never stalled: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        // The file's marker is the one answer; a fence on Supabase ends by itself.
+        let switched = step == "switched";
+        let m = marker::read_file(&db).unwrap();
+        assert_eq!(m.primary == Primary::Sqlite, switched, "{step}: {m:?}");
+        let took = rest_write(&pg, &format!("after-kill-{step}"))
+            .await
+            .unwrap();
+        assert!(
+            took < Duration::from_secs(7),
+            "{step}: a Supabase write waited {took:?}"
+        );
+
+        let (code, report, stderr) = run_json(&mut command("rollback", &db, &pg, &[], None));
+        assert_eq!(code, 0, "{step}: {report:#}\n{stderr}");
+        assert_eq!(
+            marker::read_file(&db).unwrap().primary,
+            Primary::Sqlite,
+            "{step}"
+        );
+        assert_eq!(access_state(&pg).await, "mirror", "{step}");
+        let in_file = ids_in_file(&db);
+        assert!(
+            in_file.contains("on-supabase-19") && in_file.contains("before"),
+            "{step}"
+        );
+        if !switched {
+            assert!(in_file.contains(&format!("after-kill-{step}")), "{step}");
+        }
+        file_write(&db, "after").unwrap();
+    }
+}
