@@ -108,8 +108,9 @@ pub async fn rollback(
         return Ok(report);
     }
     if opts.dry_run {
-        report.stopped = Some(format!(
-            "--dry-run: the run would take the drain from serve, verify by content, drain Supabase into \
+        report.dry_run = true;
+        report.next = format!(
+            "the run would take the drain from serve, verify by content, drain Supabase into \
              the file, then hold the app's writes on Supabase for at most {:.1} s to drain the rest, verify \
              what changed and record the file as the primary{}",
             opts.max_pause.as_secs_f64(),
@@ -117,7 +118,7 @@ pub async fn rollback(
                 Some(c) => format!(", running `{c}` before the writes are released"),
                 None => String::new(),
             }
-        ));
+        );
         return Ok(report);
     }
 

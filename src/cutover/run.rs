@@ -121,6 +121,8 @@ pub struct RunReport {
     pub switched: bool,
     /// Why the run stopped without switching.
     pub stopped: Option<String>,
+    /// `--dry-run`: the preflight ran and nothing changed (`next` is the plan).
+    pub dry_run: bool,
     pub steps: Vec<Step>,
     /// The change log's position when this run took the drain.
     pub watermark: Option<i64>,
@@ -143,6 +145,7 @@ impl RunReport {
             to,
             switched: false,
             stopped: None,
+            dry_run: false,
             steps: Vec::new(),
             watermark: None,
             rows_verified: 0,
@@ -154,12 +157,12 @@ impl RunReport {
         }
     }
 
-    /// 0 switched, 3 stopped without switching.
+    /// 0 switched (or a dry run the preflight passed), 3 stopped without switching.
     pub fn exit_code(&self) -> u8 {
-        if self.switched {
-            0
-        } else {
+        if self.stopped.is_some() {
             3
+        } else {
+            0
         }
     }
 
@@ -191,7 +194,9 @@ impl RunReport {
             }
             (None, false) => {}
         }
-        if !self.next.is_empty() {
+        if self.dry_run {
+            out.push_str(&format!("DRY RUN, nothing changed: {}\n", self.next));
+        } else if !self.next.is_empty() {
             out.push_str(&format!("Next: {}\n", self.next));
         }
         out
@@ -281,7 +286,6 @@ pub async fn run(
     progress: impl Fn(&Step),
 ) -> Result<RunReport> {
     let mut report = RunReport::new(Primary::Supabase);
-    let started = Instant::now();
     let mut step_started = Instant::now();
     let mut step = |report: &mut RunReport, name: &'static str, detail: String| {
         let s = Step {
@@ -343,8 +347,9 @@ pub async fn run(
         return Ok(report);
     }
     if opts.dry_run {
-        report.stopped = Some(format!(
-            "--dry-run: the run would take the drain from serve, verify by content, drain, then hold the \
+        report.dry_run = true;
+        report.next = format!(
+            "the run would take the drain from serve, verify by content, drain, then hold the \
              app's writes for at most {:.1} s to drain the rest, verify what changed, switch Supabase \
              (capture on, access primary) and record it as the primary in the file{}",
             opts.max_pause.as_secs_f64(),
@@ -352,7 +357,7 @@ pub async fn run(
                 Some(c) => format!(", then run `{c}`"),
                 None => String::new(),
             }
-        ));
+        );
         return Ok(report);
     }
 
@@ -418,7 +423,6 @@ pub async fn run(
             report.switched = true;
             report.next = next_step(opts);
             crate::state_file::remove(&journal_path(&opts.state_dir)).ok();
-            let _ = started;
             Ok(report)
         }
         Ok(false) => Ok(report),

@@ -342,6 +342,22 @@ async fn postgrest_stopped_in_the_fence_lifts_it_at_max_pause_with_nothing_switc
     for i in 0..20 {
         file_write(&db, &format!("a-{i}")).unwrap();
     }
+    // A dry run: the preflight passes, the plan is printed, nothing changes.
+    let (code, report, stderr) = run_json(&mut cutover(&db, &pg, &["--dry-run"], None));
+    assert_eq!(
+        (code, report["dry_run"].as_bool()),
+        (0, Some(true)),
+        "{report:#}\n{stderr}"
+    );
+    assert!(
+        report["next"]
+            .as_str()
+            .unwrap()
+            .contains("would take the drain"),
+        "{report:#}"
+    );
+    assert_eq!(marker::read_file(&db).unwrap(), marker::Marker::default());
+    assert_eq!(dualwrite::capture::status(&db).unwrap().pending, 20);
     // The run pauses before the fence; PostgREST goes away and the app
     // writes meanwhile, so the fence has changes to send.
     let mut c = cutover(&db, &pg, &["--max-pause", "2"], Some("drained:3000"));

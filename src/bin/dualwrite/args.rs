@@ -203,7 +203,7 @@ pub enum Command {
     },
     /// Compare Supabase with the SQLite file, row by row (exit 0 EQUAL, 3 DIFFERENT, 1 could not verify).
     Verify(VerifyArgs),
-    /// Decide whether Supabase may become the primary.
+    /// Switch the primary: check whether Supabase may become it, run the cutover, roll it back.
     #[command(subcommand)]
     Cutover(CutoverCommand),
     /// Data API access for clients: mirror (read only, while SQLite is primary) or primary.
