@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use super::fence::SupabaseFence;
 use super::marker::{self, Primary, Switching};
 use super::run::{
-    blocking, journal_path, ms, on_conn, open_file, read_journal, stall_at, write_journal, Journal,
-    Keys, RunOptions, RunReport, Shared, Step,
+    blocking, daemon_not_ready, journal_path, ms, on_conn, open_file, read_journal, stall_at,
+    write_journal, Journal, Keys, RunOptions, RunReport, Shared, Step,
 };
 use crate::access::{access, AccessState};
 use crate::capture;
@@ -98,6 +98,7 @@ pub async fn rollback(
             st.pending, opts.max_pending
         ));
     }
+    reasons.extend(daemon_not_ready(&db));
     step(
         &mut report,
         "preflight",

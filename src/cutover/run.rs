@@ -496,10 +496,25 @@ async fn preflight(rest: &RestClient, opts: &RunOptions) -> Result<Vec<String>> 
             ));
         }
     }
+    reasons.extend(daemon_not_ready(&opts.db_path));
     // Supabase answers, and has what the switch calls.
     access(rest, None).await?;
     supabase_capture::state(rest).await?;
     Ok(reasons)
+}
+
+/// A `serve` that runs, reports, and is not ready for a reason of its own
+/// (not a cutover it stands down for): the run does not start.
+pub(super) fn daemon_not_ready(db: &Path) -> Option<String> {
+    let sf = crate::serve::read_status_file(db)?;
+    let fresh = capture::now_secs() - sf.updated_at < 5.0 && sf.exited.is_none();
+    (fresh && !sf.ready && sf.doing != "standing down").then(|| {
+        format!(
+            "the daemon (pid {}) is not ready: {}; see `dualwrite status`",
+            sf.pid,
+            sf.not_ready_because.join("; ")
+        )
+    })
 }
 
 pub(super) type Shared = std::sync::Arc<std::sync::Mutex<Connection>>;
