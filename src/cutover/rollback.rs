@@ -21,10 +21,11 @@
 use std::time::{Duration, Instant};
 
 use super::fence::SupabaseFence;
-use super::marker::{self, Primary, Switching};
+use super::marker::{self, Primary};
 use super::run::{
-    blocking, daemon_not_ready, journal_path, ms, on_conn, open_file, read_journal, stall_at,
-    write_journal, Journal, Keys, RunOptions, RunReport, Shared, Step,
+    begin_switching, blocking, daemon_not_ready, end_switching, journal_path, ms, on_conn,
+    read_journal, stall_at, take_lease, write_journal, Journal, Keys, RunOptions, RunReport,
+    Shared, Step,
 };
 use crate::access::{access, AccessState};
 use crate::capture;
@@ -132,36 +133,10 @@ pub async fn rollback(
         supabase_switched: false,
     };
     write_journal(&opts.state_dir, &journal)?;
-    let conn = {
-        let db = db.clone();
-        blocking(move || {
-            let c = open_file(&db)?;
-            c.execute_batch("BEGIN IMMEDIATE")?;
-            marker::set_switching(
-                &c,
-                Some(&Switching {
-                    to: Primary::Sqlite,
-                    pid: me,
-                    since: capture::now_secs(),
-                }),
-            )?;
-            c.execute_batch("COMMIT")?;
-            Ok(c)
-        })
-        .await?
-    };
-    let conn: Shared = std::sync::Arc::new(std::sync::Mutex::new(conn));
+    let conn = begin_switching(&db, Primary::Sqlite).await?;
     let outcome = switch_back(&rest, opts, &conn, &mut report, &mut journal, &mut step).await;
     if !matches!(outcome, Ok(true)) {
-        let c = std::sync::Arc::clone(&conn);
-        blocking(move || {
-            let c = crate::sync::lock(&c);
-            c.execute_batch("BEGIN IMMEDIATE")?;
-            marker::set_switching(&c, None)?;
-            c.execute_batch("COMMIT")?;
-            Ok(())
-        })
-        .await?;
+        end_switching(&conn).await?;
     }
     crate::state_file::remove(&journal_path(&opts.state_dir)).ok();
     match outcome {
@@ -202,21 +177,11 @@ async fn switch_back(
     step: &mut impl FnMut(&mut RunReport, &'static str, String),
 ) -> Result<bool> {
     let db = opts.db_path.clone();
-    let deadline = Instant::now() + opts.stand_down;
-    let lease = loop {
-        let d = db.clone();
-        match blocking(move || capture::Lease::take(&d)).await {
-            Ok(l) => break l,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => {
-                report.stopped = Some(format!(
-                    "the daemon holding the file's lease did not stand down within {:.0} s ({e})",
-                    opts.stand_down.as_secs_f64()
-                ));
-                return Ok(false);
-            }
+    let lease = match take_lease(&db, opts.stand_down).await? {
+        Ok(l) => l,
+        Err(why) => {
+            report.stopped = Some(why);
+            return Ok(false);
         }
     };
     journal.step = "drain taken".into();

@@ -370,31 +370,7 @@ pub async fn run(
         supabase_switched: false,
     };
     write_journal(&opts.state_dir, &journal)?;
-    let conn = {
-        let db = db.clone();
-        blocking(move || {
-            let c = open_file(&db)?;
-            c.execute_batch("BEGIN IMMEDIATE")?;
-            let r = marker::set_switching(
-                &c,
-                Some(&Switching {
-                    to: Primary::Supabase,
-                    pid: me,
-                    since: capture::now_secs(),
-                }),
-            );
-            match r {
-                Ok(()) => c.execute_batch("COMMIT")?,
-                Err(e) => {
-                    c.execute_batch("ROLLBACK").ok();
-                    return Err(e);
-                }
-            }
-            Ok(c)
-        })
-        .await?
-    };
-    let conn = std::sync::Arc::new(std::sync::Mutex::new(conn));
+    let conn = begin_switching(&db, Primary::Supabase).await?;
     let outcome = switch(
         rest.clone(),
         opts,
@@ -407,15 +383,7 @@ pub async fn run(
     let switched = matches!(outcome, Ok(true));
     if !switched {
         // Nothing switched: serve may take the drain again.
-        let c = std::sync::Arc::clone(&conn);
-        blocking(move || {
-            let c = crate::sync::lock(&c);
-            c.execute_batch("BEGIN IMMEDIATE")?;
-            marker::set_switching(&c, None)?;
-            c.execute_batch("COMMIT")?;
-            Ok(())
-        })
-        .await?;
+        end_switching(&conn).await?;
         crate::state_file::remove(&journal_path(&opts.state_dir)).ok();
     }
     match outcome {
@@ -517,6 +485,64 @@ pub(super) fn daemon_not_ready(db: &Path) -> Option<String> {
     })
 }
 
+/// Open the file and record, in a short transaction of its own, that a run
+/// making `to` the primary takes the drain: `serve` stands down.
+pub(super) async fn begin_switching(db: &Path, to: Primary) -> Result<Shared> {
+    let db = db.to_path_buf();
+    let conn = blocking(move || {
+        let mut c = open_file(&db)?;
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        marker::set_switching(
+            &tx,
+            Some(&Switching {
+                to,
+                pid: std::process::id(),
+                since: capture::now_secs(),
+            }),
+        )?;
+        tx.commit()?;
+        Ok(c)
+    })
+    .await?;
+    Ok(std::sync::Arc::new(std::sync::Mutex::new(conn)))
+}
+
+/// Clear `switching`: nothing switched, and `serve` may take the drain again.
+pub(super) async fn end_switching(conn: &Shared) -> Result<()> {
+    on_conn(conn, |c| {
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        marker::set_switching(&tx, None)?;
+        tx.commit()?;
+        Ok(())
+    })
+    .await
+}
+
+/// The file's lease, once `serve` let it go; `Err` with the reason when it
+/// did not within `stand_down`.
+pub(super) async fn take_lease(
+    db: &Path,
+    stand_down: Duration,
+) -> Result<std::result::Result<capture::Lease, String>> {
+    let deadline = Instant::now() + stand_down;
+    loop {
+        let d = db.to_path_buf();
+        match blocking(move || capture::Lease::take(&d)).await {
+            Ok(l) => return Ok(Ok(l)),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Ok(Err(format!(
+                    "the daemon holding the file's lease did not stand down within {:.0} s ({e}); \
+                     is it a `serve` of an older version? Stop it, or run again",
+                    stand_down.as_secs_f64()
+                )))
+            }
+        }
+    }
+}
+
 pub(super) type Shared = std::sync::Arc<std::sync::Mutex<Connection>>;
 
 pub(super) async fn on_conn<R: Send + 'static>(
@@ -568,22 +594,11 @@ async fn switch(
 ) -> Result<bool> {
     let db = opts.db_path.clone();
     // `serve` sees `switching` on its next poll and releases the lease.
-    let deadline = Instant::now() + opts.stand_down;
-    let lease = loop {
-        let d = db.clone();
-        match blocking(move || capture::Lease::take(&d)).await {
-            Ok(l) => break l,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => {
-                report.stopped = Some(format!(
-                    "the daemon holding the file's lease did not stand down within {:.0} s ({e}); \
-                     is it a `serve` of an older version? Stop it, or run again",
-                    opts.stand_down.as_secs_f64()
-                ));
-                return Ok(false);
-            }
+    let lease = match take_lease(&db, opts.stand_down).await? {
+        Ok(l) => l,
+        Err(why) => {
+            report.stopped = Some(why);
+            return Ok(false);
         }
     };
     let watermark = on_conn(conn, |c| capture::position(c)).await?;
