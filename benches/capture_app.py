@@ -20,6 +20,7 @@ so a change of the machine's load hits them all:
   - `capture-serve`: capture with `dualwrite serve` draining the file into the
     local stack (`scripts/stack.sh up` first), as capture runs in production:
     the daemon's connection also takes the WAL checkpoints the app would;
+  - `capture-serve-b`: the same with DUALWRITE_B (its capture and its daemon);
   - prototypes, logentry's insert trigger alone: `keyed` (the log of
     LOG_VERSION 1: a WITHOUT ROWID table keyed by (tbl, key), an index on seq),
     `append` (rowid = seq, no other index), `append-autoinc` (the same with
@@ -108,8 +109,8 @@ def stack_env() -> dict:
     return env
 
 
-def serve(path: Path):
-    """`dualwrite serve` on `path` into the local stack, ready; stop it with `.terminate()`."""
+def serve(path: Path, binary: str):
+    """`binary serve` on `path` into the local stack, ready; stop it with `.terminate()`."""
     import socket
     import urllib.request
 
@@ -120,7 +121,7 @@ def serve(path: Path):
     st = stack_env()
     env = {"PATH": "/usr/bin:/bin", "RUST_LOG": "warn", "DB_PATH": str(path),
            "SUPABASE_URL": st["SUPABASE_URL"], "SUPABASE_SERVICE_KEY": st["SUPABASE_SERVICE_KEY"]}
-    p = subprocess.Popen([DUALWRITE, "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", str(path.parent / "state")],
+    p = subprocess.Popen([binary, "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", str(path.parent / "state")],
                          env=env, cwd=path.parent, stdout=subprocess.DEVNULL)
     deadline = time.time() + 20
     while time.time() < deadline:
@@ -136,11 +137,8 @@ def serve(path: Path):
 def prepare(tmp: Path, variant: str, n: int) -> Path:
     path = tmp / f"{variant}-{n}.sqlite3"
     shutil.copyfile(fixture(tmp), path)
-    if variant == "capture-serve":
-        subprocess.run([DUALWRITE, "capture", "install", "--db-path", str(path)], check=True,
-                       stdout=subprocess.DEVNULL)
-    elif variant in ("capture", "capture-b"):
-        binary = DUALWRITE if variant == "capture" else DUALWRITE_B
+    if variant in ("capture", "capture-b", "capture-serve", "capture-serve-b"):
+        binary = DUALWRITE_B if variant.endswith("-b") else DUALWRITE
         subprocess.run([binary, "capture", "install", "--db-path", str(path)], check=True,
                        stdout=subprocess.DEVNULL)
     elif variant != "none":
@@ -211,7 +209,9 @@ def sqlalchemy_path(path: Path, sync: str):
 
 def measure(tmp: Path, app: str, sync: str, variant: str, n: int) -> list:
     path = prepare(tmp, variant, n)
-    daemon = serve(path) if variant == "capture-serve" else None
+    daemon = None
+    if variant.startswith("capture-serve"):
+        daemon = serve(path, DUALWRITE_B if variant.endswith("-b") else DUALWRITE)
     write, close = (sqlite3_path if app == "sqlite3" else sqlalchemy_path)(path, sync)
     for _ in range(n // 10):
         write(row())
@@ -257,7 +257,7 @@ def main() -> None:
                     ratio = f"{p50 - base[0]:+.1f} us / {p99 / base[1]:.2f}x / {mean / base[2]:.2f}x"
                     print(f"| {app} | {sync} | {v} | {p50:.1f} | {p99:.1f} | {mean:.1f} | {per_round} | {ratio} |",
                           flush=True)
-    if "capture-serve" in VARIANTS:
+    if any(v.startswith("capture-serve") for v in VARIANTS):
         # The rows the daemon mirrored into the local stack.
         n = subprocess.run(["psql", stack_env()["DATABASE_URL"], "-tAqc",
                             "DELETE FROM log_entries WHERE document_id = 'doc-bench' RETURNING 1"],

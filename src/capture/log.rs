@@ -222,9 +222,9 @@ pub(super) const FOLD_STEP: usize = 2000;
 
 /// Fold the queue into the log: every entry committed before the call, in
 /// `seq` order, [`FOLD_STEP`] at a time, each step in a short write
-/// transaction of its own. A claim does it when more than
-/// [`READ_QUEUE_MAX`] entries wait; otherwise the acknowledgements fold
-/// ([`fold_in`]). A key's entry takes the `seq` and `op` of its
+/// transaction of its own. A claim does it when the queue not folded spans
+/// more than [`READ_QUEUE_MAX`] entries (a backlog: the daemon was stopped).
+/// A key's entry takes the `seq` and `op` of its
 /// latest change and keeps the time of its oldest pending one (the lag).
 /// Returns the entries folded; none (and no write) when the queue holds
 /// nothing new.
@@ -243,9 +243,8 @@ pub(super) fn fold(conn: &mut Connection) -> Result<usize> {
     }
 }
 
-/// Fold the queue inside the caller's write transaction (an
-/// acknowledgement's): at least every entry up to `upto` (what a claim read
-/// from the queue), and up to [`FOLD_STEP`] entries in all when more wait.
+/// Fold the queue inside the caller's write transaction: at least every
+/// entry up to `upto`, [`FOLD_STEP`] at a time.
 fn fold_in(tx: &Connection, upto: i64) -> Result<()> {
     let (Some(top), _) = queue_top(tx)? else {
         return Ok(());
@@ -371,10 +370,12 @@ pub(crate) fn schema_version(conn: &Connection) -> Result<i64> {
         .query_row([], |r| r.get(0))?)
 }
 
-/// The queue entries not folded yet past which a claim folds them first
-/// ([`fold`]) instead of reading them from the queue: what a claim reads
-/// stays bounded, and so does the fold an acknowledgement does.
-pub(super) const READ_QUEUE_MAX: i64 = FOLD_STEP as i64;
+/// The span of `seq` not folded yet (from `folded_hi` to the queue's last
+/// row) past which a claim folds the queue first ([`fold`]) instead of
+/// reading it: what a claim reads stays bounded, and a backlog coalesces in
+/// the log. A drainer that keeps up stays below it (ten batches), and so
+/// never folds: its acknowledgements delete from the queue itself.
+pub(super) const READ_QUEUE_MAX: i64 = 10 * FOLD_STEP as i64;
 
 /// The queue's last `seq` and the `seq` it is folded up to.
 fn queue_top(conn: &Connection) -> Result<(Option<i64>, i64)> {
@@ -385,14 +386,16 @@ fn queue_top(conn: &Connection) -> Result<(Option<i64>, i64)> {
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?)
 }
 
-/// The queue's entries not folded yet, coalesced by key as a fold would (a
-/// key's latest `seq`), in `seq` order.
-fn read_queued(conn: &Connection) -> Result<Vec<Claimed>> {
+/// The queue's entries not folded yet (above `after` too, when given), in
+/// `seq` order, each with whether it is its key's latest (what a fold would
+/// keep: the others are superseded).
+fn read_queued(conn: &Connection, after: Option<i64>) -> Result<Vec<(Claimed, bool)>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT tbl, key, seq FROM {QUEUE} WHERE seq > {FOLDED_HI} ORDER BY seq"
+        "SELECT tbl, key, seq FROM {QUEUE} WHERE seq > max({FOLDED_HI}, coalesce(?1, 0)) \
+         ORDER BY seq"
     ))?;
     let rows = stmt
-        .query_map([], |r| {
+        .query_map([after], |r| {
             Ok(Claimed {
                 tbl: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
                 key: lenient_key(r.get_ref(1)?),
@@ -400,17 +403,16 @@ fn read_queued(conn: &Connection) -> Result<Vec<Claimed>> {
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut latest: std::collections::HashMap<(String, String), usize> =
+    let mut latest: std::collections::HashMap<(&str, &str), usize> =
         std::collections::HashMap::with_capacity(rows.len());
-    let mut out: Vec<Option<Claimed>> = Vec::with_capacity(rows.len());
-    for c in rows {
-        let i = out.len();
-        if let Some(prev) = latest.insert((c.tbl.clone(), c.key.clone()), i) {
-            out[prev] = None;
+    let mut is_latest = vec![true; rows.len()];
+    for (i, c) in rows.iter().enumerate() {
+        if let Some(prev) = latest.insert((c.tbl.as_str(), c.key.as_str()), i) {
+            is_latest[prev] = false;
         }
-        out.push(Some(c));
     }
-    Ok(out.into_iter().flatten().collect())
+    drop(latest);
+    Ok(rows.into_iter().zip(is_latest).collect())
 }
 
 /// The drainer's claim: the oldest `limit` pending changes with a `seq`
@@ -419,10 +421,10 @@ fn read_queued(conn: &Connection) -> Result<Vec<Claimed>> {
 /// numbered at or below the mark `folded_hi`, every entry of the queue not
 /// folded above it), coalesced by key as a fold would: a key of the log with
 /// a newer change in the queue is pending at that change's `seq`. Nothing is
-/// written: the acknowledgement folds the queue ([`ack_runs`]), in its own
-/// write transaction. Only when more than [`READ_QUEUE_MAX`] entries wait in
-/// the queue (the daemon was stopped, say) does the claim fold them first
-/// ([`fold`]: short write transactions of their own).
+/// written: the acknowledgement deletes what the claim took ([`ack_runs`]).
+/// Only when the queue not folded spans more than [`READ_QUEUE_MAX`] entries
+/// (the daemon was stopped, say) does the claim fold it first ([`fold`]:
+/// short write transactions of their own).
 ///
 /// `busy`: the [`key_hash`]es of the keys in batches still in flight; their
 /// entries are left for a later claim, so that a key is never in two batches
@@ -441,16 +443,26 @@ pub(crate) fn claim_changes(
     }
     let mut claim = Claim::default();
     let tx = conn.transaction()?;
-    let queued = read_queued(&tx)?;
+    // When the log holds nothing above `after`, the queue is read on from
+    // there too: a key's latest entry above it is found all the same, and
+    // no entry of the log is read (whose key a newer entry would replace).
+    let log_top: Option<i64> = tx
+        .prepare_cached(&format!("SELECT max(seq) FROM {LOG}"))?
+        .query_row([], |r| r.get(0))?;
+    let from = after.filter(|a| log_top.is_none_or(|l| l <= *a));
+    let queued = read_queued(&tx, from)?;
     let newer: std::collections::HashSet<(&str, &str)> = queued
         .iter()
-        .map(|c| (c.tbl.as_str(), c.key.as_str()))
+        .map(|(c, _)| (c.tbl.as_str(), c.key.as_str()))
         .collect();
     // The run of entries claimed since the last one left (or the start).
     let mut run: Option<(i64, i64)> = None;
-    let mut take = |claim: &mut Claim, c: Claimed| {
+    let extend = |run: &mut Option<(i64, i64)>, seq: i64| {
+        *run = Some((run.map_or(seq, |(lo, _)| lo), seq));
+    };
+    let take = |claim: &mut Claim, run: &mut Option<(i64, i64)>, c: Claimed| {
         if busy.is_empty() || !busy.contains(&key_hash(&c.tbl, &c.key)) {
-            run = Some((run.map_or(c.seq, |(lo, _)| lo), c.seq));
+            extend(run, c.seq);
             claim.changes.push(c);
         } else {
             claim.skipped_from.get_or_insert(c.seq);
@@ -465,22 +477,31 @@ pub(crate) fn claim_changes(
         from = Some(last.seq);
         let exhausted = read.len() < want;
         for c in read {
-            // Pending at its newer `seq` (after the log's entries): its entry
-            // here is replaced by the fold, and ends no range.
             if newer.is_empty() || !newer.contains(&(c.tbl.as_str(), c.key.as_str())) {
-                take(&mut claim, c);
+                take(&mut claim, &mut run, c);
+            } else {
+                // Pending at its newer `seq` (in the queue): this entry is in
+                // the range, so that it leaves the log with the claim (the
+                // newer one stays pending unless claimed too).
+                extend(&mut run, c.seq);
             }
         }
         if exhausted {
             break;
         }
     }
-    for c in &queued {
+    for (c, latest) in &queued {
         if claim.changes.len() >= limit {
             break;
         }
-        if after.is_none_or(|a| c.seq > a) {
-            take(&mut claim, c.clone());
+        if after.is_some_and(|a| c.seq <= a) {
+            continue;
+        }
+        if *latest {
+            take(&mut claim, &mut run, c.clone());
+        } else {
+            // Superseded by its key's newer entry: in the range as well.
+            extend(&mut run, c.seq);
         }
     }
     claim.runs.extend(run);
@@ -495,51 +516,72 @@ pub(crate) struct Claim {
     pub changes: Vec<Claimed>,
     pub skipped_from: Option<i64>,
     /// The `seq` ranges (both ends included) the claimed entries fill: every
-    /// entry pending in a range when the claim ran was claimed by it. One range
-    /// unless a busy key's entry was left in between (see [`ack_runs`]).
+    /// entry pending in a range when the claim ran was claimed by it, or is
+    /// superseded by a newer entry of its key (which stays pending unless
+    /// claimed too). One range unless a busy key's entry was left in between
+    /// (see [`ack_runs`]).
     pub runs: Vec<(i64, i64)>,
 }
 
-/// Acknowledge the mirrored changes of the tables `tables` that a claim took,
-/// by the ranges of `seq` they fill ([`Claim::runs`]), in one short write
-/// transaction for them all, the drainer's one write per batch: it first
-/// folds the queue ([`fold_in`]: at least every entry the claim read from
-/// it, so that each claimed entry is in the log), then deletes by a range
-/// scan of the `seq` index per table and range instead of a look-up per
-/// change.
+/// Acknowledge the mirrored changes of the tables `acked` names, by the
+/// ranges of `seq` their claim filled ([`Claim::runs`]), in one short write
+/// transaction, the drainer's one write per batch: range deletes from the
+/// queue where it is not folded (rowids in a row: a few pages; its last row
+/// stays, folded instead, and the mark `folded_hi` moves up past what is
+/// gone), and from the log by a range scan of its `seq` index, instead of a
+/// look-up per change.
 ///
-/// Exact: an entry in a range when the claim ran was claimed by it (the claim
-/// reads the log and then the queue in `seq` order, coalesced by key, and
-/// every entry it read and left ends a range), and no entry enters a range
-/// later. A key that changes again gets a new `seq` above every claimed entry
-/// (see [`QUEUE`]): folded before the deletes (here, or by an earlier fold),
-/// its entry has left the range and stays; not folded yet, the change waits
-/// in the queue and is folded as a new entry.
+/// Exact: an entry in a range when the claim ran was claimed by it or is
+/// superseded by a newer entry of its key (the claim reads the log and then
+/// the queue in `seq` order, and every entry it read and left ends a range),
+/// and no entry enters a range later. A key that changes again gets a new
+/// `seq` above every claimed entry (see [`QUEUE`]), in the queue or, once
+/// folded, in the log: outside the ranges either way, it stays.
 pub(crate) fn ack_runs(conn: &mut Connection, acked: &[(&str, Vec<(i64, i64)>)]) -> Result<usize> {
     if acked.iter().all(|(_, runs)| runs.is_empty()) {
         return Ok(0);
     }
-    let upto = acked
-        .iter()
-        .flat_map(|(_, runs)| runs.iter().map(|r| r.1))
-        .max()
-        .unwrap_or(0);
-    immediate(conn, |tx| {
-        // The entries the claim read from the queue enter the log first.
-        fold_in(tx, upto)?;
-        ack_runs_in(tx, acked)
-    })
+    immediate(conn, |tx| ack_runs_in(tx, acked))
 }
 
-/// The deletes of [`ack_runs`], in the caller's write transaction (the
-/// queue already folded past every claimed entry).
+/// The deletes of [`ack_runs`], in the caller's write transaction. Returns
+/// the entries removed (a key's older entries in the queue count too).
 pub(crate) fn ack_runs_in(tx: &Connection, acked: &[(&str, Vec<(i64, i64)>)]) -> Result<usize> {
+    let mut n = 0;
+    let (top, folded) = queue_top(tx)?;
+    if let Some(top) = top.filter(|t| *t > folded) {
+        let mut stmt = tx.prepare_cached(&format!(
+            "DELETE FROM {QUEUE} WHERE seq BETWEEN ?1 AND ?2 AND tbl = ?3"
+        ))?;
+        let mut last = false;
+        for (tbl, runs) in acked {
+            for &(lo, hi) in runs {
+                let (lo, below_top) = (lo.max(folded + 1), hi.min(top - 1));
+                last |= lo <= top && top <= hi;
+                if lo <= below_top {
+                    n += stmt.execute(params![lo, below_top, tbl])?;
+                }
+            }
+        }
+        if last {
+            // The last row stays: it is folded (with the entries below it
+            // not acknowledged), and leaves the log below.
+            fold_in(tx, top)?;
+        } else {
+            // The mark moves up to the first entry left: everything below
+            // it is gone.
+            tx.prepare_cached(&format!(
+                "UPDATE {META} SET value = (SELECT min(seq) - 1 FROM {QUEUE} WHERE seq > ?1) \
+                 WHERE name = 'folded_hi' AND value < (SELECT min(seq) - 1 FROM {QUEUE} WHERE seq > ?1)"
+            ))?
+            .execute([folded])?;
+        }
+    }
     // `+tbl`: the index on `seq`, not the primary key's `tbl` prefix (all
     // of a table's pending entries), is the one to walk.
     let mut stmt = tx.prepare_cached(&format!(
         "DELETE FROM {LOG} WHERE +tbl = ?1 AND seq BETWEEN ?2 AND ?3"
     ))?;
-    let mut n = 0;
     for (tbl, runs) in acked {
         for (lo, hi) in runs {
             n += stmt.execute(params![tbl, lo, hi])?;
@@ -599,7 +641,7 @@ pub(crate) fn runs_without(runs: &[(i64, i64)], seqs: &[i64]) -> Vec<(i64, i64)>
 }
 
 /// Acknowledge mirrored changes one by one, in one short write transaction
-/// that first folds the queue (as [`ack_runs`] does). A key changed again
+/// that first folds the queue up to them. A key changed again
 /// since it was claimed stays pending: its entry in the log has a new `seq`
 /// (folded since), or its change still waits in the queue.
 pub(crate) fn ack(conn: &mut Connection, done: &[Claimed]) -> Result<usize> {

@@ -10,13 +10,14 @@
 //! dirty-key table of one row per (table, key) with its latest `seq`:
 //! repeated changes to a key coalesce, so what is claimed is bounded by the
 //! distinct keys changed, however many times each changed. The drainer
-//! (`serve`) claims keys (a read: the log, then the few queue entries not
+//! (`serve`) claims keys (a read: the log, then the queue entries not
 //! folded yet, coalesced by key the same way), reads the rows as they are
 //! now, mirrors them, and acknowledges by the `seq` ranges it claimed, in one
-//! write transaction that folds the queue first: a key changed again during
-//! the send has a new `seq` (above the claim's ranges) and goes again. A
-//! claim folds first, in short write transactions of its own, only when the
-//! queue holds many entries (the daemon was stopped).
+//! short write transaction of range deletes (from the queue itself where the
+//! entries were not folded): a key changed again during the send has a new
+//! `seq` (above the claim's ranges) and goes again. A claim folds first, in
+//! short write transactions of its own, only when the queue holds many
+//! entries (the daemon was stopped).
 //!
 //! Every object this module creates is named `_dualwrite_…` (no DoX table
 //! starts with an underscore); `uninstall` removes exactly those.
@@ -73,22 +74,24 @@ pub(crate) const PREFIX: &str = "_dualwrite_";
 pub(crate) const LOG: &str = "_dualwrite_changes";
 const LOG_SEQ_INDEX: &str = "_dualwrite_changes_seq";
 /// What the triggers append to: one row per change, `seq` its rowid. Folded
-/// into [`LOG`] by the drainer (`log::fold`, and in its acknowledgements).
+/// into [`LOG`] by the drainer when a backlog waits (`log::fold`); otherwise
+/// its acknowledgements delete the entries they mirrored from here.
 ///
-/// `seq` never goes back: SQLite numbers a new row `max(rowid) + 1`, and a
-/// fold never deletes the queue's last row (it stays, folded, below the mark
-/// `folded_hi` in [`META`]), so every change is numbered above every change
-/// folded before it, even once everything is folded. A claimed entry was in
-/// the log or the queue when the claim ran, so a change made later is
-/// numbered above every claimed one: it is never taken for a claimed entry
-/// (the acknowledgement by ranges), and a drainer reading on from its last
-/// claim finds it.
+/// `seq` never goes back: SQLite numbers a new row `max(rowid) + 1`, and
+/// neither a fold nor an acknowledgement deletes the queue's last row (it
+/// stays, folded, at or below the mark `folded_hi` in [`META`], below which
+/// every entry is folded or acknowledged), so every change is numbered above
+/// every change taken before it, even once everything is acknowledged. A
+/// claimed entry was in the log or the queue when the claim ran, so a change
+/// made later is numbered above every claimed one: it is never taken for a
+/// claimed entry (the acknowledgement by ranges), and a drainer reading on
+/// from its last claim finds it.
 pub(crate) const QUEUE: &str = "_dualwrite_queue";
 
 /// How long a capture command waits for the app's write lock.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The `seq` up to which the queue is folded into the log.
+/// The `seq` up to which the queue is folded into the log (or acknowledged).
 const FOLDED_HI: &str =
     "(SELECT coalesce(max(value), 0) FROM _dualwrite_meta WHERE name = 'folded_hi')";
 

@@ -279,12 +279,13 @@ fn a_claim_is_acknowledged_by_its_ranges_and_nothing_else() {
     app_write(&mut c, "k1", "v2");
     app_write(&mut c, "k4", "v");
     // Batch B leaves k1 (busy), which now sits between k3 and k4: two ranges.
+    // The first covers k1's entry A claimed, superseded by the new one.
     let busy = a.changes.iter().map(|c| key_hash(&c.tbl, &c.key)).collect();
     let b = claim_changes(&mut c, 10, None, &busy).unwrap();
     let keys: Vec<&str> = b.changes.iter().map(|c| c.key.as_str()).collect();
     assert_eq!(keys, ["k2", "k3", "k4"]);
     assert_eq!(b.runs.len(), 2, "{:?}", b.runs);
-    assert_eq!(b.runs[0], (b.changes[0].seq, b.changes[1].seq));
+    assert_eq!(b.runs[0], (a.changes[0].seq, b.changes[1].seq));
     assert_eq!(b.runs[1], (b.changes[2].seq, b.changes[2].seq));
     // k3 changes after B's claim: its entry leaves B's ranges.
     app_write(&mut c, "k3", "v2");
@@ -502,6 +503,47 @@ fn a_change_made_during_the_send_is_never_acknowledged_with_the_batch() {
     }
 }
 
+/// The acknowledgement deletes a claim's ranges from the queue itself: a key
+/// changed during its batch's send (its new entry lies between another
+/// batch's ranges, or is the queue's last row) stays pending whichever batch
+/// is acknowledged first.
+#[test]
+fn a_change_made_during_the_send_survives_the_other_batches_acknowledgement() {
+    for a_first in [false, true] {
+        let d = tempfile::tempdir().unwrap();
+        let p = dox_file(d.path(), false);
+        install(&p, None).unwrap();
+        let mut app = Connection::open(&p).unwrap();
+        let mut drainer = Connection::open(&p).unwrap();
+        for k in ["k1", "k2", "k3"] {
+            app_write(&mut app, k, "v1");
+        }
+        let a = claim_changes(&mut drainer, 1, None, &Default::default()).unwrap();
+        // During A's send: k1 changes (between k3 and k4), then k4 is written.
+        let k1 = app_write(&mut app, "k1", "v2");
+        app_write(&mut app, "k4", "v1");
+        let busy = a.changes.iter().map(|c| key_hash(&c.tbl, &c.key)).collect();
+        let b = claim_changes(&mut drainer, 10, Some(a.runs[0].1), &busy).unwrap();
+        let keys: Vec<&str> = b.changes.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["k2", "k3", "k4"]);
+        let (first, second) = if a_first { (&a, &b) } else { (&b, &a) };
+        ack_runs(&mut drainer, &[("artifact", first.runs.clone())]).unwrap();
+        assert!(
+            pending_keys(&app).contains(&("k1".to_owned(), k1)),
+            "{a_first}"
+        );
+        ack_runs(&mut drainer, &[("artifact", second.runs.clone())]).unwrap();
+        assert_eq!(pending_keys(&app), [("k1".to_owned(), k1)], "{a_first}");
+        // k1 changes again: numbered above everything, and claimed once.
+        let k1 = app_write(&mut app, "k1", "v3");
+        let c = claim_changes(&mut drainer, 10, None, &Default::default()).unwrap();
+        let got: Vec<(&str, i64)> = c.changes.iter().map(|c| (c.key.as_str(), c.seq)).collect();
+        assert_eq!(got, [("k1", k1)]);
+        ack_runs(&mut drainer, &[("artifact", c.runs)]).unwrap();
+        assert!(pending_keys(&app).is_empty());
+    }
+}
+
 /// A key changed 1,000 times while nobody drains, among 3,000 other keys, is
 /// one pending change and is claimed once, however small the batches.
 #[test]
@@ -627,9 +669,10 @@ fn a_log_of_version_1_is_upgraded_in_place_with_its_pending_changes() {
         .map(|c| (c.key.as_str(), c.seq))
         .collect();
     assert_eq!(keys, [("k1", 43), ("a1", 44), ("k2", k2), ("k3", k3)]);
+    // Five entries: k2's in the log (42) goes with its newer one in the queue.
     assert_eq!(
         ack_runs(&mut drainer, &[("artifact", claim.runs)]).unwrap(),
-        4
+        5
     );
     assert_eq!(status(&p).unwrap().pending, 0);
     let u = uninstall(&p, false).unwrap();
@@ -637,10 +680,12 @@ fn a_log_of_version_1_is_upgraded_in_place_with_its_pending_changes() {
 }
 
 /// The drainer against a model, in a random interleaving (a fixed seed) of
-/// app writes (single ones, and bursts past what a claim reads from the queue
-/// unfolded), claims of a few keys with batches in flight, acknowledgements
-/// in any order, some of a batch's keys left to try again, and folds: every
-/// key's last value is sent, after its last change.
+/// app writes to two tables (single ones, and bursts past what a claim reads
+/// from the queue unfolded), claims of a few keys with batches in flight,
+/// acknowledgements in any order (now and then of one table only, the other
+/// failing; some keys left to try again), and folds. After every step, a
+/// change not sent yet is pending, or in a batch out that read it; at the
+/// end every key's last value is sent.
 #[test]
 fn claims_and_acknowledgements_in_any_interleaving_lose_no_change() {
     let d = tempfile::tempdir().unwrap();
@@ -656,15 +701,34 @@ fn claims_and_acknowledgements_in_any_interleaving_lose_no_change() {
         rng % n
     };
     const KEYS: u64 = 24;
+    // Even keys are artifacts, odd ones doctables; the value is the version.
+    let table = |k: u64| if k % 2 == 0 { "artifact" } else { "doctable" };
+    let key_of = |tbl: &str, key: &str| -> usize {
+        let k: usize = key[1..].parse().unwrap();
+        assert_eq!(table(k as u64), tbl);
+        k
+    };
     let mut version = vec![0u64; KEYS as usize];
     let mut sent = vec![0u64; KEYS as usize];
     let write = |app: &Connection, k: u64, v: u64| {
-        app.execute(
+        let sql = if k % 2 == 0 {
             "INSERT INTO artifact (id, filename, status) VALUES (?1, 'f', ?2) \
-             ON CONFLICT (id) DO UPDATE SET status = excluded.status",
-            [format!("k{k:02}"), v.to_string()],
-        )
-        .unwrap();
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status"
+        } else {
+            "INSERT INTO doctable (id, document_id, \"order\", table_content_json) \
+             VALUES (?1, 'd', ?2, '{}') ON CONFLICT (id) DO UPDATE SET \"order\" = excluded.\"order\""
+        };
+        app.execute(sql, [format!("k{k:02}"), v.to_string()])
+            .unwrap();
+    };
+    let read = |app: &Connection, tbl: &str, key: &str| -> u64 {
+        let sql = if tbl == "artifact" {
+            "SELECT status FROM artifact WHERE id = ?1"
+        } else {
+            "SELECT CAST(\"order\" AS TEXT) FROM doctable WHERE id = ?1"
+        };
+        let v: String = app.query_row(sql, [key], |r| r.get(0)).unwrap();
+        v.parse().unwrap()
     };
     // The batches out: their claims and the values read.
     let mut out: Vec<(Claim, Vec<(usize, u64)>)> = Vec::new();
@@ -683,14 +747,7 @@ fn claims_and_acknowledgements_in_any_interleaving_lose_no_change() {
                 for i in 0..(READ_QUEUE_MAX as u64 + 500) {
                     let k = (i * 7 + step) % KEYS;
                     version[k as usize] += 1;
-                    tx.execute(
-                        "UPDATE artifact SET status = ?2 WHERE id = ?1",
-                        [format!("k{k:02}"), version[k as usize].to_string()],
-                    )
-                    .unwrap();
-                    if tx.changes() == 0 {
-                        write(&tx, k, version[k as usize]);
-                    }
+                    write(&tx, k, version[k as usize]);
                 }
                 tx.commit().unwrap();
             }
@@ -712,51 +769,75 @@ fn claims_and_acknowledgements_in_any_interleaving_lose_no_change() {
                     continue;
                 }
                 // The rows as they are now (the drainer reads them after the claim).
-                let read = c
+                let values = c
                     .changes
                     .iter()
-                    .map(|ch| {
-                        let k: usize = ch.key[1..].parse().unwrap();
-                        let v: String = app
-                            .query_row(
-                                "SELECT status FROM artifact WHERE id = ?1",
-                                [&ch.key],
-                                |r| r.get(0),
-                            )
-                            .unwrap();
-                        (k, v.parse().unwrap())
-                    })
+                    .map(|ch| (key_of(&ch.tbl, &ch.key), read(&app, &ch.tbl, &ch.key)))
                     .collect();
-                out.push((c, read));
+                out.push((c, values));
             }
             6 | 7 if !out.is_empty() => {
                 let i = next(out.len() as u64) as usize;
-                let (c, read) = out.remove(i);
-                // Now and then one key of the batch is left to try again.
+                let (c, values) = out.remove(i);
+                // Now and then one key of the batch is left to try again, or
+                // one table fails (its changes stay).
                 let kept: Vec<i64> = if next(4) == 0 {
                     vec![c.changes[next(c.changes.len() as u64) as usize].seq]
                 } else {
                     Vec::new()
                 };
-                for (ch, (k, v)) in c.changes.iter().zip(read) {
-                    if !kept.contains(&ch.seq) {
+                let failed = match next(6) {
+                    0 => Some("artifact"),
+                    1 => Some("doctable"),
+                    _ => None,
+                };
+                for (ch, (k, v)) in c.changes.iter().zip(values) {
+                    if !kept.contains(&ch.seq) && Some(ch.tbl.as_str()) != failed {
                         sent[k] = sent[k].max(v);
                     }
                 }
-                ack_runs(&mut drainer, &[("artifact", runs_without(&c.runs, &kept))]).unwrap();
+                let runs = runs_without(&c.runs, &kept);
+                let acked: Vec<(&str, Vec<(i64, i64)>)> = ["artifact", "doctable"]
+                    .into_iter()
+                    .filter(|t| Some(*t) != failed)
+                    .map(|t| (t, runs.clone()))
+                    .collect();
+                ack_runs(&mut drainer, &acked).unwrap();
             }
             8 if next(3) == 0 => {
                 fold(&mut drainer).unwrap();
             }
             _ => {}
         }
+        // No change is lost: one not sent is pending, or read by a batch out.
+        let pending: std::collections::HashSet<usize> = read_changes(&app, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|c| key_of(&c.tbl, &c.key))
+            .collect();
+        for k in 0..KEYS as usize {
+            let reading = out
+                .iter()
+                .flat_map(|(_, v)| v.iter())
+                .any(|&(key, v)| key == k && v == version[k]);
+            assert!(
+                sent[k] == version[k] || pending.contains(&k) || reading,
+                "step {step}: key {k} at {} (sent {}) is neither pending nor out",
+                version[k],
+                sent[k]
+            );
+        }
     }
     assert!(bursts > 0);
-    for (c, read) in out.drain(..) {
-        for (k, v) in read {
+    for (c, values) in out.drain(..) {
+        for (k, v) in values {
             sent[k] = sent[k].max(v);
         }
-        ack_runs(&mut drainer, &[("artifact", c.runs)]).unwrap();
+        ack_runs(
+            &mut drainer,
+            &[("artifact", c.runs.clone()), ("doctable", c.runs)],
+        )
+        .unwrap();
     }
     loop {
         let c = claim_changes(&mut drainer, 7, None, &Default::default()).unwrap();
@@ -764,10 +845,14 @@ fn claims_and_acknowledgements_in_any_interleaving_lose_no_change() {
             break;
         }
         for ch in &c.changes {
-            let k: usize = ch.key[1..].parse().unwrap();
+            let k = key_of(&ch.tbl, &ch.key);
             sent[k] = version[k];
         }
-        ack_runs(&mut drainer, &[("artifact", c.runs)]).unwrap();
+        ack_runs(
+            &mut drainer,
+            &[("artifact", c.runs.clone()), ("doctable", c.runs)],
+        )
+        .unwrap();
     }
     assert_eq!(status(&p).unwrap().pending, 0);
     // Every key written was sent at its last value: the final drain sends
