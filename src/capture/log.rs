@@ -484,6 +484,7 @@ pub(crate) fn claim_changes(
                 // the range, so that it leaves the log with the claim (the
                 // newer one stays pending unless claimed too).
                 extend(&mut run, c.seq);
+                claim.superseded_in(&c.tbl);
             }
         }
         if exhausted {
@@ -502,6 +503,7 @@ pub(crate) fn claim_changes(
         } else {
             // Superseded by its key's newer entry: in the range as well.
             extend(&mut run, c.seq);
+            claim.superseded_in(&c.tbl);
         }
     }
     claim.runs.extend(run);
@@ -521,6 +523,20 @@ pub(crate) struct Claim {
     /// claimed too). One range unless a busy key's entry was left in between
     /// (see [`ack_runs`]).
     pub runs: Vec<(i64, i64)>,
+    /// The tables of the superseded entries in [`Claim::runs`]. Their
+    /// entries in the ranges go with the acknowledgement of every table the
+    /// batch sent, and of each of these it sent nothing of: a key's older
+    /// change, in a batch that did not send the key, is never left behind
+    /// (pending after its latest change was sent, with nobody to claim it).
+    pub superseded: Vec<String>,
+}
+
+impl Claim {
+    fn superseded_in(&mut self, tbl: &str) {
+        if !self.superseded.iter().any(|t| t == tbl) {
+            self.superseded.push(tbl.to_owned());
+        }
+    }
 }
 
 /// Acknowledge the mirrored changes of the tables `acked` names, by the
@@ -605,6 +621,7 @@ pub(crate) fn claim_in(tx: &Connection, limit: usize) -> Result<Claim> {
         changes,
         skipped_from: None,
         runs,
+        superseded: Vec::new(),
     })
 }
 

@@ -694,7 +694,7 @@ async fn switch(
         }
         let n = claim.changes.len();
         keys.add(&claim.changes);
-        let sent = mirror.send(claim.changes, claim.runs).await?;
+        let sent = mirror.send(claim).await?;
         if let Some(e) = sent.failure {
             mirror.close().await;
             report.stopped = Some(format!("Supabase refused the drain: {e}"));
@@ -818,14 +818,13 @@ async fn fence(
     let inner = async {
         let limit = opts.serve.batch_rows.max(1);
         loop {
-            let capture::Claim { changes, runs, .. } =
-                on_conn(conn, move |c| capture::claim_in(c, limit)).await?;
-            if changes.is_empty() {
+            let claim = on_conn(conn, move |c| capture::claim_in(c, limit)).await?;
+            if claim.changes.is_empty() {
                 break;
             }
-            let n = changes.len();
-            keys.add(&changes);
-            let sent = mirror.send(changes, runs).await?;
+            let n = claim.changes.len();
+            keys.add(&claim.changes);
+            let sent = mirror.send(claim).await?;
             if let Some(e) = sent.failure {
                 return Ok::<_, Error>(Some(format!("Supabase refused the drain: {e}")));
             }

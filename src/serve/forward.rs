@@ -191,7 +191,20 @@ impl Forward {
     /// Read one batch: group the changes by table, read the rows as they are
     /// now (short read transactions) and prepare them on the reader's thread,
     /// straight into the request body. The sender makes them durable first.
-    async fn read_batch(&mut self, changes: Vec<Change>, runs: Vec<(i64, i64)>) -> Result<Batch> {
+    async fn read_batch(&mut self, claim: capture::Claim) -> Result<Batch> {
+        let capture::Claim {
+            changes,
+            runs,
+            superseded,
+            ..
+        } = claim;
+        // The tables named by the log only (a corrupt row's) have nothing of
+        // theirs to acknowledge.
+        let superseded = superseded
+            .iter()
+            .filter_map(|s| TABLES.iter().find(|t| t.sqlite == s.as_str()))
+            .map(|t| t.sqlite)
+            .collect();
         let mut by_table: BTreeMap<usize, Vec<Change>> = BTreeMap::new();
         let mut corrupt = Vec::new();
         for c in changes {
@@ -249,6 +262,7 @@ impl Forward {
             corrupt,
             work,
             runs,
+            superseded,
             version,
         })
     }
@@ -364,7 +378,7 @@ impl Side for Forward {
             .iter()
             .map(|c| capture::key_hash(&c.tbl, &c.key))
             .collect();
-        let batch = self.read_batch(claim.changes, claim.runs).await?;
+        let batch = self.read_batch(claim).await?;
         Ok(Some(Claimed {
             batch,
             keys,
@@ -425,6 +439,8 @@ pub(super) struct Batch {
     work: Vec<TableWork>,
     /// The claim's `seq` ranges, by which each table's changes are acknowledged.
     runs: Vec<(i64, i64)>,
+    /// The tables of superseded entries in the ranges ([`capture::Claim::superseded`]).
+    superseded: Vec<&'static str>,
     /// The change log connection's `PRAGMA data_version` once the rows were read.
     version: i64,
 }
@@ -469,14 +485,9 @@ impl Mirror {
         })
     }
 
-    /// Read the rows of `changes` as they are now and send them; `runs` are
-    /// the `seq` ranges the changes fill.
-    pub(crate) async fn send(
-        &mut self,
-        changes: Vec<Change>,
-        runs: Vec<(i64, i64)>,
-    ) -> Result<Sent> {
-        let batch = self.side.read_batch(changes, runs).await?;
+    /// Read the rows of a claim's changes as they are now and send them.
+    pub(crate) async fn send(&mut self, claim: capture::Claim) -> Result<Sent> {
+        let batch = self.side.read_batch(claim).await?;
         self.side.sender().send_unacknowledged(batch).await
     }
 
@@ -528,8 +539,12 @@ impl Sender {
             corrupt,
             work,
             runs,
+            superseded,
             version: _,
         } = batch;
+        // What the batch holds of a table it sends nothing of is superseded:
+        // it goes whatever happens to the rest.
+        let sends: Vec<&'static str> = work.iter().map(|w| w.t.sqlite).collect();
         let mut landed = Landed::default();
         let mut corrupt_done = Vec::new();
         if !corrupt.is_empty() {
@@ -570,6 +585,11 @@ impl Sender {
                     failure = Some(e);
                     break;
                 }
+            }
+        }
+        for t in superseded {
+            if !sends.contains(&t) {
+                acked.push((t, runs.clone()));
             }
         }
         Ok(Sent {
