@@ -117,6 +117,23 @@ impl Writers {
     }
 }
 
+/// Wait until the run (its stderr in `log`) stalls at `step`
+/// (`DUALWRITE_TEST_STALL_AT`), alive.
+async fn wait_stalled(log: &Path, child: &mut std::process::Child, step: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains("stalled at")
+    {
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "{step}: never stalled: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn cutover(db: &Path, pg: &PrivateDb, extra: &[&str], stall: Option<&str>) -> Command {
     command("run", db, pg, extra, stall)
 }
@@ -286,18 +303,7 @@ async fn killed_at_each_step_a_second_run_completes_with_one_primary_and_no_fenc
         c.stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let mut child = c.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("stalled at")
-        {
-            assert!(
-                Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-                "{step}: never stalled: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_stalled(&log, &mut child, step).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
 
@@ -363,15 +369,8 @@ async fn postgrest_stopped_in_the_fence_lifts_it_at_max_pause_with_nothing_switc
     let mut c = cutover(&db, &pg, &["--max-pause", "2"], Some("drained:3000"));
     let log = dir.path().join("cutover.log");
     c.stderr(std::fs::File::create(&log).unwrap());
-    let child = c.stdout(Stdio::piped()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("stalled at")
-    {
-        assert!(Instant::now() < deadline, "never reached the fence");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut child = c.stdout(Stdio::piped()).spawn().unwrap();
+    wait_stalled(&log, &mut child, "drained").await;
     pg.stop();
     for i in 0..20 {
         file_write(&db, &format!("b-{i}")).unwrap();
@@ -514,18 +513,7 @@ async fn a_rollback_killed_at_each_step_leaves_one_primary_and_a_second_run_comp
         c.stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let mut child = c.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("stalled at")
-        {
-            assert!(
-                Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-                "{step}: never stalled: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_stalled(&log, &mut child, step).await;
         child.kill().unwrap();
         child.wait().unwrap();
 
