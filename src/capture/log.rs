@@ -372,10 +372,14 @@ pub(crate) fn schema_version(conn: &Connection) -> Result<i64> {
 
 /// The span of `seq` not folded yet (from `folded_hi` to the queue's last
 /// row) past which a claim folds the queue first ([`fold`]) instead of
-/// reading it: what a claim reads stays bounded, and a backlog coalesces in
-/// the log. A drainer that keeps up stays below it (ten batches), and so
-/// never folds: its acknowledgements delete from the queue itself.
-pub(super) const READ_QUEUE_MAX: i64 = 10 * FOLD_STEP as i64;
+/// reading it: what a claim holds in memory stays bounded, and a backlog
+/// coalesces in the log. A drainer that keeps up stays far below it, and so
+/// never folds: its acknowledgements delete from the queue itself. Reading
+/// drains faster than folding first (a 38,000-entry backlog 0.42 s against
+/// 0.59 s, 95,000 entries 2.1 s against 2.6 s) but holds the queue in memory
+/// for each claim (the daemon's peak RSS 57-64 MB at 38,000, 78-107 MB at
+/// 95,000, against 36-39 MB folded): 40,000 keeps it well under 100 MB.
+pub(super) const READ_QUEUE_MAX: i64 = 20 * FOLD_STEP as i64;
 
 /// The queue's last `seq` and the `seq` it is folded up to.
 fn queue_top(conn: &Connection) -> Result<(Option<i64>, i64)> {
