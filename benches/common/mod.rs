@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Command;
 
 use dualwrite::catalogue::TABLES;
 
@@ -47,20 +46,7 @@ pub fn stack_env() -> HashMap<String, String> {
         );
         std::process::exit(0);
     }
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack.sh"))
-        .arg("env")
-        .output()
-        .expect("scripts/stack.sh env");
-    assert!(
-        out.status.success(),
-        "start the stack first: scripts/stack.sh up\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').replace('\\', "")))
-        .collect()
+    postgrest::stack_env()
 }
 
 /// The stack's PostgREST endpoint: its project URL (`SUPABASE_URL`) + `/rest/v1`.

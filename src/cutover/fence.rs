@@ -348,25 +348,7 @@ mod tests {
     fn stack_var(name: &str) -> String {
         static VARS: std::sync::OnceLock<std::collections::HashMap<String, String>> =
             std::sync::OnceLock::new();
-        let vars = VARS.get_or_init(|| {
-            let out = std::process::Command::new(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/stack.sh"
-            ))
-            .arg("env")
-            .output()
-            .unwrap();
-            assert!(
-                out.status.success(),
-                "start the stack first: scripts/stack.sh up\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').replace('\\', "")))
-                .collect()
-        });
+        let vars = VARS.get_or_init(postgrest::stack_env);
         vars.get(name)
             .unwrap_or_else(|| panic!("scripts/stack.sh env did not print {name}"))
             .clone()

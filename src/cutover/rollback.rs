@@ -24,8 +24,8 @@ use super::fence::SupabaseFence;
 use super::marker::{self, Primary};
 use super::run::{
     begin_switching, blocking, daemon_not_ready, end_switching, journal_path, ms, on_conn,
-    read_journal, stall_at, take_lease, write_journal, Journal, Keys, RunOptions, RunReport,
-    Shared, Step,
+    read_journal, stall_at, stepper, take_lease, write_journal, Journal, Keys, RunOptions,
+    RunReport, Shared, Step,
 };
 use crate::access::{access, AccessState};
 use crate::capture;
@@ -46,17 +46,7 @@ pub async fn rollback(
     progress: impl Fn(&Step),
 ) -> Result<RunReport> {
     let mut report = RunReport::new(Primary::Sqlite);
-    let mut step_started = Instant::now();
-    let mut step = |report: &mut RunReport, name: &'static str, detail: String| {
-        let s = Step {
-            name,
-            ms: ms(step_started.elapsed()),
-            detail,
-        };
-        progress(&s);
-        report.steps.push(s);
-        step_started = Instant::now();
-    };
+    let mut step = stepper(progress);
     let db = opts.db_path.clone();
     let m = {
         let db = db.clone();

@@ -278,6 +278,24 @@ async fn supabase_back(rest: &RestClient) -> Result<()> {
     Ok(())
 }
 
+/// What records each step of a run or rollback in its report, timed from the
+/// end of the one before (or the start), and tells `progress`.
+pub(super) fn stepper(
+    progress: impl Fn(&Step),
+) -> impl FnMut(&mut RunReport, &'static str, String) {
+    let mut started = Instant::now();
+    move |report, name, detail| {
+        let s = Step {
+            name,
+            ms: ms(started.elapsed()),
+            detail,
+        };
+        progress(&s);
+        report.steps.push(s);
+        started = Instant::now();
+    }
+}
+
 /// Run the cutover. `progress` is told each step as it ends. `Err` only
 /// when it could not run at all; a stop without switching is a report.
 pub async fn run(
@@ -286,17 +304,7 @@ pub async fn run(
     progress: impl Fn(&Step),
 ) -> Result<RunReport> {
     let mut report = RunReport::new(Primary::Supabase);
-    let mut step_started = Instant::now();
-    let mut step = |report: &mut RunReport, name: &'static str, detail: String| {
-        let s = Step {
-            name,
-            ms: ms(step_started.elapsed()),
-            detail,
-        };
-        progress(&s);
-        report.steps.push(s);
-        step_started = Instant::now();
-    };
+    let mut step = stepper(progress);
     let db = opts.db_path.clone();
 
     // An earlier run killed part-way: the file's marker says whether it switched.

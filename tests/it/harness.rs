@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -72,23 +71,8 @@ pub fn stack() -> &'static Stack {
          with `needs_stack!();`"
     );
     static STACK: OnceLock<Stack> = OnceLock::new();
-    STACK.get_or_init(|| {
-        let out = Command::new(repo().join("scripts/stack.sh"))
-            .arg("env")
-            .output()
-            .expect("run scripts/stack.sh env");
-        assert!(
-            out.status.success(),
-            "the local stack is not set up; run `scripts/stack.sh up` first:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut vars = HashMap::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
-                vars.insert(k.to_owned(), v.trim_matches('\'').replace('\\', ""));
-            }
-        }
-        Stack { vars }
+    STACK.get_or_init(|| Stack {
+        vars: postgrest::stack_env(),
     })
 }
 

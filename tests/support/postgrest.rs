@@ -2,7 +2,8 @@
 //! tests (`tests/it/harness.rs`, `PrivateDb`) and the benchmarks
 //! (`benches/common`), which both include this file with `#[path]`: a test or a
 //! benchmark that stops, pauses or constrains its Supabase gets a PostgREST of
-//! its own, so the shared stack is never touched.
+//! its own, so the shared stack is never touched. Also what `scripts/stack.sh
+//! env` exports, for all of them.
 //!
 //! Every PostgREST runs with the project's one configuration file,
 //! `deploy/postgrest/postgrest.conf` (also used by `scripts/stack.sh` and
@@ -15,6 +16,25 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// What `scripts/stack.sh env` exports (the local stack's URLs, keys and
+/// paths), as name and value; a stack never set up is one clear panic.
+pub fn stack_env() -> std::collections::HashMap<String, String> {
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack.sh"))
+        .arg("env")
+        .output()
+        .expect("run scripts/stack.sh env");
+    assert!(
+        out.status.success(),
+        "the local stack is not set up; run `scripts/stack.sh up` first:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').replace('\\', "")))
+        .collect()
+}
 
 /// The configuration file of every PostgREST this project runs.
 pub fn config_file() -> PathBuf {
