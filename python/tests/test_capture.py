@@ -19,7 +19,7 @@ import time
 
 import dualwrite
 
-from conftest import DelayProxy, closed_port_url, free_port
+from conftest import DelayProxy, closed_port_url
 
 # The child: write DoX records through the module, then die without cleanup.
 CHILD = textwrap.dedent(
@@ -109,7 +109,7 @@ def test_a_killed_app_process_loses_nothing_with_capture(clean_env, monkeypatch,
 
     # The daemon drains what was captured.
     serve_env = dict(env, DUALWRITE_REST_URL=private_db.url, SUPABASE_SERVICE_KEY=stack["SUPABASE_SERVICE_KEY"])
-    serve = subprocess.Popen([str(dualwrite_bin), "serve", "--listen", f"127.0.0.1:{free_port()}"],
+    serve = subprocess.Popen([str(dualwrite_bin), "serve", "--listen", "127.0.0.1:0"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=serve_env, cwd=clean_env)
     try:
         deadline = time.monotonic() + 60
@@ -132,7 +132,9 @@ def test_a_killed_app_process_loses_nothing_with_capture(clean_env, monkeypatch,
 
 
 def _serve(dualwrite_bin, env, cwd, *args) -> subprocess.Popen:
-    return subprocess.Popen([str(dualwrite_bin), "serve", "--listen", f"127.0.0.1:{free_port()}", *args],
+    # Port 0: the kernel picks one as serve binds (a port looked up before could be taken meanwhile, as
+    # the delaying proxy's was once).
+    return subprocess.Popen([str(dualwrite_bin), "serve", "--listen", "127.0.0.1:0", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
 
 
